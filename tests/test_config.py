@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from textft.config import Config, UserError, load_config, save_config
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.model.name_or_path and cfg.output.dir
+
+
+def test_shipped_recipes_match_their_promise():
+    imdb = load_config("configs/imdb.yaml")
+    assert (imdb.data.dataset, imdb.model.name_or_path) == ("imdb", "bert-base-uncased")
+    assert (imdb.data.max_length, imdb.train.lr, imdb.train.epochs) == (512, 2e-5, 2)
+    assert load_config("configs/banking77.yaml").data.dataset == "PolyAI/banking77"
+    assert load_config("configs/quickstart.yaml").model.name_or_path == "builtin:minilm"
+    assert load_config("configs/tiny.yaml").model.random_init is True
+
+
+def test_overrides_win_over_file_and_are_typed():
+    cfg = load_config("configs/imdb.yaml", ["train.lr=3e-5", "train.epochs=1", "data.truncation=tail",
+                                            "data.label_names=[neg,pos]", "output.dir=/tmp/x"])
+    assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 1.0 and cfg.data.truncation == "tail"
+    assert cfg.data.label_names == ["neg", "pos"] and cfg.output.dir == "/tmp/x"
+    assert cfg.data.max_length == 512  # untouched keys keep the file's value
+
+
+def problems(*overrides, path="configs/tiny.yaml"):
+    with pytest.raises(UserError) as e:
+        load_config(path, list(overrides))
+    return e.value.problems
+
+
+def test_unknown_key_names_the_closest_valid_one():
+    (msg,) = problems("train.learning_rate=1e-4")
+    assert "unknown key 'train.learning_rate'" in msg
+    (msg,) = problems("train.epoch=2")
+    assert "'train.epoch'" in msg and "did you mean 'epochs'" in msg
+
+
+def test_unknown_section_is_reported_with_suggestion():
+    (msg,) = problems("trian.lr=1e-4")
+    assert "unknown section 'trian'" in msg and "did you mean 'train'" in msg
+
+
+def test_wrong_types_are_rejected_with_the_expected_type():
+    (msg,) = problems("train.batch_size=sixteen")
+    assert "'train.batch_size' must be an integer" in msg and "sixteen" in msg
+    (msg,) = problems("train.lr=fast")
+    assert "'train.lr' must be a number" in msg
+
+
+def test_invalid_values_are_rejected():
+    assert any("'train.lr' must be > 0" in p for p in problems("train.lr=0"))
+    assert any("'train.lr' must be > 0" in p for p in problems("train.lr=-1e-5"))
+    assert any("'train.epochs' must be > 0" in p for p in problems("train.epochs=0"))
+
+
+def test_unknown_transfer_mode_suggests_the_closest():
+    (msg,) = problems("model.transfer=feature_extract")
+    assert "'model.transfer'" in msg and "did you mean 'feature_extraction'" in msg
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems("train.lr=0", "train.epochs=-1", "model.transfer=topk", "data.colour=red")
+    assert len(found) == 4
+    joined = "\n".join(found)
+    for key in ("train.lr", "train.epochs", "model.transfer", "data.colour"):
+        assert key in joined
+
+
+def test_malformed_override_and_missing_file():
+    assert "must look like section.key=value" in problems("train.lr")[0]
+    with pytest.raises(UserError, match="does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_no_data_source_is_an_error():
+    with pytest.raises(UserError, match="no training data"):
+        load_config(None, [])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("configs/quickstart.yaml", ["train.seed=7"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["train"]["seed"] == 7

@@ -1,0 +1,73 @@
+import pytest
+from datasets import Dataset, DatasetDict
+
+from textft.tokenization import EpochSampler, encode_texts, kept_positions, tokenize_splits, train_loader
+
+
+def test_tokenizer_from_written_vocab_knows_its_words(tokenizer):
+    tokens = tokenizer.tokenize("the movie was great")
+    assert tokens == ["the", "movie", "was", "great"]
+    assert tokenizer.unk_token_id not in tokenizer("the movie was great")["input_ids"]
+
+
+def words(tokenizer, ids):
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+TEXT = " ".join(["good"] * 3 + ["the"] * 10 + ["bad"] * 3)  # 16 content tokens
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("head", ["good"] * 3 + ["the"] * 3),
+    ("tail", ["the"] * 3 + ["bad"] * 3),
+    ("head+tail", ["good"] * 3 + ["bad"] * 3),
+])
+def test_truncation_modes_keep_the_right_tokens(tokenizer, mode, expected):
+    enc = encode_texts([TEXT], tokenizer, max_length=8, mode=mode, head_fraction=0.5)
+    ids = enc["input_ids"][0]
+    assert len(ids) == 8 and len(enc["attention_mask"][0]) == 8 and len(enc["token_type_ids"][0]) == 8
+    assert words(tokenizer, ids) == ["[CLS]", *expected, "[SEP]"]
+
+
+def test_short_texts_are_untouched_in_every_mode(tokenizer):
+    for mode in ("head", "tail", "head+tail"):
+        enc = encode_texts(["good movie", ""], tokenizer, max_length=8, mode=mode)
+        assert words(tokenizer, enc["input_ids"][0]) == ["[CLS]", "good", "movie", "[SEP]"]
+        assert words(tokenizer, enc["input_ids"][1]) == ["[CLS]", "[SEP]"]
+
+
+def test_kept_positions_budget():
+    assert kept_positions(10, 4, "head+tail", 0.25) == [0, 7, 8, 9]
+    assert kept_positions(3, 4, "tail", 0.25) == [0, 1, 2]
+
+
+def test_tokenize_splits_adds_inputs_and_lengths(tokenizer):
+    dsd = DatasetDict({"train": Dataset.from_dict({"text": ["good movie", TEXT], "labels": [1, 0]})})
+    out = tokenize_splits(dsd, tokenizer, max_length=8, mode="tail")["train"]
+    assert out["length"] == [4, 8]
+    assert {"input_ids", "attention_mask", "labels", "length"} <= set(out.column_names)
+
+
+def test_length_grouped_sampler_covers_everything_once_and_groups_lengths():
+    lengths = [(i * 37) % 200 + 5 for i in range(400)]
+    sampler = EpochSampler(lengths, batch_size=8, seed=0, group_by_length=True)
+    first = list(sampler)
+    assert sorted(first) == list(range(400))
+    assert lengths[first[0]] == max(lengths)  # the longest batch comes first
+    batches = [first[i:i + 8] for i in range(0, 400, 8)]
+    padded = sum(8 * max(lengths[j] for j in b) for b in batches)
+    random_order = list(EpochSampler(lengths, 8, 0, group_by_length=False))
+    padded_random = sum(8 * max(lengths[j] for j in random_order[i:i + 8]) for i in range(0, 400, 8))
+    assert padded < 0.8 * padded_random
+    assert list(sampler) == first  # same epoch, same order
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_train_loader_pads_dynamically(tokenizer):
+    ds = Dataset.from_dict({"text": ["good", TEXT, "bad movie"], "labels": [1, 0, 0]})
+    ds = tokenize_splits(DatasetDict({"t": ds}), tokenizer, 32)["t"]
+    batch = next(iter(train_loader(ds, tokenizer, batch_size=3, seed=0, group_by_length=True,
+                                   mixed_precision=True)))
+    assert batch["input_ids"].shape == (3, 24)  # 18 tokens padded to a multiple of 8, not to 32
+    assert batch["labels"].tolist() in ([0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1][::-1])

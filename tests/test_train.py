@@ -1,0 +1,115 @@
+"""End-to-end runs of the tiny model on the learnable toy task, through the real entry points."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from textft.train import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, toy_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    rc = main([f"model.name_or_path={tiny_model_dir}", f"data.train_file={toy_files['train']}",
+               f"data.validation_file={toy_files['validation']}", f"data.test_file={toy_files['test']}",
+               "data.max_length=32", "train.epochs=6", "train.batch_size=16", "train.lr=3e-3",
+               "train.mixed_precision=no", f"output.dir={out}"])
+    assert rc == 0
+    return out
+
+
+def test_tiny_run_learns_the_toy_task(trained):
+    report = json.loads((trained / "eval_report.json").read_text())
+    assert report["splits"]["validation"]["accuracy"] > 0.9
+    assert report["splits"]["test"]["accuracy"] > 0.9
+    test = report["splits"]["test"]
+    assert sum(map(sum, test["confusion_matrix"])) == 80 == test["num_examples"]
+    assert set(test["per_class"]) == {"neg", "pos"}
+    assert report["parameters"]["trainable"] == report["parameters"]["total"]
+    assert "| test |" in (trained / "eval_report.md").read_text()
+
+
+def test_run_directory_layout(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "textft_config.yaml", "eval_report.json",
+            "eval_report.md", "train_log.jsonl"} <= names
+    assert not any(n.endswith(".bin") for n in names)
+    assert not list(trained.parent.glob(".run.tmp-*"))  # the staging directory is gone
+    log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss" in e and "lr" in e and e["samples_per_s"] > 0 for e in log)
+    evals = [e for e in log if "eval" in e]
+    assert len(evals) == 6  # one per epoch
+    assert evals[-1]["eval"]["accuracy"] > evals[0]["eval"]["accuracy"] or evals[0]["eval"]["accuracy"] > 0.9
+
+
+def test_checkpoint_loads_in_plain_pipeline_with_label_names(trained):
+    code = ("import sys; from transformers import pipeline; "
+            f"p = pipeline('text-classification', model={str(trained)!r}); "
+            "print(p(['the film was excellent and superb', 'the acting was awful and boring']))")
+    # A fresh interpreter that never imports textft, as a downstream app would.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    assert "'label': 'pos'" in out and "'label': 'neg'" in out and "LABEL_" not in out
+
+
+def test_same_seed_same_model(tiny_args):
+    from safetensors.torch import load_file
+
+    a, b = Path(tiny_args[-1].split("=", 1)[1]), Path(str(tiny_args[-1].split("=", 1)[1]) + "-again")
+    assert main(tiny_args) == 0
+    assert main([*tiny_args[:-1], f"output.dir={b}"]) == 0
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_evaluate_command_reproduces_training_metrics(trained, toy_files, tmp_path, capsys):
+    from textft.cli import main as cli
+
+    assert cli(["evaluate", "--model", str(trained), "--data", str(toy_files["test"]),
+                "--output", str(tmp_path / "ev")]) == 0
+    assert "evaluation: accuracy" in capsys.readouterr().out
+    ev = json.loads((tmp_path / "ev" / "eval_report.json").read_text())["splits"]["evaluation"]
+    train_report = json.loads((trained / "eval_report.json").read_text())["splits"]["test"]
+    assert ev["accuracy"] == pytest.approx(train_report["accuracy"])
+    assert ev["confusion_matrix"] == train_report["confusion_matrix"]
+
+
+def test_transfer_modes_train_what_they_say(tiny_args, tmp_path):
+    from safetensors.torch import load_file
+
+    base = load_file(Path(tiny_args[0].split("=", 1)[1]) / "model.safetensors")
+    out = tmp_path / "fe"
+    assert main([*tiny_args[:-1], "model.transfer=feature_extraction", f"output.dir={out}"]) == 0
+    after = load_file(out / "model.safetensors")
+    assert (after["bert.encoder.layer.0.attention.self.query.weight"]
+            == base["bert.encoder.layer.0.attention.self.query.weight"]).all()
+    assert not (after["classifier.weight"] == base["classifier.weight"]).all()
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["parameters"]["trainable"] < report["parameters"]["total"] / 5
+
+
+def test_output_dir_not_empty_is_refused_then_overwritten(tiny_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(tiny_args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert main([*tiny_args, "output.overwrite=true"]) == 0
+    assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
+
+
+def test_accelerate_launch_runs_train_script(tiny_args, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "textft" / "train.py"), *tiny_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model saved to" in proc.stdout
+    assert (tmp_path / "run" / "model.safetensors").exists()

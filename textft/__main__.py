@@ -1,0 +1,5 @@
+import sys
+
+from textft.cli import main
+
+sys.exit(main())

