@@ -1,21 +1,16 @@
-"""``textft`` command line: train and evaluate."""
+"""``textft`` command line: one entry point that dispatches to each stage's command."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from textft.config import UserError, closest
 
 
-def _train(argv: list[str]) -> int:
-    from textft.train import main as train_main
-
-    return train_main(argv)
-
-
-def _evaluate(argv: list[str]) -> int:
+def evaluate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="textft evaluate", description="Evaluate a saved classifier.")
     parser.add_argument("--model", required=True, help="directory written by textft train (or any classifier)")
     parser.add_argument("--data", required=True, help="labelled .csv/.tsv/.json/.jsonl/.parquet file or hub dataset")
@@ -40,7 +35,22 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate}
+# Each command lives in the module of its stage and is imported only when used, so that
+# `textft --help` stays fast and a missing optional dependency affects only its own command.
+COMMANDS = {
+    "train": "textft.train:main",
+    "evaluate": "textft.cli:evaluate_main",
+    "predict": "textft.inference:predict_main",
+    "serve": "textft.serving:main",
+    "push": "textft.hub:push_main",
+    "compare": "textft.compare:main",
+    "sweep": "textft.sweep:main",
+}
+
+
+def _command(name: str):
+    module, func = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return _command(argv[0])(argv[1:])
     except UserError as e:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -66,6 +66,8 @@ def _load_file(split: str, path: Path) -> Dataset:
     try:
         return datasets.load_dataset(fmt, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as e:  # the loaders raise many types for one cause: a malformed file
+        if "corresponds to no data" in str(e) or path.stat().st_size == 0:
+            raise UserError(f"'data.{split}_file': '{path}' is empty (no data rows)") from None
         raise UserError(f"'data.{split}_file': could not read '{path}' as {fmt}: {' '.join(str(e).split())[:300]}") from None
 
 
@@ -212,6 +214,10 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
         bool(cfg.label_names) and all(isinstance(v, int) and not isinstance(v, bool)
                                       for v in train[cfg.label_column] if v is not None))
     problems = []
+    present = {v for v in train[cfg.label_column] if v is not None}
+    if len(present) == 1:
+        problems.append(f"the train split has only one class ('{present.pop()}' in column '{cfg.label_column}');"
+                        " a classifier needs at least two")
     if cfg.label_names and not int_ids:
         extra = sorted({str(v) for v in train[cfg.label_column] if v is not None} - set(cfg.label_names))
         if extra:
@@ -223,11 +229,8 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
             splits[split] = cleaned
     if problems:
         raise UserError(problems)
-    present = sorted(set(splits["train"]["labels"]))
-    if len(present) < 2:
-        only = label_names[present[0]] if present else "none"
-        raise UserError(f"the train split has only one class ('{only}' in column '{cfg.label_column}');"
-                        " a classifier needs at least two")
+    if len(set(splits["train"]["labels"])) < 2:  # possible once empty texts are dropped
+        raise UserError(f"the train split has fewer than two classes in column '{cfg.label_column}'")
     if "validation" not in splits:
         splits["train"], splits["validation"] = stratified_split(splits["train"], cfg.validation_split, seed)
     if cfg.max_train_samples and cfg.max_train_samples < len(splits["train"]):

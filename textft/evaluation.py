@@ -68,6 +68,24 @@ def write_reports(out_dir: str | Path, reports: dict[str, dict[str, Any]], extra
     (out_dir / "eval_report.md").write_text(markdown_report(reports, title))
 
 
+def prediction_rows(texts: list[str], labels, logits, label_names: list[str], max_chars: int = 1000) -> list[dict]:
+    """One record per example: text (shortened), true and predicted label, confidence (max softmax)."""
+    z = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    pred = probs.argmax(-1)
+    return [{"text": t if len(t) <= max_chars else t[:max_chars] + "…", "label": label_names[int(y)],
+             "pred": label_names[int(p)], "confidence": round(float(probs[i, p]), 6)}
+            for i, (t, y, p) in enumerate(zip(texts, labels, pred))]
+
+
+def write_predictions(out_dir: Path, predictions: dict[str, list[dict]]) -> None:
+    """``predictions/<split>.jsonl``: the per-example record behind every number in the report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in predictions.items():
+        with open(out_dir / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 def summary_line(split: str, m: dict[str, Any]) -> str:
     loss = f" loss {m['loss']:.4f}" if m.get("loss") is not None else ""
     return (f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from textft.checkpoint import check_output_dir, save_model, write_atomically
 from textft.config import Config, UserError, describe_keys, load_config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
-from textft.evaluation import compute_metrics, summary_line, write_reports
+from textft.evaluation import (compute_metrics, markdown_report, prediction_rows, summary_line, write_predictions,
+                               write_reports)
 from textft.loop import LoopState, fit, make_loss, predict_logits, steps_per_epoch
 from textft.modeling import apply_transfer, build_model, load_tokenizer, param_groups, resolve_model_path
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
@@ -136,10 +137,14 @@ def train(cfg: Config) -> dict:
     weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
     loss_fn = make_loss(weights, t.label_smoothing)
 
-    def evaluate(split: str = "validation") -> dict:
+    predictions: dict[str, list[dict]] = {}
+
+    def evaluate(split: str = "validation", keep_predictions: bool = False) -> dict:
         logits, labels = predict_logits(accelerator, model, eval_dls[split])
         metrics = compute_metrics(labels, logits.argmax(-1), data.label_names)
         metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+        if keep_predictions:
+            predictions[split] = prediction_rows(eval_sets[split]["text"], labels, logits, data.label_names)
         return metrics
 
     if accelerator.is_main_process:
@@ -158,7 +163,7 @@ def train(cfg: Config) -> dict:
                 log_file=out_dir / "train_log.jsonl")
     train_seconds = time.perf_counter() - start
 
-    reports = {split: evaluate(split) for split in eval_dls}
+    reports = {split: evaluate(split, keep_predictions=True) for split in eval_dls}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         extra = {"label_names": data.label_names, "data_source": data.source, "parameters": params,
@@ -170,8 +175,11 @@ def train(cfg: Config) -> dict:
             save_model(tmp, unwrapped, tokenizer)
             save_config(cfg, tmp / "textft_config.yaml")
             write_reports(tmp, reports, extra, title=f"textft: {cfg.model.name_or_path} on {data.source}")
+            write_predictions(tmp / "predictions", predictions)
 
         write_atomically(out_dir, write, keep=("train_log.jsonl", "checkpoints"))
+        if len(data.label_names) <= 10:  # small enough to read on a terminal
+            print(markdown_report(reports, title=f"{cfg.model.name_or_path} on {data.source}"))
         for split, m in reports.items():
             print(summary_line(split, m))
         print(f"model saved to {out_dir} ({state.step} steps in {train_seconds:.0f} s)")

@@ -1,0 +1,130 @@
+"""Every kind of bad input: one clear line per problem, exit code 2, no traceback, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import toy_rows, write_jsonl
+from textft.cli import main as cli
+
+
+def files(tmp_path, name, rows=None, text=None):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    else:
+        write_jsonl(path, rows)
+    return path
+
+
+def case_missing_file(tmp_path):
+    return [f"data.train_file={tmp_path / 'nope.jsonl'}"], "does not exist"
+
+
+def case_bad_extension(tmp_path):
+    return [f"data.train_file={files(tmp_path, 'train.txt', text='x')}"], "unsupported extension '.txt'"
+
+
+def case_missing_text_column(tmp_path):
+    rows = [{"review": r["text"], "label": r["label"]} for r in toy_rows(20, 0)]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "column 'text' not found"
+
+
+def case_missing_label_column(tmp_path):
+    return [f"data.train_file={files(tmp_path, 't.jsonl', toy_rows(20, 0))}", "data.label_column=sentiment"], \
+        "column 'sentiment' not found"
+
+
+def case_empty_dataset(tmp_path):
+    return [f"data.train_file={files(tmp_path, 't.csv', text='text,label' + chr(10))}"], "empty"
+
+
+def case_empty_validation_split(tmp_path):
+    return [f"data.train_file={files(tmp_path, 't.jsonl', toy_rows(20, 0))}",
+            f"data.validation_file={files(tmp_path, 'v.csv', text='text,label' + chr(10))}"], "is empty"
+
+
+def case_empty_texts(tmp_path):
+    rows = toy_rows(20, 0)
+    rows[2]["text"] = None
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "row 3"
+
+
+def case_unseen_test_label(tmp_path):
+    test = toy_rows(10, 1)
+    test[0]["label"] = "neutral"
+    return [f"data.train_file={files(tmp_path, 't.jsonl', toy_rows(20, 0))}",
+            f"data.test_file={files(tmp_path, 'test.jsonl', test)}"], "never seen in training: neutral"
+
+
+def case_one_class(tmp_path):
+    rows = [{"text": f"text {i}", "label": "pos"} for i in range(10)]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "only one class"
+
+
+def case_unknown_key(tmp_path):
+    return ["train.learning_rate=1e-4"], "unknown key 'train.learning_rate'"
+
+
+def case_wrong_type(tmp_path):
+    return ["train.epochs=many"], "'train.epochs' must be a number"
+
+
+def case_lr_not_positive(tmp_path):
+    return ["train.lr=0"], "'train.lr' must be > 0"
+
+
+def case_epochs_not_positive(tmp_path):
+    return ["train.epochs=0"], "'train.epochs' must be > 0"
+
+
+def case_unknown_transfer_mode(tmp_path):
+    return ["model.transfer=frozen"], "'model.transfer' must be"
+
+
+def case_missing_model_path(tmp_path):
+    return [f"model.name_or_path={tmp_path / 'no-model'}"], "does not exist"
+
+
+def case_output_dir_not_empty(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old.txt").write_text("x")
+    return [], "exists and is not empty"
+
+
+CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda f: f.__name__[5:])
+def test_bad_input_is_one_clear_error(case, tiny_args, tmp_path, capsys):
+    overrides, expected = case(tmp_path)
+    existed = (tmp_path / "run").exists()
+    rc = cli(["train", *tiny_args, *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert lines and any(expected in line for line in lines), err
+    assert "Traceback" not in err
+    if not existed:
+        assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config", "configs/tiny.yaml",
+                           "train.lr=-1", "model.transfer=topk", f"output.dir={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("error: ") == 2 and "Traceback" not in proc.stderr
+    assert "did you mean 'top_k'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_bad_input(tmp_path, capsys):
+    assert cli(["evaluate", "--model", str(tmp_path), "--data", "x.jsonl"]) == 2
+    assert "not a saved model directory" in capsys.readouterr().err
+
+
+def test_unknown_command_suggests(capsys):
+    assert cli(["trian"]) == 2
+    assert "did you mean 'train'" in capsys.readouterr().err
