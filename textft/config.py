@@ -30,7 +30,9 @@ class UserError(ValueError):
 
 
 Truncation = Literal["head", "tail", "head+tail"]
-Transfer = Literal["full", "feature_extraction", "top_k"]
+Transfer = Literal["full", "feature_extraction", "top_k", "gradual"]
+Metric = Literal["accuracy", "macro_f1", "weighted_f1", "loss"]
+Tracker = Literal["none", "tensorboard", "wandb", "mlflow"]
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Scheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -85,9 +87,14 @@ class ModelConfig:
     """Build the model from its config with random weights instead of loading weights."""
     transfer: Transfer = "full"
     """full: train everything; feature_extraction: freeze the encoder, train the head;
-    top_k: train the head and the top ``unfreeze_top_k`` layers."""
+    top_k: train the head and the top ``unfreeze_top_k`` layers; gradual: start with the head and
+    unfreeze one more layer (top down, embeddings last) every ``unfreeze_every_epochs`` (ULMFiT)."""
     unfreeze_top_k: int = 2
     """Encoder layers trained under ``transfer: top_k``."""
+    unfreeze_every_epochs: float = 1.0
+    """Under ``transfer: gradual``: epochs (fractions allowed) between two unfreezing steps."""
+    dropout: float | None = None
+    """Override the checkpoint's hidden, attention and classifier dropout (e.g. 0.0)."""
     layer_lr_decay: float = 1.0
     """Each encoder layer below the top gets this factor times the lr of the layer above
     (1.0 = off; 0.8-0.95 is typical)."""
@@ -135,6 +142,29 @@ class TrainConfig:
     """Log loss, lr and throughput every N optimizer steps."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    metric_for_best: Metric = "macro_f1"
+    """Validation metric that picks the exported model (loss: lower is better, others higher)."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without improvement (0: never stop early)."""
+    early_stopping_min_delta: float = 0.0
+    """Smallest change of ``metric_for_best`` that counts as an improvement."""
+    save_every_steps: int = 0
+    """Write a resumable checkpoint every N optimizer steps (0: off)."""
+    save_every_epoch: bool = False
+    """Write a resumable checkpoint at the end of every epoch."""
+    keep_checkpoints: int = 2
+    """Resumable checkpoints kept in ``output.dir/checkpoints`` (oldest are deleted)."""
+    resume_from: str | None = None
+    """``latest`` (newest valid checkpoint in ``output.dir/checkpoints``, or a fresh start if
+    there is none) or the path of a checkpoint directory."""
+    time_budget_s: float | None = None
+    """Stop training after this many seconds and export the best model so far."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    compile: bool = False
+    """torch.compile the model (slow first steps; pays off on long GPU runs)."""
+    report_to: Tracker = "none"
+    """Experiment tracker fed through Accelerate: none, tensorboard, wandb or mlflow."""
 
 
 @dataclass
@@ -300,6 +330,13 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     need(t.eval_every_steps >= 0, f"'train.eval_every_steps' must be >= 0, got {t.eval_every_steps}")
     need(t.logging_steps >= 1, f"'train.logging_steps' must be >= 1, got {t.logging_steps}")
     need(t.num_workers >= 0, f"'train.num_workers' must be >= 0, got {t.num_workers}")
+    need(t.early_stopping_patience >= 0,
+         f"'train.early_stopping_patience' must be >= 0, got {t.early_stopping_patience}")
+    need(t.early_stopping_min_delta >= 0,
+         f"'train.early_stopping_min_delta' must be >= 0, got {t.early_stopping_min_delta}")
+    need(t.save_every_steps >= 0, f"'train.save_every_steps' must be >= 0, got {t.save_every_steps}")
+    need(t.keep_checkpoints >= 1, f"'train.keep_checkpoints' must be >= 1, got {t.keep_checkpoints}")
+    need(t.time_budget_s is None or t.time_budget_s > 0, f"'train.time_budget_s' must be > 0, got {t.time_budget_s}")
     cw = t.class_weights
     if isinstance(cw, str):
         need(cw in ("none", "balanced"),
@@ -325,6 +362,8 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         problems.append("set either 'data.dataset' or 'data.train_file', not both")
 
     need(m.unfreeze_top_k >= 0, f"'model.unfreeze_top_k' must be >= 0, got {m.unfreeze_top_k}")
+    need(m.unfreeze_every_epochs > 0, f"'model.unfreeze_every_epochs' must be > 0, got {m.unfreeze_every_epochs}")
+    need(m.dropout is None or 0 <= m.dropout < 1, f"'model.dropout' must be in [0, 1), got {m.dropout}")
     need(0 < m.layer_lr_decay <= 1, f"'model.layer_lr_decay' must be in (0, 1], got {m.layer_lr_decay}")
     need(bool(m.name_or_path), "'model.name_or_path' must not be empty")
     need(bool(cfg.output.dir), "'output.dir' must not be empty")

@@ -64,6 +64,9 @@ def build_model(cfg: ModelConfig, label_names: list[str]):
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
     common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.dropout is not None:
+        labels |= {k: cfg.dropout for k in ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                                            "classifier_dropout")}
     try:
         if cfg.random_init:
             config = AutoConfig.from_pretrained(path, **labels, **common)
@@ -103,11 +106,24 @@ def apply_transfer(model: nn.Module, cfg: ModelConfig) -> dict[str, int]:
     """Freeze what the transfer mode keeps fixed; return trainable and total parameter counts."""
     depths = layer_depths(model)
     n_layers = max(depths.values()) - 1
-    lowest_trained = {"full": 0, "feature_extraction": n_layers + 1,
+    # Gradual unfreezing keeps every parameter trainable and drops frozen gradients each step
+    # (see frozen_by_schedule): changing requires_grad mid-run would desynchronise DDP.
+    lowest_trained = {"full": 0, "gradual": 0, "feature_extraction": n_layers + 1,
                       "top_k": n_layers + 1 - min(cfg.unfreeze_top_k, n_layers)}[cfg.transfer]
     for name, p in model.named_parameters():
         p.requires_grad_(depths[name] >= lowest_trained)
     return count_parameters(model)
+
+
+def unfrozen_depth(progress_epochs: float, every: float, head_depth: int) -> int:
+    """Lowest trainable depth after ``progress_epochs`` under gradual unfreezing: the head alone
+    first, then one more layer from the top each ``every`` epochs, the embeddings last."""
+    return max(0, head_depth - int(progress_epochs // every))
+
+
+def frozen_by_schedule(model: nn.Module, lowest: int) -> list[torch.Tensor]:
+    depths = layer_depths(model)
+    return [p for name, p in model.named_parameters() if depths[name] < lowest]
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -6,6 +6,7 @@ setup (config, accelerator, data, model) → fit → evaluate → save.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -13,18 +14,21 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from textft.checkpoint import check_output_dir, save_model, write_atomically
+from textft.checkpoint import (check_output_dir, checkpoint_problem, latest_checkpoint, load_best, save_best,
+                               save_checkpoint, save_model, write_atomically)
 from textft.config import Config, UserError, describe_keys, load_config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
 from textft.evaluation import (compute_metrics, markdown_report, prediction_rows, summary_line, write_predictions,
                                write_reports)
-from textft.loop import LoopState, fit, make_loss, predict_logits, steps_per_epoch
-from textft.modeling import apply_transfer, build_model, load_tokenizer, param_groups, resolve_model_path
+from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
+from textft.modeling import (apply_transfer, build_model, frozen_by_schedule, layer_depths, load_tokenizer,
+                             param_groups, resolve_model_path, unfrozen_depth)
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
 log = logging.getLogger("textft")
@@ -47,7 +51,8 @@ def resolve_precision(requested: str) -> str:
 def preflight(cfg: Config) -> None:
     """Cheap checks of everything the run will touch, all reported together before any work."""
     problems = []
-    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite):
+    resuming = cfg.train.resume_from is not None
+    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite or resuming):
         problems.append(problem)
     try:
         resolve_model_path(cfg.model.name_or_path)
@@ -79,63 +84,128 @@ def class_weight_tensor(spec, labels: list[int], label_names: list[str]) -> torc
 
 
 def setup_logging(is_main: bool) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if is_main else logging.ERROR, force=True)
+    # textft's own logger, so that an application's (or pytest's) root handlers stay untouched.
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if is_main else logging.ERROR)
     import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per file of every checkpoint
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*null_placement.*")  # pyarrow, inside datasets.sort
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
 
 
-def train(cfg: Config) -> dict:
-    """Run the whole job described by ``cfg``; returns the final evaluation reports."""
+def setup_accelerator(cfg: Config):
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    t, out_dir = cfg.train, Path(cfg.output.dir)
+    precision = resolve_precision(t.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=t.grad_accum_steps,
+        log_with=None if t.report_to == "none" else t.report_to, dynamo_backend="inductor" if t.compile else "no",
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
+    setup_logging(accelerator.is_main_process)
+    return accelerator, precision
+
+
+def find_resume(resume_from: str | None, root: Path) -> Path | None:
+    if resume_from is None:
+        return None
+    if resume_from == "latest":
+        found = latest_checkpoint(root)
+        if found is None:
+            log.warning("train.resume_from=latest: no complete checkpoint in %s, starting from scratch", root)
+        return found
+    path = Path(resume_from)
+    problem = "does not exist" if not path.is_dir() else checkpoint_problem(path)
+    if problem:
+        raise UserError(f"'train.resume_from': checkpoint '{path}' cannot be used: {problem}")
+    return path
+
+
+def flat_config(cfg: Config) -> dict:
+    """``section.key`` → value, with values trackers accept (numbers, strings, booleans)."""
+    return {f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
+            for s, section in cfg.to_dict().items() for k, v in section.items()}
+
+
+def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = None) -> dict:
+    """Run the whole job described by ``cfg``; returns the final evaluation reports.
+
+    ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
+    (e.g. a pruned hyper-parameter trial) ends the run.
+    """
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     preflight(cfg)
-    t, d = cfg.train, cfg.data
-    precision = resolve_precision(t.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=t.grad_accum_steps)
-    setup_logging(accelerator.is_main_process)
+    t, d, m = cfg.train, cfg.data, cfg.model
+    accelerator, precision = setup_accelerator(cfg)
     set_seed(t.seed)
     out_dir = Path(cfg.output.dir)
+    ckpt_root = out_dir / "checkpoints"
 
     with accelerator.main_process_first():
         data: TaskData = load_splits(d, t.seed)
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(m)
         tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction)
-    model = build_model(cfg.model, data.label_names)
+    model = build_model(m, data.label_names)
     model.config.problem_type = "single_label_classification"
-    params = apply_transfer(model, cfg.model)
+    params = apply_transfer(model, m)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
     log.info("data %s: %s; %d labels", data.source,
              ", ".join(f"{k} {len(v)}" for k, v in tokenized.items()), len(data.label_names))
     log.info("model %s (%s): %s of %s parameters trainable (%.1f%%); precision %s; %d process(es)",
-             cfg.model.name_or_path, cfg.model.transfer, f"{params['trainable']:,}", f"{params['total']:,}",
+             m.name_or_path, m.transfer, f"{params['trainable']:,}", f"{params['total']:,}",
              100 * params["trainable"] / params["total"], precision, accelerator.num_processes)
 
     amp = precision != "no"
     train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers)
-    eval_bs = t.eval_batch_size or 2 * t.batch_size
     eval_sets = {split: sort_by_length(tokenized[split]) for split in ("validation", "test") if split in tokenized}
-    eval_dls = {split: eval_loader(ds, tokenizer, eval_bs, amp, t.num_workers) for split, ds in eval_sets.items()}
-    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.head_lr, t.weight_decay, cfg.model.layer_lr_decay),
+    eval_dls = {split: eval_loader(ds, tokenizer, t.eval_batch_size or 2 * t.batch_size, amp, t.num_workers)
+                for split, ds in eval_sets.items()}
+    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.head_lr, t.weight_decay, m.layer_lr_decay),
                                   lr=t.lr, weight_decay=t.weight_decay)
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
 
-    # Counted on the sharded loader, so the schedule is the same on 1 or N processes.
+    # Counted on the sharded loader, so the schedule is the same on 1 or N processes; the scheduler
+    # stays out of prepare() because Accelerate would step it once per process.
     per_epoch = steps_per_epoch(len(train_dl), t.grad_accum_steps)
-    total_steps = t.max_steps or max(1, round(t.epochs * per_epoch))
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    accelerator.register_for_checkpointing(scheduler)
-    weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
-    loss_fn = make_loss(weights, t.label_smoothing)
+    plan = Plan(total_steps=t.max_steps or max(1, round(t.epochs * per_epoch)), max_grad_norm=t.max_grad_norm,
+                logging_steps=t.logging_steps, eval_every_steps=t.eval_every_steps,
+                save_every_steps=t.save_every_steps, save_every_epoch=t.save_every_epoch, metric=t.metric_for_best,
+                patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta,
+                time_budget_s=t.time_budget_s)
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * plan.total_steps),
+                              num_training_steps=plan.total_steps)
+    state = LoopState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    resume = find_resume(t.resume_from, ckpt_root)
+    if accelerator.is_main_process:
+        if out_dir.exists() and cfg.output.overwrite and resume is None:
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "textft_config.yaml")
+    accelerator.wait_for_everyone()
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        log.info("resumed from %s: step %d, epoch %d, %d batches into it", resume, state.step, state.epoch,
+                 state.batches_in_epoch)
+        if accelerator.is_main_process:  # the log restarts at the checkpoint, dropping what came after
+            (out_dir / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in state.history))
+    if t.report_to != "none":
+        accelerator.init_trackers("textft", config=flat_config(cfg))
 
     predictions: dict[str, list[dict]] = {}
 
@@ -145,46 +215,61 @@ def train(cfg: Config) -> dict:
         metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
         if keep_predictions:
             predictions[split] = prediction_rows(eval_sets[split]["text"], labels, logits, data.label_names)
+        elif on_evaluate is not None:
+            on_evaluate(state.step, state.epoch + state.batches_in_epoch / len(train_dl), metrics)
         return metrics
 
-    if accelerator.is_main_process:
-        if out_dir.exists() and cfg.output.overwrite:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "textft_config.yaml")
-    accelerator.wait_for_everyone()
+    def on_best() -> None:
+        save_best(accelerator, model, ckpt_root, {"step": state.step, "epoch": state.best_epoch,
+                                                  "metric": t.metric_for_best, "value": state.best_value})
 
-    log.info("training: %d optimizer steps (%d per epoch), global batch %d", total_steps, per_epoch,
+    unwrapped = accelerator.unwrap_model(model)
+    head_depth = max(layer_depths(unwrapped).values())
+    frozen_at = {}
+
+    def gradual_unfreeze(s: LoopState) -> None:
+        lowest = unfrozen_depth(s.epoch + s.batches_in_epoch / len(train_dl), m.unfreeze_every_epochs, head_depth)
+        if lowest not in frozen_at:
+            frozen_at[lowest] = frozen_by_schedule(unwrapped, lowest)
+            log.info("gradual unfreezing at step %d: training depth >= %d of %d", s.step, lowest, head_depth)
+        for p in frozen_at[lowest]:
+            p.grad = None  # AdamW skips parameters without a gradient: no update, no weight decay
+
+    log.info("training: %d optimizer steps (%d per epoch), global batch %d", plan.total_steps, per_epoch,
              t.batch_size * t.grad_accum_steps * accelerator.num_processes)
-    start = time.perf_counter()
-    state = fit(accelerator, model, optimizer, scheduler, train_dl, total_steps=total_steps, loss_fn=loss_fn,
-                evaluate=evaluate, state=LoopState(), max_grad_norm=t.max_grad_norm,
-                logging_steps=t.logging_steps, eval_every_steps=t.eval_every_steps,
-                log_file=out_dir / "train_log.jsonl")
-    train_seconds = time.perf_counter() - start
+    fit(accelerator, model, optimizer, scheduler, train_dl, state, plan, loss_fn=make_loss(weights, t.label_smoothing),
+        evaluate=evaluate, on_best=on_best,
+        checkpoint=lambda: save_checkpoint(accelerator, ckpt_root, state.step, t.keep_checkpoints),
+        before_optimizer_step=gradual_unfreeze if m.transfer == "gradual" else None,
+        log_file=out_dir / "train_log.jsonl")
 
+    best = load_best(accelerator, model, ckpt_root)
     reports = {split: evaluate(split, keep_predictions=True) for split in eval_dls}
+    accelerator.end_training()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
         extra = {"label_names": data.label_names, "data_source": data.source, "parameters": params,
                  "precision": precision, "num_processes": accelerator.num_processes,
-                 "optimizer_steps": state.step, "train_seconds": round(train_seconds, 2),
-                 "config": cfg.to_dict()}
+                 "optimizer_steps": state.step, "train_seconds": round(state.seconds, 2),
+                 "best": best, "stop_reason": state.stop_reason,
+                 "resumed_from": str(resume) if resume else None, "config": cfg.to_dict()}
 
         def write(tmp: Path) -> None:
             save_model(tmp, unwrapped, tokenizer)
             save_config(cfg, tmp / "textft_config.yaml")
-            write_reports(tmp, reports, extra, title=f"textft: {cfg.model.name_or_path} on {data.source}")
+            write_reports(tmp, reports, extra, title=f"textft: {m.name_or_path} on {data.source}")
             write_predictions(tmp / "predictions", predictions)
 
-        write_atomically(out_dir, write, keep=("train_log.jsonl", "checkpoints"))
+        write_atomically(out_dir, write, keep=("train_log.jsonl", "checkpoints", "logs"))
+        shutil.rmtree(ckpt_root / "best", ignore_errors=True)  # it is now the exported model itself
         if len(data.label_names) <= 10:  # small enough to read on a terminal
-            print(markdown_report(reports, title=f"{cfg.model.name_or_path} on {data.source}"))
-        for split, m in reports.items():
-            print(summary_line(split, m))
-        print(f"model saved to {out_dir} ({state.step} steps in {train_seconds:.0f} s)")
+            print(markdown_report(reports, title=f"{m.name_or_path} on {data.source}"))
+        for split, metrics in reports.items():
+            print(summary_line(split, metrics))
+        if best:
+            print(f"best {t.metric_for_best} {best['value']:.4f} at step {best['step']} (epoch {best['epoch']});"
+                  f" stopped: {state.stop_reason}")
+        print(f"model saved to {out_dir} ({state.step} steps in {state.seconds:.0f} s)")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return reports
 
 
