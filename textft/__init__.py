@@ -9,3 +9,10 @@ def train(config_path=None, overrides=None):
     from textft.train import train as _train
 
     return _train(load_config(config_path, overrides))
+
+
+def load(model_dir, **kwargs):
+    """A saved classifier ready for ``.predict(texts)``; see ``textft.inference.Classifier.from_pretrained``."""
+    from textft.inference import Classifier
+
+    return Classifier.from_pretrained(model_dir, **kwargs)

@@ -41,6 +41,7 @@ COMMANDS = {
     "train": "textft.train:main",
     "evaluate": "textft.cli:evaluate_main",
     "predict": "textft.inference:predict_main",
+    "calibrate": "textft.inference:calibrate_main",
     "serve": "textft.serving:main",
     "push": "textft.hub:push_main",
     "compare": "textft.compare:main",
