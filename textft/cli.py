@@ -46,6 +46,7 @@ COMMANDS = {
     "push": "textft.hub:push_main",
     "compare": "textft.compare:main",
     "sweep": "textft.sweep:main",
+    "report": "textft.report:main",
 }
 
 
