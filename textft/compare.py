@@ -1,0 +1,280 @@
+"""Side-by-side comparison of finished runs: a Markdown table on the terminal, and with
+``--output DIR`` the same table as HTML and CSV plus a plot of the metric and of metric vs training time.
+
+    textft compare RUN_DIR RUN_DIR ... [--output DIR] [--metric macro_f1] [--split test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from textft.config import UserError, closest
+from textft.report import (CSS, METRIC_NAMES, _duration, _figure, _img, _png, _replace_atomically, build_report,
+                           check_run_dir)
+
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
+LOWER_IS_BETTER = {"loss", "ece"}
+HYPER = (("lr", "train", "lr"), ("head_lr", "train", "head_lr"), ("epochs", "train", "epochs"),
+         ("batch_size", "train", "batch_size"), ("max_length", "data", "max_length"),
+         ("layer_lr_decay", "model", "layer_lr_decay"))
+
+
+def run_names(run_dirs: list[str]) -> list[str]:
+    """Directory names, lengthened with their parents where two would read the same."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    depth = 1
+    while depth < 6:
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+        depth += 1
+    return [str(p) for p in paths]
+
+
+def _model_name(name: str | None) -> str:
+    if not name:
+        return "-"
+    return Path(name).name if "/" in name and Path(name).exists() else name
+
+
+def comparison_row(report: dict, name: str, run_dir: str, split: str) -> dict[str, Any]:
+    cfg = report.get("config") or {}
+    m = report["splits"][split]
+    params = report.get("parameters") or {}
+    row: dict[str, Any] = {"run": name, "run_dir": str(run_dir), "model": _model_name(report.get("model")),
+                           "transfer": report.get("transfer"), "unfreeze_top_k": report.get("unfreeze_top_k")}
+    for key, section, field in HYPER:
+        row[key] = (cfg.get(section) or {}).get(field)
+    row["trainable_params"] = params.get("trainable")
+    row["total_params"] = params.get("total")
+    row["split"] = split
+    for key in METRICS:
+        row[key] = m.get(key)
+    row["train_seconds"] = report["timings"].get("train_seconds")
+    row["samples_per_s"] = report["throughput"].get("samples_per_s")
+    best = report.get("best") or {}
+    row["best_step"] = best.get("step")
+    return row
+
+
+def _num(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _sci(v) -> str:
+    return f"{v:.1e}" if isinstance(v, (int, float)) else "-"
+
+
+def _params(row: dict) -> str:
+    t, total = row.get("trainable_params"), row.get("total_params")
+    if not t:
+        return "-"
+    short = f"{t / 1e6:.2f}M" if t >= 1e5 else f"{t:,}"
+    return f"{short} ({100 * t / total:.1f}%)" if total else short
+
+
+def _transfer(row: dict) -> str:
+    transfer = row.get("transfer") or "-"
+    return f"top_k ({row['unfreeze_top_k']})" if transfer == "top_k" and row.get("unfreeze_top_k") else transfer
+
+
+SETTINGS = ("model", "transfer", "lr", "head_lr", "epochs", "batch", "max_len", "lr decay")
+
+
+def display_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[str]], int | None, dict[str, str]]:
+    """Header, formatted cells, the index of the best run on ``metric``, and the settings all runs share.
+
+    A setting that is the same for every run moves out of the table into the shared line, so the
+    columns left are the ones that explain the differences.
+    """
+    header = ["run", *SETTINGS, "trainable", *(METRIC_NAMES[k] for k in METRICS), "train time", "samples/s"]
+    cells = []
+    for r in rows:
+        cells.append([r["run"], r["model"], _transfer(r), _sci(r["lr"]), _sci(r["head_lr"]), _num(r["epochs"], 1),
+                      _num(r["batch_size"]), _num(r["max_length"]), _num(r["layer_lr_decay"], 2), _params(r),
+                      *(_num(r[k]) for k in METRICS), _duration(r["train_seconds"]), _num(r["samples_per_s"], 1)])
+    shared = {}
+    if len(rows) > 1:
+        for name in SETTINGS:
+            j = header.index(name)
+            if len({row[j] for row in cells}) == 1:
+                shared[name] = cells[0][j]
+        keep = [j for j, h in enumerate(header) if h not in shared]
+        header = [header[j] for j in keep]
+        cells = [[row[j] for j in keep] for row in cells]
+    scored = [i for i, r in enumerate(rows) if isinstance(r.get(metric), (int, float))]
+    best = None
+    if scored:
+        pick = min if metric in LOWER_IS_BETTER else max
+        best = pick(scored, key=lambda i: rows[i][metric])
+    return header, cells, best, shared
+
+
+def _shared_line(shared: dict[str, str]) -> str:
+    return "shared by all runs: " + ", ".join(f"{k} {v}" for k, v in shared.items()) if shared else ""
+
+
+def markdown_table(rows: list[dict], metric: str) -> str:
+    header, cells, best, shared = display_table(rows, metric)
+    col = header.index(METRIC_NAMES[metric])
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if h in ("run", "model", "transfer") else "---:" for h in header) + "|"]
+    for i, row in enumerate(cells):
+        row = list(row)
+        if i == best:
+            row[col] = f"**{row[col]}**"
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    if shared:
+        lines += ["", _shared_line(shared)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: list[dict], metric: str) -> bytes | None:
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    if not scored:
+        return None
+    timed = [r for r in scored if isinstance(r.get("train_seconds"), (int, float))]
+    fig = _figure(12, max(3.2, 0.42 * len(scored) + 1.6))
+    ax_bar, ax_time = fig.subplots(1, 2) if timed else (fig.add_subplot(), None)
+    name = METRIC_NAMES[metric]
+    pick = min if metric in LOWER_IS_BETTER else max
+    best = pick(scored, key=lambda r: r[metric])
+    ys = range(len(scored))[::-1]  # the first run on top, as in the table
+    ax_bar.barh(list(ys), [r[metric] for r in scored],
+                color=["#2ca02c" if r is best else "#1f77b4" for r in scored], height=0.6)
+    ax_bar.set_yticks(list(ys), [r["run"] for r in scored], fontsize=9)
+    top = max(r[metric] for r in scored)
+    for y, r in zip(ys, scored):
+        ax_bar.text(r[metric] + 0.01 * max(top, 1e-9), y, f"{r[metric]:.4f}", va="center", fontsize=9)
+    ax_bar.set_xlim(0, (1.0 if metric not in LOWER_IS_BETTER and top <= 1 else top) * 1.15)
+    ax_bar.set_xlabel(f"{name} ({scored[0]['split']})")
+    ax_bar.set_title(f"{name}, best in green", loc="left")
+    ax_bar.grid(axis="x", alpha=0.3)
+    if ax_time is not None:
+        minutes = max(r["train_seconds"] for r in timed) >= 180
+        scale, unit = (60, "min") if minutes else (1, "s")
+        ax_time.scatter([r["train_seconds"] / scale for r in timed], [r[metric] for r in timed], s=60,
+                        color=["#2ca02c" if r is best else "#1f77b4" for r in timed], zorder=3)
+        for r in timed:
+            ax_time.annotate(r["run"], (r["train_seconds"] / scale, r[metric]), xytext=(6, 4),
+                             textcoords="offset points", fontsize=9)
+        ax_time.set_xlabel(f"training time ({unit})")
+        ax_time.set_ylabel(name)
+        # Room on the right for the run names written next to the points.
+        ax_time.set_xlim(0, 1.35 * max(r["train_seconds"] for r in timed) / scale)
+        ax_time.margins(y=0.2)
+        ax_time.set_title(f"{name} against training time", loc="left")
+        ax_time.grid(alpha=0.3)
+    return _png(fig)
+
+
+def render_html(rows: list[dict], metric: str, png: bytes | None, out_dir: Path) -> str:
+    header, cells, best, shared = display_table(rows, metric)
+    col = header.index(METRIC_NAMES[metric])
+    numeric = {j for j, h in enumerate(header) if h not in ("run", "model", "transfer")}
+    th = "".join(f"<th class='n'>{html.escape(h)}</th>" if i in numeric else f"<th>{html.escape(h)}</th>"
+                 for i, h in enumerate(header))
+    body = []
+    for i, (row, r) in enumerate(zip(cells, rows)):
+        tds = []
+        for j, c in enumerate(row):
+            text = html.escape(c)
+            if j == 0 and (Path(r["run_dir"]) / "report.html").is_file():
+                link = os.path.relpath(Path(r["run_dir"]).resolve() / "report.html", out_dir.resolve())
+                text = f"<a href='{html.escape(link)}'>{text}</a>"
+            if j == col and i == best:
+                text = f"<b>{text}</b>"
+            tds.append(f"<td class='n'>{text}</td>" if j in numeric else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    split = rows[0]["split"] if rows else "-"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>textft comparison</title>"
+            f"<style>{CSS}</style></head><body><main><h1>Comparison of {len(rows)} runs</h1>"
+            f"<p class='note'>Metrics on the {html.escape(split)} split; best {html.escape(METRIC_NAMES[metric])}"
+            f" in bold; run names link to each run's report.</p>"
+            f"<div style='overflow-x:auto'><table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody>"
+            f"</table></div><p class='note'>{html.escape(_shared_line(shared))}</p>"
+            f"{_img(png, 'comparison plot')}</main></body></html>\n")
+
+
+def write_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def pick_split(reports: list[dict], names: list[str], requested: str | None) -> str:
+    have = [set(r["splits"]) for r in reports]
+    if requested is not None:
+        missing = [f"run '{n}' has no '{requested}' split{closest(requested, h)} (it has: {', '.join(sorted(h))})"
+                   for n, h in zip(names, have) if requested not in h]
+        if missing:
+            raise UserError(missing)
+        return requested
+    for split in ("test", "validation", "evaluation"):
+        if all(split in h for h in have):
+            return split
+    common = set.intersection(*have)
+    if not common:
+        raise UserError("the runs share no evaluated split: " + "; ".join(
+            f"{n}: {', '.join(sorted(h))}" for n, h in zip(names, have)))
+    return sorted(common)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="textft compare", description="Compare finished runs side by side (Markdown, HTML, CSV and a plot).")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by textft train")
+    parser.add_argument("--output", help="directory for comparison.md, .html, .csv and .png")
+    parser.add_argument("--metric", default="macro_f1", help=f"metric to rank by: {', '.join(METRICS)}")
+    parser.add_argument("--split", help="split to compare (default: test where every run has one, else validation)")
+    args = parser.parse_args(argv)
+
+    problems = [p for d in args.run_dirs if (p := check_run_dir(d))]
+    if args.metric not in METRICS:
+        problems.append(f"unknown metric '{args.metric}'{closest(args.metric, METRICS)}; choose from"
+                        f" {', '.join(METRICS)}")
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        problems.append(f"'--output': '{args.output}' exists and is not a directory")
+    if problems:
+        raise UserError(problems)
+    names = run_names(args.run_dirs)
+    reports = [build_report(d, mistakes=0) for d in args.run_dirs]
+    split = pick_split(reports, names, args.split)
+    rows = [comparison_row(r, n, d, split) for r, n, d in zip(reports, names, args.run_dirs)]
+
+    print(f"# {len(rows)} runs on the {split} split (best {METRIC_NAMES[args.metric]} in bold)\n")
+    print(markdown_table(rows, args.metric))
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        png = plot_comparison(rows, args.metric) if _has_matplotlib() else None
+        files = {"comparison.md": markdown_table(rows, args.metric).encode(),
+                 "comparison.csv": write_csv(rows).encode(),
+                 "comparison.html": render_html(rows, args.metric, png, out).encode()}
+        if png:
+            files["comparison.png"] = png
+        for name, data in files.items():
+            _replace_atomically(out / name, data)
+        print(f"written: {', '.join(str(out / n) for n in files)}")
+    return 0
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("(no plot: pip install 'textft[report]' for matplotlib)")
+        return False
+    return True
