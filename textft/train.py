@@ -228,7 +228,9 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     frozen_at = {}
 
     def gradual_unfreeze(s: LoopState) -> None:
-        lowest = unfrozen_depth(s.epoch + s.batches_in_epoch / len(train_dl), m.unfreeze_every_epochs, head_depth)
+        # Progress when this step's first batch started, so an epoch's last step is still in that epoch.
+        progress = s.epoch + (s.batches_in_epoch - 1) / len(train_dl)
+        lowest = unfrozen_depth(progress, m.unfreeze_every_epochs, head_depth)
         if lowest not in frozen_at:
             frozen_at[lowest] = frozen_by_schedule(unwrapped, lowest)
             log.info("gradual unfreezing at step %d: training depth >= %d of %d", s.step, lowest, head_depth)

@@ -1,0 +1,119 @@
+"""What the loop promises: accumulation, schedules, class weights, gradual unfreezing, best-model
+export, early stopping, time budget and trackers, each checked on real tiny runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_jsonl
+from textft.config import load_config
+from textft.train import main, train
+
+EXACT = ["model.dropout=0", "data.group_by_length=false", "train.weight_decay=0", "train.warmup_ratio=0"]
+
+
+def run(tiny_args, out, *extra):
+    return train(load_config(None, [*tiny_args[:-1], *extra, f"output.dir={out}"]))
+
+
+def log_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_accumulating_4x8_equals_one_batch_of_32(tiny_args, tmp_path):
+    run(tiny_args, tmp_path / "acc", *EXACT, "train.max_steps=2", "train.batch_size=8", "train.grad_accum_steps=4")
+    run(tiny_args, tmp_path / "big", *EXACT, "train.max_steps=2", "train.batch_size=32")
+    a, b = load_file(tmp_path / "acc" / "model.safetensors"), load_file(tmp_path / "big" / "model.safetensors")
+    base = load_file(Path(tiny_args[0].split("=", 1)[1]) / "model.safetensors")
+    assert not torch.equal(a["classifier.weight"], base["classifier.weight"])  # it did train
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_schedule_counts_optimizer_steps_not_batches(tiny_args, tmp_path):
+    out = tmp_path / "sched"
+    run(tiny_args, out, "train.batch_size=8", "train.grad_accum_steps=4", "train.epochs=2", "train.logging_steps=1",
+        "train.warmup_ratio=0.25", "train.lr=1e-3")
+    lrs = [r["lr"] for r in log_records(out) if "lr" in r]
+    assert len(lrs) == 26  # 400 examples / 8 = 50 batches → 13 optimizer steps per epoch, 2 epochs
+    warmup = round(0.25 * 26)
+    assert lrs[warmup - 1] == pytest.approx(1e-3)  # the peak is reached exactly when warmup ends
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # and the decay ends exactly at the last step
+    assert json.loads((out / "eval_report.json").read_text())["optimizer_steps"] == 26
+
+
+def test_balanced_class_weights_raise_minority_recall(tiny_args, tmp_path):
+    rows = [json.loads(line) for line in Path(tiny_args[1].split("=", 1)[1]).read_text().splitlines()]
+    skewed = [r for r in rows if r["label"] == "pos"] + [r for r in rows if r["label"] == "neg"][:25]
+    train_file = write_jsonl(tmp_path / "skewed.jsonl", skewed)
+    recall = {}
+    for weights in ("none", "balanced"):
+        # The shipped random tiny BERT learns this skewed set slowly enough for the weights to matter.
+        reports = run(tiny_args, tmp_path / weights, "model.name_or_path=builtin:tiny-bert", "model.random_init=true",
+                      f"data.train_file={train_file}", "train.epochs=6",
+                      "train.lr=3e-3", f"train.class_weights={weights}")
+        recall[weights] = reports["validation"]["per_class"]["neg"]["recall"]
+    assert recall["balanced"] > recall["none"] + 0.1, recall
+
+
+def test_class_weight_mapping_with_unknown_label_is_an_error(tiny_args, capsys):
+    assert main([*tiny_args, "train.class_weights={negg: 2.0}"]) == 2
+    assert "did you mean 'neg'" in capsys.readouterr().err
+
+
+def test_gradual_unfreezing_releases_one_layer_per_epoch(tiny_args, tmp_path):
+    out = tmp_path / "gradual"
+    run(tiny_args, out, "model.transfer=gradual", "train.epochs=4", "train.save_every_epoch=true",
+        "train.keep_checkpoints=5")
+    base = load_file(Path(tiny_args[0].split("=", 1)[1]) / "model.safetensors")
+
+    def changed(weights, name):
+        return not torch.equal(weights[name], base[name])
+
+    top, bottom, emb = ("bert.encoder.layer.1.output.dense.weight", "bert.encoder.layer.0.output.dense.weight",
+                        "bert.embeddings.word_embeddings.weight")
+    epoch1, epoch2, epoch3 = (load_file(out / "checkpoints" / f"step-{s}" / "model.safetensors") for s in (25, 50, 75))
+    assert changed(epoch1, "classifier.weight") and not changed(epoch1, top)
+    assert changed(epoch2, top) and not changed(epoch2, bottom)
+    assert changed(epoch3, bottom) and not changed(epoch3, emb)
+
+
+def test_early_stopping_exports_the_best_model(tiny_args, tmp_path):
+    out = tmp_path / "early"
+    reports = run(tiny_args, out, "train.epochs=30", "train.lr=3e-3", "train.early_stopping_patience=2",
+                  "train.metric_for_best=loss")
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["stop_reason"] == "early_stopping"
+    assert report["optimizer_steps"] < 30 * 25
+    evals = [r for r in log_records(out) if "eval" in r]
+    best = min(evals, key=lambda r: r["eval"]["loss"])
+    assert report["best"]["step"] == best["step"] and evals[-1]["step"] > best["step"]
+    # The exported weights are the best ones, not the last ones.
+    assert reports["validation"]["loss"] == pytest.approx(best["eval"]["loss"], rel=1e-5)
+    assert not (out / "checkpoints" / "best").exists()
+
+
+def test_time_budget_stops_and_exports(tiny_args, tmp_path):
+    out = tmp_path / "budget"
+    run(tiny_args, out, "train.epochs=500", "train.time_budget_s=2")
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["stop_reason"] == "time_budget" and report["optimizer_steps"] < 500 * 25
+    assert (out / "model.safetensors").exists()
+
+
+def test_tensorboard_events_hold_loss_lr_and_metrics(tiny_args, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    run(tiny_args, out, "train.report_to=tensorboard", "train.epochs=2")
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e.parent))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/accuracy", "eval/macro_f1", "eval/loss"} <= tags
