@@ -247,7 +247,6 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
 
     best = load_best(accelerator, model, ckpt_root)
     reports = {split: evaluate(split, keep_predictions=True) for split in eval_dls}
-    accelerator.end_training()
     if accelerator.is_main_process:
         extra = {"label_names": data.label_names, "data_source": data.source, "parameters": params,
                  "precision": precision, "num_processes": accelerator.num_processes,
@@ -272,6 +271,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
                   f" stopped: {state.stop_reason}")
         print(f"model saved to {out_dir} ({state.step} steps in {state.seconds:.0f} s)")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers and, on several processes, the process group
     return reports
 
 

@@ -1,0 +1,53 @@
+"""Two real processes (gloo on CPU) against one: same global batch, same result, files written once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import toy_rows, write_jsonl
+from textft.train import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SAME = ["model.dropout=0", "data.group_by_length=false", "train.epochs=2", "train.logging_steps=1",
+        "train.warmup_ratio=0.1"]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_args, tmp_path):
+    # 75 validation examples: not a multiple of 2 ranks x 16, so padding must be dropped by gather_for_metrics.
+    val = write_jsonl(tmp_path / "val.jsonl", toy_rows(75, 5))
+    args = [a for a in tiny_args[:-1] if not a.startswith(("data.validation_file", "train.batch_size"))]
+    args += [f"data.validation_file={val}", *SAME]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "train.batch_size=16", f"output.dir={one}"]) == 0
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+         str(ROOT / "textft" / "train.py"), *args, "train.batch_size=8", f"output.dir={two}"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("model saved to") == 1  # only the main process reports and writes
+
+    r1 = json.loads((one / "eval_report.json").read_text())
+    r2 = json.loads((two / "eval_report.json").read_text())
+    assert r2["num_processes"] == 2 and r1["num_processes"] == 1
+    for split in ("validation", "test"):
+        assert r2["splits"][split]["num_examples"] == r1["splits"][split]["num_examples"]
+    assert r2["splits"]["validation"]["num_examples"] == 75  # every example exactly once
+    assert abs(r2["splits"]["validation"]["accuracy"] - r1["splits"]["validation"]["accuracy"]) <= 1 / 75
+    assert abs(r2["splits"]["validation"]["loss"] - r1["splits"]["validation"]["loss"]) < 1e-3
+
+    # The schedule counts optimizer steps: identical step counts and learning rates on 1 and 2 processes.
+    def lrs(run):
+        return [(r["step"], r["lr"]) for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+                if "lr" in r]
+    assert lrs(one) == lrs(two) and len(lrs(two)) == r1["optimizer_steps"] == 50  # no duplicate log lines
+
+    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-3, rtol=1e-3, msg=k)
