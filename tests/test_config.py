@@ -94,3 +94,16 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["train"]["seed"] == 7
+
+
+ACCELERATE_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs", "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_are_valid_for_accelerate(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    raw = yaml.safe_load(path.read_text())
+    assert raw["num_processes"] >= 1 and raw["distributed_type"]
+    cfg = ClusterConfig.from_yaml_file(path)  # accelerate's own loader rejects unknown or misspelt keys
+    assert cfg.num_machines == raw["num_machines"] and cfg.num_processes == raw["num_processes"]
