@@ -173,6 +173,12 @@ class OutputConfig:
     """Directory that receives the final model, tokenizer, resolved config and reports."""
     overwrite: bool = False
     """Allow writing into a non-empty ``dir`` (its old contents are replaced)."""
+    push_to_hub: bool = False
+    """Upload the final model with a model card to ``hub_repo_id`` (token from HF_TOKEN or `hf auth login`)."""
+    hub_repo_id: str | None = None
+    """Hub repository (``user/name``) that ``push_to_hub`` uploads to."""
+    hub_private: bool = False
+    """Create the Hub repository as private."""
 
 
 @dataclass
@@ -367,6 +373,8 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     need(0 < m.layer_lr_decay <= 1, f"'model.layer_lr_decay' must be in (0, 1], got {m.layer_lr_decay}")
     need(bool(m.name_or_path), "'model.name_or_path' must not be empty")
     need(bool(cfg.output.dir), "'output.dir' must not be empty")
+    need(not cfg.output.push_to_hub or bool(cfg.output.hub_repo_id),
+         "'output.push_to_hub' needs 'output.hub_repo_id' (e.g. your-name/imdb-bert)")
 
 
 def _plain(node) -> Any:

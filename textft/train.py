@@ -26,9 +26,11 @@ from textft.config import Config, UserError, describe_keys, load_config, save_co
 from textft.data import TaskData, check_files, data_files, load_splits
 from textft.evaluation import (compute_metrics, markdown_report, prediction_rows, summary_line, write_predictions,
                                write_reports)
+from textft.hub import push_to_hub
 from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
 from textft.modeling import (apply_transfer, build_model, frozen_by_schedule, layer_depths, load_tokenizer,
                              param_groups, resolve_model_path, unfrozen_depth)
+from textft.report import write_run_report
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
 log = logging.getLogger("textft")
@@ -259,9 +261,14 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
             save_config(cfg, tmp / "textft_config.yaml")
             write_reports(tmp, reports, extra, title=f"textft: {m.name_or_path} on {data.source}")
             write_predictions(tmp / "predictions", predictions)
+            if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
+                shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
+            write_run_report(tmp)
 
-        write_atomically(out_dir, write, keep=("train_log.jsonl", "checkpoints", "logs"))
+        write_atomically(out_dir, write, keep=("checkpoints", "logs"))
         shutil.rmtree(ckpt_root / "best", ignore_errors=True)  # it is now the exported model itself
+        if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
+            ckpt_root.rmdir()
         if len(data.label_names) <= 10:  # small enough to read on a terminal
             print(markdown_report(reports, title=f"{m.name_or_path} on {data.source}"))
         for split, metrics in reports.items():
@@ -269,7 +276,9 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
         if best:
             print(f"best {t.metric_for_best} {best['value']:.4f} at step {best['step']} (epoch {best['epoch']});"
                   f" stopped: {state.stop_reason}")
-        print(f"model saved to {out_dir} ({state.step} steps in {state.seconds:.0f} s)")
+        print(f"model saved to {out_dir} ({state.step} steps in {state.seconds:.0f} s); report: {out_dir / 'report.html'}")
+        if cfg.output.push_to_hub:
+            print(f"pushed to {push_to_hub(out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and, on several processes, the process group
     return reports
