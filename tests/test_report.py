@@ -123,6 +123,8 @@ def test_report_of_a_real_tiny_run_and_of_its_evaluation(tiny_args, toy_files, t
 
     assert train_main(tiny_args) == 0
     run = tmp_path / "run"
+    if (run / "report.json").is_file():  # written by the run itself, inside its staging directory
+        assert json.loads((run / "report.json").read_text())["run"] == "run"
     assert cli(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert f"report written: {run / 'report.html'}" in out and "test: accuracy" in out

@@ -184,6 +184,16 @@ def throughput(train_records: list[dict]) -> dict[str, float | None]:
     return out
 
 
+def run_name(run_dir: str | Path, cfg: dict) -> str:
+    """The run directory's name; while train.py stages the run in a hidden temporary sibling, the
+    name it is about to get (``output.dir``)."""
+    name = Path(run_dir).resolve().name
+    final = (cfg.get("output") or {}).get("dir")
+    if name.startswith(".") and ".tmp-" in name and final:
+        return Path(final).name
+    return name
+
+
 def _eval_summary(m: dict) -> dict[str, Any]:
     return {k: m.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")}
 
@@ -244,7 +254,7 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
         splits = {primary: splits[primary], **{k: v for k, v in splits.items() if k != primary}}
     return {
         "report_version": REPORT_VERSION,
-        "run": Path(run_dir).resolve().name,
+        "run": run_name(run_dir, cfg),
         "title": f"{model_name or 'model'} on {source or 'data'}",
         "model": model_name,
         "transfer": model_cfg.get("transfer"),
