@@ -59,6 +59,7 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
     steps = np.arange(5, 61, 5)
     assert report["throughput"]["samples_per_s"] == pytest.approx(60 / np.sum(5 / (100.0 + steps)), abs=1e-3)
     assert report["timings"]["seconds_per_step"] == pytest.approx(12.5 / 60, abs=1e-4)
+    assert (report["train_seconds"], report["optimizer_steps"]) == (12.5, 60)  # as in eval_report.json
     evals = report["history"]["eval"]
     assert report["best"]["source"] == "train_log.jsonl"
     assert report["best"]["value"] == max(e["macro_f1"] for e in evals)

@@ -267,6 +267,9 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
         "parameters": params,
         "precision": ev.get("precision"),
         "num_processes": ev.get("num_processes"),
+        # The same top-level keys as eval_report.json, so readers of either (the model card) find them.
+        "optimizer_steps": steps,
+        "train_seconds": seconds,
         "timings": timings,
         "throughput": throughput(train_records),
         "best": best,
