@@ -463,7 +463,7 @@ def plot_per_class_f1(split: dict, macro_f1: float | None) -> bytes:
     items = _sorted_classes(split)[::-1]  # rows are drawn bottom-up: the worst class ends on top
     n = len(items)
     many = n > MANY_CLASSES
-    fig = _figure(10, max(2.4, 0.18 * n + 1.4))
+    fig = _figure(10 if many else 8, max(2.6, 0.18 * n + 1.4))
     ax = fig.add_subplot()
     y = np.arange(n)
     f1 = np.array([c["f1"] for _, c in items])
@@ -480,19 +480,19 @@ def plot_per_class_f1(split: dict, macro_f1: float | None) -> bytes:
                linewidths=0.4, zorder=3, label="F1")
     ax.set_yticks(y, [_short_label(name, 40) for name, _ in items], fontsize=7 if many else 10)
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlim(start, 1.13 if many else 1.2)
+    ax.set_xlim(start, 1.0 + 0.015 * (1.0 - start))
     ax.set_xticks(np.round(np.arange(start, 1.0001, 0.1 if start >= 0.5 else 0.2), 2))
     ax.set_xlabel("score" + (f" (axis starts at {start:.1f})" if start > 0 else ""))
+    right_of_axes = ax.get_yaxis_transform()  # x in axes fractions, y in rows
     for i, (_, c) in enumerate(items):
-        ax.text(1.015, i, f"{c['f1']:.2f} (n={c['support']})", va="center", fontsize=6.5 if many else 9,
-                color="#333333")
+        ax.text(1.01, i, f"{c['f1']:.2f} (n={c['support']})", va="center", fontsize=6.5 if many else 9,
+                color="#333333", transform=right_of_axes)
     if macro_f1 is not None:
-        ax.axvline(macro_f1, color="#555555", linestyle="--", linewidth=1, zorder=0)
-        ax.text(macro_f1, n - 0.3, f"macro-F1 {macro_f1:.3f} ", va="bottom", ha="right", fontsize=9)
+        ax.axvline(macro_f1, color="#555555", linestyle="--", linewidth=1, zorder=0, label=f"macro-F1 {macro_f1:.3f}")
     ax.axvline(1.0, color="#bbbbbb", linewidth=0.8, zorder=0)
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="lower left", fontsize=9, ncols=3)
+    ax.legend(loc="lower left", fontsize=9, ncols=4)
     ax.set_title("Per class, worst F1 at the top (F1 and support at the right)", loc="left", fontsize=11)
     return _png(fig)
 
