@@ -110,7 +110,7 @@ def test_card_metadata_and_body(run, tmp_path):
     assert metrics[("f1", "macro")] == round(report["splits"]["test"]["macro_f1"], 4)
     body = card.split("---\n", 2)[2]
     assert "| test | 80 |" in body and 'pipeline("text-classification", model="me/imdb-model")' in body
-    assert "## Evaluation report" in body and "### test: per class" in body  # the run's report, headings demoted
+    assert "## Evaluation report" in body and "### test" in body and "#### Per class" in body  # report.md, demoted
     assert "`neg`, `pos`" in body
 
 
