@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,24 @@ def test_output_problems(run, tmp_path, capsys):
     assert "cannot tell the format" in capsys.readouterr().err
     assert predict(run, "--input", str(src), "--output", str(src)) == 2
     assert "must not be the input" in capsys.readouterr().err
+
+
+def test_terminated_run_leaves_no_partial_output(run, tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "textft", "predict", "--model", str(run), "--input", "-",
+                             "--output", str(out), "--chunk-size", "2", "--no-progress"],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        proc.stdin.write("the film was good\n" * 5)  # the reader now waits for more lines
+        proc.stdin.flush()
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob(".out.jsonl.tmp-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        proc.terminate()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert list(tmp_path.iterdir()) == []

@@ -712,6 +712,8 @@ def _add_model_args(parser: argparse.ArgumentParser, batch_size: bool = True) ->
                         help="auto: bf16 where the hardware runs it natively, else fp32; int8: dynamic"
                              " quantisation of the linear layers (CPU)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's, one per core);"
+                                                     " fewer avoids oversubscription when other work shares the cores")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load pickle-format weights (pytorch_model.bin): only for files you trust")
     parser.add_argument("--trust-remote-code", action="store_true",
@@ -719,6 +721,12 @@ def _add_model_args(parser: argparse.ArgumentParser, batch_size: bool = True) ->
 
 
 def _load_from_args(args, out_of_scope: bool = True) -> Classifier:
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UserError(f"'--threads' must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     return Classifier.from_pretrained(args.model, device=args.device, precision=args.precision,
                                       long_text=args.long_text, stride=args.stride, max_length=args.max_length,
                                       pooling=args.pooling, allow_pickle=args.allow_pickle,
@@ -773,9 +781,30 @@ def predict_main(argv: list[str]) -> int:
         writer = OutputWriter(args.output, args.output_format)
         _quiet_libraries()
         clf = _load_from_args(args)
-        return _run_predict(clf, reader, writer, args)
+        with _terminate_as_exit():
+            return _run_predict(clf, reader, writer, args)
     finally:
         reader.close()
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (kill, a job scheduler's timeout) unwinds like Ctrl-C, so the temporary output is removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_predict(clf: Classifier, reader: InputReader, writer: OutputWriter, args) -> int:
