@@ -221,6 +221,11 @@ def test_calibrate_writes_threshold_and_predict_answers_out_of_scope(run, tmp_pa
     assert settings["calibration"]["num_out_of_scope"] == 30
     assert settings["calibration"]["in_scope_rejection_rate"] <= 0.1
     assert not list(model.glob(".config.json.tmp-*"))
+    # --evaluate measures the stored threshold on other data and leaves the model alone
+    before = (model / "config.json").read_text()
+    assert cli(["calibrate", "--model", str(model), "--data", str(data), "--evaluate", "--precision", "fp32"]) == 0
+    assert f"threshold {settings['threshold']:.6g} (msp) on 90 examples" in capsys.readouterr().out
+    assert (model / "config.json").read_text() == before
 
     clf = textft.load(model, precision="fp32")
     res = clf.predict([r["text"] for r in rows])

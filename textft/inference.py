@@ -955,6 +955,15 @@ def calibrate(clf: Classifier, texts: list[str], labels: list, method: str = "ms
                             "precision_setting": clf.precision, "long_text": clf.long_text}}
 
 
+def _print_rejection(m: dict, method: str) -> None:
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"threshold {m['threshold']:.6g} ({method}) on {m['num_examples']} examples"
+          f" ({m['num_in_scope']} in scope, {m['num_out_of_scope']} out of scope)")
+    print(f"in-scope accuracy {fmt(m['in_scope_accuracy'])} (without rejection"
+          f" {fmt(m['in_scope_accuracy_without_rejection'])}), in-scope rejected {fmt(m['in_scope_rejection_rate'])},"
+          f" out-of-scope recall {fmt(m['out_of_scope_recall'])}, precision of answers {fmt(m['precision'])}")
+
+
 def calibrate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="textft calibrate",
@@ -972,6 +981,8 @@ def calibrate_main(argv: list[str]) -> int:
     target.add_argument("--target-rejection", type=float, help="reject this fraction of in-scope examples")
     parser.add_argument("--label", default=DEFAULT_OOS_LABEL, help="label answered below the threshold")
     parser.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="only measure the threshold already stored in the model on --data (e.g. a test file)")
     _add_model_args(parser)
     args = parser.parse_args(argv)
     _check_positive(args, ["batch_size"])
@@ -979,7 +990,9 @@ def calibrate_main(argv: list[str]) -> int:
         args.target_rejection = 0.05
     if Path(args.data).suffix.lower() in (".txt", ".text"):
         raise UserError(f"'--data': '{args.data}' is plain text; calibration needs labels (csv, tsv, jsonl or parquet)")
-    check_model_dir(args.model, args.allow_pickle)
+    _, raw_config, _ = check_model_dir(args.model, args.allow_pickle)
+    if args.evaluate and raw_config.get(OOS_KEY) is None:
+        raise UserError(f"'--evaluate': '{args.model}' has no out-of-scope threshold yet; run textft calibrate first")
     reader = InputReader(args.data, None, args.text_column, None, args.label_column)
     try:
         rows = list(reader)
@@ -990,16 +1003,20 @@ def calibrate_main(argv: list[str]) -> int:
         raise UserError(f"'--data': {len(missing)} row(s) without a label in column '{args.label_column}'"
                         f" (first: row {missing[0]})")
     _quiet_libraries()
-    clf = _load_from_args(args, out_of_scope=False)
-    settings = calibrate(clf, [r.text for r in rows], [r.label for r in rows], args.method, args.target_precision,
-                         args.target_rejection, args.label, args.batch_size)
-    m = settings["calibration"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"threshold {settings['threshold']:.6g} ({args.method}) on {m['num_examples']} examples"
-          f" ({m['num_in_scope']} in scope, {m['num_out_of_scope']} out of scope)")
-    print(f"in-scope accuracy {fmt(m['in_scope_accuracy'])} (without rejection"
-          f" {fmt(m['in_scope_accuracy_without_rejection'])}), in-scope rejected {fmt(m['in_scope_rejection_rate'])},"
-          f" out-of-scope recall {fmt(m['out_of_scope_recall'])}, precision of answers {fmt(m['precision'])}")
+    clf = _load_from_args(args, out_of_scope=args.evaluate)
+    texts, labels = [r.text for r in rows], [r.label for r in rows]
+    if args.evaluate:
+        stored = clf.out_of_scope
+        label2id = {name: i for i, name in enumerate(clf.labels)}
+        truth = np.array([label2id.get(str(y), -1) for y in labels])
+        logits = clf.logits(texts, args.batch_size)
+        scores = oos_scores(logits, stored["method"], stored.get("temperature", 1.0))
+        m = rejection_metrics(logits.argmax(-1), truth, scores, stored["threshold"])
+        _print_rejection(m, stored["method"])
+        return 0
+    settings = calibrate(clf, texts, labels, args.method, args.target_precision, args.target_rejection, args.label,
+                         args.batch_size)
+    _print_rejection(settings["calibration"], args.method)
     if args.dry_run:
         return 0
     write_config_key(clf.model_dir, OOS_KEY, settings)
