@@ -107,3 +107,12 @@ def test_accelerate_configs_are_valid_for_accelerate(path):
     assert raw["num_processes"] >= 1 and raw["distributed_type"]
     cfg = ClusterConfig.from_yaml_file(path)  # accelerate's own loader rejects unknown or misspelt keys
     assert cfg.num_machines == raw["num_machines"] and cfg.num_processes == raw["num_processes"]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("configs", "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_spaces_parse(path):
+    from textft.sweep import parse_sweep, read_yaml
+
+    spec = parse_sweep(read_yaml(path, "--sweep")["sweep"], str(path))
+    assert spec.space and spec.metric == "macro_f1"
