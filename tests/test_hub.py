@@ -167,6 +167,14 @@ def test_push_problems_are_one_clear_error(run, fake_hub, tmp_path, monkeypatch,
     assert not (model / "README.md").exists()
 
 
+def test_push_problems_for_a_training_preflight(fake_hub):
+    from textft.hub import push_problems
+
+    assert push_problems("me/model") == []
+    assert push_problems(None, key="output.hub_repo_id") == [
+        "'output.hub_repo_id' must look like owner/name (letters, digits, '-', '_', '.'), got 'None'"]
+
+
 def test_hub_failure_is_reported_without_the_token(run, fake_hub, tmp_path, capsys):
     model = copy_run(run, tmp_path / "m")
     fake_hub.fail_with = RuntimeError(f"401 Unauthorized for Authorization: Bearer {TOKEN}")

@@ -215,6 +215,19 @@ def _hub_error(action: str, e: Exception) -> UserError:
     return UserError(f"could not {action}: {message}")
 
 
+def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
+    """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
+    problems = []
+    if HfApi is None:
+        return ["pushing to the Hub needs huggingface_hub: pip install 'textft[hub]'"]
+    rid = repo_id or ""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+|[\w.-]+", rid) or "--" in rid or ".." in rid:
+        problems.append(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'")
+    if get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
+        problems.append("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`")
+    return problems
+
+
 def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None,
                 write_card: bool = True, license: str | None = None) -> str:
     """Create ``repo_id`` on the Hub if needed and upload the model directory; returns the commit URL.
@@ -224,13 +237,7 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
     from textft.inference import check_model_dir
 
     path, _, _ = check_model_dir(model_dir, allow_pickle=True)
-    if HfApi is None:
-        raise UserError("textft push needs huggingface_hub: pip install 'textft[hub]'")
-    problems = []
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+|[\w.-]+", repo_id or "") or "--" in repo_id or ".." in repo_id:
-        problems.append(f"'--repo-id' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'")
-    if get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
-        problems.append("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`")
+    problems = push_problems(repo_id)
     if problems:
         raise UserError(problems)
     if write_card:
