@@ -98,6 +98,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string inside a nested config (to find the local paths it names)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def _demote(markdown: str) -> str:
     """The report's headings one level down, under the card's own sections."""
     return re.sub(r"^(#{1,5}) ", r"#\1 ", markdown, flags=re.M)
@@ -121,9 +132,13 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
     labels = [str(v) for _, v in sorted(((int(k), v) for k, v in (config.get("id2label") or {}).items()))]
     base_name = model_cfg.get("name_or_path")
     base = _base_model(base_name)
+    shown_base = base_name if not base_name or base or _is_hub_id(base_name) or base_name.startswith("builtin:") \
+        else Path(base_name).name
     dataset = data_cfg.get("dataset")
     hub_dataset = dataset if _is_hub_id(dataset) and not str(dataset).startswith("builtin:") else None
     source = (report or {}).get("data_source") or dataset or data_cfg.get("train_file") or "local files"
+    # A local path would publish the training machine's directory layout; its file name is enough.
+    source = str(source) if str(source).startswith(("hub:", "builtin:")) else Path(str(source)).name
     name = (repo_id or path.resolve().name).split("/")[-1]
 
     meta: dict[str, Any] = {"license": license or _base_license(base_name) or "other", "library_name": "transformers"}
@@ -138,7 +153,7 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
         m = splits[split]
         metrics = [{"type": kind, "value": round(float(m[key]), 4), "name": label, **({"args": args} if args else {})}
                    for key, kind, label, args in HEADLINE if isinstance(m.get(key), (int, float))]
-        ds = {"name": hub_dataset or Path(str(source)).name, "type": hub_dataset or "custom", "split": split}
+        ds = {"name": hub_dataset or source, "type": hub_dataset or "custom", "split": split}
         if hub_dataset and data_cfg.get("dataset_config"):
             ds["config"] = data_cfg["dataset_config"]
         meta["model-index"] = [{"name": name, "results": [{
@@ -147,7 +162,7 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
 
     lines = [f"# {name}", ""]
     what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
-        f"fine-tuned from `{base_name}`" if base_name else "fine-tuned"
+        f"fine-tuned from `{shown_base}`" if base_name else "fine-tuned"
     lines += [f"A text classifier {what} on {f'[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})' if hub_dataset else f'`{source}`'}"
               f" with textft. It predicts one of {len(labels)} labels"
               + (f": {', '.join(f'`{x}`' for x in labels)}." if len(labels) <= 20 else
@@ -175,7 +190,7 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
               "```python", "import textft", "from huggingface_hub import snapshot_download", "",
               f'model = textft.load(snapshot_download("{repo}"))',
               'print(model.predict(["Replace me by any text you like."]))', "```", ""]
-    hp = [("base model", base_name), ("transfer", model_cfg.get("transfer")), ("max_length", data_cfg.get("max_length")),
+    hp = [("base model", shown_base), ("transfer", model_cfg.get("transfer")), ("max_length", data_cfg.get("max_length")),
           ("truncation", data_cfg.get("truncation")), ("epochs", train_cfg.get("epochs")),
           ("batch_size", train_cfg.get("batch_size")), ("lr", train_cfg.get("lr")), ("head_lr", train_cfg.get("head_lr")),
           ("warmup_ratio", train_cfg.get("warmup_ratio")), ("weight_decay", train_cfg.get("weight_decay")),
@@ -188,7 +203,13 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
         if (path / "textft_config.yaml").is_file():
             lines += ["The full resolved configuration is in `textft_config.yaml`.", ""]
     if report_md:
-        lines += ["## Evaluation report", "", _demote(report_md.strip()), ""]
+        body = report_md.strip()
+        if body.startswith("# "):  # the report's own title; the card has one
+            body = body.split("\n", 1)[1].strip() if "\n" in body else ""
+        local = [base_name, (report or {}).get("data_source"), str(path.resolve()), *_strings(trained)]
+        for p in sorted({str(x) for x in local if x and Path(str(x)).is_absolute()}, key=len, reverse=True):
+            body = body.replace(p, Path(p).name)
+        lines += ["## Evaluation report", "", _demote(body), ""]
     lines += ["## Limitations", "",
               "The scores above hold for data like the evaluation splits; check the model on your own data"
               " before relying on it, and keep in mind the licences of the base model and the training data.", ""]
