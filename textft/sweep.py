@@ -10,6 +10,10 @@ The search space is a ``sweep:`` section, in the config file itself or in a sepa
         train.batch_size: {type: categorical, choices: [16, 32]}
         train.warmup_ratio: {type: uniform, low: 0.0, high: 0.2}
         model.layer_lr_decay: {type: uniform, low: 0.8, high: 1.0}
+      # optional: seed (default train.seed), startup_trials (random trials before TPE, 10),
+      # prune (true), prune_startup_trials (3), prune_warmup_epochs (1)
+
+Types: uniform (low, high, step?), log_uniform (low, high), int (low, high, step?, log?), categorical (choices).
 
 Each trial is a full ``textft train`` run in ``OUTPUT/trials/trial-N`` (readable by ``textft compare``).
 TPE proposes the values; a trial whose validation metric after an epoch falls below the median of
