@@ -102,6 +102,33 @@ def test_head_tail_and_sliding_window_on_a_long_text(run, clf):
         textft.load(run, long_text="sliding_window", max_length=16, stride=14)
 
 
+def test_evaluate_scores_long_texts_the_way_predict_does(run, tmp_path, capsys):
+    # Verdict words only at the end of long reviews: the windows see them, a 16-token head does not.
+    fillers = " ".join(["the movie was quite long and the plot really"] * 6)
+    rows = [{"text": f"{fillers} {w}", "label": lab} for lab, words in
+            (("pos", ["excellent superb", "great lovely", "superb great"]), ("neg", ["awful terrible", "bad boring", "terrible awful"]))
+            for w in words]
+    data = tmp_path / "long.jsonl"
+    write_jsonl(data, rows)
+    results = {}
+    for mode in ("truncate", "head+tail", "sliding_window"):
+        out = tmp_path / mode
+        assert cli(["evaluate", "--model", str(run), "--data", str(data), "--long-text", mode, "--max-length", "16",
+                    "--stride", "4", "--output", str(out)]) == 0
+        assert f"long texts: {mode} at 16 tokens" in capsys.readouterr().out
+        results[mode] = json.loads((out / "eval_report.json").read_text())
+        assert (out / "report.html").is_file()
+    window = textft.load(run, precision="fp32", long_text="sliding_window", max_length=16, stride=4)
+    expected = window.logits([r["text"] for r in rows]).argmax(-1)
+    labels = [window.labels.index(r["label"]) for r in rows]
+    ev = results["sliding_window"]["splits"]["evaluation"]
+    assert ev["accuracy"] == pytest.approx(float(np.mean(expected == np.array(labels))))
+    assert results["sliding_window"]["stride"] == 4 and results["truncate"]["stride"] is None
+    # the head alone sees the same fillers in every text, so it predicts one class for all six
+    head = results["truncate"]["splits"]["evaluation"]["confusion_matrix"]
+    assert sorted(sum(col) for col in zip(*head)) == [0, 6]
+
+
 def test_int8_and_bf16_run_and_agree_with_fp32(run, clf, texts):
     fp32 = [r["label"] for r in clf.predict(texts)]
     int8 = textft.load(run, precision="int8")

@@ -138,11 +138,14 @@ def test_report_of_a_real_tiny_run_and_of_its_evaluation(tiny_args, toy_files, t
 
     out = tmp_path / "ev"
     assert cli(["evaluate", "--model", str(run), "--data", str(toy_files["test"]), "--output", str(out)]) == 0
-    write_run_report(out)  # no train log, no config, no predictions: what `textft evaluate --output` leaves
+    # evaluate renders the report itself: no train log or best step, but predictions, so calibration
     report = json.loads((out / "report.json").read_text())
     assert report["primary_split"] == "evaluation" and report["history"] == {"train": [], "eval": []}
     assert report["best"] is None and report["splits"]["evaluation"]["macro_f1"] == ev["splits"]["test"]["macro_f1"]
-    assert len(decoded_images(parse_page(out / "report.html"))) == 2
+    assert report["splits"]["evaluation"]["calibration"]["num_bins"] == 15
+    rows = [json.loads(line) for line in (out / "predictions" / "evaluation.jsonl").read_text().splitlines()]
+    assert len(rows) == report["splits"]["evaluation"]["num_examples"]
+    assert len(decoded_images(parse_page(out / "report.html"))) == 3  # confusion, F1 bars, reliability
 
 
 def test_a_failed_render_leaves_the_previous_report_whole(tmp_path, monkeypatch):

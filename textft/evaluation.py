@@ -94,46 +94,52 @@ def summary_line(split: str, m: dict[str, Any]) -> str:
 
 def evaluate_checkpoint(model_dir: str, data: str, split: str | None = None, text_column: str = "text",
                         label_column: str = "label", batch_size: int = 64, max_length: int | None = None,
-                        truncation: str | None = None, output: str | None = None) -> dict[str, Any]:
-    """Metrics of a saved classifier on a labelled file or hub split (length-sorted batches)."""
+                        long_text: str | None = None, stride: int | None = None, pooling: str = "mean",
+                        precision: str = "fp32", device: str | None = None, output: str | None = None,
+                        allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Metrics of a saved classifier on a labelled file or hub split.
+
+    Runs through the same ``Classifier`` that ``textft predict`` and ``textft serve`` use, so the
+    numbers describe the model as it will be deployed: long texts truncated, head+tail, or
+    pooled over sliding windows. fp32 by default, so that a re-evaluation reproduces the numbers
+    of an fp32 training run exactly. With ``output`` the directory gets ``eval_report.json/.md``,
+    ``predictions/evaluation.jsonl`` and the rendered ``report.json/.md/.html``.
+    """
+    import time
+
     import torch
     import torch.nn.functional as F
-    import yaml
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from textft.config import UserError
     from textft.data import load_eval_split
-    from textft.tokenization import eval_loader, sort_by_length, tokenize_splits
+    from textft.inference import Classifier
 
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise UserError(f"'--model': '{model_dir}' is not a saved model directory (no config.json)")
-    trained = {}
-    if (path / "textft_config.yaml").is_file():
-        trained = yaml.safe_load((path / "textft_config.yaml").read_text()).get("data", {})
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    started = time.perf_counter()
+    clf = Classifier.from_pretrained(model_dir, device=device, precision=precision, long_text=long_text,
+                                     stride=stride, max_length=max_length, pooling=pooling,
+                                     allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                     out_of_scope=False)
+    label2id = {name: i for i, name in enumerate(clf.labels)}
     ds, source = load_eval_split(data, split, text_column, label_column, label2id)
-    max_length = max_length or trained.get("max_length") or min(tokenizer.model_max_length, 512)
-    truncation = truncation or trained.get("truncation", "head")
-    tokenized = tokenize_splits({"eval": ds}, tokenizer, max_length, truncation,
-                                trained.get("head_fraction", 0.25))["eval"]
-    tokenized = sort_by_length(tokenized)
-    logits = []
-    with torch.inference_mode():
-        for batch in eval_loader(tokenized, tokenizer, batch_size, mixed_precision=False):
-            batch.pop("labels")
-            logits.append(model(**batch).logits.float())
-    logits_t = torch.cat(logits)
-    labels = torch.tensor(tokenized["labels"])
-    metrics = compute_metrics(labels.numpy(), logits_t.argmax(-1).numpy(), names)
-    metrics["loss"] = float(F.cross_entropy(logits_t, labels))
+    texts, labels = ds["text"], np.asarray(ds["labels"])
+    predict_started = time.perf_counter()
+    logits = clf.logits(texts, batch_size=batch_size)
+    predict_s = time.perf_counter() - predict_started
+    metrics = compute_metrics(labels, logits.argmax(-1), clf.labels)
+    metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+    settings = {"model": str(clf.model_dir), "data_source": source, "max_length": clf.max_length,
+                "long_text": clf.long_text, "stride": clf.stride if clf.long_text == "sliding_window" else None,
+                "pooling": clf.pooling if clf.long_text == "sliding_window" else None,
+                "precision": clf.precision, "device": str(clf.device)}
+    metrics["settings"] = settings
     if output:
+        from textft.report import write_run_report
+
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        write_reports(out, {"evaluation": metrics}, {"model": str(path), "data_source": source,
-                                                     "max_length": max_length, "truncation": truncation},
-                      title=f"textft evaluate: {path} on {source}")
+        write_predictions(out / "predictions", {"evaluation": prediction_rows(texts, labels, logits, clf.labels)})
+        timing = {"eval_s": round(time.perf_counter() - started, 3), "predict_s": round(predict_s, 3),
+                  "texts_per_s": round(len(texts) / predict_s, 2) if predict_s > 0 else None}
+        write_reports(out, {"evaluation": metrics}, {**settings, "timing": timing},
+                      title=f"textft evaluate: {clf.model_dir} on {source}")
+        write_run_report(out)
     return metrics
