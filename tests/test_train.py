@@ -113,3 +113,44 @@ def test_accelerate_launch_runs_train_script(tiny_args, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model saved to" in proc.stdout
     assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_activation_checkpointing_changes_memory_not_the_result(tiny_args, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    plain = tmp_path / "plain"
+    assert main([*tiny_args[:-1], f"output.dir={plain}"]) == 0
+    caplog.clear()
+    ckpt = tmp_path / "ckpt"
+    # top_k freezes the embeddings, the case where reentrant checkpointing would drop gradients
+    for extra, out in (([], ckpt), (["model.transfer=top_k", "model.unfreeze_top_k=1"], tmp_path / "ckpt-top1")):
+        assert main([*tiny_args[:-1], *extra, "train.gradient_checkpointing=true", f"output.dir={out}"]) == 0
+    assert "activation checkpointing: 2 layers recompute" in caplog.text
+    a, b = load_file(plain / "model.safetensors"), load_file(ckpt / "model.safetensors")
+    # recomputation replays the same dropout masks, so the trained weights are the same up to float noise
+    assert all(torch_allclose(a[k], b[k]) for k in a)
+    top1 = load_file(tmp_path / "ckpt-top1" / "model.safetensors")
+    assert not torch_allclose(top1["bert.encoder.layer.1.output.dense.weight"], a["bert.encoder.layer.1.output.dense.weight"])
+    base = load_file(Path(tiny_args[0].split("=", 1)[1]) / "model.safetensors")
+    assert (top1["bert.encoder.layer.0.output.dense.weight"] == base["bert.encoder.layer.0.output.dense.weight"]).all()
+
+
+def torch_allclose(x, y) -> bool:
+    import torch
+
+    return bool(torch.allclose(x.float(), y.float(), atol=1e-5))
+
+
+def test_compiled_training_matches_eager(tiny_args, tmp_path, caplog):
+    import json as _json
+
+    out = tmp_path / "compiled"
+    # dropout 0: compiled kernels draw dropout masks differently from eager ones
+    assert main([*tiny_args[:-1], "train.compile=true", "model.dropout=0", f"output.dir={out}"]) == 0
+    assert "torch.compile: OptimizedModule" in caplog.text
+    eager = tmp_path / "eager"
+    assert main([*tiny_args[:-1], "model.dropout=0", f"output.dir={eager}"]) == 0
+    c = _json.loads((out / "eval_report.json").read_text())["splits"]["test"]
+    e = _json.loads((eager / "eval_report.json").read_text())["splits"]["test"]
+    assert c["loss"] == pytest.approx(e["loss"], abs=1e-3)
+    assert _json.loads((out / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]

@@ -156,3 +156,23 @@ def param_groups(model: nn.Module, lr: float, head_lr: float | None, weight_deca
                            "name": f"{label}/{'decay' if decay else 'no_decay'}"}
         groups[key]["params"].append(p)
     return [groups[k] for k in sorted(groups)]
+
+
+def enable_activation_checkpointing(model) -> int:
+    """Recompute each encoder layer's activations in the backward pass; returns how many layers do.
+
+    Non-reentrant checkpointing, because frozen embeddings (feature extraction, top-k) give the
+    first checkpointed layer inputs without grad, which the reentrant variant silently ignores.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    from transformers import PreTrainedModel
+
+    # the flag is also set on the base model (BertModel), which is not a layer
+    layers = sum(1 for mod in model.modules() if getattr(mod, "gradient_checkpointing", False)
+                 and not isinstance(mod, PreTrainedModel))
+    log.info("activation checkpointing: %d layers recompute their activations in the backward pass", layers)
+    return layers

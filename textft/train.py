@@ -28,8 +28,8 @@ from textft.evaluation import (compute_metrics, markdown_report, prediction_rows
                                write_reports)
 from textft.hub import push_to_hub
 from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, frozen_by_schedule, layer_depths, load_tokenizer,
-                             param_groups, resolve_model_path, unfrozen_depth)
+from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, frozen_by_schedule,
+                             layer_depths, load_tokenizer, param_groups, resolve_model_path, unfrozen_depth)
 from textft.report import write_run_report
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
@@ -162,7 +162,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     model.config.problem_type = "single_label_classification"
     params = apply_transfer(model, m)
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
     log.info("data %s: %s; %d labels", data.source,
              ", ".join(f"{k} {len(v)}" for k, v in tokenized.items()), len(data.label_names))
@@ -179,6 +179,9 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
                                   lr=t.lr, weight_decay=t.weight_decay)
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
+    if t.compile:
+        log.info("torch.compile: %s (inductor; the first steps compile, later ones run the compiled graph)",
+                 type(model).__name__)
 
     # Counted on the sharded loader, so the schedule is the same on 1 or N processes; the scheduler
     # stays out of prepare() because Accelerate would step it once per process.
