@@ -111,7 +111,7 @@ def setup_accelerator(cfg: Config):
     precision = resolve_precision(t.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=precision, gradient_accumulation_steps=t.grad_accum_steps,
-        log_with=None if t.report_to == "none" else t.report_to, dynamo_backend="inductor" if t.compile else "no",
+        log_with=None if t.report_to == "none" else t.report_to,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
     setup_logging(accelerator.is_main_process)
     return accelerator, precision
@@ -180,6 +180,9 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
     if t.compile:
+        # Compiled here rather than through Accelerator(dynamo_backend=...): Accelerate keeps that
+        # setting in process-wide state, so a second run in the same process would silently ignore it.
+        model = torch.compile(model)
         log.info("torch.compile: %s (inductor; the first steps compile, later ones run the compiled graph)",
                  type(model).__name__)
 
