@@ -29,6 +29,7 @@ acc_delta_pts is textft's validation accuracy minus the grouped Trainer's, in po
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -118,6 +119,8 @@ class TokenCounter:
     def install(self, cls) -> None:
         forward, counter = cls.forward, self
 
+        # wraps: Trainer reads forward's signature to decide which dataset columns to keep
+        @functools.wraps(forward)
         def counted(model, *args, attention_mask=None, **kwargs):
             if model.training and attention_mask is not None:
                 lengths = attention_mask.sum(-1)

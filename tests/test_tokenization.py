@@ -1,4 +1,5 @@
 import pytest
+import torch
 from datasets import Dataset, DatasetDict
 
 from textft.tokenization import EpochSampler, encode_texts, kept_positions, tokenize_splits, train_loader
@@ -69,5 +70,11 @@ def test_train_loader_pads_dynamically(tokenizer):
     ds = tokenize_splits(DatasetDict({"t": ds}), tokenizer, 32)["t"]
     batch = next(iter(train_loader(ds, tokenizer, batch_size=3, seed=0, group_by_length=True,
                                    mixed_precision=True)))
-    assert batch["input_ids"].shape == (3, 24)  # 18 tokens padded to a multiple of 8, not to 32
+    # 18 tokens: padded to the longest text, not to max_length 32; to a multiple of 8 only on a GPU
+    assert batch["input_ids"].shape == (3, 24 if torch.cuda.is_available() else 18)
+    from textft.tokenization import collator
+
+    rows = [{k: ds[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in range(3)]
+    assert collator(tokenizer, mixed_precision=True, on_gpu=True)(rows)["input_ids"].shape == (3, 24)
+    assert collator(tokenizer, mixed_precision=False, on_gpu=True)(rows)["input_ids"].shape == (3, 18)
     assert batch["labels"].tolist() in ([0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1][::-1])

