@@ -24,3 +24,10 @@ def test_train_throughput_quick():
         assert any(line.strip().startswith(f"{side}:") and "samples/s" in line for line in lines), side
     assert re.fullmatch(r"ratio_vs_trainer_max=\d+\.\d\d ratio_vs_trainer_group=\d+\.\d\d acc_delta_pts=-?\d+\.\d",
                         lines[-1])
+
+
+def test_predict_throughput_quick():
+    lines = run_quick("predict_throughput.py")
+    assert any(line.startswith("textft_fp32") for line in lines) and any(line.startswith("pipeline ") for line in lines)
+    assert "agreement 1.0000" in "\n".join(lines)  # fp32 labels equal the pipeline's
+    assert re.fullmatch(r"ratio_vs_pipeline=\d+\.\d\d agreement=\d\.\d{4}", lines[-1])
