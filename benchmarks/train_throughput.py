@@ -182,6 +182,7 @@ def run_textft(args, data: dict, workdir: Path) -> dict:
 
 def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
     import numpy as np
+    import torch
     from datasets import load_dataset
     from transformers import (AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
                               TrainingArguments, default_data_collator, set_seed)
@@ -197,7 +198,7 @@ def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
     def encode(batch):
         enc = tokenizer(batch["text"], truncation=True, max_length=args.max_length,
                         padding="max_length" if max_pad else False)
-        enc["labels"] = [label2id.get(x, 0) for x in batch["label"]]
+        enc["labels"] = [label2id[x] for x in batch["label"]]  # a label unseen in training is a data error
         return enc
 
     ds = raw.map(encode, batched=True, remove_columns=["text", "label"])
@@ -209,7 +210,7 @@ def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
         output_dir=str(workdir / f"{side}-run"), per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64, num_train_epochs=args.epochs, learning_rate=args.lr,
         warmup_steps=args.warmup, weight_decay=args.weight_decay, lr_scheduler_type="linear", seed=args.seed,
-        bf16=bf16, use_cpu=not __import__("torch").cuda.is_available(), eval_strategy="no", save_strategy="no",
+        bf16=bf16, use_cpu=not torch.cuda.is_available(), eval_strategy="no", save_strategy="no",
         logging_strategy="no", report_to="none", disable_tqdm=True,
         train_sampling_strategy="random" if max_pad else "group_by_length")
     trainer = Trainer(model=model, args=targs, train_dataset=ds["train"],

@@ -125,6 +125,13 @@ def test_evaluate_bad_input(tmp_path, capsys):
     assert "not a saved model directory" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_to_write_over_a_model(tiny_model_dir, capsys):
+    before = sorted(p.name for p in tiny_model_dir.iterdir())
+    assert cli(["evaluate", "--model", str(tiny_model_dir), "--data", "x.jsonl", "--output", str(tiny_model_dir)]) == 2
+    assert "holds a saved model" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == before
+
+
 def test_unknown_command_suggests(capsys):
     assert cli(["trian"]) == 2
     assert "did you mean 'train'" in capsys.readouterr().err

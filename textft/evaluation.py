@@ -110,9 +110,14 @@ def evaluate_checkpoint(model_dir: str, data: str, split: str | None = None, tex
     import torch
     import torch.nn.functional as F
 
+    from textft.config import UserError
     from textft.data import load_eval_split
     from textft.inference import Classifier
 
+    if output and (Path(output) / "config.json").exists():
+        # eval_report.json and report.* there belong to the run that trained the model
+        raise UserError(f"'--output': '{output}' holds a saved model, whose reports this evaluation would"
+                        " replace; pass a new directory, such as runs/NAME-eval")
     started = time.perf_counter()
     clf = Classifier.from_pretrained(model_dir, device=device, precision=precision, long_text=long_text,
                                      stride=stride, max_length=max_length, pooling=pooling,
