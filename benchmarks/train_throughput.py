@@ -170,7 +170,7 @@ def run_textft(args, data: dict, workdir: Path) -> dict:
         "data.dataset=null", f"data.train_file={data['train']}", f"data.validation_file={data['validation']}",
         f"data.max_length={args.max_length}", "model.name_or_path=builtin:minilm",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
-        "train.head_lr=null", f"train.warmup_ratio={args.warmup}", f"train.weight_decay={args.weight_decay}",
+        f"train.head_lr={args.lr}", f"train.warmup_ratio={args.warmup}", f"train.weight_decay={args.weight_decay}",
         f"train.seed={args.seed}", "train.eval_every_steps=0", "train.logging_steps=1000000",
         f"output.dir={out}", "output.overwrite=true"])
     reports = train(cfg)

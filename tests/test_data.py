@@ -91,6 +91,23 @@ def test_builtin_quickstart_dataset():
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 360, "validation": 60, "test": 60}
 
 
+def test_dataset_directory_with_hidden_test_labels_skips_the_test_split(tmp_path):
+    # GLUE-style layout: a ClassLabel column, and a test split whose labels are all -1.
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    rows = toy_rows(60, 5)
+    train = {"sentence": [r["text"] for r in rows], "label": [int(r["label"] == "pos") for r in rows]}
+    root = tmp_path / "sst2-like"
+    splits = {"train": train, "validation": {k: v[:20] for k, v in train.items()},
+              "test": {"sentence": train["sentence"][:10], "label": [-1] * 10}}
+    root.mkdir()
+    for split, columns in splits.items():
+        datasets.Dataset.from_dict(columns, features=features).to_parquet(root / f"{split}.parquet")
+    data = load_splits(cfg(dataset=str(root), text_column="sentence"))
+    assert set(data.splits) == {"train", "validation"}
+    assert data.label_names == ["negative", "positive"] and len(data.splits["validation"]) == 20
+
+
 def problems(**kw):
     with pytest.raises(UserError) as e:
         load_splits(cfg(**kw))

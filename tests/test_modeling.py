@@ -6,7 +6,7 @@ from textft.modeling import apply_transfer, build_model, layer_depths, param_gro
 
 @pytest.fixture
 def model(tiny_model_dir):
-    return build_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["neg", "pos"])
+    return build_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["neg", "pos"])[0]
 
 
 def trainable(model):

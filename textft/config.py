@@ -29,6 +29,9 @@ class UserError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+AUTO = "auto"
+"""Value of a training setting that textft.recipe resolves from the backbone and the data."""
+Auto = Literal["auto"]
 Truncation = Literal["head", "tail", "head+tail"]
 Transfer = Literal["full", "feature_extraction", "top_k", "gradual"]
 Metric = Literal["accuracy", "macro_f1", "weighted_f1", "loss"]
@@ -106,8 +109,10 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 3.0
-    """Passes over the training data (fractions allowed)."""
+    epochs: float | Auto = AUTO
+    """Passes over the training data (fractions allowed). auto: enough passes for
+    max(150, 8 x classes) optimizer steps, at least 1 and at most 20, with validation cadence and
+    early stopping chosen to match."""
     max_steps: int | None = None
     """Stop after this many optimizer steps, whatever ``epochs`` says."""
     batch_size: int = 16
@@ -116,10 +121,12 @@ class TrainConfig:
     """Examples per evaluation batch; defaults to twice ``batch_size``."""
     grad_accum_steps: int = 1
     """Forward passes accumulated into one optimizer step."""
-    lr: float = 5e-5
-    """Peak learning rate of the encoder's top layer."""
-    head_lr: float | None = None
-    """Peak learning rate of the freshly initialised head; defaults to ``lr``."""
+    lr: float | Auto = AUTO
+    """Peak learning rate of the encoder's top layer. auto: 1e-4 for a MiniLM-sized encoder,
+    scaled by 1/sqrt(non-embedding parameters) (about 3.5e-5 for bert-base)."""
+    head_lr: float | Auto = AUTO
+    """Peak learning rate of the classification head. auto: 10 x lr when the head is freshly
+    initialised on a pretrained encoder, else lr."""
     weight_decay: float = 0.01
     """AdamW weight decay; never applied to biases and LayerNorm weights."""
     warmup_ratio: float = 0.1
@@ -136,16 +143,21 @@ class TrainConfig:
     """auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU), else fp32."""
     seed: int = 42
     """Seed for data order, splits, initialisation and dropout."""
-    eval_every_steps: int = 0
-    """Also evaluate every N optimizer steps (0: only at the end of each epoch)."""
+    eval_every_steps: int | Auto = AUTO
+    """Also evaluate every N optimizer steps (0: only at the end of each epoch). auto: with an auto
+    training length, up to 10 evaluations costing at most ~15% of the run; otherwise 0."""
     logging_steps: int = 10
     """Log loss, lr and throughput every N optimizer steps."""
     num_workers: int = 0
     """DataLoader worker processes."""
     metric_for_best: Metric = "macro_f1"
     """Validation metric that picks the exported model (loss: lower is better, others higher)."""
-    early_stopping_patience: int = 0
-    """Stop after this many evaluations without improvement (0: never stop early)."""
+    early_stopping_patience: int | Auto = AUTO
+    """Stop after this many evaluations without improvement (0: never stop early). auto: 3 when the
+    training length is auto and at least 6 evaluations are planned, else 0."""
+    early_stopping_min_steps: int | Auto = AUTO
+    """No early stop before this many optimizer steps. auto: half of an auto training length (the
+    warmup and the first part of the decay always run), else 0."""
     early_stopping_min_delta: float = 0.0
     """Smallest change of ``metric_for_best`` that counts as an improvement."""
     save_every_steps: int = 0
@@ -226,7 +238,12 @@ def describe_keys() -> str:
 # --- type checking and coercion -------------------------------------------------------------
 
 
+_PLAIN_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+
+
 def _type_name(tp) -> str:
+    if tp in _PLAIN_NAMES:
+        return _PLAIN_NAMES[tp]
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -321,9 +338,15 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         if not ok:
             problems.append(msg)
 
-    need(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
-    need(t.head_lr is None or t.head_lr > 0, f"'train.head_lr' must be > 0, got {t.head_lr}")
-    need(t.epochs > 0, f"'train.epochs' must be > 0, got {t.epochs}")
+    def positive(v) -> bool:
+        return v == AUTO or v > 0
+
+    def non_negative(v) -> bool:
+        return v == AUTO or v >= 0
+
+    need(positive(t.lr), f"'train.lr' must be > 0, got {t.lr}")
+    need(positive(t.head_lr), f"'train.head_lr' must be > 0, got {t.head_lr}")
+    need(positive(t.epochs), f"'train.epochs' must be > 0, got {t.epochs}")
     need(t.max_steps is None or t.max_steps > 0, f"'train.max_steps' must be > 0, got {t.max_steps}")
     need(t.batch_size > 0, f"'train.batch_size' must be > 0, got {t.batch_size}")
     need(t.eval_batch_size is None or t.eval_batch_size > 0,
@@ -333,10 +356,12 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     need(0 <= t.warmup_ratio < 1, f"'train.warmup_ratio' must be in [0, 1), got {t.warmup_ratio}")
     need(t.max_grad_norm >= 0, f"'train.max_grad_norm' must be >= 0, got {t.max_grad_norm}")
     need(0 <= t.label_smoothing < 1, f"'train.label_smoothing' must be in [0, 1), got {t.label_smoothing}")
-    need(t.eval_every_steps >= 0, f"'train.eval_every_steps' must be >= 0, got {t.eval_every_steps}")
+    need(non_negative(t.eval_every_steps), f"'train.eval_every_steps' must be >= 0, got {t.eval_every_steps}")
     need(t.logging_steps >= 1, f"'train.logging_steps' must be >= 1, got {t.logging_steps}")
     need(t.num_workers >= 0, f"'train.num_workers' must be >= 0, got {t.num_workers}")
-    need(t.early_stopping_patience >= 0,
+    need(non_negative(t.early_stopping_min_steps),
+         f"'train.early_stopping_min_steps' must be >= 0, got {t.early_stopping_min_steps}")
+    need(non_negative(t.early_stopping_patience),
          f"'train.early_stopping_patience' must be >= 0, got {t.early_stopping_patience}")
     need(t.early_stopping_min_delta >= 0,
          f"'train.early_stopping_min_delta' must be >= 0, got {t.early_stopping_min_delta}")
@@ -432,5 +457,16 @@ def _deep_merge(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, notes: dict[str, str] | None = None) -> None:
+    """The config as YAML; ``notes`` ({"section.key": why}) become comments after their keys, so
+    the saved file says which values were chosen automatically and why, and still loads as is."""
+    lines, section = [], None
+    for line in yaml.safe_dump(cfg.to_dict(), sort_keys=False).splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip(":")
+        elif not line.startswith("   ") and ":" in line:
+            note = (notes or {}).get(f"{section}.{line.strip().split(':', 1)[0]}")
+            if note:
+                line += f"  # auto: {' '.join(note.split())}"
+        lines.append(line)
+    Path(path).write_text("\n".join(lines) + "\n")

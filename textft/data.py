@@ -91,7 +91,12 @@ def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
                 out["validation"] = raw[name]
                 break
         if "test" in raw:
-            out["test"] = raw["test"]
+            labels = raw["test"][cfg.label_column] if cfg.label_column in raw["test"].column_names else [None]
+            if all(v == -1 for v in labels):
+                # GLUE-style benchmarks publish their test split with every label set to -1 (hidden).
+                log.warning("'%s': the test split has no labels (all -1); it is skipped", cfg.dataset)
+            else:
+                out["test"] = raw["test"]
         for split, path in files.items():  # local files override hub splits
             out[split] = _load_file(split, path)
         return out, f"hub:{cfg.dataset}" + (f"/{cfg.dataset_config}" if cfg.dataset_config else "")

@@ -60,6 +60,7 @@ class Plan:
     save_every_epoch: bool = False
     metric: str = "macro_f1"
     patience: int = 0
+    min_steps_before_stopping: int = 0
     min_delta: float = 0.0
     time_budget_s: float | None = None
 
@@ -128,7 +129,8 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
             on_best()
         else:
             state.bad_evals += 1
-            if plan.patience and state.bad_evals >= plan.patience:
+            if plan.patience and state.bad_evals >= plan.patience \
+                    and state.step >= plan.min_steps_before_stopping:
                 state.stop_reason = "early_stopping"
 
     model.train()

@@ -59,7 +59,8 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def build_model(cfg: ModelConfig, label_names: list[str]):
-    """A sequence classifier with one output per label and the label names in its config."""
+    """A sequence classifier with one output per label and the label names in its config, and the
+    names of the parameters initialised here rather than loaded (all of them under random_init)."""
     path = resolve_model_path(cfg.name_or_path)
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
@@ -70,12 +71,16 @@ def build_model(cfg: ModelConfig, label_names: list[str]):
     try:
         if cfg.random_init:
             config = AutoConfig.from_pretrained(path, **labels, **common)
-            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+            return model, {name for name, _ in model.named_parameters()}
         # A classifier fine-tuned on other labels keeps its encoder; its head is re-initialised.
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, **labels, **common, ignore_mismatched_sizes=True)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, **labels, **common, ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise _load_error("model", cfg.name_or_path, e) from None
+    fresh = set(info.get("missing_keys") or ()) | {k[0] if isinstance(k, tuple) else k
+                                                   for k in info.get("mismatched_keys") or ()}
+    return model, fresh
 
 
 def encoder_parts(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]]:

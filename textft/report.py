@@ -278,8 +278,20 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
                                                      "tokens_per_s")} for r in train_records],
                     "eval": eval_records},
         "config": cfg or None,
+        "recipe": recipe_rows(ev.get("recipe"), cfg),
         "warnings": warnings,
     }
+
+
+def recipe_rows(recipe: Any, cfg: dict) -> list[dict[str, Any]]:
+    """The settings textft chose by itself (``auto``), with the value used and the reason."""
+    if not isinstance(recipe, dict):
+        return []
+    rows = []
+    for key, why in recipe.items():
+        section, _, name = str(key).partition(".")
+        rows.append({"key": key, "value": (cfg.get(section) or {}).get(name), "why": str(why)})
+    return rows
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -291,6 +303,10 @@ def _fmt(v, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def _setting(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else _fmt(v)
 
 
 def _duration(seconds) -> str:
@@ -379,6 +395,9 @@ def render_markdown(report: dict) -> str:
                       for r in m["most_confident_mistakes"]]
         elif "predictions_file" not in m:
             lines += ["", f"(no predictions/{split}.jsonl: calibration and mistakes are not available)"]
+    if report.get("recipe"):
+        lines += ["", "## Settings chosen automatically", "", "| setting | value | why |", "|---|---:|---|"]
+        lines += [f"| {r['key']} | {_setting(r['value'])} | {_md_cell(r['why'])} |" for r in report["recipe"]]
     if report.get("config"):
         lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(report["config"], sort_keys=False).rstrip(),
                   "```"]
@@ -657,6 +676,8 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     if "learning_curves" in figures:
         links.append("<a href='#training'>training</a>")
     links += [f"<a href='#{_anchor(s)}'>{_e(s)}</a>" for s in splits]
+    if report.get("recipe"):
+        links.append("<a href='#recipe'>auto settings</a>")
     if report.get("config"):
         links.append("<a href='#config'>configuration</a>")
     out.append(f"<nav>{''.join(links)}</nav><section id='summary'>")
@@ -721,6 +742,12 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                        " mistakes are not available.</p>")
         out.append("</section>")
 
+    if report.get("recipe"):
+        out.append("<section id='recipe'><h2>Settings chosen automatically</h2><p class='note'>These keys were"
+                   " left at <code>auto</code>; textft picked the values from the backbone and the data.</p>")
+        out.append(_table(["setting", "value", "why"],
+                          [[r["key"], _setting(r["value"]), r["why"]] for r in report["recipe"]], numeric={1}))
+        out.append("</section>")
     if report.get("config"):
         out.append("<section id='config'><h2>Configuration</h2><pre>"
                    f"{_e(yaml.safe_dump(report['config'], sort_keys=False))}</pre></section>")

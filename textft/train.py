@@ -30,6 +30,8 @@ from textft.hub import push_to_hub
 from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
 from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, frozen_by_schedule,
                              layer_depths, load_tokenizer, param_groups, resolve_model_path, unfrozen_depth)
+from textft.recipe import Facts, head_is_fresh, non_embedding_params
+from textft.recipe import resolve as resolve_recipe
 from textft.report import write_run_report
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
@@ -158,8 +160,16 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
         data: TaskData = load_splits(d, t.seed)
         tokenizer = load_tokenizer(m)
         tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction)
-    model = build_model(m, data.label_names)
+    model, initialised_here = build_model(m, data.label_names)
     model.config.problem_type = "single_label_classification"
+    cfg, recipe = resolve_recipe(cfg, Facts(
+        non_embedding_params=non_embedding_params(model), fresh_head=head_is_fresh(model, initialised_here),
+        pretrained_encoder=not m.random_init, n_train=len(tokenized["train"]),
+        n_validation=len(tokenized.get("validation", [])), num_labels=len(data.label_names),
+        global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes))
+    t = cfg.train
+    for key, why in recipe.items():
+        log.info("auto %s = %s: %s", key, getattr(t, key.split(".", 1)[1]), why)
     params = apply_transfer(model, m)
     if t.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -193,7 +203,8 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     plan = Plan(total_steps=t.max_steps or max(1, round(t.epochs * per_epoch)), max_grad_norm=t.max_grad_norm,
                 logging_steps=t.logging_steps, eval_every_steps=t.eval_every_steps,
                 save_every_steps=t.save_every_steps, save_every_epoch=t.save_every_epoch, metric=t.metric_for_best,
-                patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta,
+                patience=t.early_stopping_patience,
+                min_steps_before_stopping=t.early_stopping_min_steps, min_delta=t.early_stopping_min_delta,
                 time_budget_s=t.time_budget_s)
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * plan.total_steps),
                               num_training_steps=plan.total_steps)
@@ -205,7 +216,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
         if out_dir.exists() and cfg.output.overwrite and resume is None:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "textft_config.yaml")
+        save_config(cfg, out_dir / "textft_config.yaml", recipe)
     accelerator.wait_for_everyone()
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -261,11 +272,11 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
                  "precision": precision, "num_processes": accelerator.num_processes,
                  "optimizer_steps": state.step, "train_seconds": round(state.seconds, 2),
                  "best": best, "stop_reason": state.stop_reason,
-                 "resumed_from": str(resume) if resume else None, "config": cfg.to_dict()}
+                 "resumed_from": str(resume) if resume else None, "config": cfg.to_dict(), "recipe": recipe}
 
         def write(tmp: Path) -> None:
             save_model(tmp, unwrapped, tokenizer)
-            save_config(cfg, tmp / "textft_config.yaml")
+            save_config(cfg, tmp / "textft_config.yaml", recipe)
             write_reports(tmp, reports, extra, title=f"textft: {m.name_or_path} on {data.source}")
             write_predictions(tmp / "predictions", predictions)
             if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it

@@ -1,0 +1,153 @@
+"""How the ``auto`` training settings are derived from the backbone and the data, and that every
+explicit setting wins over them."""
+
+import json
+
+import pytest
+import yaml
+
+from textft.config import ModelConfig, load_config
+from textft.modeling import build_model
+from textft.recipe import Facts, head_is_fresh, non_embedding_params, resolve
+from textft.train import main
+
+MINILM = 10_800_000  # non-embedding parameters of all-MiniLM-L6-v2 (6 layers x 384 wide)
+BERT_BASE = 85_000_000  # 12 layers x 768 wide
+BERT_LARGE = 302_000_000  # 24 layers x 1024 wide
+
+
+def facts(**kw) -> Facts:
+    base = dict(non_embedding_params=MINILM, fresh_head=True, pretrained_encoder=True, n_train=9003,
+                n_validation=1000, num_labels=77, global_batch=32)
+    return Facts(**(base | kw))
+
+
+def auto(*overrides, **kw):
+    return resolve(load_config(None, ["data.dataset=x", *overrides]), facts(**kw))
+
+
+def test_lr_scales_down_with_backbone_size():
+    lrs = {n: auto(non_embedding_params=n)[0].train.lr for n in (MINILM, BERT_BASE, BERT_LARGE)}
+    assert lrs[MINILM] == pytest.approx(1e-4)
+    assert lrs[BERT_BASE] == pytest.approx(3.6e-5)
+    assert lrs[BERT_LARGE] == pytest.approx(1.9e-5)
+    # A 2-layer 32-wide test model would get 2e-2 by the formula: clipped to the range.
+    cfg, why = auto(non_embedding_params=25_000)
+    assert cfg.train.lr == pytest.approx(1e-3) and "clipped" in why["train.lr"]
+
+
+def test_head_lr_is_ten_times_lr_only_for_a_fresh_head_on_a_pretrained_encoder():
+    assert auto()[0].train.head_lr == pytest.approx(1e-3)
+    cfg, why = auto(fresh_head=False)
+    assert cfg.train.head_lr == cfg.train.lr and "loaded with trained weights" in why["train.head_lr"]
+    cfg, why = auto(pretrained_encoder=False)
+    assert cfg.train.head_lr == cfg.train.lr and "random weights" in why["train.head_lr"]
+    # It follows an explicit lr.
+    assert auto("train.lr=2e-5")[0].train.head_lr == pytest.approx(2e-4)
+
+
+def test_training_length_from_data_size_and_classes():
+    # Banking77-sized: 8 steps per class = 616 steps at 282 steps per epoch.
+    cfg, why = auto()
+    assert cfg.train.epochs == pytest.approx(616 / 282, abs=1e-3)
+    assert "616 optimizer steps" in why["train.epochs"]
+    # Two classes: the 150-step minimum; 2,000 reviews at batch 16 = 125 steps per epoch.
+    cfg, _ = auto(global_batch=16, n_train=2000, num_labels=2)
+    assert cfg.train.epochs == pytest.approx(1.2)
+    # Large data: one pass, however few steps the minimum asks for.
+    cfg, why = auto(n_train=500_000, num_labels=2)
+    assert cfg.train.epochs == 1.0 and "at least one pass" in why["train.epochs"]
+    # Tiny data: capped.
+    cfg, why = auto(n_train=40, num_labels=2)
+    assert cfg.train.epochs == 20.0 and "capped" in why["train.epochs"]
+    # The steps come from the global batch: two processes halve the steps per epoch.
+    assert auto(global_batch=64)[0].train.epochs == pytest.approx(616 / 141, abs=1e-3)
+
+
+def test_evaluation_cadence_and_early_stopping_follow_an_auto_length():
+    cfg, why = auto()
+    t = cfg.train
+    # 616 steps x 32 examples against 1,000 validation examples: a budget of 8 evaluations.
+    assert t.eval_every_steps == 77
+    assert t.early_stopping_patience == 3 and t.early_stopping_min_steps == 308
+    assert "about" in why["train.eval_every_steps"]
+    # Few examples seen per validation pass: epoch ends only, no early stopping.
+    cfg, why = auto(global_batch=16, n_train=2000, num_labels=2)
+    assert cfg.train.eval_every_steps == 0 and "epoch ends only" in why["train.eval_every_steps"]
+    assert cfg.train.early_stopping_patience == 0 and cfg.train.early_stopping_min_steps == 0
+
+
+def test_an_explicit_length_turns_off_the_length_dependent_choices():
+    cfg, why = auto("train.epochs=3")
+    t = cfg.train
+    assert (t.epochs, t.eval_every_steps, t.early_stopping_patience, t.early_stopping_min_steps) == (3.0, 0, 0, 0)
+    assert "set explicitly" in why["train.eval_every_steps"] and "train.epochs" not in why
+    cfg, why = auto("train.max_steps=100")
+    assert cfg.train.epochs == pytest.approx(100 / 282, abs=1e-3) and "max_steps" in why["train.epochs"]
+    assert cfg.train.early_stopping_patience == 0
+
+
+def test_every_override_wins_and_is_not_explained():
+    explicit = ["train.lr=3e-5", "train.head_lr=7e-4", "train.epochs=2.5", "train.eval_every_steps=40",
+                "train.early_stopping_patience=5", "train.early_stopping_min_steps=11"]
+    cfg, why = auto(*explicit)
+    t = cfg.train
+    assert (t.lr, t.head_lr, t.epochs, t.eval_every_steps, t.early_stopping_patience,
+            t.early_stopping_min_steps) == (3e-5, 7e-4, 2.5, 40, 5, 11)
+    assert why == {}
+    # Each one alone wins too, while the others stay automatic.
+    for item in explicit:
+        key, value = item.split("=")
+        cfg, why = auto(item)
+        assert float(getattr(cfg.train, key.split(".")[1])) == float(value)
+        assert key not in why and len(why) == 5
+
+
+def test_nothing_is_left_auto():
+    cfg, why = auto()
+    for key in why:
+        assert getattr(cfg.train, key.split(".")[1]) != "auto"
+    assert set(why) == {"train.lr", "train.head_lr", "train.epochs", "train.eval_every_steps",
+                        "train.early_stopping_patience", "train.early_stopping_min_steps"}
+
+
+def test_fresh_head_detection(tiny_model_dir):
+    # The tiny checkpoint is a 2-label classifier: with 2 labels its head loads, with 3 it is new.
+    model, new = build_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["neg", "pos"])
+    assert not head_is_fresh(model, new)
+    model, new = build_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["a", "b", "c"])
+    assert head_is_fresh(model, new) and {"classifier.weight", "classifier.bias"} <= new
+    # Embeddings and head excluded: 2 layers of (4 x 32 x 32 attention + 2 x 32 x 64 MLP + biases/norms).
+    assert non_embedding_params(model) == sum(p.numel() for n, p in model.named_parameters()
+                                              if ".encoder.layer." in n)
+    model, new = build_model(ModelConfig(name_or_path=str(tiny_model_dir), random_init=True), ["a", "b"])
+    assert head_is_fresh(model, new)
+
+
+def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
+    out = tmp_path / "auto"
+    args = [a for a in tiny_args if not a.startswith(("train.epochs", "train.lr", "output.dir"))]
+    assert main([*args, f"output.dir={out}"]) == 0
+    saved = (out / "textft_config.yaml").read_text()
+    # Comments in the saved config say why; the file still loads, with numbers instead of auto.
+    assert "lr: 0.001  # auto: 0.0001 (best measured on MiniLM" in saved
+    assert "  # auto: at least max(150, 8 x 2 classes) = 150 optimizer steps" in saved
+    cfg = load_config(out / "textft_config.yaml")
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.head_lr == pytest.approx(1e-3)  # head loaded
+    assert cfg.train.epochs == pytest.approx(150 / 25) and cfg.train.eval_every_steps == 15
+    assert cfg.train.early_stopping_patience == 3 and cfg.train.early_stopping_min_steps == 75
+    evaluation = json.loads((out / "eval_report.json").read_text())
+    assert evaluation["optimizer_steps"] >= 75  # never stopped before the minimum
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["key"]: r for r in report["recipe"]}
+    assert rows["train.epochs"]["value"] == pytest.approx(6.0) and "150 optimizer steps" in rows["train.epochs"]["why"]
+    md = (out / "report.md").read_text()
+    assert "## Settings chosen automatically" in md and "| train.eval_every_steps | 15 |" in md
+    assert "id='recipe'" in (out / "report.html").read_text()
+    assert yaml.safe_load(saved)["train"]["lr"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("name", ["banking77-minilm", "imdb-minilm", "sst2-minilm"])
+def test_shipped_task_recipes_leave_the_adaptive_settings_auto(name):
+    t = load_config(f"configs/{name}.yaml").train
+    assert (t.lr, t.head_lr, t.epochs, t.eval_every_steps, t.early_stopping_patience) == ("auto",) * 5

@@ -1,0 +1,168 @@
+"""Training settings left at ``auto``, resolved from the backbone and the data before training starts.
+
+Each resolved value comes with the reason it was chosen; the reasons go to the log, to the saved
+``textft_config.yaml`` (as comments) and to the run report. The constants are anchored on
+measurements kept in ``benchmarks/recipes.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from textft.config import AUTO, Config
+
+REFERENCE_LR = 1e-4
+"""Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""
+REFERENCE_PARAMS = 10.8e6
+"""Non-embedding parameters of all-MiniLM-L6-v2, the backbone REFERENCE_LR was measured on."""
+LR_RANGE = (1e-5, 1e-3)
+HEAD_LR_MULTIPLIER = 10.0
+"""A freshly initialised head starts from zero knowledge and needs bigger steps than the encoder
+(Banking77, MiniLM, same 2 epochs: head at 10x 0.925 vs 3x lower, benchmarks/recipes.md)."""
+MIN_STEPS = 150
+"""Fewest optimizer steps an auto-length run takes, whatever the dataset size."""
+STEPS_PER_CLASS = 8
+"""More classes need more steps to train every row of the head (Banking77: ~600 steps for 77)."""
+MAX_EPOCHS = 20.0
+"""Upper bound for tiny datasets, where the minimum step count would mean hundreds of passes."""
+EVAL_SHARE = 0.15
+"""Largest share of the run's compute spent on validation passes when picking the cadence."""
+MAX_EVALS = 10
+PATIENCE = 3
+"""Evaluations without improvement before an auto-length run stops (when it evaluates often enough)."""
+MIN_EVALS_FOR_PATIENCE = 6
+
+
+@dataclass
+class Facts:
+    """What the recipe looks at: the backbone and the data, known once both are loaded."""
+
+    non_embedding_params: int
+    fresh_head: bool
+    """The classification head has no trained weights (it was missing or had another shape)."""
+    pretrained_encoder: bool
+    n_train: int
+    n_validation: int
+    num_labels: int
+    global_batch: int
+    """Examples per optimizer step over all processes and accumulation steps."""
+
+
+def non_embedding_params(model: nn.Module) -> int:
+    """Parameters outside the embedding tables and the head: what the encoder's depth and width cost."""
+    from textft.modeling import layer_depths
+
+    depths = layer_depths(model)
+    head = max(depths.values())
+    return sum(p.numel() for name, p in model.named_parameters() if 0 < depths[name] < head)
+
+
+def head_is_fresh(model: nn.Module, initialised_here: set[str]) -> bool:
+    """Whether any head parameter was initialised here rather than loaded from the checkpoint."""
+    from textft.modeling import layer_depths
+
+    depths = layer_depths(model)
+    head = max(depths.values())
+    return any(depths.get(name) == head for name in initialised_here)
+
+
+def evaluation_steps(total_steps: int, every: int, per_epoch: int) -> set[int]:
+    """Steps the loop evaluates at: every ``every`` steps, at each epoch end and at the last step."""
+    steps = set(range(per_epoch, total_steps, per_epoch)) | {total_steps}
+    return steps | (set(range(every, total_steps, every)) if every else set())
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str]]:
+    """``cfg`` with every ``auto`` training setting replaced by a number, and why, keyed ``train.<key>``."""
+    t = cfg.train
+    why: dict[str, str] = {}
+    values: dict[str, object] = {}
+
+    lr = t.lr
+    if lr == AUTO:
+        raw = REFERENCE_LR * math.sqrt(REFERENCE_PARAMS / max(1, facts.non_embedding_params))
+        lr = float(f"{min(max(raw, LR_RANGE[0]), LR_RANGE[1]):.2g}")
+        why["train.lr"] = (f"{_fmt(REFERENCE_LR)} (best measured on MiniLM, {REFERENCE_PARAMS / 1e6:.1f}M"
+                           f" non-embedding parameters) x sqrt({REFERENCE_PARAMS / 1e6:.1f}M /"
+                           f" {facts.non_embedding_params / 1e6:.1f}M of this backbone)"
+                           + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
+                              if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
+        values["lr"] = lr
+
+    if t.head_lr == AUTO:
+        if facts.fresh_head and facts.pretrained_encoder:
+            values["head_lr"] = float(f"{HEAD_LR_MULTIPLIER * lr:.2g}")
+            why["train.head_lr"] = (f"{HEAD_LR_MULTIPLIER:g} x lr: the {facts.num_labels}-way head is freshly"
+                                    " initialised on a pretrained encoder")
+        else:
+            values["head_lr"] = lr
+            why["train.head_lr"] = ("= lr: the head was loaded with trained weights" if not facts.fresh_head
+                                    else "= lr: the whole model starts from random weights")
+
+    per_epoch = max(1, math.ceil(facts.n_train / facts.global_batch))
+    length_is_auto = t.epochs == AUTO and t.max_steps is None
+    if t.epochs == AUTO:
+        if t.max_steps is not None:
+            values["epochs"] = round(t.max_steps / per_epoch, 3)
+            why["train.epochs"] = f"from train.max_steps={t.max_steps} at {per_epoch} steps per epoch"
+        else:
+            steps = max(MIN_STEPS, STEPS_PER_CLASS * facts.num_labels)
+            epochs = min(max(steps / per_epoch, 1.0), MAX_EPOCHS)
+            values["epochs"] = round(epochs, 3)
+            bound = (" (at least one pass)" if epochs == 1.0 and steps < per_epoch
+                     else f" (capped at {MAX_EPOCHS:g})" if epochs == MAX_EPOCHS else "")
+            why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} classes) ="
+                                   f" {steps} optimizer steps; {facts.n_train:,} examples / global batch"
+                                   f" {facts.global_batch} = {per_epoch} steps per epoch{bound}")
+    epochs = values.get("epochs", t.epochs)
+    total_steps = t.max_steps or max(1, round(epochs * per_epoch))
+
+    if t.eval_every_steps == AUTO:
+        if length_is_auto:
+            # A validation pass costs about a third of a training pass over as many examples.
+            seen = total_steps * facts.global_batch
+            budget = int(EVAL_SHARE * 3 * seen / max(1, facts.n_validation))
+            n_evals = min(max(budget, 1), MAX_EVALS)
+            every = math.ceil(total_steps / n_evals)
+            every = every if every < per_epoch else 0  # epoch ends are evaluated anyway
+            count = len(evaluation_steps(total_steps, every, per_epoch))
+            share = count * facts.n_validation / (3 * seen)
+            values["eval_every_steps"] = every
+            why["train.eval_every_steps"] = (
+                f"{count} evaluation(s) of {facts.n_validation:,} validation examples"
+                f"{' (epoch ends only)' if not every else ''} cost about {share:.0%} of the compute of"
+                f" {total_steps} training steps (at most {EVAL_SHARE:.0%}, at most {MAX_EVALS} evaluations)")
+        else:
+            values["eval_every_steps"] = 0
+            why["train.eval_every_steps"] = "at the end of each epoch (the training length was set explicitly)"
+
+    if t.early_stopping_patience == AUTO:
+        planned = len(evaluation_steps(total_steps, values.get("eval_every_steps", t.eval_every_steps), per_epoch))
+        if length_is_auto and planned >= MIN_EVALS_FOR_PATIENCE:
+            values["early_stopping_patience"] = PATIENCE
+            why["train.early_stopping_patience"] = (f"stop after {PATIENCE} of the {planned} planned evaluations"
+                                                    f" without a better validation {t.metric_for_best}")
+        else:
+            values["early_stopping_patience"] = 0
+            why["train.early_stopping_patience"] = (
+                "off: the training length was set explicitly" if not length_is_auto
+                else f"off: only {planned} evaluation(s) planned")
+
+    if t.early_stopping_min_steps == AUTO:
+        if values.get("early_stopping_patience", t.early_stopping_patience) and length_is_auto:
+            values["early_stopping_min_steps"] = total_steps // 2
+            why["train.early_stopping_min_steps"] = (f"half of the {total_steps} planned steps: warmup and the"
+                                                     " first half of the decay always run")
+        else:
+            values["early_stopping_min_steps"] = 0
+            why["train.early_stopping_min_steps"] = "0: no constraint beyond the patience"
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **values)), why
