@@ -44,7 +44,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imdb" / "test.jsonl"
+# IMDB's train split is the only one in ../shared/data; a textft run's own training texts are left out.
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imdb" / "train.jsonl"
 BUNDLED_DATA = ROOT / "textft" / "assets" / "quickstart" / "test.jsonl"
 UNBATCHED_LIMIT = 300
 TEXTFT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
@@ -197,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick and args.data == str(DEFAULT_DATA):
             data = BUNDLED_DATA  # CI without ../shared/data still proves the script runs
         else:
-            print(f"error: '--data': {data} does not exist (../shared/data holds IMDB's train split only: pass"
-                  " --data ../shared/data/imdb/train.jsonl; the texts a textft run trained on are left out)",
-                  file=sys.stderr)
+            print(f"error: '--data': {data} does not exist (a jsonl file with a 'text' field, like"
+                  " ../shared/data/imdb/train.jsonl)", file=sys.stderr)
             return 2
 
     import torch

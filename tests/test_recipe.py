@@ -28,16 +28,21 @@ def auto(*overrides, **kw):
 
 def test_lr_scales_down_with_backbone_size():
     lrs = {n: auto(non_embedding_params=n)[0].train.lr for n in (MINILM, BERT_BASE, BERT_LARGE)}
-    assert lrs[MINILM] == pytest.approx(1e-4)
-    assert lrs[BERT_BASE] == pytest.approx(3.6e-5)
-    assert lrs[BERT_LARGE] == pytest.approx(1.9e-5)
-    # A 2-layer 32-wide test model would get 2e-2 by the formula: clipped to the range.
+    # The two anchors: measured on MiniLM, the bert-base authors' grid.
+    assert lrs[MINILM] == pytest.approx(2e-4)
+    assert lrs[BERT_BASE] == pytest.approx(3e-5)
+    # Beyond them the same power law, clipped: bert-large would get 9.4e-6.
+    cfg, why = auto(non_embedding_params=BERT_LARGE)
+    assert cfg.train.lr == pytest.approx(1e-5) and "clipped" in why["train.lr"]
+    # Between: distilbert-sized (6 layers x 768) lands between the anchors.
+    assert 3e-5 < auto(non_embedding_params=42_500_000)[0].train.lr < 2e-4
+    # A 2-layer 32-wide test model would get 5e-2 by the formula: clipped to the range.
     cfg, why = auto(non_embedding_params=25_000)
     assert cfg.train.lr == pytest.approx(1e-3) and "clipped" in why["train.lr"]
 
 
 def test_head_lr_is_ten_times_lr_only_for_a_fresh_head_on_a_pretrained_encoder():
-    assert auto()[0].train.head_lr == pytest.approx(1e-3)
+    assert auto()[0].train.head_lr == pytest.approx(2e-3)
     cfg, why = auto(fresh_head=False)
     assert cfg.train.head_lr == cfg.train.lr and "loaded with trained weights" in why["train.head_lr"]
     cfg, why = auto(pretrained_encoder=False)
@@ -130,7 +135,7 @@ def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
     assert main([*args, f"output.dir={out}"]) == 0
     saved = (out / "textft_config.yaml").read_text()
     # Comments in the saved config say why; the file still loads, with numbers instead of auto.
-    assert "lr: 0.001  # auto: 0.0001 (best measured on MiniLM" in saved
+    assert "lr: 0.001  # auto: 17,088 non-embedding parameters, on the line through MiniLM" in saved
     assert "  # auto: at least max(150, 8 x 2 classes) = 150 optimizer steps" in saved
     cfg = load_config(out / "textft_config.yaml")
     assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.head_lr == pytest.approx(1e-3)  # head loaded

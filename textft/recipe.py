@@ -15,14 +15,19 @@ from torch import nn
 
 from textft.config import AUTO, Config
 
-REFERENCE_LR = 1e-4
+REFERENCE_LR = 2e-4
 """Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""
 REFERENCE_PARAMS = 10.8e6
 """Non-embedding parameters of all-MiniLM-L6-v2, the backbone REFERENCE_LR was measured on."""
+LARGE_LR, LARGE_PARAMS = 3e-5, 85e6
+"""bert-base: the middle of the 2e-5..5e-5 grid its authors searched (Devlin et al. 2019), which later
+fine-tuning studies confirm; the second anchor of the size rule."""
+LR_EXPONENT = math.log(REFERENCE_LR / LARGE_LR) / math.log(LARGE_PARAMS / REFERENCE_PARAMS)
+"""lr falls as (non-embedding parameters)^-LR_EXPONENT between and beyond the two anchors (about 0.92)."""
 LR_RANGE = (1e-5, 1e-3)
 HEAD_LR_MULTIPLIER = 10.0
-"""A freshly initialised head starts from zero knowledge and needs bigger steps than the encoder
-(Banking77, MiniLM, same 2 epochs: head at 10x 0.925 vs 3x lower, benchmarks/recipes.md)."""
+"""A freshly initialised head needs bigger steps than the pretrained encoder under it (Banking77,
+MiniLM, lr 1e-4, 2 epochs: head at 3x 0.876, 10x 0.922 validation accuracy; benchmarks/recipes.md)."""
 MIN_STEPS = 150
 """Fewest optimizer steps an auto-length run takes, whatever the dataset size."""
 STEPS_PER_CLASS = 8
@@ -76,6 +81,10 @@ def evaluation_steps(total_steps: int, every: int, per_epoch: int) -> set[int]:
     return steps | (set(range(every, total_steps, every)) if every else set())
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
@@ -88,11 +97,11 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str]]:
 
     lr = t.lr
     if lr == AUTO:
-        raw = REFERENCE_LR * math.sqrt(REFERENCE_PARAMS / max(1, facts.non_embedding_params))
+        raw = REFERENCE_LR * (REFERENCE_PARAMS / max(1, facts.non_embedding_params)) ** LR_EXPONENT
         lr = float(f"{min(max(raw, LR_RANGE[0]), LR_RANGE[1]):.2g}")
-        why["train.lr"] = (f"{_fmt(REFERENCE_LR)} (best measured on MiniLM, {REFERENCE_PARAMS / 1e6:.1f}M"
-                           f" non-embedding parameters) x sqrt({REFERENCE_PARAMS / 1e6:.1f}M /"
-                           f" {facts.non_embedding_params / 1e6:.1f}M of this backbone)"
+        why["train.lr"] = (f"{_count(facts.non_embedding_params)} non-embedding parameters, on the line through"
+                           f" MiniLM ({REFERENCE_PARAMS / 1e6:.1f}M: {_fmt(REFERENCE_LR)}, measured) and bert-base"
+                           f" ({LARGE_PARAMS / 1e6:.0f}M: {_fmt(LARGE_LR)}); lr ~ params^-{LR_EXPONENT:.2f}"
                            + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
                               if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
         values["lr"] = lr
