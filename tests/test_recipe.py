@@ -72,13 +72,14 @@ def test_training_length_from_data_size_and_classes():
 def test_evaluation_cadence_and_early_stopping_follow_an_auto_length():
     cfg, why = auto()
     t = cfg.train
-    # 616 steps x 32 examples against 1,000 validation examples: a budget of 8 evaluations.
-    assert t.eval_every_steps == 77
+    # 616 steps x 32 examples against 1,000 validation examples: a budget of 8 evaluations. Every 77
+    # steps plus the epoch ends would make 10; every 94 makes 7 (94 x 3 is the first epoch end).
+    assert t.eval_every_steps == 94
     assert t.early_stopping_patience == 3 and t.early_stopping_min_steps == 308
-    assert "about" in why["train.eval_every_steps"]
+    assert why["train.eval_every_steps"].startswith("7 evaluation(s) of 1,000 validation examples, about 12%")
     # Few examples seen per validation pass: epoch ends only, no early stopping.
     cfg, why = auto(global_batch=16, n_train=2000, num_labels=2)
-    assert cfg.train.eval_every_steps == 0 and "epoch ends only" in why["train.eval_every_steps"]
+    assert cfg.train.eval_every_steps == 0 and "epoch ends and the last step only" in why["train.eval_every_steps"]
     assert cfg.train.early_stopping_patience == 0 and cfg.train.early_stopping_min_steps == 0
 
 
@@ -139,7 +140,8 @@ def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
     assert "  # auto: at least max(150, 8 x 2 classes) = 150 optimizer steps" in saved
     cfg = load_config(out / "textft_config.yaml")
     assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.head_lr == pytest.approx(1e-3)  # head loaded
-    assert cfg.train.epochs == pytest.approx(150 / 25) and cfg.train.eval_every_steps == 15
+    # 150 steps at 25 per epoch: 6 epoch-end evaluations; a finer cadence would exceed 10 in all.
+    assert cfg.train.epochs == pytest.approx(150 / 25) and cfg.train.eval_every_steps == 0
     assert cfg.train.early_stopping_patience == 3 and cfg.train.early_stopping_min_steps == 75
     evaluation = json.loads((out / "eval_report.json").read_text())
     assert evaluation["optimizer_steps"] >= 75  # never stopped before the minimum
@@ -147,7 +149,7 @@ def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
     rows = {r["key"]: r for r in report["recipe"]}
     assert rows["train.epochs"]["value"] == pytest.approx(6.0) and "150 optimizer steps" in rows["train.epochs"]["why"]
     md = (out / "report.md").read_text()
-    assert "## Settings chosen automatically" in md and "| train.eval_every_steps | 15 |" in md
+    assert "## Settings chosen automatically" in md and "| train.eval_every_steps | 0 |" in md
     assert "id='recipe'" in (out / "report.html").read_text()
     assert yaml.safe_load(saved)["train"]["lr"] == pytest.approx(1e-3)
 
