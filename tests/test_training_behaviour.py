@@ -33,6 +33,21 @@ def test_accumulating_4x8_equals_one_batch_of_32(tiny_args, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
 
 
+def test_evaluations_do_not_change_the_training(tiny_args, tmp_path):
+    # Dropout is on: if an evaluation consumed global random numbers, the masks after it would
+    # differ and so would every later loss.
+    common = ["train.epochs=2", "train.logging_steps=1", "train.early_stopping_patience=0"]
+    run(tiny_args, tmp_path / "rare", *common, "train.eval_every_steps=0")
+    run(tiny_args, tmp_path / "often", *common, "train.eval_every_steps=3")
+
+    def losses(out):
+        return [r["loss"] for r in log_records(out) if "loss" in r]
+
+    often = log_records(tmp_path / "often")
+    assert sum("eval" in r for r in often) > sum("eval" in r for r in log_records(tmp_path / "rare")) + 5
+    assert losses(tmp_path / "rare") == losses(tmp_path / "often") and len(losses(tmp_path / "rare")) == 50
+
+
 def test_schedule_counts_optimizer_steps_not_batches(tiny_args, tmp_path):
     out = tmp_path / "sched"
     run(tiny_args, out, "train.batch_size=8", "train.grad_accum_steps=4", "train.epochs=2", "train.logging_steps=1",

@@ -122,5 +122,8 @@ def sort_by_length(ds: Dataset) -> Dataset:
 def eval_loader(ds: Dataset, tokenizer, batch_size: int, mixed_precision: bool,
                 num_workers: int = 0) -> DataLoader:
     """Batches in the dataset's own order: pass a length-sorted dataset for speed."""
+    # Every new iterator draws a base seed from its generator; with the global RNG, each evaluation
+    # would shift the dropout masks of the training that follows, so runs that evaluate at different
+    # cadences would train differently.
     return DataLoader(model_columns(ds), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collator(tokenizer, mixed_precision))
+                      collate_fn=collator(tokenizer, mixed_precision), generator=torch.Generator().manual_seed(0))
