@@ -6,7 +6,7 @@
     python benchmarks/predict_throughput.py --quick                      # trains configs/tiny.yaml, ~60 short texts
 
 The first ``--n`` texts of ``--data`` (jsonl with "text" and, optionally, "label") after a seeded
-shuffle are labelled, on the CPU, by six sides one after the other, each after one small warm-up call:
+shuffle are labelled, on the CPU, by six or seven sides one after the other, each after one small warm-up call:
 
 - ``pipeline_b1``: ``pipeline("text-classification")`` as users call it by default,
   ``pipe(texts, truncation=True, max_length=L)`` (one text per forward pass); on the first 300 texts
@@ -14,12 +14,15 @@ shuffle are labelled, on the CPU, by six sides one after the other, each after o
 - ``pipeline``: the same pipeline with ``batch_size=B``, fp32: the anchor every other side is compared to;
 - ``textft_fp32``, ``textft_bf16``, ``textft_int8``, ``textft_auto``:
   ``textft.load(DIR, precision=..., max_length=L).predict(texts, batch_size=B)``; auto is textft's
-  default (bf16 on CPUs that run it natively, else fp32).
+  default (bf16 on CPUs that run it natively, else fp32). They truncate long texts as the run was
+  trained (head+tail for a head+tail run), which the pipeline cannot;
+- ``textft_fp32_head``: only for a run not trained with head truncation: textft fp32 keeping the head
+  like the pipeline, so that its labels can be checked against the pipeline's.
 
 L is the max_length the model was trained with (as textft reads it from the run), or ``--max-length``.
 Per side: texts/s, seconds, the share of labels equal to the fp32 pipeline's on the same texts, and
-accuracy against the file's labels. Then the fp32 agreement of textft with the pipeline, which must
-be 1.0000 (a warning says so when not), and a machine-readable last line:
+accuracy against the file's labels. Then the fp32 agreement of textft with the pipeline at the same
+truncation, which must be 1.0000 (a warning says so when not), and a machine-readable last line:
 
     ratio_vs_pipeline=X.XX agreement=Y.YYYY
 
@@ -252,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
               f" parameters, labels {', '.join(names[:10])}{' ...' if len(names) > 10 else ''});"
               f" max_length {length}, textft long_text {probe.long_text}")
         if probe.mode != "head":
-            print(f"note: textft truncates '{probe.mode}' as in training; the pipeline keeps the head, so fp32"
-                  " labels may differ on texts longer than max_length")
+            print(f"note: textft truncates '{probe.mode}' as in training, the pipeline keeps the head; the side"
+                  " textft_fp32_head truncates like the pipeline and is the one whose labels must be identical")
         dropped = f"; {left_out:,} rows the model trained on left out" if left_out else ""
         print(f"data: {data}: {len(texts):,} texts (first of {total:,} rows after a shuffle with seed"
               f" {args.seed}{dropped}), batch size {batch}", flush=True)
@@ -288,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = precision if precision != "auto" else f"auto={clf.precision}"
             record(f"textft_{precision}", shown, labels, seconds)
             del clf
+        if probe.mode != "head":
+            clf = textft.load(model_dir, precision="fp32", **(common | {"long_text": "truncate"}))
+            labels, seconds = timed(lambda t: clf.predict(t, batch_size=batch), texts)
+            record("textft_fp32_head", "fp32", labels, seconds)
 
     anchor = results["pipeline"]
     for r in results.values():
@@ -296,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(table(results)))
     print()
-    fp32 = results["textft_fp32"]
+    fp32 = results.get("textft_fp32_head") or results["textft_fp32"]
     differ = [i for i, (a, b) in enumerate(zip(fp32["labels"], anchor["labels"])) if a != b]
-    print(f"textft fp32 vs pipeline fp32: labels equal on {len(texts) - len(differ):,} of {len(texts):,} texts,"
+    how = "textft fp32, head truncation like the pipeline," if "textft_fp32_head" in results else "textft fp32"
+    print(f"{how} vs pipeline fp32: labels equal on {len(texts) - len(differ):,} of {len(texts):,} texts,"
           f" agreement {fp32['agreement']:.4f}")
     if differ:
         warning = (f"WARNING: textft fp32 labels differ from the fp32 pipeline's on {len(differ)} text(s)"
