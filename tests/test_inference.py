@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import textft
-from conftest import FILLER, toy_rows, write_jsonl
+from conftest import FILLER, NEG, POS, toy_rows, write_jsonl
 from textft.cli import main as cli
 from textft.config import UserError
 from textft.inference import OOS_KEY, Classifier, choose_threshold, oos_scores, rejection_metrics
@@ -229,9 +229,11 @@ def test_scores_and_threshold_choice():
 
 
 def _gibberish(n, seed):
+    # Out of scope for a polarity classifier: letters it never saw, fillers, and one word of each
+    # polarity, so no training signal points either way (the model's confidence should drop).
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(list("qxzjkvw"), size=rng.integers(3, 8))) + " " + " ".join(rng.choice(FILLER, 2))
-            for _ in range(n)]
+    return [" ".join([*rng.choice(list("qxzjkvw"), size=rng.integers(3, 8)), *rng.choice(FILLER, 2),
+                      str(rng.choice(POS)), str(rng.choice(NEG))]) for _ in range(n)]
 
 
 def test_calibrate_writes_threshold_and_predict_answers_out_of_scope(run, tmp_path, capsys):
