@@ -56,6 +56,9 @@ def test_wrong_types_are_rejected_with_the_expected_type():
     assert "'train.batch_size' must be an integer" in msg and "sixteen" in msg
     (msg,) = problems("train.lr=fast")
     assert "'train.lr' must be a number" in msg
+    # keys that textft can choose itself also say so, and catch a misspelt auto
+    (msg,) = problems("train.epochs=atuo")
+    assert msg == "'train.epochs' must be a number or 'auto', got 'atuo' (did you mean 'auto'?)"
 
 
 def test_invalid_values_are_rejected():

@@ -312,6 +312,15 @@ def _coerce(value: Any, tp) -> Any:
     raise TypeError(_type_name(tp))
 
 
+def _choices(tp) -> list:
+    """The literal values a type admits, also inside a union (``float | Literal["auto"]``)."""
+    if typing.get_origin(tp) is Literal:
+        return list(typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [c for arg in typing.get_args(tp) for c in _choices(arg)]
+    return []
+
+
 def _build_section(name: str, cls, values: Any, problems: list[str]):
     if values is None:
         values = {}
@@ -327,7 +336,7 @@ def _build_section(name: str, cls, values: Any, problems: list[str]):
         try:
             kwargs[key] = _coerce(value, hints[key])
         except TypeError as e:
-            hint = closest(value, typing.get_args(hints[key])) if typing.get_origin(hints[key]) is Literal else ""
+            hint = closest(value, _choices(hints[key])) if isinstance(value, str) else ""
             problems.append(f"'{name}.{key}' must be {e}, got {value!r}{hint}")
     return cls(**kwargs)
 
