@@ -13,5 +13,5 @@ COPY configs ./configs
 RUN pip install --no-cache-dir . && mkdir -p /runs /cache
 
 # `docker run IMAGE --config configs/imdb.yaml output.dir=/runs/imdb` trains on every visible GPU.
-ENTRYPOINT ["accelerate", "launch", "textft/train.py"]
+ENTRYPOINT ["accelerate", "launch", "-m", "textft.train"]
 CMD ["--config", "configs/imdb.yaml", "output.dir=/runs/imdb"]

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import textft
-    from textft.inference import _cpu_supports_bf16
+    from textft.precision import cpu_supports_bf16
 
     transformers.logging.set_verbosity_error()
     if args.threads:
@@ -248,15 +248,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, transformers"
               f" {transformers.__version__}, {torch.get_num_threads()} threads, native bf16"
-              f" {'yes' if _cpu_supports_bf16() else 'no'}")
+              f" {'yes' if cpu_supports_bf16() else 'no'}")
         cfg = probe.model.config
         params = sum(p.numel() for p in probe.model.parameters())
         print(f"model: {model_dir} ({(cfg.architectures or [type(probe.model).__name__])[0]}, {params / 1e6:.1f}M"
               f" parameters, labels {', '.join(names[:10])}{' ...' if len(names) > 10 else ''});"
               f" max_length {length}, textft long_text {probe.long_text}")
-        if probe.mode != "head":
-            print(f"note: textft truncates '{probe.mode}' as in training, the pipeline keeps the head; the side"
-                  " textft_fp32_head truncates like the pipeline and is the one whose labels must be identical")
+        if probe.long_text == "head+tail":
+            print("note: textft truncates head+tail as in training, the pipeline keeps the head (the saved tokenizer"
+                  " reproduces head and tail truncation only); the side textft_fp32_head truncates like the"
+                  " pipeline and is the one whose labels must be identical")
         dropped = f"; {left_out:,} rows the model trained on left out" if left_out else ""
         print(f"data: {data}: {len(texts):,} texts (first of {total:,} rows after a shuffle with seed"
               f" {args.seed}{dropped}), batch size {batch}", flush=True)
@@ -291,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             shown = precision if precision != "auto" else f"auto={clf.precision}"
             record(f"textft_{precision}", shown, labels, seconds)
             del clf
-        if probe.mode != "head":
-            clf = textft.load(model_dir, precision="fp32", **(common | {"long_text": "truncate"}))
+        if probe.long_text == "head+tail":
+            clf = textft.load(model_dir, precision="fp32", **(common | {"long_text": "head"}))
             labels, seconds = timed(lambda t: clf.predict(t, batch_size=batch), texts)
             record("textft_fp32_head", "fp32", labels, seconds)
 
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                    "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-                   "native_bf16": _cpu_supports_bf16()}
+                   "native_bf16": cpu_supports_bf16()}
         sides = {name: {k: v for k, v in r.items() if k != "labels"} for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps({
             "args": vars(args), "machine": machine, "model": str(model_dir), "max_length": length,

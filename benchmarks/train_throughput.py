@@ -147,11 +147,11 @@ def scores(y_true, y_pred) -> dict:
 
 
 def native_bf16() -> bool:
-    from textft.inference import _cpu_supports_bf16
+    from textft.precision import cpu_supports_bf16
 
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported() or _cpu_supports_bf16()
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported() or cpu_supports_bf16()
 
 
 # --- the sides --------------------------------------------------------------------------------

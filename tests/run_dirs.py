@@ -66,7 +66,7 @@ def write_run(out: Path, k: int = 2, n: int = 120, splits=("validation", "test")
             log.append({"step": step, "epoch": step / 20, "eval": m})
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     write_reports(out, reports, {"label_names": names, "data_source": "synthetic", "parameters":
-                                 {"trainable": 1000, "total": 4000}, "precision": "no", "num_processes": 1,
+                                 {"trainable": 1000, "total": 4000}, "precision": "fp32", "num_processes": 1,
                                  "optimizer_steps": steps, "train_seconds": 12.5, "config": cfg.to_dict(),
                                  **(extra or {})}, title="synthetic")
     if predictions:

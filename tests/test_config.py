@@ -40,10 +40,58 @@ def problems(*overrides, path="configs/tiny.yaml"):
 
 
 def test_unknown_key_names_the_closest_valid_one():
-    (msg,) = problems("train.learning_rate=1e-4")
-    assert "unknown key 'train.learning_rate'" in msg
     (msg,) = problems("train.epoch=2")
-    assert "'train.epoch'" in msg and "did you mean 'epochs'" in msg
+    assert msg == "unknown key 'train.epoch' (did you mean 'train.epochs'?)"
+
+
+@pytest.mark.parametrize("typed,meant", [
+    ("train.learning_rate", "train.lr"), ("train.per_device_train_batch_size", "train.batch_size"),
+    ("train.num_train_epochs", "train.epochs"), ("train.gradient_accumulation_steps", "train.grad_accum_steps"),
+    ("train.resume_from_checkpoint", "train.resume_from"), ("train.warmup_steps", "train.warmup_ratio"),
+    ("train.save_total_limit", "train.keep_checkpoints"), ("data.max_seq_length", "data.max_length"),
+    ("output.output_dir", "output.dir"), ("train.metric_for_best_model", "train.metric_for_best")])
+def test_trainer_argument_names_point_at_the_textft_key(typed, meant):
+    (msg,) = problems(f"{typed}=1")
+    assert msg == f"unknown key '{typed}' (did you mean '{meant}'?)"
+
+
+def test_keys_without_a_section_point_at_the_full_key(tmp_path):
+    (msg,) = problems("learning_rate=1e-4")
+    assert msg.startswith("override 'learning_rate=1e-4' must name a section") and msg.endswith("(did you mean 'train.lr'?)")
+    (msg,) = problems("epochs=3")
+    assert msg.endswith("(did you mean 'train.epochs'?)")
+    # the same slip in a YAML file: a Trainer name at the top level is not a section
+    (tmp_path / "c.yaml").write_text("data: {dataset: imdb}\nlearning_rate: 1.0e-4\nnum_train_epochs: 3\n")
+    assert problems(path=tmp_path / "c.yaml") == ["unknown section 'learning_rate' (did you mean 'train.lr'?)",
+                                                  "unknown section 'num_train_epochs' (did you mean 'train.epochs'?)"]
+    # and the sweep space reads the same mapping
+    from textft.sweep_space import parse_sweep
+
+    with pytest.raises(UserError) as e:
+        parse_sweep({"space": {"train.num_train_epochs": {"type": "int", "low": 1, "high": 3}}}, "s.yaml")
+    assert "(did you mean 'train.epochs'?)" in e.value.problems[0]
+
+
+def test_precision_is_one_vocabulary_and_the_old_no_still_loads(tmp_path, caplog):
+    from textft.config import INFERENCE_PRECISIONS, PRECISIONS
+
+    assert PRECISIONS == ("auto", "fp32", "bf16", "fp16") and INFERENCE_PRECISIONS == (*PRECISIONS, "int8")
+    assert load_config("configs/tiny.yaml", ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    # saved configs of earlier runs say `no` (YAML reads it as false): read as fp32, with a note
+    (tmp_path / "old.yaml").write_text("data: {dataset: imdb}\ntrain: {mixed_precision: no}\n")
+    assert load_config(tmp_path / "old.yaml").train.mixed_precision == "fp32"
+    assert "'train.mixed_precision': 'no' is the old name of 'fp32' (did you mean 'fp32'?)" in caplog.text
+    assert load_config("configs/tiny.yaml", ["train.mixed_precision=no"]).train.mixed_precision == "fp32"
+    (msg,) = problems("train.mixed_precision=fp33")
+    assert msg == "'train.mixed_precision' must be 'auto' | 'fp32' | 'bf16' | 'fp16', got 'fp33' (did you mean 'fp32'?)"
+
+
+def test_truncation_is_one_vocabulary():
+    from textft.config import LONG_TEXT, TRUNCATIONS
+
+    assert TRUNCATIONS == ("head", "tail", "head+tail") and LONG_TEXT == (*TRUNCATIONS, "sliding_window")
+    (msg,) = problems("data.truncation=sliding_window")
+    assert msg.startswith("'data.truncation' must be 'head' | 'tail' | 'head+tail', got 'sliding_window'")
 
 
 def test_unknown_section_is_reported_with_suggestion():
@@ -115,7 +163,7 @@ def test_accelerate_configs_are_valid_for_accelerate(path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("configs", "sweeps").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_sweep_spaces_parse(path):
-    from textft.sweep import parse_sweep, read_yaml
+    from textft.sweep_space import parse_sweep, read_yaml
 
     spec = parse_sweep(read_yaml(path, "--sweep")["sweep"], str(path))
     assert spec.space and spec.metric == "macro_f1"

@@ -1,7 +1,10 @@
 from collections import Counter
 
+import csv
+
 import datasets
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import toy_rows, write_jsonl
@@ -16,16 +19,16 @@ def cfg(**kw):
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "tsv", "parquet"])
 def test_local_formats_load_with_labels(tmp_path, fmt):
     rows = toy_rows(40, 0)
-    df = pd.DataFrame(rows)
     path = tmp_path / f"train.{fmt}"
     if fmt in ("jsonl", "json"):
         write_jsonl(path, rows)
-    elif fmt == "csv":
-        df.to_csv(path, index=False)
-    elif fmt == "tsv":
-        df.to_csv(path, index=False, sep="\t")
+    elif fmt in ("csv", "tsv"):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"], delimiter="," if fmt == "csv" else "\t")
+            writer.writeheader()
+            writer.writerows(rows)
     else:
-        df.to_parquet(path)
+        pq.write_table(pa.Table.from_pylist(rows), path)
     data = load_splits(cfg(train_file=str(path), validation_split=0.25), seed=0)
     assert data.label_names == ["neg", "pos"]
     assert set(data.splits) == {"train", "validation"}

@@ -10,7 +10,8 @@ import yaml
 
 import textft.hub as hub
 from textft.cli import main as cli
-from textft.hub import IGNORE_PATTERNS, model_card, push_to_hub
+from textft.hub import IGNORE_PATTERNS, push_to_hub
+from textft.model_card import model_card
 from tiny_classifier import copy_run, trained_run
 
 TOKEN = "hf_NotARealTokenButLooksLikeOne1234"
@@ -61,9 +62,19 @@ def fake_hub(monkeypatch, tmp_path):
     return FakeHfApi
 
 
-def front_matter(card: str) -> dict:
-    assert card.startswith("---\n")
-    return yaml.safe_load(card.split("---\n")[1])
+def front_matter(card) -> dict:
+    """The card's metadata as the Hub reads it: the YAML block at the top of README.md."""
+    text = str(card)
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def reloaded(card, tmp_path):
+    """The card written as README.md and loaded back by huggingface_hub, as the Hub and other tools do."""
+    from huggingface_hub import ModelCard
+
+    card.save(tmp_path / "README.md")
+    return ModelCard.load(tmp_path / "README.md")
 
 
 def test_push_makes_exactly_the_expected_calls_and_never_shows_the_token(run, fake_hub, tmp_path, capsys, caplog):
@@ -108,8 +119,16 @@ def test_card_metadata_and_body(run, tmp_path):
     metrics = {(m["type"], m.get("args", {}).get("average")): m["value"] for m in result["metrics"]}
     assert metrics[("accuracy", None)] == round(report["splits"]["test"]["accuracy"], 4)
     assert metrics[("f1", "macro")] == round(report["splits"]["test"]["macro_f1"], 4)
-    body = card.split("---\n", 2)[2]
+    # the same metadata through huggingface_hub's own parser
+    data = reloaded(card, tmp_path).data
+    assert (data.license, data.base_model, data.datasets, data.model_name) == (
+        "apache-2.0", "bert-base-uncased", ["imdb"], "imdb-model")
+    results = {(r.metric_type, (r.metric_args or {}).get("average")): r for r in data.eval_results}
+    assert {r.dataset_type for r in results.values()} == {"imdb"} and {r.dataset_split for r in results.values()} == {"test"}
+    assert results[("f1", "weighted")].metric_value == round(report["splits"]["test"]["weighted_f1"], 4)
+    body = card.text
     assert "| test | 80 |" in body and 'pipeline("text-classification", model="me/imdb-model")' in body
+    assert 'classifier("Replace me by any text you like.", truncation=True)' in body
     assert "## Evaluation report" in body and "### test" in body and "#### Per class" in body  # report.md, demoted
     assert "`neg`, `pos`" in body
 
@@ -121,13 +140,13 @@ def test_card_without_hub_names_and_with_the_builtin_backbone(run, tmp_path):
     assert "base_model" not in meta and "datasets" not in meta
     assert meta["license"] == "other"
     assert meta["model-index"][0]["results"][0]["dataset"] == {"name": "train.jsonl", "type": "custom", "split": "test"}
-    assert str(tmp_path.parent) not in model_card(model)  # no local paths in a public card
+    assert str(tmp_path.parent) not in str(model_card(model))  # no local paths in a public card
     cfg = yaml.safe_load((model / "textft_config.yaml").read_text())
     cfg["model"]["name_or_path"] = "builtin:minilm"
     (model / "textft_config.yaml").write_text(yaml.safe_dump(cfg))
-    meta = front_matter(model_card(model))
-    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert meta["license"] == "apache-2.0"  # read from the bundled backbone's own card
+    data = reloaded(model_card(model), tmp_path).data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.license == "apache-2.0"  # read from the bundled backbone's own card
 
 
 def test_report_json_is_preferred_over_eval_report(run, tmp_path):
@@ -138,7 +157,7 @@ def test_report_json_is_preferred_over_eval_report(run, tmp_path):
     (model / "report.md").write_text("# Run report\n\nrich report body\n")
     card = model_card(model)
     assert front_matter(card)["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.1235
-    assert "rich report body" in card and "Run report" not in card  # the report's title gives way to the card's
+    assert "rich report body" in card.text and "Run report" not in card.text  # the card has its own title
 
 
 def test_out_of_scope_threshold_appears_in_the_card(run, tmp_path):
@@ -149,7 +168,7 @@ def test_out_of_scope_threshold_appears_in_the_card(run, tmp_path):
                                   "calibration": {"in_scope_accuracy": 0.9, "out_of_scope_recall": 0.8}}
     (model / "config.json").write_text(json.dumps(cfg))
     card = model_card(model)
-    assert "## Out-of-scope rejection" in card and "0.7000" in card and "`out_of_scope`" in card
+    assert "## Out-of-scope rejection" in card.text and "0.7000" in card.text and "`out_of_scope`" in card.text
 
 
 def test_push_problems_are_one_clear_error(run, fake_hub, tmp_path, monkeypatch, capsys):

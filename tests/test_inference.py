@@ -12,7 +12,8 @@ import textft
 from conftest import FILLER, NEG, POS, toy_rows, write_jsonl
 from textft.cli import main as cli
 from textft.config import UserError
-from textft.inference import OOS_KEY, Classifier, choose_threshold, oos_scores, rejection_metrics
+from textft.calibration import OOS_KEY, choose_threshold, oos_scores, rejection_metrics
+from textft.classifier import Classifier
 from tiny_classifier import copy_run, trained_run
 
 
@@ -78,7 +79,7 @@ def test_head_tail_and_sliding_window_on_a_long_text(run, clf):
     # Polarity only at the end: the head sees fillers, head+tail and the windows see the verdict.
     long_text = " ".join(["the movie was quite long and the plot really"] * 12 + ["excellent superb great lovely"])
     window = textft.load(run, precision="fp32", long_text="sliding_window", max_length=16, stride=4)
-    feats, owner = window._features([long_text, "good"])
+    feats, owner = window.features([long_text, "good"])
     assert (owner == 0).sum() > 5 and (owner == 1).sum() == 1  # several overlapping windows, one for the short text
     ids = [f["input_ids"] for f, o in zip(feats, owner) if o == 0]
     assert all(len(i) <= 16 for i in ids) and ids[0][-5:-1] == ids[1][1:5]  # consecutive windows share 4 tokens
@@ -111,11 +112,12 @@ def test_evaluate_scores_long_texts_the_way_predict_does(run, tmp_path, capsys):
     data = tmp_path / "long.jsonl"
     write_jsonl(data, rows)
     results = {}
-    for mode in ("truncate", "head+tail", "sliding_window"):
+    # 'truncate' is the name head had before training and prediction shared one vocabulary
+    for mode, shown in (("truncate", "head"), ("head+tail", "head+tail"), ("sliding_window", "sliding_window")):
         out = tmp_path / mode
         assert cli(["evaluate", "--model", str(run), "--data", str(data), "--long-text", mode, "--max-length", "16",
                     "--stride", "4", "--output", str(out)]) == 0
-        assert f"long texts: {mode} at 16 tokens" in capsys.readouterr().out
+        assert f"long texts: {shown} at 16 tokens" in capsys.readouterr().out
         results[mode] = json.loads((out / "eval_report.json").read_text())
         assert (out / "report.html").is_file()
     window = textft.load(run, precision="fp32", long_text="sliding_window", max_length=16, stride=4)

@@ -13,7 +13,7 @@ import pytest
 import textft
 from conftest import toy_rows
 from textft.cli import main as cli
-from textft.inference import InputReader
+from textft.files import InputReader
 from tiny_classifier import trained_run
 
 
@@ -79,9 +79,10 @@ def test_plain_text_lines_and_parquet(run, rows, expected, tmp_path):
     assert [o["row"] for o in out] == [1, 2, 3, *range(5, 52)]
     assert [o["label"] for o in out] == expected
 
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     assert predict(run, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "p.jsonl"),
                    "--id-column", "doc", "--all-scores") == 0
     out = read_jsonl(tmp_path / "p.jsonl")

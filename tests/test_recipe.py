@@ -2,13 +2,14 @@
 explicit setting wins over them."""
 
 import json
+import math
 
 import pytest
 import yaml
 
 from textft.config import ModelConfig, load_config
 from textft.modeling import build_model
-from textft.recipe import Facts, head_is_fresh, non_embedding_params, resolve
+from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
 from textft.train import main
 
 MINILM = 10_800_000  # non-embedding parameters of all-MiniLM-L6-v2 (6 layers x 384 wide)
@@ -19,11 +20,16 @@ BERT_LARGE = 302_000_000  # 24 layers x 1024 wide
 def facts(**kw) -> Facts:
     base = dict(non_embedding_params=MINILM, fresh_head=True, pretrained_encoder=True, n_train=9003,
                 n_validation=1000, num_labels=77, global_batch=32)
-    return Facts(**(base | kw))
+    base |= kw
+    # as the sharded loader counts them: ceil(ceil(n / batch) / processes) / accumulation, rounded up
+    base.setdefault("steps_per_epoch", math.ceil(base["n_train"] / base["global_batch"]))
+    return Facts(**base)
 
 
 def auto(*overrides, **kw):
-    return resolve(load_config(None, ["data.dataset=x", *overrides]), facts(**kw))
+    cfg, why, plan = resolve(load_config(None, ["data.dataset=x", *overrides]), facts(**kw))
+    assert plan == Plan.from_config(cfg.train, plan.steps_per_epoch)  # the plan the loop gets
+    return cfg, why
 
 
 def test_lr_scales_down_with_backbone_size():

@@ -8,7 +8,8 @@ from run_dirs import decoded_images, parse_page, write_run
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from textft.cli import main as cli
-from textft.report import build_report, write_run_report
+from textft.report import write_run_report
+from textft.report_data import build_report
 
 
 def softmax(logits):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from textft.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint, save_checkpoint
+from textft.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint
 from textft.config import UserError
 from textft.train import main
 

@@ -15,7 +15,7 @@ import pytest
 import textft
 from conftest import toy_rows
 from textft.cli import main as cli
-from textft.inference import OOS_KEY
+from textft.calibration import OOS_KEY
 from tiny_classifier import copy_run, trained_run
 
 CLIENTS, REQUESTS = 32, 200

@@ -8,14 +8,15 @@ import yaml
 
 from textft.cli import main as cli
 from textft.config import load_config
-from textft.sweep import EpochReporter, override, train_accepts_hook
+from textft.sweep import EpochReporter
+from textft.sweep_space import override
 
 
 def sweep_config(path, tiny_model_dir, toy_files, space=None, **sweep):
     cfg = {"data": {"train_file": str(toy_files["train"]), "validation_file": str(toy_files["validation"]),
                     "test_file": str(toy_files["test"]), "max_length": 32},
            "model": {"name_or_path": str(tiny_model_dir)},
-           "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "mixed_precision": "no", "logging_steps": 5},
+           "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "mixed_precision": "fp32", "logging_steps": 5},
            "output": {"dir": str(path.parent / "unused")},
            "sweep": {"metric": "macro_f1", "startup_trials": 2,
                      "space": space if space is not None else {
@@ -79,8 +80,6 @@ def test_sweep_finishes_resumes_and_writes_a_trainable_best_config(tiny_model_di
     assert sum(line.startswith("| trial-") for line in capsys.readouterr().out.splitlines()) == 3
 
 
-@pytest.mark.skipif(not train_accepts_hook(__import__("textft.train", fromlist=["train"]).train),
-                    reason="train() has no on_evaluate hook to prune through")
 def test_a_trial_below_the_median_after_an_epoch_is_pruned(tiny_model_dir, toy_files, tmp_path, capsys):
     config = sweep_config(tmp_path / "sweep.yaml", tiny_model_dir, toy_files, prune_startup_trials=1,
                           prune_warmup_epochs=0,

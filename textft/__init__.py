@@ -6,13 +6,14 @@ __version__ = "0.1.0"
 def train(config_path=None, overrides=None):
     """Train from a YAML config plus ``section.key=value`` overrides; returns the final reports."""
     from textft.config import load_config
-    from textft.train import train as _train
+    from textft.train import train as train_config
 
-    return _train(load_config(config_path, overrides))
+    return train_config(load_config(config_path, overrides))
 
 
-def load(model_dir, **kwargs):
-    """A saved classifier ready for ``.predict(texts)``; see ``textft.inference.Classifier.from_pretrained``."""
-    from textft.inference import Classifier
+def load(model, **kwargs):
+    """A saved classifier (a directory or hub id) ready for ``.predict(texts)``; see
+    ``textft.classifier.Classifier.from_pretrained``."""
+    from textft.classifier import Classifier
 
-    return Classifier.from_pretrained(model_dir, **kwargs)
+    return Classifier.from_pretrained(model, **kwargs)

@@ -1,84 +1,463 @@
-"""``textft`` command line: one entry point that dispatches to each stage's command."""
+"""The ``textft`` command line: every command's arguments, the model flags they share, and the one
+place a ``UserError`` becomes ``error: ...`` lines and exit code 2.
+
+Each command imports the modules it needs when it runs, so that ``textft --help`` stays fast and a
+missing optional dependency affects only its own command.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
+import ipaddress
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 
-from textft.config import UserError, closest
+from textft.config import INFERENCE_PRECISIONS, LONG_TEXT, describe_keys
+from textft.errors import UserError, closest
+
+# --- shared pieces -------------------------------------------------------------------------------
 
 
-def evaluate_main(argv: list[str]) -> int:
-    from textft.inference import LONG_TEXT, POOLING, PRECISIONS
+def print_problems(e: UserError) -> int:
+    """The one error printer: a line per problem on stderr, exit code 2."""
+    for problem in e.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2
 
-    parser = argparse.ArgumentParser(prog="textft evaluate", description="Evaluate a saved classifier.")
-    parser.add_argument("--model", required=True, help="directory written by textft train (or any classifier)")
-    parser.add_argument("--data", required=True, help="labelled .csv/.tsv/.json/.jsonl/.parquet file or hub dataset")
-    parser.add_argument("--split", help="hub split (default: test, else validation)")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts (or windows) per forward pass")
-    parser.add_argument("--max-length", type=int, help="tokens per text or window (default: the training max_length)")
-    parser.add_argument("--long-text", choices=LONG_TEXT,
-                        help="truncate (keep the head), head+tail, or sliding_window; default: as in training")
+
+def long_text_choice(value: str) -> str:
+    from textft.classifier import LONG_TEXT_ALIASES
+
+    return LONG_TEXT_ALIASES.get(value, value)
+
+
+def add_model_args(parser: argparse.ArgumentParser, batch_size: int | None = 32, precision: str = "auto") -> None:
+    """The flags of every command that loads a classifier (predict, evaluate, calibrate, serve)."""
+    parser.add_argument("--model", required=True, help="classifier directory (output.dir of textft train) or hub id")
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size, help="texts (or windows) per forward pass")
+    parser.add_argument("--long-text", type=long_text_choice, choices=LONG_TEXT, metavar="{" + ",".join(LONG_TEXT) + "}",
+                        help="head, tail or head+tail truncation, or sliding_window; default: as in training"
+                             " ('truncate' is read as head)")
     parser.add_argument("--stride", type=int, help="sliding_window: tokens shared by consecutive windows"
                                                    " (default: max_length / 4)")
-    parser.add_argument("--pooling", choices=POOLING, default="mean", help="sliding_window: how window logits combine")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default: reproduces training numbers), auto, bf16, fp16, int8")
+    parser.add_argument("--pooling", choices=("mean", "max"), default="mean",
+                        help="sliding_window: how window logits combine")
+    parser.add_argument("--max-length", type=int, help="tokens per text or window (default: the training max_length)")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=precision,
+                        help="auto: bf16 where the hardware runs it natively, else fp32; int8: dynamic"
+                             f" quantisation of the linear layers (CPU); default {precision}")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--output", help="directory for eval_report.json/.md, predictions and report.html")
-    parser.add_argument("--json", action="store_true", help="print the full metrics as JSON")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's, one per core);"
+                                                     " fewer avoids oversubscription when other work shares the cores")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load pickle-format weights (pytorch_model.bin): only for files you trust")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the checkpoint: only for repositories you trust")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"'--batch-size' must be >= 1, got {args.batch_size}")
-    from textft.evaluation import evaluate_checkpoint, markdown_report, summary_line
-    from textft.inference import _quiet_libraries
 
-    _quiet_libraries()
-    metrics = evaluate_checkpoint(args.model, args.data, args.split, args.text_column, args.label_column,
-                                  args.batch_size, args.max_length, args.long_text, args.stride, args.pooling,
-                                  args.precision, args.device, args.output, args.allow_pickle,
-                                  args.trust_remote_code)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-    else:
-        print(markdown_report({"evaluation": metrics}, title=f"{args.model} on {args.data}"))
-        s = metrics["settings"]
-        window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
-        print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; precision {s['precision']}")
-        print(summary_line("evaluation", metrics))
-        if args.output:
-            print(f"report written: {Path(args.output) / 'report.html'} (also report.md, report.json,"
-                  " eval_report.json, predictions/evaluation.jsonl)")
+
+def check_positive(args, names: list[str]) -> list[str]:
+    return [f"'--{n.replace('_', '-')}' must be >= 1, got {getattr(args, n)}"
+            for n in names if getattr(args, n, None) is not None and getattr(args, n) < 1]
+
+
+def load_options(args) -> dict:
+    """``Classifier.from_pretrained`` keyword arguments from the shared model flags."""
+    return {"device": args.device, "precision": args.precision, "long_text": args.long_text, "stride": args.stride,
+            "max_length": args.max_length, "pooling": args.pooling, "allow_pickle": args.allow_pickle,
+            "trust_remote_code": args.trust_remote_code}
+
+
+def quiet_libraries(threads: int | None = None) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(format="%(levelname)s %(message)s", level=logging.WARNING)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def load_classifier(args, out_of_scope: bool = True):
+    from textft.classifier import Classifier
+
+    quiet_libraries(args.threads)
+    return Classifier.from_pretrained(args.model, out_of_scope=out_of_scope, **load_options(args))
+
+
+# --- train, evaluate, report, compare, sweep ------------------------------------------------------
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="textft train", description="Fine-tune a text classifier.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="overrides (section.key=value):\n" + describe_keys())
+    parser.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value pairs that win over the file")
+    args = parser.parse_args(argv)
+    from textft.config import load_config
+    from textft.train import train
+
+    train(load_config(args.config, args.overrides))
     return 0
 
 
-# Each command lives in the module of its stage and is imported only when used, so that
-# `textft --help` stays fast and a missing optional dependency affects only its own command.
-COMMANDS = {
-    "train": "textft.train:main",
-    "evaluate": "textft.cli:evaluate_main",
-    "predict": "textft.inference:predict_main",
-    "calibrate": "textft.inference:calibrate_main",
-    "serve": "textft.serving:main",
-    "push": "textft.hub:push_main",
-    "compare": "textft.compare:main",
-    "sweep": "textft.sweep:main",
-    "report": "textft.report:main",
-}
+def evaluate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="textft evaluate", description="Evaluate a saved classifier.")
+    parser.add_argument("--data", required=True, help="labelled .csv/.tsv/.json/.jsonl/.parquet file or hub dataset")
+    parser.add_argument("--dataset-config", help="configuration (subset) of a hub dataset that has several")
+    parser.add_argument("--split", help="hub split (default: test, else validation)")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--output", help="directory for eval_report.json/.md, predictions and report.html")
+    parser.add_argument("--json", action="store_true", help="print the full metrics as JSON")
+    add_model_args(parser, batch_size=64, precision="fp32")
+    args = parser.parse_args(argv)
+    if problems := check_positive(args, ["batch_size", "threads"]):
+        raise UserError(problems)
+    from textft.evaluation import evaluate_checkpoint, markdown_report, summary_line
+
+    quiet_libraries(args.threads)
+    metrics = evaluate_checkpoint(args.model, args.data, split=args.split, dataset_config=args.dataset_config,
+                                  text_column=args.text_column, label_column=args.label_column,
+                                  batch_size=args.batch_size, output=args.output, **load_options(args))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(markdown_report({"evaluation": metrics}, title=f"{args.model} on {args.data}"))
+    s = metrics["settings"]
+    window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
+    print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; precision {s['precision']}")
+    print(summary_line("evaluation", metrics))
+    if args.output:
+        print(f"report written: {Path(args.output) / 'report.html'} (also report.md, report.json,"
+              " eval_report.json, predictions/evaluation.jsonl)")
+    return 0
 
 
-def _command(name: str):
-    module, func = COMMANDS[name].split(":")
-    return getattr(importlib.import_module(module), func)
+def report_main(argv: list[str]) -> int:
+    from textft.report_data import DEFAULT_MISTAKES, check_run_dir
+
+    parser = argparse.ArgumentParser(
+        prog="textft report", description="(Re-)render report.json, report.md and report.html of finished runs.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directory written by textft train")
+    parser.add_argument("--mistakes", type=int, default=DEFAULT_MISTAKES,
+                        help=f"how many of the most confident mistakes to list (default {DEFAULT_MISTAKES})")
+    args = parser.parse_args(argv)
+    problems = [p for d in args.run_dirs if (p := check_run_dir(d))]
+    if args.mistakes < 0:
+        problems.append(f"'--mistakes' must be >= 0, got {args.mistakes}")
+    if problems:
+        raise UserError(problems)
+    from textft.report import write_run_report
+
+    for run_dir in args.run_dirs:
+        write_run_report(Path(run_dir), args.mistakes)
+        report = json.loads((Path(run_dir) / "report.json").read_text())
+        for split, m in report["splits"].items():
+            ece = f"  ECE {m['ece']:.4f}" if m.get("ece") is not None else ""
+            print(f"{run_dir} {split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}{ece}")
+        print(f"report written: {Path(run_dir) / 'report.html'} (also report.md, report.json)")
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    from textft.compare import METRICS, compare
+    from textft.report_data import METRIC_NAMES
+
+    parser = argparse.ArgumentParser(
+        prog="textft compare", description="Compare finished runs side by side (Markdown, HTML, CSV and a plot).")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by textft train")
+    parser.add_argument("--output", help="directory for comparison.md, .html, .csv and .png")
+    parser.add_argument("--metric", default="macro_f1", help=f"metric to rank by: {', '.join(METRICS)}")
+    parser.add_argument("--split", help="split to compare (default: test where every run has one, else validation)")
+    args = parser.parse_args(argv)
+    rows, table, written = compare(args.run_dirs, args.metric, args.split, args.output)
+    print(f"# {len(rows)} runs on the {rows[0]['split']} split (best {METRIC_NAMES[args.metric]} in bold)\n")
+    print(table)
+    if written:
+        print(f"written: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def sweep_main(argv: list[str]) -> int:
+    from textft import sweep
+
+    parser = argparse.ArgumentParser(
+        prog="textft sweep", description="Hyper-parameter search with Optuna (TPE sampling, median pruning).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=sweep.__doc__.split("\n", 2)[2])
+    parser.add_argument("--config", required=True, help="YAML config; may hold the sweep section")
+    parser.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (all sessions)")
+    parser.add_argument("--output", help="sweep directory (default: the config's output.dir + '-sweep')")
+    parser.add_argument("--sweep", dest="sweep_file", help="YAML file with the sweep section (instead of the config's)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value pairs applied to every trial")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
+    try:
+        run, study, best_path = sweep.run_sweep(args.config, args.trials, args.output, args.sweep_file, args.overrides)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume the sweep", file=sys.stderr)
+        return 130
+    rows = sweep.summary_rows(study, run.spec)
+    print(f"\n# Sweep: validation {run.spec.metric} ({run.spec.direction}), {len(rows)} trial(s)\n")
+    print(sweep.markdown_summary(rows, run.spec))
+    best = sweep.best_trial(study)
+    if best is None:
+        print("no trial finished; nothing to recommend")
+        return 1
+    print(f"best: trial {best.number}, validation {run.spec.metric} {best.value:.4f}")
+    print(f"best configuration: {best_path}  (train it: textft train --config {best_path})")
+    complete = [r["trial"] for r in rows if r["state"] == "complete"]
+    print("compare the trials: textft compare " + " ".join(str(run.out_dir / "trials" / f"trial-{n}")
+                                                          for n in complete))
+    return 0
+
+
+# --- predict, calibrate, serve, push --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def terminate_as_exit():
+    """SIGTERM (kill, a job scheduler's timeout) unwinds like Ctrl-C, so a staged output is removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def predict_main(argv: list[str]) -> int:
+    from textft.files import DEFAULT_MAX_CHARS, InputReader, OutputWriter
+
+    parser = argparse.ArgumentParser(
+        prog="textft predict", description="Label every text of a file with a saved classifier.",
+        epilog="Input: csv, tsv, jsonl, parquet, or plain text with one text per line ('-' reads stdin,"
+               " as plain text unless --input-format says otherwise). Output: JSON Lines or CSV with the"
+               " rows in input order, each with its id (--id-column) or row number, label and score.")
+    parser.add_argument("--input", required=True, help="file to label, or - for stdin")
+    parser.add_argument("--output", required=True, help=".jsonl or .csv file, or - for stdout (JSON Lines)")
+    parser.add_argument("--input-format", choices=["csv", "tsv", "jsonl", "parquet", "txt"],
+                        help="default: from the extension (stdin: txt)")
+    parser.add_argument("--output-format", choices=["jsonl", "csv"], help="default: from the extension")
+    parser.add_argument("--text-column", default="text", help="column (csv/parquet) or key (jsonl) of the text")
+    parser.add_argument("--id-column", help="column copied to the output as 'id' (default: the row number)")
+    parser.add_argument("--label-column", help="column of true labels: kept as 'true_label' and the accuracy is"
+                                               " printed")
+    parser.add_argument("--top-k", type=int, default=1, help="also list the k most likely labels")
+    parser.add_argument("--all-scores", action="store_true", help="include every label's probability")
+    parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="longest text (in characters) accepted")
+    parser.add_argument("--chunk-size", type=int, default=4096,
+                        help="texts read, sorted by length and labelled at a time (bounds the memory)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_model_args(parser)
+    args = parser.parse_args(argv)
+    if problems := check_positive(args, ["batch_size", "top_k", "max_chars", "chunk_size", "threads"]):
+        raise UserError(problems)
+    if args.input != "-" and args.output != "-" and Path(args.input).resolve() == Path(args.output).resolve():
+        raise UserError("'--output' must not be the input file")
+    reader = InputReader(args.input, args.input_format, args.text_column, args.id_column, args.label_column,
+                         args.max_chars)
+    try:
+        writer = OutputWriter(args.output, args.output_format)
+        clf = load_classifier(args)
+        with terminate_as_exit():
+            return predict_file(clf, reader, writer, args)
+    finally:
+        reader.close()
+
+
+def predict_file(clf, reader, writer, args) -> int:
+    """Reader → classifier → writer in chunks, with a progress bar and a summary on stderr."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=reader.size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, dynamic_ncols=True,
+               desc="predict", disable=args.no_progress or None, mininterval=0.5)
+    start = time.perf_counter()
+    n = correct = labelled = rejected = 0
+    with writer:
+        for chunk in reader.chunks(args.chunk_size):
+            results = clf.predict([r.text for r in chunk], batch_size=args.batch_size, top_k=args.top_k,
+                                  return_all_scores=args.all_scores)
+            records = []
+            for row, res in zip(chunk, results):
+                record = {"id": row.id} if args.id_column else {"row": row.number}
+                record.update(res)
+                if args.label_column:
+                    record["true_label"] = row.label
+                    if row.label is not None:
+                        labelled += 1
+                        correct += str(row.label) == res["label"]
+                rejected += bool(res.get("out_of_scope"))
+                records.append(record)
+            writer.write(records)
+            n += len(chunk)
+            bar.update(reader.bytes_read - bar.n)
+            bar.set_postfix(texts=n)
+        seconds = time.perf_counter() - start
+        bar.close()
+    where = "stdout" if args.output == "-" else args.output
+    summary = (f"predicted {n:,} texts in {seconds:.1f} s ({n / max(seconds, 1e-9):,.1f} texts/s;"
+               f" precision {clf.precision}, long_text {clf.long_text}) → {where}")
+    if clf.out_of_scope is not None:
+        summary += f"; {rejected:,} answered '{clf.out_of_scope['label']}'"
+    print(summary, file=sys.stderr)
+    if labelled:
+        print(f"accuracy {correct / labelled:.4f} on {labelled:,} labelled rows", file=sys.stderr)
+    return 0
+
+
+def print_rejection(m: dict, method: str) -> None:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"threshold {m['threshold']:.6g} ({method}) on {m['num_examples']} examples"
+          f" ({m['num_in_scope']} in scope, {m['num_out_of_scope']} out of scope)")
+    print(f"in-scope accuracy {fmt(m['in_scope_accuracy'])} (without rejection"
+          f" {fmt(m['in_scope_accuracy_without_rejection'])}), in-scope rejected {fmt(m['in_scope_rejection_rate'])},"
+          f" out-of-scope recall {fmt(m['out_of_scope_recall'])}, precision of answers {fmt(m['precision'])}")
+
+
+def calibrate_main(argv: list[str]) -> int:
+    from textft import calibration
+
+    parser = argparse.ArgumentParser(
+        prog="textft calibrate",
+        description="Choose the confidence threshold below which predictions are answered with an out-of-scope"
+                    " label, on labelled validation data, and store it in the model's config.json.",
+        epilog="Rows whose label is not one of the model's labels count as out of scope. Default target:"
+               " --target-rejection 0.05 (5%% of in-scope examples rejected).")
+    parser.add_argument("--data", required=True, help="labelled validation file (csv, tsv, jsonl, parquet)")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--method", choices=calibration.OOS_METHODS, default="msp",
+                        help="msp: maximum softmax probability; energy: logsumexp of the logits")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--target-precision", type=float, help="answered predictions at least this precise")
+    target.add_argument("--target-rejection", type=float, help="reject this fraction of in-scope examples")
+    parser.add_argument("--label", default=calibration.DEFAULT_OOS_LABEL, help="label answered below the threshold")
+    parser.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="only measure the threshold already stored in the model on --data (e.g. a test file)")
+    add_model_args(parser)
+    args = parser.parse_args(argv)
+    if problems := check_positive(args, ["batch_size", "threads"]):
+        raise UserError(problems)
+    if args.target_precision is None and args.target_rejection is None:
+        args.target_rejection = 0.05
+    from textft.classifier import check_model_dir
+    from textft.files import read_labelled
+
+    _, raw_config, _ = check_model_dir(args.model, args.allow_pickle, args.trust_remote_code)
+    if args.evaluate and raw_config.get(calibration.OOS_KEY) is None:
+        raise UserError(f"'--evaluate': '{args.model}' has no out-of-scope threshold yet; run textft calibrate first")
+    texts, labels = read_labelled(args.data, args.text_column, args.label_column)
+    clf = load_classifier(args, out_of_scope=args.evaluate)
+    if args.evaluate:
+        print_rejection(calibration.measure_threshold(clf, texts, labels, args.batch_size), clf.out_of_scope["method"])
+        return 0
+    settings = calibration.calibrate(clf, texts, labels, args.method, args.target_precision, args.target_rejection,
+                                     args.label, args.batch_size)
+    print_rejection(settings["calibration"], args.method)
+    if args.dry_run:
+        return 0
+    calibration.write_settings(clf.model_dir, settings)
+    print(f"wrote '{calibration.OOS_KEY}' to {clf.model_dir / 'config.json'}: predict and serve now answer"
+          f" '{args.label}' below the threshold")
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="textft serve", description="Serve a classifier over HTTP: POST /predict,"
+                                     " GET /health, GET /metadata (OpenAPI docs at /docs).")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a request waits for others to share its batch")
+    parser.add_argument("--max-texts", type=int, default=64, help="texts per request")
+    parser.add_argument("--max-chars", type=int, default=20_000, help="characters per text")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    add_model_args(parser, batch_size=None)
+    args = parser.parse_args(argv)
+    try:
+        import uvicorn
+
+        from textft.serving import create_app
+    except ImportError:
+        raise UserError("textft serve needs FastAPI and uvicorn; install them with: pip install 'textft[serve]'") \
+            from None
+    problems = [f"'--port' must be in 0..65535, got {args.port}"] if not 0 <= args.port <= 65535 else []
+    if args.max_wait_ms < 0:
+        problems.append(f"'--max-wait-ms' must be >= 0, got {args.max_wait_ms}")
+    if problems := problems + check_positive(args, ["max_batch_size", "max_texts", "max_chars", "threads"]):
+        raise UserError(problems)
+    classifier = load_classifier(args)
+    app = create_app(classifier, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                     max_texts=args.max_texts, max_chars=args.max_chars)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}, reachable from other machines; the service has no"
+              " authentication, so put it behind a proxy that has", file=sys.stderr)
+    print(f"serving {args.model} ({len(classifier.labels)} labels, {classifier.precision}, {classifier.device})"
+          f" on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def push_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="textft push", description="Upload a trained classifier to the Hugging Face Hub with a model card.",
+        epilog="The token comes from HF_TOKEN or `hf auth login`. Resume checkpoints and predictions/ stay local.")
+    parser.add_argument("--model", required=True, help="output.dir of a textft train run")
+    parser.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--commit-message")
+    parser.add_argument("--license", help="licence for the card (default: the base model's, else 'other')")
+    parser.add_argument("--no-card", action="store_true", help="keep the directory's README.md as it is")
+    parser.add_argument("--card-only", action="store_true", help="write README.md and print it; upload nothing")
+    args = parser.parse_args(argv)
+    from textft.classifier import check_model_dir
+    from textft.hub import push_to_hub, write_model_card
+
+    if args.card_only:
+        path, _, _ = check_model_dir(args.model, allow_pickle=True)
+        print(write_model_card(path, license=args.license, repo_id=args.repo_id))
+        return 0
+    url = push_to_hub(args.model, args.repo_id, private=args.private, commit_message=args.commit_message,
+                      write_card=not args.no_card, license=args.license)
+    print(f"pushed {args.model} to https://huggingface.co/{args.repo_id} ({url})")
+    return 0
+
+
+# --- dispatch -------------------------------------------------------------------------------------
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "predict": predict_main, "calibrate": calibrate_main,
+            "serve": serve_main, "push": push_main, "compare": compare_main, "sweep": sweep_main,
+            "report": report_main}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,11 +471,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return _command(argv[0])(argv[1:])
+        return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
-        for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return print_problems(e)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import io
@@ -14,9 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from textft.config import UserError, closest
-from textft.report import (CSS, METRIC_NAMES, _duration, _figure, _img, _png, _replace_atomically, build_report,
-                           check_run_dir)
+from textft.errors import UserError, closest
+from textft.files import replace_file
+from textft.plots import figure, png
+from textft.report import CSS, duration, img_tag
+from textft.report_data import METRIC_NAMES, build_report, check_run_dir
 
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
 LOWER_IS_BETTER = {"loss", "ece"}
@@ -102,7 +103,7 @@ def display_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[s
     for r in rows:
         cells.append([r["run"], r["model"], _transfer(r), _sci(r["lr"]), _sci(r["head_lr"]), _num(r["epochs"], 1),
                       _num(r["batch_size"]), _num(r["max_length"]), _num(r["layer_lr_decay"], 2), _params(r),
-                      *(_num(r[k]) for k in METRICS), _duration(r["train_seconds"]), _num(r["samples_per_s"], 1)])
+                      *(_num(r[k]) for k in METRICS), duration(r["train_seconds"]), _num(r["samples_per_s"], 1)])
     shared = {}
     if len(rows) > 1:
         for name in SETTINGS:
@@ -144,7 +145,7 @@ def plot_comparison(rows: list[dict], metric: str) -> bytes | None:
     if not scored:
         return None
     timed = [r for r in scored if isinstance(r.get("train_seconds"), (int, float))]
-    fig = _figure(12, max(3.2, 0.42 * len(scored) + 1.6))
+    fig = figure(12, max(3.2, 0.42 * len(scored) + 1.6))
     ax_bar, ax_time = fig.subplots(1, 2) if timed else (fig.add_subplot(), None)
     name = METRIC_NAMES[metric]
     pick = min if metric in LOWER_IS_BETTER else max
@@ -175,10 +176,10 @@ def plot_comparison(rows: list[dict], metric: str) -> bytes | None:
         ax_time.margins(y=0.2)
         ax_time.set_title(f"{name} against training time", loc="left")
         ax_time.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
-def render_html(rows: list[dict], metric: str, png: bytes | None, out_dir: Path) -> str:
+def render_html(rows: list[dict], metric: str, plot: bytes | None, out_dir: Path) -> str:
     header, cells, best, shared = display_table(rows, metric)
     col = header.index(METRIC_NAMES[metric])
     numeric = {j for j, h in enumerate(header) if h not in ("run", "model", "transfer")}
@@ -203,7 +204,7 @@ def render_html(rows: list[dict], metric: str, png: bytes | None, out_dir: Path)
             f" in bold; run names link to each run's report.</p>"
             f"<div style='overflow-x:auto'><table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table></div><p class='note'>{html.escape(_shared_line(shared))}</p>"
-            f"{_img(png, 'comparison plot')}</main></body></html>\n")
+            f"{img_tag(plot, 'comparison plot')}</main></body></html>\n")
 
 
 def write_csv(rows: list[dict]) -> str:
@@ -232,49 +233,32 @@ def pick_split(reports: list[dict], names: list[str], requested: str | None) -> 
     return sorted(common)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="textft compare", description="Compare finished runs side by side (Markdown, HTML, CSV and a plot).")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by textft train")
-    parser.add_argument("--output", help="directory for comparison.md, .html, .csv and .png")
-    parser.add_argument("--metric", default="macro_f1", help=f"metric to rank by: {', '.join(METRICS)}")
-    parser.add_argument("--split", help="split to compare (default: test where every run has one, else validation)")
-    args = parser.parse_args(argv)
-
-    problems = [p for d in args.run_dirs if (p := check_run_dir(d))]
-    if args.metric not in METRICS:
-        problems.append(f"unknown metric '{args.metric}'{closest(args.metric, METRICS)}; choose from"
-                        f" {', '.join(METRICS)}")
-    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
-        problems.append(f"'--output': '{args.output}' exists and is not a directory")
+def compare(run_dirs: list[str], metric: str = "macro_f1", split: str | None = None,
+            output: str | None = None) -> tuple[list[dict], str, list[Path]]:
+    """Rows of the comparison, its Markdown table, and the files written to ``output`` (if given):
+    comparison.md, .csv, .html and .png."""
+    problems = [p for d in run_dirs if (p := check_run_dir(d))]
+    if metric not in METRICS:
+        problems.append(f"unknown metric '{metric}'{closest(metric, METRICS)}; choose from {', '.join(METRICS)}")
+    if output and Path(output).exists() and not Path(output).is_dir():
+        problems.append(f"'--output': '{output}' exists and is not a directory")
     if problems:
         raise UserError(problems)
-    names = run_names(args.run_dirs)
-    reports = [build_report(d, mistakes=0) for d in args.run_dirs]
-    split = pick_split(reports, names, args.split)
-    rows = [comparison_row(r, n, d, split) for r, n, d in zip(reports, names, args.run_dirs)]
-
-    print(f"# {len(rows)} runs on the {split} split (best {METRIC_NAMES[args.metric]} in bold)\n")
-    print(markdown_table(rows, args.metric))
-    if args.output:
-        out = Path(args.output)
+    names = run_names(run_dirs)
+    reports = [build_report(d, mistakes=0) for d in run_dirs]
+    split = pick_split(reports, names, split)
+    rows = [comparison_row(r, n, d, split) for r, n, d in zip(reports, names, run_dirs)]
+    table = markdown_table(rows, metric)
+    written = []
+    if output:
+        out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        png = plot_comparison(rows, args.metric) if _has_matplotlib() else None
-        files = {"comparison.md": markdown_table(rows, args.metric).encode(),
-                 "comparison.csv": write_csv(rows).encode(),
-                 "comparison.html": render_html(rows, args.metric, png, out).encode()}
-        if png:
-            files["comparison.png"] = png
+        plot = plot_comparison(rows, metric)
+        files = {"comparison.md": table, "comparison.csv": write_csv(rows),
+                 "comparison.html": render_html(rows, metric, plot, out)}
+        if plot:
+            files["comparison.png"] = plot
         for name, data in files.items():
-            _replace_atomically(out / name, data)
-        print(f"written: {', '.join(str(out / n) for n in files)}")
-    return 0
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("(no plot: pip install 'textft[report]' for matplotlib)")
-        return False
-    return True
+            replace_file(out / name, data)
+            written.append(out / name)
+    return rows, table, written

@@ -8,35 +8,39 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import inspect
-import types
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from textft.coerce import choices, coerce
+from textft.errors import UserError, closest
 
-class UserError(ValueError):
-    """A problem with what the user asked for; the CLI prints it without a traceback."""
-
-    def __init__(self, problems: str | list[str]):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
-
+log = logging.getLogger("textft")
 
 AUTO = "auto"
 """Value of a training setting that textft.recipe resolves from the backbone and the data."""
+TRUNCATIONS = ("head", "tail", "head+tail")
+"""Which tokens of a too long text a model sees, in training and (by default) in prediction."""
+LONG_TEXT = (*TRUNCATIONS, "sliding_window")
+"""Prediction adds overlapping windows whose logits are pooled (textft.load, --long-text)."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Numeric precision of training and prediction (see textft.precision)."""
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
+VALUE_ALIASES = {"train.mixed_precision": {"no": "fp32"}}
+"""Old names of values, still read: saved configs hold them."""
 Auto = Literal["auto"]
-Truncation = Literal["head", "tail", "head+tail"]
+Truncation = Literal[TRUNCATIONS]
 Transfer = Literal["full", "feature_extraction", "top_k", "gradual"]
 Metric = Literal["accuracy", "macro_f1", "weighted_f1", "loss"]
 Tracker = Literal["none", "tensorboard", "wandb", "mlflow"]
-Precision = Literal["auto", "no", "bf16", "fp16"]
+Precision = Literal[PRECISIONS]
 Scheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt",
@@ -67,7 +71,8 @@ class DataConfig:
     max_length: int = 256
     """Maximum tokens per text, special tokens included."""
     truncation: Truncation = "head"
-    """Which tokens survive when a text is too long: head, tail, or head+tail (Sun et al. 2019)."""
+    """Which tokens survive when a text is too long: head, tail, or head+tail (Sun et al. 2019).
+    Prediction uses the same by default and also offers sliding_window (textft.load, --long-text)."""
     head_fraction: float = 0.25
     """With head+tail truncation: share of the token budget given to the beginning of the text."""
     drop_empty: bool = False
@@ -141,7 +146,8 @@ class TrainConfig:
     class_weights: Any = "none"
     """Loss weights per class: none, balanced, or a mapping {label: weight}."""
     mixed_precision: Precision = "auto"
-    """auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU), else fp32."""
+    """auto, fp32, bf16 or fp16; auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU),
+    else fp32 (``no``, the old name of fp32, is still read)."""
     seed: int = 42
     """Seed for data order, splits, initialisation and dropout."""
     eval_every_steps: int | Auto = AUTO
@@ -205,14 +211,43 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "output": OutputConfig}
+SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "output": OutputConfig}
+
+TRAINER_NAMES = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "per_device_train_batch_size": "train.batch_size",
+    "train_batch_size": "train.batch_size", "per_device_eval_batch_size": "train.eval_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps", "resume_from_checkpoint": "train.resume_from",
+    "warmup_steps": "train.warmup_ratio", "lr_scheduler_type": "train.scheduler", "eval_steps": "train.eval_every_steps",
+    "evaluation_strategy": "train.eval_every_steps", "eval_strategy": "train.eval_every_steps",
+    "save_steps": "train.save_every_steps", "save_strategy": "train.save_every_epoch",
+    "save_total_limit": "train.keep_checkpoints", "metric_for_best_model": "train.metric_for_best",
+    "bf16": "train.mixed_precision", "fp16": "train.mixed_precision", "torch_compile": "train.compile",
+    "dataloader_num_workers": "train.num_workers", "label_smoothing_factor": "train.label_smoothing",
+    "max_time": "train.time_budget_s", "output_dir": "output.dir", "overwrite_output_dir": "output.overwrite",
+    "hub_model_id": "output.hub_repo_id", "hub_private_repo": "output.hub_private",
+    "model_name_or_path": "model.name_or_path", "max_seq_length": "data.max_length", "dataset_name": "data.dataset",
+    "dataset_config_name": "data.dataset_config", "text_column_name": "data.text_column",
+    "label_column_name": "data.label_column", "max_train_samples": "data.max_train_samples",
+}
+"""transformers' TrainingArguments (and run_glue) names of textft settings: the likeliest slips."""
 
 
-def closest(name: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the nearest valid choice, or an empty string."""
-    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+def config_keys() -> list[str]:
+    """Every ``section.key`` a config accepts."""
+    return [f"{name}.{f.name}" for name, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)]
+
+
+def suggest_key(key: str) -> str:
+    """`` (did you mean 'x'?)`` for an unknown ``section.key`` or bare ``key``: the textft name of a
+    Trainer argument first, then the closest spelling within the section, then anywhere."""
+    keys = config_keys()
+    section, _, name = str(key).rpartition(".")
+    bare = {k.split(".", 1)[1]: k for k in keys}
+    if name in TRAINER_NAMES:
+        return f" (did you mean '{TRAINER_NAMES[name]}'?)"
+    if not section and name in bare:
+        return f" (did you mean '{bare[name]}'?)"
+    return closest(key, [k for k in keys if k.startswith(section + ".")]) or closest(key, keys)
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -228,97 +263,12 @@ def field_docs(cls) -> dict[str, str]:
 
 def describe_keys() -> str:
     lines = []
-    for section, cls in _SECTION_TYPES.items():
+    for section, cls in SECTION_TYPES.items():
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
             lines.append(f"  {section}.{f.name} (default: {default!r})\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
-
-
-# --- type checking and coercion -------------------------------------------------------------
-
-
-_PLAIN_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
-
-
-def _type_name(tp) -> str:
-    if tp in _PLAIN_NAMES:
-        return _PLAIN_NAMES[tp]
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp) -> Any:
-    """Value converted to ``tp``, or TypeError naming what was expected."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg)
-            except TypeError:
-                pass
-        raise TypeError(_type_name(tp))
-    if origin is Literal:
-        if value is False and "no" in typing.get_args(tp):
-            return "no"  # YAML 1.1 reads a bare `no` as false
-        if not isinstance(value, bool) and value in typing.get_args(tp):
-            return value
-        raise TypeError(_type_name(tp))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(_type_name(tp))
-        return [_coerce(v, typing.get_args(tp)[0]) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError("true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise TypeError("an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise TypeError("a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise TypeError("a string")
-    raise TypeError(_type_name(tp))
-
-
-def _choices(tp) -> list:
-    """The literal values a type admits, also inside a union (``float | Literal["auto"]``)."""
-    if typing.get_origin(tp) is Literal:
-        return list(typing.get_args(tp))
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return [c for arg in typing.get_args(tp) for c in _choices(arg)]
-    return []
 
 
 def _build_section(name: str, cls, values: Any, problems: list[str]):
@@ -331,12 +281,20 @@ def _build_section(name: str, cls, values: Any, problems: list[str]):
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
-            problems.append(f"unknown key '{name}.{key}'{closest(key, hints)}")
+            problems.append(f"unknown key '{name}.{key}'{suggest_key(f'{name}.{key}')}")
             continue
+        old = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+        new = VALUE_ALIASES.get(f"{name}.{key}", {}).get(old) if isinstance(old, str) else None
+        if new is not None:
+            log.warning("'%s.%s': '%s' is the old name of '%s' (did you mean '%s'?); reading it as %s",
+                        name, key, old, new, new, new)
+            value = new
         try:
-            kwargs[key] = _coerce(value, hints[key])
+            kwargs[key] = coerce(value, hints[key])
         except TypeError as e:
-            hint = closest(value, _choices(hints[key])) if isinstance(value, str) else ""
+            hint = closest(value, choices(hints[key])) if isinstance(value, str) else ""
+            if f"{name}.{key}" == "data.truncation" and value in LONG_TEXT:
+                hint = f"; {value} is a prediction mode (textft.load, --long-text)"
             problems.append(f"'{name}.{key}' must be {e}, got {value!r}{hint}")
     return cls(**kwargs)
 
@@ -438,8 +396,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = item.split("=", 1)[0]
         if "." not in key:
             problems.append(f"override '{item}' must name a section and a key, like train.lr=3e-5"
-                            + closest(key, [f"{s}.{k}" for s, c in _SECTION_TYPES.items()
-                                            for k in typing.get_type_hints(c)]))
+                            + suggest_key(key))
             continue
         try:
             parsed = _plain(OmegaConf.from_dotlist([item]))
@@ -448,9 +405,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             continue
         _deep_merge(merged, parsed)
     for section in merged:
-        if section not in _SECTION_TYPES:
-            problems.append(f"unknown section '{section}'{closest(section, _SECTION_TYPES)}")
-    sections = {name: _build_section(name, cls, merged.get(name), problems) for name, cls in _SECTION_TYPES.items()}
+        if section not in SECTION_TYPES:
+            problems.append(f"unknown section '{section}'"
+                            + (suggest_key(section) if section in TRAINER_NAMES else closest(section, SECTION_TYPES)))
+    sections = {name: _build_section(name, cls, merged.get(name), problems) for name, cls in SECTION_TYPES.items()}
     cfg = Config(**sections)
     # Keys that failed their type check kept their defaults, so range checks stay meaningful.
     _check_values(cfg, problems)
@@ -467,7 +425,7 @@ def _deep_merge(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def save_config(cfg: Config, path: str | Path, notes: dict[str, str] | None = None) -> None:
+def config_yaml(cfg: Config, notes: dict[str, str] | None = None) -> str:
     """The config as YAML; ``notes`` ({"section.key": why}) become comments after their keys, so
     the saved file says which values were chosen automatically and why, and still loads as is."""
     lines, section = [], None
@@ -479,4 +437,11 @@ def save_config(cfg: Config, path: str | Path, notes: dict[str, str] | None = No
             if note:
                 line += f"  # auto: {' '.join(note.split())}"
         lines.append(line)
-    Path(path).write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: Config, path: str | Path, notes: dict[str, str] | None = None) -> None:
+    """``config_yaml`` written to ``path`` atomically."""
+    from textft.files import replace_file
+
+    replace_file(path, config_yaml(cfg, notes))

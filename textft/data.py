@@ -249,9 +249,10 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
 
 def load_eval_split(source: str, split: str | None, text_column: str, label_column: str,
                     label2id: dict[str, int], dataset_config: str | None = None) -> tuple[Dataset, str]:
-    """One labelled split of a local file or hub dataset, labels mapped to a trained model's ids."""
+    """One labelled split of a local file or of a dataset (a hub name, or a directory laid out as a
+    hub dataset) in configuration ``dataset_config``, labels mapped to a trained model's ids."""
     path = Path(source)
-    if path.suffix.lower() in FORMATS or path.exists():
+    if path.suffix.lower() in FORMATS or path.is_file():
         problems = check_files({"test": path})
         if problems:
             raise UserError([p.replace("'data.test_file'", "'--data'") for p in problems])
@@ -260,8 +261,10 @@ def load_eval_split(source: str, split: str | None, text_column: str, label_colu
         try:
             raw = datasets.load_dataset(source, dataset_config)
         except Exception as e:  # hub errors come as many types; the message says which
-            raise UserError(f"'--data': '{source}' is not a local file and could not be loaded from the"
-                            f" Hugging Face Hub: {' '.join(str(e).split())[:300]}") from None
+            where = "as a dataset directory" if path.is_dir() else "from the Hugging Face Hub"
+            config = f" with --dataset-config '{dataset_config}'" if dataset_config else ""
+            raise UserError(f"'--data': '{source}' is not a local file and could not be loaded {where}{config}:"
+                            f" {' '.join(str(e).split())[:300]}") from None
         split = split or next((s for s in ("test", *VALIDATION_NAMES) if s in raw), None)
         if split not in raw:
             raise UserError(f"'--split': '{source}' has no split '{split}'{closest(split, raw)}; splits: {', '.join(raw)}")

@@ -1,40 +1,57 @@
-"""Classification metrics (scikit-learn) and the evaluation report files."""
+"""Evaluation: metrics through textft's ``evaluate`` modules, and the evaluation report files.
+
+The metrics are ``evaluate`` modules shipped inside the package (``textft/metrics/<name>``), loaded
+from their local path, so they work offline and any Hugging Face code can load them the same way
+(``evaluate.load(metric_path("classification"))``); scikit-learn computes inside them.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")
+from textft.files import replace_file, write_jsonl
+
+METRICS_DIR = Path(__file__).parent / "metrics"
 
 
-def compute_metrics(y_true, y_pred, label_names: list[str], extra: list[str] | None = None) -> dict[str, Any]:
-    """Accuracy, macro/weighted F1, per-class precision/recall/F1/support and the confusion matrix.
+def metric_path(name: str) -> str:
+    """Local path of one of textft's ``evaluate`` metric modules, for ``evaluate.load``."""
+    return str(METRICS_DIR / name)
 
-    ``extra`` names metrics from the ``evaluate`` library (they may need the Hub to load).
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    ids = list(range(len(label_names)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    out: dict[str, Any] = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
-        "num_examples": int(len(y_true)),
-        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                             "support": int(s[i])} for i, name in enumerate(label_names)},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
-        "labels": list(label_names),
-    }
-    for name in extra or []:
-        import evaluate
 
-        out[name] = evaluate.load(name).compute(predictions=y_pred.tolist(), references=y_true.tolist())
-    return out
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str = "classification"):
+    import evaluate
+
+    # In memory: nothing is written next to the module's cache, and several processes do not share files.
+    return evaluate.load(metric_path(name), keep_in_memory=True)
+
+
+def compute_metrics(y_true, y_pred, label_names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1, per-class precision/recall/F1/support and the confusion matrix."""
+    return load_metric("classification").compute(predictions=np.asarray(y_pred).tolist(),
+                                                 references=np.asarray(y_true).tolist(),
+                                                 label_names=list(label_names))
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    return float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
+                                 torch.from_numpy(np.asarray(labels, dtype=np.int64))))
+
+
+def evaluate_logits(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    """The metrics of ``compute_metrics`` plus the mean cross-entropy loss."""
+    metrics = compute_metrics(labels, np.asarray(logits).argmax(-1), label_names)
+    metrics["loss"] = cross_entropy(logits, labels)
+    return metrics
 
 
 def markdown_report(reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
@@ -63,9 +80,8 @@ def write_reports(out_dir: str | Path, reports: dict[str, dict[str, Any]], extra
                   title: str = "Evaluation") -> None:
     """``eval_report.json`` (all numbers) and ``eval_report.md`` (tables) in ``out_dir``."""
     out_dir = Path(out_dir)
-    payload = {"splits": reports, **(extra or {})}
-    (out_dir / "eval_report.json").write_text(json.dumps(payload, indent=2))
-    (out_dir / "eval_report.md").write_text(markdown_report(reports, title))
+    replace_file(out_dir / "eval_report.json", json.dumps({"splits": reports, **(extra or {})}, indent=2))
+    replace_file(out_dir / "eval_report.md", markdown_report(reports, title))
 
 
 def prediction_rows(texts: list[str], labels, logits, label_names: list[str], max_chars: int = 1000) -> list[dict]:
@@ -82,8 +98,7 @@ def write_predictions(out_dir: Path, predictions: dict[str, list[dict]]) -> None
     """``predictions/<split>.jsonl``: the per-example record behind every number in the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, rows in predictions.items():
-        with open(out_dir / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        write_jsonl(out_dir / f"{split}.jsonl", rows)
 
 
 def summary_line(split: str, m: dict[str, Any]) -> str:
@@ -92,49 +107,39 @@ def summary_line(split: str, m: dict[str, Any]) -> str:
             f"  weighted-F1 {m['weighted_f1']:.4f}{loss}  ({m['num_examples']} examples)")
 
 
-def evaluate_checkpoint(model_dir: str, data: str, split: str | None = None, text_column: str = "text",
-                        label_column: str = "label", batch_size: int = 64, max_length: int | None = None,
-                        long_text: str | None = None, stride: int | None = None, pooling: str = "mean",
-                        precision: str = "fp32", device: str | None = None, output: str | None = None,
-                        allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Metrics of a saved classifier on a labelled file or hub split.
+def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, dataset_config: str | None = None,
+                        text_column: str = "text", label_column: str = "label", batch_size: int = 64,
+                        output: str | None = None, **load_options) -> dict[str, Any]:
+    """Metrics of a saved classifier (a directory or hub id) on a labelled file or hub split.
 
-    Runs through the same ``Classifier`` that ``textft predict`` and ``textft serve`` use, so the
-    numbers describe the model as it will be deployed: long texts truncated, head+tail, or
-    pooled over sliding windows. fp32 by default, so that a re-evaluation reproduces the numbers
-    of an fp32 training run exactly. With ``output`` the directory gets ``eval_report.json/.md``,
-    ``predictions/evaluation.jsonl`` and the rendered ``report.json/.md/.html``.
+    Runs through the same ``Classifier`` that ``textft predict`` and ``textft serve`` use (with
+    ``load_options`` for its ``from_pretrained``: precision, long_text, max_length, ...), so the
+    numbers describe the model as it will be deployed. With ``output`` the directory gets
+    ``eval_report.json/.md``, ``predictions/evaluation.jsonl`` and the rendered ``report.json/.md/.html``.
     """
     import time
 
-    import torch
-    import torch.nn.functional as F
-
-    from textft.config import UserError
+    from textft.classifier import Classifier
     from textft.data import load_eval_split
-    from textft.inference import Classifier
+    from textft.errors import UserError
 
     if output and (Path(output) / "config.json").exists():
         # eval_report.json and report.* there belong to the run that trained the model
         raise UserError(f"'--output': '{output}' holds a saved model, whose reports this evaluation would"
                         " replace; pass a new directory, such as runs/NAME-eval")
     started = time.perf_counter()
-    clf = Classifier.from_pretrained(model_dir, device=device, precision=precision, long_text=long_text,
-                                     stride=stride, max_length=max_length, pooling=pooling,
-                                     allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                     out_of_scope=False)
+    clf = Classifier.from_pretrained(model, out_of_scope=False, **load_options)
     label2id = {name: i for i, name in enumerate(clf.labels)}
-    ds, source = load_eval_split(data, split, text_column, label_column, label2id)
+    ds, source = load_eval_split(data, split, text_column, label_column, label2id, dataset_config)
     texts, labels = ds["text"], np.asarray(ds["labels"])
     predict_started = time.perf_counter()
     logits = clf.logits(texts, batch_size=batch_size)
     predict_s = time.perf_counter() - predict_started
-    metrics = compute_metrics(labels, logits.argmax(-1), clf.labels)
-    metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+    metrics = evaluate_logits(logits, labels, clf.labels)
+    window = clf.long_text == "sliding_window"
     settings = {"model": str(clf.model_dir), "data_source": source, "max_length": clf.max_length,
-                "long_text": clf.long_text, "stride": clf.stride if clf.long_text == "sliding_window" else None,
-                "pooling": clf.pooling if clf.long_text == "sliding_window" else None,
-                "precision": clf.precision, "device": str(clf.device)}
+                "long_text": clf.long_text, "stride": clf.stride if window else None,
+                "pooling": clf.pooling if window else None, "precision": clf.precision, "device": str(clf.device)}
     metrics["settings"] = settings
     if output:
         from textft.report import write_run_report

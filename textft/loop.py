@@ -1,7 +1,15 @@
-"""The training loop and batched prediction, both rank-aware through Accelerate."""
+"""The training loop and batched prediction, both rank-aware through Accelerate.
+
+``fit`` reads top to bottom: each batch runs forward and backward under ``accumulate``; each
+optimizer step clips, steps, schedules, logs, evaluates and keeps the best model, and checkpoints,
+at the steps the ``Plan`` names. The small objects above it do one thing each: ``Evaluator`` scores
+a split, ``BestModel`` selects the best weights and decides early stopping, ``GradualUnfreezing``
+holds back the layers not yet released, ``TrainLog`` records, ``Throughput`` measures.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+
+from textft.evaluation import evaluate_logits
+from textft.modeling import frozen_by_schedule, layer_depths, unfrozen_depth
+from textft.recipe import Plan
 
 log = logging.getLogger("textft")
 
@@ -48,21 +60,9 @@ class LoopState:
             setattr(self, key, value)
 
 
-@dataclass
-class Plan:
-    """How long and how to train; the loop's fixed inputs besides model and data."""
-
-    total_steps: int
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
-    eval_every_steps: int = 0
-    save_every_steps: int = 0
-    save_every_epoch: bool = False
-    metric: str = "macro_f1"
-    patience: int = 0
-    min_steps_before_stopping: int = 0
-    min_delta: float = 0.0
-    time_budget_s: float | None = None
+def steps_per_epoch(num_batches: int, grad_accum_steps: int) -> int:
+    # Accelerate syncs at the end of the dataloader, so a trailing partial group is one more step.
+    return math.ceil(num_batches / grad_accum_steps)
 
 
 def make_loss(class_weights: torch.Tensor | None, label_smoothing: float) -> Callable:
@@ -87,52 +87,154 @@ def predict_logits(accelerator: Accelerator, model, loader) -> tuple[np.ndarray,
     return torch.cat(logits_all).numpy(), torch.cat(labels_all).numpy()
 
 
+class Evaluator:
+    """Scores a split (validation by default) with the model as it is now, on every process."""
+
+    def __init__(self, accelerator: Accelerator, model, loaders: dict, label_names: list[str]):
+        self.accelerator, self.model, self.loaders, self.label_names = accelerator, model, loaders, label_names
+
+    def logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return predict_logits(self.accelerator, self.model, self.loaders[split])
+
+    def __call__(self, split: str = "validation") -> dict:
+        return evaluate_logits(*self.logits(split), self.label_names)
+
+
 def improved(value: float, best: float | None, metric: str, min_delta: float) -> bool:
     if best is None:
         return True
     return value < best - min_delta if metric == "loss" else value > best + min_delta
 
 
-def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: LoopState, plan: Plan, *,
-        loss_fn: Callable, evaluate: Callable[[], dict], on_best: Callable[[], None],
-        checkpoint: Callable[[], None], before_optimizer_step: Callable[[LoopState], None] | None = None,
-        log_file: Path | None = None) -> LoopState:
-    """Train for ``plan.total_steps`` optimizer steps, or until early stopping or the time budget."""
-    main = accelerator.is_main_process
-    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
-    started = time.perf_counter() - state.seconds
-    window, t0 = torch.zeros(4, device=accelerator.device), time.perf_counter()  # loss, batches, samples, tokens
+class BestModel:
+    """Keeps the weights of the best validation result (through ``save(info)``) and stops the run
+    after ``plan.patience`` evaluations without improvement; its state lives in ``LoopState`` so
+    that a resumed run carries on counting."""
 
-    def record(entry: dict) -> None:
-        entry = {"step": state.step, "epoch": round(state.epoch + state.batches_in_epoch / len(loader), 4), **entry}
-        state.history.append(entry)
+    def __init__(self, plan: Plan, state: LoopState, save: Callable[[dict], None]):
+        self.plan, self.state, self.save = plan, state, save
+
+    def update(self, metrics: dict, epoch: float) -> None:
+        plan, state = self.plan, self.state
+        value = metrics[plan.metric]
+        if improved(value, state.best_value, plan.metric, plan.min_delta):
+            state.best_value, state.best_step, state.best_epoch, state.bad_evals = value, state.step, epoch, 0
+            self.save({"step": state.step, "epoch": epoch, "metric": plan.metric, "value": value})
+            return
+        state.bad_evals += 1
+        if plan.patience and state.bad_evals >= plan.patience and state.step >= plan.min_steps_before_stopping:
+            state.stop_reason = "early_stopping"
+
+
+class GradualUnfreezing:
+    """ULMFiT's schedule: the head first, then one more layer from the top every ``every_epochs``.
+
+    Called before each optimizer step, it drops the gradients of the parameters still frozen
+    (AdamW skips a parameter without a gradient: no update, no weight decay). Every parameter stays
+    trainable, because changing requires_grad mid-run would desynchronise DDP.
+    """
+
+    def __init__(self, model, every_epochs: float, batches_per_epoch: int):
+        self.model, self.every, self.batches = model, every_epochs, batches_per_epoch
+        self.head_depth = max(layer_depths(model).values())
+        self.frozen: dict[int, list[torch.Tensor]] = {}
+
+    def __call__(self, state: LoopState) -> None:
+        # Progress when this step's first batch started, so an epoch's last step is still in that epoch.
+        progress = state.epoch + (state.batches_in_epoch - 1) / self.batches
+        lowest = unfrozen_depth(progress, self.every, self.head_depth)
+        if lowest not in self.frozen:
+            self.frozen[lowest] = frozen_by_schedule(self.model, lowest)
+            log.info("gradual unfreezing at step %d: training depth >= %d of %d", state.step, lowest, self.head_depth)
+        for p in self.frozen[lowest]:
+            p.grad = None
+
+
+class TrainLog:
+    """The run's records: kept in ``LoopState.history`` (so a resumed run has them), appended to
+    ``train_log.jsonl`` by the main process and sent to the trackers."""
+
+    def __init__(self, accelerator: Accelerator, state: LoopState, batches_per_epoch: int, path: Path | None):
+        self.accelerator, self.state, self.batches, self.path = accelerator, state, batches_per_epoch, path
+
+    def restart(self) -> None:
+        """The file holds exactly the records of the state: none for a fresh start (a run in the
+        same directory before it is not continued), those up to the checkpoint for a resumed one."""
+        if self.accelerator.is_main_process and self.path is not None:
+            self.path.write_text("".join(json.dumps(e) + "\n" for e in self.state.history))
+
+    def epoch(self) -> float:
+        return round(self.state.epoch + self.state.batches_in_epoch / self.batches, 4)
+
+    def record(self, entry: dict) -> dict:
+        entry = {"step": self.state.step, "epoch": self.epoch(), **entry}
+        self.state.history.append(entry)
         values = entry.get("eval") or {k: entry[k] for k in ("loss", "lr", "samples_per_s") if k in entry}
         prefix = "eval" if "eval" in entry else "train"
-        accelerator.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))},
-                        step=state.step)
-        if main and log_file is not None:
-            with open(log_file, "a") as f:
+        self.accelerator.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))},
+                             step=self.state.step)
+        if self.accelerator.is_main_process and self.path is not None:
+            with open(self.path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
+        return entry
 
-    def evaluate_and_select() -> None:
-        nonlocal t0
+
+class Throughput:
+    """Loss and samples/tokens per second over the steps since the last ``take``, evaluation excluded."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.window = torch.zeros(4, device=accelerator.device)  # loss, batches, samples, tokens
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        one = torch.ones_like(self.window[0])
+        self.window += torch.stack([loss.float(), one, one * labels.numel(), attention_mask.sum().float()])
+
+    @contextlib.contextmanager
+    def paused(self):
         start = time.perf_counter()
-        metrics = evaluate()
-        t0 += time.perf_counter() - start  # evaluation time is not training throughput
-        record({"eval": metrics})
-        value = metrics[plan.metric]
-        log.info("eval at step %d: accuracy %.4f  macro-F1 %.4f  loss %.4f", state.step, metrics["accuracy"],
-                 metrics["macro_f1"], metrics["loss"])
-        if improved(value, state.best_value, plan.metric, plan.min_delta):
-            state.best_value, state.best_step, state.bad_evals = value, state.step, 0
-            state.best_epoch = state.history[-1]["epoch"]
-            on_best()
-        else:
-            state.bad_evals += 1
-            if plan.patience and state.bad_evals >= plan.patience \
-                    and state.step >= plan.min_steps_before_stopping:
-                state.stop_reason = "early_stopping"
+        yield
+        self.t0 += time.perf_counter() - start
 
+    def take(self) -> dict:
+        loss_sum, n_batches, samples, tokens = self.accelerator.reduce(self.window, "sum").tolist()
+        seconds = time.perf_counter() - self.t0
+        self.window, self.t0 = torch.zeros_like(self.window), time.perf_counter()
+        return {"loss": loss_sum / max(1, n_batches), "samples_per_s": samples / seconds,
+                "tokens_per_s": tokens / seconds}
+
+
+def train_batch(accelerator: Accelerator, model, optimizer, batch: dict, loss_fn: Callable, max_grad_norm: float,
+                before_optimizer_step: Callable[[], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch; the optimizer steps when the accumulation group is complete."""
+    with accelerator.accumulate(model):
+        labels = batch.pop("labels")
+        loss = loss_fn(model(**batch).logits, labels)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            if before_optimizer_step is not None:
+                before_optimizer_step()
+            if max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), labels
+
+
+def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: LoopState, plan: Plan, *,
+        loss_fn: Callable, evaluate: Callable[[], dict], best: BestModel, checkpoint: Callable[[], None],
+        train_log: TrainLog, unfreeze: GradualUnfreezing | None = None,
+        on_evaluate: Callable[[int, float, dict], None] | None = None) -> LoopState:
+    """Train for ``plan.total_steps`` optimizer steps, or until early stopping or the time budget.
+
+    ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
+    (e.g. a pruned hyper-parameter trial) ends the run.
+    """
+    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
+               dynamic_ncols=True)
+    throughput, started = Throughput(accelerator), time.perf_counter() - state.seconds
+    before_step = (lambda: unfreeze(state)) if unfreeze is not None else None
     model.train()
     while state.step < plan.total_steps and state.stop_reason is None:
         loader.set_epoch(state.epoch)
@@ -140,55 +242,40 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
         batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
         for batch in batches:
             state.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                labels = batch.pop("labels")
-                loss = loss_fn(model(**batch).logits, labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if before_optimizer_step is not None:
-                        before_optimizer_step(state)
-                    if plan.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), plan.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window += torch.stack([loss.detach().float(), torch.ones_like(window[0]),
-                                   torch.full_like(window[0], labels.numel()), batch["attention_mask"].sum().float()])
+            loss, labels = train_batch(accelerator, model, optimizer, batch, loss_fn, plan.max_grad_norm, before_step)
+            throughput.add(loss, labels, batch["attention_mask"])
             if not accelerator.sync_gradients:
                 continue
+            # -- one optimizer step done ------------------------------------------------------
             if not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
             state.step += 1
+            if state.batches_in_epoch == len(loader):
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
             state.seconds = time.perf_counter() - started
             bar.update(1)
-            if state.step % plan.logging_steps == 0 or state.step == plan.total_steps:
-                loss_sum, n_batches, samples, tokens = accelerator.reduce(window, "sum").tolist()
-                seconds = time.perf_counter() - t0
-                record({"loss": loss_sum / max(1, n_batches), "lr": scheduler.get_last_lr()[-1],
-                        "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds})
-                bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", lr=f"{state.history[-1]['lr']:.2e}")
-                window, t0 = torch.zeros_like(window), time.perf_counter()
-            if plan.eval_every_steps and state.step % plan.eval_every_steps == 0 \
-                    and state.batches_in_epoch < len(loader):
-                evaluate_and_select()
+            if plan.logs_at(state.step):
+                entry = train_log.record({**throughput.take(), "lr": scheduler.get_last_lr()[-1]})
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+            # Stop conditions, checked once per optimizer step: the step is complete, so evaluating,
+            # keeping the best model and exporting are all safe from here.
             if plan.time_budget_s and state.seconds >= plan.time_budget_s:
                 state.stop_reason = "time_budget"
-            if plan.save_every_steps and state.step % plan.save_every_steps == 0 \
-                    and state.batches_in_epoch < len(loader):
-                checkpoint()
-            if state.step >= plan.total_steps or state.stop_reason:
+            last = state.step >= plan.total_steps or state.stop_reason is not None
+            if last or plan.evaluates_at(state.step):
+                with throughput.paused():
+                    metrics = evaluate()
+                epoch = train_log.epoch()
+                if on_evaluate is not None:
+                    on_evaluate(state.step, epoch, metrics)
+                train_log.record({"eval": metrics})
+                log.info("eval at step %d: accuracy %.4f  macro-F1 %.4f  loss %.4f", state.step, metrics["accuracy"],
+                         metrics["macro_f1"], metrics["loss"])
+                best.update(metrics, epoch)
+            if last or state.stop_reason is not None:
                 break
-        if state.batches_in_epoch >= len(loader):
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-        if state.stop_reason != "early_stopping":
-            evaluate_and_select()
-        if state.step < plan.total_steps and not state.stop_reason and (
-                plan.save_every_epoch or (plan.save_every_steps and state.step % plan.save_every_steps == 0)):
-            checkpoint()
+            if plan.checkpoints_at(state.step):
+                checkpoint()
     state.stop_reason = state.stop_reason or "completed"
     bar.close()
     return state
-
-
-def steps_per_epoch(num_batches: int, grad_accum_steps: int) -> int:
-    # Accelerate syncs at the end of the dataloader, so a trailing partial group is one more step.
-    return math.ceil(num_batches / grad_accum_steps)

@@ -55,6 +55,8 @@ def load_tokenizer(cfg: ModelConfig):
         raise _load_error("tokenizer", cfg.name_or_path, e) from None
     if not tok.is_fast:
         log.warning("%s has no fast tokenizer; tokenization will be slow", cfg.name_or_path)
+    # textft cuts long texts itself (data.truncation); the tokenizer's own truncation must keep the head.
+    tok.truncation_side = "right"
     return tok
 
 

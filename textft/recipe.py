@@ -1,8 +1,11 @@
-"""Training settings left at ``auto``, resolved from the backbone and the data before training starts.
+"""The schedule of a run: training settings left at ``auto`` resolved from the backbone and the data,
+and the ``Plan`` the training loop executes.
 
-Each resolved value comes with the reason it was chosen; the reasons go to the log, to the saved
-``textft_config.yaml`` (as comments) and to the run report. The constants are anchored on
-measurements kept in ``benchmarks/recipes.md``.
+``resolve`` replaces every ``auto`` with a number and says why; the reasons go to the log, to the
+saved ``textft_config.yaml`` (as comments) and to the run report. The constants are anchored on
+measurements kept in ``benchmarks/recipes.md``. ``Plan`` holds the step arithmetic (when to log,
+evaluate, checkpoint and stop) in one place: the recipe counts evaluations with it and the loop asks
+it at every step, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from textft.config import AUTO, Config
+from textft.config import AUTO, Config, TrainConfig
 
 REFERENCE_LR = 2e-4
 """Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""
@@ -55,6 +58,65 @@ class Facts:
     num_labels: int
     global_batch: int
     """Examples per optimizer step over all processes and accumulation steps."""
+    steps_per_epoch: int
+    """Optimizer steps in one pass over the (sharded) training loader, a partial last group included."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how to train: the loop's fixed inputs besides model and data.
+
+    An epoch is ``steps_per_epoch`` optimizer steps (Accelerate syncs at the end of the loader, so a
+    partial last accumulation group is one more step). The loop evaluates once at each step that
+    ``evaluates_at`` names, and at the step where it stops early (early stopping, time budget).
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    eval_every_steps: int = 0
+    save_every_steps: int = 0
+    save_every_epoch: bool = False
+    logging_steps: int = 10
+    max_grad_norm: float = 1.0
+    metric: str = "macro_f1"
+    patience: int = 0
+    min_steps_before_stopping: int = 0
+    min_delta: float = 0.0
+    time_budget_s: float | None = None
+
+    @classmethod
+    def from_config(cls, t: TrainConfig, steps_per_epoch: int) -> "Plan":
+        """The plan of a resolved training config (no ``auto`` left)."""
+        return cls(total_steps=total_steps(t, steps_per_epoch),
+                   steps_per_epoch=steps_per_epoch, eval_every_steps=t.eval_every_steps,
+                   save_every_steps=t.save_every_steps, save_every_epoch=t.save_every_epoch,
+                   logging_steps=t.logging_steps, max_grad_norm=t.max_grad_norm, metric=t.metric_for_best,
+                   patience=t.early_stopping_patience, min_steps_before_stopping=t.early_stopping_min_steps,
+                   min_delta=t.early_stopping_min_delta, time_budget_s=t.time_budget_s)
+
+    def epoch_ends_at(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0
+
+    def logs_at(self, step: int) -> bool:
+        return step % self.logging_steps == 0 or step == self.total_steps
+
+    def evaluates_at(self, step: int) -> bool:
+        """Every ``eval_every_steps`` steps, at each epoch end and at the last step."""
+        return step == self.total_steps or self.epoch_ends_at(step) or \
+            bool(self.eval_every_steps and step % self.eval_every_steps == 0)
+
+    def checkpoints_at(self, step: int) -> bool:
+        """Every ``save_every_steps`` steps and (with ``save_every_epoch``) at each epoch end, but not at
+        the last step: the model is exported then."""
+        return step < self.total_steps and (bool(self.save_every_steps and step % self.save_every_steps == 0)
+                                            or (self.save_every_epoch and self.epoch_ends_at(step)))
+
+    def evaluation_steps(self) -> list[int]:
+        """Every step ``evaluates_at`` names, in order: the steps the loop evaluates at when it runs to the end."""
+        steps = set(range(self.steps_per_epoch, self.total_steps, self.steps_per_epoch)) | {self.total_steps}
+        if self.eval_every_steps:
+            steps |= set(range(self.eval_every_steps, self.total_steps, self.eval_every_steps))
+        return sorted(steps)
 
 
 def non_embedding_params(model: nn.Module) -> int:
@@ -75,10 +137,8 @@ def head_is_fresh(model: nn.Module, initialised_here: set[str]) -> bool:
     return any(depths.get(name) == head for name in initialised_here)
 
 
-def evaluation_steps(total_steps: int, every: int, per_epoch: int) -> set[int]:
-    """Steps the loop evaluates at: every ``every`` steps, at each epoch end and at the last step."""
-    steps = set(range(per_epoch, total_steps, per_epoch)) | {total_steps}
-    return steps | (set(range(every, total_steps, every)) if every else set())
+def count_evaluations(total_steps: int, every: int, per_epoch: int) -> int:
+    return len(Plan(total_steps=total_steps, steps_per_epoch=per_epoch, eval_every_steps=every).evaluation_steps())
 
 
 def _count(n: int) -> str:
@@ -89,12 +149,12 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str]]:
-    """``cfg`` with every ``auto`` training setting replaced by a number, and why, keyed ``train.<key>``."""
-    t = cfg.train
-    why: dict[str, str] = {}
-    values: dict[str, object] = {}
+def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, else ``epochs`` passes (rounded, at least one step)."""
+    return t.max_steps or max(1, round(t.epochs * steps_per_epoch))
 
+
+def _learning_rates(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
     lr = t.lr
     if lr == AUTO:
         raw = REFERENCE_LR * (REFERENCE_PARAMS / max(1, facts.non_embedding_params)) ** LR_EXPONENT
@@ -105,7 +165,6 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str]]:
                            + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
                               if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
         values["lr"] = lr
-
     if t.head_lr == AUTO:
         if facts.fresh_head and facts.pretrained_encoder:
             values["head_lr"] = float(f"{HEAD_LR_MULTIPLIER * lr:.2g}")
@@ -116,49 +175,46 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str]]:
             why["train.head_lr"] = ("= lr: the head was loaded with trained weights" if not facts.fresh_head
                                     else "= lr: the whole model starts from random weights")
 
-    per_epoch = max(1, math.ceil(facts.n_train / facts.global_batch))
-    length_is_auto = t.epochs == AUTO and t.max_steps is None
-    if t.epochs == AUTO:
-        if t.max_steps is not None:
-            values["epochs"] = round(t.max_steps / per_epoch, 3)
-            why["train.epochs"] = f"from train.max_steps={t.max_steps} at {per_epoch} steps per epoch"
-        else:
-            steps = max(MIN_STEPS, STEPS_PER_CLASS * facts.num_labels)
-            epochs = min(max(steps / per_epoch, 1.0), MAX_EPOCHS)
-            values["epochs"] = round(epochs, 3)
-            bound = (" (at least one pass)" if epochs == 1.0 and steps < per_epoch
-                     else f" (capped at {MAX_EPOCHS:g})" if epochs == MAX_EPOCHS else "")
-            why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} classes) ="
-                                   f" {steps} optimizer steps; {facts.n_train:,} examples / global batch"
-                                   f" {facts.global_batch} = {per_epoch} steps per epoch{bound}")
-    epochs = values.get("epochs", t.epochs)
-    total_steps = t.max_steps or max(1, round(epochs * per_epoch))
 
-    if t.eval_every_steps == AUTO:
-        if length_is_auto:
-            # A validation pass costs about a third of a training pass over as many examples.
-            seen = total_steps * facts.global_batch
-            budget = int(EVAL_SHARE * 3 * seen / max(1, facts.n_validation))
-            n_evals = min(max(budget, 1), MAX_EVALS)
-            # Epoch ends are evaluated anyway: widen the cadence until the total fits the budget.
-            every = math.ceil(total_steps / n_evals)
-            while every < per_epoch and len(evaluation_steps(total_steps, every, per_epoch)) > n_evals:
-                every += 1
-            every = every if every < per_epoch else 0
-            count = len(evaluation_steps(total_steps, every, per_epoch))
-            share = count * facts.n_validation / (3 * seen)
-            values["eval_every_steps"] = every
-            why["train.eval_every_steps"] = (
-                f"{count} evaluation(s) of {facts.n_validation:,} validation examples"
-                f"{' (epoch ends and the last step only)' if not every else ''}, about {share:.0%} of the compute"
-                f" of {total_steps} training steps (evaluations beyond the epoch ends are added while the total"
-                f" stays under {EVAL_SHARE:.0%} and {MAX_EVALS} evaluations)")
-        else:
-            values["eval_every_steps"] = 0
-            why["train.eval_every_steps"] = "at the end of each epoch (the training length was set explicitly)"
+def _length(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
+    per_epoch = facts.steps_per_epoch
+    if t.max_steps is not None:
+        values["epochs"] = round(t.max_steps / per_epoch, 3)
+        why["train.epochs"] = f"from train.max_steps={t.max_steps} at {per_epoch} steps per epoch"
+        return
+    steps = max(MIN_STEPS, STEPS_PER_CLASS * facts.num_labels)
+    epochs = min(max(steps / per_epoch, 1.0), MAX_EPOCHS)
+    values["epochs"] = round(epochs, 3)
+    bound = (" (at least one pass)" if epochs == 1.0 and steps < per_epoch
+             else f" (capped at {MAX_EPOCHS:g})" if epochs == MAX_EPOCHS else "")
+    why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} classes) ="
+                           f" {steps} optimizer steps; {facts.n_train:,} examples / global batch"
+                           f" {facts.global_batch} = {per_epoch} steps per epoch{bound}")
 
+
+def _evaluation_cadence(total: int, facts: Facts, values: dict, why: dict) -> None:
+    per_epoch = facts.steps_per_epoch
+    # A validation pass costs about a third of a training pass over as many examples.
+    seen = total * facts.global_batch
+    budget = int(EVAL_SHARE * 3 * seen / max(1, facts.n_validation))
+    n_evals = min(max(budget, 1), MAX_EVALS)
+    # Epoch ends are evaluated anyway: widen the cadence until the total fits the budget.
+    every = math.ceil(total / n_evals)
+    while every < per_epoch and count_evaluations(total, every, per_epoch) > n_evals:
+        every += 1
+    every = every if every < per_epoch else 0
+    count = count_evaluations(total, every, per_epoch)
+    share = count * facts.n_validation / (3 * seen)
+    values["eval_every_steps"] = every
+    why["train.eval_every_steps"] = (
+        f"{count} evaluation(s) of {facts.n_validation:,} validation examples"
+        f"{' (epoch ends and the last step only)' if not every else ''}, about {share:.0%} of the compute"
+        f" of {total} training steps (evaluations beyond the epoch ends are added while the total"
+        f" stays under {EVAL_SHARE:.0%} and {MAX_EVALS} evaluations)")
+
+
+def _early_stopping(t: TrainConfig, total: int, planned: int, length_is_auto: bool, values: dict, why: dict) -> None:
     if t.early_stopping_patience == AUTO:
-        planned = len(evaluation_steps(total_steps, values.get("eval_every_steps", t.eval_every_steps), per_epoch))
         if length_is_auto and planned >= MIN_EVALS_FOR_PATIENCE:
             values["early_stopping_patience"] = PATIENCE
             why["train.early_stopping_patience"] = (f"stop after {PATIENCE} of the {planned} planned evaluations"
@@ -168,14 +224,34 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str]]:
             why["train.early_stopping_patience"] = (
                 "off: the training length was set explicitly" if not length_is_auto
                 else f"off: only {planned} evaluation(s) planned")
-
     if t.early_stopping_min_steps == AUTO:
         if values.get("early_stopping_patience", t.early_stopping_patience) and length_is_auto:
-            values["early_stopping_min_steps"] = total_steps // 2
-            why["train.early_stopping_min_steps"] = (f"half of the {total_steps} planned steps: warmup and the"
+            values["early_stopping_min_steps"] = total // 2
+            why["train.early_stopping_min_steps"] = (f"half of the {total} planned steps: warmup and the"
                                                      " first half of the decay always run")
         else:
             values["early_stopping_min_steps"] = 0
             why["train.early_stopping_min_steps"] = "0: no constraint beyond the patience"
 
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, **values)), why
+
+def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str], Plan]:
+    """``cfg`` with every ``auto`` training setting replaced by a number, why (keyed ``train.<key>``),
+    and the plan the loop executes."""
+    t = cfg.train
+    why: dict[str, str] = {}
+    values: dict[str, object] = {}
+    _learning_rates(t, facts, values, why)
+    length_is_auto = t.epochs == AUTO and t.max_steps is None
+    if t.epochs == AUTO:
+        _length(t, facts, values, why)
+    total = total_steps(dataclasses.replace(t, epochs=values.get("epochs", t.epochs)), facts.steps_per_epoch)
+    if t.eval_every_steps == AUTO:
+        if length_is_auto:
+            _evaluation_cadence(total, facts, values, why)
+        else:
+            values["eval_every_steps"] = 0
+            why["train.eval_every_steps"] = "at the end of each epoch (the training length was set explicitly)"
+    planned = count_evaluations(total, values.get("eval_every_steps", t.eval_every_steps), facts.steps_per_epoch)
+    _early_stopping(t, total, planned, length_is_auto, values, why)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, **values))
+    return cfg, why, Plan.from_config(cfg.train, facts.steps_per_epoch)

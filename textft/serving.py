@@ -1,4 +1,4 @@
-"""HTTP inference service: ``textft serve --model DIR`` (FastAPI + uvicorn).
+"""HTTP inference service: ``create_app(classifier)``, run by ``textft serve --model DIR`` (FastAPI + uvicorn).
 
 ``POST /predict`` labels one text or a list, ``GET /health`` answers when the model is ready,
 ``GET /metadata`` describes the model. Requests that arrive together are micro-batched: they
@@ -8,12 +8,9 @@ GPU busy with full batches under load while a lone request waits only ``max_wait
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import ipaddress
 import json
 import logging
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +28,7 @@ try:
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
     from starlette.exceptions import HTTPException as StarletteHTTPException
-except ImportError:  # reported by main(), so that `textft --help` works without the extra
+except ImportError:  # reported when serving, so that `textft --help` works without the extra
     FastAPI = None
 
 
@@ -174,7 +171,7 @@ def metadata(classifier, limits: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_texts: int = 64,
                max_chars: int = 20_000) -> "FastAPI":
-    """The FastAPI application serving ``classifier`` (a ``textft.inference.Classifier``)."""
+    """The FastAPI application serving ``classifier`` (a ``textft.classifier.Classifier``)."""
     if FastAPI is None:
         raise _missing_extra()
 
@@ -289,59 +286,3 @@ class BodyLimit:
     async def _refuse(self, scope, receive, send):
         response = JSONResponse({"error": self.message}, status_code=413, headers={"Connection": "close"})
         await response(scope, receive, send)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def main(argv: list[str]) -> int:
-    from textft.inference import _add_model_args, _check_positive, _load_from_args, _quiet_libraries
-
-    parser = argparse.ArgumentParser(prog="textft serve", description="Serve a classifier over HTTP: POST /predict,"
-                                     " GET /health, GET /metadata (OpenAPI docs at /docs).")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long a request waits for others to share its batch")
-    parser.add_argument("--max-texts", type=int, default=64, help="texts per request")
-    parser.add_argument("--max-chars", type=int, default=20_000, help="characters per text")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--access-log", action="store_true", help="log every request")
-    _add_model_args(parser, batch_size=False)
-    args = parser.parse_args(argv)
-    if FastAPI is None:
-        raise _missing_extra()
-    try:
-        import uvicorn
-    except ImportError:
-        raise _missing_extra() from None
-    problems = []
-    if not 0 <= args.port <= 65535:
-        problems.append(f"'--port' must be in 0..65535, got {args.port}")
-    if args.max_wait_ms < 0:
-        problems.append(f"'--max-wait-ms' must be >= 0, got {args.max_wait_ms}")
-    try:
-        _check_positive(args, ["max_batch_size", "max_texts", "max_chars"])
-    except UserError as e:
-        problems += e.problems
-    if problems:
-        raise UserError(problems)
-    args.batch_size = args.max_batch_size
-    _quiet_libraries()
-    classifier = _load_from_args(args)
-    app = create_app(classifier, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                     max_texts=args.max_texts, max_chars=args.max_chars)
-    if not _is_loopback(args.host):
-        print(f"warning: listening on {args.host}, reachable from other machines; the service has no"
-              " authentication, so put it behind a proxy that has", file=sys.stderr)
-    print(f"serving {args.model} ({len(classifier.labels)} labels, {classifier.precision}, {classifier.device})"
-          f" on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
-    return 0

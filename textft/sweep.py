@@ -24,270 +24,23 @@ The best configuration is kept in ``OUTPUT/best_config.yaml``, ready for ``textf
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
-import inspect
 import io
-import json
 import logging
-import math
-import sys
 import tempfile
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from textft.config import Config, UserError, closest, load_config
+from textft.config import Config, load_config
+from textft.errors import UserError
+from textft.files import replace_file
+from textft.sweep_space import SweepSpec, check_space_values, override, parse_sweep, split_config
 
 log = logging.getLogger("textft")
 
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")
-DIRECTIONS = ("maximize", "minimize")
-DISTRIBUTIONS = {"uniform": ({"low", "high"}, {"step"}), "log_uniform": ({"low", "high"}, set()),
-                 "int": ({"low", "high"}, {"step", "log"}), "categorical": ({"choices"}, set())}
-"""type: (required fields, optional fields)"""
-SWEEP_KEYS = ("metric", "direction", "space", "seed", "startup_trials", "prune", "prune_startup_trials",
-              "prune_warmup_epochs")
 STUDY_NAME = "textft-sweep"
-EXAMPLE = "train.lr: {type: log_uniform, low: 1.0e-5, high: 1.0e-3}"
-
-
-@dataclass
-class SweepSpec:
-    space: dict[str, dict[str, Any]]
-    metric: str = "macro_f1"
-    direction: str = "maximize"
-    seed: int | None = None
-    """Sampler seed; defaults to the config's ``train.seed``."""
-    startup_trials: int = 10
-    """Random trials before TPE starts modelling the results."""
-    prune: bool = True
-    prune_startup_trials: int = 3
-    """Finished trials needed before any trial is pruned."""
-    prune_warmup_epochs: int = 1
-    """Epochs whose results never prune a trial (the first is usually too early to judge)."""
-    source: str = ""
-
-
-# --- reading and checking the sweep section ---------------------------------------------------
-
-
-def read_yaml(path: str | Path, what: str) -> dict:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' does not exist")
-    try:
-        # OmegaConf reads 1e-5 as a number, where plain YAML 1.1 leaves it a string.
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except (OmegaConfBaseException, yaml.YAMLError) as e:
-        raise UserError(f"{what} '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{what} '{path}' must hold a mapping, got {type(data).__name__}")
-    return data
-
-
-def config_keys() -> list[str]:
-    """Every ``section.key`` a config accepts."""
-    sections = typing.get_type_hints(Config)
-    return [f"{name}.{f.name}" for name, cls in sections.items() for f in dataclasses.fields(cls)]
-
-
-# Names the same settings carry in transformers' TrainingArguments, the likeliest slip in a space.
-HF_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-            "train_batch_size": "batch_size", "warmup_steps": "warmup_ratio", "lr_scheduler_type": "scheduler",
-            "max_seq_length": "max_length", "seed": "seed"}
-
-
-def suggest_key(key: str, keys: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for an unknown ``section.key``: the transformers name first, then spelling
-    within the same section, then anywhere."""
-    section, _, name = str(key).partition(".")
-    if name in HF_NAMES:
-        matches = [k for k in keys if k.split(".", 1)[1] == HF_NAMES[name]]
-        if matches:
-            return f" (did you mean '{next((k for k in matches if k.startswith(section + '.')), matches[0])}'?)"
-    return closest(key, [k for k in keys if k.startswith(section + ".")]) or closest(key, keys)
-
-
-def _number(value, where: str, problems: list[str]) -> float | None:
-    if isinstance(value, bool):
-        problems.append(f"{where} must be a number, got {value!r}")
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        problems.append(f"{where} must be a number, got {value!r}")
-        return None
-    if not math.isfinite(number):
-        problems.append(f"{where} must be finite, got {value!r}")
-        return None
-    return number
-
-
-def _check_distribution(key: str, spec: Any, problems: list[str]) -> dict[str, Any] | None:
-    where = f"sweep space '{key}'"
-    if not isinstance(spec, dict):
-        problems.append(f"{where} must be a mapping like {{type: log_uniform, low: 1.0e-5, high: 1.0e-3}},"
-                        f" got {spec!r}")
-        return None
-    kind = spec.get("type")
-    if kind not in DISTRIBUTIONS:
-        hint = closest(kind, DISTRIBUTIONS) if kind is not None else ""
-        what = f"unknown type '{kind}'{hint}" if kind is not None else "has no 'type'"
-        problems.append(f"{where}: {what}; types: {', '.join(DISTRIBUTIONS)}")
-        return None
-    required, optional = DISTRIBUTIONS[kind]
-    allowed = required | optional | {"type"}
-    before = len(problems)
-    for name in spec:
-        if name not in allowed:
-            problems.append(f"{where}: unknown field '{name}' for type {kind}{closest(name, allowed)};"
-                            f" fields: {', '.join(sorted(allowed - {'type'}))}")
-    missing = sorted(required - set(spec))
-    if missing:
-        problems.append(f"{where} ({kind}) needs {' and '.join(repr(m) for m in missing)}")
-    if len(problems) > before:
-        return None
-    out: dict[str, Any] = {"type": kind}
-    if kind == "categorical":
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            problems.append(f"{where}: 'choices' must be a non-empty list, got {choices!r}")
-            return None
-        bad = [c for c in choices if not (c is None or isinstance(c, (bool, int, float, str)))]
-        if bad:
-            problems.append(f"{where}: choices must be numbers, strings, booleans or null, got {bad[0]!r}")
-            return None
-        out["choices"] = list(choices)
-        return out
-    low, high = _number(spec["low"], f"{where}: 'low'", problems), _number(spec["high"], f"{where}: 'high'", problems)
-    if low is None or high is None:
-        return None
-    if low >= high:
-        problems.append(f"{where}: 'low' ({spec['low']}) must be below 'high' ({spec['high']})")
-        return None
-    if kind == "log_uniform" and low <= 0:
-        problems.append(f"{where}: log_uniform needs 'low' > 0, got {spec['low']}")
-        return None
-    if kind == "int":
-        if not (low.is_integer() and high.is_integer()):
-            problems.append(f"{where}: int needs whole 'low' and 'high', got {spec['low']} and {spec['high']}")
-            return None
-        low, high = int(low), int(high)
-        if spec.get("log") and low <= 0:
-            problems.append(f"{where}: int with log: true needs 'low' > 0, got {low}")
-            return None
-        out["log"] = bool(spec.get("log", False))
-    out.update(low=low, high=high)
-    if spec.get("step") is not None:
-        step = _number(spec["step"], f"{where}: 'step'", problems)
-        if step is None or step <= 0:
-            if step is not None:
-                problems.append(f"{where}: 'step' must be > 0, got {spec['step']}")
-            return None
-        out["step"] = int(step) if kind == "int" else step
-    return out
-
-
-def parse_sweep(raw: Any, source: str) -> SweepSpec:
-    """The ``sweep:`` section checked in full: every problem is reported at once."""
-    problems: list[str] = []
-    if not isinstance(raw, dict):
-        raise UserError(f"'sweep' in '{source}' must be a mapping with a 'space', got {raw!r}")
-    for key in raw:
-        if key not in SWEEP_KEYS:
-            problems.append(f"unknown key 'sweep.{key}'{closest(key, SWEEP_KEYS)}; keys: {', '.join(SWEEP_KEYS)}")
-    metric = raw.get("metric", "macro_f1")
-    if metric not in METRICS:
-        problems.append(f"'sweep.metric': unknown metric '{metric}'{closest(metric, METRICS)};"
-                        f" choose from {', '.join(METRICS)}")
-    direction = raw.get("direction", "minimize" if metric == "loss" else "maximize")
-    if direction not in DIRECTIONS:
-        problems.append(f"'sweep.direction' must be maximize or minimize, got {direction!r}"
-                        f"{closest(direction, DIRECTIONS)}")
-    ints = {}
-    for key, default, low in (("seed", None, 0), ("startup_trials", 10, 0), ("prune_startup_trials", 3, 0),
-                              ("prune_warmup_epochs", 1, 0)):
-        value = raw.get(key, default)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            problems.append(f"'sweep.{key}' must be a whole number >= {low}, got {value!r}")
-            value = default
-        ints[key] = value
-    prune = raw.get("prune", True)
-    if not isinstance(prune, bool):
-        problems.append(f"'sweep.prune' must be true or false, got {prune!r}")
-    space_raw = raw.get("space")
-    space: dict[str, dict] = {}
-    if not isinstance(space_raw, dict) or not space_raw:
-        problems.append(f"the sweep space is empty: declare at least one key under sweep.space, e.g. {EXAMPLE}")
-    else:
-        keys = config_keys()
-        for key, spec in space_raw.items():
-            if key not in keys:
-                problems.append(f"unknown key '{key}' in the sweep space{suggest_key(key, keys)};"
-                                " keys look like train.lr, model.transfer")
-                continue
-            if key.startswith("output."):
-                problems.append(f"'{key}' cannot be searched: the sweep sets each trial's output directory")
-                continue
-            if (dist := _check_distribution(key, spec, problems)) is not None:
-                space[key] = dist
-    if problems:
-        raise UserError(problems)
-    return SweepSpec(space=space, metric=metric, direction=direction, seed=ints["seed"],
-                     startup_trials=ints["startup_trials"], prune=prune,
-                     prune_startup_trials=ints["prune_startup_trials"],
-                     prune_warmup_epochs=ints["prune_warmup_epochs"], source=source)
-
-
-def override(key: str, value: Any) -> str:
-    """``key=value`` that the config loader reads back as exactly ``value``."""
-    if isinstance(value, str):
-        return f"{key}={json.dumps(value)}"  # quoted: 'no' or '1e-3' stay strings
-    if value is None:
-        return f"{key}=null"
-    if isinstance(value, bool):
-        return f"{key}={'true' if value else 'false'}"
-    return f"{key}={value!r}"
-
-
-def split_config(config_path: str, sweep_path: str | None) -> tuple[str, Any, str]:
-    """The config file without its ``sweep`` section (YAML text for load_config), the sweep section, and
-    the file it came from: load_config refuses sections it does not know."""
-    raw = read_yaml(config_path, "config file")
-    inline = raw.pop("sweep", None)
-    base_text = yaml.safe_dump(raw, sort_keys=False)
-    if sweep_path is not None:
-        extra = read_yaml(sweep_path, "sweep file")
-        return base_text, extra.get("sweep", extra), sweep_path
-    if inline is None:
-        raise UserError(f"no search space: '{config_path}' has no 'sweep' section and no --sweep file was given;"
-                        f" add e.g. sweep: {{metric: macro_f1, space: {{{EXAMPLE}}}}}")
-    return base_text, inline, config_path
-
-
-def check_space_values(spec: SweepSpec, base: Path, overrides: list[str]) -> None:
-    """Every bound and choice of the space, tried against the config's own checks."""
-    problems: list[str] = []
-    for key, dist in spec.space.items():
-        candidates = dist["choices"] if dist["type"] == "categorical" else [dist["low"], dist["high"]]
-        for value in candidates:
-            try:
-                load_config(base, [*overrides, override(key, value)])
-            except UserError as e:
-                problems += [f"sweep space '{key}' value {value!r}: {p}" for p in e.problems if key in p]
-    if problems:
-        raise UserError(list(dict.fromkeys(problems)))
 
 
 # --- the study --------------------------------------------------------------------------------
@@ -330,13 +83,6 @@ class EpochReporter:
                                      " earlier trials")
 
 
-def train_accepts_hook(train_fn) -> bool:
-    try:
-        return "on_evaluate" in inspect.signature(train_fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 @dataclass
 class Sweep:
     spec: SweepSpec
@@ -361,12 +107,7 @@ class Sweep:
         start = time.perf_counter()
         reporter = EpochReporter(trial, self.spec.metric) if self.spec.prune else None
         try:
-            if reporter is not None and train_accepts_hook(train):
-                reports = train(cfg, on_evaluate=reporter)
-            else:
-                reports = train(cfg)
-                if reporter is not None:
-                    self._report_afterwards(trial, run_dir)
+            reports = train(cfg, on_evaluate=reporter)
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
         value = reports["validation"][self.spec.metric]
@@ -375,25 +116,6 @@ class Sweep:
         if not (run_dir / "report.json").is_file():
             write_run_report(run_dir)
         return float(value)
-
-    def _report_afterwards(self, trial, run_dir: Path) -> None:
-        """Without the training hook, the per-epoch values still reach the study (for the pruning of
-        later trials and for plots), read from the run's log once it has finished."""
-        path = run_dir / "train_log.jsonl"
-        if not path.is_file():
-            return
-        values: dict[int, float] = {}
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            epoch, m = record.get("epoch"), record.get("eval")
-            if isinstance(m, dict) and isinstance(epoch, (int, float)) and m.get(self.spec.metric) is not None:
-                if epoch >= 1 - 1e-6 and abs(epoch - round(epoch)) <= 1e-6:
-                    values.setdefault(int(round(epoch)), float(m[self.spec.metric]))
-        for number, value in sorted(values.items()):
-            trial.report(value, number)
 
 
 def _show(v) -> str:
@@ -441,7 +163,7 @@ def finished(study) -> list:
 def summary_rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
     import optuna
 
-    best = _best_trial(study)
+    best = best_trial(study)
     rows = []
     for t in study.trials:
         state = t.state.name.lower()
@@ -455,7 +177,7 @@ def summary_rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _best_trial(study):
+def best_trial(study):
     import optuna
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
@@ -488,30 +210,26 @@ def _cell(v) -> str:
 
 def write_outputs(sweep: Sweep, study) -> Path | None:
     """summary.md, summary.csv and best_config.yaml, refreshed after every trial."""
-    from textft.config import save_config
-    from textft.report import _replace_atomically
+    from textft.config import config_yaml
 
     rows = summary_rows(study, sweep.spec)
-    _replace_atomically(sweep.out_dir / "summary.md", markdown_summary(rows, sweep.spec).encode())
+    replace_file(sweep.out_dir / "summary.md", markdown_summary(rows, sweep.spec))
     if rows:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _replace_atomically(sweep.out_dir / "summary.csv", buf.getvalue().encode())
-    best = _best_trial(study)
+        replace_file(sweep.out_dir / "summary.csv", buf.getvalue())
+    best = best_trial(study)
     if best is None:
         return None
     cfg = sweep.trial_config(best.params, sweep.out_dir / "best", overwrite=False)
     path = sweep.out_dir / "best_config.yaml"
-    tmp = sweep.out_dir / ".best_config.yaml.tmp"
-    save_config(cfg, tmp)
     header = (f"# Best of the textft sweep in {sweep.out_dir}: trial {best.number},"
               f" validation {sweep.spec.metric} {best.value:.4f}.\n"
               + "".join(f"#   {k}: {_show(v)}\n" for k, v in best.params.items())
               + f"# Train it: textft train --config {path}\n")
-    _replace_atomically(path, (header + tmp.read_text()).encode())
-    tmp.unlink()
+    replace_file(path, header + config_yaml(cfg))
     return path
 
 
@@ -558,14 +276,12 @@ def run_sweep(config: str, trials: int, output: str | None, sweep_file: str | No
     base = out_dir / "base_config.yaml"
     if base.is_file() and base.read_text() != base_text:
         log.warning("the config differs from the one this sweep started with (%s); new trials use the new one", base)
-    base.write_text(base_text)
+    replace_file(base, base_text)
     sweep = Sweep(spec, base, overrides, out_dir)
     study = open_study(spec, out_dir, spec.seed if spec.seed is not None else base_cfg.train.seed)
     done = len(finished(study))
     todo = max(0, trials - done)
-    hook = train_accepts_hook(_train_fn())
-    pruning = ("" if not spec.prune else "; median pruning per epoch" if hook else
-               "; no pruning (train() has no on_evaluate hook)")
+    pruning = "; median pruning per epoch" if spec.prune else ""
     print(f"sweep in {out_dir}: {done} finished trial(s) found, {todo} to run; {spec.direction} validation"
           f" {spec.metric} over {', '.join(spec.space)}{pruning}", flush=True)
 
@@ -581,39 +297,3 @@ def run_sweep(config: str, trials: int, output: str | None, sweep_file: str | No
                        callbacks=[after_trial], gc_after_trial=True)
     best_path = write_outputs(sweep, study)
     return sweep, study, best_path
-
-
-def _train_fn():
-    from textft.train import train
-
-    return train
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="textft sweep", description="Hyper-parameter search with Optuna (TPE sampling, median pruning).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--config", required=True, help="YAML config; may hold the sweep section")
-    parser.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (all sessions)")
-    parser.add_argument("--output", help="sweep directory (default: the config's output.dir + '-sweep')")
-    parser.add_argument("--sweep", dest="sweep_file", help="YAML file with the sweep section (instead of the config's)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value pairs applied to every trial")
-    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
-    try:
-        sweep, study, best_path = run_sweep(args.config, args.trials, args.output, args.sweep_file, args.overrides)
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume the sweep", file=sys.stderr)
-        return 130
-    rows = summary_rows(study, sweep.spec)
-    print(f"\n# Sweep: validation {sweep.spec.metric} ({sweep.spec.direction}), {len(rows)} trial(s)\n")
-    print(markdown_summary(rows, sweep.spec))
-    best = _best_trial(study)
-    if best is None:
-        print("no trial finished; nothing to recommend")
-        return 1
-    print(f"best: trial {best.number}, validation {sweep.spec.metric} {best.value:.4f}")
-    print(f"best configuration: {best_path}  (train it: textft train --config {best_path})")
-    complete = [r["trial"] for r in rows if r["state"] == "complete"]
-    print("compare the trials: textft compare " + " ".join(str(sweep.out_dir / "trials" / f"trial-{n}")
-                                                          for n in complete))
-    return 0

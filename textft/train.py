@@ -1,55 +1,43 @@
-"""Fine-tune a classifier: ``accelerate launch textft/train.py --config configs/NAME.yaml [section.key=value ...]``.
+"""Fine-tune a classifier: ``train(cfg)`` = setup → fit → export.
 
-setup (config, accelerator, data, model) → fit → evaluate → save.
+Also the entry point of ``accelerate launch -m textft.train --config configs/NAME.yaml [section.key=value ...]``
+(or ``accelerate launch textft/train.py ...`` from a checkout): the ``textft train`` command.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
+import math
 import shutil
 import sys
-import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from textft.checkpoint import (check_output_dir, checkpoint_problem, latest_checkpoint, load_best, save_best,
-                               save_checkpoint, save_model, write_atomically)
-from textft.config import Config, UserError, describe_keys, load_config, save_config
+                               save_checkpoint, save_model)
+from textft.config import Config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
-from textft.evaluation import (compute_metrics, markdown_report, prediction_rows, summary_line, write_predictions,
-                               write_reports)
-from textft.hub import push_to_hub
-from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, frozen_by_schedule,
-                             layer_depths, load_tokenizer, param_groups, resolve_model_path, unfrozen_depth)
-from textft.recipe import Facts, head_is_fresh, non_embedding_params
-from textft.recipe import resolve as resolve_recipe
-from textft.report import write_run_report
+from textft.errors import UserError, closest
+from textft.evaluation import (evaluate_logits, markdown_report, prediction_rows, summary_line,
+                               write_predictions, write_reports)
+from textft.files import write_atomically
+from textft.loop import (BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, make_loss,
+                         steps_per_epoch)
+from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, load_tokenizer,
+                             param_groups, resolve_model_path)
+from textft.precision import ACCELERATE_NAMES, training_precision
+from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
 log = logging.getLogger("textft")
 
 
-def resolve_precision(requested: str) -> str:
-    """``auto`` → bf16 where the hardware runs it natively (most GPUs, AVX-512-bf16/AMX CPUs), else fp32."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        return os.environ["ACCELERATE_MIXED_PRECISION"]
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    except (AttributeError, RuntimeError):
-        return "no"
+# --- setup -----------------------------------------------------------------------------------
 
 
 def preflight(cfg: Config) -> None:
@@ -79,8 +67,6 @@ def class_weight_tensor(spec, labels: list[int], label_names: list[str]) -> torc
         return torch.tensor(len(labels) / (len(label_names) * np.maximum(counts, 1)), dtype=torch.float32)
     unknown = [str(k) for k in spec if str(k) not in label_names]
     if unknown:
-        from textft.config import closest
-
         raise UserError(f"'train.class_weights': unknown label(s) {', '.join(unknown)}"
                         f"{closest(unknown[0], label_names)}; labels: {', '.join(label_names[:20])}")
     weights = {str(k): float(v) for k, v in spec.items()}
@@ -110,9 +96,9 @@ def setup_accelerator(cfg: Config):
     from accelerate.utils import ProjectConfiguration
 
     t, out_dir = cfg.train, Path(cfg.output.dir)
-    precision = resolve_precision(t.mixed_precision)
+    precision = training_precision(t.mixed_precision)
     accelerator = Accelerator(
-        mixed_precision=precision, gradient_accumulation_steps=t.grad_accum_steps,
+        mixed_precision=ACCELERATE_NAMES[precision], gradient_accumulation_steps=t.grad_accum_steps,
         log_with=None if t.report_to == "none" else t.report_to,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
     setup_logging(accelerator.is_main_process)
@@ -140,190 +126,241 @@ def flat_config(cfg: Config) -> dict:
             for s, section in cfg.to_dict().items() for k, v in section.items()}
 
 
-def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = None) -> dict:
-    """Run the whole job described by ``cfg``; returns the final evaluation reports.
+@dataclass
+class Run:
+    """Everything a run holds between setup, fit and export."""
 
-    ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
-    (e.g. a pruned hyper-parameter trial) ends the run.
-    """
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
+    cfg: Config
+    recipe: dict[str, str]
+    plan: Plan
+    accelerator: object
+    precision: str
+    data: TaskData
+    tokenizer: object
+    eval_texts: dict[str, list[str]]
+    model: object
+    optimizer: object
+    scheduler: object
+    train_dl: object
+    evaluator: Evaluator
+    class_weights: torch.Tensor | None
+    params: dict[str, int]
+    state: LoopState
+    resume: Path | None = None
 
-    preflight(cfg)
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output.dir)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+
+def load_inputs(cfg: Config, accelerator, precision: str):
+    """Data, tokenizer and model; the loaders; the facts the recipe resolves ``auto`` settings from."""
     t, d, m = cfg.train, cfg.data, cfg.model
-    accelerator, precision = setup_accelerator(cfg)
-    set_seed(t.seed)
-    out_dir = Path(cfg.output.dir)
-    ckpt_root = out_dir / "checkpoints"
-
     with accelerator.main_process_first():
         data: TaskData = load_splits(d, t.seed)
         tokenizer = load_tokenizer(m)
         tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction)
     model, initialised_here = build_model(m, data.label_names)
     model.config.problem_type = "single_label_classification"
-    cfg, recipe = resolve_recipe(cfg, Facts(
-        non_embedding_params=non_embedding_params(model), fresh_head=head_is_fresh(model, initialised_here),
-        pretrained_encoder=not m.random_init, n_train=len(tokenized["train"]),
-        n_validation=len(tokenized.get("validation", [])), num_labels=len(data.label_names),
-        global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes))
-    t = cfg.train
-    for key, why in recipe.items():
-        log.info("auto %s = %s: %s", key, getattr(t, key.split(".", 1)[1]), why)
-    params = apply_transfer(model, m)
-    if t.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
-    log.info("data %s: %s; %d labels", data.source,
-             ", ".join(f"{k} {len(v)}" for k, v in tokenized.items()), len(data.label_names))
-    log.info("model %s (%s): %s of %s parameters trainable (%.1f%%); precision %s; %d process(es)",
-             m.name_or_path, m.transfer, f"{params['trainable']:,}", f"{params['total']:,}",
-             100 * params["trainable"] / params["total"], precision, accelerator.num_processes)
-
-    amp = precision != "no"
+    amp = precision != "fp32"
     train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers)
     eval_sets = {split: sort_by_length(tokenized[split]) for split in ("validation", "test") if split in tokenized}
     eval_dls = {split: eval_loader(ds, tokenizer, t.eval_batch_size or 2 * t.batch_size, amp, t.num_workers)
                 for split, ds in eval_sets.items()}
+    # Counted as Accelerate will shard the loader (even batches on every process), so the schedule
+    # is the same on 1 or N processes.
+    batches = math.ceil(len(train_dl) / accelerator.num_processes)
+    facts = Facts(non_embedding_params=non_embedding_params(model), fresh_head=head_is_fresh(model, initialised_here),
+                  pretrained_encoder=not m.random_init, n_train=len(tokenized["train"]),
+                  n_validation=len(tokenized.get("validation", [])), num_labels=len(data.label_names),
+                  global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes,
+                  steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps))
+    weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
+    texts = {split: ds["text"] for split, ds in eval_sets.items()}
+    return data, tokenizer, model, train_dl, eval_dls, texts, facts, weights
+
+
+def prepare(cfg: Config, accelerator, model, train_dl, eval_dls: dict, plan: Plan):
+    """Optimizer and scheduler, everything through ``accelerator.prepare``, then torch.compile if asked."""
+    from transformers import get_scheduler
+
+    t, m = cfg.train, cfg.model
     # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
-    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.head_lr, t.weight_decay, m.layer_lr_decay),
-                                  lr=t.lr, weight_decay=t.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.head_lr, t.weight_decay, m.layer_lr_decay), lr=t.lr,
+                                  weight_decay=t.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
-    eval_dls = dict(zip(eval_dls, eval_list))
+    if steps_per_epoch(len(train_dl), t.grad_accum_steps) != plan.steps_per_epoch:
+        raise RuntimeError(f"the sharded loader has {len(train_dl)} batches, which the plan did not count on")
     if t.compile:
         # Compiled here rather than through Accelerator(dynamo_backend=...): Accelerate keeps that
         # setting in process-wide state, so a second run in the same process would silently ignore it.
         model = torch.compile(model)
         log.info("torch.compile: %s (inductor; the first steps compile, later ones run the compiled graph)",
                  type(model).__name__)
-
-    # Counted on the sharded loader, so the schedule is the same on 1 or N processes; the scheduler
-    # stays out of prepare() because Accelerate would step it once per process.
-    per_epoch = steps_per_epoch(len(train_dl), t.grad_accum_steps)
-    plan = Plan(total_steps=t.max_steps or max(1, round(t.epochs * per_epoch)), max_grad_norm=t.max_grad_norm,
-                logging_steps=t.logging_steps, eval_every_steps=t.eval_every_steps,
-                save_every_steps=t.save_every_steps, save_every_epoch=t.save_every_epoch, metric=t.metric_for_best,
-                patience=t.early_stopping_patience,
-                min_steps_before_stopping=t.early_stopping_min_steps, min_delta=t.early_stopping_min_delta,
-                time_budget_s=t.time_budget_s)
+    # The scheduler stays out of prepare(): Accelerate would step it once per process.
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * plan.total_steps),
                               num_training_steps=plan.total_steps)
-    state = LoopState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    return model, optimizer, train_dl, dict(zip(eval_dls, eval_list)), scheduler
 
-    resume = find_resume(t.resume_from, ckpt_root)
+
+def setup(cfg: Config) -> Run:
+    """Everything up to the first step: checks, accelerator, data, model, the resolved recipe and plan,
+    optimizer, the output directory and, when resuming, the checkpoint's state."""
+    from accelerate.utils import set_seed
+
+    preflight(cfg)
+    accelerator, precision = setup_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    data, tokenizer, model, train_dl, eval_dls, texts, facts, weights = load_inputs(cfg, accelerator, precision)
+    cfg, recipe, plan = resolve(cfg, facts)
+    for key, why in recipe.items():
+        log.info("auto %s = %s: %s", key, getattr(cfg.train, key.split(".", 1)[1]), why)
+    params = apply_transfer(model, cfg.model)
+    if cfg.train.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    log.info("data %s: %s; %d labels", data.source,
+             ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()), len(data.label_names))
+    log.info("model %s (%s): %s of %s parameters trainable (%.1f%%); precision %s; %d process(es)",
+             cfg.model.name_or_path, cfg.model.transfer, f"{params['trainable']:,}", f"{params['total']:,}",
+             100 * params["trainable"] / params["total"], precision, accelerator.num_processes)
+    model, optimizer, train_dl, eval_dls, scheduler = prepare(cfg, accelerator, model, train_dl, eval_dls, plan)
+    run = Run(cfg=cfg, recipe=recipe, plan=plan, accelerator=accelerator, precision=precision, data=data,
+              tokenizer=tokenizer, eval_texts=texts, model=model, optimizer=optimizer, scheduler=scheduler,
+              train_dl=train_dl, evaluator=Evaluator(accelerator, model, eval_dls, data.label_names),
+              class_weights=weights, params=params, state=LoopState())
+    start(run)
+    return run
+
+
+def start(run: Run) -> None:
+    """The output directory (replaced only with output.overwrite), the resolved config, and the
+    state of the checkpoint to resume from, if any."""
+    accelerator, cfg, out_dir = run.accelerator, run.cfg, run.out_dir
+    accelerator.register_for_checkpointing(run.scheduler, run.state)
+    run.resume = find_resume(cfg.train.resume_from, run.checkpoints)
     if accelerator.is_main_process:
-        if out_dir.exists() and cfg.output.overwrite and resume is None:
+        if out_dir.exists() and cfg.output.overwrite and run.resume is None:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "textft_config.yaml", recipe)
+        save_config(cfg, out_dir / "textft_config.yaml", run.recipe)
     accelerator.wait_for_everyone()
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        log.info("resumed from %s: step %d, epoch %d, %d batches into it", resume, state.step, state.epoch,
-                 state.batches_in_epoch)
-        if accelerator.is_main_process:  # the log restarts at the checkpoint, dropping what came after
-            (out_dir / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in state.history))
-    if t.report_to != "none":
+    if run.resume is not None:
+        accelerator.load_state(str(run.resume))
+        log.info("resumed from %s: step %d, epoch %d, %d batches into it", run.resume, run.state.step,
+                 run.state.epoch, run.state.batches_in_epoch)
+    if cfg.train.report_to != "none":
         accelerator.init_trackers("textft", config=flat_config(cfg))
 
-    predictions: dict[str, list[dict]] = {}
 
-    def evaluate(split: str = "validation", keep_predictions: bool = False) -> dict:
-        logits, labels = predict_logits(accelerator, model, eval_dls[split])
-        metrics = compute_metrics(labels, logits.argmax(-1), data.label_names)
-        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
-        if keep_predictions:
-            predictions[split] = prediction_rows(eval_sets[split]["text"], labels, logits, data.label_names)
-        elif on_evaluate is not None:
-            on_evaluate(state.step, state.epoch + state.batches_in_epoch / len(train_dl), metrics)
-        return metrics
+# --- fit -------------------------------------------------------------------------------------
 
-    def on_best() -> None:
-        save_best(accelerator, model, ckpt_root, {"step": state.step, "epoch": state.best_epoch,
-                                                  "metric": t.metric_for_best, "value": state.best_value})
 
-    unwrapped = accelerator.unwrap_model(model)
-    head_depth = max(layer_depths(unwrapped).values())
-    frozen_at = {}
-
-    def gradual_unfreeze(s: LoopState) -> None:
-        # Progress when this step's first batch started, so an epoch's last step is still in that epoch.
-        progress = s.epoch + (s.batches_in_epoch - 1) / len(train_dl)
-        lowest = unfrozen_depth(progress, m.unfreeze_every_epochs, head_depth)
-        if lowest not in frozen_at:
-            frozen_at[lowest] = frozen_by_schedule(unwrapped, lowest)
-            log.info("gradual unfreezing at step %d: training depth >= %d of %d", s.step, lowest, head_depth)
-        for p in frozen_at[lowest]:
-            p.grad = None  # AdamW skips parameters without a gradient: no update, no weight decay
-
-    log.info("training: %d optimizer steps (%d per epoch), global batch %d", plan.total_steps, per_epoch,
+def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = None) -> None:
+    """The loop of ``textft.loop.fit`` with this run's evaluation, best-model saving, checkpoints and log."""
+    accelerator, cfg, state, plan = run.accelerator, run.cfg, run.state, run.plan
+    t, m = cfg.train, cfg.model
+    train_log = TrainLog(accelerator, state, len(run.train_dl), run.out_dir / "train_log.jsonl")
+    train_log.restart()
+    unfreeze = GradualUnfreezing(accelerator.unwrap_model(run.model), m.unfreeze_every_epochs, len(run.train_dl)) \
+        if m.transfer == "gradual" else None
+    best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
+    log.info("training: %d optimizer steps (%d per epoch), global batch %d", plan.total_steps, plan.steps_per_epoch,
              t.batch_size * t.grad_accum_steps * accelerator.num_processes)
-    fit(accelerator, model, optimizer, scheduler, train_dl, state, plan, loss_fn=make_loss(weights, t.label_smoothing),
-        evaluate=evaluate, on_best=on_best,
-        checkpoint=lambda: save_checkpoint(accelerator, ckpt_root, state.step, t.keep_checkpoints),
-        before_optimizer_step=gradual_unfreeze if m.transfer == "gradual" else None,
-        log_file=out_dir / "train_log.jsonl")
+    fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
+        loss_fn=make_loss(run.class_weights, t.label_smoothing), evaluate=run.evaluator, best=best,
+        checkpoint=lambda: save_checkpoint(accelerator, run.checkpoints, state.step, t.keep_checkpoints),
+        train_log=train_log, unfreeze=unfreeze, on_evaluate=on_evaluate)
 
-    best = load_best(accelerator, model, ckpt_root)
-    reports = {split: evaluate(split, keep_predictions=True) for split in eval_dls}
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def final_evaluation(run: Run) -> tuple[dict, dict]:
+    """Metrics and per-example predictions of every evaluation split, with the weights as exported."""
+    reports, predictions = {}, {}
+    for split, texts in run.eval_texts.items():
+        logits, labels = run.evaluator.logits(split)
+        reports[split] = evaluate_logits(logits, labels, run.data.label_names)
+        predictions[split] = prediction_rows(texts, labels, logits, run.data.label_names)
+    return reports, predictions
+
+
+def write_run(run: Run, reports: dict, predictions: dict, best: dict | None) -> None:
+    """The run directory, swapped in atomically: model and tokenizer (with the training truncation, so
+    a plain pipeline truncates the same way), config, reports, predictions, log, rendered report."""
+    from textft.report import write_run_report
+
+    cfg, state, out_dir, d = run.cfg, run.state, run.out_dir, run.cfg.data
+    run.tokenizer.model_max_length = d.max_length
+    side = "left" if d.truncation == "tail" else "right"
+    run.tokenizer.truncation_side = run.tokenizer.init_kwargs["truncation_side"] = side
+    extra = {"label_names": run.data.label_names, "data_source": run.data.source, "parameters": run.params,
+             "precision": run.precision, "num_processes": run.accelerator.num_processes,
+             "optimizer_steps": state.step, "train_seconds": round(state.seconds, 2), "best": best,
+             "stop_reason": state.stop_reason, "resumed_from": str(run.resume) if run.resume else None,
+             "config": cfg.to_dict(), "recipe": run.recipe}
+
+    def write(tmp: Path) -> None:
+        save_model(tmp, run.accelerator.unwrap_model(run.model), run.tokenizer)
+        save_config(cfg, tmp / "textft_config.yaml", run.recipe)
+        write_reports(tmp, reports, extra, title=f"textft: {cfg.model.name_or_path} on {run.data.source}")
+        write_predictions(tmp / "predictions", predictions)
+        if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
+            shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
+        write_run_report(tmp)
+
+    write_atomically(out_dir, write, keep=("checkpoints", "logs"))
+    shutil.rmtree(run.checkpoints / "best", ignore_errors=True)  # it is now the exported model itself
+    if run.checkpoints.is_dir() and not any(run.checkpoints.iterdir()):
+        run.checkpoints.rmdir()
+
+
+def export(run: Run) -> dict:
+    """The best weights, evaluated on every split and written as the run directory; returns the reports."""
+    from textft.hub import push_to_hub
+
+    accelerator, cfg, state = run.accelerator, run.cfg, run.state
+    best = load_best(accelerator, run.model, run.checkpoints)
+    reports, predictions = final_evaluation(run)
     if accelerator.is_main_process:
-        extra = {"label_names": data.label_names, "data_source": data.source, "parameters": params,
-                 "precision": precision, "num_processes": accelerator.num_processes,
-                 "optimizer_steps": state.step, "train_seconds": round(state.seconds, 2),
-                 "best": best, "stop_reason": state.stop_reason,
-                 "resumed_from": str(resume) if resume else None, "config": cfg.to_dict(), "recipe": recipe}
-
-        def write(tmp: Path) -> None:
-            save_model(tmp, unwrapped, tokenizer)
-            save_config(cfg, tmp / "textft_config.yaml", recipe)
-            write_reports(tmp, reports, extra, title=f"textft: {m.name_or_path} on {data.source}")
-            write_predictions(tmp / "predictions", predictions)
-            if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
-                shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
-            write_run_report(tmp)
-
-        write_atomically(out_dir, write, keep=("checkpoints", "logs"))
-        shutil.rmtree(ckpt_root / "best", ignore_errors=True)  # it is now the exported model itself
-        if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
-            ckpt_root.rmdir()
-        if len(data.label_names) <= 10:  # small enough to read on a terminal
-            print(markdown_report(reports, title=f"{m.name_or_path} on {data.source}"))
+        write_run(run, reports, predictions, best)
+        name = f"{cfg.model.name_or_path} on {run.data.source}"
+        if len(run.data.label_names) <= 10:  # small enough to read on a terminal
+            print(markdown_report(reports, title=name))
         for split, metrics in reports.items():
             print(summary_line(split, metrics))
         if best:
-            print(f"best {t.metric_for_best} {best['value']:.4f} at step {best['step']} (epoch {best['epoch']});"
-                  f" stopped: {state.stop_reason}")
-        print(f"model saved to {out_dir} ({state.step} steps in {state.seconds:.0f} s); report: {out_dir / 'report.html'}")
+            print(f"best {cfg.train.metric_for_best} {best['value']:.4f} at step {best['step']}"
+                  f" (epoch {best['epoch']}); stopped: {state.stop_reason}")
+        print(f"model saved to {run.out_dir} ({state.step} steps in {state.seconds:.0f} s);"
+              f" report: {run.out_dir / 'report.html'}")
         if cfg.output.push_to_hub:
-            print(f"pushed to {push_to_hub(out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
+            print(f"pushed to {push_to_hub(run.out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and, on several processes, the process group
     return reports
 
 
-def build_parser(prog: str = "textft train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Fine-tune a text classifier.", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="overrides (section.key=value):\n" + describe_keys())
-    parser.add_argument("--config", help="YAML config file (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value pairs that win over the file")
-    return parser
+def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = None) -> dict:
+    """Run the whole job described by ``cfg``; returns the final evaluation reports.
 
-
-def report_error(e: UserError) -> int:
-    for problem in e.problems:
-        print(f"error: {problem}", file=sys.stderr)
-    return 2
+    ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
+    (e.g. a pruned hyper-parameter trial) ends the run.
+    """
+    run = setup(cfg)
+    fit_run(run, on_evaluate)
+    return export(run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        train(load_config(args.config, args.overrides))
-    except UserError as e:
-        return report_error(e)
-    return 0
+    """``textft train`` (see ``textft.cli``): the entry point of ``accelerate launch``."""
+    from textft.cli import main as cli
+
+    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""Out-of-scope rejection: confidence scores, the threshold that meets a target, and its settings.
+
+``textft calibrate`` picks, on labelled validation data, the confidence below which a prediction is
+answered with an out-of-scope label, and stores it in the model's ``config.json`` under ``OOS_KEY``;
+``textft.load``, ``predict`` and ``serve`` apply it from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textft.errors import UserError, closest
+from textft.files import replace_file
+
+OOS_KEY = "textft_out_of_scope"
+OOS_METHODS = ("msp", "energy")
+DEFAULT_OOS_LABEL = "out_of_scope"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def check_method(method: str) -> None:
+    if method not in OOS_METHODS:
+        raise UserError(f"'--method' must be one of {', '.join(OOS_METHODS)}, got '{method}'"
+                        f"{closest(method, OOS_METHODS)}")
+
+
+def oos_scores(logits: np.ndarray, method: str, temperature: float = 1.0) -> np.ndarray:
+    """In-scope confidence of each row: maximum softmax probability (Hendrycks & Gimpel 2017) or
+    negative energy T·logsumexp(logits/T) (Liu et al. 2020); higher means more in scope."""
+    check_method(method)
+    logits = np.asarray(logits, dtype=np.float64)
+    if method == "msp":
+        return softmax(logits / temperature).max(-1)
+    z = logits / temperature
+    m = z.max(-1)
+    return temperature * (m + np.log(np.exp(z - m[:, None]).sum(-1)))
+
+
+def check_settings(settings: Any, where: str) -> dict | None:
+    """The stored out-of-scope settings with defaults filled in, or None; malformed ones are an error."""
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise UserError(f"{where}: '{OOS_KEY}' must be a mapping, got {settings!r}")
+    problems = []
+    if settings.get("method") not in OOS_METHODS:
+        problems.append(f"{where}: '{OOS_KEY}.method' must be one of {', '.join(OOS_METHODS)},"
+                        f" got {settings.get('method')!r}")
+    threshold = settings.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        problems.append(f"{where}: '{OOS_KEY}.threshold' must be a number, got {threshold!r}")
+    if not isinstance(settings.get("label", DEFAULT_OOS_LABEL), str):
+        problems.append(f"{where}: '{OOS_KEY}.label' must be a string, got {settings.get('label')!r}")
+    if problems:
+        raise UserError(problems)
+    return {"label": DEFAULT_OOS_LABEL, "temperature": 1.0, **settings}
+
+
+def rejected(logits: np.ndarray, settings: dict) -> np.ndarray:
+    """Which rows fall below the stored threshold."""
+    return oos_scores(logits, settings["method"], settings.get("temperature", 1.0)) < settings["threshold"]
+
+
+def choose_threshold(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray,
+                     target_precision: float | None = None, target_rejection: float | None = None) -> float:
+    """The threshold (accept when score >= threshold) that meets the target on this data.
+
+    target_precision: the lowest threshold whose accepted predictions are at least this precise
+    (an out-of-scope example given any label counts as wrong): the most answers at that precision.
+    target_rejection: reject this fraction of the in-scope examples (false rejections).
+    """
+    scores, correct, in_scope = np.asarray(scores, float), np.asarray(correct, bool), np.asarray(in_scope, bool)
+    if target_rejection is not None:
+        s = np.sort(scores[in_scope])
+        if len(s) == 0:
+            raise UserError("'--data' has no in-scope examples (labels of the model) to calibrate a rejection rate on")
+        k = int(math.floor(target_rejection * len(s)))
+        return float(s[min(k, len(s) - 1)]) if k > 0 else float(s[0])
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order]
+    precision = np.cumsum(c) / np.arange(1, len(s) + 1)
+    # Only positions where the score changes are reachable thresholds (ties are accepted together).
+    boundary = np.r_[s[1:] != s[:-1], True]
+    ok = np.flatnonzero(boundary & (precision >= target_precision - 1e-12))
+    if len(ok) == 0:
+        best = int(np.argmax(np.where(boundary, precision, -1)))
+        raise UserError(f"'--target-precision': no threshold reaches precision {target_precision} on this data"
+                        f" (the best is {precision[best]:.4f}, answering {best + 1} of {len(s)} examples);"
+                        " lower the target")
+    return float(s[ok[-1]])
+
+
+def rejection_metrics(pred: np.ndarray, truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Quality at a threshold; ``truth`` holds a model class id, or -1 for out of scope.
+
+    in_scope_accuracy counts a rejected in-scope example as wrong (as on CLINC150);
+    out_of_scope_recall is the share of out-of-scope examples rejected.
+    """
+    pred, truth, scores = np.asarray(pred), np.asarray(truth), np.asarray(scores, float)
+    accepted = scores >= threshold
+    ins = truth >= 0
+    oos = ~ins
+    right = accepted & (pred == truth) & ins
+
+    def ratio(a, b):
+        return float(a) / float(b) if b else None
+
+    return {"threshold": float(threshold), "num_examples": int(len(truth)), "num_in_scope": int(ins.sum()),
+            "num_out_of_scope": int(oos.sum()),
+            "in_scope_accuracy": ratio(right.sum(), ins.sum()),
+            "in_scope_accuracy_without_rejection": ratio(((pred == truth) & ins).sum(), ins.sum()),
+            "in_scope_rejection_rate": ratio((~accepted & ins).sum(), ins.sum()),
+            "out_of_scope_recall": ratio((~accepted & oos).sum(), oos.sum()),
+            "out_of_scope_precision": ratio((~accepted & oos).sum(), (~accepted).sum()),
+            "precision": ratio(right.sum(), accepted.sum()),
+            "coverage": ratio(accepted.sum(), len(truth))}
+
+
+def class_ids(labels: list, model_labels: list[str]) -> np.ndarray:
+    """The model's class id of each label, -1 for a label the model does not have (out of scope)."""
+    label2id = {name: i for i, name in enumerate(model_labels)}
+    return np.array([label2id.get(str(y), -1) for y in labels])
+
+
+def calibrate(clf, texts: list[str], labels: list, method: str = "msp", target_precision: float | None = None,
+              target_rejection: float | None = None, oos_label: str = DEFAULT_OOS_LABEL,
+              batch_size: int = 32) -> dict:
+    """Out-of-scope settings for the classifier ``clf`` from labelled validation texts; labels that
+    are not classes of the model (``oos_label`` or any other) count as out of scope."""
+    if (target_precision is None) == (target_rejection is None):
+        raise UserError("give exactly one of --target-precision and --target-rejection")
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise UserError(f"'--target-precision' must be in (0, 1], got {target_precision}")
+    if target_rejection is not None and not 0 <= target_rejection < 1:
+        raise UserError(f"'--target-rejection' must be in [0, 1), got {target_rejection}")
+    check_method(method)
+    if oos_label in clf.labels:
+        raise UserError(f"'--label': '{oos_label}' is one of the model's own labels; choose another name")
+    truth = class_ids(labels, clf.labels)
+    logits = clf.logits(texts, batch_size)
+    scores = oos_scores(logits, method)
+    pred = logits.argmax(-1)
+    threshold = choose_threshold(scores, (pred == truth) & (truth >= 0), truth >= 0, target_precision,
+                                 target_rejection)
+    target = {"precision": target_precision} if target_precision is not None else {"rejection": target_rejection}
+    return {"method": method, "threshold": threshold, "label": oos_label, "temperature": 1.0, "target": target,
+            "calibration": {**rejection_metrics(pred, truth, scores, threshold),
+                            "precision_setting": clf.precision, "long_text": clf.long_text}}
+
+
+def measure_threshold(clf, texts: list[str], labels: list, batch_size: int = 32) -> dict:
+    """Quality of the threshold already stored in ``clf`` on labelled texts (e.g. a test file)."""
+    stored = clf.out_of_scope
+    logits = clf.logits(texts, batch_size)
+    scores = oos_scores(logits, stored["method"], stored.get("temperature", 1.0))
+    return rejection_metrics(logits.argmax(-1), class_ids(labels, clf.labels), scores, stored["threshold"])
+
+
+def write_settings(model_dir: Path, settings: dict | None) -> None:
+    """Store (or with None remove) the out-of-scope settings in ``config.json``, atomically."""
+    path = Path(model_dir) / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if settings is None:
+        data.pop(OOS_KEY, None)
+    else:
+        data[OOS_KEY] = settings
+    replace_file(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,354 @@
+"""A saved classifier ready for fast prediction: ``Classifier.from_pretrained(DIR or hub id)``.
+
+Texts are encoded, sorted by length and batched so that padding stays small; the model runs under
+``torch.inference_mode`` in the chosen precision. Long texts are truncated as in training (head,
+tail or head+tail) or split into overlapping windows whose logits are pooled. ``textft.load`` is
+this class's ``from_pretrained``; ``textft predict``, ``evaluate``, ``calibrate`` and ``serve`` all
+run through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from textft import calibration
+from textft.config import LONG_TEXT
+from textft.errors import UserError, closest, one_line
+
+log = logging.getLogger("textft")
+
+POOLING = ("mean", "max")
+LONG_TEXT_ALIASES = {"truncate": "head"}
+"""``truncate`` was the name of ``head`` before prediction and training shared one vocabulary."""
+
+
+def check_model_dir(model: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
+                    key: str = "--model") -> tuple[Path, dict, bool]:
+    """The model directory (a hub id is downloaded first), its config.json and whether its weights
+    are safetensors; refuses anything that is not a sequence classifier, and pickle weights unless
+    ``allow_pickle``."""
+    from textft.hub import download_model, is_hub_id
+
+    path = Path(model).expanduser()
+    if not path.exists() and is_hub_id(str(model)):
+        path = download_model(str(model), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, key=key)
+    if not path.exists():
+        raise UserError(f"'{key}': directory '{model}' does not exist")
+    if not path.is_dir():
+        raise UserError(f"'{key}': '{model}' is a file, not a model directory")
+    if not (path / "config.json").is_file():
+        raise UserError(f"'{key}': '{model}' is not a saved model directory (no config.json);"
+                        " pass the output.dir of a textft train run")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"'{key}': '{path / 'config.json'}' is not valid JSON: {one_line(e)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"'{key}': '{path / 'config.json'}' must hold a JSON object")
+    archs = [str(a) for a in config.get("architectures") or []]
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(f"'{key}': '{model}' is not a text classifier (architectures: {', '.join(archs) or 'none'});"
+                        " expected a *ForSequenceClassification checkpoint such as textft train writes")
+    if config.get("problem_type") in ("regression", "multi_label_classification") or config.get("num_labels") == 1:
+        raise UserError(f"'{key}': '{model}' is a {config.get('problem_type') or 'regression'} model;"
+                        " textft predicts single-label classes")
+    safetensors = any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
+    pickled = any((path / n).is_file() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+    if not safetensors and not pickled:
+        raise UserError(f"'{key}': '{model}' has no weights (model.safetensors)")
+    if not safetensors and not allow_pickle:
+        raise UserError(f"'{key}': '{model}' holds only pickle-format weights (pytorch_model.bin), which can"
+                        " run arbitrary code when loaded; convert them to safetensors, or pass --allow-pickle"
+                        " (allow_pickle=True) if you trust where they came from")
+    return path, config, safetensors
+
+
+def training_config(path: Path) -> dict:
+    """The resolved config a textft run saved next to the model ({} for other checkpoints)."""
+    import yaml
+
+    file = path / "textft_config.yaml"
+    if not file.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        log.warning("ignoring unreadable %s: %s", file, one_line(e))
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def position_limit(model) -> int:
+    """Most tokens the model's position embeddings cover (RoBERTa-style ones start after the padding id)."""
+    n = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    offset = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    return n - offset - 1 if isinstance(offset, int) else n
+
+
+def check_options(long_text: str | None, pooling: str, precision: str, max_length: int | None,
+                  stride: int | None) -> str | None:
+    """Every problem with the prediction options at once; returns long_text in the shared vocabulary."""
+    from textft.config import INFERENCE_PRECISIONS
+
+    long_text = LONG_TEXT_ALIASES.get(long_text, long_text)
+    problems = []
+    if long_text is not None and long_text not in LONG_TEXT:
+        problems.append(f"'--long-text' must be one of {', '.join(LONG_TEXT)}, got '{long_text}'"
+                        f"{closest(long_text, LONG_TEXT)}")
+    if pooling not in POOLING:
+        problems.append(f"'--pooling' must be one of {', '.join(POOLING)}, got '{pooling}'{closest(pooling, POOLING)}")
+    if precision not in INFERENCE_PRECISIONS:
+        problems.append(f"'--precision' must be one of {', '.join(INFERENCE_PRECISIONS)}, got '{precision}'"
+                        f"{closest(precision, INFERENCE_PRECISIONS)}")
+    if max_length is not None and max_length < 8:
+        problems.append(f"'--max-length' must be >= 8, got {max_length}")
+    if stride is not None and stride < 0:
+        problems.append(f"'--stride' must be >= 0, got {stride}")
+    if problems:
+        raise UserError(problems)
+    return long_text
+
+
+def _device(device: str | None):
+    import torch
+
+    try:
+        device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise UserError(f"'--device': {one_line(e)}") from None
+    if device_t.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"'--device': '{device}' requested but no CUDA GPU is available")
+    return device_t
+
+
+def _load_weights(path: Path, name: str, safetensors: bool, trust_remote_code: bool):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hint = "" if trust_remote_code else " (if it needs its own code and you trust it, pass --trust-remote-code)"
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a loading bar per model is noise in a service's log
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"'--model': could not load '{name}': {one_line(e)}{hint}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    # A tail-trained run saves truncation_side=left for plain pipelines; textft applies --long-text
+    # itself, so the tokenizer's own truncation must keep the head.
+    tokenizer.truncation_side = "right"
+    return model.eval(), tokenizer
+
+
+def _to_precision(model, precision: str, device):
+    import torch
+
+    model.to(device)
+    if precision in ("bf16", "fp16") and device.type != "cpu":
+        model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    if precision == "int8":
+        from torch import nn
+
+        with warnings.catch_warnings():
+            # torch.ao.quantization is deprecated in favour of torchao; it still works and needs no
+            # extra dependency.
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def _window_stride(tokenizer, max_length: int, stride: int | None) -> int:
+    if not tokenizer.is_fast:
+        raise UserError("'--long-text': sliding_window needs a fast (Rust) tokenizer, and this model has none")
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    stride = max_length // 4 if stride is None else stride
+    if stride >= max_length - specials:
+        raise UserError(f"'--stride' {stride} must be smaller than the window's {max_length - specials}"
+                        f" text tokens (max_length {max_length} minus {specials} special tokens)")
+    return stride
+
+
+class Classifier:
+    """A sequence classifier with its tokenizer, precision and long-text handling (see the module)."""
+
+    def __init__(self, model, tokenizer, *, device, precision: str, long_text: str, max_length: int,
+                 stride: int = 0, head_fraction: float = 0.25, pooling: str = "mean",
+                 out_of_scope: dict | None = None, model_dir: Path | None = None, training_config: dict | None = None):
+        from textft.tokenization import collator
+
+        self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
+        self.long_text, self.max_length, self.stride, self.pooling = long_text, max_length, stride, pooling
+        self.head_fraction, self.out_of_scope = head_fraction, out_of_scope
+        self.model_dir, self.training_config = model_dir, training_config or {}
+        config = model.config
+        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self._collate = collator(tokenizer, mixed_precision=precision != "fp32", on_gpu=device.type == "cuda")
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | None = None, precision: str = "auto",
+                        long_text: str | None = None, stride: int | None = None, max_length: int | None = None,
+                        pooling: str = "mean", allow_pickle: bool = False, trust_remote_code: bool = False,
+                        out_of_scope: bool = True) -> "Classifier":
+        """Load a classifier directory (a textft run or any ``*ForSequenceClassification`` checkpoint),
+        or a hub id (downloaded to the Hugging Face cache).
+
+        device: ``cuda`` when available, else ``cpu`` by default. precision: auto (bf16 where the
+        hardware runs it natively), fp32, bf16, fp16 (GPU), int8 (dynamic quantisation, CPU).
+        long_text: head, tail or head+tail truncation, or sliding_window with ``stride`` tokens shared
+        by consecutive windows (default a quarter of ``max_length``); by default the truncation the
+        model was trained with. max_length: tokens per text or window, by default the training
+        max_length. pooling: how window logits combine (mean or max).
+        out_of_scope: apply the threshold stored by ``textft calibrate``, if any.
+        """
+        from textft.precision import inference_precision
+
+        long_text = check_options(long_text, pooling, precision, max_length, stride)
+        path, raw_config, safetensors = check_model_dir(model_dir, allow_pickle, trust_remote_code)
+        oos = calibration.check_settings(raw_config.get(calibration.OOS_KEY), f"'{path / 'config.json'}'") \
+            if out_of_scope else None
+        trained = training_config(path)
+        data_cfg = trained.get("data") if isinstance(trained.get("data"), dict) else {}
+        device_t = _device(device)
+        precision = inference_precision(precision, device_t)
+        model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
+
+        trained_length = data_cfg.get("max_length") if isinstance(data_cfg.get("max_length"), int) else None
+        # A textft run stores its training length as the tokenizer's limit (for plain pipelines);
+        # the model itself may still take more.
+        tok_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else 512
+        positions = position_limit(model)
+        limit = positions if tok_limit == trained_length else min(positions, tok_limit)
+        max_length = max_length or trained_length or min(limit, 512)
+        if max_length > limit:
+            raise UserError(f"'--max-length' {max_length} exceeds what the model accepts ({limit} tokens)")
+        if long_text is None:
+            long_text = data_cfg.get("truncation") if data_cfg.get("truncation") in LONG_TEXT else "head"
+        stride = _window_stride(tokenizer, max_length, stride) if long_text == "sliding_window" else 0
+        return cls(_to_precision(model, precision, device_t), tokenizer, device=device_t, precision=precision,
+                   long_text=long_text, max_length=max_length, stride=stride,
+                   head_fraction=data_cfg.get("head_fraction", 0.25), pooling=pooling, out_of_scope=oos,
+                   model_dir=path, training_config=trained)
+
+    # -- encoding and forward ------------------------------------------------------------------
+
+    def features(self, texts: list[str]) -> tuple[list[dict], np.ndarray]:
+        """Model inputs of every feature (one per text, or one per window) and the text it belongs to."""
+        from textft.tokenization import MODEL_INPUTS, encode_texts
+
+        if self.long_text == "sliding_window":
+            enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, stride=self.stride,
+                                 return_overflowing_tokens=True, verbose=False)
+            owner = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+        else:
+            enc = encode_texts(texts, self.tokenizer, self.max_length, self.long_text, self.head_fraction)
+            owner = np.arange(len(texts))
+        keys = [k for k in MODEL_INPUTS if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(owner))], owner
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "bf16" and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Logits of each text (pooled over its windows with ``sliding_window``), float32, in input order."""
+        import torch
+
+        texts = check_texts(texts)
+        if batch_size < 1:
+            raise UserError(f"'--batch-size' must be >= 1, got {batch_size}")
+        n_labels = len(self.labels)
+        if not texts:
+            return np.zeros((0, n_labels), dtype=np.float32)
+        feats, owner = self.features(texts)
+        # Longest first: padding stays small, and the peak memory shows up in the first batch.
+        order = sorted(range(len(feats)), key=lambda i: -len(feats[i]["input_ids"]))
+        out = np.empty((len(feats), n_labels), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = {k: v.to(self.device) for k, v in self._collate([feats[i] for i in idx]).items()}
+                out[idx] = self.model(**batch).logits.float().cpu().numpy()
+        if self.long_text != "sliding_window":
+            return out
+        if self.pooling == "max":
+            pooled = np.full((len(texts), n_labels), -np.inf, dtype=np.float32)
+            np.maximum.at(pooled, owner, out)
+            return pooled
+        pooled = np.zeros((len(texts), n_labels), dtype=np.float32)
+        np.add.at(pooled, owner, out)
+        return pooled / np.bincount(owner, minlength=len(texts)).astype(np.float32)[:, None]
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def results(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False) -> list[dict]:
+        """One record per row of ``logits``: label and score (max softmax probability), the ``top_k``
+        labels when top_k > 1, every label's probability on request, and whether the prediction
+        was rejected as out of scope (then ``label`` is the out-of-scope label and ``model_label``
+        the class the model would have answered)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise UserError(f"'--top-k' must be an integer >= 1, got {top_k!r}")
+        probs = calibration.softmax(np.asarray(logits, dtype=np.float64))
+        k = min(top_k, len(self.labels))
+        ranked = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+        rejected = calibration.rejected(logits, self.out_of_scope) if self.out_of_scope is not None else None
+        records = []
+        for i in range(len(probs)):
+            best = int(ranked[i, 0])
+            record: dict[str, Any] = {"label": self.labels[best], "score": float(probs[i, best])}
+            if rejected is not None:
+                record["out_of_scope"] = bool(rejected[i])
+                if rejected[i]:
+                    record["model_label"] = record["label"]
+                    record["label"] = self.out_of_scope["label"]
+            if top_k > 1:
+                record["top_k"] = [{"label": self.labels[int(j)], "score": float(probs[i, j])} for j in ranked[i]]
+            if return_all_scores:
+                record["scores"] = {name: float(p) for name, p in zip(self.labels, probs[i])}
+            records.append(record)
+        return records
+
+    def predict(self, texts: str | Sequence[str], batch_size: int = 32, top_k: int = 1,
+                return_all_scores: bool = False) -> dict | list[dict]:
+        """Predictions for one text (a dict) or a list of texts (a list of dicts, in input order)."""
+        if isinstance(texts, str):
+            return self.predict([texts], batch_size, top_k, return_all_scores)[0]
+        self.results(np.zeros((0, len(self.labels))), top_k)  # validates top_k before any work
+        return self.results(self.logits(texts, batch_size), top_k, return_all_scores)
+
+    def describe(self) -> dict:
+        """What a caller may want to know about the loaded model (for logs and /metadata)."""
+        cfg = self.model.config
+        model_cfg = self.training_config.get("model") if isinstance(self.training_config.get("model"), dict) else {}
+        window = self.long_text == "sliding_window"
+        return {"model_dir": str(self.model_dir) if self.model_dir else None,
+                "labels": list(self.labels),
+                "base_model": model_cfg.get("name_or_path") or getattr(cfg, "_name_or_path", None),
+                "architecture": (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0],
+                "max_length": self.max_length, "long_text": self.long_text,
+                "stride": self.stride if window else None, "pooling": self.pooling,
+                "precision": self.precision, "device": str(self.device), "out_of_scope": self.out_of_scope}
+
+
+def check_texts(texts) -> list[str]:
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+    return texts

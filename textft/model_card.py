@@ -1,0 +1,215 @@
+"""The model card (README.md) of a trained classifier: Hub metadata through ``huggingface_hub``'s
+``ModelCardData`` and ``EvalResult`` (license, base model, datasets, model-index with the test
+metrics), then a body built from the run report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from textft.errors import UserError
+from textft.hub import is_hub_id
+
+log = logging.getLogger("textft")
+
+# The Hub names of textft's builtin backbones, for the card's base_model.
+BUILTIN_HUB_NAMES = {"builtin:minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+HEADLINE = (("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+            ("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}))
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        log.warning("ignoring unreadable %s", path)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_report(model_dir: Path) -> tuple[dict | None, str | None]:
+    """The run's report (report.json when present, else eval_report.json) and its Markdown twin."""
+    for stem in ("report", "eval_report"):
+        data = _read_json(model_dir / f"{stem}.json")
+        if data is not None and isinstance(data.get("splits"), dict):
+            md = model_dir / f"{stem}.md"
+            return data, md.read_text(encoding="utf-8") if md.is_file() else None
+    return None, None
+
+
+def _base_model(name: str | None) -> str | None:
+    if not name:
+        return None
+    name = BUILTIN_HUB_NAMES.get(name, name)
+    return name if is_hub_id(name) and not name.startswith("builtin:") else None
+
+
+def _base_license(name: str | None) -> str | None:
+    """The licence in the base model's own card, when it is available locally."""
+    if not name:
+        return None
+    from textft.modeling import resolve_model_path
+
+    try:
+        card = Path(resolve_model_path(name)) / "README.md"
+        return str(ModelCard.load(card).data.license or "") or None if card.is_file() else None
+    except (UserError, OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a nested config (to find the local paths it names)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _demote(markdown: str) -> str:
+    """The report's headings one level down, under the card's own sections."""
+    return re.sub(r"^(#{1,5}) ", r"#\1 ", markdown, flags=re.M)
+
+
+def _run(path: Path) -> dict[str, Any]:
+    """What the card is made of: the saved configs, the report and the names it may publish."""
+    trained: dict = {}
+    if (path / "textft_config.yaml").is_file():
+        with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError):
+            trained = yaml.safe_load((path / "textft_config.yaml").read_text(encoding="utf-8")) or {}
+    config = _read_json(path / "config.json") or {}
+    data_cfg = trained.get("data") or {}
+    report, report_md = run_report(path)
+    base_name = (trained.get("model") or {}).get("name_or_path")
+    base = _base_model(base_name)
+    dataset = data_cfg.get("dataset")
+    source = (report or {}).get("data_source") or dataset or data_cfg.get("train_file") or "local files"
+    return {
+        "trained": trained, "config": config, "report": report or {}, "report_md": report_md,
+        "splits": (report or {}).get("splits") or {},
+        "labels": [str(v) for _, v in sorted(((int(k), v) for k, v in (config.get("id2label") or {}).items()))],
+        "base_name": base_name, "base": base,
+        "shown_base": base_name if not base_name or base or is_hub_id(base_name) or base_name.startswith("builtin:")
+        else Path(base_name).name,
+        "hub_dataset": dataset if is_hub_id(dataset) and not str(dataset).startswith("builtin:") else None,
+        # A local path would publish the training machine's directory layout; its file name is enough.
+        "source": str(source) if str(source).startswith(("hub:", "builtin:")) else Path(str(source)).name,
+    }
+
+
+def card_data(run: dict, name: str, license: str | None) -> ModelCardData:
+    """The card's metadata; the model-index holds the test metrics (validation without a test split)."""
+    splits, hub_dataset = run["splits"], run["hub_dataset"]
+    split = "test" if "test" in splits else "validation" if "validation" in splits else next(iter(splits), None)
+    results = []
+    if split is not None:
+        m = splits[split]
+        dataset_config = (run["trained"].get("data") or {}).get("dataset_config") if hub_dataset else None
+        results = [EvalResult(task_type="text-classification", task_name="Text Classification",
+                              dataset_type=hub_dataset or "custom", dataset_name=hub_dataset or run["source"],
+                              dataset_config=dataset_config, dataset_split=split, metric_type=kind,
+                              metric_value=round(float(m[key]), 4), metric_name=label, metric_args=args)
+                   for key, kind, label, args in HEADLINE if isinstance(m.get(key), (int, float))]
+    return ModelCardData(license=license or _base_license(run["base_name"]) or "other", library_name="transformers",
+                         base_model=run["base"], datasets=[hub_dataset] if hub_dataset else None,
+                         pipeline_tag="text-classification", tags=["text-classification", "textft"],
+                         model_name=name, eval_results=results or None)
+
+
+def _usage(run: dict, repo: str) -> list[str]:
+    truncation = (run["trained"].get("data") or {}).get("truncation", "head")
+    lines = ["## Usage", "", "```python", "from transformers import pipeline", "",
+             f'classifier = pipeline("text-classification", model="{repo}")',
+             'print(classifier("Replace me by any text you like.", truncation=True))', "```", ""]
+    if truncation == "head+tail":
+        lines += ["The model was trained on the head and the tail of long texts, which plain `pipeline` cannot"
+                  " reproduce (it keeps the head); `textft.load` does, and also offers sliding windows:", ""]
+    else:
+        lines += ["or, with length-sorted batching, sliding windows over long texts and out-of-scope rejection:", ""]
+    return lines + ["```python", "import textft", "", f'model = textft.load("{repo}")',
+                    'print(model.predict(["Replace me by any text you like."]))', "```", ""]
+
+
+def _training_table(run: dict, path: Path) -> list[str]:
+    t = run["trained"]
+    data_cfg, model_cfg, train_cfg, report = t.get("data") or {}, t.get("model") or {}, t.get("train") or {}, run["report"]
+    hp = [("base model", run["shown_base"]), ("transfer", model_cfg.get("transfer")),
+          ("max_length", data_cfg.get("max_length")), ("truncation", data_cfg.get("truncation")),
+          ("epochs", train_cfg.get("epochs")), ("batch_size", train_cfg.get("batch_size")), ("lr", train_cfg.get("lr")),
+          ("head_lr", train_cfg.get("head_lr")), ("warmup_ratio", train_cfg.get("warmup_ratio")),
+          ("weight_decay", train_cfg.get("weight_decay")), ("seed", train_cfg.get("seed")),
+          ("precision", report.get("precision")), ("optimizer steps", report.get("optimizer_steps")),
+          ("train seconds", report.get("train_seconds"))]
+    hp = [(k, v) for k, v in hp if v is not None]
+    if not hp:
+        return []
+    lines = ["## Training", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in hp], ""]
+    if (path / "textft_config.yaml").is_file():
+        lines += ["The full resolved configuration is in `textft_config.yaml`.", ""]
+    return lines
+
+
+def _out_of_scope(config: dict) -> list[str]:
+    oos = config.get("textft_out_of_scope")
+    if not isinstance(oos, dict):
+        return []
+    cal = oos.get("calibration") or {}
+    return ["## Out-of-scope rejection", "",
+            f"Predictions whose {'maximum softmax probability' if oos.get('method') == 'msp' else 'energy score'}"
+            f" is below {_fmt(oos.get('threshold'))} are answered `{oos.get('label')}`"
+            f" (calibrated for {json.dumps(oos.get('target'))}). On the calibration data: in-scope accuracy"
+            f" {_fmt(cal.get('in_scope_accuracy'))}, out-of-scope recall {_fmt(cal.get('out_of_scope_recall'))}."
+            " `textft.load` and `textft serve` apply it; plain `transformers.pipeline` does not.", ""]
+
+
+def _report_section(run: dict, path: Path) -> list[str]:
+    if not run["report_md"]:
+        return []
+    body = run["report_md"].strip()
+    if body.startswith("# "):  # the report's own title; the card has one
+        body = body.split("\n", 1)[1].strip() if "\n" in body else ""
+    local = [run["base_name"], run["report"].get("data_source"), str(path.resolve()), *_strings(run["trained"])]
+    for p in sorted({str(x) for x in local if x and Path(str(x)).is_absolute()}, key=len, reverse=True):
+        body = body.replace(p, Path(p).name)
+    return ["## Evaluation report", "", _demote(body), ""]
+
+
+def model_card(model_dir: str | Path, license: str | None = None, repo_id: str | None = None) -> ModelCard:
+    """README.md for the Hub: metadata (see ``card_data``), results, usage, training settings and the
+    run report."""
+    path = Path(model_dir)
+    run = _run(path)
+    name = (repo_id or path.resolve().name).split("/")[-1]
+    base, hub_dataset, labels = run["base"], run["hub_dataset"], run["labels"]
+    what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
+        f"fine-tuned from `{run['shown_base']}`" if run["base_name"] else "fine-tuned"
+    on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else f"`{run['source']}`"
+    shown = ", ".join(f"`{x}`" for x in labels[:20])
+    lines = [f"# {name}", "", f"A text classifier {what} on {on} with textft. It predicts one of {len(labels)} labels"
+             + (f": {shown}." if len(labels) <= 20 else f" (first 20: {shown}, ...)."), ""]
+    if run["splits"]:
+        lines += ["## Results", "", "| split | examples | accuracy | macro-F1 | weighted-F1 |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {_fmt(m.get('num_examples'))} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('macro_f1'))} |"
+                  f" {_fmt(m.get('weighted_f1'))} |" for s, m in run["splits"].items()]
+        lines.append("")
+    lines += _out_of_scope(run["config"]) + _usage(run, repo_id or f"<user>/{name}") + _training_table(run, path)
+    lines += _report_section(run, path)
+    lines += ["## Limitations", "",
+              "The scores above hold for data like the evaluation splits; check the model on your own data"
+              " before relying on it, and keep in mind the licences of the base model and the training data.", ""]
+    return ModelCard(f"---\n{card_data(run, name, license).to_yaml()}\n---\n\n" + "\n".join(lines))

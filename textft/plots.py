@@ -1,0 +1,215 @@
+"""The report's figures, drawn with matplotlib's object-oriented API (no pyplot state, no display)
+into PNG bytes: confusion matrix, per-class F1, learning curves, calibration."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+
+from textft.report_data import METRIC_NAMES, fmt, sorted_classes
+
+MANY_CLASSES = 20
+"""Above this many classes the confusion matrix drops its cell annotations and tables fold away."""
+PIXEL_DENSITY = 2
+"""Image pixels per CSS pixel of the page."""
+
+
+def figure(width: float, height: float):
+    # The object-oriented API keeps clear of pyplot's global state and never needs a display.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def png(fig) -> bytes:
+    # Twice the pixels the page shows (see report.img_tag), so that zooming in on 77 tick labels stays sharp.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white", dpi=PIXEL_DENSITY * 100)
+    return buf.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, read from the PNG header."""
+    return struct.unpack(">II", png[16:24])
+
+
+def short_label(name: str, limit: int = 34) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def plot_confusion(split: dict) -> bytes:
+    from matplotlib.colors import PowerNorm
+
+    labels = split.get("labels") or list(split["per_class"])
+    cm = np.asarray(split["confusion_matrix_normalized"])
+    counts = np.asarray(split["confusion_matrix"])
+    n = len(labels)
+    many = n > MANY_CLASSES
+    names = [short_label(x) for x in labels]
+    size = 7 if many else 10
+    # Room for the longest tick label, then square cells: about 0.105 in (10 px) each for many classes.
+    margin = 0.6 + max(len(x) for x in names) * size * 0.6 / 72
+    matrix = max(8.0, 0.105 * n) if many else max(2.6, 0.9 * n)
+    fig = figure(matrix + margin + 1.3, matrix + margin + 0.5)
+    ax = fig.add_subplot()
+    # A square-root colour scale keeps a 2% confusion visible next to a 95% diagonal.
+    im = ax.imshow(cm, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0, vmax=1), interpolation="nearest")
+    horizontal = not many and max(len(x) for x in names) * n <= 40
+    ax.set_xticks(range(n), names, rotation=0 if horizontal else 90, fontsize=size)
+    ax.set_yticks(range(n), names, fontsize=size)
+    ax.set_xlabel("predicted label", fontsize=11)
+    ax.set_ylabel("true label", fontsize=11)
+    if many:
+        ax.set_xticks(np.arange(-0.5, n, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, n, 1), minor=True)
+        ax.grid(which="minor", color="#e6e6e6", linewidth=0.4)
+        ax.tick_params(which="minor", length=0)
+    else:
+        for i in range(n):
+            for j in range(n):
+                text = f"{100 * cm[i, j]:.1f}%\n{counts[i, j]}" if n <= 10 else f"{100 * cm[i, j]:.0f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=10 if n <= 10 else 8,
+                        color="white" if cm[i, j] > 0.45 else "#222222")
+    fig.colorbar(im, ax=ax, shrink=0.6 if many else 0.8, label="share of the true class (row-normalised)")
+    return png(fig)
+
+
+def plot_per_class_f1(split: dict, macro_f1: float | None) -> bytes:
+    """One row per class, worst F1 on top: F1 as a coloured dot, precision and recall as small marks.
+
+    Dots rather than bars, because the axis starts near the worst class: a good model's classes all
+    sit between 0.8 and 1.0, and bars from zero would make them look the same.
+    """
+    from matplotlib import colormaps
+
+    items = sorted_classes(split)[::-1]  # rows are drawn bottom-up: the worst class ends on top
+    n = len(items)
+    many = n > MANY_CLASSES
+    fig = figure(10 if many else 8, max(2.6, 0.18 * n + 1.4))
+    ax = fig.add_subplot()
+    y = np.arange(n)
+    f1 = np.array([c["f1"] for _, c in items])
+    precision = np.array([c["precision"] for _, c in items])
+    recall = np.array([c["recall"] for _, c in items])
+    low = min(f1.min(), precision.min(), recall.min())
+    start = 0.0 if low < 0.5 else np.floor(low * 10 - 0.5) / 10
+    ax.hlines(y, start, f1, color="#d5d9e0", linewidth=0.8, zorder=1)
+    ax.scatter(precision, y, marker="|", s=40 if many else 90, color="#7f7f7f", linewidths=1.2, zorder=2,
+               label="precision")
+    ax.scatter(recall, y, marker="x", s=14 if many else 40, color="#1f77b4", linewidths=0.9, zorder=2,
+               label="recall")
+    ax.scatter(f1, y, s=26 if many else 70, c=colormaps["RdYlGn"](0.15 + 0.7 * f1), edgecolors="#444444",
+               linewidths=0.4, zorder=3, label="F1")
+    ax.set_yticks(y, [short_label(name, 40) for name, _ in items], fontsize=7 if many else 10)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlim(start, 1.0 + 0.015 * (1.0 - start))
+    ax.set_xticks(np.round(np.arange(start, 1.0001, 0.1 if start >= 0.5 else 0.2), 2))
+    ax.set_xlabel("score" + (f" (axis starts at {start:.1f})" if start > 0 else ""))
+    right_of_axes = ax.get_yaxis_transform()  # x in axes fractions, y in rows
+    for i, (_, c) in enumerate(items):
+        ax.text(1.01, i, f"{c['f1']:.2f} (n={c['support']})", va="center", fontsize=6.5 if many else 9,
+                color="#333333", transform=right_of_axes)
+    if macro_f1 is not None:
+        ax.axvline(macro_f1, color="#555555", linestyle="--", linewidth=1, zorder=0, label=f"macro-F1 {macro_f1:.3f}")
+    ax.axvline(1.0, color="#bbbbbb", linewidth=0.8, zorder=0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(loc="lower left", fontsize=9, ncols=4)
+    ax.set_title("Per class, worst F1 at the top (F1 and support at the right)", loc="left", fontsize=11)
+    return png(fig)
+
+
+def plot_learning_curves(report: dict) -> bytes | None:
+    train, evals = report["history"]["train"], report["history"]["eval"]
+    if not train and not evals:
+        return None
+    fig = figure(12, 4.2)
+    ax_loss, ax_metric = fig.subplots(1, 2) if evals else (fig.add_subplot(), None)
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="#1f77b4", linewidth=1.2,
+                     marker="o" if len(train) < 3 else None, label="training loss")
+    val = [r for r in evals if r.get("loss") is not None]
+    if val:
+        ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], color="#d62728", marker="o",
+                     linewidth=1.5, label="validation loss")
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_title("Loss", loc="left")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    best = report.get("best")
+    if ax_metric is not None:
+        for key, color in (("macro_f1", "#2ca02c"), ("accuracy", "#9467bd")):
+            pts = [r for r in evals if r.get(key) is not None]
+            ax_metric.plot([r["step"] for r in pts], [r[key] for r in pts], marker="o", color=color,
+                           linewidth=1.5, label=f"validation {METRIC_NAMES[key]}")
+        ax_metric.set_xlabel("optimizer step")
+        ax_metric.set_title("Validation metrics", loc="left")
+        ax_metric.grid(alpha=0.3)
+        if best and isinstance(best.get("step"), (int, float)):
+            ax_metric.axvline(best["step"], color="#555555", linestyle="--", linewidth=1)
+            name = METRIC_NAMES.get(best.get("metric"), best.get("metric"))
+            ax_metric.annotate(f"best {name} {fmt(best.get('value'), 3)}\nstep {best['step']}",
+                               xy=(best["step"], best.get("value") or 0), xytext=(-8, -28),
+                               textcoords="offset points", ha="right", fontsize=9,
+                               arrowprops={"arrowstyle": "-", "color": "#555555"})
+        ax_metric.legend(loc="lower right")
+    return png(fig)
+
+
+def plot_calibration(cal: dict) -> bytes:
+    fig = figure(12, 4.2)
+    ax_hist, ax_rel = fig.subplots(1, 2)
+    hist = cal["histogram"]
+    edges = np.asarray(hist["edges"])
+    width = np.diff(edges)
+    correct, wrong = np.asarray(hist["correct"]), np.asarray(hist["wrong"])
+    # Side by side, not stacked: stacked bars misstate the smaller part on a log scale.
+    ax_hist.bar(edges[:-1], correct, width=width / 2, align="edge", color="#2ca02c", label="correct")
+    ax_hist.bar(edges[:-1] + width / 2, wrong, width=width / 2, align="edge", color="#d62728", label="wrong")
+    ax_hist.set_xlim(0, 1)
+    ax_hist.set_xlabel("confidence (highest softmax probability)")
+    # A confident model puts most examples in the last bin; a log scale keeps its mistakes visible.
+    log_scale = (correct + wrong).max() > 0.5 * (correct + wrong).sum()
+    if log_scale:
+        ax_hist.set_yscale("log")
+    ax_hist.set_ylabel("examples" + (" (log scale)" if log_scale else ""))
+    ax_hist.set_title("Confidence of the predictions", loc="left")
+    ax_hist.legend(loc="best")
+    ax_hist.grid(axis="y", alpha=0.3)
+
+    bins = [b for b in cal["bins"] if b["count"]]
+    bw = 1 / cal["num_bins"]
+    lows = np.array([b["low"] for b in bins])
+    acc = np.array([b["accuracy"] for b in bins])
+    conf = np.array([b["confidence"] for b in bins])
+    ax_rel.plot([0, 1], [0, 1], linestyle="--", color="#777777", linewidth=1, label="perfect calibration")
+    ax_rel.bar(lows, acc, width=bw, align="edge", color="#1f77b4", alpha=0.85, edgecolor="white", linewidth=0.8,
+               label="accuracy in bin")
+    # The gap is drawn as a line at the bin's mean confidence: shading it would hide the bar it overlaps.
+    ax_rel.hlines(conf, lows + 0.1 * bw, lows + 0.9 * bw, color="#d62728", linewidth=2.2,
+                  label="mean confidence in bin")
+    ax_rel.vlines(lows + bw / 2, np.minimum(acc, conf), np.maximum(acc, conf), color="#d62728", linewidth=1)
+    ax_rel.set_xlim(0, 1)
+    ax_rel.set_ylim(0, 1.02)
+    ax_rel.set_xlabel("confidence")
+    ax_rel.set_ylabel("accuracy")
+    ax_rel.set_title(f"Reliability: ECE {cal['ece']:.3f} ({cal['num_bins']} bins)", loc="left")
+    ax_rel.legend(loc="upper left", fontsize=9)
+    ax_rel.grid(alpha=0.3)
+    return png(fig)
+
+
+def render_figures(report: dict) -> dict[str, bytes]:
+    """PNG images by name."""
+    figures = {}
+    if (curves := plot_learning_curves(report)) is not None:
+        figures["learning_curves"] = curves
+    for split, m in report["splits"].items():
+        figures[f"{split}/confusion"] = plot_confusion(m)
+        figures[f"{split}/per_class_f1"] = plot_per_class_f1(m, m.get("macro_f1"))
+        if m.get("calibration"):
+            figures[f"{split}/calibration"] = plot_calibration(m["calibration"])
+    return figures
