@@ -132,7 +132,8 @@ def train_tiny(workdir: Path) -> Path:
     from textft.train import train
 
     out = workdir / "tiny-run"
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={out}"])
+    # 40 steps: the script is what --quick checks, not how well the model learns
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={out}", "train.max_steps=40"])
     with contextlib.redirect_stdout(sys.stderr):  # keeps the training report out of the benchmark's output
         train(cfg)
     return out

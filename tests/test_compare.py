@@ -17,7 +17,7 @@ def two_runs(tiny_model_dir, toy_files, tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     base = [f"model.name_or_path={tiny_model_dir}", f"data.train_file={toy_files['train']}",
             f"data.validation_file={toy_files['validation']}", f"data.test_file={toy_files['test']}",
-            "data.max_length=32", "train.epochs=1", "train.batch_size=16", "train.lr=2e-3",
+            "data.max_length=32", "train.max_steps=5", "train.batch_size=16", "train.lr=2e-3",
             "train.mixed_precision=fp32", "train.logging_steps=5"]
     for name, transfer in (("full", "full"), ("frozen", "feature_extraction")):
         assert train_main([*base, f"model.transfer={transfer}", f"output.dir={root / name}"]) == 0

@@ -120,11 +120,11 @@ def test_run_without_test_split_predictions_or_more_than_one_evaluation(tmp_path
     assert "No predictions/validation.jsonl" in "".join(page.text)
 
 
-def test_report_of_a_real_tiny_run_and_of_its_evaluation(tiny_args, toy_files, tmp_path, capsys):
-    from textft.train import main as train_main
+def test_report_of_a_real_tiny_run_and_of_its_evaluation(tiny_model_dir, toy_files, tmp_path_factory, tmp_path,
+                                                         capsys):
+    from tiny_classifier import copy_run, trained_run
 
-    assert train_main(tiny_args) == 0
-    run = tmp_path / "run"
+    run = copy_run(trained_run(tiny_model_dir, toy_files, tmp_path_factory), tmp_path / "run")
     if (run / "report.json").is_file():  # written by the run itself, inside its staging directory
         assert json.loads((run / "report.json").read_text())["run"] == "run"
     assert cli(["report", str(run)]) == 0

@@ -69,9 +69,9 @@ def test_an_early_stop_ends_the_plan_without_a_checkpoint(tiny_args, tmp_path):
 
 def test_resuming_a_finished_run_without_checkpoints_starts_a_fresh_log(tiny_args, tmp_path):
     out = Path(tiny_args[-1].split("=", 1)[1])
-    assert main(tiny_args) == 0
+    assert main([*tiny_args, "train.max_steps=5"]) == 0
     first = records(out)
-    assert main([*tiny_args, "train.resume_from=latest"]) == 0
+    assert main([*tiny_args, "train.max_steps=5", "train.resume_from=latest"]) == 0
     again = records(out)
     steps = [r["step"] for r in again if "loss" in r]
     assert steps == sorted(set(steps)) and len(again) == len(first)  # one run's records, not two runs' appended

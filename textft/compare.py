@@ -17,7 +17,7 @@ from textft.errors import UserError, closest
 from textft.files import replace_file
 from textft.plots import figure, png
 from textft.report import CSS, duration, img_tag
-from textft.report_data import METRIC_NAMES, build_report, check_run_dir
+from textft.report_data import METRIC_NAMES, build_report, check_run_dir, fmt
 
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
 LOWER_IS_BETTER = {"loss", "ece"}
@@ -64,14 +64,6 @@ def comparison_row(report: dict, name: str, run_dir: str, split: str) -> dict[st
     return row
 
 
-def _num(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def _sci(v) -> str:
     return f"{v:.1e}" if isinstance(v, (int, float)) else "-"
 
@@ -101,9 +93,9 @@ def display_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[s
     header = ["run", *SETTINGS, "trainable", *(METRIC_NAMES[k] for k in METRICS), "train time", "samples/s"]
     cells = []
     for r in rows:
-        cells.append([r["run"], r["model"], _transfer(r), _sci(r["lr"]), _sci(r["head_lr"]), _num(r["epochs"], 1),
-                      _num(r["batch_size"]), _num(r["max_length"]), _num(r["layer_lr_decay"], 2), _params(r),
-                      *(_num(r[k]) for k in METRICS), duration(r["train_seconds"]), _num(r["samples_per_s"], 1)])
+        cells.append([r["run"], r["model"], _transfer(r), _sci(r["lr"]), _sci(r["head_lr"]), fmt(r["epochs"], 1),
+                      fmt(r["batch_size"]), fmt(r["max_length"]), fmt(r["layer_lr_decay"], 2), _params(r),
+                      *(fmt(r[k]) for k in METRICS), duration(r["train_seconds"]), fmt(r["samples_per_s"], 1)])
     shared = {}
     if len(rows) > 1:
         for name in SETTINGS:
