@@ -139,7 +139,9 @@ def test_options_health_and_metadata(server, run):
     meta = httpx.get(server + "/metadata").json()
     report = json.loads((Path(run) / "eval_report.json").read_text())
     assert meta["labels"] == ["neg", "pos"]
-    assert meta["base_model"] == report["config"]["model"]["name_or_path"]
+    # a local base model is named, not located: no server path reaches a client
+    assert meta["base_model"] == Path(report["config"]["model"]["name_or_path"]).name
+    assert str(Path(run).parent.parent) not in json.dumps(meta)
     assert meta["metrics"]["test"]["accuracy"] == pytest.approx(report["splits"]["test"]["accuracy"])
     assert meta["out_of_scope"] is None and meta["precision"] == "fp32"
     assert meta["limits"]["max_texts"] == 8 and meta["limits"]["max_chars"] == 500
