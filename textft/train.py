@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from textft.checkpoint import (check_output_dir, checkpoint_problem, latest_checkpoint, load_best, save_best,
-                               save_checkpoint, save_model, write_atomically)
+from textft.checkpoint import (RUN_MARKER, check_output_dir, checkpoint_problem, latest_checkpoint, load_best,
+                               prepare_output_dir, save_best, save_checkpoint, save_model, write_atomically)
 from textft.config import Config, UserError, describe_keys, load_config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
 from textft.evaluation import (compute_metrics, markdown_report, prediction_rows, summary_line, write_predictions,
@@ -56,7 +56,7 @@ def preflight(cfg: Config) -> None:
     """Cheap checks of everything the run will touch, all reported together before any work."""
     problems = []
     resuming = cfg.train.resume_from is not None
-    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite or resuming):
+    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite, resuming):
         problems.append(problem)
     try:
         resolve_model_path(cfg.model.name_or_path)
@@ -213,9 +213,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
 
     resume = find_resume(t.resume_from, ckpt_root)
     if accelerator.is_main_process:
-        if out_dir.exists() and cfg.output.overwrite and resume is None:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(out_dir, cfg.output.overwrite, resuming=t.resume_from is not None)
         save_config(cfg, out_dir / "textft_config.yaml", recipe)
     accelerator.wait_for_everyone()
     if resume is not None:
@@ -283,7 +281,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
                 shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
             write_run_report(tmp)
 
-        write_atomically(out_dir, write, keep=("checkpoints", "logs"))
+        write_atomically(out_dir, write, keep=("checkpoints", "logs", RUN_MARKER))
         shutil.rmtree(ckpt_root / "best", ignore_errors=True)  # it is now the exported model itself
         if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
             ckpt_root.rmdir()
