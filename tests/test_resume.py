@@ -8,11 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
-from textft.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint, save_checkpoint
-from textft.config import UserError
+from textft.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint
 from textft.train import main
 
 RESUME_ARGS = ["train.epochs=4", "train.save_every_steps=7", "train.keep_checkpoints=2", "train.logging_steps=1"]
@@ -81,33 +79,3 @@ def test_resume_from_a_bad_path_is_a_clear_error(tiny_args, tmp_path, capsys):
 
 def test_resume_latest_without_checkpoints_starts_fresh(tiny_args):
     assert main([*tiny_args, "train.resume_from=latest"]) == 0
-
-
-def test_write_error_keeps_the_previous_checkpoint(tiny_args, tmp_path, monkeypatch):
-    """A failing save (here: the disk reports it is full) is one clear error; earlier checkpoints survive."""
-    import errno
-
-    import accelerate
-
-    calls = {"n": 0}
-    real = accelerate.Accelerator.save_state
-
-    def failing_second_save(self, output_dir=None, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, output_dir, **kw)
-
-    monkeypatch.setattr(accelerate.Accelerator, "save_state", failing_second_save)
-    with pytest.raises(UserError, match="No space left on device; earlier checkpoints are intact"):
-        from textft.config import load_config
-        from textft.train import train
-
-        train(load_config(None, [*tiny_args, "train.epochs=2", "train.save_every_steps=10"]))
-    root = tmp_path / "run" / "checkpoints"
-    assert [p.name for p in root.iterdir() if not p.name == "best"] == ["step-10"]
-    assert checkpoint_problem(root / "step-10") is None
-
-

@@ -96,8 +96,11 @@ def improved(value: float, best: float | None, metric: str, min_delta: float) ->
 def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: LoopState, plan: Plan, *,
         loss_fn: Callable, evaluate: Callable[[], dict], on_best: Callable[[], None],
         checkpoint: Callable[[], None], before_optimizer_step: Callable[[LoopState], None] | None = None,
-        log_file: Path | None = None) -> LoopState:
-    """Train for ``plan.total_steps`` optimizer steps, or until early stopping or the time budget."""
+        log_file: Path | None = None, stop: Callable[[LoopState], None] | None = None) -> LoopState:
+    """Train for ``plan.total_steps`` optimizer steps, or until early stopping or the time budget.
+
+    ``stop(state)`` runs after every optimizer step (and its checkpoint); it ends the run by raising.
+    """
     main = accelerator.is_main_process
     bar = tqdm(total=plan.total_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
     started = time.perf_counter() - state.seconds
@@ -175,6 +178,8 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
             if plan.save_every_steps and state.step % plan.save_every_steps == 0 \
                     and state.batches_in_epoch < len(loader):
                 checkpoint()
+            if stop is not None:
+                stop(state)
             if state.step >= plan.total_steps or state.stop_reason:
                 break
         if state.batches_in_epoch >= len(loader):

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from textft.checkpoint import (RUN_MARKER, check_output_dir, checkpoint_problem, latest_checkpoint, load_best,
-                               prepare_output_dir, save_best, save_checkpoint, save_model, write_atomically)
+from textft.checkpoint import (RUN_MARKER, Checkpointer, check_checkpointing_supported, check_output_dir,
+                               checkpoint_problem, latest_checkpoint, load_best, prepare_output_dir, save_best,
+                               save_model, write_atomically)
 from textft.config import Config, UserError, describe_keys, load_config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
 from textft.evaluation import (compute_metrics, markdown_report, prediction_rows, summary_line, write_predictions,
                                write_reports)
 from textft.hub import push_to_hub
+from textft.interrupts import Interrupted, close_progress_bars, report_interruption, stop_on_sigterm
 from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
 from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, frozen_by_schedule,
                              layer_depths, load_tokenizer, param_groups, resolve_model_path, unfrozen_depth)
@@ -152,6 +154,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     preflight(cfg)
     t, d, m = cfg.train, cfg.data, cfg.model
     accelerator, precision = setup_accelerator(cfg)
+    check_checkpointing_supported(accelerator, t.save_every_steps, t.save_every_epoch, t.resume_from)
     set_seed(t.seed)
     out_dir = Path(cfg.output.dir)
     ckpt_root = out_dir / "checkpoints"
@@ -209,15 +212,16 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * plan.total_steps),
                               num_training_steps=plan.total_steps)
     state = LoopState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    ckpt = Checkpointer(accelerator, ckpt_root, t.keep_checkpoints, model, optimizer, scheduler, state)
 
     resume = find_resume(t.resume_from, ckpt_root)
+    if resume is not None:  # verified and loaded before anything in output.dir changes
+        ckpt.load(resume)
     if accelerator.is_main_process:
         prepare_output_dir(out_dir, cfg.output.overwrite, resuming=t.resume_from is not None)
         save_config(cfg, out_dir / "textft_config.yaml", recipe)
     accelerator.wait_for_everyone()
     if resume is not None:
-        accelerator.load_state(str(resume))
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", resume, state.step, state.epoch,
                  state.batches_in_epoch)
         if accelerator.is_main_process:  # the log restarts at the checkpoint, dropping what came after
@@ -257,11 +261,12 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
 
     log.info("training: %d optimizer steps (%d per epoch), global batch %d", plan.total_steps, per_epoch,
              t.batch_size * t.grad_accum_steps * accelerator.num_processes)
-    fit(accelerator, model, optimizer, scheduler, train_dl, state, plan, loss_fn=make_loss(weights, t.label_smoothing),
-        evaluate=evaluate, on_best=on_best,
-        checkpoint=lambda: save_checkpoint(accelerator, ckpt_root, state.step, t.keep_checkpoints),
-        before_optimizer_step=gradual_unfreeze if m.transfer == "gradual" else None,
-        log_file=out_dir / "train_log.jsonl")
+    with stop_on_sigterm(accelerator) as stop:
+        fit(accelerator, model, optimizer, scheduler, train_dl, state, plan,
+            loss_fn=make_loss(weights, t.label_smoothing), evaluate=evaluate, on_best=on_best,
+            checkpoint=lambda: ckpt.save(state.step),
+            before_optimizer_step=gradual_unfreeze if m.transfer == "gradual" else None,
+            log_file=out_dir / "train_log.jsonl", stop=stop)
 
     best = load_best(accelerator, model, ckpt_root)
     reports = {split: evaluate(split, keep_predictions=True) for split in eval_dls}
@@ -310,6 +315,7 @@ def build_parser(prog: str = "textft train") -> argparse.ArgumentParser:
 
 
 def report_error(e: UserError) -> int:
+    close_progress_bars()
     for problem in e.problems:
         print(f"error: {problem}", file=sys.stderr)
     return 2
@@ -321,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         train(load_config(args.config, args.overrides))
     except UserError as e:
         return report_error(e)
+    except (Interrupted, KeyboardInterrupt) as e:
+        return report_interruption(e)
     return 0
 
 
