@@ -1,5 +1,7 @@
 """Every kind of bad input: one clear line per problem, exit code 2, no traceback, nothing written."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -93,6 +95,61 @@ def case_output_dir_not_empty(tmp_path):
     return [], "exists and is not empty"
 
 
+def case_label_is_a_list(tmp_path):
+    rows = [dict(r, label=[r["label"]]) for r in toy_rows(20, 0)]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "several labels per text need data.task=multi_label"
+
+
+def case_some_labels_are_lists(tmp_path):
+    rows = toy_rows(20, 0)
+    rows[4]["label"] = ["pos", "neg"]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "1 label(s) in column 'label' that are lists (at row 5"
+
+
+def case_label_is_an_object(tmp_path):
+    rows = [dict(r, label={"name": r["label"]}) for r in toy_rows(20, 0)]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "that are objects"
+
+
+def case_text_is_an_object(tmp_path):
+    rows = [dict(r, text={"body": r["text"]}) for r in toy_rows(20, 0)]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "not texts (objects"
+
+
+def case_text_is_a_number(tmp_path):
+    rows = [dict(r, text=i) for i, r in enumerate(toy_rows(20, 0))]
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "not texts (numbers"
+
+
+def case_text_is_nan(tmp_path):
+    nan_row = '{"text": NaN, "label": "pos"}'  # what Python's json.dumps writes for a float NaN
+    lines = "".join(json.dumps(r) + "\n" for r in toy_rows(20, 0)) + nan_row + "\n"
+    path = files(tmp_path, "t.jsonl", text=lines)
+    return [f"data.train_file={path}"], "1 empty or missing text(s) in column 'text' at row 21"
+
+
+def case_text_is_only_control_characters(tmp_path):
+    rows = toy_rows(20, 0)
+    rows[6]["text"] = "\u0000\u200b\u0007"
+    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "empty or missing text(s) in column 'text' at row 7"
+
+
+def case_text_with_a_lone_surrogate(tmp_path):
+    bad_row = '{"text": "x \\ud800", "label": "pos"}'
+    lines = "".join(json.dumps(r) + "\n" for r in toy_rows(20, 0)) + bad_row + "\n"
+    path = files(tmp_path, "t.jsonl", text=lines)
+    return [f"data.train_file={path}"], "surrogate"
+
+
+def case_duplicate_label_names(tmp_path):
+    return ["data.label_names=[neg,neg]"], "'data.label_names' names 'neg' more than once"
+
+
+def case_csv_with_a_duplicated_header(tmp_path):
+    body = "text,label,text" + chr(10) + "".join(f"{r['text']},{r['label']},other" + chr(10) for r in toy_rows(20, 0))
+    return [f"data.train_file={files(tmp_path, 't.csv', text=body)}"], "names the column 'text' more than once"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
@@ -135,3 +192,41 @@ def test_evaluate_refuses_to_write_over_a_model(tiny_model_dir, capsys):
 def test_unknown_command_suggests(capsys):
     assert cli(["trian"]) == 2
     assert "did you mean 'train'" in capsys.readouterr().err
+
+
+def broken_model(src, dst, how):
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    if how == "empty weights":
+        weights.write_bytes(b"")
+    elif how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "config of another size":
+        config = json.loads((dst / "config.json").read_text())
+        config.update(hidden_size=64, intermediate_size=128)
+        (dst / "config.json").write_text(json.dumps(config))
+    elif how == "tokenizer of another model":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(dst)
+        tok.add_tokens(["zzextra"])
+        tok.save_pretrained(dst)
+    return dst
+
+
+MODEL_CASES = [("empty weights", "cannot be read, the file is damaged or incomplete: Error while deserializing header"),
+               ("truncated weights", "cannot be read, the file is damaged or incomplete"),
+               ("config of another size", "does not match its weights: 39 encoder tensor(s) differ in shape"),
+               ("tokenizer of another model", "has 92 tokens but the model only 91 embeddings")]
+
+
+@pytest.mark.parametrize("how,expected", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
+def test_training_from_a_broken_model_directory_is_one_clear_error(how, expected, tiny_args, tiny_model_dir, tmp_path,
+                                                                   capsys):
+    model = broken_model(tiny_model_dir, tmp_path / "model", how)
+    rc = cli(["train", *tiny_args, f"model.name_or_path={model}"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -30,8 +30,9 @@ from textft.evaluation import (compute_metrics, markdown_report, prediction_rows
 from textft.hub import push_to_hub
 from textft.interrupts import Interrupted, close_progress_bars, report_interruption, stop_on_sigterm
 from textft.loop import LoopState, Plan, fit, make_loss, predict_logits, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, frozen_by_schedule,
-                             layer_depths, load_tokenizer, param_groups, resolve_model_path, unfrozen_depth)
+from textft.modeling import (apply_transfer, build_model, check_tokenizer_fits, enable_activation_checkpointing,
+                             frozen_by_schedule, layer_depths, load_tokenizer, param_groups, resolve_model_path,
+                             unfrozen_depth)
 from textft.recipe import Facts, head_is_fresh, non_embedding_params
 from textft.recipe import resolve as resolve_recipe
 from textft.report import write_run_report
@@ -164,6 +165,7 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
         tokenizer = load_tokenizer(m)
         tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction)
     model, initialised_here = build_model(m, data.label_names)
+    check_tokenizer_fits(model, tokenizer, m.name_or_path)
     model.config.problem_type = "single_label_classification"
     cfg, recipe = resolve_recipe(cfg, Facts(
         non_embedding_params=non_embedding_params(model), fresh_head=head_is_fresh(model, initialised_here),
