@@ -22,7 +22,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -168,7 +167,7 @@ def measure(url: str, pid: int | None, texts: list[str], args) -> int:
     print(f"model: {meta.get('base_model')}, {len(meta['labels'])} labels, precision {meta['precision']}, device"
           f" {meta['device']}, max_length {meta['max_length']}; server max_batch_size"
           f" {meta['limits']['max_batch_size']}, max_wait_ms {meta['limits']['max_wait_ms']}")
-    warm = run(url, texts, args.clients, max(args.clients * 2, args.requests // 10), args.invalid_every)
+    warm = run(url, texts, args.clients, max(args.clients * 4, args.requests // 10, 200), args.invalid_every)
     rss_warm = rss_bytes(pid) if pid else None
     result = run(url, texts, args.clients, args.requests, args.invalid_every)
     rss_end = rss_bytes(pid) if pid else None
