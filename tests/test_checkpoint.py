@@ -243,3 +243,22 @@ def test_a_full_disk_at_the_command_line_prints_one_line(small_disk, tiny_args):
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "eval_report.json").read_text())["resumed_from"].endswith(kept.name)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_training_refuses_resumable_checkpoints_clearly(kind):
+    """Accelerate has no plain state-dict API for a sharded optimizer: refused up front, not pickled."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from textft.checkpoint import check_checkpointing_supported
+    from textft.config import UserError
+
+    sharded = SimpleNamespace(distributed_type=getattr(DistributedType, kind))
+    check_checkpointing_supported(sharded, 0, False, None)  # no checkpoints asked for: fine
+    with pytest.raises(UserError, match="resumable checkpoints .* are not available with"):
+        check_checkpointing_supported(sharded, 100, False, None)
+    with pytest.raises(UserError, match="use DDP"):
+        check_checkpointing_supported(sharded, 0, False, "latest")
+    check_checkpointing_supported(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), 100, True, "latest")
