@@ -313,11 +313,14 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
               "max_wait_ms": max_wait_ms, "max_queue": max_queue, "request_timeout_s": request_timeout_s}
     info = metadata(classifier, limits)
 
+    # head, tail or head+tail; anything else (sliding windows) reads the whole text and is not cut
+    truncation = getattr(classifier, "mode", None) or classifier.long_text
+
     def run(texts: list[str]) -> np.ndarray:
         # Cut to what truncation keeps before tokenising: tokenizers cost more than linear time in
         # the length, and a maximum-size request would otherwise spend most of its time there.
-        texts = [bounded_text(t, classifier.tokenizer, classifier.max_length, classifier.mode,
-                              classifier.head_fraction) for t in texts]
+        texts = [bounded_text(t, classifier.tokenizer, classifier.max_length, truncation, classifier.head_fraction)
+                 for t in texts]
         return classifier.logits(texts, batch_size=max_batch_size)
 
     batcher = MicroBatcher(run, max_batch_size, max_wait_ms / 1000, max_queue)
