@@ -88,3 +88,17 @@ def tiny_args(tiny_model_dir, toy_files, tmp_path):
             f"data.validation_file={toy_files['validation']}", f"data.test_file={toy_files['test']}",
             "data.max_length=32", "train.epochs=1", "train.batch_size=16", "train.lr=2e-3",
             "train.mixed_precision=fp32", "train.logging_steps=5", f"output.dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture(autouse=True)
+def textft_log_to_this_tests_stderr():
+    """textft's log handler is made once per process and keeps the stderr it was made with; under
+    pytest that may be an earlier test's closed capture, whose write errors would then show up in
+    this test's output. Point it at the stderr of the test about to run."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("textft").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.stream = sys.stderr  # not setStream(): it flushes the old, possibly closed, stream
+    yield

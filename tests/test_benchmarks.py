@@ -31,3 +31,13 @@ def test_predict_throughput_quick():
     assert any(line.startswith("textft_fp32") for line in lines) and any(line.startswith("pipeline ") for line in lines)
     assert "agreement 1.0000" in "\n".join(lines)  # fp32 labels equal the pipeline's
     assert re.fullmatch(r"ratio_vs_pipeline=\d+\.\d\d agreement=\d\.\d{4}", lines[-1])
+
+
+def test_serve_load_quick():
+    """A real server under concurrent clients, 1% of them sending invalid texts: every valid request
+    answered, every invalid one 4xx, memory flat."""
+    lines = run_quick("serve_load.py")
+    result = lines[-1]
+    assert re.fullmatch(r"result: requests_per_s=\d+\.\d p50_ms=\d+\.\d p99_ms=\d+\.\d valid_failures=0"
+                        r" invalid_not_4xx=0 rss_change_pct=[+-]\d+\.\d pass=yes", result), result
+    assert any(line.startswith("valid: ") and "invalid: 4 requests, status {422: 4}" in line for line in lines)

@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import csv
@@ -169,3 +170,39 @@ def test_eval_split_maps_labels_by_name(tmp_path):
     ds, _ = load_eval_split(str(path), None, "text", "label", {"pos": 0, "neg": 1})
     by_text = {r["text"]: r["label"] for r in toy_rows(10, 0)}
     assert all(r["labels"] == (0 if by_text[r["text"]] == "pos" else 1) for r in ds)
+
+
+def test_labels_that_differ_only_by_surrounding_spaces_are_one_class(tmp_path, caplog):
+    rows = toy_rows(40, 0)
+    for i in range(0, 40, 4):
+        rows[i]["label"] = rows[i]["label"] + " "
+    rows[1]["label"] = "\t" + rows[1]["label"]
+    test = toy_rows(10, 1)
+    test[0]["label"] = " pos"
+    data = load_splits(cfg(train_file=str(write_jsonl(tmp_path / "t.jsonl", rows)),
+                           test_file=str(write_jsonl(tmp_path / "test.jsonl", test))), seed=0)
+    assert data.label_names == ["neg", "pos"]
+    assert "the train split: removed surrounding whitespace from 11 label(s) in column 'label'" in caplog.text
+    assert "the test split: removed surrounding whitespace from 1 label(s)" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_nan_text_is_missing_not_the_word_nan(tmp_path, fmt):
+    rows = toy_rows(40, 0)
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "jsonl":
+        lines = "".join(json.dumps(r) + "\n" for r in rows)
+        path.write_text(lines + '{"text": NaN, "label": "pos"}\n')
+    elif fmt == "csv":  # how pandas writes NaN: an empty field
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["text", "label"])
+            writer.writeheader()
+            writer.writerows([*rows, {"text": "", "label": "pos"}])
+    else:  # how pandas writes a NaN in a text column: a null
+        pq.write_table(pa.table({"text": [r["text"] for r in rows] + [None],
+                                 "label": [r["label"] for r in rows] + ["pos"]}), path)
+    with pytest.raises(UserError, match="1 empty or missing text"):
+        load_splits(cfg(train_file=str(path)), seed=0)
+    data = load_splits(cfg(train_file=str(path), drop_empty=True), seed=0)
+    texts = [t for split in data.splits.values() for t in split["text"]]
+    assert len(texts) == 40 and "nan" not in texts and "NaN" not in texts

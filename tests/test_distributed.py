@@ -51,3 +51,36 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_args, tmp_path)
     w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-3, rtol=1e-3, msg=k)
+
+
+def test_two_processes_resume_exactly_from_their_own_checkpoint(tiny_args, tmp_path, capsys):
+    """Both ranks write their RNG state; resuming a 2-process run from its step-20 checkpoint on 2
+    processes gives the very weights of the uninterrupted run, and on 1 process is a clear error."""
+    args = [*tiny_args[:-1], *SAME, "train.batch_size=8", "train.save_every_steps=20", "train.keep_checkpoints=5"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def launch(out, *extra):
+        proc = subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+             "29534", str(ROOT / "textft" / "train.py"), *args, f"output.dir={out}", *extra],
+            capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    full = tmp_path / "full"
+    launch(full)
+    step = full / "checkpoints" / "step-20"
+    assert sorted(p.name for p in step.glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("textft_config.yaml", "train_log.jsonl", ".textft-run"):
+        (resumed / name).write_bytes((full / name).read_bytes())
+    launch(resumed, f"train.resume_from={step}")
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "a 2-process resume differs from the uninterrupted run"
+    assert json.loads((resumed / "eval_report.json").read_text())["splits"] == \
+        json.loads((full / "eval_report.json").read_text())["splits"]
+
+    assert main([*args, f"output.dir={resumed}", f"train.resume_from={step}"]) == 2
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().err

@@ -8,11 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 from textft.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint
-from textft.config import UserError
 from textft.train import main
 
 RESUME_ARGS = ["train.epochs=4", "train.save_every_steps=7", "train.keep_checkpoints=2", "train.logging_steps=1"]
@@ -83,31 +81,24 @@ def test_resume_latest_without_checkpoints_starts_fresh(tiny_args):
     assert main([*tiny_args, "train.resume_from=latest"]) == 0
 
 
-def test_write_error_keeps_the_previous_checkpoint(tiny_args, tmp_path, monkeypatch):
-    """A failing save (here: the disk reports it is full) is one clear error; earlier checkpoints survive."""
-    import errno
+def test_resuming_a_finished_run_from_an_old_checkpoint_exports_the_best_weights(tiny_args, tmp_path):
+    # A min_delta no loss can beat keeps the first evaluation (step 2) as the best one for good.
+    run = tmp_path / "run"
+    args = [*tiny_args[:-1], "train.max_steps=13", "train.eval_every_steps=2", "train.metric_for_best=loss",
+            "train.early_stopping_min_delta=100", "train.save_every_steps=4", "train.keep_checkpoints=5",
+            f"output.dir={run}"]
+    assert main(args) == 0
+    first = json.loads((run / "eval_report.json").read_text())
+    assert first["best"]["step"] == 2
+    exported = weights(run)
+    last = load_file(run / "checkpoints" / "step-12" / "model.safetensors")
+    assert any((exported[k] != last[k]).any() for k in exported), "the best weights are the last ones"
 
-    import accelerate
-
-    calls = {"n": 0}
-    real = accelerate.Accelerator.save_state
-
-    def failing_second_save(self, output_dir=None, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, output_dir, **kw)
-
-    monkeypatch.setattr(accelerate.Accelerator, "save_state", failing_second_save)
-    with pytest.raises(UserError, match="No space left on device; earlier checkpoints are intact"):
-        from textft.config import load_config
-        from textft.train import train
-
-        train(load_config(None, [*tiny_args, "train.epochs=2", "train.save_every_steps=10"]))
-    root = tmp_path / "run" / "checkpoints"
-    assert [p.name for p in root.iterdir() if not p.name == "best"] == ["step-10"]
-    assert checkpoint_problem(root / "step-10") is None
-
-
+    again = tmp_path / "again"
+    os.system(f"cp -r {run} {again}")
+    assert main([*args[:-1], f"output.dir={again}", f"train.resume_from={again / 'checkpoints' / 'step-8'}"]) == 0
+    report = json.loads((again / "eval_report.json").read_text())
+    assert report["best"] == first["best"]
+    resumed = weights(again)
+    assert all((resumed[k] == exported[k]).all() for k in exported), "the resumed run did not export the best weights"
+    assert report["splits"] == first["splits"]

@@ -1,12 +1,7 @@
 """`textft serve` as a real uvicorn process on loopback: concurrent load, bad requests, metadata."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +9,7 @@ import pytest
 
 import textft
 from conftest import toy_rows
+from live_server import serve_process
 from textft.cli import main as cli
 from textft.calibration import OOS_KEY
 from tiny_classifier import copy_run, trained_run
@@ -26,38 +22,12 @@ def run(tiny_model_dir, toy_files, tmp_path_factory):
     return trained_run(tiny_model_dir, toy_files, tmp_path_factory)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(run, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "textft", "serve", "--model", str(run), "--port", str(port),
-                                 "--precision", "fp32", "--max-texts", "8", "--max-chars", "500",
-                                 "--max-batch-size", "16", "--max-wait-ms", "5"],
-                                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()[-3000:]
-        time.sleep(0.25)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with serve_process(run, log, "--precision", "fp32", "--max-texts", "8", "--max-chars", "500",
+                       "--max-batch-size", "16", "--max-wait-ms", "5") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +109,9 @@ def test_options_health_and_metadata(server, run):
     meta = httpx.get(server + "/metadata").json()
     report = json.loads((Path(run) / "eval_report.json").read_text())
     assert meta["labels"] == ["neg", "pos"]
-    assert meta["base_model"] == report["config"]["model"]["name_or_path"]
+    # a local base model is named, not located: no server path reaches a client
+    assert meta["base_model"] == Path(report["config"]["model"]["name_or_path"]).name
+    assert str(Path(run).parent.parent) not in json.dumps(meta)
     assert meta["metrics"]["test"]["accuracy"] == pytest.approx(report["splits"]["test"]["accuracy"])
     assert meta["out_of_scope"] is None and meta["precision"] == "fp32"
     assert meta["limits"]["max_texts"] == 8 and meta["limits"]["max_chars"] == 500

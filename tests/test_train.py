@@ -97,9 +97,14 @@ def test_output_dir_not_empty_is_refused_then_overwritten(tiny_args, tmp_path, c
     (out / "keep.txt").write_text("precious")
     assert main(tiny_args) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+    assert main([*tiny_args, "output.overwrite=true"]) == 2  # not textft's directory: never deleted
+    assert "not a directory textft train created" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert main([*tiny_args, SHORT, "output.overwrite=true"]) == 0
-    assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    assert main([*tiny_args, SHORT]) == 0
+    (out / "stale.txt").write_text("left by the earlier run")
+    assert main([*tiny_args, SHORT, "output.overwrite=true"]) == 0  # a textft run: replaced
+    assert (out / "model.safetensors").exists() and not (out / "stale.txt").exists()
 
 
 def test_accelerate_launch_runs_the_installed_module(tiny_args, tmp_path):

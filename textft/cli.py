@@ -18,12 +18,14 @@ from pathlib import Path
 
 from textft.config import INFERENCE_PRECISIONS, LONG_TEXT, describe_keys
 from textft.errors import UserError, closest
+from textft.interrupts import Interrupted, close_progress_bars, report_interruption
 
 # --- shared pieces -------------------------------------------------------------------------------
 
 
 def print_problems(e: UserError) -> int:
     """The one error printer: a line per problem on stderr, exit code 2."""
+    close_progress_bars()
     for problem in e.problems:
         print(f"error: {problem}", file=sys.stderr)
     return 2
@@ -392,7 +394,8 @@ def is_loopback(host: str) -> bool:
 
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="textft serve", description="Serve a classifier over HTTP: POST /predict,"
-                                     " GET /health, GET /metadata (OpenAPI docs at /docs).")
+                                     " GET /health, GET /metadata, GET /openapi.json (and /docs with"
+                                     " the swagger-ui-bundle package).")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
@@ -400,6 +403,10 @@ def serve_main(argv: list[str]) -> int:
                         help="how long a request waits for others to share its batch")
     parser.add_argument("--max-texts", type=int, default=64, help="texts per request")
     parser.add_argument("--max-chars", type=int, default=20_000, help="characters per text")
+    parser.add_argument("--max-queue", type=int, default=1024,
+                        help="texts that may wait for the model; beyond it requests get 503 with Retry-After")
+    parser.add_argument("--request-timeout", type=float, default=30.0,
+                        help="seconds a request may wait and run before it gets 503")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request")
     add_model_args(parser, batch_size=None)
@@ -414,11 +421,14 @@ def serve_main(argv: list[str]) -> int:
     problems = [f"'--port' must be in 0..65535, got {args.port}"] if not 0 <= args.port <= 65535 else []
     if args.max_wait_ms < 0:
         problems.append(f"'--max-wait-ms' must be >= 0, got {args.max_wait_ms}")
-    if problems := problems + check_positive(args, ["max_batch_size", "max_texts", "max_chars", "threads"]):
+    if not args.request_timeout > 0:
+        problems.append(f"'--request-timeout' must be > 0 seconds, got {args.request_timeout}")
+    if problems := problems + check_positive(args, ["max_batch_size", "max_texts", "max_chars", "max_queue", "threads"]):
         raise UserError(problems)
     classifier = load_classifier(args)
     app = create_app(classifier, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                     max_texts=args.max_texts, max_chars=args.max_chars)
+                     max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
+                     request_timeout_s=args.request_timeout)
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, reachable from other machines; the service has no"
               " authentication, so put it behind a proxy that has", file=sys.stderr)
@@ -474,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
         return print_problems(e)
+    except (Interrupted, KeyboardInterrupt) as e:
+        return report_interruption(e, training=argv[0] in ("train", "sweep"))
 
 
 if __name__ == "__main__":

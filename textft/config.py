@@ -353,6 +353,12 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v > 0, f"'data.{key}' must be > 0, got {v}")
+    if d.label_names:
+        names = [str(n).strip() for n in d.label_names]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        need(not twice, f"'data.label_names' names {', '.join(repr(n) for n in twice)} more than once; each class"
+                        " needs a name of its own")
+        need(all(names), "'data.label_names' has an empty name")
     need(bool(d.text_column), "'data.text_column' must not be empty")
     need(bool(d.label_column), "'data.label_column' must not be empty")
     if d.dataset is None and d.train_file is None:

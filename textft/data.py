@@ -14,6 +14,7 @@ import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from textft.config import DataConfig, UserError, closest
+from textft.texts import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,49 @@ def check_files(files: dict[str, Path]) -> list[str]:
     return problems
 
 
+def _root_cause(e: BaseException) -> BaseException:
+    # datasets wraps the parser's own message ("JSON parse error: ... in row 39") in a generic one.
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def duplicate_header_problem(split: str, path: Path) -> str | None:
+    """A CSV/TSV whose header names a column twice: the loader would rename one copy and silently
+    read the other."""
+    import csv
+
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return None
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+    names = [h.strip() for h in header]
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if not twice:
+        return None
+    where = ", ".join(str(i + 1) for i, n in enumerate(names) if n == twice[0])
+    return (f"'data.{split}_file': '{path}' names the column '{twice[0]}' more than once in its header (columns"
+            f" {where}); rename one so that it is clear which to read")
+
+
 def _load_file(split: str, path: Path) -> Dataset:
     fmt = FORMATS[path.suffix.lower()]
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if problem := duplicate_header_problem(split, path):
+        raise UserError(problem)
+    library_log = logging.getLogger("datasets")
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)  # its "Failed to load JSON" line would repeat the error below
     try:
         return datasets.load_dataset(fmt, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as e:  # the loaders raise many types for one cause: a malformed file
         if "corresponds to no data" in str(e) or path.stat().st_size == 0:
             raise UserError(f"'data.{split}_file': '{path}' is empty (no data rows)") from None
-        raise UserError(f"'data.{split}_file': could not read '{path}' as {fmt}: {' '.join(str(e).split())[:300]}") from None
+        cause = _root_cause(e)
+        detail = str(e) if cause is e else f"{e} ({cause})"
+        raise UserError(f"'data.{split}_file': could not read '{path}' as {fmt}: {' '.join(detail.split())[:300]}") from None
+    finally:
+        library_log.setLevel(level)
 
 
 def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
@@ -117,6 +152,62 @@ def _check_columns(raw: DatasetDict, cfg: DataConfig) -> list[str]:
     return problems
 
 
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # None or NaN
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "booleans"
+    if isinstance(value, (int, float)):
+        return "numbers"
+    if isinstance(value, (list, tuple)):
+        return "lists"
+    if isinstance(value, dict):
+        return "objects"
+    return type(value).__name__
+
+
+def _check_value_types(raw: DatasetDict, cfg: DataConfig) -> list[str]:
+    """Texts must be strings and labels single values, in every split, before anything is counted."""
+    problems = []
+    for split, ds in raw.items():
+        texts = ds[cfg.text_column]
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) and not _is_missing(t)]
+        if bad:
+            kinds = sorted({_kind(texts[i]) for i in bad})
+            problems.append(f"the {split} split has {len(bad)} value(s) in column '{cfg.text_column}' that are not"
+                            f" texts ({' and '.join(kinds)}, at {_rows(bad)}); data.text_column must name the"
+                            f" column of texts; columns: {', '.join(ds.column_names)}")
+        feature = ds.features[cfg.label_column]
+        if isinstance(feature, ClassLabel):
+            continue
+        labels = ds[cfg.label_column]
+        lists = [i for i, v in enumerate(labels) if isinstance(v, (list, tuple))]
+        if lists:
+            problems.append(f"the {split} split has {len(lists)} label(s) in column '{cfg.label_column}' that are"
+                            f" lists (at {_rows(lists)}, e.g. {labels[lists[0]]!r}); several labels per text need"
+                            " data.task=multi_label, which this version does not have: give each row one label")
+        objects = [i for i, v in enumerate(labels) if isinstance(v, dict)]
+        if objects:
+            problems.append(f"the {split} split has {len(objects)} label(s) in column '{cfg.label_column}' that are"
+                            f" objects (at {_rows(objects)}); a label is one string or integer")
+    return problems
+
+
+def _strip_labels(split: str, ds: Dataset, column: str) -> Dataset:
+    """'pos' and 'pos ' are one class: surrounding whitespace is removed, and the user told."""
+    labels = ds[column]
+    padded = [i for i, v in enumerate(labels) if isinstance(v, str) and v != v.strip()]
+    if not padded:
+        return ds
+    examples = sorted({labels[i] for i in padded})[:3]
+    log.warning("the %s split: removed surrounding whitespace from %d label(s) in column '%s' (%s, at %s)", split,
+                len(padded), column, ", ".join(f"{e!r} -> {e.strip()!r}" for e in examples), _rows(padded))
+    return ds.map(lambda b: {column: [v.strip() if isinstance(v, str) else v for v in b[column]]}, batched=True,
+                  desc=f"labels ({split})")
+
+
 def _rows(indices: list[int]) -> str:
     shown = ", ".join(str(i + 1) for i in indices[:MAX_ROWS_SHOWN])
     more = f" and {len(indices) - MAX_ROWS_SHOWN} more" if len(indices) > MAX_ROWS_SHOWN else ""
@@ -128,7 +219,7 @@ def label_names_for(train: Dataset, cfg: DataConfig) -> list[str]:
     feature = train.features[cfg.label_column]
     if isinstance(feature, ClassLabel):
         return list(cfg.label_names or feature.names)
-    values = [v for v in train[cfg.label_column] if v is not None]
+    values = [v for v in train[cfg.label_column] if not _is_missing(v)]
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     if cfg.label_names:
         return list(cfg.label_names)
@@ -150,21 +241,22 @@ def _clean_split(split: str, ds: Dataset, cfg: DataConfig, label_names: list[str
     if len(ds) == 0:
         problems.append(f"the {split} split is empty")
         return None
-    empty = [i for i, t in enumerate(texts) if t is None or not str(t).strip()]
+    # Missing (None, NaN), blank, or nothing but control/format characters, which tokenizers drop.
+    empty = [i for i, t in enumerate(texts) if _is_missing(t) or text_problem(t) is not None]
     if empty and not cfg.drop_empty:
         problems.append(f"the {split} split has {len(empty)} empty or missing text(s) in column"
                         f" '{cfg.text_column}' at {_rows(empty)}; fix them or set data.drop_empty=true")
-    missing = [i for i, v in enumerate(labels) if v is None]
+    missing = [i for i, v in enumerate(labels) if _is_missing(v)]
     if missing:
         problems.append(f"the {split} split has {len(missing)} missing label(s) in column '{cfg.label_column}'"
                         f" at {_rows(missing)}")
     if int_ids:
-        bad = sorted({v for v in labels if v is not None and not (isinstance(v, int) and 0 <= v < len(label_names))})
+        bad = sorted({v for v in labels if not _is_missing(v) and not (isinstance(v, int) and 0 <= v < len(label_names))})
         if bad:
             problems.append(f"the {split} split has label(s) {bad[:10]} in column '{cfg.label_column}' outside"
                             f" 0..{len(label_names) - 1} of data.label_names / the ClassLabel")
     else:
-        unseen = sorted({str(v) for v in labels if v is not None} - set(label_names))
+        unseen = sorted({str(v) for v in labels if not _is_missing(v)} - set(label_names))
         if unseen:
             first = unseen[0]
             problems.append(f"the {split} split has label(s) never seen in training: {', '.join(unseen[:10])}"
@@ -185,8 +277,12 @@ def _clean_split(split: str, ds: Dataset, cfg: DataConfig, label_names: list[str
                 desc=f"labels ({split})")
     if cfg.text_column != "text":
         ds = ds.rename_column(cfg.text_column, "text")
-    if ds.features["text"].dtype != "string":
-        ds = ds.cast_column("text", datasets.Value("string"))
+    feature = ds.features["text"]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        # e.g. Json, which a JSON column mixing texts and NaN becomes; the values are strings by now.
+        ds = ds.map(lambda b: {"text": [str(t) for t in b["text"]]}, batched=True,
+                    features=datasets.Features({**ds.features, "text": datasets.Value("string")}),
+                    desc=f"texts ({split})")
     return ds
 
 
@@ -212,19 +308,22 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
     problems = _check_columns(raw, cfg)
     if problems:
         raise UserError(problems)
+    if problems := _check_value_types(raw, cfg):
+        raise UserError(problems)
+    raw = DatasetDict({split: _strip_labels(split, ds, cfg.label_column) for split, ds in raw.items()})
     train = raw["train"]
     feature = train.features[cfg.label_column]
     label_names = label_names_for(train, cfg)
     int_ids = isinstance(feature, ClassLabel) or (
         bool(cfg.label_names) and all(isinstance(v, int) and not isinstance(v, bool)
-                                      for v in train[cfg.label_column] if v is not None))
+                                      for v in train[cfg.label_column] if not _is_missing(v)))
     problems = []
-    present = {v for v in train[cfg.label_column] if v is not None}
+    present = {v for v in train[cfg.label_column] if not _is_missing(v)}
     if len(present) == 1:
         problems.append(f"the train split has only one class ('{present.pop()}' in column '{cfg.label_column}');"
                         " a classifier needs at least two")
     if cfg.label_names and not int_ids:
-        extra = sorted({str(v) for v in train[cfg.label_column] if v is not None} - set(cfg.label_names))
+        extra = sorted({str(v) for v in train[cfg.label_column] if not _is_missing(v)} - set(cfg.label_names))
         if extra:
             problems.append(f"'data.label_names' lacks training label(s): {', '.join(extra[:10])}")
     splits = DatasetDict()
@@ -280,6 +379,9 @@ def load_eval_split(source: str, split: str | None, text_column: str, label_colu
         ds = ds.cast_column(label_column, datasets.Value("int64")).map(
             lambda b: {label_column: [feature.names[i] if i is not None and i >= 0 else None
                                       for i in b[label_column]]}, batched=True)
+    if problems := _check_value_types(DatasetDict({"evaluation": ds}), cfg):
+        raise UserError(problems)
+    ds = _strip_labels("evaluation", ds, label_column)
     problems = []
     cleaned = _clean_split("evaluation", ds, cfg, names, False, problems)
     if problems:

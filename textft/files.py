@@ -88,15 +88,38 @@ def _swap_directory(tmp: Path, target: Path, keep: tuple[str, ...]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def disk_error(e: BaseException) -> str | None:
+    """The one-line reason of a failed write, or None when ``e`` is not a write failure.
+
+    A full disk does not always surface as OSError: safetensors raises SafetensorError
+    ("IoError(Os { code: 28, kind: StorageFull ...})") and torch.save a RuntimeError.
+    """
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if isinstance(e, (SafetensorError, RuntimeError)):
+        text = str(e)
+        if "code: 28" in text or "StorageFull" in text or "No space left" in text:
+            return "No space left on device"
+        if isinstance(e, SafetensorError) or "file write failed" in text or "Os {" in text:
+            return " ".join(text.split())[:200]
+    return None
+
+
+
 def write_atomically(out_dir: str | Path, write: Callable[[Path], None], keep: tuple[str, ...] = ()) -> Path:
     """Build a directory's new contents with ``write(tmp)`` and swap them into place (see ``staged``);
-    a write error becomes one UserError naming the directory."""
+    a write error (a full disk included, whatever the library raising it) becomes one UserError
+    naming the directory."""
     out_dir = Path(out_dir).resolve()
     try:
         with staged(out_dir, directory=True, keep=keep) as tmp:
             write(tmp)
-    except OSError as e:
-        raise UserError(f"could not write '{out_dir}': {e.strerror or e}") from None
+    except Exception as e:
+        if (reason := disk_error(e)) is None:
+            raise
+        raise UserError(f"could not write '{out_dir}': {reason}") from None
     return out_dir
 
 

@@ -225,11 +225,13 @@ def train_batch(accelerator: Accelerator, model, optimizer, batch: dict, loss_fn
 def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: LoopState, plan: Plan, *,
         loss_fn: Callable, evaluate: Callable[[], dict], best: BestModel, checkpoint: Callable[[], None],
         train_log: TrainLog, unfreeze: GradualUnfreezing | None = None,
-        on_evaluate: Callable[[int, float, dict], None] | None = None) -> LoopState:
+        on_evaluate: Callable[[int, float, dict], None] | None = None,
+        stop: Callable[[LoopState], None] | None = None) -> LoopState:
     """Train for ``plan.total_steps`` optimizer steps, or until early stopping or the time budget.
 
     ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
-    (e.g. a pruned hyper-parameter trial) ends the run.
+    (e.g. a pruned hyper-parameter trial) ends the run. ``stop(state)`` runs after every optimizer
+    step (and its checkpoint); it ends the run by raising.
     """
     bar = tqdm(total=plan.total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
                dynamic_ncols=True)
@@ -272,10 +274,13 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
                 log.info("eval at step %d: accuracy %.4f  macro-F1 %.4f  loss %.4f", state.step, metrics["accuracy"],
                          metrics["macro_f1"], metrics["loss"])
                 best.update(metrics, epoch)
-            if last or state.stop_reason is not None:
-                break
-            if plan.checkpoints_at(state.step):
+            finished = last or state.stop_reason is not None
+            if not finished and plan.checkpoints_at(state.step):
                 checkpoint()
+            if stop is not None:  # a stop signal ends the run here, not after a final evaluation and export
+                stop(state)
+            if finished:
+                break
     state.stop_reason = state.stop_reason or "completed"
     bar.close()
     return state

@@ -80,9 +80,41 @@ def build_model(cfg: ModelConfig, label_names: list[str]):
             path, **labels, **common, ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise _load_error("model", cfg.name_or_path, e) from None
-    fresh = set(info.get("missing_keys") or ()) | {k[0] if isinstance(k, tuple) else k
-                                                   for k in info.get("mismatched_keys") or ()}
+    except Exception as e:
+        from safetensors import SafetensorError
+
+        if not isinstance(e, SafetensorError):
+            raise
+        raise UserError(f"'model.name_or_path': the weights of '{cfg.name_or_path}' cannot be read, the file is"
+                        f" damaged or incomplete: {' '.join(str(e).split())[:200]}") from None
+    mismatched = [k if isinstance(k, tuple) else (k, None, None) for k in info.get("mismatched_keys") or ()]
+    check_weights_match_config(model, mismatched, cfg.name_or_path)
+    fresh = set(info.get("missing_keys") or ()) | {k for k, _, _ in mismatched}
     return model, fresh
+
+
+def check_weights_match_config(model, mismatched: list[tuple], name: str) -> None:
+    """Only the classification head may differ in shape from the checkpoint (other labels): a
+    different encoder shape means config.json describes another model than the weights, and
+    loading on would silently train from random weights."""
+    prefix = f"{model.base_model_prefix}."
+    encoder = [(k, a, b) for k, a, b in mismatched if k.startswith(prefix)]
+    if encoder:
+        key, saved, wanted = encoder[0]
+        shapes = f" (first: {key} is {tuple(saved)} in the weights, {tuple(wanted)} by the config)" if saved else ""
+        raise UserError(f"'model.name_or_path': the config.json of '{name}' does not match its weights:"
+                        f" {len(encoder)} encoder tensor(s) differ in shape{shapes}; the config belongs to another"
+                        " model")
+
+
+def check_tokenizer_fits(model, tokenizer, name: str) -> None:
+    """A tokenizer with more tokens than the model has embeddings makes the forward pass fail on
+    (or, on some devices, read past) the ids it has beyond the table."""
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise UserError(f"'model.name_or_path': the tokenizer of '{name}' has {len(tokenizer):,} tokens but the"
+                        f" model only {rows:,} embeddings; the tokenizer belongs to another model")
 
 
 def encoder_parts(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]]:

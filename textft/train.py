@@ -18,20 +18,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from textft.checkpoint import (check_output_dir, checkpoint_problem, latest_checkpoint, load_best, save_best,
-                               save_checkpoint, save_model)
+from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
+                               latest_checkpoint, load_best, save_best, save_model)
 from textft.config import Config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
 from textft.errors import UserError, closest
 from textft.evaluation import (evaluate_logits, markdown_report, prediction_rows, summary_line,
                                write_predictions, write_reports)
 from textft.files import write_atomically
+from textft.interrupts import stop_on_sigterm
 from textft.loop import (BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, make_loss,
                          steps_per_epoch)
-from textft.modeling import (apply_transfer, build_model, enable_activation_checkpointing, load_tokenizer,
-                             param_groups, resolve_model_path)
+from textft.modeling import (apply_transfer, build_model, check_tokenizer_fits, enable_activation_checkpointing,
+                             load_tokenizer, param_groups, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
 from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
+from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
 log = logging.getLogger("textft")
@@ -44,7 +46,7 @@ def preflight(cfg: Config) -> None:
     """Cheap checks of everything the run will touch, all reported together before any work."""
     problems = []
     resuming = cfg.train.resume_from is not None
-    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite or resuming):
+    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite, resuming):
         problems.append(problem)
     try:
         resolve_model_path(cfg.model.name_or_path)
@@ -146,6 +148,7 @@ class Run:
     class_weights: torch.Tensor | None
     params: dict[str, int]
     state: LoopState
+    ckpt: Checkpointer | None = None
     resume: Path | None = None
 
     @property
@@ -165,6 +168,7 @@ def load_inputs(cfg: Config, accelerator, precision: str):
         tokenizer = load_tokenizer(m)
         tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction)
     model, initialised_here = build_model(m, data.label_names)
+    check_tokenizer_fits(model, tokenizer, m.name_or_path)
     model.config.problem_type = "single_label_classification"
     amp = precision != "fp32"
     train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers)
@@ -214,7 +218,9 @@ def setup(cfg: Config) -> Run:
 
     preflight(cfg)
     accelerator, precision = setup_accelerator(cfg)
-    set_seed(cfg.train.seed)
+    t = cfg.train
+    check_checkpointing_supported(accelerator, t.save_every_steps, t.save_every_epoch, t.resume_from)
+    set_seed(t.seed)
     data, tokenizer, model, train_dl, eval_dls, texts, facts, weights = load_inputs(cfg, accelerator, precision)
     cfg, recipe, plan = resolve(cfg, facts)
     for key, why in recipe.items():
@@ -240,16 +246,18 @@ def start(run: Run) -> None:
     """The output directory (replaced only with output.overwrite), the resolved config, and the
     state of the checkpoint to resume from, if any."""
     accelerator, cfg, out_dir = run.accelerator, run.cfg, run.out_dir
-    accelerator.register_for_checkpointing(run.scheduler, run.state)
+    run.ckpt = Checkpointer(accelerator, run.checkpoints, cfg.train.keep_checkpoints, run.model, run.optimizer,
+                            run.scheduler, run.state)
     run.resume = find_resume(cfg.train.resume_from, run.checkpoints)
+    if run.resume is not None:  # verified and loaded before anything in output.dir changes
+        run.ckpt.load(run.resume)
     if accelerator.is_main_process:
-        if out_dir.exists() and cfg.output.overwrite and run.resume is None:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(out_dir, cfg.output.overwrite, resuming=cfg.train.resume_from is not None)
         save_config(cfg, out_dir / "textft_config.yaml", run.recipe)
+        if run.resume is not None:
+            run.ckpt.restore_best(run.resume)
     accelerator.wait_for_everyone()
     if run.resume is not None:
-        accelerator.load_state(str(run.resume))
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", run.resume, run.state.step,
                  run.state.epoch, run.state.batches_in_epoch)
     if cfg.train.report_to != "none":
@@ -270,10 +278,11 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
     best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
     log.info("training: %d optimizer steps (%d per epoch), global batch %d", plan.total_steps, plan.steps_per_epoch,
              t.batch_size * t.grad_accum_steps * accelerator.num_processes)
-    fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
-        loss_fn=make_loss(run.class_weights, t.label_smoothing), evaluate=run.evaluator, best=best,
-        checkpoint=lambda: save_checkpoint(accelerator, run.checkpoints, state.step, t.keep_checkpoints),
-        train_log=train_log, unfreeze=unfreeze, on_evaluate=on_evaluate)
+    with stop_on_sigterm(accelerator) as stop:
+        fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
+            loss_fn=make_loss(run.class_weights, t.label_smoothing), evaluate=run.evaluator, best=best,
+            checkpoint=lambda: run.ckpt.save(state.step), train_log=train_log, unfreeze=unfreeze,
+            on_evaluate=on_evaluate, stop=stop)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -313,8 +322,8 @@ def write_run(run: Run, reports: dict, predictions: dict, best: dict | None) -> 
             shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
         write_run_report(tmp)
 
-    write_atomically(out_dir, write, keep=("checkpoints", "logs"))
-    shutil.rmtree(run.checkpoints / "best", ignore_errors=True)  # it is now the exported model itself
+    write_atomically(out_dir, write, keep=("checkpoints", "logs", RUN_MARKER))
+    shutil.rmtree(run.checkpoints / BEST, ignore_errors=True)  # the exported model; each checkpoint keeps its own
     if run.checkpoints.is_dir() and not any(run.checkpoints.iterdir()):
         run.checkpoints.rmdir()
 
