@@ -183,6 +183,19 @@ def stratified_split(ds: Dataset, fraction: float, seed: int, strata: list | Non
     return ds.select(sorted(train_idx)), ds.select(sorted(val_idx))
 
 
+def task_of(cfg: DataConfig) -> str:
+    """The task the config's training labels describe (data.task, or what auto detects), without
+    checking or encoding the data."""
+    if cfg.task != "auto":
+        return cfg.task
+    raw, _ = load_raw(cfg)
+    problems = _check_columns(DatasetDict({"train": raw["train"]}), cfg)
+    if problems:
+        raise UserError(problems)
+    train = raw["train"]
+    return tasks.detect(cfg, train[cfg.label_column], train.features[cfg.label_column], cfg.label_column)
+
+
 def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
     """Load, check and label every split; carve validation from train when none is given."""
     raw, source = load_raw(cfg)

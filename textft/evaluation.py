@@ -91,7 +91,7 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
     predict_s = time.perf_counter() - predict_started
     metrics = task.evaluate(logits, labels)
     window = clf.long_text == "sliding_window"
-    settings = {"model": str(clf.model_dir), "data_source": source, "max_length": clf.max_length,
+    settings = {"model": str(clf.model_dir), "task": task.name, "data_source": source, "max_length": clf.max_length,
                 "long_text": clf.long_text, "stride": clf.stride if window else None,
                 "pooling": clf.pooling if window else None, "precision": clf.precision, "device": str(clf.device)}
     metrics["settings"] = settings

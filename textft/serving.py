@@ -34,11 +34,19 @@ except ImportError:  # reported when serving, so that `textft --help` works with
 
 if FastAPI is not None:  # the schemas sit at module level so that FastAPI can resolve their annotations
 
+    class TextPair(BaseModel):
+        """Two texts read together (paraphrase, entailment, duplicate questions)."""
+
+        model_config = ConfigDict(extra="forbid")
+        text: StrictStr
+        text_pair: StrictStr
+
     class PredictRequest(BaseModel):
         """Body of POST /predict."""
 
         model_config = ConfigDict(extra="forbid")
-        inputs: StrictStr | list[StrictStr] = Field(description="one text, or a list of texts")
+        inputs: StrictStr | TextPair | list[StrictStr | TextPair] = Field(
+            description='one text, a pair {"text": ..., "text_pair": ...}, or a list of them')
         top_k: StrictInt = Field(1, ge=1, description="also list the k most likely labels")
         return_all_scores: StrictBool = Field(False, description="include every label's probability")
 
@@ -47,10 +55,14 @@ if FastAPI is not None:  # the schemas sit at module level so that FastAPI can r
         score: float
 
     class Prediction(BaseModel):
-        """One text's answer; ``out_of_scope`` and ``model_label`` appear once a threshold is calibrated."""
+        """One input's answer, shaped by the model's task: ``label`` and ``score`` (single-label;
+        ``out_of_scope`` and ``model_label`` once a threshold is calibrated), ``labels`` above their
+        thresholds (multi-label; empty for none), or ``value`` (regression)."""
 
-        label: str
-        score: float
+        label: str | None = None
+        score: float | None = None
+        labels: list[LabelScore] | None = None
+        value: float | None = None
         out_of_scope: bool | None = None
         model_label: str | None = None
         top_k: list[LabelScore] | None = None
@@ -141,7 +153,7 @@ class MicroBatcher:
                 start += len(batch)
 
 
-def _metrics_from_reports(model_dir: Path | None) -> dict | None:
+def _metrics_from_reports(model_dir: Path | None, headline: tuple[str, ...]) -> dict | None:
     """Headline metrics per split from report.json (richer, when present) or eval_report.json."""
     if model_dir is None:
         return None
@@ -154,7 +166,7 @@ def _metrics_from_reports(model_dir: Path | None) -> dict | None:
         except (ValueError, AttributeError, UnicodeDecodeError):
             log.warning("ignoring unreadable %s", path)
             continue
-        return {split: {k: m.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "num_examples") if k in m}
+        return {split: {k: m.get(k) for k in (*headline, "num_examples") if k in m and k not in ("loss", "ece")}
                 for split, m in splits.items() if isinstance(m, dict)}
     return None
 
@@ -163,7 +175,7 @@ def metadata(classifier, limits: dict[str, Any]) -> dict[str, Any]:
     info = classifier.describe()
     oos = info.pop("out_of_scope")
     info["out_of_scope"] = None if oos is None else {k: oos.get(k) for k in ("method", "threshold", "label", "target")}
-    info["metrics"] = _metrics_from_reports(classifier.model_dir)
+    info["metrics"] = _metrics_from_reports(classifier.model_dir, classifier.task.headline)
     info["limits"] = limits
     info.pop("model_dir", None)  # a server path tells clients nothing and leaks the host's layout
     return info
@@ -178,12 +190,17 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
     limits = {"max_texts": max_texts, "max_chars": max_chars, "max_batch_size": max_batch_size,
               "max_wait_ms": max_wait_ms}
     info = metadata(classifier, limits)
-    batcher = MicroBatcher(lambda texts: classifier.logits(texts, batch_size=max_batch_size),
-                           max_batch_size, max_wait_ms / 1000)
+    def run(items: list[tuple[str, str | None]]) -> np.ndarray:
+        pairs = [p for _, p in items]
+        return classifier.logits([t for t, _ in items], batch_size=max_batch_size,
+                                 pairs=pairs if any(p is not None for p in pairs) else None)
+
+    batcher = MicroBatcher(run, max_batch_size, max_wait_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app):
-        classifier.logits(["warm up"])  # the first forward pass allocates; keep it off a client's clock
+        # the first forward pass allocates; keep it off a client's clock
+        classifier.logits(["warm up"], pairs=["warm up"] if classifier.pairs else None)
         batcher.start()
         yield
         await batcher.stop()
@@ -216,24 +233,43 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(req: PredictRequest):
-        texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
-        if not texts:
+        inputs = req.inputs if isinstance(req.inputs, list) else [req.inputs]
+        if not inputs:
             raise HTTPException(422, "inputs: give at least one text")
-        if len(texts) > max_texts:
-            raise HTTPException(413, f"inputs: {len(texts)} texts in one request; the limit is {max_texts}"
+        if len(inputs) > max_texts:
+            raise HTTPException(413, f"inputs: {len(inputs)} texts in one request; the limit is {max_texts}"
                                      " (textft serve --max-texts)")
-        for i, text in enumerate(texts):
-            if len(text) > max_chars:
-                raise HTTPException(413, f"inputs[{i}]: {len(text):,} characters; the limit is {max_chars:,}"
-                                         " (textft serve --max-chars)")
-            if not text.strip():
-                raise HTTPException(422, f"inputs[{i}]: the text is empty")
-        logits = await batcher.submit(texts)
+        items = [(x, None) if isinstance(x, str) else (x.text, x.text_pair) for x in inputs]
+        check_inputs(items, max_chars, classifier.pairs)
+        try:
+            classifier.results(np.zeros((0, classifier.task.num_outputs)), req.top_k, req.return_all_scores)
+        except UserError as e:
+            raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace("'--all-scores'",
+                                                                                          "return_all_scores")) from None
+        logits = await batcher.submit(items)
         return {"predictions": classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)}
 
     # JSON escapes (\uXXXX) take up to 6 bytes a character; anything larger cannot pass the limits.
     app.add_middleware(BodyLimit, max_bytes=6 * max_texts * max_chars + 65_536)
     return app
+
+
+def check_inputs(items: list[tuple[str, str | None]], max_chars: int, model_pairs: bool | None) -> None:
+    """Every input within the limits, not empty, and a pair exactly when the model reads pairs."""
+    for i, (text, pair) in enumerate(items):
+        for where, value in ((f"inputs[{i}]", text), (f"inputs[{i}].text_pair", pair)):
+            if value is None:
+                continue
+            if len(value) > max_chars:
+                raise HTTPException(413, f"{where}: {len(value):,} characters; the limit is {max_chars:,}"
+                                         " (textft serve --max-chars)")
+            if not value.strip():
+                raise HTTPException(422, f"{where}: the text is empty")
+        if model_pairs and pair is None:
+            raise HTTPException(422, f"inputs[{i}]: this model reads text pairs; send"
+                                     ' {"text": ..., "text_pair": ...}')
+        if model_pairs is False and pair is not None:
+            raise HTTPException(422, f"inputs[{i}]: this model reads single texts, not pairs")
 
 
 class BodyLimit:

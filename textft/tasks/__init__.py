@@ -61,6 +61,9 @@ class Task:
 
     out_of_scope: ClassVar[bool] = False
     """Whether ``textft calibrate`` can give this task an out-of-scope threshold."""
+    calibration: ClassVar[str | None] = None
+    """What ``textft calibrate`` sets: ``out_of_scope`` (single-label), ``thresholds`` (multi-label) or
+    nothing (None)."""
 
     def __init__(self, label_names: list[str]):
         self.label_names = list(label_names)
@@ -77,13 +80,14 @@ class Task:
     def lower_is_better(metric: str) -> bool:
         return metric in LOWER_IS_BETTER
 
-    def check_metric(self, metric: str, key: str = "'train.metric_for_best'") -> str:
+    @classmethod
+    def check_metric(cls, metric: str, key: str = "'train.metric_for_best'") -> str:
         """``metric`` (``auto``: the task's default) when this task computes it, else a UserError."""
         if metric == "auto":
-            return self.default_metric
-        if metric not in self.metrics:
-            raise UserError(f"{key}: {metric} is not a {self.name} metric; choose one of {', '.join(self.metrics)}"
-                            f"{closest(metric, self.metrics)}")
+            return cls.default_metric
+        if metric not in cls.metrics:
+            raise UserError(f"{key}: {metric} is not a {cls.name} metric; choose one of {', '.join(cls.metrics)}"
+                            f"{closest(metric, cls.metrics)}")
         return metric
 
     @classmethod
@@ -151,18 +155,21 @@ class Task:
 
     # -- text -------------------------------------------------------------------------------------
 
-    def summary_line(self, split: str, m: dict) -> str:
-        shown = "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in self.headline
+    @classmethod
+    def summary_line(cls, split: str, m: dict) -> str:
+        shown = "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in cls.headline
                           if isinstance(m.get(k), (int, float)))
         return f"{split}: {shown}  ({m.get('num_examples')} examples)"
 
-    def log_line(self, m: dict) -> str:
-        return "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in (*self.curves, "loss")
+    @classmethod
+    def log_line(cls, m: dict) -> str:
+        return "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in (*cls.curves, "loss")
                          if isinstance(m.get(k), (int, float)))
 
-    def markdown_report(self, reports: dict[str, dict], title: str) -> str:
+    @classmethod
+    def markdown_report(cls, reports: dict[str, dict], title: str) -> str:
         """``eval_report.md``: the headline table of every split, then the task's own tables."""
-        return self.report().markdown_report(self, reports, title)
+        return cls.report().markdown_report(cls, reports, title)
 
 
 def shorten_text(text: str, max_chars: int) -> str:

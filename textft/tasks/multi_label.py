@@ -78,6 +78,7 @@ class MultiLabel(Task):
     default_metric = "macro_f1"
     loss_name = "binary cross-entropy loss"
     report_module = "textft.tasks.multi_label_report"
+    calibration = "thresholds"
 
     def __init__(self, label_names: list[str], delimiter: str | None = None, int_ids: bool = False,
                  thresholds: np.ndarray | None = None, tuning: str = "per_label", tune_metric: str = "macro_f1",

@@ -156,3 +156,28 @@ def figures(split: str, m: dict) -> dict[str, bytes]:
 
     return {f"{split}/per_class_f1": plot_per_class_f1(m, m.get("macro_f1")),
             f"{split}/cooccurrence": plot_cooccurrence(m.get("labels") or list(m["per_class"]), m["cooccurrence"])}
+
+
+# --- model card ------------------------------------------------------------------------------------
+
+CARD_KIND = "multi-label text classifier"
+
+CARD_METRICS = (("macro_f1", "f1", "Macro F1", {"average": "macro"}), ("micro_f1", "f1", "Micro F1", {"average": "micro"}),
+                ("samples_f1", "f1", "Samples F1", {"average": "samples"}),
+                ("subset_accuracy", "accuracy", "Subset accuracy", None),
+                ("hamming_loss", "hamming_loss", "Hamming loss", None))
+"""(metric, model-index type, name, args) of the card's metadata."""
+
+
+def card_summary(labels: list[str]) -> str:
+    shown = ", ".join(f"`{x}`" for x in labels[:30])
+    return (f"It tags a text with any of {len(labels)} labels (none, one or several)"
+            + (f": {shown}." if len(labels) <= 30 else f" (first 30: {shown}, ...)."))
+
+
+def card_usage(repo: str, example: str) -> list[str]:
+    return [f'classifier = pipeline("text-classification", model="{repo}", top_k=None)  # sigmoid score per label',
+            "# the decision threshold of each label, chosen on validation data by textft",
+            'thresholds = classifier.model.config.textft_thresholds["values"]',
+            f"scores = classifier({example}, truncation=True)",
+            'print([s for s in scores if s["score"] >= thresholds[s["label"]]])']

@@ -128,7 +128,7 @@ class Regression(Task):
 
     def values(self, logits: np.ndarray) -> np.ndarray:
         """Predictions in the label's units: the model's output, rescaled until the head is folded."""
-        out = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)[:, 0]
+        out = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)[:, 0] if len(logits) else np.zeros(0)
         return out if self.folded else out * self.std + self.mean
 
     def base_loss(self) -> Callable:

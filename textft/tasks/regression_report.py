@@ -111,3 +111,21 @@ def figures(split: str, m: dict) -> dict[str, bytes]:
     target = m.get("target") or "value"
     return {f"{split}/predicted_vs_true": plot_predicted_vs_true(m["points"], target),
             f"{split}/residuals": plot_residuals(m["points"], target)}
+
+
+# --- model card ------------------------------------------------------------------------------------
+
+CARD_KIND = "text regressor"
+
+CARD_METRICS = (("mae", "mae", "MAE", None), ("rmse", "rmse", "RMSE", None), ("r2", "r_squared", "R²", None),
+                ("pearson", "pearsonr", "Pearson", None), ("spearman", "spearmanr", "Spearman", None))
+"""(metric, model-index type, name, args) of the card's metadata."""
+
+
+def card_summary(labels: list[str]) -> str:
+    return f"It predicts `{labels[0] if labels else 'value'}`, a number, in the units of the training labels."
+
+
+def card_usage(repo: str, example: str) -> list[str]:
+    return [f'regressor = pipeline("text-classification", model="{repo}", function_to_apply="none")',
+            f'print(regressor({example}, truncation=True))  # [{{"label": ..., "score": the predicted value}}]']

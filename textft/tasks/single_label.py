@@ -21,6 +21,7 @@ class SingleLabel(Task):
     loss_name = "cross-entropy loss"
     report_module = "textft.tasks.single_label_report"
     out_of_scope = True
+    calibration = "out_of_scope"
 
     def __init__(self, label_names: list[str], int_ids: bool = False):
         super().__init__(label_names)
@@ -178,12 +179,14 @@ class SingleLabel(Task):
         correct = sum(str(t) == a["label"] for t, a in pairs)
         return f"accuracy {correct / len(pairs):.4f} on {len(pairs):,} labelled rows"
 
-    def summary_line(self, split: str, m: dict) -> str:
+    @classmethod
+    def summary_line(cls, split: str, m: dict) -> str:
         loss = f" loss {m['loss']:.4f}" if m.get("loss") is not None else ""
         return (f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
                 f"  weighted-F1 {m['weighted_f1']:.4f}{loss}  ({m['num_examples']} examples)")
 
-    def log_line(self, m: dict) -> str:
+    @classmethod
+    def log_line(cls, m: dict) -> str:
         return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}"
 
 

@@ -123,3 +123,22 @@ def figures(split: str, m: dict) -> dict[str, bytes]:
     if m.get("calibration"):
         out[f"{split}/calibration"] = plot_calibration(m["calibration"])
     return out
+
+
+# --- model card ------------------------------------------------------------------------------------
+
+CARD_KIND = "text classifier"
+
+CARD_METRICS = (("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+                ("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}))
+"""(metric, model-index type, name, args) of the card's metadata."""
+
+
+def card_summary(labels: list[str]) -> str:
+    shown = ", ".join(f"`{x}`" for x in labels[:20])
+    return f"It predicts one of {len(labels)} labels" + (f": {shown}." if len(labels) <= 20 else f" (first 20: {shown}, ...).")
+
+
+def card_usage(repo: str, example: str) -> list[str]:
+    return [f'classifier = pipeline("text-classification", model="{repo}")',
+            f"print(classifier({example}, truncation=True))"]
