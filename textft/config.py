@@ -393,7 +393,8 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         need(v is None or v > 0, f"'data.{key}' must be > 0, got {v}")
     need(bool(d.text_column), "'data.text_column' must not be empty")
     need(bool(d.label_column), "'data.label_column' must not be empty")
-    need(d.label_delimiter != "", "'data.label_delimiter' must not be empty (null: labels are not split)")
+    need(d.label_delimiter != "", "'data.label_delimiter' must not be empty (null: labels are not split); YAML reads"
+         " a bare | or > as an empty block, so quote the separator: data.label_delimiter='|'")
     need(d.text_pair_column != "", "'data.text_pair_column' must not be empty (null: single texts)")
     need(d.text_pair_column is None or d.text_pair_column != d.text_column,
          f"'data.text_pair_column' must name another column than 'data.text_column' ({d.text_column!r})")

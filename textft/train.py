@@ -55,10 +55,23 @@ def preflight(cfg: Config) -> None:
         raise UserError(problems)
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the first run:
+    an application (or a test harness) that swaps stderr between runs in one process still gets the log."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(is_main: bool) -> None:
     # textft's own logger, so that an application's (or pytest's) root handlers stay untouched.
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(logging.INFO if is_main else logging.ERROR)
