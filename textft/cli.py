@@ -370,14 +370,14 @@ def calibrate_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if problems := check_positive(args, ["batch_size", "threads"]):
         raise UserError(problems)
-    if args.target_precision is None and args.target_rejection is None:
-        args.target_rejection = 0.05
     from textft.classifier import check_model_dir
     from textft.files import read_labelled
 
     _, raw_config, _ = check_model_dir(args.model, args.allow_pickle, args.trust_remote_code)
     if calibration.check_calibration(args, raw_config) == "thresholds":
         return print_lines(calibration.calibrate_thresholds(load_classifier(args), args))
+    if args.target_precision is None and args.target_rejection is None:
+        args.target_rejection = 0.05
     if args.evaluate and raw_config.get(calibration.OOS_KEY) is None:
         raise UserError(f"'--evaluate': '{args.model}' has no out-of-scope threshold yet; run textft calibrate first")
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
