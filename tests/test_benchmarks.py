@@ -31,3 +31,10 @@ def test_predict_throughput_quick():
     assert any(line.startswith("textft_fp32") for line in lines) and any(line.startswith("pipeline ") for line in lines)
     assert "agreement 1.0000" in "\n".join(lines)  # fp32 labels equal the pipeline's
     assert re.fullmatch(r"ratio_vs_pipeline=\d+\.\d\d agreement=\d\.\d{4}", lines[-1])
+
+
+def test_regression_imdb_quick():
+    lines = run_quick("regression_imdb.py")
+    assert any(line.startswith("| TF-IDF + ridge") for line in lines) and any(line.startswith("| textft") for line in lines)
+    assert re.fullmatch(r"textft_mae=\d+\.\d{4} ridge_mae=\d+\.\d{4} textft_spearman=-?\d\.\d{4}"
+                        r" ridge_spearman=-?\d\.\d{4} beats_baseline=(true|false)", lines[-1])

@@ -17,6 +17,7 @@ import pytest
 import textft
 from conftest import multi_label_rows, pair_rows, regression_rows, write_jsonl
 from textft.cli import main as cli
+from textft.errors import UserError
 from textft.train import main as train_main
 
 
@@ -216,7 +217,7 @@ def test_pairs_are_read_together(pair_run):
     plain = pipe(pair_run)(pairs, truncation=True)
     assert [g["label"] for g in got] == [p["label"] for p in plain]
     assert [g["score"] for g in got] == pytest.approx([p["score"] for p in plain], abs=1e-5)
-    with pytest.raises(textft.classifier.UserError, match="trained on text pairs"):
+    with pytest.raises(UserError, match="trained on text pairs"):
         clf.predict(["a single text"])
 
 
@@ -377,3 +378,75 @@ def test_model_cards_show_the_task_specific_usage(regression_run, multi_label_ru
     assert "top_k=None" in ml and "textft_thresholds" in ml and "type: hamming_loss" in ml
     pair = str(model_card(pair_run, repo_id="me/pair"))
     assert '"text_pair": "The second text."' in pair and "It reads pairs of texts" in pair
+
+
+def test_hub_style_multi_label_class_ids_keep_their_names(tmp_path):
+    """A dataset whose labels are lists of ClassLabel ids (as go_emotions' simplified configuration)."""
+    import datasets
+
+    from textft.config import DataConfig
+    from textft.data import load_splits
+
+    names = ["acting", "ending", "music"]
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "labels": datasets.List(datasets.ClassLabel(names=names))})
+    repo = tmp_path / "emotions"
+    for split, seed in (("train", 1), ("validation", 2)):
+        rows = multi_label_rows(40, seed)
+        (repo / "data").mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict({"text": [r["text"] for r in rows],
+                                    "labels": [[names.index(x) for x in r["labels"]] for r in rows]},
+                                   features=features).to_parquet(repo / "data" / f"{split}.parquet")
+    data = load_splits(DataConfig(dataset=str(repo), label_column="labels"))
+    assert data.task.name == "multi_label" and data.label_names == names
+    expected = {r["text"]: r["labels"] for r in multi_label_rows(40, 2)}
+    for row in data.splits["validation"]:
+        assert [names[i] for i, v in enumerate(row["labels"]) if v] == expected[row["text"]]
+
+
+def test_only_second_keeps_the_first_text_whole_and_falls_back_when_it_cannot(tokenizer):
+    from textft.tokenization import encode_pairs
+
+    first, second = "good " * 10, "bad " * 10
+    kept = encode_pairs([first], [second], tokenizer, 16, "only_second")["input_ids"][0]
+    assert len(kept) == 16 and tokenizer.decode(kept).split().count("good") == 10
+    longest = encode_pairs([first], [second], tokenizer, 16, "longest_first")["input_ids"][0]
+    assert len(longest) == 16 and tokenizer.decode(longest).split().count("good") < 10
+    # the first text alone is longer than the budget: that pair is cut longest-first, the others as asked
+    out = encode_pairs(["good " * 30, first], ["bad", second], tokenizer, 16, "only_second")["input_ids"]
+    assert [len(ids) for ids in out] == [16, 16] and tokenizer.decode(out[1]).split().count("good") == 10
+
+
+def test_lower_is_better_metrics_select_and_stop():
+    from textft.loop import BestModel, LoopState
+    from textft.recipe import Plan
+
+    plan = Plan(total_steps=10, steps_per_epoch=10, metric="rmse", patience=2)
+    state, saved = LoopState(), []
+    best = BestModel(plan, state, lambda info: saved.append(info["value"]))
+    for step, value in enumerate([2.0, 1.5, 1.7, 1.4, 1.6, 1.8], 1):
+        state.step = step
+        best.update({"rmse": value}, step / 10)
+    assert plan.lower_is_better and saved == [2.0, 1.5, 1.4] and state.stop_reason == "early_stopping"
+    # an undefined score (a correlation of constant predictions) never counts as better
+    state2 = LoopState()
+    BestModel(Plan(total_steps=10, steps_per_epoch=10, metric="spearman"), state2, lambda i: None).update(
+        {"spearman": None}, 0.1)
+    assert state2.best_value is None
+
+
+def test_a_sweep_of_a_regression_config_minimizes_rmse(tiny_model_dir, task_files, tmp_path):
+    from textft.sweep import checked_inputs  # the checks a sweep runs before its first trial
+
+    config = tmp_path / "reg.yaml"
+    config.write_text(f"""
+data: {{train_file: {task_files['regression']['train']}, label_column: score}}
+model: {{name_or_path: {tiny_model_dir}}}
+output: {{dir: {tmp_path / 'reg'}}}
+sweep: {{space: {{train.lr: {{type: log_uniform, low: 1.0e-4, high: 1.0e-2}}}}}}
+""")
+    spec, *_ = checked_inputs(str(config), 2, None, None, [])
+    assert (spec.metric, spec.direction) == ("rmse", "minimize")
+    config.write_text(config.read_text().replace("sweep: {", "sweep: {metric: accuracy, "))
+    with pytest.raises(UserError, match="accuracy is not a regression metric"):
+        checked_inputs(str(config), 2, None, None, [])

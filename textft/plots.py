@@ -11,7 +11,7 @@ import struct
 import numpy as np
 
 from textft.report_data import METRIC_NAMES, fmt, sorted_classes
-from textft.tasks import task_class
+from textft.tasks import LOWER_IS_BETTER, task_class
 
 MANY_CLASSES = 20
 """Above this many classes the confusion matrix drops its cell annotations and tables fold away."""
@@ -154,11 +154,13 @@ def plot_learning_curves(report: dict) -> bytes | None:
         if best and isinstance(best.get("step"), (int, float)):
             ax_metric.axvline(best["step"], color="#555555", linestyle="--", linewidth=1)
             name = METRIC_NAMES.get(best.get("metric"), best.get("metric"))
+            # Lower-is-better curves fall towards the bottom right, where the legend and the note would sit.
+            lower = best.get("metric") in LOWER_IS_BETTER
             ax_metric.annotate(f"best {name} {fmt(best.get('value'), 3)}\nstep {best['step']}",
-                               xy=(best["step"], best.get("value") or 0), xytext=(-8, -28),
+                               xy=(best["step"], best.get("value") or 0), xytext=(-8, 18 if lower else -28),
                                textcoords="offset points", ha="right", fontsize=9,
                                arrowprops={"arrowstyle": "-", "color": "#555555"})
-        ax_metric.legend(loc="lower right")
+        ax_metric.legend(loc="upper right" if best and best.get("metric") in LOWER_IS_BETTER else "lower right")
     return png(fig)
 
 

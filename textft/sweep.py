@@ -235,7 +235,7 @@ def write_outputs(sweep: Sweep, study) -> Path | None:
     return path
 
 
-def _checked_inputs(config: str, trials: int, output: str | None, sweep_file: str | None,
+def checked_inputs(config: str, trials: int, output: str | None, sweep_file: str | None,
                    overrides: list[str]) -> tuple[SweepSpec, str, Config, Path]:
     """Everything wrong with the command line, the config and the search space, reported at once."""
     problems = [f"'--trials' must be >= 1, got {trials}"] if trials < 1 else []
@@ -278,7 +278,7 @@ def run_sweep(config: str, trials: int, output: str | None, sweep_file: str | No
         import optuna  # noqa: F401
     except ImportError:
         raise UserError("textft sweep needs Optuna: pip install 'textft[sweep]'") from None
-    spec, base_text, base_cfg, out_dir = _checked_inputs(config, trials, output, sweep_file, overrides)
+    spec, base_text, base_cfg, out_dir = checked_inputs(config, trials, output, sweep_file, overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / "base_config.yaml"
     if base.is_file() and base.read_text() != base_text:
