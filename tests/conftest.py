@@ -35,6 +35,55 @@ def toy_rows(n: int, seed: int, pos_name="pos", neg_name="neg") -> list[dict]:
     return rows
 
 
+TOPICS = ["acting", "music", "ending"]
+"""Labels of the multi-label toy task: a text carries a label when it holds that word."""
+
+
+def multi_label_rows(n: int, seed: int) -> list[dict]:
+    """A learnable multi-label task: ``labels`` lists the topic words a text holds (none for a fifth)."""
+    rng = random.Random(seed)
+    rest = [w for w in FILLER if w not in TOPICS]
+    rows = []
+    for _ in range(n):
+        topics = [] if rng.random() < 0.2 else sorted(rng.sample(TOPICS, rng.choice([1, 1, 2, 3])))
+        words = rng.choices(rest, k=rng.randint(4, 10))
+        for topic in topics:
+            words.insert(rng.randrange(len(words) + 1), topic)
+        rows.append({"text": " ".join(words), "labels": topics})
+    return rows
+
+
+def pair_rows(n: int, seed: int) -> list[dict]:
+    """A learnable pair task whose answer is in the second text: the label is the polarity of the
+    sentiment word of ``text_pair``, while ``text`` holds a word of the opposite polarity, so a model
+    that reads the first text alone (or cannot tell the two apart) is wrong every time."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        first = rng.choices(FILLER, k=rng.randint(3, 8)) + [rng.choice(NEG if positive else POS)]
+        second = rng.choices(FILLER, k=rng.randint(3, 8))
+        second.insert(rng.randrange(len(second) + 1), rng.choice(POS if positive else NEG))
+        rng.shuffle(first)
+        rows.append({"text": " ".join(first), "text_pair": " ".join(second), "label": "pos" if positive else "neg"})
+    rng.shuffle(rows)
+    return rows
+
+
+def regression_rows(n: int, seed: int) -> list[dict]:
+    """A learnable regression task: the score is 2.5 per positive word (0 to 3 of them) plus 1, with
+    noise, so the values are not whole numbers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(0, 3)
+        words = rng.choices(FILLER, k=rng.randint(4, 10))
+        for _ in range(k):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(POS))
+        rows.append({"text": " ".join(words), "score": round(1 + 2.5 * k + rng.gauss(0, 0.3), 3)})
+    return rows
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -79,6 +128,16 @@ def toy_files(tmp_path_factory):
     return {"train": write_jsonl(root / "train.jsonl", toy_rows(400, 1)),
             "validation": write_jsonl(root / "validation.jsonl", toy_rows(80, 2)),
             "test": write_jsonl(root / "test.jsonl", toy_rows(80, 3))}
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory):
+    """train / validation / test jsonl files of the multi-label, pair and regression toy tasks."""
+    root = tmp_path_factory.mktemp("tasks")
+    make = {"multi_label": multi_label_rows, "pairs": pair_rows, "regression": regression_rows}
+    return {task: {split: write_jsonl(root / f"{task}-{split}.jsonl", rows(n, seed))
+                   for split, n, seed in (("train", 400, 1), ("validation", 80, 2), ("test", 80, 3))}
+            for task, rows in make.items()}
 
 
 @pytest.fixture

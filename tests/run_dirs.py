@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from textft.config import load_config, save_config
-from textft.evaluation import compute_metrics, prediction_rows, write_predictions, write_reports
+from textft.evaluation import compute_metrics, write_predictions, write_reports
+from textft.tasks.single_label import SingleLabel
 
 WORDS = ["card", "transfer", "payment", "pending", "refund", "exchange_rate", "top_up", "cash_withdrawal",
          "verify_identity", "lost_or_stolen_phone", "beneficiary_not_allowed", "wrong_amount_of_cash_received"]
@@ -52,7 +53,7 @@ def write_run(out: Path, k: int = 2, n: int = 120, splits=("validation", "test")
         m["loss"] = float(np.mean(np.log(np.exp(logits).sum(-1)) - logits[np.arange(n), y]))
         reports[split] = m
         rows_text = texts or [f"example {i} of {split}: " + " ".join(rng.choice(WORDS, 30)) for i in range(n)]
-        preds[split] = prediction_rows(rows_text[:n], y, logits, names)
+        preds[split] = SingleLabel(names).prediction_rows(rows_text[:n], y, logits)
         behind[split] = (y, logits)
     steps = 20 * max(evals, 1)
     log = []
@@ -65,7 +66,7 @@ def write_run(out: Path, k: int = 2, n: int = 120, splits=("validation", "test")
             m["loss"] = m["loss"] + 1.0 - step / steps
             log.append({"step": step, "epoch": step / 20, "eval": m})
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    write_reports(out, reports, {"label_names": names, "data_source": "synthetic", "parameters":
+    write_reports(out, reports, SingleLabel, {"label_names": names, "data_source": "synthetic", "parameters":
                                  {"trainable": 1000, "total": 4000}, "precision": "fp32", "num_processes": 1,
                                  "optimizer_steps": steps, "train_seconds": 12.5, "config": cfg.to_dict(),
                                  **(extra or {})}, title="synthetic")

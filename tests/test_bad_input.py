@@ -34,7 +34,7 @@ import sys
 
 import pytest
 
-from conftest import toy_rows, write_jsonl
+from conftest import multi_label_rows, pair_rows, regression_rows, toy_rows, write_jsonl
 from textft.cli import main as cli
 
 
@@ -122,17 +122,6 @@ def case_output_dir_not_empty(tmp_path):
     return [], "exists and is not empty"
 
 
-def case_label_is_a_list(tmp_path):
-    rows = [dict(r, label=[r["label"]]) for r in toy_rows(20, 0)]
-    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "several labels per text need data.task=multi_label"
-
-
-def case_some_labels_are_lists(tmp_path):
-    rows = toy_rows(20, 0)
-    rows[4]["label"] = ["pos", "neg"]
-    return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "1 label(s) in column 'label' that are lists (at row 5"
-
-
 def case_label_is_an_object(tmp_path):
     rows = [dict(r, label={"name": r["label"]}) for r in toy_rows(20, 0)]
     return [f"data.train_file={files(tmp_path, 't.jsonl', rows)}"], "that are objects"
@@ -175,6 +164,72 @@ def case_duplicate_label_names(tmp_path):
 def case_csv_with_a_duplicated_header(tmp_path):
     body = "text,label,text" + chr(10) + "".join(f"{r['text']},{r['label']},other" + chr(10) for r in toy_rows(20, 0))
     return [f"data.train_file={files(tmp_path, 't.csv', text=body)}"], "names the column 'text' more than once"
+
+
+def task_data(tmp_path, train, validation=None, name="t"):
+    """Overrides that replace the toy files of tiny_args (no test split) with these rows."""
+    args = [f"data.train_file={files(tmp_path, f'{name}.jsonl', train)}", "data.test_file=null",
+            f"data.validation_file={files(tmp_path, f'{name}-val.jsonl', validation) if validation else 'null'}"]
+    return args
+
+
+def case_unknown_label_in_validation_lists(tmp_path):
+    validation = multi_label_rows(10, 2)
+    validation[2]["labels"] = ["acting", "musc"]
+    return [*task_data(tmp_path, multi_label_rows(40, 1), validation), "data.label_column=labels"], \
+        "the validation split ('" + str(tmp_path / "t-val.jsonl") + "') has label(s) in column 'labels' never seen" \
+        " in training: 'musc' at row 3 (did you mean 'music'?)"
+
+
+def case_label_delimiter_that_splits_nothing(tmp_path):
+    rows = "".join(f"{r['text']},{r['labels'][0] if r['labels'] else 'acting'}\n" for r in multi_label_rows(30, 1))
+    path = files(tmp_path, "t.csv", text="text,labels\n" + rows)
+    return [f"data.train_file={path}", "data.validation_file=null", "data.test_file=null", "data.label_column=labels",
+            "data.label_delimiter='|'"], "'data.label_delimiter' '|' splits none of the labels in column 'labels'"
+
+
+def case_unquoted_yaml_delimiter(tmp_path):
+    return ["data.label_delimiter=|"], "quote the separator: data.label_delimiter='|'"
+
+
+def case_mixed_lists_and_single_labels(tmp_path):
+    rows = multi_label_rows(30, 1)
+    rows[4]["labels"], rows[9]["labels"] = "music", "acting"
+    return [*task_data(tmp_path, rows), "data.label_column=labels"], \
+        "mixes lists and single labels in column 'labels': single labels at rows 5, 10"
+
+
+def case_non_numeric_regression_target(tmp_path):
+    rows = regression_rows(30, 1)
+    rows[3]["score"] = "high"
+    return [*task_data(tmp_path, rows), "data.label_column=score", "data.task=regression"], \
+        "has 1 non-numeric target(s) in column 'score' at row 4 (e.g. 'high')"
+
+
+def case_nan_regression_target(tmp_path):
+    rows = "".join(f"{r['text']},{'nan' if i == 1 else r['score']}\n" for i, r in enumerate(regression_rows(30, 1)))
+    path = files(tmp_path, "t.csv", text="text,score\n" + rows)
+    return [f"data.train_file={path}", "data.validation_file=null", "data.test_file=null", "data.label_column=score",
+            "data.task=regression"], f"the train split ('{path}') has 1 missing or NaN target(s) in column 'score' at row 2"
+
+
+def case_missing_pair_column(tmp_path):
+    return [*task_data(tmp_path, pair_rows(30, 1)), "data.text_pair_column=second"], \
+        "'data.text_pair_column': column 'second' not found in the train split; columns found: text, text_pair, label"
+
+
+def case_pairs_with_single_text_truncation(tmp_path):
+    return ["data.text_pair_column=text_pair", "data.truncation=head+tail"], "pairs are cut by 'data.pair_truncation'"
+
+
+def case_metric_of_another_task(tmp_path):
+    return [*task_data(tmp_path, regression_rows(30, 1)), "data.label_column=score", "train.metric_for_best=accuracy"], \
+        "'train.metric_for_best': accuracy is not a regression metric"
+
+
+def case_class_weights_for_regression(tmp_path):
+    return [*task_data(tmp_path, regression_rows(30, 1)), "data.label_column=score", "train.class_weights=balanced"], \
+        "'train.class_weights' weighs classes; a regression task has none"
 
 
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]

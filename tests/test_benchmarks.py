@@ -41,3 +41,10 @@ def test_serve_load_quick():
     assert re.fullmatch(r"result: requests_per_s=\d+\.\d p50_ms=\d+\.\d p99_ms=\d+\.\d valid_failures=0"
                         r" invalid_not_4xx=0 rss_change_pct=[+-]\d+\.\d pass=yes", result), result
     assert any(line.startswith("valid: ") and "invalid: 4 requests, status {422: 4}" in line for line in lines)
+
+
+def test_regression_imdb_quick():
+    lines = run_quick("regression_imdb.py")
+    assert any(line.startswith("| TF-IDF + ridge") for line in lines) and any(line.startswith("| textft") for line in lines)
+    assert re.fullmatch(r"textft_mae=\d+\.\d{4} ridge_mae=\d+\.\d{4} textft_spearman=-?\d\.\d{4}"
+                        r" ridge_spearman=-?\d\.\d{4} beats_baseline=(true|false)", lines[-1])

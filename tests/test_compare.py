@@ -66,7 +66,8 @@ def test_bad_input_one_line_each_and_exit_2(two_runs, tmp_path, capsys):
     assert err == [f"error: '{tmp_path / 'not-a-run'}' has no eval_report.json: not a finished textft run"
                    " (train or `textft evaluate --output` writes it)",
                    "error: unknown metric 'macro-f1' (did you mean 'macro_f1'?); choose from accuracy, macro_f1,"
-                   " weighted_f1, loss, ece"]
+                   " weighted_f1, loss, ece, micro_f1, samples_f1, subset_accuracy, hamming_loss, mae, rmse, r2,"
+                   " pearson, spearman"]
     assert cli(["compare", str(full), "--split", "tset"]) == 2
     assert capsys.readouterr().err.strip() == ("error: run 'full' has no 'tset' split (did you mean 'test'?)"
                                                " (it has: test, validation)")

@@ -11,6 +11,7 @@ import pytest
 from conftest import toy_rows, write_jsonl
 from textft.config import DataConfig, UserError
 from textft.data import load_eval_split, load_splits
+from textft.tasks.single_label import SingleLabel
 
 
 def cfg(**kw):
@@ -157,7 +158,7 @@ def test_label_unseen_in_training(tmp_path):
     val_rows[0]["label"] = "posit"
     val = write_jsonl(tmp_path / "val.jsonl", val_rows)
     msg = problems(train_file=str(train), validation_file=str(val))
-    assert "validation split has label(s) never seen in training: posit" in msg and "did you mean 'pos'" in msg
+    assert f"validation split ('{val}') has label(s) never seen in training: posit" in msg and "did you mean 'pos'" in msg
 
 
 def test_single_class_is_an_error(tmp_path):
@@ -167,7 +168,7 @@ def test_single_class_is_an_error(tmp_path):
 
 def test_eval_split_maps_labels_by_name(tmp_path):
     path = write_jsonl(tmp_path / "e.jsonl", toy_rows(10, 0))
-    ds, _ = load_eval_split(str(path), None, "text", "label", {"pos": 0, "neg": 1})
+    ds, _ = load_eval_split(str(path), None, "text", "label", SingleLabel(["pos", "neg"]))
     by_text = {r["text"]: r["label"] for r in toy_rows(10, 0)}
     assert all(r["labels"] == (0 if by_text[r["text"]] == "pos" else 1) for r in ds)
 

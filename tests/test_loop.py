@@ -9,8 +9,12 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from textft.loop import BestModel, LoopState, TrainLog, fit, make_loss, steps_per_epoch
+from textft.config import TrainConfig
+from textft.loop import BestModel, LoopState, TrainLog, fit, steps_per_epoch
 from textft.recipe import Plan
+from textft.tasks.single_label import SingleLabel
+
+CROSS_ENTROPY = SingleLabel(["a", "b"]).loss_fn(TrainConfig(), [0, 1])
 
 
 class StubModel(nn.Module):
@@ -59,7 +63,7 @@ def run_fit(tmp_path, n_examples=50, batch_size=2, accum=1, scores=(0.5,), **pla
     plan = Plan(steps_per_epoch=steps_per_epoch(len(loader), accum), **plan_kw)
     state, checkpoints, saved = LoopState(), [], []
     best = BestModel(plan, state, lambda info: saved.append(info["step"]))
-    fit(accelerator, model, optimizer, scheduler, loader, state, plan, loss_fn=make_loss(None, 0.0),
+    fit(accelerator, model, optimizer, scheduler, loader, state, plan, loss_fn=CROSS_ENTROPY,
         evaluate=Scripted(scores), best=best, checkpoint=lambda: checkpoints.append(state.step),
         train_log=TrainLog(accelerator, state, len(loader), tmp_path / "train_log.jsonl"))
     return state, plan, checkpoints, saved
@@ -138,6 +142,6 @@ def test_an_on_evaluate_exception_ends_the_run(tmp_path):
     state, plan = LoopState(), Plan(total_steps=40, steps_per_epoch=10)
     with pytest.raises(Pruned):
         fit(accelerator, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), loader, state,
-            plan, loss_fn=make_loss(None, 0.0), evaluate=Scripted([0.5]), best=BestModel(plan, state, lambda i: None),
+            plan, loss_fn=CROSS_ENTROPY, evaluate=Scripted([0.5]), best=BestModel(plan, state, lambda i: None),
             checkpoint=lambda: None, train_log=TrainLog(accelerator, state, len(loader), None), on_evaluate=hook)
     assert seen == [(10, 1.0)] and state.step == 10

@@ -148,8 +148,9 @@ def test_every_problem_of_the_space_at_once(tiny_model_dir, toy_files, tmp_path,
     assert rc == 2
     assert err == [
         "error: '--trials' must be >= 1, got 0",
-        "error: 'sweep.metric': unknown metric 'macro-f1' (did you mean 'macro_f1'?); choose from accuracy,"
-        " macro_f1, weighted_f1, loss",
+        "error: 'sweep.metric': unknown metric 'macro-f1' (did you mean 'macro_f1'?); choose from auto,"
+        " accuracy, macro_f1, weighted_f1, micro_f1, samples_f1, subset_accuracy, hamming_loss, mae, rmse, r2,"
+        " pearson, spearman, loss",
         "error: unknown key 'train.learning_rate' in the sweep space (did you mean 'train.lr'?); keys look like"
         " train.lr, model.transfer",
         "error: sweep space 'train.batch_size': unknown type 'categoric' (did you mean 'categorical'?); types:"

@@ -2,7 +2,9 @@
 
 ``textft calibrate`` picks, on labelled validation data, the confidence below which a prediction is
 answered with an out-of-scope label, and stores it in the model's ``config.json`` under ``OOS_KEY``;
-``textft.load``, ``predict`` and ``serve`` apply it from there.
+``textft.load``, ``predict`` and ``serve`` apply it from there. Out of scope is a single-label idea
+(a softmax over known classes); a multi-label model calibrates its decision thresholds instead, and a
+regression model has nothing to calibrate.
 """
 
 from __future__ import annotations
@@ -126,6 +128,18 @@ def rejection_metrics(pred: np.ndarray, truth: np.ndarray, scores: np.ndarray, t
             "coverage": ratio(accepted.sum(), len(truth))}
 
 
+def rejection_lines(m: dict, method: str) -> list[str]:
+    """``rejection_metrics`` in words."""
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return [f"threshold {m['threshold']:.6g} ({method}) on {m['num_examples']} examples"
+            f" ({m['num_in_scope']} in scope, {m['num_out_of_scope']} out of scope)",
+            f"in-scope accuracy {fmt(m['in_scope_accuracy'])} (without rejection"
+            f" {fmt(m['in_scope_accuracy_without_rejection'])}), in-scope rejected {fmt(m['in_scope_rejection_rate'])},"
+            f" out-of-scope recall {fmt(m['out_of_scope_recall'])}, precision of answers {fmt(m['precision'])}"]
+
+
 def class_ids(labels: list, model_labels: list[str]) -> np.ndarray:
     """The model's class id of each label, -1 for a label the model does not have (out of scope)."""
     label2id = {name: i for i, name in enumerate(model_labels)}
@@ -168,10 +182,69 @@ def measure_threshold(clf, texts: list[str], labels: list, batch_size: int = 32)
 
 def write_settings(model_dir: Path, settings: dict | None) -> None:
     """Store (or with None remove) the out-of-scope settings in ``config.json``, atomically."""
+    write_config_entry(model_dir, OOS_KEY, settings)
+
+
+# --- what each task calibrates ---------------------------------------------------------------------
+
+
+def check_calibration(args, raw_config: dict) -> str:
+    """What ``textft calibrate`` sets for this model (``out_of_scope`` or ``thresholds``), after refusing
+    options that do not apply to it."""
+    from textft.tasks import from_model_config
+
+    task = from_model_config(raw_config)
+    kind = task.calibration
+    if kind is None:
+        raise UserError(f"'--model': '{args.model}' is a {task.name} model: its answer is the value itself, with no"
+                        " threshold to calibrate")
+    oos_only = [flag for flag, given in (("--target-precision", args.target_precision is not None),
+                                         ("--target-rejection", args.target_rejection is not None),
+                                         ("--method", args.method != "msp"), ("--label", args.label != DEFAULT_OOS_LABEL))
+                if given]
+    if kind == "thresholds" and oos_only:
+        raise UserError(f"{', '.join(oos_only)}: out-of-scope options apply to single-label models; '{args.model}'"
+                        " is multi-label, whose calibration chooses its decision thresholds (--thresholds)")
+    if kind == "out_of_scope" and (args.thresholds or args.text_pair_column):
+        raise UserError("'--thresholds' and '--text-pair-column' apply to multi-label models; this one is single-label")
+    return kind
+
+
+def calibrate_thresholds(clf, args) -> list[str]:
+    """Multi-label: the model's scores with its stored thresholds on ``--data``, then thresholds chosen on
+    that data (stored unless --dry-run or --evaluate); returns the lines to print."""
+    from textft.data import load_eval_split
+    from textft.tasks.multi_label import THRESHOLDS_KEY
+
+    task = clf.task
+    pair_column = args.text_pair_column or (clf.trained_setting("text_pair_column") if clf.pairs else None)
+    ds, source = load_eval_split(args.data, None, args.text_column, args.label_column, task, None, pair_column)
+    logits = clf.logits(ds["text"], args.batch_size, ds["text_pair"] if pair_column else None)
+    labels = np.asarray(ds["labels"])
+
+    def line(name: str, m: dict) -> str:
+        return (f"{name}: macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  samples-F1 {m['samples_f1']:.4f}"
+                f"  ({m['num_examples']} examples of {source})")
+
+    lines = [line(f"stored thresholds ({task.tuning})", task.evaluate(logits, labels))]
+    if args.evaluate:
+        return lines
+    task.tuning = args.thresholds or task.tuning
+    settings = task.choose_decision(logits, labels)
+    settings["split"] = source
+    lines.append(line(f"thresholds chosen here ({task.tuning})", task.evaluate(logits, labels)))
+    if not args.dry_run:
+        write_config_entry(clf.model_dir, THRESHOLDS_KEY, settings)
+        lines.append(f"wrote '{THRESHOLDS_KEY}' to {clf.model_dir / 'config.json'}: predict and serve now use them")
+    return lines
+
+
+def write_config_entry(model_dir: Path, key: str, value: Any) -> None:
+    """Store (or with None remove) one entry of ``config.json``, atomically."""
     path = Path(model_dir) / "config.json"
     data = json.loads(path.read_text(encoding="utf-8"))
-    if settings is None:
-        data.pop(OOS_KEY, None)
+    if value is None:
+        data.pop(key, None)
     else:
-        data[OOS_KEY] = settings
+        data[key] = value
     replace_file(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -14,11 +14,11 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from textft import calibration
+from textft import calibration, tasks
 from textft.config import LONG_TEXT
 from textft.errors import UserError, closest, one_line
 
@@ -56,9 +56,6 @@ def check_model_dir(model: str | Path, allow_pickle: bool = False, trust_remote_
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise UserError(f"'{key}': '{model}' is not a text classifier (architectures: {', '.join(archs) or 'none'});"
                         " expected a *ForSequenceClassification checkpoint such as textft train writes")
-    if config.get("problem_type") in ("regression", "multi_label_classification") or config.get("num_labels") == 1:
-        raise UserError(f"'{key}': '{model}' is a {config.get('problem_type') or 'regression'} model;"
-                        " textft predicts single-label classes")
     safetensors = any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
     pickled = any((path / n).is_file() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
     if not safetensors and not pickled:
@@ -185,15 +182,21 @@ class Classifier:
 
     def __init__(self, model, tokenizer, *, device, precision: str, long_text: str, max_length: int,
                  stride: int = 0, head_fraction: float = 0.25, pooling: str = "mean",
-                 out_of_scope: dict | None = None, model_dir: Path | None = None, training_config: dict | None = None):
+                 out_of_scope: dict | None = None, model_dir: Path | None = None, training_config: dict | None = None,
+                 task=None):
         from textft.tokenization import collator
 
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.long_text, self.max_length, self.stride, self.pooling = long_text, max_length, stride, pooling
         self.head_fraction, self.out_of_scope = head_fraction, out_of_scope
         self.model_dir, self.training_config = model_dir, training_config or {}
-        config = model.config
-        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self.task = task or tasks.from_model_config(model.config.to_dict())
+        """What the outputs mean and how they become answers (textft.tasks)."""
+        self.labels = self.task.label_names
+        trained_pairs = self.trained_setting("text_pair_column")
+        self.pairs: bool | None = (trained_pairs is not None) if self.training_config else None
+        """Whether the model reads text pairs (None: not a textft run, either is accepted)."""
+        self.pair_truncation = self.trained_setting("pair_truncation") or "longest_first"
         self._collate = collator(tokenizer, mixed_precision=precision != "fp32", on_gpu=device.type == "cuda")
 
     @classmethod
@@ -216,10 +219,13 @@ class Classifier:
 
         long_text = check_options(long_text, pooling, precision, max_length, stride)
         path, raw_config, safetensors = check_model_dir(model_dir, allow_pickle, trust_remote_code)
-        oos = calibration.check_settings(raw_config.get(calibration.OOS_KEY), f"'{path / 'config.json'}'") \
-            if out_of_scope else None
+        where = f"'{path / 'config.json'}'"
+        task = tasks.from_model_config(raw_config, where)
+        oos = calibration.check_settings(raw_config.get(calibration.OOS_KEY), where) \
+            if out_of_scope and task.out_of_scope else None
         trained = training_config(path)
         data_cfg = trained.get("data") if isinstance(trained.get("data"), dict) else {}
+        task.delimiter = data_cfg.get("label_delimiter")
         device_t = _device(device)
         precision = inference_precision(precision, device_t)
         model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
@@ -239,15 +245,26 @@ class Classifier:
         return cls(_to_precision(model, precision, device_t), tokenizer, device=device_t, precision=precision,
                    long_text=long_text, max_length=max_length, stride=stride,
                    head_fraction=data_cfg.get("head_fraction", 0.25), pooling=pooling, out_of_scope=oos,
-                   model_dir=path, training_config=trained)
+                   model_dir=path, training_config=trained, task=task)
+
+    def trained_setting(self, key: str):
+        """A ``data`` setting of the textft run that trained the model (None for other checkpoints)."""
+        data_cfg = self.training_config.get("data")
+        return data_cfg.get(key) if isinstance(data_cfg, dict) else None
 
     # -- encoding and forward ------------------------------------------------------------------
 
-    def features(self, texts: list[str]) -> tuple[list[dict], np.ndarray]:
-        """Model inputs of every feature (one per text, or one per window) and the text it belongs to."""
-        from textft.tokenization import MODEL_INPUTS, encode_texts
+    def features(self, texts: list[str], pairs: list[str] | None = None) -> tuple[list[dict], np.ndarray]:
+        """Model inputs of every feature (one per text or pair, or one per window) and the text it belongs to."""
+        from textft.tokenization import MODEL_INPUTS, encode_pairs, encode_texts
 
-        if self.long_text == "sliding_window":
+        if pairs is not None:
+            if self.long_text == "sliding_window":
+                raise UserError("'--long-text': sliding_window splits single texts; text pairs are cut as in"
+                                f" training ({self.pair_truncation})")
+            enc, owner = encode_pairs(texts, pairs, self.tokenizer, self.max_length, self.pair_truncation), \
+                np.arange(len(texts))
+        elif self.long_text == "sliding_window":
             enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, stride=self.stride,
                                  return_overflowing_tokens=True, verbose=False)
             owner = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
@@ -264,17 +281,25 @@ class Classifier:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Logits of each text (pooled over its windows with ``sliding_window``), float32, in input order."""
+    def logits(self, texts: Sequence[str], batch_size: int = 32, pairs: Sequence[str | None] | None = None) -> np.ndarray:
+        """Logits of each text or (text, pairs[i]) pair (pooled over its windows with ``sliding_window``),
+        float32, in input order. A None in ``pairs`` marks a single text among pairs."""
         import torch
 
         texts = check_texts(texts)
         if batch_size < 1:
             raise UserError(f"'--batch-size' must be >= 1, got {batch_size}")
-        n_labels = len(self.labels)
+        n_labels = self.task.num_outputs
         if not texts:
             return np.zeros((0, n_labels), dtype=np.float32)
-        feats, owner = self.features(texts)
+        if pairs is not None:
+            pairs = check_pairs(texts, pairs, self.pairs)
+            if any(p is None for p in pairs):  # singles and pairs are encoded (and batched) apart
+                return self.mixed_logits(texts, pairs, batch_size)
+        elif self.pairs:
+            raise UserError("this model was trained on text pairs: give each input as"
+                            " {\"text\": ..., \"text_pair\": ...} (a second text column for files)")
+        feats, owner = self.features(texts, pairs)
         # Longest first: padding stays small, and the peak memory shows up in the first batch.
         order = sorted(range(len(feats)), key=lambda i: -len(feats[i]["input_ids"]))
         out = np.empty((len(feats), n_labels), dtype=np.float32)
@@ -293,42 +318,31 @@ class Classifier:
         np.add.at(pooled, owner, out)
         return pooled / np.bincount(owner, minlength=len(texts)).astype(np.float32)[:, None]
 
+    def mixed_logits(self, texts: list[str], pairs: list[str | None], batch_size: int) -> np.ndarray:
+        out = np.empty((len(texts), self.task.num_outputs), dtype=np.float32)
+        single = [i for i, p in enumerate(pairs) if p is None]
+        paired = [i for i, p in enumerate(pairs) if p is not None]
+        out[single] = self.logits([texts[i] for i in single], batch_size)
+        out[paired] = self.logits([texts[i] for i in paired], batch_size, [pairs[i] for i in paired])
+        return out
+
     # -- results ---------------------------------------------------------------------------------
 
     def results(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False) -> list[dict]:
-        """One record per row of ``logits``: label and score (max softmax probability), the ``top_k``
-        labels when top_k > 1, every label's probability on request, and whether the prediction
-        was rejected as out of scope (then ``label`` is the out-of-scope label and ``model_label``
-        the class the model would have answered)."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise UserError(f"'--top-k' must be an integer >= 1, got {top_k!r}")
-        probs = calibration.softmax(np.asarray(logits, dtype=np.float64))
-        k = min(top_k, len(self.labels))
-        ranked = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-        rejected = calibration.rejected(logits, self.out_of_scope) if self.out_of_scope is not None else None
-        records = []
-        for i in range(len(probs)):
-            best = int(ranked[i, 0])
-            record: dict[str, Any] = {"label": self.labels[best], "score": float(probs[i, best])}
-            if rejected is not None:
-                record["out_of_scope"] = bool(rejected[i])
-                if rejected[i]:
-                    record["model_label"] = record["label"]
-                    record["label"] = self.out_of_scope["label"]
-            if top_k > 1:
-                record["top_k"] = [{"label": self.labels[int(j)], "score": float(probs[i, j])} for j in ranked[i]]
-            if return_all_scores:
-                record["scores"] = {name: float(p) for name, p in zip(self.labels, probs[i])}
-            records.append(record)
-        return records
+        """One answer per row of ``logits``, shaped by the task: ``label`` and ``score`` (single-label,
+        with ``out_of_scope`` once calibrated), ``labels`` above their thresholds (multi-label), or
+        ``value`` (regression); see ``decode`` in textft.tasks."""
+        return self.task.decode(logits, top_k, return_all_scores, self.out_of_scope)
 
-    def predict(self, texts: str | Sequence[str], batch_size: int = 32, top_k: int = 1,
+    def predict(self, texts: str | dict | Sequence[str | dict], batch_size: int = 32, top_k: int = 1,
                 return_all_scores: bool = False) -> dict | list[dict]:
-        """Predictions for one text (a dict) or a list of texts (a list of dicts, in input order)."""
-        if isinstance(texts, str):
+        """Predictions for one input (a dict) or a list (a list of dicts, in input order). An input is a
+        text, or a pair ``{"text": ..., "text_pair": ...}`` for a model trained on pairs."""
+        if isinstance(texts, (str, dict)):
             return self.predict([texts], batch_size, top_k, return_all_scores)[0]
-        self.results(np.zeros((0, len(self.labels))), top_k)  # validates top_k before any work
-        return self.results(self.logits(texts, batch_size), top_k, return_all_scores)
+        self.results(np.zeros((0, self.task.num_outputs)), top_k, return_all_scores)  # validates before any work
+        singles, pairs = split_inputs(texts)
+        return self.results(self.logits(singles, batch_size, pairs), top_k, return_all_scores)
 
     def describe(self) -> dict:
         """What a caller may want to know about the loaded model (for logs and /metadata)."""
@@ -336,6 +350,8 @@ class Classifier:
         model_cfg = self.training_config.get("model") if isinstance(self.training_config.get("model"), dict) else {}
         window = self.long_text == "sliding_window"
         return {"model_dir": str(self.model_dir) if self.model_dir else None,
+                "task": self.task.name, "text_pairs": self.pairs,
+                "decision": {k: v for k, v in self.task.model_config().items() if k != "problem_type"} or None,
                 "labels": list(self.labels),
                 "base_model": model_cfg.get("name_or_path") or getattr(cfg, "_name_or_path", None),
                 "architecture": (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0],
@@ -352,3 +368,35 @@ def check_texts(texts) -> list[str]:
     if bad:
         raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
     return texts
+
+
+def split_inputs(inputs) -> tuple[list[str], list[str | None] | None]:
+    """Texts and, when any input is a pair ``{"text", "text_pair"}``, the second texts (None for singles)."""
+    if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__iter__"):
+        raise TypeError(f"texts must be a list of strings or pairs, got {type(inputs).__name__}")
+    texts, pairs = [], []
+    for i, item in enumerate(inputs):
+        if isinstance(item, dict):
+            unknown = set(item) - {"text", "text_pair"}
+            if unknown or not isinstance(item.get("text"), str) or not isinstance(item.get("text_pair"), str):
+                raise TypeError(f"item {i} must be {{'text': str, 'text_pair': str}}, got keys {sorted(item)}")
+            texts.append(item["text"])
+            pairs.append(item["text_pair"])
+        else:
+            texts.append(item)
+            pairs.append(None)
+    return texts, (pairs if any(p is not None for p in pairs) else None)
+
+
+def check_pairs(texts: list[str], pairs, model_pairs: bool | None) -> list[str | None]:
+    pairs = list(pairs)
+    if len(pairs) != len(texts):
+        raise UserError(f"{len(texts)} texts but {len(pairs)} second texts: every pair needs both")
+    bad = [i for i, p in enumerate(pairs) if p is not None and not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"second texts must be strings; item {bad[0]} is {type(pairs[bad[0]]).__name__}")
+    if model_pairs is False and any(p is not None for p in pairs):
+        raise UserError("this model was trained on single texts, not pairs: give each input as one text")
+    if model_pairs and any(p is None for p in pairs):
+        raise UserError("this model was trained on text pairs: give each input as {\"text\": ..., \"text_pair\": ...}")
+    return pairs

@@ -8,7 +8,6 @@ missing optional dependency affects only its own command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import json
 import logging
@@ -16,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from textft.config import INFERENCE_PRECISIONS, LONG_TEXT, describe_keys
+from textft.config import INFERENCE_PRECISIONS, LONG_TEXT
+from textft.config_help import describe_keys
 from textft.errors import UserError, closest
-from textft.interrupts import Interrupted, close_progress_bars, report_interruption
+from textft.interrupts import Interrupted, close_progress_bars, report_interruption, terminate_as_exit
 
 # --- shared pieces -------------------------------------------------------------------------------
 
@@ -116,27 +116,34 @@ def evaluate_main(argv: list[str]) -> int:
     parser.add_argument("--dataset-config", help="configuration (subset) of a hub dataset that has several")
     parser.add_argument("--split", help="hub split (default: test, else validation)")
     parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-pair-column", help="column of the second text (default: as in training)")
     parser.add_argument("--label-column", default="label")
+    parser.add_argument("--label-delimiter", help="multi-label: separator of labels in one string (default: as in"
+                                                  " training)")
     parser.add_argument("--output", help="directory for eval_report.json/.md, predictions and report.html")
     parser.add_argument("--json", action="store_true", help="print the full metrics as JSON")
     add_model_args(parser, batch_size=64, precision="fp32")
     args = parser.parse_args(argv)
     if problems := check_positive(args, ["batch_size", "threads"]):
         raise UserError(problems)
-    from textft.evaluation import evaluate_checkpoint, markdown_report, summary_line
+    from textft.evaluation import evaluate_checkpoint
+    from textft.tasks import task_class
 
     quiet_libraries(args.threads)
     metrics = evaluate_checkpoint(args.model, args.data, split=args.split, dataset_config=args.dataset_config,
                                   text_column=args.text_column, label_column=args.label_column,
-                                  batch_size=args.batch_size, output=args.output, **load_options(args))
+                                  batch_size=args.batch_size, output=args.output,
+                                  text_pair_column=args.text_pair_column, label_delimiter=args.label_delimiter,
+                                  **load_options(args))
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    print(markdown_report({"evaluation": metrics}, title=f"{args.model} on {args.data}"))
+    task = task_class(metrics["settings"]["task"])
+    print(task.markdown_report({"evaluation": metrics}, title=f"{args.model} on {args.data}"))
     s = metrics["settings"]
     window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
     print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; precision {s['precision']}")
-    print(summary_line("evaluation", metrics))
+    print(task.summary_line("evaluation", metrics))
     if args.output:
         print(f"report written: {Path(args.output) / 'report.html'} (also report.md, report.json,"
               " eval_report.json, predictions/evaluation.jsonl)")
@@ -144,7 +151,7 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 def report_main(argv: list[str]) -> int:
-    from textft.report_data import DEFAULT_MISTAKES, check_run_dir
+    from textft.report_data import DEFAULT_MISTAKES, METRIC_NAMES, check_run_dir
 
     parser = argparse.ArgumentParser(
         prog="textft report", description="(Re-)render report.json, report.md and report.html of finished runs.")
@@ -162,9 +169,10 @@ def report_main(argv: list[str]) -> int:
     for run_dir in args.run_dirs:
         write_run_report(Path(run_dir), args.mistakes)
         report = json.loads((Path(run_dir) / "report.json").read_text())
+        shown = [k for k in report["headline"] if k != "loss"][:2] + ["ece"]
         for split, m in report["splits"].items():
-            ece = f"  ECE {m['ece']:.4f}" if m.get("ece") is not None else ""
-            print(f"{run_dir} {split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}{ece}")
+            print(f"{run_dir} {split}: " + "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in shown
+                                                      if isinstance(m.get(k), (int, float))))
         print(f"report written: {Path(run_dir) / 'report.html'} (also report.md, report.json)")
     return 0
 
@@ -177,11 +185,11 @@ def compare_main(argv: list[str]) -> int:
         prog="textft compare", description="Compare finished runs side by side (Markdown, HTML, CSV and a plot).")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by textft train")
     parser.add_argument("--output", help="directory for comparison.md, .html, .csv and .png")
-    parser.add_argument("--metric", default="macro_f1", help=f"metric to rank by: {', '.join(METRICS)}")
+    parser.add_argument("--metric", help=f"metric to rank by (default: the task's): {', '.join(METRICS)}")
     parser.add_argument("--split", help="split to compare (default: test where every run has one, else validation)")
     args = parser.parse_args(argv)
-    rows, table, written = compare(args.run_dirs, args.metric, args.split, args.output)
-    print(f"# {len(rows)} runs on the {rows[0]['split']} split (best {METRIC_NAMES[args.metric]} in bold)\n")
+    rows, table, written, metric = compare(args.run_dirs, args.metric, args.split, args.output)
+    print(f"# {len(rows)} runs on the {rows[0]['split']} split (best {METRIC_NAMES[metric]} in bold)\n")
     print(table)
     if written:
         print(f"written: {', '.join(str(p) for p in written)}")
@@ -223,26 +231,6 @@ def sweep_main(argv: list[str]) -> int:
 # --- predict, calibrate, serve, push --------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def terminate_as_exit():
-    """SIGTERM (kill, a job scheduler's timeout) unwinds like Ctrl-C, so a staged output is removed."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def predict_main(argv: list[str]) -> int:
     from textft.files import DEFAULT_MAX_CHARS, InputReader, OutputWriter
 
@@ -257,6 +245,7 @@ def predict_main(argv: list[str]) -> int:
                         help="default: from the extension (stdin: txt)")
     parser.add_argument("--output-format", choices=["jsonl", "csv"], help="default: from the extension")
     parser.add_argument("--text-column", default="text", help="column (csv/parquet) or key (jsonl) of the text")
+    parser.add_argument("--text-pair-column", help="column of the second text (needed by a model trained on pairs)")
     parser.add_argument("--id-column", help="column copied to the output as 'id' (default: the row number)")
     parser.add_argument("--label-column", help="column of true labels: kept as 'true_label' and the accuracy is"
                                                " printed")
@@ -273,10 +262,13 @@ def predict_main(argv: list[str]) -> int:
     if args.input != "-" and args.output != "-" and Path(args.input).resolve() == Path(args.output).resolve():
         raise UserError("'--output' must not be the input file")
     reader = InputReader(args.input, args.input_format, args.text_column, args.id_column, args.label_column,
-                         args.max_chars)
+                         args.max_chars, args.text_pair_column)
     try:
         writer = OutputWriter(args.output, args.output_format)
         clf = load_classifier(args)
+        if clf.pairs and args.text_pair_column is None:
+            raise UserError(f"'--text-pair-column': '{args.model}' reads text pairs; name the column of the second"
+                            f" text (in training: '{clf.trained_setting('text_pair_column')}')")
         with terminate_as_exit():
             return predict_file(clf, reader, writer, args)
     finally:
@@ -290,10 +282,12 @@ def predict_file(clf, reader, writer, args) -> int:
     bar = tqdm(total=reader.size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, dynamic_ncols=True,
                desc="predict", disable=args.no_progress or None, mininterval=0.5)
     start = time.perf_counter()
-    n = correct = labelled = rejected = 0
+    n = rejected = 0
+    truths, answers = [], []
     with writer:
         for chunk in reader.chunks(args.chunk_size):
-            results = clf.predict([r.text for r in chunk], batch_size=args.batch_size, top_k=args.top_k,
+            inputs = [r.text if r.text_pair is None else {"text": r.text, "text_pair": r.text_pair} for r in chunk]
+            results = clf.predict(inputs, batch_size=args.batch_size, top_k=args.top_k,
                                   return_all_scores=args.all_scores)
             records = []
             for row, res in zip(chunk, results):
@@ -302,8 +296,8 @@ def predict_file(clf, reader, writer, args) -> int:
                 if args.label_column:
                     record["true_label"] = row.label
                     if row.label is not None:
-                        labelled += 1
-                        correct += str(row.label) == res["label"]
+                        truths.append(row.label)
+                        answers.append(res)
                 rejected += bool(res.get("out_of_scope"))
                 records.append(record)
             writer.write(records)
@@ -318,20 +312,14 @@ def predict_file(clf, reader, writer, args) -> int:
     if clf.out_of_scope is not None:
         summary += f"; {rejected:,} answered '{clf.out_of_scope['label']}'"
     print(summary, file=sys.stderr)
-    if labelled:
-        print(f"accuracy {correct / labelled:.4f} on {labelled:,} labelled rows", file=sys.stderr)
+    if truths and (line := clf.task.agreement(truths, answers)):
+        print(line, file=sys.stderr)
     return 0
 
 
-def print_rejection(m: dict, method: str) -> None:
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
-
-    print(f"threshold {m['threshold']:.6g} ({method}) on {m['num_examples']} examples"
-          f" ({m['num_in_scope']} in scope, {m['num_out_of_scope']} out of scope)")
-    print(f"in-scope accuracy {fmt(m['in_scope_accuracy'])} (without rejection"
-          f" {fmt(m['in_scope_accuracy_without_rejection'])}), in-scope rejected {fmt(m['in_scope_rejection_rate'])},"
-          f" out-of-scope recall {fmt(m['out_of_scope_recall'])}, precision of answers {fmt(m['precision'])}")
+def print_lines(lines: list[str]) -> int:
+    print("\n".join(lines))
+    return 0
 
 
 def calibrate_main(argv: list[str]) -> int:
@@ -340,9 +328,11 @@ def calibrate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="textft calibrate",
         description="Choose the confidence threshold below which predictions are answered with an out-of-scope"
-                    " label, on labelled validation data, and store it in the model's config.json.",
+                    " label, on labelled validation data, and store it in the model's config.json. For a"
+                    " multi-label model: choose its decision thresholds again on new labelled data.",
         epilog="Rows whose label is not one of the model's labels count as out of scope. Default target:"
-               " --target-rejection 0.05 (5%% of in-scope examples rejected).")
+               " --target-rejection 0.05 (5%% of in-scope examples rejected). A regression model has nothing"
+               " to calibrate.")
     parser.add_argument("--data", required=True, help="labelled validation file (csv, tsv, jsonl, parquet)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
@@ -355,26 +345,31 @@ def calibrate_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
     parser.add_argument("--evaluate", action="store_true",
                         help="only measure the threshold already stored in the model on --data (e.g. a test file)")
+    parser.add_argument("--thresholds", choices=("per_label", "global"),
+                        help="multi-label: one threshold per label (best macro-F1) or one for all (default: as stored)")
+    parser.add_argument("--text-pair-column", help="multi-label: column of the second text of a pair model")
     add_model_args(parser)
     args = parser.parse_args(argv)
     if problems := check_positive(args, ["batch_size", "threads"]):
         raise UserError(problems)
-    if args.target_precision is None and args.target_rejection is None:
-        args.target_rejection = 0.05
     from textft.classifier import check_model_dir
     from textft.files import read_labelled
 
     _, raw_config, _ = check_model_dir(args.model, args.allow_pickle, args.trust_remote_code)
+    if calibration.check_calibration(args, raw_config) == "thresholds":
+        return print_lines(calibration.calibrate_thresholds(load_classifier(args), args))
+    if args.target_precision is None and args.target_rejection is None:
+        args.target_rejection = 0.05
     if args.evaluate and raw_config.get(calibration.OOS_KEY) is None:
         raise UserError(f"'--evaluate': '{args.model}' has no out-of-scope threshold yet; run textft calibrate first")
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
     clf = load_classifier(args, out_of_scope=args.evaluate)
     if args.evaluate:
-        print_rejection(calibration.measure_threshold(clf, texts, labels, args.batch_size), clf.out_of_scope["method"])
-        return 0
+        return print_lines(calibration.rejection_lines(calibration.measure_threshold(clf, texts, labels, args.batch_size),
+                                                       clf.out_of_scope["method"]))
     settings = calibration.calibrate(clf, texts, labels, args.method, args.target_precision, args.target_rejection,
                                      args.label, args.batch_size)
-    print_rejection(settings["calibration"], args.method)
+    print_lines(calibration.rejection_lines(settings["calibration"], args.method))
     if args.dry_run:
         return 0
     calibration.write_settings(clf.model_dir, settings)
@@ -432,7 +427,8 @@ def serve_main(argv: list[str]) -> int:
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, reachable from other machines; the service has no"
               " authentication, so put it behind a proxy that has", file=sys.stderr)
-    print(f"serving {args.model} ({len(classifier.labels)} labels, {classifier.precision}, {classifier.device})"
+    print(f"serving {args.model} ({classifier.task.name}, {len(classifier.labels)} labels, {classifier.precision},"
+          f" {classifier.device})"
           f" on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0

@@ -18,9 +18,10 @@ from textft.files import replace_file
 from textft.plots import figure, png
 from textft.report import CSS, duration, img_tag
 from textft.report_data import METRIC_NAMES, build_report, check_run_dir, fmt
+from textft.tasks import LOWER_IS_BETTER, task_class
 
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
-LOWER_IS_BETTER = {"loss", "ece"}
+METRICS = tuple(METRIC_NAMES)
+"""Every metric a comparison can rank by; each task's runs show and rank by their own (its headline)."""
 HYPER = (("lr", "train", "lr"), ("head_lr", "train", "head_lr"), ("epochs", "train", "epochs"),
          ("batch_size", "train", "batch_size"), ("max_length", "data", "max_length"),
          ("layer_lr_decay", "model", "layer_lr_decay"))
@@ -44,7 +45,7 @@ def _model_name(name: str | None) -> str:
     return Path(name).name if "/" in name and Path(name).exists() else name
 
 
-def comparison_row(report: dict, name: str, run_dir: str, split: str) -> dict[str, Any]:
+def comparison_row(report: dict, name: str, run_dir: str, split: str, metrics: tuple[str, ...]) -> dict[str, Any]:
     cfg = report.get("config") or {}
     m = report["splits"][split]
     params = report.get("parameters") or {}
@@ -55,7 +56,7 @@ def comparison_row(report: dict, name: str, run_dir: str, split: str) -> dict[st
     row["trainable_params"] = params.get("trainable")
     row["total_params"] = params.get("total")
     row["split"] = split
-    for key in METRICS:
+    for key in metrics:
         row[key] = m.get(key)
     row["train_seconds"] = report["timings"].get("train_seconds")
     row["samples_per_s"] = report["throughput"].get("samples_per_s")
@@ -84,18 +85,23 @@ def _transfer(row: dict) -> str:
 SETTINGS = ("model", "transfer", "lr", "head_lr", "epochs", "batch", "max_len", "lr decay")
 
 
+def metric_columns(rows: list[dict]) -> list[str]:
+    return [k for k in rows[0] if k in METRIC_NAMES] if rows else []
+
+
 def display_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[str]], int | None, dict[str, str]]:
     """Header, formatted cells, the index of the best run on ``metric``, and the settings all runs share.
 
     A setting that is the same for every run moves out of the table into the shared line, so the
     columns left are the ones that explain the differences.
     """
-    header = ["run", *SETTINGS, "trainable", *(METRIC_NAMES[k] for k in METRICS), "train time", "samples/s"]
+    metrics = metric_columns(rows)
+    header = ["run", *SETTINGS, "trainable", *(METRIC_NAMES[k] for k in metrics), "train time", "samples/s"]
     cells = []
     for r in rows:
         cells.append([r["run"], r["model"], _transfer(r), _sci(r["lr"]), _sci(r["head_lr"]), fmt(r["epochs"], 1),
                       fmt(r["batch_size"]), fmt(r["max_length"]), fmt(r["layer_lr_decay"], 2), _params(r),
-                      *(fmt(r[k]) for k in METRICS), duration(r["train_seconds"]), fmt(r["samples_per_s"], 1)])
+                      *(fmt(r[k]) for k in metrics), duration(r["train_seconds"]), fmt(r["samples_per_s"], 1)])
     shared = {}
     if len(rows) > 1:
         for name in SETTINGS:
@@ -225,12 +231,27 @@ def pick_split(reports: list[dict], names: list[str], requested: str | None) -> 
     return sorted(common)[0]
 
 
-def compare(run_dirs: list[str], metric: str = "macro_f1", split: str | None = None,
-            output: str | None = None) -> tuple[list[dict], str, list[Path]]:
-    """Rows of the comparison, its Markdown table, and the files written to ``output`` (if given):
-    comparison.md, .csv, .html and .png."""
+def run_task(reports: list[dict], names: list[str], metric: str | None) -> tuple[tuple[str, ...], str]:
+    """The metrics the runs share (their task's headline) and the one to rank by (default: the task's)."""
+    kinds = {r.get("task") or "single_label" for r in reports}
+    if len(kinds) > 1:
+        raise UserError("the runs solve different tasks, whose metrics do not compare: " + ", ".join(
+            f"{n} ({r.get('task') or 'single_label'})" for n, r in zip(names, reports)))
+    task = task_class(kinds.pop())
+    metrics = tuple(task.headline)
+    metric = metric or task.default_metric
+    if metric not in metrics:
+        raise UserError(f"'--metric': {metric} is not a {task.name} metric{closest(metric, metrics)}; choose from"
+                        f" {', '.join(metrics)}")
+    return metrics, metric
+
+
+def compare(run_dirs: list[str], metric: str | None = None, split: str | None = None,
+            output: str | None = None) -> tuple[list[dict], str, list[Path], str]:
+    """Rows of the comparison, its Markdown table, the files written to ``output`` (if given):
+    comparison.md, .csv, .html and .png, and the metric the runs are ranked by (default: their task's)."""
     problems = [p for d in run_dirs if (p := check_run_dir(d))]
-    if metric not in METRICS:
+    if metric is not None and metric not in METRICS:
         problems.append(f"unknown metric '{metric}'{closest(metric, METRICS)}; choose from {', '.join(METRICS)}")
     if output and Path(output).exists() and not Path(output).is_dir():
         problems.append(f"'--output': '{output}' exists and is not a directory")
@@ -238,8 +259,9 @@ def compare(run_dirs: list[str], metric: str = "macro_f1", split: str | None = N
         raise UserError(problems)
     names = run_names(run_dirs)
     reports = [build_report(d, mistakes=0) for d in run_dirs]
+    metrics, metric = run_task(reports, names, metric)
     split = pick_split(reports, names, split)
-    rows = [comparison_row(r, n, d, split) for r, n, d in zip(reports, names, run_dirs)]
+    rows = [comparison_row(r, n, d, split, metrics) for r, n, d in zip(reports, names, run_dirs)]
     table = markdown_table(rows, metric)
     written = []
     if output:
@@ -253,4 +275,4 @@ def compare(run_dirs: list[str], metric: str = "macro_f1", split: str | None = N
         for name, data in files.items():
             replace_file(out / name, data)
             written.append(out / name)
-    return rows, table, written
+    return rows, table, written, metric

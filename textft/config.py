@@ -6,14 +6,12 @@ expected and, for a misspelt key or choice, the closest valid one.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from omegaconf import OmegaConf
@@ -38,13 +36,20 @@ VALUE_ALIASES = {"train.mixed_precision": {"no": "fp32"}}
 Auto = Literal["auto"]
 Truncation = Literal[TRUNCATIONS]
 Transfer = Literal["full", "feature_extraction", "top_k", "gradual"]
-Metric = Literal["accuracy", "macro_f1", "weighted_f1", "loss"]
+TASKS = ("auto", "single_label", "multi_label", "regression")
+"""What a label is: one class, a set of classes (multi_label) or a number (regression); auto detects it."""
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
+           "mae", "rmse", "r2", "pearson", "spearman", "loss")
+"""Every validation metric a task can select the best model by (textft.tasks says which task has which)."""
+TaskKind = Literal[TASKS]
+Metric = Literal[("auto", *METRICS)]
+PairTruncation = Literal["longest_first", "only_second"]
+ThresholdTuning = Literal["auto", "per_label", "global", "none"]
+RegressionLoss = Literal["mse", "huber"]
 Tracker = Literal["none", "tensorboard", "wandb", "mlflow"]
 Precision = Literal[PRECISIONS]
-Scheduler = Literal[
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-    "inverse_sqrt",
-]
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                    "inverse_sqrt"]
 
 
 @dataclass
@@ -66,6 +71,22 @@ class DataConfig:
     """Column holding the label: strings, integers or a ClassLabel."""
     label_names: list[str] | None = None
     """Names for integer labels 0..K-1 (e.g. [neg, pos]); ClassLabel names are used automatically."""
+    task: TaskKind = "auto"
+    """single_label (one class per text), multi_label (a list of classes per text, possibly empty),
+    regression (a number per text) or auto: list-valued labels, or strings split by
+    ``label_delimiter``, are multi_label; numbers that are not all whole are regression (with a
+    warning); anything else is single_label."""
+    label_delimiter: str | None = None
+    """Separator of several labels in one string (e.g. ``|`` for ``joy|love`` in a CSV): multi_label."""
+    text_pair_column: str | None = None
+    """Column holding the second text of a pair (paraphrase, entailment, duplicate questions); the
+    model reads both texts together."""
+    pair_truncation: PairTruncation = "longest_first"
+    """How a too long pair is cut: longest_first (tokens come off the longer text first) or
+    only_second (the first text stays whole when the budget allows)."""
+    standardize_targets: bool = True
+    """Regression: train on (y - mean) / std of the training targets; the exported head is rescaled so
+    that the model outputs values in the label's own units."""
     validation_split: float = 0.1
     """Fraction of train held out (stratified, seeded) when no validation split is given."""
     max_length: int = 256
@@ -142,9 +163,18 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clipping threshold (0 disables clipping)."""
     label_smoothing: float = 0.0
-    """Label smoothing of the cross-entropy loss."""
+    """Label smoothing of the cross-entropy loss (multi_label: targets move eps/2 towards 0.5)."""
     class_weights: Any = "none"
-    """Loss weights per class: none, balanced, or a mapping {label: weight}."""
+    """Loss weights per class: none, balanced, or a mapping {label: weight}; for multi_label they are
+    the positive-class weights (pos_weight) of each label, balanced = negatives / positives."""
+    regression_loss: RegressionLoss = "mse"
+    """Regression loss on the (standardised) targets: mse, or huber (less pulled by outliers)."""
+    huber_delta: float = 1.0
+    """With regression_loss huber: where the loss turns from quadratic to linear (standardised units)."""
+    threshold_tuning: ThresholdTuning = "auto"
+    """multi_label decision thresholds, chosen on the validation split and saved with the model:
+    per_label (one each, best macro-F1), global (one for all labels, best micro-F1 or the chosen
+    metric), none (0.5); auto: per_label when selecting by macro_f1, else global."""
     mixed_precision: Precision = "auto"
     """auto, fp32, bf16 or fp16; auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU),
     else fp32 (``no``, the old name of fp32, is still read)."""
@@ -157,8 +187,10 @@ class TrainConfig:
     """Log loss, lr and throughput every N optimizer steps."""
     num_workers: int = 0
     """DataLoader worker processes."""
-    metric_for_best: Metric = "macro_f1"
-    """Validation metric that picks the exported model (loss: lower is better, others higher)."""
+    metric_for_best: Metric = "auto"
+    """Validation metric that picks the exported model and drives early stopping (loss, mae, rmse and
+    hamming_loss: lower is better, the others higher). auto: macro_f1 for single_label and
+    multi_label, rmse for regression."""
     early_stopping_patience: int | Auto = AUTO
     """Stop after this many evaluations without improvement (0: never stop early). auto: 3 when the
     training length is auto and at least 6 evaluations are planned, else 0."""
@@ -228,6 +260,7 @@ TRAINER_NAMES = {
     "model_name_or_path": "model.name_or_path", "max_seq_length": "data.max_length", "dataset_name": "data.dataset",
     "dataset_config_name": "data.dataset_config", "text_column_name": "data.text_column",
     "label_column_name": "data.label_column", "max_train_samples": "data.max_train_samples",
+    "problem_type": "data.task", "text_pair_column_name": "data.text_pair_column",
 }
 """transformers' TrainingArguments (and run_glue) names of textft settings: the likeliest slips."""
 
@@ -248,27 +281,6 @@ def suggest_key(key: str) -> str:
     if not section and name in bare:
         return f" (did you mean '{bare[name]}'?)"
     return closest(key, [k for k in keys if k.startswith(section + ".")]) or closest(key, keys)
-
-
-def field_docs(cls) -> dict[str, str]:
-    """Attribute docstrings of a dataclass, for ``textft train --help``."""
-    docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def describe_keys() -> str:
-    lines = []
-    for section, cls in SECTION_TYPES.items():
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            lines.append(f"  {section}.{f.name} (default: {default!r})\n      {docs.get(f.name, '')}")
-    return "\n".join(lines)
 
 
 def _build_section(name: str, cls, values: Any, problems: list[str]):
@@ -300,12 +312,15 @@ def _build_section(name: str, cls, values: Any, problems: list[str]):
 
 
 def _check_values(cfg: Config, problems: list[str]) -> None:
-    d, m, t = cfg.data, cfg.model, cfg.train
-
     def need(ok: bool, msg: str) -> None:
         if not ok:
             problems.append(msg)
 
+    _check_train_values(cfg.train, need, problems)
+    _check_data_values(cfg, need, problems)
+
+
+def _check_train_values(t: TrainConfig, need: Callable[[bool, str], None], problems: list[str]) -> None:
     def positive(v) -> bool:
         return v == AUTO or v > 0
 
@@ -322,6 +337,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     need(t.grad_accum_steps >= 1, f"'train.grad_accum_steps' must be >= 1, got {t.grad_accum_steps}")
     need(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
     need(0 <= t.warmup_ratio < 1, f"'train.warmup_ratio' must be in [0, 1), got {t.warmup_ratio}")
+    need(t.huber_delta > 0, f"'train.huber_delta' must be > 0, got {t.huber_delta}")
     need(t.max_grad_norm >= 0, f"'train.max_grad_norm' must be >= 0, got {t.max_grad_norm}")
     need(0 <= t.label_smoothing < 1, f"'train.label_smoothing' must be in [0, 1), got {t.label_smoothing}")
     need(non_negative(t.eval_every_steps), f"'train.eval_every_steps' must be >= 0, got {t.eval_every_steps}")
@@ -347,6 +363,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     elif cw is not None:
         problems.append(f"'train.class_weights' must be none, balanced or a mapping, got {cw!r}")
 
+
+def _check_data_values(cfg: Config, need: Callable[[bool, str], None], problems: list[str]) -> None:
+    d, m = cfg.data, cfg.model
     need(d.max_length >= 8, f"'data.max_length' must be >= 8, got {d.max_length}")
     need(0 < d.validation_split < 1, f"'data.validation_split' must be in (0, 1), got {d.validation_split}")
     need(0 < d.head_fraction < 1, f"'data.head_fraction' must be in (0, 1), got {d.head_fraction}")
@@ -361,6 +380,16 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         need(all(names), "'data.label_names' has an empty name")
     need(bool(d.text_column), "'data.text_column' must not be empty")
     need(bool(d.label_column), "'data.label_column' must not be empty")
+    need(d.label_delimiter != "", "'data.label_delimiter' must not be empty (null: labels are not split); YAML reads"
+         " a bare | or > as an empty block, so quote the separator: data.label_delimiter='|'")
+    need(d.text_pair_column != "", "'data.text_pair_column' must not be empty (null: single texts)")
+    need(d.text_pair_column is None or d.text_pair_column != d.text_column,
+         f"'data.text_pair_column' must name another column than 'data.text_column' ({d.text_column!r})")
+    need(d.text_pair_column is None or d.truncation == "head",
+         f"'data.truncation' {d.truncation} cuts single texts; pairs are cut by 'data.pair_truncation'"
+         " (longest_first or only_second): remove data.truncation")
+    need(d.label_delimiter is None or d.task in ("auto", "multi_label"),
+         f"'data.label_delimiter' splits labels into sets, which needs data.task multi_label, got {d.task}")
     if d.dataset is None and d.train_file is None:
         problems.append("no training data: set 'data.dataset' (hub name) or 'data.train_file' (local file)")
     if d.dataset is not None and d.train_file is not None:

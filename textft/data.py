@@ -1,6 +1,7 @@
 """Loading labelled text: hub datasets or local files → train/validation/test with integer labels.
 
-Every split ends with two columns, ``text`` (str) and ``labels`` (int), plus the label names
+Every split ends with ``text`` (and ``text_pair`` for pairs) and ``labels``, encoded by the task the
+label column describes (``textft.tasks``: class ids, multi-hot rows or numbers), plus the label names
 taken from the training split (or from a ClassLabel / ``data.label_names``).
 """
 
@@ -11,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import Dataset, DatasetDict
 
+from textft import tasks
 from textft.config import DataConfig, UserError, closest
+from textft.errors import row_list
+from textft.tasks import Task, is_missing
 from textft.texts import text_problem
 
 log = logging.getLogger(__name__)
@@ -22,17 +26,18 @@ ASSETS = Path(__file__).parent / "assets"
 BUILTIN_DATASETS = {"quickstart": ASSETS / "quickstart"}
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
-MAX_ROWS_SHOWN = 5
 
 
 @dataclass
 class TaskData:
     splits: DatasetDict
-    """train, validation and (optionally) test, each with ``text`` and ``labels``."""
+    """train, validation and (optionally) test, each with ``text`` (``text_pair``) and ``labels``."""
     label_names: list[str]
-    """Label name of each class id."""
+    """Label name of each output of the model (the target's name for regression)."""
     source: str
     """What was loaded, for reports."""
+    task: Task
+    """What a label is, and everything that depends on it (textft.tasks)."""
 
 
 def data_files(cfg: DataConfig) -> dict[str, Path]:
@@ -145,15 +150,12 @@ def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
 def _check_columns(raw: DatasetDict, cfg: DataConfig) -> list[str]:
     problems = []
     for split, ds in raw.items():
-        for key, col in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
-            if col not in ds.column_names:
+        for key, col in (("text_column", cfg.text_column), ("text_pair_column", cfg.text_pair_column),
+                         ("label_column", cfg.label_column)):
+            if col is not None and col not in ds.column_names:
                 problems.append(f"'data.{key}': column '{col}' not found in the {split} split; columns found:"
                                 f" {', '.join(ds.column_names)}{closest(col, ds.column_names)}")
     return problems
-
-
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)  # None or NaN
 
 
 def _kind(value) -> str:
@@ -169,29 +171,24 @@ def _kind(value) -> str:
 
 
 def _check_value_types(raw: DatasetDict, cfg: DataConfig) -> list[str]:
-    """Texts must be strings and labels single values, in every split, before anything is counted."""
+    """Texts must be strings and labels not objects, in every split, before anything is counted."""
     problems = []
     for split, ds in raw.items():
-        texts = ds[cfg.text_column]
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) and not _is_missing(t)]
-        if bad:
-            kinds = sorted({_kind(texts[i]) for i in bad})
-            problems.append(f"the {split} split has {len(bad)} value(s) in column '{cfg.text_column}' that are not"
-                            f" texts ({' and '.join(kinds)}, at {_rows(bad)}); data.text_column must name the"
-                            f" column of texts; columns: {', '.join(ds.column_names)}")
-        feature = ds.features[cfg.label_column]
-        if isinstance(feature, ClassLabel):
-            continue
+        for column, key in ((cfg.text_column, "text_column"), (cfg.text_pair_column, "text_pair_column")):
+            if column is None:
+                continue
+            texts = ds[column]
+            bad = [i for i, t in enumerate(texts) if not isinstance(t, str) and not is_missing(t)]
+            if bad:
+                kinds = sorted({_kind(texts[i]) for i in bad})
+                problems.append(f"the {split} split has {len(bad)} value(s) in column '{column}' that are not"
+                                f" texts ({' and '.join(kinds)}, at {row_list(bad)}); data.{key} must name a"
+                                f" column of texts; columns: {', '.join(ds.column_names)}")
         labels = ds[cfg.label_column]
-        lists = [i for i, v in enumerate(labels) if isinstance(v, (list, tuple))]
-        if lists:
-            problems.append(f"the {split} split has {len(lists)} label(s) in column '{cfg.label_column}' that are"
-                            f" lists (at {_rows(lists)}, e.g. {labels[lists[0]]!r}); several labels per text need"
-                            " data.task=multi_label, which this version does not have: give each row one label")
         objects = [i for i, v in enumerate(labels) if isinstance(v, dict)]
         if objects:
             problems.append(f"the {split} split has {len(objects)} label(s) in column '{cfg.label_column}' that are"
-                            f" objects (at {_rows(objects)}); a label is one string or integer")
+                            f" objects (at {row_list(objects)}); a label is a string, a number or a list of labels")
     return problems
 
 
@@ -203,103 +200,87 @@ def _strip_labels(split: str, ds: Dataset, column: str) -> Dataset:
         return ds
     examples = sorted({labels[i] for i in padded})[:3]
     log.warning("the %s split: removed surrounding whitespace from %d label(s) in column '%s' (%s, at %s)", split,
-                len(padded), column, ", ".join(f"{e!r} -> {e.strip()!r}" for e in examples), _rows(padded))
+                len(padded), column, ", ".join(f"{e!r} -> {e.strip()!r}" for e in examples), row_list(padded))
     return ds.map(lambda b: {column: [v.strip() if isinstance(v, str) else v for v in b[column]]}, batched=True,
                   desc=f"labels ({split})")
 
 
-def _rows(indices: list[int]) -> str:
-    shown = ", ".join(str(i + 1) for i in indices[:MAX_ROWS_SHOWN])
-    more = f" and {len(indices) - MAX_ROWS_SHOWN} more" if len(indices) > MAX_ROWS_SHOWN else ""
-    return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
+def _empty_texts(split: str, ds: Dataset, column: str, problems: list[str], drop: bool) -> list[int]:
+    # Missing (None, NaN), blank, or nothing but control/format characters, which tokenizers drop.
+    empty = [i for i, t in enumerate(ds[column]) if is_missing(t) or text_problem(t) is not None]
+    if empty and not drop:
+        problems.append(f"the {split} split has {len(empty)} empty or missing text(s) in column"
+                        f" '{column}' at {row_list(empty)}; fix them or set data.drop_empty=true")
+    return empty
 
 
-def label_names_for(train: Dataset, cfg: DataConfig) -> list[str]:
-    """Class names in id order: ClassLabel names, ``data.label_names``, or sorted training labels."""
-    feature = train.features[cfg.label_column]
-    if isinstance(feature, ClassLabel):
-        return list(cfg.label_names or feature.names)
-    values = [v for v in train[cfg.label_column] if not _is_missing(v)]
-    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-    if cfg.label_names:
-        return list(cfg.label_names)
-    if ints:
-        return [str(v) for v in sorted(set(values))]
-    return sorted({str(v) for v in values})
+def _encode_labels(batch, task: Task, column: str):
+    return {"labels": task.encode(batch[column])}
 
 
-def _label_ids(batch, column: str, label2id: dict[str, int], int_names: bool):
-    # Integer labels with given names keep their value as the id; everything else maps by name.
-    if int_names:
-        return {"labels": [int(v) for v in batch[column]]}
-    return {"labels": [label2id[str(v)] for v in batch[column]]}
-
-
-def _clean_split(split: str, ds: Dataset, cfg: DataConfig, label_names: list[str], int_ids: bool,
-                 problems: list[str]) -> Dataset | None:
-    texts, labels = ds[cfg.text_column], ds[cfg.label_column]
+def _clean_split(split: str, ds: Dataset, cfg: DataConfig, task: Task, problems: list[str],
+                 where: str | None = None) -> Dataset | None:
     if len(ds) == 0:
         problems.append(f"the {split} split is empty")
         return None
-    # Missing (None, NaN), blank, or nothing but control/format characters, which tokenizers drop.
-    empty = [i for i, t in enumerate(texts) if _is_missing(t) or text_problem(t) is not None]
-    if empty and not cfg.drop_empty:
-        problems.append(f"the {split} split has {len(empty)} empty or missing text(s) in column"
-                        f" '{cfg.text_column}' at {_rows(empty)}; fix them or set data.drop_empty=true")
-    missing = [i for i, v in enumerate(labels) if _is_missing(v)]
-    if missing:
-        problems.append(f"the {split} split has {len(missing)} missing label(s) in column '{cfg.label_column}'"
-                        f" at {_rows(missing)}")
-    if int_ids:
-        bad = sorted({v for v in labels if not _is_missing(v) and not (isinstance(v, int) and 0 <= v < len(label_names))})
-        if bad:
-            problems.append(f"the {split} split has label(s) {bad[:10]} in column '{cfg.label_column}' outside"
-                            f" 0..{len(label_names) - 1} of data.label_names / the ClassLabel")
-    else:
-        unseen = sorted({str(v) for v in labels if not _is_missing(v)} - set(label_names))
-        if unseen:
-            first = unseen[0]
-            problems.append(f"the {split} split has label(s) never seen in training: {', '.join(unseen[:10])}"
-                            f"{closest(first, label_names)}; training labels: {', '.join(label_names[:20])}")
-    if problems:
+    found: list[str] = []
+    empty = sorted(set(_empty_texts(split, ds, cfg.text_column, found, cfg.drop_empty)) | (
+        set(_empty_texts(split, ds, cfg.text_pair_column, found, cfg.drop_empty)) if cfg.text_pair_column else set()))
+    found += task.check(where or f"the {split} split", cfg.label_column, ds[cfg.label_column])
+    problems += found
+    if found:
         return None
     if empty:
         keep = sorted(set(range(len(ds))) - set(empty))
-        log.warning("dropping %d empty text(s) from the %s split (%s)", len(empty), split, _rows(empty))
+        log.warning("dropping %d empty text(s) from the %s split (%s)", len(empty), split, row_list(empty))
         ds = ds.select(keep)
         if len(ds) == 0:
             problems.append(f"the {split} split is empty after dropping empty texts")
             return None
-    label2id = {n: i for i, n in enumerate(label_names)}
-    ds = ds.map(_label_ids, batched=True, fn_kwargs={"column": cfg.label_column, "label2id": label2id,
-                                                     "int_names": int_ids},
-                remove_columns=[c for c in ds.column_names if c != cfg.text_column],
-                desc=f"labels ({split})")
-    if cfg.text_column != "text":
-        ds = ds.rename_column(cfg.text_column, "text")
-    feature = ds.features["text"]
-    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
-        # e.g. Json, which a JSON column mixing texts and NaN becomes; the values are strings by now.
-        ds = ds.map(lambda b: {"text": [str(t) for t in b["text"]]}, batched=True,
-                    features=datasets.Features({**ds.features, "text": datasets.Value("string")}),
-                    desc=f"texts ({split})")
+    texts = {cfg.text_column: "text", **({cfg.text_pair_column: "text_pair"} if cfg.text_pair_column else {})}
+    ds = ds.map(_encode_labels, batched=True, fn_kwargs={"task": task, "column": cfg.label_column},
+                remove_columns=[c for c in ds.column_names if c not in texts], desc=f"labels ({split})")
+    for column, name in texts.items():
+        if column != name:
+            ds = ds.rename_column(column, name)
+        feature = ds.features[name]
+        if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+            # e.g. Json, which a JSON column mixing texts and NaN becomes; the values are strings by now.
+            ds = ds.map(lambda b, n=name: {n: [str(t) for t in b[n]]}, batched=True,
+                        features=datasets.Features({**ds.features, name: datasets.Value("string")}),
+                        desc=f"texts ({split})")
     return ds
 
 
-def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Seeded train/validation split that keeps class proportions (plain random if a class is too rare)."""
+def stratified_split(ds: Dataset, fraction: float, seed: int, strata: list | None = None) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split that keeps the share of each stratum (a class; a target quantile),
+    plain random without strata or when a stratum is too rare."""
     from sklearn.model_selection import train_test_split
 
-    labels = ds["labels"]
     idx = list(range(len(ds)))
     n_val = max(1, round(fraction * len(ds)))
-    counts = {c: labels.count(c) for c in set(labels)}
-    stratify = labels if min(counts.values()) >= 2 and n_val >= len(counts) else None
-    if stratify is None:
-        log.warning("validation split is not stratified: some class has fewer than 2 examples"
-                    " or the split is smaller than the number of classes")
+    stratify = None
+    if strata is not None:
+        counts = {c: strata.count(c) for c in set(strata)}
+        stratify = strata if min(counts.values()) >= 2 and n_val >= len(counts) else None
+        if stratify is None:
+            log.warning("validation split is not stratified: some class has fewer than 2 examples"
+                        " or the split is smaller than the number of classes")
     train_idx, val_idx = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return ds.select(sorted(train_idx)), ds.select(sorted(val_idx))
+
+
+def task_of(cfg: DataConfig) -> str:
+    """The task the config's training labels describe (data.task, or what auto detects), without
+    checking or encoding the data."""
+    if cfg.task != "auto":
+        return cfg.task
+    raw, _ = load_raw(cfg)
+    problems = _check_columns(DatasetDict({"train": raw["train"]}), cfg)
+    if problems:
+        raise UserError(problems)
+    train = raw["train"]
+    return tasks.detect(cfg, train[cfg.label_column], train.features[cfg.label_column], cfg.label_column)
 
 
 def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
@@ -311,45 +292,37 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
     if problems := _check_value_types(raw, cfg):
         raise UserError(problems)
     raw = DatasetDict({split: _strip_labels(split, ds, cfg.label_column) for split, ds in raw.items()})
+    files = data_files(cfg)
+    where = {split: f"the {split} split" + (f" ('{files[split]}')" if split in files else "") for split in raw}
     train = raw["train"]
-    feature = train.features[cfg.label_column]
-    label_names = label_names_for(train, cfg)
-    int_ids = isinstance(feature, ClassLabel) or (
-        bool(cfg.label_names) and all(isinstance(v, int) and not isinstance(v, bool)
-                                      for v in train[cfg.label_column] if not _is_missing(v)))
-    problems = []
-    present = {v for v in train[cfg.label_column] if not _is_missing(v)}
-    if len(present) == 1:
-        problems.append(f"the train split has only one class ('{present.pop()}' in column '{cfg.label_column}');"
-                        " a classifier needs at least two")
-    if cfg.label_names and not int_ids:
-        extra = sorted({str(v) for v in train[cfg.label_column] if not _is_missing(v)} - set(cfg.label_names))
-        if extra:
-            problems.append(f"'data.label_names' lacks training label(s): {', '.join(extra[:10])}")
+    task = tasks.for_training(cfg, train[cfg.label_column], train.features[cfg.label_column], where["train"],
+                              problems)
     splits = DatasetDict()
-    for split, ds in raw.items():
-        cleaned = _clean_split(split, ds, cfg, label_names, int_ids, problems)
-        if cleaned is not None:
-            splits[split] = cleaned
+    if not problems:
+        for split, ds in raw.items():
+            cleaned = _clean_split(split, ds, cfg, task, problems, where[split])
+            if cleaned is not None:
+                splits[split] = cleaned
     if problems:
         raise UserError(problems)
-    if len(set(splits["train"]["labels"])) < 2:  # possible once empty texts are dropped
-        raise UserError(f"the train split has fewer than two classes in column '{cfg.label_column}'")
+    if problem := task.train_problem(splits["train"]["labels"]):
+        raise UserError(f"{problem} (column '{cfg.label_column}')")
     if "validation" not in splits:
-        splits["train"], splits["validation"] = stratified_split(splits["train"], cfg.validation_split, seed)
+        strata = task.strata(splits["train"]["labels"])
+        splits["train"], splits["validation"] = stratified_split(splits["train"], cfg.validation_split, seed, strata)
     if cfg.max_train_samples and cfg.max_train_samples < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(cfg.max_train_samples))
     if cfg.max_eval_samples:
         for split in ("validation", "test"):
             if split in splits and cfg.max_eval_samples < len(splits[split]):
                 splits[split] = splits[split].shuffle(seed=seed).select(range(cfg.max_eval_samples))
-    return TaskData(splits=splits, label_names=label_names, source=source)
+    return TaskData(splits=splits, label_names=task.label_names, source=source, task=task)
 
 
-def load_eval_split(source: str, split: str | None, text_column: str, label_column: str,
-                    label2id: dict[str, int], dataset_config: str | None = None) -> tuple[Dataset, str]:
+def load_eval_split(source: str, split: str | None, text_column: str, label_column: str, task: Task,
+                    dataset_config: str | None = None, text_pair_column: str | None = None) -> tuple[Dataset, str]:
     """One labelled split of a local file or of a dataset (a hub name, or a directory laid out as a
-    hub dataset) in configuration ``dataset_config``, labels mapped to a trained model's ids."""
+    hub dataset) in configuration ``dataset_config``, labels encoded by a trained model's task."""
     path = Path(source)
     if path.suffix.lower() in FORMATS or path.is_file():
         problems = check_files({"test": path})
@@ -368,22 +341,37 @@ def load_eval_split(source: str, split: str | None, text_column: str, label_colu
         if split not in raw:
             raise UserError(f"'--split': '{source}' has no split '{split}'{closest(split, raw)}; splits: {', '.join(raw)}")
         ds, name = raw[split], f"hub:{source}[{split}]"
-    cfg = DataConfig(text_column=text_column, label_column=label_column)
+    cfg = DataConfig(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column)
     problems = _check_columns(DatasetDict({"evaluation": ds}), cfg)
     if problems:
         raise UserError([p.replace("'data.text_column'", "'--text-column'").replace("'data.label_column'", "'--label-column'")
-                         for p in problems])
-    feature = ds.features[label_column]
-    names = list(label2id)
-    if isinstance(feature, ClassLabel):  # map by name, so a dataset's own id order cannot mislabel
-        ds = ds.cast_column(label_column, datasets.Value("int64")).map(
-            lambda b: {label_column: [feature.names[i] if i is not None and i >= 0 else None
-                                      for i in b[label_column]]}, batched=True)
+                         .replace("'data.text_pair_column'", "'--text-pair-column'") for p in problems])
+    ds = class_names_as_labels(ds, label_column)
     if problems := _check_value_types(DatasetDict({"evaluation": ds}), cfg):
         raise UserError(problems)
     ds = _strip_labels("evaluation", ds, label_column)
     problems = []
-    cleaned = _clean_split("evaluation", ds, cfg, names, False, problems)
+    cleaned = _clean_split("evaluation", ds, cfg, task, problems, f"'{name}'")
     if problems:
         raise UserError(problems)
     return cleaned, name
+
+
+def class_names_as_labels(ds: Dataset, column: str) -> Dataset:
+    """A ClassLabel column (or a list of them) as its names, so that a dataset's own id order cannot
+    mislabel a model trained elsewhere."""
+    feature = ds.features[column]
+    inner = getattr(feature, "feature", None) if tasks.is_sequence_feature(feature) else None
+    names = getattr(feature, "names", None) or getattr(inner, "names", None)
+    if names is None:
+        return ds
+
+    def name(i):
+        return names[i] if i is not None and i >= 0 else None
+
+    if inner is not None:
+        ds = ds.cast_column(column, datasets.List(datasets.Value("int64")))
+        return ds.map(lambda b: {column: [[name(i) for i in row] if row is not None else None for row in b[column]]},
+                      batched=True)
+    ds = ds.cast_column(column, datasets.Value("int64"))
+    return ds.map(lambda b: {column: [name(i) for i in b[column]]}, batched=True)

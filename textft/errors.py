@@ -22,3 +22,13 @@ def closest(name: str, choices) -> str:
 def one_line(e: BaseException | str, limit: int = 300) -> str:
     """A library's error message on one line, shortened: it goes inside a sentence of ours."""
     return " ".join(str(e).split())[:limit]
+
+
+MAX_ROWS_SHOWN = 5
+
+
+def row_list(indices: list[int]) -> str:
+    """``rows 3, 7 and 12 more`` for 0-based indices (shown 1-based, as a spreadsheet counts data rows)."""
+    shown = ", ".join(str(i + 1) for i in indices[:MAX_ROWS_SHOWN])
+    more = f" and {len(indices) - MAX_ROWS_SHOWN} more" if len(indices) > MAX_ROWS_SHOWN else ""
+    return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"

@@ -39,59 +39,14 @@ def compute_metrics(y_true, y_pred, label_names: list[str]) -> dict[str, Any]:
                                                  label_names=list(label_names))
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    import torch
-    import torch.nn.functional as F
-
-    return float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
-                                 torch.from_numpy(np.asarray(labels, dtype=np.int64))))
-
-
-def evaluate_logits(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, Any]:
-    """The metrics of ``compute_metrics`` plus the mean cross-entropy loss."""
-    metrics = compute_metrics(labels, np.asarray(logits).argmax(-1), label_names)
-    metrics["loss"] = cross_entropy(logits, labels)
-    return metrics
-
-
-def markdown_report(reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
-    """Readable tables: headline metrics per split, then per-class scores and confusion matrix."""
-    lines = [f"# {title}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for split, m in reports.items():
-        loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "-"
-        lines.append(f"| {split} | {m['num_examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |"
-                     f" {m['weighted_f1']:.4f} | {loss} |")
-    for split, m in reports.items():
-        lines += ["", f"## {split}: per class", "", "| label | precision | recall | F1 | support |",
-                  "|---|---:|---:|---:|---:|"]
-        for name, c in m["per_class"].items():
-            lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
-        if len(m["labels"]) <= 20:
-            names = m["labels"]
-            lines += ["", f"## {split}: confusion matrix (rows: true, columns: predicted)", "",
-                      "| true \\ pred | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-            for name, row in zip(names, m["confusion_matrix"]):
-                lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(out_dir: str | Path, reports: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None,
+def write_reports(out_dir: str | Path, reports: dict[str, dict[str, Any]], task, extra: dict[str, Any] | None = None,
                   title: str = "Evaluation") -> None:
-    """``eval_report.json`` (all numbers) and ``eval_report.md`` (tables) in ``out_dir``."""
+    """``eval_report.json`` (all numbers, and the task they describe) and ``eval_report.md`` (tables) in
+    ``out_dir``."""
     out_dir = Path(out_dir)
-    replace_file(out_dir / "eval_report.json", json.dumps({"splits": reports, **(extra or {})}, indent=2))
-    replace_file(out_dir / "eval_report.md", markdown_report(reports, title))
-
-
-def prediction_rows(texts: list[str], labels, logits, label_names: list[str], max_chars: int = 1000) -> list[dict]:
-    """One record per example: text (shortened), true and predicted label, confidence (max softmax)."""
-    z = logits - logits.max(-1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    pred = probs.argmax(-1)
-    return [{"text": t if len(t) <= max_chars else t[:max_chars] + "…", "label": label_names[int(y)],
-             "pred": label_names[int(p)], "confidence": round(float(probs[i, p]), 6)}
-            for i, (t, y, p) in enumerate(zip(texts, labels, pred))]
+    replace_file(out_dir / "eval_report.json", json.dumps({"splits": reports, "task": task.name, **(extra or {})},
+                                                          indent=2))
+    replace_file(out_dir / "eval_report.md", task.markdown_report(reports, title))
 
 
 def write_predictions(out_dir: Path, predictions: dict[str, list[dict]]) -> None:
@@ -101,15 +56,10 @@ def write_predictions(out_dir: Path, predictions: dict[str, list[dict]]) -> None
         write_jsonl(out_dir / f"{split}.jsonl", rows)
 
 
-def summary_line(split: str, m: dict[str, Any]) -> str:
-    loss = f" loss {m['loss']:.4f}" if m.get("loss") is not None else ""
-    return (f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
-            f"  weighted-F1 {m['weighted_f1']:.4f}{loss}  ({m['num_examples']} examples)")
-
-
 def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, dataset_config: str | None = None,
                         text_column: str = "text", label_column: str = "label", batch_size: int = 64,
-                        output: str | None = None, **load_options) -> dict[str, Any]:
+                        output: str | None = None, text_pair_column: str | None = None,
+                        label_delimiter: str | None = None, **load_options) -> dict[str, Any]:
     """Metrics of a saved classifier (a directory or hub id) on a labelled file or hub split.
 
     Runs through the same ``Classifier`` that ``textft predict`` and ``textft serve`` use (with
@@ -129,15 +79,19 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
                         " replace; pass a new directory, such as runs/NAME-eval")
     started = time.perf_counter()
     clf = Classifier.from_pretrained(model, out_of_scope=False, **load_options)
-    label2id = {name: i for i, name in enumerate(clf.labels)}
-    ds, source = load_eval_split(data, split, text_column, label_column, label2id, dataset_config)
+    task = clf.task
+    if label_delimiter is not None:
+        task.delimiter = label_delimiter
+    text_pair_column = text_pair_column or (clf.trained_setting("text_pair_column") if clf.pairs else None)
+    ds, source = load_eval_split(data, split, text_column, label_column, task, dataset_config, text_pair_column)
     texts, labels = ds["text"], np.asarray(ds["labels"])
+    pairs = ds["text_pair"] if text_pair_column else None
     predict_started = time.perf_counter()
-    logits = clf.logits(texts, batch_size=batch_size)
+    logits = clf.logits(texts, batch_size=batch_size, pairs=pairs)
     predict_s = time.perf_counter() - predict_started
-    metrics = evaluate_logits(logits, labels, clf.labels)
+    metrics = task.evaluate(logits, labels)
     window = clf.long_text == "sliding_window"
-    settings = {"model": str(clf.model_dir), "data_source": source, "max_length": clf.max_length,
+    settings = {"model": str(clf.model_dir), "task": task.name, "data_source": source, "max_length": clf.max_length,
                 "long_text": clf.long_text, "stride": clf.stride if window else None,
                 "pooling": clf.pooling if window else None, "precision": clf.precision, "device": str(clf.device)}
     metrics["settings"] = settings
@@ -146,10 +100,10 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
 
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        write_predictions(out / "predictions", {"evaluation": prediction_rows(texts, labels, logits, clf.labels)})
+        write_predictions(out / "predictions", {"evaluation": task.prediction_rows(texts, labels, logits, pairs)})
         timing = {"eval_s": round(time.perf_counter() - started, 3), "predict_s": round(predict_s, 3),
                   "texts_per_s": round(len(texts) / predict_s, 2) if predict_s > 0 else None}
-        write_reports(out, {"evaluation": metrics}, {**settings, "timing": timing},
+        write_reports(out, {"evaluation": metrics}, task, {**settings, "timing": timing},
                       title=f"textft evaluate: {clf.model_dir} on {source}")
         write_run_report(out)
     return metrics

@@ -173,6 +173,7 @@ class Row:
     text: str
     id: Any = None
     label: Any = None
+    text_pair: str | None = None
 
 
 def input_format(path: str, requested: str | None) -> str:
@@ -196,9 +197,13 @@ class InputReader:
     """
 
     def __init__(self, path: str, fmt: str | None = None, text_column: str = "text", id_column: str | None = None,
-                 label_column: str | None = None, max_chars: int = DEFAULT_MAX_CHARS):
+                 label_column: str | None = None, max_chars: int = DEFAULT_MAX_CHARS, pair_column: str | None = None):
         self.path, self.fmt = path, input_format(path, fmt)
         self.text_column, self.id_column, self.label_column = text_column, id_column, label_column
+        self.pair_column = pair_column
+        if pair_column is not None and self.fmt == "txt":
+            raise UserError("'--text-pair-column': plain text has one text per line; pairs need csv, tsv, jsonl"
+                            " or parquet")
         self.max_chars = max_chars
         self.name = "stdin" if path == "-" else f"'{path}'"
         self.size = None
@@ -271,25 +276,30 @@ class InputReader:
 
     def _check_columns(self, found: list[str], where: str) -> None:
         problems = []
-        for flag, col in (("--text-column", self.text_column), ("--id-column", self.id_column),
-                          ("--label-column", self.label_column)):
+        for flag, col in (("--text-column", self.text_column), ("--text-pair-column", self.pair_column),
+                          ("--id-column", self.id_column), ("--label-column", self.label_column)):
             if col is not None and col not in found:
                 problems.append(f"'{flag}': column '{col}' not found in {where} of {self.name}; columns found:"
                                 f" {', '.join(map(str, found)) or 'none'}{closest(col, found)}")
         if problems:
             raise UserError(problems)
 
-    def _row(self, number: int, where: str, values: dict) -> Row:
-        text = values.get(self.text_column)
+    def _text(self, where: str, values: dict, column: str) -> str:
+        text = values.get(column)
         if isinstance(text, (int, float)) and not isinstance(text, bool):
             text = str(text)
         if not isinstance(text, str) or not text.strip():
             what = "missing" if text is None else "empty" if isinstance(text, str) else f"a {type(text).__name__}"
-            raise UserError(f"'--input': {where} of {self.name} has {what} text in column '{self.text_column}';"
+            raise UserError(f"'--input': {where} of {self.name} has {what} text in column '{column}';"
                             " every row needs a text")
         self._too_long(where, text)
+        return text
+
+    def _row(self, number: int, where: str, values: dict) -> Row:
+        text = self._text(where, values, self.text_column)
+        pair = self._text(where, values, self.pair_column) if self.pair_column else None
         return Row(number, text, values.get(self.id_column) if self.id_column else None,
-                   values.get(self.label_column) if self.label_column else None)
+                   values.get(self.label_column) if self.label_column else None, pair)
 
     def _parse_jsonl(self) -> Iterator[Row]:
         number = 0
@@ -338,7 +348,8 @@ class InputReader:
         except Exception as e:  # pyarrow raises several types for one cause: not a parquet file
             raise UserError(f"'--input': could not read {self.name} as parquet: {one_line(e)}") from None
         self._check_columns(file.schema_arrow.names, "the schema")
-        columns = [c for c in dict.fromkeys((self.text_column, self.id_column, self.label_column)) if c]
+        columns = [c for c in dict.fromkeys((self.text_column, self.pair_column, self.id_column, self.label_column))
+                   if c]
         number = 0
         for batch in file.iter_batches(batch_size=1024, columns=columns):
             self.bytes_read = min(self.size, self.bytes_read + batch.nbytes)

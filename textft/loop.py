@@ -20,11 +20,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from textft.evaluation import evaluate_logits
 from textft.modeling import frozen_by_schedule, layer_depths, unfrozen_depth
 from textft.recipe import Plan
 
@@ -65,13 +63,6 @@ def steps_per_epoch(num_batches: int, grad_accum_steps: int) -> int:
     return math.ceil(num_batches / grad_accum_steps)
 
 
-def make_loss(class_weights: torch.Tensor | None, label_smoothing: float) -> Callable:
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        weight = class_weights.to(logits.device) if class_weights is not None else None
-        return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
-    return loss_fn
-
-
 @torch.no_grad()
 def predict_logits(accelerator: Accelerator, model, loader) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of every example exactly once, in loader order, on every process."""
@@ -88,22 +79,25 @@ def predict_logits(accelerator: Accelerator, model, loader) -> tuple[np.ndarray,
 
 
 class Evaluator:
-    """Scores a split (validation by default) with the model as it is now, on every process."""
+    """Scores a split (validation by default) with the model as it is now, on every process; the task
+    (textft.tasks) turns logits and labels into its metrics."""
 
-    def __init__(self, accelerator: Accelerator, model, loaders: dict, label_names: list[str]):
-        self.accelerator, self.model, self.loaders, self.label_names = accelerator, model, loaders, label_names
+    def __init__(self, accelerator: Accelerator, model, loaders: dict, task):
+        self.accelerator, self.model, self.loaders, self.task = accelerator, model, loaders, task
 
     def logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return predict_logits(self.accelerator, self.model, self.loaders[split])
 
     def __call__(self, split: str = "validation") -> dict:
-        return evaluate_logits(*self.logits(split), self.label_names)
+        return self.task.evaluate(*self.logits(split))
 
 
-def improved(value: float, best: float | None, metric: str, min_delta: float) -> bool:
+def improved(value: float | None, best: float | None, lower_is_better: bool, min_delta: float) -> bool:
+    if value is None or math.isnan(value):  # an undefined score (a correlation of constant predictions)
+        return False
     if best is None:
         return True
-    return value < best - min_delta if metric == "loss" else value > best + min_delta
+    return value < best - min_delta if lower_is_better else value > best + min_delta
 
 
 class BestModel:
@@ -117,7 +111,7 @@ class BestModel:
     def update(self, metrics: dict, epoch: float) -> None:
         plan, state = self.plan, self.state
         value = metrics[plan.metric]
-        if improved(value, state.best_value, plan.metric, plan.min_delta):
+        if improved(value, state.best_value, plan.lower_is_better, plan.min_delta):
             state.best_value, state.best_step, state.best_epoch, state.bad_evals = value, state.step, epoch, 0
             self.save({"step": state.step, "epoch": epoch, "metric": plan.metric, "value": value})
             return
@@ -189,7 +183,7 @@ class Throughput:
 
     def add(self, loss: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
         one = torch.ones_like(self.window[0])
-        self.window += torch.stack([loss.float(), one, one * labels.numel(), attention_mask.sum().float()])
+        self.window += torch.stack([loss.float(), one, one * labels.shape[0], attention_mask.sum().float()])
 
     @contextlib.contextmanager
     def paused(self):
@@ -226,13 +220,15 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
         loss_fn: Callable, evaluate: Callable[[], dict], best: BestModel, checkpoint: Callable[[], None],
         train_log: TrainLog, unfreeze: GradualUnfreezing | None = None,
         on_evaluate: Callable[[int, float, dict], None] | None = None,
-        stop: Callable[[LoopState], None] | None = None) -> LoopState:
+        stop: Callable[[LoopState], None] | None = None,
+        describe: Callable[[dict], str] | None = None) -> LoopState:
     """Train for ``plan.total_steps`` optimizer steps, or until early stopping or the time budget.
 
     ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
     (e.g. a pruned hyper-parameter trial) ends the run. ``stop(state)`` runs after every optimizer
-    step (and its checkpoint); it ends the run by raising.
+    step (and its checkpoint); it ends the run by raising. ``describe(metrics)`` words them for the log.
     """
+    describe = describe or (lambda m: f"{plan.metric} {m.get(plan.metric)}")
     bar = tqdm(total=plan.total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
                dynamic_ncols=True)
     throughput, started = Throughput(accelerator), time.perf_counter() - state.seconds
@@ -271,8 +267,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
                 if on_evaluate is not None:
                     on_evaluate(state.step, epoch, metrics)
                 train_log.record({"eval": metrics})
-                log.info("eval at step %d: accuracy %.4f  macro-F1 %.4f  loss %.4f", state.step, metrics["accuracy"],
-                         metrics["macro_f1"], metrics["loss"])
+                log.info("eval at step %d: %s", state.step, describe(metrics))
                 best.update(metrics, epoch)
             finished = last or state.stop_reason is not None
             if not finished and plan.checkpoints_at(state.step):

@@ -16,13 +16,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from textft.errors import UserError
 from textft.hub import is_hub_id
+from textft.tasks import METRIC_NAMES, task_class
 
 log = logging.getLogger("textft")
 
 # The Hub names of textft's builtin backbones, for the card's base_model.
 BUILTIN_HUB_NAMES = {"builtin:minilm": "sentence-transformers/all-MiniLM-L6-v2"}
-HEADLINE = (("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
-            ("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -103,6 +102,8 @@ def _run(path: Path) -> dict[str, Any]:
         "trained": trained, "config": config, "report": report or {}, "report_md": report_md,
         "splits": (report or {}).get("splits") or {},
         "labels": [str(v) for _, v in sorted(((int(k), v) for k, v in (config.get("id2label") or {}).items()))],
+        "task": task_class((report or {}).get("task") or from_config(config)),
+        "pairs": bool((trained.get("data") or {}).get("text_pair_column")),
         "base_name": base_name, "base": base,
         "shown_base": base_name if not base_name or base or is_hub_id(base_name) or base_name.startswith("builtin:")
         else Path(base_name).name,
@@ -124,25 +125,36 @@ def card_data(run: dict, name: str, license: str | None) -> ModelCardData:
                               dataset_type=hub_dataset or "custom", dataset_name=hub_dataset or run["source"],
                               dataset_config=dataset_config, dataset_split=split, metric_type=kind,
                               metric_value=round(float(m[key]), 4), metric_name=label, metric_args=args)
-                   for key, kind, label, args in HEADLINE if isinstance(m.get(key), (int, float))]
+                   for key, kind, label, args in run["task"].report().CARD_METRICS if isinstance(m.get(key), (int, float))]
     return ModelCardData(license=license or _base_license(run["base_name"]) or "other", library_name="transformers",
                          base_model=run["base"], datasets=[hub_dataset] if hub_dataset else None,
                          pipeline_tag="text-classification", tags=["text-classification", "textft"],
                          model_name=name, eval_results=results or None)
 
 
+def from_config(config: dict) -> str:
+    """The task of a checkpoint without a textft report, from its config.json."""
+    from textft.tasks import from_model_config
+
+    try:
+        return from_model_config(config).name
+    except UserError:
+        return "single_label"
+
+
 def _usage(run: dict, repo: str) -> list[str]:
     truncation = (run["trained"].get("data") or {}).get("truncation", "head")
+    example = ('{"text": "The first text.", "text_pair": "The second text."}' if run["pairs"]
+               else '"Replace me by any text you like."')
     lines = ["## Usage", "", "```python", "from transformers import pipeline", "",
-             f'classifier = pipeline("text-classification", model="{repo}")',
-             'print(classifier("Replace me by any text you like.", truncation=True))', "```", ""]
+             *run["task"].report().card_usage(repo, example), "```", ""]
     if truncation == "head+tail":
         lines += ["The model was trained on the head and the tail of long texts, which plain `pipeline` cannot"
                   " reproduce (it keeps the head); `textft.load` does, and also offers sliding windows:", ""]
     else:
         lines += ["or, with length-sorted batching, sliding windows over long texts and out-of-scope rejection:", ""]
     return lines + ["```python", "import textft", "", f'model = textft.load("{repo}")',
-                    'print(model.predict(["Replace me by any text you like."]))', "```", ""]
+                    f"print(model.predict([{example}]))", "```", ""]
 
 
 def _training_table(run: dict, path: Path) -> list[str]:
@@ -199,13 +211,15 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
     what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
         f"fine-tuned from `{run['shown_base']}`" if run["base_name"] else "fine-tuned"
     on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else f"`{run['source']}`"
-    shown = ", ".join(f"`{x}`" for x in labels[:20])
-    lines = [f"# {name}", "", f"A text classifier {what} on {on} with textft. It predicts one of {len(labels)} labels"
-             + (f": {shown}." if len(labels) <= 20 else f" (first 20: {shown}, ...)."), ""]
+    task = run["task"]
+    pairs = " It reads pairs of texts." if run["pairs"] else ""
+    lines = [f"# {name}", "", f"A {task.report().CARD_KIND} {what} on {on} with textft.{pairs} {task.report().card_summary(labels)}", ""]
     if run["splits"]:
-        lines += ["## Results", "", "| split | examples | accuracy | macro-F1 | weighted-F1 |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {s} | {_fmt(m.get('num_examples'))} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('macro_f1'))} |"
-                  f" {_fmt(m.get('weighted_f1'))} |" for s, m in run["splits"].items()]
+        keys = [key for key, *_ in task.report().CARD_METRICS]
+        lines += ["## Results", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
+                  "|---|---:|" + "---:|" * len(keys)]
+        lines += [f"| {s} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
+                  for s, m in run["splits"].items()]
         lines.append("")
     lines += _out_of_scope(run["config"]) + _usage(run, repo_id or f"<user>/{name}") + _training_table(run, path)
     lines += _report_section(run, path)

@@ -1,5 +1,7 @@
 """The report's figures, drawn with matplotlib's object-oriented API (no pyplot state, no display)
-into PNG bytes: confusion matrix, per-class F1, learning curves, calibration."""
+into PNG bytes: confusion matrix, per-class F1, learning curves, calibration (single-label), label
+co-occurrence (multi-label), predicted against true values and residuals (regression). Each task's
+report module says which of them its splits get."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import struct
 import numpy as np
 
 from textft.report_data import METRIC_NAMES, fmt, sorted_classes
+from textft.tasks import LOWER_IS_BETTER, task_class
 
 MANY_CLASSES = 20
 """Above this many classes the confusion matrix drops its cell annotations and tables fold away."""
@@ -135,13 +138,13 @@ def plot_learning_curves(report: dict) -> bytes | None:
         ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], color="#d62728", marker="o",
                      linewidth=1.5, label="validation loss")
     ax_loss.set_xlabel("optimizer step")
-    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_ylabel(report.get("loss_name") or "loss")
     ax_loss.set_title("Loss", loc="left")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
     best = report.get("best")
     if ax_metric is not None:
-        for key, color in (("macro_f1", "#2ca02c"), ("accuracy", "#9467bd")):
+        for key, color in zip(report.get("curves") or ("accuracy", "macro_f1"), ("#9467bd", "#2ca02c")):
             pts = [r for r in evals if r.get(key) is not None]
             ax_metric.plot([r["step"] for r in pts], [r[key] for r in pts], marker="o", color=color,
                            linewidth=1.5, label=f"validation {METRIC_NAMES[key]}")
@@ -151,11 +154,13 @@ def plot_learning_curves(report: dict) -> bytes | None:
         if best and isinstance(best.get("step"), (int, float)):
             ax_metric.axvline(best["step"], color="#555555", linestyle="--", linewidth=1)
             name = METRIC_NAMES.get(best.get("metric"), best.get("metric"))
+            # Lower-is-better curves fall towards the bottom right, where the legend and the note would sit.
+            lower = best.get("metric") in LOWER_IS_BETTER
             ax_metric.annotate(f"best {name} {fmt(best.get('value'), 3)}\nstep {best['step']}",
-                               xy=(best["step"], best.get("value") or 0), xytext=(-8, -28),
+                               xy=(best["step"], best.get("value") or 0), xytext=(-8, 18 if lower else -28),
                                textcoords="offset points", ha="right", fontsize=9,
                                arrowprops={"arrowstyle": "-", "color": "#555555"})
-        ax_metric.legend(loc="lower right")
+        ax_metric.legend(loc="upper right" if best and best.get("metric") in LOWER_IS_BETTER else "lower right")
     return png(fig)
 
 
@@ -207,9 +212,89 @@ def render_figures(report: dict) -> dict[str, bytes]:
     figures = {}
     if (curves := plot_learning_curves(report)) is not None:
         figures["learning_curves"] = curves
+    task = task_class(report.get("task") or "single_label")
     for split, m in report["splits"].items():
-        figures[f"{split}/confusion"] = plot_confusion(m)
-        figures[f"{split}/per_class_f1"] = plot_per_class_f1(m, m.get("macro_f1"))
-        if m.get("calibration"):
-            figures[f"{split}/calibration"] = plot_calibration(m["calibration"])
+        figures.update(task.report().figures(split, m))
     return figures
+
+
+def plot_cooccurrence(labels: list[str], counts) -> bytes:
+    """Row i, column j: the share of texts carrying label i that also carry label j (the diagonal,
+    always 1, shows each label's support instead)."""
+    from matplotlib.colors import PowerNorm
+
+    counts = np.asarray(counts, dtype=float)
+    n = len(labels)
+    support = np.diag(counts).copy()
+    share = np.divide(counts, support[:, None], out=np.zeros_like(counts), where=support[:, None] > 0)
+    np.fill_diagonal(share, np.nan)
+    many = n > MANY_CLASSES
+    names = [f"{short_label(x)} ({int(s)})" for x, s in zip(labels, support)]
+    size = 7 if many else 10
+    margin = 0.6 + max(len(x) for x in names) * size * 0.6 / 72
+    matrix = max(8.0, 0.2 * n) if many else max(2.6, 0.9 * n)
+    fig = figure(matrix + margin + 1.3, matrix + margin + 0.5)
+    ax = fig.add_subplot()
+    top = float(np.nanmax(share)) if n > 1 and np.isfinite(share).any() else 1.0
+    im = ax.imshow(share, cmap="Purples", norm=PowerNorm(gamma=0.5, vmin=0, vmax=max(top, 1e-6)),
+                   interpolation="nearest")
+    ax.set_xticks(range(n), [short_label(x) for x in labels], rotation=90, fontsize=size)
+    ax.set_yticks(range(n), names, fontsize=size)
+    ax.set_xlabel("also carries", fontsize=11)
+    ax.set_ylabel("texts with label (support)", fontsize=11)
+    if not many:
+        for i in range(n):
+            for j in range(n):
+                if i != j and counts[i, j]:
+                    ax.text(j, i, f"{100 * share[i, j]:.0f}%\n{int(counts[i, j])}", ha="center", va="center",
+                            fontsize=8, color="white" if share[i, j] > 0.5 * top else "#222222")
+    fig.colorbar(im, ax=ax, shrink=0.6 if many else 0.8, label="share of the row label's texts")
+    ax.set_title("Label co-occurrence in the true labels", loc="left", fontsize=11)
+    return png(fig)
+
+
+def plot_predicted_vs_true(points: dict, target: str) -> bytes:
+    """Each example as a dot at (true, predicted) with the diagonal of perfect answers; when the targets
+    take few values, the mean prediction and its spread for each."""
+    true, pred = np.asarray(points["true"], dtype=float), np.asarray(points["pred"], dtype=float)
+    fig = figure(6.4, 6)
+    ax = fig.add_subplot()
+    distinct = np.unique(true)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(true)) if len(distinct) <= 20 else 0.0
+    ax.scatter(true + jitter, pred, s=8, alpha=0.35, color="#1f77b4", linewidths=0, label="example")
+    low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([low, high], [low, high], linestyle="--", color="#777777", linewidth=1, label="predicted = true")
+    if len(distinct) <= 20:
+        means = [pred[true == v].mean() for v in distinct]
+        spread = [pred[true == v].std() for v in distinct]
+        ax.errorbar(distinct, means, yerr=spread, color="#d62728", marker="o", linewidth=1.5, capsize=3,
+                    label="mean prediction ± sd")
+    ax.set_xlabel(f"true {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.set_title(f"Predicted against true ({len(true)} examples)", loc="left", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    return png(fig)
+
+
+def plot_residuals(points: dict, target: str) -> bytes:
+    """Residuals (predicted − true): their distribution, and against the prediction."""
+    true, pred = np.asarray(points["true"], dtype=float), np.asarray(points["pred"], dtype=float)
+    residual = pred - true
+    fig = figure(12, 4.2)
+    ax_hist, ax_scatter = fig.subplots(1, 2)
+    ax_hist.hist(residual, bins=40, color="#1f77b4", alpha=0.85)
+    ax_hist.axvline(0, color="#555555", linestyle="--", linewidth=1)
+    ax_hist.axvline(float(residual.mean()), color="#d62728", linewidth=1.5, label=f"mean {residual.mean():+.3f}")
+    ax_hist.set_xlabel(f"residual: predicted − true {target}")
+    ax_hist.set_ylabel("examples")
+    ax_hist.set_title("Distribution of the residuals", loc="left")
+    ax_hist.legend(fontsize=9)
+    ax_hist.grid(axis="y", alpha=0.3)
+    ax_scatter.scatter(pred, residual, s=8, alpha=0.35, color="#1f77b4", linewidths=0)
+    ax_scatter.axhline(0, color="#555555", linestyle="--", linewidth=1)
+    ax_scatter.set_xlabel(f"predicted {target}")
+    ax_scatter.set_ylabel("residual")
+    ax_scatter.set_title("Residuals against the prediction", loc="left")
+    ax_scatter.grid(alpha=0.3)
+    return png(fig)

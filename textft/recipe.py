@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from textft.config import AUTO, Config, TrainConfig
+from textft.tasks import LOWER_IS_BETTER
 
 REFERENCE_LR = 2e-4
 """Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""
@@ -60,6 +61,10 @@ class Facts:
     """Examples per optimizer step over all processes and accumulation steps."""
     steps_per_epoch: int
     """Optimizer steps in one pass over the (sharded) training loader, a partial last group included."""
+    task: str = "single_label"
+    """What a label is (textft.tasks): single_label, multi_label or regression."""
+    default_metric: str = "macro_f1"
+    """The task's validation metric for picking the best model, when train.metric_for_best is auto."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,10 @@ class Plan:
                    logging_steps=t.logging_steps, max_grad_norm=t.max_grad_norm, metric=t.metric_for_best,
                    patience=t.early_stopping_patience, min_steps_before_stopping=t.early_stopping_min_steps,
                    min_delta=t.early_stopping_min_delta, time_budget_s=t.time_budget_s)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
 
     def epoch_ends_at(self, step: int) -> bool:
         return step % self.steps_per_epoch == 0
@@ -182,12 +191,15 @@ def _length(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
         values["epochs"] = round(t.max_steps / per_epoch, 3)
         why["train.epochs"] = f"from train.max_steps={t.max_steps} at {per_epoch} steps per epoch"
         return
+    # Every output row of the head needs its share of steps: a class, or a label of a multi-label
+    # task (each a binary decision of its own); a regression head has one.
     steps = max(MIN_STEPS, STEPS_PER_CLASS * facts.num_labels)
     epochs = min(max(steps / per_epoch, 1.0), MAX_EPOCHS)
     values["epochs"] = round(epochs, 3)
     bound = (" (at least one pass)" if epochs == 1.0 and steps < per_epoch
              else f" (capped at {MAX_EPOCHS:g})" if epochs == MAX_EPOCHS else "")
-    why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} classes) ="
+    outputs = {"multi_label": "labels", "regression": "output"}.get(facts.task, "classes")
+    why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} {outputs}) ="
                            f" {steps} optimizer steps; {facts.n_train:,} examples / global batch"
                            f" {facts.global_batch} = {per_epoch} steps per epoch{bound}")
 
@@ -237,9 +249,14 @@ def _early_stopping(t: TrainConfig, total: int, planned: int, length_is_auto: bo
 def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str], Plan]:
     """``cfg`` with every ``auto`` training setting replaced by a number, why (keyed ``train.<key>``),
     and the plan the loop executes."""
-    t = cfg.train
     why: dict[str, str] = {}
     values: dict[str, object] = {}
+    t = cfg.train
+    if t.metric_for_best == AUTO:
+        t = dataclasses.replace(t, metric_for_best=facts.default_metric)
+        lower = "lower" if t.metric_for_best in LOWER_IS_BETTER else "higher"
+        why["train.metric_for_best"] = f"the {facts.task} default ({lower} is better)"
+        values["metric_for_best"] = t.metric_for_best
     _learning_rates(t, facts, values, why)
     length_is_auto = t.epochs == AUTO and t.max_steps is None
     if t.epochs == AUTO:
@@ -253,5 +270,7 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str], Plan]:
             why["train.eval_every_steps"] = "at the end of each epoch (the training length was set explicitly)"
     planned = count_evaluations(total, values.get("eval_every_steps", t.eval_every_steps), facts.steps_per_epoch)
     _early_stopping(t, total, planned, length_is_auto, values, why)
+    if "train.metric_for_best" in why:  # listed last: the rules above say how it is used
+        why["train.metric_for_best"] = why.pop("train.metric_for_best")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, **values))
     return cfg, why, Plan.from_config(cfg.train, facts.steps_per_epoch)

@@ -14,8 +14,9 @@ from pathlib import Path
 import yaml
 
 from textft.files import replace_file
-from textft.plots import MANY_CLASSES, PIXEL_DENSITY, png_size, render_figures
-from textft.report_data import DEFAULT_MISTAKES, HEADLINE, METRIC_NAMES, build_report, fmt, sorted_classes
+from textft.plots import PIXEL_DENSITY, png_size, render_figures
+from textft.report_data import DEFAULT_MISTAKES, METRIC_NAMES, build_report, fmt
+from textft.tasks import task_class
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -69,54 +70,48 @@ def run_facts(report: dict) -> list[tuple[str, str]]:
     return facts
 
 
+def headline_names(report: dict) -> list[str]:
+    return [METRIC_NAMES[k] for k in report["headline"]]
+
+
 def render_markdown(report: dict) -> str:
-    lines = [f"# {report['title']}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss | ECE |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    task = task_class(report["task"])
+    keys = report["headline"]
+    lines = [f"# {report['title']}", "", "| split | examples | " + " | ".join(headline_names(report)) + " |",
+             "|---|---:|" + "---:|" * len(keys)]
     for split, m in report["splits"].items():
-        lines.append(f"| {split} | {m.get('num_examples')} | " + " | ".join(fmt(m.get(k)) for k in HEADLINE) + " |")
+        lines.append(f"| {split} | {m.get('num_examples')} | " + " | ".join(fmt(m.get(k)) for k in keys) + " |")
     lines += ["", "## Run", ""] + [f"- {k}: {v}" for k, v in run_facts(report)]
     for w in report["warnings"]:
         lines.append(f"- warning: {w}")
-    evals = report["history"]["eval"]
+    evals, curves = report["history"]["eval"], eval_columns(report)
     if evals:
-        lines += ["", "## Validation during training", "", "| step | epoch | loss | accuracy | macro-F1 |",
-                  "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['step']} | {fmt(r['epoch'], 2)} | {fmt(r['loss'])} | {fmt(r['accuracy'])} |"
-                  f" {fmt(r['macro_f1'])} |" for r in evals]
+        lines += ["", "## Validation during training", "", "| step | epoch | " + " | ".join(
+            METRIC_NAMES[k] for k in curves) + " |", "|---:|---:|" + "---:|" * len(curves)]
+        lines += [f"| {r['step']} | {fmt(r['epoch'], 2)} | " + " | ".join(fmt(r.get(k)) for k in curves) + " |"
+                  for r in evals]
     for split, m in report["splits"].items():
-        lines += ["", f"## {split}", "", "### Per class (worst F1 first)", "",
-                  "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
-                  for name, c in sorted_classes(m)]
-        if m["top_confusions"]:
-            lines += ["", "### Most confused pairs", "", "| true | predicted | count | share of true class |",
-                      "|---|---|---:|---:|"]
-            lines += [f"| {c['true']} | {c['pred']} | {c['count']} | {100 * c['share']:.1f}% |"
-                      for c in m["top_confusions"]]
-        if m.get("calibration"):
-            cal = m["calibration"]
-            lines += ["", f"### Calibration: ECE {cal['ece']:.4f} ({cal['num_bins']} bins; mean confidence"
-                          f" {cal['mean_confidence']:.4f}, accuracy {cal['accuracy']:.4f})", "",
-                      "| confidence | examples | accuracy | mean confidence |", "|---|---:|---:|---:|"]
-            lines += [f"| {b['low']:.2f}-{b['high']:.2f} | {b['count']} | {fmt(b['accuracy'])} |"
-                      f" {fmt(b['confidence'])} |" for b in cal["bins"] if b["count"]]
-        if m.get("most_confident_mistakes"):
-            lines += ["", "### Most confident mistakes", "", "| confidence | true | predicted | text |",
-                      "|---:|---|---|---|"]
-            lines += [f"| {r['confidence']:.3f} | {r['label']} | {r['pred']} | {_md_cell(r['text'])} |"
-                      for r in m["most_confident_mistakes"]]
-        elif "predictions_file" not in m:
-            lines += ["", f"(no predictions/{split}.jsonl: calibration and mistakes are not available)"]
+        lines += ["", f"## {split}", *task.report().markdown_split(split, m)]
     if report.get("recipe"):
         lines += ["", "## Settings chosen automatically", "", "| setting | value | why |", "|---|---:|---|"]
-        lines += [f"| {r['key']} | {_setting(r['value'])} | {_md_cell(r['why'])} |" for r in report["recipe"]]
+        lines += [f"| {r['key']} | {_setting(r['value'])} | {md_cell(r['why'])} |" for r in report["recipe"]]
     if report.get("config"):
         lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(report["config"], sort_keys=False).rstrip(),
                   "```"]
     return "\n".join(lines) + "\n"
 
 
-def _md_cell(text: str) -> str:
+def eval_columns(report: dict) -> list[str]:
+    """The validation metrics listed for each evaluation during training: the loss, then the curves."""
+    return ["loss", *report["curves"]]
+
+
+def example_markdown(r: dict) -> str:
+    """A text of the report's example tables, with its pair."""
+    return md_cell(r["text"] + (f" ‖ {r['text_pair']}" if r.get("text_pair") is not None else ""))
+
+
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
@@ -141,7 +136,7 @@ img{max-width:100%;height:auto;display:block;margin:8px 0;border:1px solid #ecee
 .note{color:#5b6577;font-size:13px}.warn{color:#a33}
 details{margin:10px 0}summary{cursor:pointer;color:#2457a6}
 pre{background:#f6f8fa;padding:10px 14px;font-size:12.5px;overflow:auto;border-radius:6px}
-td.text{max-width:560px;font-size:13px}
+td.text{max-width:560px;font-size:13px}.pair{color:#33415c;margin-top:3px}
 """
 
 
@@ -157,7 +152,7 @@ def img_tag(png: bytes | None, alt: str) -> str:
             f' src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
 
 
-def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
     th = "".join(f'<th class="n">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(header))
     body = []
     for row in rows:
@@ -172,16 +167,16 @@ def _anchor(split: str) -> str:
 
 
 def _summary_html(report: dict) -> list[str]:
-    splits, primary = report["splits"], report.get("primary_split")
+    splits, primary, keys = report["splits"], report.get("primary_split"), report["headline"]
     out = ["<section id='summary'>"]
     if primary:
         m = splits[primary]
         cards = "".join(f"<div class='card'><div class='k'>{escape(primary)} {METRIC_NAMES[k]}</div>"
-                        f"<div class='v'>{fmt(m.get(k))}</div></div>" for k in HEADLINE if m.get(k) is not None)
+                        f"<div class='v'>{fmt(m.get(k))}</div></div>" for k in keys if m.get(k) is not None)
         out.append(f"<div class='cards'>{cards}</div>")
-    out.append(_table(["split", "examples", "accuracy", "macro-F1", "weighted-F1", "loss", "ECE"],
-                      [[s, m.get("num_examples"), *(fmt(m.get(k)) for k in HEADLINE)] for s, m in splits.items()],
-                      numeric={1, 2, 3, 4, 5, 6}))
+    out.append(html_table(["split", "examples", *headline_names(report)],
+                          [[s, m.get("num_examples"), *(fmt(m.get(k)) for k in keys)] for s, m in splits.items()],
+                          numeric=set(range(1, len(keys) + 2))))
     facts = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in run_facts(report))
     out.append(f"<table class='facts'>{facts}</table>")
     out += [f"<p class='warn'>warning: {escape(w)}</p>" for w in report["warnings"]]
@@ -192,49 +187,30 @@ def _training_html(report: dict, figures: dict[str, bytes]) -> list[str]:
     if "learning_curves" not in figures:
         return []
     out = ["<section id='training'><h2>Training</h2>", img_tag(figures["learning_curves"], "learning curves")]
-    evals = report["history"]["eval"]
+    evals, columns = report["history"]["eval"], eval_columns(report)
     if evals:
-        rows = [[r["step"], fmt(r["epoch"], 2), fmt(r["loss"]), fmt(r["accuracy"]), fmt(r["macro_f1"])]
-                for r in evals]
-        table = _table(["step", "epoch", "validation loss", "accuracy", "macro-F1"], rows, numeric={0, 1, 2, 3, 4})
+        rows = [[r["step"], fmt(r["epoch"], 2), *(fmt(r.get(k)) for k in columns)] for r in evals]
+        header = ["step", "epoch", *(f"validation {METRIC_NAMES[k]}" if k == "loss" else METRIC_NAMES[k]
+                                     for k in columns)]
+        table = html_table(header, rows, numeric=set(range(len(header))))
         out.append(f"<details><summary>validation after each evaluation ({len(evals)})</summary>{table}</details>")
     return out + ["</section>"]
 
 
-def _split_html(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    many = len(m["per_class"]) > MANY_CLASSES
+def _split_html(report: dict, split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
     out = [f"<section id='{_anchor(split)}'><h2>{escape(split)} split"
-           f" <span class='note'>({m.get('num_examples')} examples)</span></h2>",
-           "<h3>Confusion matrix</h3><p class='note'>Rows are true labels, columns predictions; each row is"
-           " divided by its total, so the diagonal is the recall of each class.</p>",
-           img_tag(figures.get(f"{split}/confusion"), f"{split} confusion matrix")]
-    if m["top_confusions"] and len(m["per_class"]) > 2:
-        out.append(f"<h3>Most confused pairs (top {len(m['top_confusions'])})</h3>")
-        out.append(_table(["true label", "predicted as", "count", "share of true class"],
-                          [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"]
-                           for c in m["top_confusions"]], numeric={2, 3}))
-    out += ["<h3>Per class</h3>", img_tag(figures.get(f"{split}/per_class_f1"), f"{split} F1 per class")]
-    rows = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
-    table = _table(["label", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4})
-    out.append(f"<details{'' if many else ' open'}><summary>precision, recall, F1 and support of"
-               f" {len(rows)} classes (worst F1 first)</summary>{table}</details>")
-    if m.get("calibration"):
-        cal = m["calibration"]
-        out.append(f"<h3>Calibration</h3><p class='note'>Expected calibration error {cal['ece']:.4f}: the"
-                   f" mean confidence is {cal['mean_confidence']:.3f} for an accuracy of {cal['accuracy']:.3f}"
-                   f" ({cal['num_bins']} equal-width confidence bins).</p>")
-        out.append(img_tag(figures.get(f"{split}/calibration"), f"{split} calibration"))
-    mistakes = m.get("most_confident_mistakes")
-    if mistakes:
-        out.append(f"<h3>The {len(mistakes)} most confident mistakes</h3>")
-        body = "".join(f"<tr><td class='n'>{r['confidence']:.3f}</td><td>{escape(r['label'])}</td>"
-                       f"<td>{escape(r['pred'])}</td><td class='text'>{escape(r['text'])}</td></tr>" for r in mistakes)
-        out.append("<table><thead><tr><th class='n'>confidence</th><th>true label</th><th>predicted</th>"
-                   f"<th>text</th></tr></thead><tbody>{body}</tbody></table>")
-    elif "predictions_file" not in m:
-        out.append(f"<p class='note'>No predictions/{escape(split)}.jsonl in the run directory: calibration and"
-                   " mistakes are not available.</p>")
+           f" <span class='note'>({m.get('num_examples')} examples)</span></h2>"]
+    out += task_class(report["task"]).report().html_split(split, m, figures)
+    if "predictions_file" not in m:
+        out.append(f"<p class='note'>No predictions/{escape(split)}.jsonl in the run directory: the examples"
+                   " behind the numbers are not available.</p>")
     return out + ["</section>"]
+
+
+def example_html(r: dict) -> str:
+    """A text of the report's example tables, with its pair below it."""
+    pair = f"<div class='pair'>&#8644; {escape(r['text_pair'])}</div>" if r.get("text_pair") is not None else ""
+    return f"<td class='text'>{escape(r['text'])}{pair}</td>"
 
 
 def _settings_html(report: dict) -> list[str]:
@@ -242,7 +218,7 @@ def _settings_html(report: dict) -> list[str]:
     if report.get("recipe"):
         out.append("<section id='recipe'><h2>Settings chosen automatically</h2><p class='note'>These keys were"
                    " left at <code>auto</code>; textft picked the values from the backbone and the data.</p>")
-        out.append(_table(["setting", "value", "why"],
+        out.append(html_table(["setting", "value", "why"],
                           [[r["key"], _setting(r["value"]), r["why"]] for r in report["recipe"]], numeric={1}))
         out.append("</section>")
     if report.get("config"):
@@ -267,7 +243,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
            f"<body><main><h1>{escape(report['title'])}</h1>", f"<nav>{''.join(links)}</nav>"]
     out += _summary_html(report) + _training_html(report, figures)
     for split, m in splits.items():
-        out += _split_html(split, m, figures)
+        out += _split_html(report, split, m, figures)
     out += _settings_html(report)
     out.append(f"<p class='note'>textft report of {escape(report['run'])}; re-render with"
                f" <code>textft report {escape(report['run'])}</code>.</p></main></body></html>")

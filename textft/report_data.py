@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from textft import tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
 
@@ -23,9 +24,7 @@ HISTOGRAM_BINS = 20
 TOP_CONFUSIONS = 20
 DEFAULT_MISTAKES = 10
 SHORT_TEXT = 180
-HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "loss": "loss",
-                "ece": "ECE"}
+METRIC_NAMES = tasks.METRIC_NAMES
 
 
 # --- reading a run directory -----------------------------------------------------------------
@@ -117,11 +116,19 @@ def shorten(text: str, limit: int = SHORT_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def example(r: dict) -> dict[str, str]:
+    """The shortened text of a prediction record, and its second text for a pair."""
+    out = {"text": shorten(r.get("text", ""))}
+    if r.get("text_pair") is not None:
+        out["text_pair"] = shorten(r["text_pair"])
+    return out
+
+
 def confident_mistakes(rows: list[dict], n: int) -> list[dict[str, Any]]:
     wrong = [r for r in rows if r.get("label") != r.get("pred") and isinstance(r.get("confidence"), (int, float))]
     wrong.sort(key=lambda r: -r["confidence"])
-    return [{"confidence": float(r["confidence"]), "label": r["label"], "pred": r["pred"],
-             "text": shorten(r.get("text", ""))} for r in wrong[:n]]
+    return [{"confidence": float(r["confidence"]), "label": r["label"], "pred": r["pred"], **example(r)}
+            for r in wrong[:n]]
 
 
 def throughput(train_records: list[dict]) -> dict[str, float | None]:
@@ -154,41 +161,22 @@ def run_name(run_dir: str | Path, cfg: dict) -> str:
     return name
 
 
-def _eval_summary(m: dict) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")}
+def check_rows(rows: list[dict], m: dict, split: str, warnings: list[str]) -> None:
+    if len(rows) != m.get("num_examples"):
+        warnings.append(f"predictions/{split}.jsonl holds {len(rows)} rows but the {split} split has"
+                        f" {m.get('num_examples')} examples")
 
 
-def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str, mistakes: int,
-                warnings: list[str]) -> dict[str, Any]:
-    """One split of the report: its metrics, the normalised confusions and, from its predictions,
-    calibration and the most confident mistakes."""
-    entry = dict(m)
-    entry["confusion_matrix_normalized"] = normalized_confusion(m["confusion_matrix"])
-    entry["top_confusions"] = top_confusions(m["confusion_matrix"], m.get("labels") or labels)
-    entry["ece"] = None
-    if rows:
-        if len(rows) != m.get("num_examples"):
-            warnings.append(f"predictions/{split}.jsonl holds {len(rows)} rows but the {split} split has"
-                            f" {m.get('num_examples')} examples")
-        usable = [r for r in rows if isinstance(r.get("confidence"), (int, float))]
-        if usable:
-            entry["calibration"] = calibration([r["confidence"] for r in usable],
-                                               [r.get("label") == r.get("pred") for r in usable])
-            entry["ece"] = entry["calibration"]["ece"]
-        entry["most_confident_mistakes"] = confident_mistakes(rows, mistakes)
-        entry["predictions_file"] = f"predictions/{split}.jsonl"
-    return entry
-
-
-def best_evaluation(ev: dict, eval_records: list[dict]) -> dict | None:
-    """The best validation result: as training recorded it, else the best macro-F1 in the log."""
+def best_evaluation(ev: dict, eval_records: list[dict], metric: str) -> dict | None:
+    """The best validation result: as training recorded it, else the best ``metric`` in the log."""
     if isinstance(ev.get("best"), dict):
         return {**ev["best"], "source": "eval_report.json"}
-    scored = [r for r in eval_records if isinstance(r.get("macro_f1"), (int, float))]
+    scored = [r for r in eval_records if isinstance(r.get(metric), (int, float))]
     if not scored:
         return None
-    top = max(scored, key=lambda r: r["macro_f1"])  # max keeps the earliest of equal scores
-    return {"step": top["step"], "epoch": top["epoch"], "metric": "macro_f1", "value": top["macro_f1"],
+    pick = min if metric in tasks.LOWER_IS_BETTER else max
+    top = pick(scored, key=lambda r: r[metric])  # min/max keep the earliest of equal scores
+    return {"step": top["step"], "epoch": top["epoch"], "metric": metric, "value": top[metric],
             "source": "train_log.jsonl"}
 
 
@@ -198,13 +186,15 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     ev, cfg = run["evaluation"], run["config"] or {}
     label_names = ev.get("label_names") or next(iter(ev["splits"].values()), {}).get("labels", [])
     model_cfg, data_cfg = cfg.get("model", {}), cfg.get("data", {})
+    task = tasks.task_class(ev.get("task") or "single_label")  # runs from before tasks were single-label
     warnings: list[str] = []
-    splits = {split: split_entry(m, label_names, run["predictions"].get(split), split, mistakes, warnings)
-              for split, m in ev["splits"].items()}
+    splits = {split: task.report().split_entry(m, label_names, run["predictions"].get(split), split, mistakes,
+                                               warnings) for split, m in ev["splits"].items()}
     train_records = [r for r in run["records"] if "loss" in r and "eval" not in r and "step" in r]
-    eval_records = [{"step": r.get("step"), "epoch": r.get("epoch"), **_eval_summary(r["eval"])}
+    summary = [k for k in (*task.headline, "num_examples") if k != "ece"]
+    eval_records = [{"step": r.get("step"), "epoch": r.get("epoch"), **{k: r["eval"].get(k) for k in summary}}
                     for r in run["records"] if isinstance(r.get("eval"), dict)]
-    best = best_evaluation(ev, eval_records)
+    best = best_evaluation(ev, eval_records, task.default_metric)
 
     steps = ev.get("optimizer_steps")
     seconds = ev.get("train_seconds")
@@ -226,6 +216,11 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
         "transfer": model_cfg.get("transfer"),
         "unfreeze_top_k": model_cfg.get("unfreeze_top_k") if model_cfg.get("transfer") == "top_k" else None,
         "data_source": source,
+        "task": task.name,
+        "headline": list(task.headline),
+        "curves": list(task.curves),
+        "loss_name": task.loss_name,
+        "text_pair": bool(ev.get("text_pair")),
         "label_names": label_names,
         "num_labels": len(label_names),
         "primary_split": primary,

@@ -8,19 +8,17 @@ GPU busy with full batches under load while a lone request waits only ``max_wait
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from textft.config import UserError
+from textft.micro_batching import ClientGone, MicroBatcher, PredictionFailed, QueueFull, RequestTimeout
 
 log = logging.getLogger("textft.serve")
 
@@ -36,11 +34,19 @@ except ImportError:  # reported when serving, so that `textft --help` works with
 
 if FastAPI is not None:  # the schemas sit at module level so that FastAPI can resolve their annotations
 
+    class TextPair(BaseModel):
+        """Two texts read together (paraphrase, entailment, duplicate questions)."""
+
+        model_config = ConfigDict(extra="forbid")
+        text: StrictStr
+        text_pair: StrictStr
+
     class PredictRequest(BaseModel):
         """Body of POST /predict."""
 
         model_config = ConfigDict(extra="forbid")
-        inputs: StrictStr | list[StrictStr] = Field(description="one text, or a list of texts")
+        inputs: StrictStr | TextPair | list[StrictStr | TextPair] = Field(
+            description='one text, a pair {"text": ..., "text_pair": ...}, or a list of them')
         top_k: StrictInt = Field(1, ge=1, description="also list the k most likely labels")
         return_all_scores: StrictBool = Field(False, description="include every label's probability")
 
@@ -49,10 +55,14 @@ if FastAPI is not None:  # the schemas sit at module level so that FastAPI can r
         score: float
 
     class Prediction(BaseModel):
-        """One text's answer; ``out_of_scope`` and ``model_label`` appear once a threshold is calibrated."""
+        """One input's answer, shaped by the model's task: ``label`` and ``score`` (single-label;
+        ``out_of_scope`` and ``model_label`` once a threshold is calibrated), ``labels`` above their
+        thresholds (multi-label; empty for none), or ``value`` (regression)."""
 
-        label: str
-        score: float
+        label: str | None = None
+        score: float | None = None
+        labels: list[LabelScore] | None = None
+        value: float | None = None
         out_of_scope: bool | None = None
         model_label: str | None = None
         top_k: list[LabelScore] | None = None
@@ -66,175 +76,7 @@ def _missing_extra() -> UserError:
     return UserError("textft serve needs FastAPI and uvicorn; install them with: pip install 'textft[serve]'")
 
 
-class QueueFull(Exception):
-    """More texts wait for the model than the queue holds."""
-
-
-class RequestTimeout(Exception):
-    """A request's texts were not classified within its time limit."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-class PredictionFailed(Exception):
-    """The model failed on this request's texts (run alone); the log has the traceback."""
-
-
-@dataclass
-class _Pending:
-    texts: list[str]
-    future: asyncio.Future
-    tag: str
-
-
-class MicroBatcher:
-    """Collects the texts of concurrent requests and runs them through the model together.
-
-    The first request of a batch waits at most ``max_wait_s`` for company, and a batch closes
-    early at ``max_batch_size`` texts. The model runs in one worker thread, so the event loop
-    keeps accepting requests (and filling the next batch) during a forward pass.
-
-    One request must not hurt another: when a batch fails, its requests run again one by one, so
-    that only the request that breaks the model fails. At most ``max_queue`` texts wait; beyond
-    that ``submit`` raises QueueFull at once instead of letting latency grow without bound.
-    Requests whose client gave up (timeout, disconnect) leave the queue without a forward pass.
-    """
-
-    def __init__(self, run: Callable[[list[str]], np.ndarray], max_batch_size: int, max_wait_s: float,
-                 max_queue: int = 1024):
-        self.run, self.max_batch_size, self.max_wait_s = run, max_batch_size, max_wait_s
-        self.max_queue = max_queue
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textft-model")
-        self.task: asyncio.Task | None = None
-        self.waiting = 0  # texts in the queue, not yet taken into a batch
-        self.batches = self.texts = self.dropped = self.rejected = self.timed_out = self.failed = 0
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    def stats(self) -> dict[str, int]:
-        return {"batches": self.batches, "texts": self.texts, "waiting": self.waiting, "rejected_queue_full":
-                self.rejected, "timed_out": self.timed_out, "dropped_before_run": self.dropped,
-                "failed": self.failed}
-
-    async def submit(self, texts: list[str], *, timeout_s: float | None = None,
-                     gone: Awaitable | None = None, tag: str = "") -> np.ndarray:
-        """Logits of ``texts`` once their batch has run.
-
-        Raises QueueFull (nothing queued), RequestTimeout after ``timeout_s``, ClientGone when the
-        awaitable ``gone`` finishes first (the client disconnected), PredictionFailed when the model
-        fails on these texts alone.
-        """
-        if self.waiting + len(texts) > self.max_queue:
-            self.rejected += 1
-            if gone is not None and hasattr(gone, "close"):
-                gone.close()
-            raise QueueFull(f"{self.waiting} texts are waiting for the model (limit {self.max_queue})")
-        future = asyncio.get_running_loop().create_future()
-        self.waiting += len(texts)
-        self.queue.put_nowait(_Pending(texts, future, tag))
-        watcher = asyncio.ensure_future(gone) if gone is not None else None
-        try:
-            done, _ = await asyncio.wait([future] + ([watcher] if watcher else []), timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        if future.done():
-            return future.result()
-        future.cancel()  # the batch loop skips it, or drops its result if its batch already runs
-        if watcher is not None and watcher in done:
-            raise ClientGone()
-        self.timed_out += 1
-        raise RequestTimeout()
-
-    def _take(self, item: _Pending) -> _Pending | None:
-        self.waiting -= len(item.texts)
-        if item.future.done():  # its client gave up while it waited
-            self.dropped += 1
-            return None
-        return item
-
-    async def _collect(self) -> list[_Pending]:
-        loop = asyncio.get_running_loop()
-        items: list[_Pending] = []
-        while not items:
-            first = self._take(await self.queue.get())
-            items = [first] if first else []
-        size = len(items[0].texts)
-        deadline = loop.time() + self.max_wait_s
-        while size < self.max_batch_size:
-            try:
-                item = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            if self._take(item):
-                items.append(item)
-                size += len(item.texts)
-        return items
-
-    async def _run(self, texts: list[str]) -> np.ndarray:
-        logits = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, texts)
-        self.batches += 1
-        return logits
-
-    async def _loop(self) -> None:
-        while True:
-            items = [item for item in await self._collect() if not item.future.done()]
-            if not items:
-                continue
-            texts = [t for item in items for t in item.texts]
-            try:
-                logits = await self._run(texts)
-            except Exception:
-                if len(items) == 1:
-                    self._fail(items[0])
-                    continue
-                log.warning("a batch of %d requests failed; running them one by one", len(items))
-                for item in items:
-                    if item.future.done():
-                        continue
-                    try:
-                        self._answer(item, await self._run(item.texts))
-                    except Exception:
-                        self._fail(item)
-                continue
-            start = 0
-            for item in items:
-                self._answer(item, logits[start:start + len(item.texts)])
-                start += len(item.texts)
-
-    def _answer(self, item: _Pending, logits: np.ndarray) -> None:
-        self.texts += len(item.texts)
-        if not item.future.done():
-            item.future.set_result(logits)
-
-    def _fail(self, item: _Pending) -> None:
-        self.failed += 1
-        log.exception("prediction failed for request %s (%d texts)", item.tag, len(item.texts))
-        if not item.future.done():
-            item.future.set_exception(PredictionFailed(item.tag))
-
-
-def _metrics_from_reports(model_dir: Path | None) -> dict | None:
+def _metrics_from_reports(model_dir: Path | None, headline: tuple[str, ...]) -> dict | None:
     """Headline metrics per split from report.json (richer, when present) or eval_report.json."""
     if model_dir is None:
         return None
@@ -247,7 +89,7 @@ def _metrics_from_reports(model_dir: Path | None) -> dict | None:
         except (ValueError, AttributeError, UnicodeDecodeError):
             log.warning("ignoring unreadable %s", path)
             continue
-        return {split: {k: m.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "num_examples") if k in m}
+        return {split: {k: m.get(k) for k in (*headline, "num_examples") if k in m and k not in ("loss", "ece")}
                 for split, m in splits.items() if isinstance(m, dict)}
     return None
 
@@ -266,7 +108,7 @@ def metadata(classifier, limits: dict[str, Any]) -> dict[str, Any]:
     info = classifier.describe()
     oos = info.pop("out_of_scope")
     info["out_of_scope"] = None if oos is None else {k: oos.get(k) for k in ("method", "threshold", "label", "target")}
-    info["metrics"] = _metrics_from_reports(classifier.model_dir)
+    info["metrics"] = _metrics_from_reports(classifier.model_dir, classifier.task.headline)
     info["limits"] = limits
     # Server paths tell clients nothing and leak the host's layout (user names, mount points).
     info.pop("model_dir", None)
@@ -335,29 +177,59 @@ def add_error_handlers(app: "FastAPI") -> None:
         return JSONResponse({"error": "internal server error; the server log has the details"}, status_code=500)
 
 
-def request_texts(inputs, max_texts: int, max_chars: int) -> list[str]:
-    """The texts of a request, or an HTTPException naming every item that cannot be classified."""
+def request_items(inputs, max_texts: int, max_chars: int, model_pairs: bool | None) -> list[tuple[str, str | None]]:
+    """The (text, text_pair) items of a request, or an HTTPException naming every item that cannot be
+    classified: over the limits, invalid text (see ``textft.texts``), or a pair where the model reads
+    single texts (and the reverse)."""
     from textft.texts import text_problem
 
-    texts = [inputs] if isinstance(inputs, str) else inputs
-    if not texts:
+    single = not isinstance(inputs, list)
+    given = [inputs] if single else inputs
+    if not given:
         raise HTTPException(422, "inputs: give at least one text")
-    if len(texts) > max_texts:
-        raise HTTPException(413, f"inputs: {len(texts)} texts in one request; the limit is {max_texts}"
+    if len(given) > max_texts:
+        raise HTTPException(413, f"inputs: {len(given)} texts in one request; the limit is {max_texts}"
                                  " (textft serve --max-texts)")
-    single = isinstance(inputs, str)
+    items = [(x, None) if isinstance(x, str) else (x.text, x.text_pair) for x in given]
     problems = []
-    for i, text in enumerate(texts):
+    for i, (text, pair) in enumerate(items):
         where = "inputs" if single else f"inputs[{i}]"
-        if len(text) > max_chars:
-            raise HTTPException(413, f"{where}: {len(text):,} characters; the limit is {max_chars:,}"
-                                     " (textft serve --max-chars)")
-        if problem := text_problem(text):
-            problems.append(f"{where}: {problem}")
+        for place, value in ((where, text), (f"{where}.text_pair", pair)):
+            if value is None:
+                continue
+            if len(value) > max_chars:
+                raise HTTPException(413, f"{place}: {len(value):,} characters; the limit is {max_chars:,}"
+                                         " (textft serve --max-chars)")
+            if problem := text_problem(value):
+                problems.append(f"{place}: {problem}")
+        if model_pairs and pair is None:
+            problems.append(f'{where}: this model reads text pairs; send {{"text": ..., "text_pair": ...}}')
+        elif model_pairs is False and pair is not None:
+            problems.append(f"{where}: this model reads single texts, not pairs")
     if problems:
         more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise HTTPException(422, "; ".join(problems[:10]) + more)
-    return texts
+    return items
+
+
+def model_runner(classifier, max_batch_size: int) -> Callable[[list[tuple[str, str | None]]], np.ndarray]:
+    """The function the micro-batcher calls with a batch of (text, text_pair) items: their logits."""
+    from textft.tokenization import bounded_text
+
+    # head, tail or head+tail; sliding windows read the whole text, which is not cut
+    truncation = classifier.long_text
+
+    def run(items: list[tuple[str, str | None]]) -> np.ndarray:
+        # Cut to what truncation keeps before tokenising: tokenizers cost more than linear time in
+        # the length, and a maximum-size request would otherwise spend most of its time there.
+        # Pairs are truncated by the tokenizer's pair strategy, so only single texts are cut here.
+        if classifier.pairs:
+            return classifier.logits([t for t, _ in items], batch_size=max_batch_size, pairs=[p for _, p in items])
+        texts = [bounded_text(t, classifier.tokenizer, classifier.max_length, truncation, classifier.head_fraction)
+                 for t, _ in items]
+        return classifier.logits(texts, batch_size=max_batch_size)
+
+    return run
 
 
 def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_texts: int = 64,
@@ -371,28 +243,18 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
     if FastAPI is None:
         raise _missing_extra()
 
-    from textft.tokenization import bounded_text
-
     limits = {"max_texts": max_texts, "max_chars": max_chars, "max_batch_size": max_batch_size,
               "max_wait_ms": max_wait_ms, "max_queue": max_queue, "request_timeout_s": request_timeout_s}
     info = metadata(classifier, limits)
 
-    # head, tail or head+tail; sliding windows read the whole text, which is not cut
-    truncation = classifier.long_text
-
-    def run(texts: list[str]) -> np.ndarray:
-        # Cut to what truncation keeps before tokenising: tokenizers cost more than linear time in
-        # the length, and a maximum-size request would otherwise spend most of its time there.
-        texts = [bounded_text(t, classifier.tokenizer, classifier.max_length, truncation, classifier.head_fraction)
-                 for t in texts]
-        return classifier.logits(texts, batch_size=max_batch_size)
-
+    run = model_runner(classifier, max_batch_size)
     batcher = MicroBatcher(run, max_batch_size, max_wait_ms / 1000, max_queue)
     retry_after = {"Retry-After": str(max(1, round(request_timeout_s / 10)))}
 
     @asynccontextmanager
     async def lifespan(app):
-        classifier.logits(["warm up"])  # the first forward pass allocates; keep it off a client's clock
+        # the first forward pass allocates; keep it off a client's clock
+        classifier.logits(["warm up"], pairs=["warm up"] if classifier.pairs else None)
         batcher.start()
         yield
         await batcher.stop()
@@ -414,10 +276,15 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(req: PredictRequest, request: Request):
-        texts = request_texts(req.inputs, max_texts, max_chars)
+        items = request_items(req.inputs, max_texts, max_chars, classifier.pairs)
+        try:
+            classifier.results(np.zeros((0, classifier.task.num_outputs)), req.top_k, req.return_all_scores)
+        except UserError as e:
+            raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace("'--all-scores'",
+                                                                                          "return_all_scores")) from None
         tag = uuid.uuid4().hex[:12]
         try:
-            logits = await batcher.submit(texts, timeout_s=request_timeout_s, gone=_client_gone(request), tag=tag)
+            logits = await batcher.submit(items, timeout_s=request_timeout_s, gone=_client_gone(request), tag=tag)
         except QueueFull as e:
             raise HTTPException(503, f"the server is busy ({e}); retry later", headers=retry_after) from None
         except RequestTimeout:

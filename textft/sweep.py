@@ -3,8 +3,8 @@
 The search space is a ``sweep:`` section, in the config file itself or in a separate ``--sweep`` file::
 
     sweep:
-      metric: macro_f1            # accuracy | macro_f1 | weighted_f1 | loss (validation split)
-      direction: maximize         # default: minimize for loss, maximize otherwise
+      metric: macro_f1            # validation metric of the task (auto: macro_f1; rmse for regression)
+      direction: maximize         # default: minimize for loss, mae, rmse, hamming_loss; else maximize
       space:
         train.lr: {type: log_uniform, low: 1.0e-5, high: 1.0e-3}
         train.batch_size: {type: categorical, choices: [16, 32]}
@@ -36,7 +36,9 @@ from typing import Any
 from textft.config import Config, load_config
 from textft.errors import UserError
 from textft.files import replace_file
-from textft.sweep_space import SweepSpec, check_space_values, override, parse_sweep, split_config
+from textft.data import task_of
+from textft.sweep_space import SweepSpec, check_space_values, override, parse_sweep, resolve_metric, split_config
+from textft.tasks import task_class
 
 log = logging.getLogger("textft")
 
@@ -233,7 +235,7 @@ def write_outputs(sweep: Sweep, study) -> Path | None:
     return path
 
 
-def _checked_inputs(config: str, trials: int, output: str | None, sweep_file: str | None,
+def checked_inputs(config: str, trials: int, output: str | None, sweep_file: str | None,
                    overrides: list[str]) -> tuple[SweepSpec, str, Config, Path]:
     """Everything wrong with the command line, the config and the search space, reported at once."""
     problems = [f"'--trials' must be >= 1, got {trials}"] if trials < 1 else []
@@ -255,6 +257,11 @@ def _checked_inputs(config: str, trials: int, output: str | None, sweep_file: st
                 check_space_values(spec, base, overrides)
             except UserError as e:
                 problems += e.problems
+    if spec is not None and base_cfg is not None and not problems:
+        try:
+            spec = resolve_metric(spec, task_class(task_of(base_cfg.data)))
+        except UserError as e:
+            problems += e.problems
     out_dir = Path(output) if output else Path(f"{base_cfg.output.dir.rstrip('/')}-sweep") if base_cfg else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         problems.append(f"'--output': '{out_dir}' exists and is not a directory")
@@ -271,7 +278,7 @@ def run_sweep(config: str, trials: int, output: str | None, sweep_file: str | No
         import optuna  # noqa: F401
     except ImportError:
         raise UserError("textft sweep needs Optuna: pip install 'textft[sweep]'") from None
-    spec, base_text, base_cfg, out_dir = _checked_inputs(config, trials, output, sweep_file, overrides)
+    spec, base_text, base_cfg, out_dir = checked_inputs(config, trials, output, sweep_file, overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / "base_config.yaml"
     if base.is_file() and base.read_text() != base_text:

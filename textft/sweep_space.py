@@ -7,6 +7,7 @@ config itself would refuse.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -15,10 +16,13 @@ from typing import Any
 
 import yaml
 
+from textft.config import METRICS as CONFIG_METRICS
 from textft.config import config_keys, load_config, suggest_key
 from textft.errors import UserError, closest
+from textft.tasks import LOWER_IS_BETTER
 
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")
+METRICS = ("auto", *CONFIG_METRICS)
+"""auto: the default metric of the config's task (macro_f1, or rmse for regression)."""
 DIRECTIONS = ("maximize", "minimize")
 DISTRIBUTIONS = {"uniform": ({"low", "high"}, {"step"}), "log_uniform": ({"low", "high"}, set()),
                  "int": ({"low", "high"}, {"step", "log"}), "categorical": ({"choices"}, set())}
@@ -31,8 +35,10 @@ EXAMPLE = "train.lr: {type: log_uniform, low: 1.0e-5, high: 1.0e-3}"
 @dataclass
 class SweepSpec:
     space: dict[str, dict[str, Any]]
-    metric: str = "macro_f1"
-    direction: str = "maximize"
+    metric: str = "auto"
+    direction: str | None = None
+    """maximize or minimize; None until the metric is known (then: minimize for loss, mae, rmse and
+    hamming_loss)."""
     seed: int | None = None
     """Sampler seed; defaults to the config's ``train.seed``."""
     startup_trials: int = 10
@@ -46,6 +52,18 @@ class SweepSpec:
 
 
 # --- reading and checking the sweep section ---------------------------------------------------
+
+
+def default_direction(metric: str) -> str | None:
+    if metric == "auto":
+        return None
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+def resolve_metric(spec: SweepSpec, task) -> SweepSpec:
+    """The spec with ``auto`` replaced by the task's metric, after checking the task computes it."""
+    metric = task.check_metric(spec.metric, "'sweep.metric'")
+    return dataclasses.replace(spec, metric=metric, direction=spec.direction or default_direction(metric))
 
 
 def read_yaml(path: str | Path, what: str) -> dict:
@@ -156,12 +174,12 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
     for key in raw:
         if key not in SWEEP_KEYS:
             problems.append(f"unknown key 'sweep.{key}'{closest(key, SWEEP_KEYS)}; keys: {', '.join(SWEEP_KEYS)}")
-    metric = raw.get("metric", "macro_f1")
+    metric = raw.get("metric", "auto")
     if metric not in METRICS:
         problems.append(f"'sweep.metric': unknown metric '{metric}'{closest(metric, METRICS)};"
                         f" choose from {', '.join(METRICS)}")
-    direction = raw.get("direction", "minimize" if metric == "loss" else "maximize")
-    if direction not in DIRECTIONS:
+    direction = raw.get("direction", default_direction(metric))
+    if direction is not None and direction not in DIRECTIONS:
         problems.append(f"'sweep.direction' must be maximize or minimize, got {direction!r}"
                         f"{closest(direction, DIRECTIONS)}")
     ints = {}

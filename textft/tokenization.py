@@ -1,4 +1,5 @@
-"""Tokenization with head / tail / head+tail truncation, padding collator and batch order."""
+"""Tokenization with head / tail / head+tail truncation (pairs: longest_first / only_second), padding
+collator and batch order."""
 
 from __future__ import annotations
 
@@ -112,19 +113,48 @@ def bounded_text(text: str, tokenizer: PreTrainedTokenizerBase, max_length: int,
     return text[:end] + text[start:]
 
 
-def _encode_batch(batch, tokenizer, max_length, mode, head_fraction):
-    enc = encode_texts(batch["text"], tokenizer, max_length, mode, head_fraction)
+def encode_pairs(texts: list[str], pairs: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 truncation: str = "longest_first") -> dict[str, list[list[int]]]:
+    """Token ids of each (text, text_pair) with the model's separators and segment ids, at most
+    ``max_length`` long. ``only_second`` keeps the first text whole; a pair whose first text alone
+    exceeds the budget falls back to ``longest_first`` (the tokenizer refuses the whole batch otherwise)."""
+    def encode(a, b, how):
+        enc = tokenizer(a, b, truncation=how, max_length=max_length)
+        return {k: enc[k] for k in MODEL_INPUTS if k in enc}
+
+    try:
+        return encode(texts, pairs, truncation)
+    except Exception as e:  # the Rust tokenizer's truncation error has no type of its own
+        if truncation != "only_second" or "runcation" not in str(e):
+            raise
+    out: dict[str, list[list[int]]] = {}
+    for a, b in zip(texts, pairs):
+        try:
+            one = encode([a], [b], "only_second")
+        except Exception:  # as above: the first text alone is longer than max_length
+            one = encode([a], [b], "longest_first")
+        for k, v in one.items():
+            out.setdefault(k, []).append(v[0])
+    return out
+
+
+def _encode_batch(batch, tokenizer, max_length, mode, head_fraction, pair_truncation):
+    if "text_pair" in batch:
+        enc = encode_pairs(batch["text"], batch["text_pair"], tokenizer, max_length, pair_truncation)
+    else:
+        enc = encode_texts(batch["text"], tokenizer, max_length, mode, head_fraction)
     enc["length"] = [len(ids) for ids in enc["input_ids"]]
     return enc
 
 
 def tokenize_splits(splits: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                    mode: str = "head", head_fraction: float = 0.25) -> DatasetDict:
-    """Add model inputs and a ``length`` column to every split (cached by ``datasets`` for files)."""
+                    mode: str = "head", head_fraction: float = 0.25, pair_truncation: str = "longest_first") -> DatasetDict:
+    """Add model inputs and a ``length`` column to every split (cached by ``datasets`` for files); a
+    split with a ``text_pair`` column is encoded as pairs."""
     return DatasetDict({
         name: ds.map(_encode_batch, batched=True, batch_size=1000, desc=f"tokenize ({name})",
                      fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "mode": mode,
-                                "head_fraction": head_fraction})
+                                "head_fraction": head_fraction, "pair_truncation": pair_truncation})
         for name, ds in splits.items()
     })
 

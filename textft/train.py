@@ -15,20 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
                                latest_checkpoint, load_best, save_best, save_model)
 from textft.config import Config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
-from textft.errors import UserError, closest
-from textft.evaluation import (evaluate_logits, markdown_report, prediction_rows, summary_line,
-                               write_predictions, write_reports)
+from textft.errors import UserError
+from textft.evaluation import write_predictions, write_reports
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
-from textft.loop import (BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, make_loss,
-                         steps_per_epoch)
+from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
 from textft.modeling import (apply_transfer, build_model, check_tokenizer_fits, enable_activation_checkpointing,
                              load_tokenizer, param_groups, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
@@ -60,25 +57,23 @@ def preflight(cfg: Config) -> None:
         raise UserError(problems)
 
 
-def class_weight_tensor(spec, labels: list[int], label_names: list[str]) -> torch.Tensor | None:
-    """Loss weights: ``balanced`` (n / (k * count)), a mapping {label: weight}, or None."""
-    if spec in (None, "none"):
-        return None
-    if spec == "balanced":
-        counts = np.bincount(labels, minlength=len(label_names)).astype(float)
-        return torch.tensor(len(labels) / (len(label_names) * np.maximum(counts, 1)), dtype=torch.float32)
-    unknown = [str(k) for k in spec if str(k) not in label_names]
-    if unknown:
-        raise UserError(f"'train.class_weights': unknown label(s) {', '.join(unknown)}"
-                        f"{closest(unknown[0], label_names)}; labels: {', '.join(label_names[:20])}")
-    weights = {str(k): float(v) for k, v in spec.items()}
-    return torch.tensor([weights.get(n, 1.0) for n in label_names], dtype=torch.float32)
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the first run:
+    an application (or a test harness) that swaps stderr between runs in one process still gets the log."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_logging(is_main: bool) -> None:
     # textft's own logger, so that an application's (or pytest's) root handlers stay untouched.
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(logging.INFO if is_main else logging.ERROR)
@@ -140,16 +135,21 @@ class Run:
     data: TaskData
     tokenizer: object
     eval_texts: dict[str, list[str]]
+    eval_pairs: dict[str, list[str] | None]
     model: object
     optimizer: object
     scheduler: object
     train_dl: object
     evaluator: Evaluator
-    class_weights: torch.Tensor | None
+    loss_fn: Callable
     params: dict[str, int]
     state: LoopState
     ckpt: Checkpointer | None = None
     resume: Path | None = None
+
+    @property
+    def task(self):
+        return self.data.task
 
     @property
     def out_dir(self) -> Path:
@@ -166,10 +166,12 @@ def load_inputs(cfg: Config, accelerator, precision: str):
     with accelerator.main_process_first():
         data: TaskData = load_splits(d, t.seed)
         tokenizer = load_tokenizer(m)
-        tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction)
+        tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction,
+                                    d.pair_truncation)
+    data.task.check_metric(t.metric_for_best)  # an explicit metric the task does not compute stops here
     model, initialised_here = build_model(m, data.label_names)
     check_tokenizer_fits(model, tokenizer, m.name_or_path)
-    model.config.problem_type = "single_label_classification"
+    model.config.update(data.task.model_config())
     amp = precision != "fp32"
     train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers)
     eval_sets = {split: sort_by_length(tokenized[split]) for split in ("validation", "test") if split in tokenized}
@@ -182,10 +184,11 @@ def load_inputs(cfg: Config, accelerator, precision: str):
                   pretrained_encoder=not m.random_init, n_train=len(tokenized["train"]),
                   n_validation=len(tokenized.get("validation", [])), num_labels=len(data.label_names),
                   global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes,
-                  steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps))
-    weights = class_weight_tensor(t.class_weights, tokenized["train"]["labels"], data.label_names)
+                  steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps), task=data.task.name,
+                  default_metric=data.task.default_metric)
     texts = {split: ds["text"] for split, ds in eval_sets.items()}
-    return data, tokenizer, model, train_dl, eval_dls, texts, facts, weights
+    pairs = {split: ds["text_pair"] if "text_pair" in ds.column_names else None for split, ds in eval_sets.items()}
+    return data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, tokenized["train"]["labels"]
 
 
 def prepare(cfg: Config, accelerator, model, train_dl, eval_dls: dict, plan: Plan):
@@ -221,23 +224,26 @@ def setup(cfg: Config) -> Run:
     t = cfg.train
     check_checkpointing_supported(accelerator, t.save_every_steps, t.save_every_epoch, t.resume_from)
     set_seed(t.seed)
-    data, tokenizer, model, train_dl, eval_dls, texts, facts, weights = load_inputs(cfg, accelerator, precision)
+    data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, train_labels = \
+        load_inputs(cfg, accelerator, precision)
     cfg, recipe, plan = resolve(cfg, facts)
+    data.task.configure(cfg.train, cfg.train.metric_for_best)
+    loss_fn = data.task.loss_fn(cfg.train, train_labels)
     for key, why in recipe.items():
         log.info("auto %s = %s: %s", key, getattr(cfg.train, key.split(".", 1)[1]), why)
     params = apply_transfer(model, cfg.model)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    log.info("data %s: %s; %d labels", data.source,
-             ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()), len(data.label_names))
+    log.info("data %s: %s; %s, %d label(s)%s", data.source, ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()),
+             data.task.name, len(data.label_names), "; text pairs" if cfg.data.text_pair_column else "")
     log.info("model %s (%s): %s of %s parameters trainable (%.1f%%); precision %s; %d process(es)",
              cfg.model.name_or_path, cfg.model.transfer, f"{params['trainable']:,}", f"{params['total']:,}",
              100 * params["trainable"] / params["total"], precision, accelerator.num_processes)
     model, optimizer, train_dl, eval_dls, scheduler = prepare(cfg, accelerator, model, train_dl, eval_dls, plan)
     run = Run(cfg=cfg, recipe=recipe, plan=plan, accelerator=accelerator, precision=precision, data=data,
-              tokenizer=tokenizer, eval_texts=texts, model=model, optimizer=optimizer, scheduler=scheduler,
-              train_dl=train_dl, evaluator=Evaluator(accelerator, model, eval_dls, data.label_names),
-              class_weights=weights, params=params, state=LoopState())
+              tokenizer=tokenizer, eval_texts=texts, eval_pairs=pairs, model=model, optimizer=optimizer,
+              scheduler=scheduler, train_dl=train_dl, evaluator=Evaluator(accelerator, model, eval_dls, data.task),
+              loss_fn=loss_fn, params=params, state=LoopState())
     start(run)
     return run
 
@@ -280,21 +286,23 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
              t.batch_size * t.grad_accum_steps * accelerator.num_processes)
     with stop_on_sigterm(accelerator) as stop:
         fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
-            loss_fn=make_loss(run.class_weights, t.label_smoothing), evaluate=run.evaluator, best=best,
+            loss_fn=run.loss_fn, evaluate=run.evaluator, best=best,
             checkpoint=lambda: run.ckpt.save(state.step), train_log=train_log, unfreeze=unfreeze,
-            on_evaluate=on_evaluate, stop=stop)
+            on_evaluate=on_evaluate, stop=stop, describe=run.task.log_line)
 
 
 # --- export ----------------------------------------------------------------------------------
 
 
 def final_evaluation(run: Run) -> tuple[dict, dict]:
-    """Metrics and per-example predictions of every evaluation split, with the weights as exported."""
-    reports, predictions = {}, {}
-    for split, texts in run.eval_texts.items():
-        logits, labels = run.evaluator.logits(split)
-        reports[split] = evaluate_logits(logits, labels, run.data.label_names)
-        predictions[split] = prediction_rows(texts, labels, logits, run.data.label_names)
+    """Metrics and per-example predictions of every evaluation split, with the weights as exported;
+    the task's decision settings (multi-label thresholds) are chosen on validation first."""
+    reports, predictions, task = {}, {}, run.task
+    outputs = {split: run.evaluator.logits(split) for split in run.eval_texts}
+    task.choose_decision(*outputs["validation"])
+    for split, (logits, labels) in outputs.items():
+        reports[split] = task.evaluate(logits, labels)
+        predictions[split] = task.prediction_rows(run.eval_texts[split], labels, logits, run.eval_pairs[split])
     return reports, predictions
 
 
@@ -307,16 +315,19 @@ def write_run(run: Run, reports: dict, predictions: dict, best: dict | None) -> 
     run.tokenizer.model_max_length = d.max_length
     side = "left" if d.truncation == "tail" else "right"
     run.tokenizer.truncation_side = run.tokenizer.init_kwargs["truncation_side"] = side
-    extra = {"label_names": run.data.label_names, "data_source": run.data.source, "parameters": run.params,
+    model = run.accelerator.unwrap_model(run.model)
+    model.config.update(run.task.model_config())  # with the decision settings chosen on validation
+    extra = {"task": run.task.name, "text_pair": d.text_pair_column is not None,
+             "label_names": run.data.label_names, "data_source": run.data.source, "parameters": run.params,
              "precision": run.precision, "num_processes": run.accelerator.num_processes,
              "optimizer_steps": state.step, "train_seconds": round(state.seconds, 2), "best": best,
              "stop_reason": state.stop_reason, "resumed_from": str(run.resume) if run.resume else None,
              "config": cfg.to_dict(), "recipe": run.recipe}
 
     def write(tmp: Path) -> None:
-        save_model(tmp, run.accelerator.unwrap_model(run.model), run.tokenizer)
+        save_model(tmp, model, run.tokenizer)
         save_config(cfg, tmp / "textft_config.yaml", run.recipe)
-        write_reports(tmp, reports, extra, title=f"textft: {cfg.model.name_or_path} on {run.data.source}")
+        write_reports(tmp, reports, run.task, extra, title=f"textft: {cfg.model.name_or_path} on {run.data.source}")
         write_predictions(tmp / "predictions", predictions)
         if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
             shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
@@ -334,14 +345,15 @@ def export(run: Run) -> dict:
 
     accelerator, cfg, state = run.accelerator, run.cfg, run.state
     best = load_best(accelerator, run.model, run.checkpoints)
+    run.task.export(accelerator.unwrap_model(run.model))
     reports, predictions = final_evaluation(run)
     if accelerator.is_main_process:
         write_run(run, reports, predictions, best)
         name = f"{cfg.model.name_or_path} on {run.data.source}"
         if len(run.data.label_names) <= 10:  # small enough to read on a terminal
-            print(markdown_report(reports, title=name))
+            print(run.task.markdown_report(reports, title=name))
         for split, metrics in reports.items():
-            print(summary_line(split, metrics))
+            print(run.task.summary_line(split, metrics))
         if best:
             print(f"best {cfg.train.metric_for_best} {best['value']:.4f} at step {best['step']}"
                   f" (epoch {best['epoch']}); stopped: {state.stop_reason}")

@@ -1,0 +1,200 @@
+"""One class per text: class ids from names, integers or a ClassLabel; cross-entropy; accuracy and
+F1; softmax answers with an optional out-of-scope threshold."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from textft.errors import UserError, closest, row_list
+from textft.tasks import Task, check_top_k, example_text, is_list, is_missing
+
+
+class SingleLabel(Task):
+    name = "single_label"
+    problem_type = "single_label_classification"
+    metrics = ("accuracy", "macro_f1", "weighted_f1", "loss")
+    headline = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
+    curves = ("accuracy", "macro_f1")
+    default_metric = "macro_f1"
+    loss_name = "cross-entropy loss"
+    report_module = "textft.tasks.single_label_report"
+    out_of_scope = True
+    calibration = "out_of_scope"
+
+    def __init__(self, label_names: list[str], int_ids: bool = False):
+        super().__init__(label_names)
+        self.int_ids = int_ids
+        """Integer labels are class ids (a ClassLabel, or integers named by data.label_names)."""
+
+    @classmethod
+    def from_training(cls, cfg, values: list, feature, where: str, problems: list[str]) -> "SingleLabel":
+        """Class names in id order: ClassLabel names, ``data.label_names``, or the sorted training labels."""
+        from datasets import ClassLabel
+
+        present = [v for v in values if not is_missing(v) and not is_list(v)]
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
+        if isinstance(feature, ClassLabel):
+            names, int_ids = list(cfg.label_names or feature.names), True
+        elif cfg.label_names:
+            names, int_ids = list(cfg.label_names), ints
+        else:
+            names, int_ids = ([str(v) for v in sorted(set(present))] if ints else sorted({str(v) for v in present}),
+                              False)
+        distinct = {str(v) for v in present}
+        if len(distinct) == 1:
+            problems.append(f"{where} has only one class ('{distinct.pop()}' in column '{cfg.label_column}');"
+                            " a classifier needs at least two")
+        if cfg.label_names and not int_ids:
+            extra = sorted(distinct - set(cfg.label_names))
+            if extra:
+                problems.append(f"'data.label_names' lacks training label(s): {', '.join(extra[:10])}")
+        return cls(names, int_ids)
+
+    @classmethod
+    def from_model_config(cls, names: list[str], config: dict, where: str) -> "SingleLabel":
+        return cls(names)
+
+    def check(self, where: str, column: str, values: list) -> list[str]:
+        problems = []
+        missing = [i for i, v in enumerate(values) if is_missing(v)]
+        if missing:
+            problems.append(f"{where} has {len(missing)} missing label(s) in column '{column}' at {row_list(missing)}")
+        lists = [i for i, v in enumerate(values) if is_list(v)]
+        if lists:
+            problems.append(f"{where} has lists of labels in column '{column}' at {row_list(lists)}; several labels"
+                            " per text need data.task=multi_label (or data.task=auto)")
+            return problems
+        if self.int_ids:
+            n = len(self.label_names)
+            bad = sorted({v for v in values if not is_missing(v) and not (isinstance(v, int) and 0 <= v < n)}, key=str)
+            if bad:
+                problems.append(f"{where} has label(s) {bad[:10]} in column '{column}' outside 0..{n - 1} of"
+                                " data.label_names / the ClassLabel")
+        else:
+            unseen = sorted({str(v) for v in values if not is_missing(v)} - set(self.label_names))
+            if unseen:
+                problems.append(f"{where} has label(s) never seen in training: {', '.join(unseen[:10])}"
+                                f"{closest(unseen[0], self.label_names)}; training labels:"
+                                f" {', '.join(self.label_names[:20])}")
+        return problems
+
+    def encode(self, values: list) -> list[int]:
+        # Integer labels with given names keep their value as the id; everything else maps by name.
+        if self.int_ids:
+            return [int(v) for v in values]
+        label2id = {n: i for i, n in enumerate(self.label_names)}
+        return [label2id[str(v)] for v in values]
+
+    def train_problem(self, labels: list) -> str | None:
+        if len(set(labels)) < 2:  # possible once empty texts are dropped
+            return "the train split has fewer than two classes"
+        return None
+
+    def strata(self, labels: list) -> list | None:
+        return list(labels)
+
+    # -- training and evaluation ------------------------------------------------------------------
+
+    def class_weights(self, spec, labels: list[int]):
+        """Loss weights: ``balanced`` (n / (k * count)), a mapping {label: weight}, or None."""
+        import torch
+
+        if spec in (None, "none"):
+            return None
+        k = len(self.label_names)
+        if spec == "balanced":
+            counts = np.bincount(labels, minlength=k).astype(float)
+            return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+        return torch.tensor(weights_by_name(spec, self.label_names), dtype=torch.float32)
+
+    def loss_fn(self, train_cfg, train_labels: list) -> Callable:
+        import torch.nn.functional as F
+
+        weights = self.class_weights(train_cfg.class_weights, train_labels)
+        smoothing = train_cfg.label_smoothing
+
+        def loss(logits, labels):
+            weight = weights.to(logits.device) if weights is not None else None
+            return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=smoothing)
+        return loss
+
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Accuracy, macro/weighted F1, per-class scores, confusion matrix and the mean cross-entropy."""
+        import torch
+        import torch.nn.functional as F
+
+        from textft.evaluation import compute_metrics
+
+        metrics = compute_metrics(labels, np.asarray(logits).argmax(-1), self.label_names)
+        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
+                                                torch.from_numpy(np.asarray(labels, dtype=np.int64))))
+        return metrics
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
+               out_of_scope: dict | None = None) -> list[dict]:
+        """Label and score (max softmax probability), the ``top_k`` labels when top_k > 1, every label's
+        probability on request, and whether the answer was rejected as out of scope (then ``label`` is
+        the out-of-scope label and ``model_label`` the class the model would have answered)."""
+        from textft import calibration
+
+        check_top_k(top_k)
+        probs = calibration.softmax(np.asarray(logits, dtype=np.float64))
+        k = min(top_k, len(self.label_names))
+        ranked = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+        rejected = calibration.rejected(logits, out_of_scope) if out_of_scope is not None else None
+        records = []
+        for i in range(len(probs)):
+            best = int(ranked[i, 0])
+            record: dict[str, Any] = {"label": self.label_names[best], "score": float(probs[i, best])}
+            if rejected is not None:
+                record["out_of_scope"] = bool(rejected[i])
+                if rejected[i]:
+                    record["model_label"] = record["label"]
+                    record["label"] = out_of_scope["label"]
+            if top_k > 1:
+                record["top_k"] = [{"label": self.label_names[int(j)], "score": float(probs[i, j])} for j in ranked[i]]
+            if return_all_scores:
+                record["scores"] = {name: float(p) for name, p in zip(self.label_names, probs[i])}
+            records.append(record)
+        return records
+
+    def prediction_rows(self, texts: list[str], labels, logits: np.ndarray, pairs: list[str] | None = None,
+                        max_chars: int = 1000) -> list[dict]:
+        """text (shortened), true and predicted label, confidence (max softmax)."""
+        z = logits - logits.max(-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        pred = probs.argmax(-1)
+        names = self.label_names
+        return [{**example_text(texts, pairs, i, max_chars), "label": names[int(y)], "pred": names[int(p)],
+                 "confidence": round(float(probs[i, p]), 6)} for i, (y, p) in enumerate(zip(labels, pred))]
+
+    def agreement(self, truths: list, answers: list[dict]) -> str | None:
+        pairs = [(t, a) for t, a in zip(truths, answers) if t is not None]
+        if not pairs:
+            return None
+        correct = sum(str(t) == a["label"] for t, a in pairs)
+        return f"accuracy {correct / len(pairs):.4f} on {len(pairs):,} labelled rows"
+
+    @classmethod
+    def summary_line(cls, split: str, m: dict) -> str:
+        loss = f" loss {m['loss']:.4f}" if m.get("loss") is not None else ""
+        return (f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+                f"  weighted-F1 {m['weighted_f1']:.4f}{loss}  ({m['num_examples']} examples)")
+
+    @classmethod
+    def log_line(cls, m: dict) -> str:
+        return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}"
+
+
+def weights_by_name(spec: dict, label_names: list[str]) -> list[float]:
+    """Per-label weights from a mapping {label: weight} (1 for labels it leaves out)."""
+    unknown = [str(k) for k in spec if str(k) not in label_names]
+    if unknown:
+        raise UserError(f"'train.class_weights': unknown label(s) {', '.join(unknown)}"
+                        f"{closest(unknown[0], label_names)}; labels: {', '.join(label_names[:20])}")
+    weights = {str(k): float(v) for k, v in spec.items()}
+    return [weights.get(n, 1.0) for n in label_names]
