@@ -238,13 +238,17 @@ def broken_model(src, dst, how):
         tok = AutoTokenizer.from_pretrained(dst)
         tok.add_tokens(["zzextra"])
         tok.save_pretrained(dst)
+    elif how == "no tokenizer files":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (dst / name).unlink(missing_ok=True)
     return dst
 
 
 MODEL_CASES = [("empty weights", "cannot be read, the file is damaged or incomplete: Error while deserializing header"),
                ("truncated weights", "cannot be read, the file is damaged or incomplete"),
                ("config of another size", "does not match its weights: 39 encoder tensor(s) differ in shape"),
-               ("tokenizer of another model", "has 92 tokens but the model only 91 embeddings")]
+               ("tokenizer of another model", "has 92 tokens but the model only 91 embeddings"),
+               ("no tokenizer files", "its tokenizer has no vocabulary (only the 5 special tokens)")]
 
 
 @pytest.mark.parametrize("how,expected", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])

@@ -51,49 +51,6 @@ def predict_jsonl(run, tmp_path, capsys, second_line: str) -> str:
     return one_error(capsys, rc)
 
 
-@pytest.mark.xfail(strict=True, reason="predict passes a lone surrogate to the tokenizer")
-def test_predict_names_the_row_with_a_lone_surrogate(run, tmp_path, capsys):
-    assert "line 2" in predict_jsonl(run, tmp_path, capsys, '{"text": "bad \\ud800 film"}')
-    assert not (tmp_path / "out.jsonl").exists()
-
-
-@pytest.mark.xfail(strict=True, reason="predict reads NaN as the text 'nan'")
-def test_predict_treats_a_nan_text_as_missing(run, tmp_path, capsys):
-    error = predict_jsonl(run, tmp_path, capsys, '{"text": NaN}')
-    assert "line 2" in error and ("missing" in error or "not a text" in error)
-
-
-@pytest.mark.xfail(strict=True, reason="a model directory without tokenizer files loads a 5-token vocabulary")
-def test_a_model_without_tokenizer_files_is_refused(run, tmp_path):
-    import textft
-    from textft.config import UserError
-
-    model = copy_run(run, tmp_path / "model")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        (model / name).unlink(missing_ok=True)
-    with pytest.raises(UserError, match="tokenizer"):
-        textft.load(model, precision="fp32")
-
-
-@pytest.mark.xfail(strict=True, reason="an out-of-scope temperature of 0 divides by zero: NaN scores")
-def test_an_out_of_scope_temperature_of_zero_is_refused(run, tmp_path):
-    import textft
-    from textft.config import UserError
-
-    model = copy_run(run, tmp_path / "model")
-    config = json.loads((model / "config.json").read_text())
-    config[OOS_KEY] = {"method": "energy", "threshold": 0.5, "label": "unknown", "temperature": 0}
-    (model / "config.json").write_text(json.dumps(config))
-    try:
-        clf = textft.load(model, precision="fp32")
-    except UserError as e:
-        assert "temperature" in str(e)
-        return
-    pred = clf.predict("a good film", return_all_scores=True)
-    assert not any(math.isnan(v) for v in pred["scores"].values()) and pred.get("out_of_scope") is not None
-    pytest.fail("temperature 0 was accepted")
-
-
 def special_output(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / f"out-{kind}.jsonl"
     if kind == "symlink":

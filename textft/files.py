@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from textft.errors import UserError, closest, one_line
+from textft.texts import text_problem
 
 INPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
                  ".parquet": "parquet", ".txt": "txt", ".text": "txt"}
@@ -258,6 +260,8 @@ class InputReader:
                 text = line.rstrip("\r\n")
                 if text.strip():  # blank lines carry no text; line numbers keep the alignment
                     self._too_long(f"line {number}", text)
+                    if problem := text_problem(text):
+                        raise UserError(f"'--input': line {number} of {self.name}: {problem}")
                     yield Row(number, text)
         elif self.fmt == "jsonl":
             yield from self._parse_jsonl()
@@ -281,12 +285,16 @@ class InputReader:
 
     def _row(self, number: int, where: str, values: dict) -> Row:
         text = values.get(self.text_column)
+        if isinstance(text, float) and math.isnan(text):
+            text = None  # NaN is how JSON writers and pandas spell a missing value, never the text "nan"
         if isinstance(text, (int, float)) and not isinstance(text, bool):
             text = str(text)
         if not isinstance(text, str) or not text.strip():
             what = "missing" if text is None else "empty" if isinstance(text, str) else f"a {type(text).__name__}"
             raise UserError(f"'--input': {where} of {self.name} has {what} text in column '{self.text_column}';"
                             " every row needs a text")
+        if problem := text_problem(text):
+            raise UserError(f"'--input': {where} of {self.name}, column '{self.text_column}': {problem}")
         self._too_long(where, text)
         return Row(number, text, values.get(self.id_column) if self.id_column else None,
                    values.get(self.label_column) if self.label_column else None)
