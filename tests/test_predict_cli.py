@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -209,3 +210,37 @@ def test_terminated_run_leaves_no_partial_output(run, tmp_path):
         proc.kill()
     assert proc.returncode != 0
     assert list(tmp_path.iterdir()) == []
+
+
+def special_output(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"out-{kind}.jsonl"
+    if kind == "symlink":
+        target = tmp_path / "precious.jsonl"
+        target.write_text("keep me\n")
+        path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("creating a device node needs root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a private /dev/null
+    return path
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device"])
+def test_predict_refuses_a_special_output(run, tmp_path, kind):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a good film"}\n')
+    out = special_output(tmp_path, kind)
+    before = os.lstat(out)
+    # A subprocess with a timeout: writing to a FIFO nobody reads blocks forever.
+    try:
+        proc = subprocess.run([sys.executable, "-m", "textft", "predict", "--model", str(run), "--input", str(source),
+                               "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("predict blocked on the special output")
+    after = os.lstat(out)
+    assert proc.returncode == 2 and "--output" in proc.stderr and "Traceback" not in proc.stderr
+    assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino
+    if kind == "symlink":
+        assert (tmp_path / "precious.jsonl").read_text() == "keep me\n"

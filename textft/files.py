@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,6 +42,43 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~_UMASK
 
 
+def normal_modes(root: Path) -> None:
+    """Give a freshly written tree the permissions of any new file (0644 / 0755 under the usual
+    umask): mkdtemp makes 0700 directories and safetensors writes 0600 files, which would hide a
+    run from the rest of a team sharing the machine."""
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, _default_mode(True))
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, _default_mode(False) | (st.st_mode & 0o111 & ~_UMASK))
+
+
+_SPECIAL = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+            (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def replace_problem(path: str | Path, directory: bool = False) -> str | None:
+    """Why what is at ``path`` must not be replaced by a file (or, with ``directory``, a directory)
+    textft writes, or None. Renaming over a symlink, FIFO or device would silently turn it into a
+    regular file (or, resolved, overwrite what the link points to)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if directory and stat.S_ISLNK(mode) and Path(path).is_dir():
+        return None  # a linked run directory (on a larger disk, say) is written where the link points
+    for test, what in _SPECIAL:
+        if test(mode):
+            hint = "; use '-' for stdout" if str(path).startswith("/dev/") else ""
+            return f"'{path}' is {what}, not a regular {'directory' if directory else 'file'}; textft replaces only" \
+                   f" regular ones{hint}"
+    if stat.S_ISDIR(mode) != directory:
+        return f"'{path}' is a {'file' if directory else 'directory'}; name a {'directory' if directory else 'file'}"
+    return None
+
+
 @contextlib.contextmanager
 def staged(target: str | Path, *, directory: bool = False, keep: tuple[str, ...] = ()) -> Iterator[Path]:
     """A temporary sibling of ``target`` to fill; when the block succeeds it replaces ``target``.
@@ -51,7 +89,11 @@ def staged(target: str | Path, *, directory: bool = False, keep: tuple[str, ...]
     old one removed. An error or Ctrl-C inside the block removes the temporary and leaves the
     target as it was.
     """
-    target = Path(target).resolve()
+    target = Path(target)
+    # The parent's links are followed, the target's own name never is (see replace_problem).
+    target = target.resolve() if directory else target.parent.resolve() / target.name
+    if problem := replace_problem(target, directory):
+        raise UserError(f"cannot write {problem}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -61,6 +103,8 @@ def staged(target: str | Path, *, directory: bool = False, keep: tuple[str, ...]
         tmp = Path(name)
     try:
         yield tmp
+        if directory:
+            normal_modes(tmp)
         mode = target.stat().st_mode & 0o777 if target.exists() else _default_mode(directory)
         os.chmod(tmp, mode)
         if directory:
@@ -407,8 +451,8 @@ class OutputWriter:
         self.fmt = fmt
         if path != "-":
             target = Path(path)
-            if target.is_dir():
-                raise UserError(f"'--output': '{path}' is a directory; name a file")
+            if problem := replace_problem(target):
+                raise UserError(f"'--output': {problem}")
             if not target.parent.is_dir():
                 raise UserError(f"'--output': directory '{target.parent}' does not exist")
             if not os.access(target.parent, os.W_OK):
