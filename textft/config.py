@@ -206,9 +206,18 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    env_references: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """``section.key`` → the value as written, for every key whose value reads the environment
+    (``${oc.env:...}``): the run uses the resolved value, anything saved keeps the reference."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as saved, logged and uploaded: a value read from the environment keeps its
+        ``${oc.env:...}`` reference, so a secret passed that way never reaches a file, a tracker or the Hub."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_TYPES}
+        for dotted, written in self.env_references.items():
+            section, key = dotted.split(".", 1)
+            data[section][key] = written
+        return data
 
 
 SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "output": OutputConfig}
@@ -380,10 +389,20 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
+def _env_references(node) -> dict[str, Any]:
+    """``section.key`` → the unresolved value of every key of ``node`` that reads the environment."""
+    written = OmegaConf.to_container(node, resolve=False)
+    if not isinstance(written, dict):
+        return {}
+    return {f"{section}.{key}": value for section, values in written.items() if isinstance(values, dict)
+            for key, value in values.items() if "oc.env" in str(value)}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Config from an optional YAML file plus ``section.key=value`` overrides, fully validated."""
     problems: list[str] = []
     merged: dict[str, Any] = {}
+    references: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -392,7 +411,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = OmegaConf.load(path)
         except (OmegaConfBaseException, yaml.YAMLError) as e:
             raise UserError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
-        merged = _plain(raw) or {}
+        try:
+            merged = _plain(raw) or {}
+        except OmegaConfBaseException as e:  # e.g. ${oc.env:NAME} of a variable that is not set
+            raise UserError(f"config file '{path}': {' '.join(str(e).split())}") from None
+        references = _env_references(raw)
         if not isinstance(merged, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections, got {type(merged).__name__}")
     for item in overrides or []:
@@ -405,17 +428,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                             + suggest_key(key))
             continue
         try:
-            parsed = _plain(OmegaConf.from_dotlist([item]))
+            node = OmegaConf.from_dotlist([item])
+            parsed = _plain(node)
         except OmegaConfBaseException as e:
             problems.append(f"override '{item}' could not be parsed: {' '.join(str(e).split())}")
             continue
         _deep_merge(merged, parsed)
+        references.pop(".".join(key.split(".")[:2]), None)
+        references.update(_env_references(node))
     for section in merged:
         if section not in SECTION_TYPES:
             problems.append(f"unknown section '{section}'"
                             + (suggest_key(section) if section in TRAINER_NAMES else closest(section, SECTION_TYPES)))
     sections = {name: _build_section(name, cls, merged.get(name), problems) for name, cls in SECTION_TYPES.items()}
-    cfg = Config(**sections)
+    cfg = Config(**sections, env_references={k: v for k, v in references.items() if k in config_keys()})
     # Keys that failed their type check kept their defaults, so range checks stay meaningful.
     _check_values(cfg, problems)
     if problems:
