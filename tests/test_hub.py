@@ -195,6 +195,23 @@ def test_push_problems_for_a_training_preflight(fake_hub):
         "'output.hub_repo_id' must look like owner/name (letters, digits, '-', '_', '.'), got 'None'"]
 
 
+@pytest.mark.parametrize("repo_id,token,expected", [
+    ("me/tiny", None, "no Hugging Face token"),
+    ("me--/tiny!", TOKEN, "'output.hub_repo_id' must look like owner/name")])
+def test_training_refuses_a_push_that_would_fail_before_it_starts(repo_id, token, expected, tiny_args, fake_hub,
+                                                                  tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    rc = cli(["train", *tiny_args, "output.push_to_hub=true", f"output.hub_repo_id={repo_id}"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists() and fake_hub.calls == []
+
+
 def test_hub_failure_is_reported_without_the_token(run, fake_hub, tmp_path, capsys):
     model = copy_run(run, tmp_path / "m")
     fake_hub.fail_with = RuntimeError(f"401 Unauthorized for Authorization: Bearer {TOKEN}")
