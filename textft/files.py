@@ -169,6 +169,15 @@ def write_atomically(out_dir: str | Path, write: Callable[[Path], None], keep: t
     return out_dir
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no space, no time), or a copy where links are impossible
+    (another filesystem). Safe because textft never rewrites a file in place."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def replace_file(path: str | Path, data: str | bytes) -> None:
     """Write a whole file atomically (see ``staged``); a write error becomes one UserError."""
     try:

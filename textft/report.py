@@ -17,6 +17,9 @@ from textft.files import replace_file
 from textft.plots import MANY_CLASSES, PIXEL_DENSITY, png_size, render_figures
 from textft.report_data import DEFAULT_MISTAKES, HEADLINE, METRIC_NAMES, build_report, fmt, sorted_classes
 
+WITHHELD = ("The most confident mistakes quote evaluation texts, so the published report leaves them out"
+            " (textft push --include-examples keeps them).")
+
 
 # --- text ------------------------------------------------------------------------------------
 
@@ -105,6 +108,8 @@ def render_markdown(report: dict) -> str:
                       "|---:|---|---|---|"]
             lines += [f"| {r['confidence']:.3f} | {r['label']} | {r['pred']} | {_md_cell(r['text'])} |"
                       for r in m["most_confident_mistakes"]]
+        elif report.get("examples_withheld"):
+            lines += ["", WITHHELD]
         elif "predictions_file" not in m:
             lines += ["", f"(no predictions/{split}.jsonl: calibration and mistakes are not available)"]
     if report.get("recipe"):
@@ -201,7 +206,7 @@ def _training_html(report: dict, figures: dict[str, bytes]) -> list[str]:
     return out + ["</section>"]
 
 
-def _split_html(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
+def _split_html(split: str, m: dict, figures: dict[str, bytes], withheld: bool = False) -> list[str]:
     many = len(m["per_class"]) > MANY_CLASSES
     out = [f"<section id='{_anchor(split)}'><h2>{escape(split)} split"
            f" <span class='note'>({m.get('num_examples')} examples)</span></h2>",
@@ -231,6 +236,8 @@ def _split_html(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
                        f"<td>{escape(r['pred'])}</td><td class='text'>{escape(r['text'])}</td></tr>" for r in mistakes)
         out.append("<table><thead><tr><th class='n'>confidence</th><th>true label</th><th>predicted</th>"
                    f"<th>text</th></tr></thead><tbody>{body}</tbody></table>")
+    elif withheld:
+        out.append(f"<p class='note'>{escape(WITHHELD)}</p>")
     elif "predictions_file" not in m:
         out.append(f"<p class='note'>No predictions/{escape(split)}.jsonl in the run directory: calibration and"
                    " mistakes are not available.</p>")
@@ -267,7 +274,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
            f"<body><main><h1>{escape(report['title'])}</h1>", f"<nav>{''.join(links)}</nav>"]
     out += _summary_html(report) + _training_html(report, figures)
     for split, m in splits.items():
-        out += _split_html(split, m, figures)
+        out += _split_html(split, m, figures, bool(report.get("examples_withheld")))
     out += _settings_html(report)
     out.append(f"<p class='note'>textft report of {escape(report['run'])}; re-render with"
                f" <code>textft report {escape(report['run'])}</code>.</p></main></body></html>")
@@ -287,6 +294,21 @@ def _json_safe(value):
     return value
 
 
+def without_examples(report: dict) -> dict:
+    """The report without the evaluation texts it quotes (the most confident mistakes), for
+    publishing: the evaluation data's licence may not allow redistributing them."""
+    splits = {split: {k: v for k, v in m.items() if k != "most_confident_mistakes"}
+              for split, m in (report.get("splits") or {}).items()}
+    return {**report, "splits": splits, "examples_withheld": True}
+
+
+def render_run_report(report: dict) -> dict[str, str]:
+    """``report.json``, ``report.md`` and ``report.html`` of a built report, by file name."""
+    return {"report.json": json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n",
+            "report.md": render_markdown(report),
+            "report.html": render_html(report, render_figures(report))}
+
+
 def write_run_report(run_dir: Path, mistakes: int = DEFAULT_MISTAKES) -> None:
     """Write ``report.json``, ``report.md`` and ``report.html`` into a finished run directory.
 
@@ -294,9 +316,5 @@ def write_run_report(run_dir: Path, mistakes: int = DEFAULT_MISTAKES) -> None:
     failure leaves the previous report whole.
     """
     run_dir = Path(run_dir)
-    report = build_report(run_dir, mistakes)
-    texts = {"report.json": json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n",
-             "report.md": render_markdown(report),
-             "report.html": render_html(report, render_figures(report))}
-    for name, text in texts.items():
+    for name, text in render_run_report(build_report(run_dir, mistakes)).items():
         replace_file(run_dir / name, text)
