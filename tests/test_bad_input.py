@@ -1,6 +1,6 @@
 """Every kind of bad input: one clear line per problem, exit code 2, no traceback, nothing written.
 
-Catalogue of the hostile and careless inputs covered across the suite (54 in all, beyond the
+Catalogue of the hostile and careless inputs covered across the suite (72 in all, beyond the
 configuration and file cases below that predate it):
 
 | where | bad input | answer | count |
@@ -21,10 +21,12 @@ configuration and file cases below that predate it):
 | train data | lone surrogate in a JSON file, `label_names=[neg,neg]`, CSV header naming a column twice | one clear error | 3 |
 | train data | labels `pos` and `pos ` (train and test split) | stripped, with a warning | 1 |
 | train model (below) | empty weights, truncated weights, config of another size, tokenizer of another model | one clear error | 4 |
+| predict (test_predict_cli) | lone surrogate, `{"text": NaN}`, an empty CSV cell, a control-only line | one line naming the row | 4 |
+| predict | --output that is a symlink, FIFO or device | refused, left as it was | 3 |
+| load, train (test_inference, below) | a model directory without tokenizer files | refused, not a 5-token vocabulary | 2 |
+| load (test_inference) | out-of-scope temperature 0, negative, NaN, a string | refused | 4 |
+| push, train (test_hub, test_config) | local paths, evaluation texts, `${oc.env:...}` values; push_to_hub with no token or a bad repo id | none uploaded or saved; refused before training | 5 |
 | serve, accepted on purpose | NUL inside a text, a surrogate pair, U+FFFF, a right-to-left override | 200 | (4) |
-
-Still open, as strict xfails in test_hardening_pending: predict on a lone surrogate or NaN text, a
-model without tokenizer files, temperature 0, a special --output, and what push uploads.
 """
 
 import json
@@ -293,13 +295,17 @@ def broken_model(src, dst, how):
         tok = AutoTokenizer.from_pretrained(dst)
         tok.add_tokens(["zzextra"])
         tok.save_pretrained(dst)
+    elif how == "no tokenizer files":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (dst / name).unlink(missing_ok=True)
     return dst
 
 
 MODEL_CASES = [("empty weights", "cannot be read, the file is damaged or incomplete: Error while deserializing header"),
                ("truncated weights", "cannot be read, the file is damaged or incomplete"),
                ("config of another size", "does not match its weights: 39 encoder tensor(s) differ in shape"),
-               ("tokenizer of another model", "has 92 tokens but the model only 91 embeddings")]
+               ("tokenizer of another model", "has 92 tokens but the model only 91 embeddings"),
+               ("no tokenizer files", "its tokenizer has no vocabulary (only the 5 special tokens)")]
 
 
 @pytest.mark.parametrize("how,expected", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from textft.cli import main as cli
 from textft.config import Config, UserError, load_config, save_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
@@ -167,3 +168,35 @@ def test_shipped_sweep_spaces_parse(path):
 
     spec = parse_sweep(read_yaml(path, "--sweep")["sweep"], str(path))
     assert spec.space and spec.metric == "macro_f1"
+
+
+def test_environment_values_are_used_but_saved_as_references(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTFT_TEST_REPO", "me/secret-repo")
+    monkeypatch.delenv("TEXTFT_TEST_UNSET", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  dataset: imdb\noutput:\n  hub_repo_id: ${oc.env:TEXTFT_TEST_REPO}\n"
+                      "  dir: ${oc.env:TEXTFT_TEST_UNSET,runs/x}\n")
+    cfg = load_config(config, ["model.name_or_path=${oc.env:TEXTFT_TEST_REPO}"])
+    assert cfg.output.hub_repo_id == cfg.model.name_or_path == "me/secret-repo" and cfg.output.dir == "runs/x"
+    save_config(cfg, tmp_path / "saved.yaml")
+    saved = (tmp_path / "saved.yaml").read_text()
+    assert "secret-repo" not in saved and saved.count("${oc.env:TEXTFT_TEST_REPO}") == 2
+    assert "${oc.env:TEXTFT_TEST_UNSET,runs/x}" in saved
+    assert load_config(tmp_path / "saved.yaml") == cfg  # the saved file reruns the same settings
+    # a plain override replaces the file's reference, and is saved as given
+    assert load_config(config, ["output.hub_repo_id=me/plain"]).to_dict()["output"]["hub_repo_id"] == "me/plain"
+    monkeypatch.delenv("TEXTFT_TEST_REPO")
+    with pytest.raises(UserError, match="TEXTFT_TEST_REPO"):
+        load_config(config)
+
+
+def test_an_environment_secret_is_never_written(tiny_args, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTFT_TEST_SECRET", "s3cr3t-value-1234")
+    config = tmp_path / "secret.yaml"
+    config.write_text("output:\n  hub_repo_id: me/${oc.env:TEXTFT_TEST_SECRET}\n")
+    assert cli(["train", "--config", str(config), *tiny_args, "train.max_steps=2"]) == 0
+    out = tmp_path / "run"
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".yaml", ".json", ".md", ".html", ".jsonl"):
+            assert "s3cr3t-value-1234" not in f.read_text(errors="replace"), f.name
+    assert "${oc.env:TEXTFT_TEST_SECRET}" in (out / "textft_config.yaml").read_text()

@@ -50,7 +50,9 @@ class FakeHfApi:
         # what would be uploaded: the files of the folder minus the ignored ones
         folder = Path(kwargs["folder_path"])
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        FakeHfApi.calls.append(("upload_folder", kwargs, files))
+        texts = {f: (folder / f).read_text(errors="replace") for f in files
+                 if Path(f).suffix in (".md", ".json", ".yaml", ".html", ".jsonl", ".txt")}
+        FakeHfApi.calls.append(("upload_folder", kwargs, files, texts))
         return FakeCommit()
 
 
@@ -86,9 +88,13 @@ def test_push_makes_exactly_the_expected_calls_and_never_shows_the_token(run, fa
     assert [c[:2] for c in fake_hub.calls] == [
         ("HfApi", {}),  # no token argument: huggingface_hub reads HF_TOKEN / the login itself
         ("create_repo", {"repo_id": "me/tiny-sentiment", "private": True, "exist_ok": True, "repo_type": "model"}),
-        ("upload_folder", {"repo_id": "me/tiny-sentiment", "folder_path": str(model), "repo_type": "model",
-                           "commit_message": "Upload tiny-sentiment with textft", "ignore_patterns": IGNORE_PATTERNS}),
+        ("upload_folder", {"repo_id": "me/tiny-sentiment", "folder_path": fake_hub.calls[2][1]["folder_path"],
+                           "repo_type": "model", "commit_message": "Upload tiny-sentiment with textft",
+                           "ignore_patterns": IGNORE_PATTERNS}),
     ]
+    # the upload is a publishable copy inside the model directory, gone afterwards
+    assert Path(fake_hub.calls[2][1]["folder_path"]).parent == model.resolve()
+    assert list(model.glob(".publish-*")) == []
     uploaded = fake_hub.calls[2][2]
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "eval_report.json"} <= set(uploaded)
     assert "checkpoints/*" in IGNORE_PATTERNS and "predictions/*" in IGNORE_PATTERNS
@@ -193,6 +199,67 @@ def test_push_problems_for_a_training_preflight(fake_hub):
     assert push_problems("me/model") == []
     assert push_problems(None, key="output.hub_repo_id") == [
         "'output.hub_repo_id' must look like owner/name (letters, digits, '-', '_', '.'), got 'None'"]
+
+
+@pytest.mark.parametrize("repo_id,token,expected", [
+    ("me/tiny", None, "no Hugging Face token"),
+    ("me--/tiny!", TOKEN, "'output.hub_repo_id' must look like owner/name")])
+def test_training_refuses_a_push_that_would_fail_before_it_starts(repo_id, token, expected, tiny_args, fake_hub,
+                                                                  tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    rc = cli(["train", *tiny_args, "output.push_to_hub=true", f"output.hub_repo_id={repo_id}"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists() and fake_hub.calls == []
+
+
+def test_push_uploads_no_local_paths_and_no_examples_unless_asked(run, fake_hub, tmp_path, capsys):
+    model = copy_run(run, tmp_path / "model")
+    # The tiny model makes no mistakes; give it a confident one for the report's mistakes section.
+    rows = [json.loads(line) for line in (model / "predictions" / "test.jsonl").read_text().splitlines()]
+    example = rows[0]["text"]
+    rows[0].update(pred="neg" if rows[0]["label"] == "pos" else "pos", confidence=0.99)
+    (model / "predictions" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli(["report", str(model)]) == 0
+    local_report = (model / "report.html").read_text()
+    local = str(Path(run).parent.parent)  # the root of every path of the run: model, data, output
+    assert local in (model / "textft_config.yaml").read_text()
+    for flag, quoted in (([], False), (["--include-examples"], True)):
+        fake_hub.calls.clear()
+        assert cli(["push", "--model", str(model), "--repo-id", "me/tiny", *flag]) == 0
+        _, _, files, texts = fake_hub.calls[-1]
+        assert {"README.md", "report.html", "report.json", "report.md", "textft_config.yaml"} <= set(texts)
+        assert [f for f, text in texts.items() if local in text] == []
+        with_example = sorted(f for f, text in texts.items() if example in text)
+        assert with_example == (["README.md", "report.html", "report.json", "report.md"] if quoted else [])
+        if not quoted:
+            assert "push --include-examples" in texts["report.md"] and "confident mistakes" in texts["report.html"]
+            assert json.loads(texts["report.json"])["splits"]["test"].get("most_confident_mistakes") is None
+    # the uploaded config still names its files, without their directories
+    uploaded_cfg = yaml.safe_load(texts["textft_config.yaml"])
+    assert uploaded_cfg["data"]["train_file"] == "train.jsonl" and uploaded_cfg["output"]["dir"] == "run"
+    # the local run keeps everything
+    assert (model / "report.html").read_text() == local_report and example in local_report
+    capsys.readouterr()
+    assert cli(["push", "--model", str(model), "--repo-id", "me/tiny", "--card-only"]) == 0
+    card = capsys.readouterr().out
+    assert "## Evaluation report" in card and example not in card and local not in card
+
+
+def test_publishing_leaves_out_links_to_files_outside_the_model(run, fake_hub, tmp_path):
+    model = copy_run(run, tmp_path / "model")
+    (tmp_path / "secret.txt").write_text("not for the Hub")
+    (model / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    (model / "extra").symlink_to(tmp_path, target_is_directory=True)
+    assert cli(["push", "--model", str(model), "--repo-id", "me/tiny"]) == 0
+    files = fake_hub.calls[-1][2]
+    assert "notes.txt" not in files and not [f for f in files if f.startswith("extra")]
+    assert "model.safetensors" in files
 
 
 def test_hub_failure_is_reported_without_the_token(run, fake_hub, tmp_path, capsys):

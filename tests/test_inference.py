@@ -188,6 +188,11 @@ def _bad_model_dir(case, run, tiny_model_dir, tmp_path) -> Path:
 
         AutoModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "encoder")
         return tmp_path / "encoder"
+    if case == "no_tokenizer":  # transformers would build a tokenizer of the 5 special tokens
+        path = copy_run(run, tmp_path / "no-tokenizer")
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (path / name).unlink(missing_ok=True)
+        return path
     path = copy_run(run, tmp_path / "no-weights")
     (path / "model.safetensors").unlink()
     return path
@@ -195,7 +200,8 @@ def _bad_model_dir(case, run, tiny_model_dir, tmp_path) -> Path:
 
 @pytest.mark.parametrize("case,expected", [
     ("missing", "does not exist"), ("file", "is a file"), ("no_config", "no config.json"),
-    ("encoder", "is not a text classifier"), ("no_weights", "has no weights")])
+    ("encoder", "is not a text classifier"), ("no_weights", "has no weights"),
+    ("no_tokenizer", "its tokenizer has no vocabulary")])
 def test_model_dir_problems_are_one_clear_error(case, expected, run, tiny_model_dir, tmp_path, capsys):
     path = _bad_model_dir(case, run, tiny_model_dir, tmp_path)
     with pytest.raises(UserError, match=expected):
@@ -291,6 +297,23 @@ def test_calibrate_by_precision_and_energy(run, tmp_path, capsys):
     assert settings["calibration"]["precision"] >= 0.9
     res = textft.load(model, precision="fp32").predict([r["text"] for r in rows])
     assert {r["label"] for r in res} <= {"neg", "pos", "none_of_these"}
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), "1"])
+def test_a_stored_temperature_that_cannot_scale_logits_is_refused(temperature, run, tmp_path, capsys):
+    model = copy_run(run, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config[OOS_KEY] = {"method": "energy", "threshold": 0.5, "label": "unknown", "temperature": temperature}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"'textft_out_of_scope.temperature' must be a finite number > 0"):
+        textft.load(model, precision="fp32")
+    (tmp_path / "in.txt").write_text("a good film\n")
+    assert cli(["predict", "--model", str(model), "--input", str(tmp_path / "in.txt"),
+                "--output", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "temperature" in err and "Traceback" not in err
+    with pytest.raises(UserError, match="temperature must be a finite number > 0"):
+        oos_scores(np.zeros((1, 2)), "msp", temperature=0)
 
 
 @pytest.mark.parametrize("args,expected", [

@@ -95,3 +95,26 @@ def test_a_lone_config_or_model_is_not_a_run(tmp_path, present):
     for name in present:
         (tmp_path / name).write_text("x")
     assert not is_run_dir(tmp_path)
+
+
+def test_the_atomic_writer_replaces_only_regular_files_and_follows_a_linked_directory(tmp_path):
+    from textft.errors import UserError
+    from textft.files import replace_file, write_atomically
+
+    (tmp_path / "precious.txt").write_text("keep me")
+    (tmp_path / "link.json").symlink_to(tmp_path / "precious.txt")
+    os.mkfifo(tmp_path / "pipe.json")
+    for name, what in (("link.json", "symbolic link"), ("pipe.json", "named pipe")):
+        with pytest.raises(UserError, match=what):
+            replace_file(tmp_path / name, "{}")
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "precious.txt").read_text() == "keep me"
+    with pytest.raises(UserError, match="is a file; name a directory"):
+        write_atomically(tmp_path / "precious.txt", lambda tmp: (tmp / "x").write_text("x"))
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    # A run directory linked to a larger disk is written where the link points.
+    (tmp_path / "big").mkdir()
+    (tmp_path / "runs").symlink_to(tmp_path / "big")
+    write_atomically(tmp_path / "runs", lambda tmp: (tmp / "x").write_text("x"))
+    assert (tmp_path / "runs").is_symlink() and (tmp_path / "big" / "x").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "link.json", "pipe.json", "precious.txt", "runs"]
+

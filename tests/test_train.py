@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,15 @@ def test_run_directory_layout(trained):
     evals = [e for e in log if "eval" in e]
     assert len(evals) == 6  # one per epoch
     assert evals[-1]["eval"]["accuracy"] > evals[0]["eval"]["accuracy"] or evals[0]["eval"]["accuracy"] > 0.9
+
+
+def test_run_directory_has_the_permissions_of_any_new_file(trained):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # mkdtemp would leave the directory 0700, safetensors its weights 0600
+    modes = {str(p.relative_to(trained.parent)): stat.S_IMODE(p.stat().st_mode) for p in [trained, *trained.rglob("*")]}
+    wanted = {p: (0o777 if (trained.parent / p).is_dir() else 0o666) & ~umask for p in modes}
+    assert modes == wanted and modes["run/model.safetensors"] == 0o666 & ~umask
 
 
 def test_checkpoint_loads_in_plain_pipeline_with_label_names(trained):

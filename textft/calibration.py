@@ -40,12 +40,22 @@ def oos_scores(logits: np.ndarray, method: str, temperature: float = 1.0) -> np.
     """In-scope confidence of each row: maximum softmax probability (Hendrycks & Gimpel 2017) or
     negative energy T·logsumexp(logits/T) (Liu et al. 2020); higher means more in scope."""
     check_method(method)
+    if problem := temperature_problem(temperature):
+        raise UserError(f"out-of-scope temperature {problem}")
     logits = np.asarray(logits, dtype=np.float64)
     if method == "msp":
         return softmax(logits / temperature).max(-1)
     z = logits / temperature
     m = z.max(-1)
     return temperature * (m + np.log(np.exp(z - m[:, None]).sum(-1)))
+
+
+def temperature_problem(temperature: Any) -> str | None:
+    """Why ``temperature`` cannot scale logits (0 divides by zero, a negative one flips the order)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        return f"must be a finite number > 0, got {temperature!r}"
+    return None
 
 
 def check_settings(settings: Any, where: str) -> dict | None:
@@ -61,6 +71,8 @@ def check_settings(settings: Any, where: str) -> dict | None:
     threshold = settings.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         problems.append(f"{where}: '{OOS_KEY}.threshold' must be a number, got {threshold!r}")
+    if problem := temperature_problem(settings.get("temperature", 1.0)):
+        problems.append(f"{where}: '{OOS_KEY}.temperature' {problem}")
     if not isinstance(settings.get("label", DEFAULT_OOS_LABEL), str):
         problems.append(f"{where}: '{OOS_KEY}.label' must be a string, got {settings.get('label')!r}")
     if problems:

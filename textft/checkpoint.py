@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from textft.errors import UserError
-from textft.files import disk_error, write_atomically
+from textft.files import disk_error, link_or_copy, normal_modes, write_atomically
 
 log = logging.getLogger("textft")
 
@@ -310,6 +310,7 @@ class Checkpointer:
                     raise
         if not _any_rank(acc, failure is not None) and acc.is_main_process:
             try:
+                normal_modes(tmp)
                 files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
                          for f in sorted(tmp.rglob("*")) if f.is_file()}
                 (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "step": step, "files": files,
@@ -375,10 +376,7 @@ def link_files(src: Path, dst: Path) -> None:
     textft never rewrites a file in place: a new best is a new directory swapped in."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        try:
-            os.link(f, dst / f.name)
-        except OSError:
-            shutil.copy2(f, dst / f.name)
+        link_or_copy(f, dst / f.name)
 
 
 def _safetensor_error() -> tuple[type, ...]:

@@ -129,6 +129,8 @@ def _load_weights(path: Path, name: str, safetensors: bool, trust_remote_code: b
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from textft.tokenization import tokenizer_problem
+
     hint = "" if trust_remote_code else " (if it needs its own code and you trust it, pass --trust-remote-code)"
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a loading bar per model is noise in a service's log
@@ -141,6 +143,8 @@ def _load_weights(path: Path, name: str, safetensors: bool, trust_remote_code: b
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    if problem := tokenizer_problem(tokenizer):
+        raise UserError(f"'--model': '{name}' cannot classify text: {problem}")
     # A tail-trained run saves truncation_side=left for plain pipelines; textft applies --long-text
     # itself, so the tokenizer's own truncation must keep the head.
     tokenizer.truncation_side = "right"

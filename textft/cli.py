@@ -232,7 +232,7 @@ def sweep_main(argv: list[str]) -> int:
 
 
 def predict_main(argv: list[str]) -> int:
-    from textft.files import DEFAULT_MAX_CHARS, InputReader, OutputWriter
+    from textft.prediction_files import DEFAULT_MAX_CHARS, InputReader, OutputWriter
 
     parser = argparse.ArgumentParser(
         prog="textft predict", description="Label every text of a file with a saved classifier.",
@@ -353,7 +353,7 @@ def calibrate_main(argv: list[str]) -> int:
     if problems := check_positive(args, ["batch_size", "threads"]):
         raise UserError(problems)
     from textft.classifier import check_model_dir
-    from textft.files import read_labelled
+    from textft.prediction_files import read_labelled
 
     _, raw_config, _ = check_model_dir(args.model, args.allow_pickle, args.trust_remote_code)
     if calibration.check_calibration(args, raw_config) == "thresholds":
@@ -437,7 +437,8 @@ def serve_main(argv: list[str]) -> int:
 def push_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="textft push", description="Upload a trained classifier to the Hugging Face Hub with a model card.",
-        epilog="The token comes from HF_TOKEN or `hf auth login`. Resume checkpoints and predictions/ stay local.")
+        epilog="The token comes from HF_TOKEN or `hf auth login`. Resume checkpoints and predictions/ stay local;"
+               " what is uploaded names no local path and quotes no evaluation text (see --include-examples).")
     parser.add_argument("--model", required=True, help="output.dir of a textft train run")
     parser.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if missing)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -445,16 +446,20 @@ def push_main(argv: list[str]) -> int:
     parser.add_argument("--license", help="licence for the card (default: the base model's, else 'other')")
     parser.add_argument("--no-card", action="store_true", help="keep the directory's README.md as it is")
     parser.add_argument("--card-only", action="store_true", help="write README.md and print it; upload nothing")
+    parser.add_argument("--include-examples", action="store_true",
+                        help="publish the report's most confident mistakes, which quote evaluation texts (only if"
+                             " the data's licence allows redistributing them)")
     args = parser.parse_args(argv)
     from textft.classifier import check_model_dir
     from textft.hub import push_to_hub, write_model_card
 
     if args.card_only:
         path, _, _ = check_model_dir(args.model, allow_pickle=True)
-        print(write_model_card(path, license=args.license, repo_id=args.repo_id))
+        print(write_model_card(path, license=args.license, repo_id=args.repo_id,
+                               include_examples=args.include_examples))
         return 0
     url = push_to_hub(args.model, args.repo_id, private=args.private, commit_message=args.commit_message,
-                      write_card=not args.no_card, license=args.license)
+                      write_card=not args.no_card, license=args.license, include_examples=args.include_examples)
     print(f"pushed {args.model} to https://huggingface.co/{args.repo_id} ({url})")
     return 0
 

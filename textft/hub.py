@@ -8,16 +8,23 @@ writes it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
+import shutil
+import stat
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from huggingface_hub import HfApi, get_token, snapshot_download
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from textft.errors import UserError, one_line
-from textft.files import replace_file
+from textft.files import link_or_copy, replace_file
 
 log = logging.getLogger("textft")
 
@@ -73,20 +80,68 @@ def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
     return problems
 
 
-def write_model_card(model_dir: Path, license: str | None = None, repo_id: str | None = None) -> str:
+def write_model_card(model_dir: Path, license: str | None = None, repo_id: str | None = None,
+                     include_examples: bool = False) -> str:
     """README.md (the model card) written into the model directory, atomically; returns its text."""
     from textft.model_card import model_card
 
-    text = str(model_card(model_dir, license=license, repo_id=repo_id))
+    text = str(model_card(model_dir, license=license, repo_id=repo_id, include_examples=include_examples))
     replace_file(Path(model_dir) / "README.md", text)
     return text
 
 
+# Files read as text when published, to take the local paths out.
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".yaml", ".yml", ".txt", ".csv")
+
+
+@contextlib.contextmanager
+def publishable_copy(model_dir: Path, include_examples: bool = False) -> Iterator[Path]:
+    """What ``push_to_hub`` uploads, as a hidden directory inside ``model_dir`` (removed afterwards):
+    its files less ``IGNORE_PATTERNS``, text files without local paths (``local_paths``), and the
+    run report without the evaluation texts it quotes unless ``include_examples``. Other files
+    are hard links, so the weights are not copied; symbolic links are left out, so nothing outside
+    the directory is published. The local files stay as they are."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from textft.model_card import local_paths, without_local_paths
+    from textft.report import render_run_report, without_examples
+
+    paths = local_paths(model_dir)
+    names = {}
+    for folder, _, files in os.walk(model_dir):  # does not enter linked directories
+        for f in files:
+            names[(Path(folder) / f).relative_to(model_dir).as_posix()] = Path(folder) / f
+    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=model_dir))
+    try:
+        for name in filter_repo_objects(sorted(names), ignore_patterns=IGNORE_PATTERNS):
+            src, dst = names[name], tmp / name
+            if not stat.S_ISREG(src.lstat().st_mode):
+                log.warning("not publishing %s: not a regular file (a symbolic link?)", src)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix.lower() in TEXT_SUFFIXES:
+                dst.write_text(without_local_paths(src.read_text(encoding="utf-8", errors="replace"), paths),
+                               encoding="utf-8")
+            else:
+                link_or_copy(src, dst)
+        report = tmp / "report.json"
+        if report.is_file() and not include_examples:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                texts = render_run_report(without_examples(json.loads(report.read_text(encoding="utf-8"))))
+                for name, text in texts.items():
+                    (tmp / name).write_text(without_local_paths(text, paths), encoding="utf-8")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None,
-                write_card: bool = True, license: str | None = None) -> str:
+                write_card: bool = True, license: str | None = None, include_examples: bool = False) -> str:
     """Create ``repo_id`` on the Hub if needed and upload the model directory; returns the commit URL.
 
     README.md (the model card) is written into the directory first unless ``write_card`` is False.
+    What is uploaded names no local path and, unless ``include_examples``, quotes no evaluation
+    text (see ``publishable_copy``).
     """
     from textft.classifier import check_model_dir
 
@@ -95,7 +150,7 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
     if problems:
         raise UserError(problems)
     if write_card:
-        write_model_card(path, license=license, repo_id=repo_id)
+        write_model_card(path, license=license, repo_id=repo_id, include_examples=include_examples)
     elif not (path / "README.md").is_file():
         log.warning("%s has no README.md: the Hub page will have no model card", path)
     api = HfApi()
@@ -103,10 +158,11 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
     except Exception as e:  # huggingface_hub raises HTTP, connection and validation errors alike
         raise _hub_error(f"create the repository '{repo_id}'", e) from None
-    try:
-        commit = api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(path), repo_type="model",
-                                   commit_message=commit_message or f"Upload {path.name} with textft",
-                                   ignore_patterns=IGNORE_PATTERNS)
-    except Exception as e:  # as above
-        raise _hub_error(f"upload '{path}' to '{repo_id}'", e) from None
+    with publishable_copy(path, include_examples) as folder:
+        try:
+            commit = api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
+                                       repo_type="model", commit_message=commit_message or f"Upload {path.name} with textft",
+                                       ignore_patterns=IGNORE_PATTERNS)
+        except Exception as e:  # as above
+            raise _hub_error(f"upload '{path}' to '{repo_id}'", e) from None
     return str(getattr(commit, "commit_url", None) or getattr(repo, "url", None) or repo_id)

@@ -85,15 +85,50 @@ def _demote(markdown: str) -> str:
     return re.sub(r"^(#{1,5}) ", r"#\1 ", markdown, flags=re.M)
 
 
-def _run(path: Path) -> dict[str, Any]:
-    """What the card is made of: the saved configs, the report and the names it may publish."""
-    trained: dict = {}
+def _training_config(path: Path) -> dict:
+    trained: Any = {}
     if (path / "textft_config.yaml").is_file():
         with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError):
             trained = yaml.safe_load((path / "textft_config.yaml").read_text(encoding="utf-8")) or {}
+    return trained if isinstance(trained, dict) else {}
+
+
+def local_paths(model_dir: Path) -> list[str]:
+    """The absolute local paths a run directory's files may name (the run's own, its base model,
+    data files, checkpoints), longest first: publishing them would show the training machine's
+    directory layout, and their last part says as much to a reader."""
+    path = Path(model_dir)
+    report, _ = run_report(path)
+    named = [path, *_strings(_training_config(path)), *_strings({k: (report or {}).get(k)
+                                                                 for k in ("data_source", "resumed_from", "config")})]
+    found = set()
+    for p in named:
+        if str(p).startswith(("/", "~")):
+            p = Path(p).expanduser()
+            found |= {str(p.absolute()), str(p.resolve())}
+    return sorted((p for p in found if p != "/"), key=len, reverse=True)
+
+
+def without_local_paths(text: str, paths: list[str]) -> str:
+    """``text`` with each of ``paths`` (``local_paths``) replaced by its last part, wherever it
+    stands as a path of its own (not inside a URL or a longer name)."""
+    for p in paths:
+        name = Path(p).name
+        text = re.sub(rf"(?<![\w./:~-]){re.escape(p)}(?![\w-]|\.\w)", lambda _: name, text)
+    return text
+
+
+def _run(path: Path, include_examples: bool = False) -> dict[str, Any]:
+    """What the card is made of: the saved configs, the report and the names it may publish."""
+    trained = _training_config(path)
     config = _read_json(path / "config.json") or {}
     data_cfg = trained.get("data") or {}
     report, report_md = run_report(path)
+    if report and not include_examples and any(isinstance(m, dict) and m.get("most_confident_mistakes")
+                                               for m in report["splits"].values()):
+        from textft.report import render_markdown, without_examples
+
+        report_md = render_markdown(without_examples(report))
     base_name = (trained.get("model") or {}).get("name_or_path")
     base = _base_model(base_name)
     dataset = data_cfg.get("dataset")
@@ -195,17 +230,15 @@ def _report_section(run: dict, path: Path) -> list[str]:
     body = run["report_md"].strip()
     if body.startswith("# "):  # the report's own title; the card has one
         body = body.split("\n", 1)[1].strip() if "\n" in body else ""
-    local = [run["base_name"], run["report"].get("data_source"), str(path.resolve()), *_strings(run["trained"])]
-    for p in sorted({str(x) for x in local if x and Path(str(x)).is_absolute()}, key=len, reverse=True):
-        body = body.replace(p, Path(p).name)
     return ["## Evaluation report", "", _demote(body), ""]
 
 
-def model_card(model_dir: str | Path, license: str | None = None, repo_id: str | None = None) -> ModelCard:
+def model_card(model_dir: str | Path, license: str | None = None, repo_id: str | None = None,
+               include_examples: bool = False) -> ModelCard:
     """README.md for the Hub: metadata (see ``card_data``), results, usage, training settings and the
-    run report."""
+    run report, without local paths, and without quoted evaluation texts unless ``include_examples``."""
     path = Path(model_dir)
-    run = _run(path)
+    run = _run(path, include_examples)
     name = (repo_id or path.resolve().name).split("/")[-1]
     base, hub_dataset, labels = run["base"], run["hub_dataset"], run["labels"]
     what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
@@ -226,4 +259,5 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
     lines += ["## Limitations", "",
               "The scores above hold for data like the evaluation splits; check the model on your own data"
               " before relying on it, and keep in mind the licences of the base model and the training data.", ""]
-    return ModelCard(f"---\n{card_data(run, name, license).to_yaml()}\n---\n\n" + "\n".join(lines))
+    text = f"---\n{card_data(run, name, license).to_yaml()}\n---\n\n" + "\n".join(lines)
+    return ModelCard(without_local_paths(text, local_paths(path)))

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from textft.config import ModelConfig, UserError, closest
+from textft.tokenization import tokenizer_problem
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def load_tokenizer(cfg: ModelConfig):
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise _load_error("tokenizer", cfg.name_or_path, e) from None
+    if problem := tokenizer_problem(tok):
+        raise UserError(f"'model.name_or_path': '{cfg.name_or_path}' cannot be fine-tuned: {problem}")
     if not tok.is_fast:
         log.warning("%s has no fast tokenizer; tokenization will be slow", cfg.name_or_path)
     # textft cuts long texts itself (data.truncation); the tokenizer's own truncation must keep the head.

@@ -18,6 +18,11 @@ from textft.plots import PIXEL_DENSITY, png_size, render_figures
 from textft.report_data import DEFAULT_MISTAKES, METRIC_NAMES, build_report, fmt
 from textft.tasks import task_class
 
+WITHHELD = ("The examples behind the numbers (most confident mistakes, largest errors) quote evaluation texts,"
+            " so the published report leaves them out (textft push --include-examples keeps them).")
+EXAMPLE_KEYS = ("most_confident_mistakes", "most_wrong", "largest_errors")
+"""Report entries that quote evaluation texts, per task."""
+
 
 # --- text ------------------------------------------------------------------------------------
 
@@ -92,6 +97,8 @@ def render_markdown(report: dict) -> str:
                   for r in evals]
     for split, m in report["splits"].items():
         lines += ["", f"## {split}", *task.report().markdown_split(split, m)]
+        if report.get("examples_withheld"):
+            lines += ["", WITHHELD]
     if report.get("recipe"):
         lines += ["", "## Settings chosen automatically", "", "| setting | value | why |", "|---|---:|---|"]
         lines += [f"| {r['key']} | {_setting(r['value'])} | {md_cell(r['why'])} |" for r in report["recipe"]]
@@ -201,7 +208,9 @@ def _split_html(report: dict, split: str, m: dict, figures: dict[str, bytes]) ->
     out = [f"<section id='{_anchor(split)}'><h2>{escape(split)} split"
            f" <span class='note'>({m.get('num_examples')} examples)</span></h2>"]
     out += task_class(report["task"]).report().html_split(split, m, figures)
-    if "predictions_file" not in m:
+    if report.get("examples_withheld"):
+        out.append(f"<p class='note'>{escape(WITHHELD)}</p>")
+    elif "predictions_file" not in m:
         out.append(f"<p class='note'>No predictions/{escape(split)}.jsonl in the run directory: the examples"
                    " behind the numbers are not available.</p>")
     return out + ["</section>"]
@@ -263,6 +272,21 @@ def _json_safe(value):
     return value
 
 
+def without_examples(report: dict) -> dict:
+    """The report without the evaluation texts it quotes (mistakes and largest errors), for
+    publishing: the evaluation data's licence may not allow redistributing them."""
+    splits = {split: {k: v for k, v in m.items() if k not in EXAMPLE_KEYS}
+              for split, m in (report.get("splits") or {}).items()}
+    return {**report, "splits": splits, "examples_withheld": True}
+
+
+def render_run_report(report: dict) -> dict[str, str]:
+    """``report.json``, ``report.md`` and ``report.html`` of a built report, by file name."""
+    return {"report.json": json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n",
+            "report.md": render_markdown(report),
+            "report.html": render_html(report, render_figures(report))}
+
+
 def write_run_report(run_dir: Path, mistakes: int = DEFAULT_MISTAKES) -> None:
     """Write ``report.json``, ``report.md`` and ``report.html`` into a finished run directory.
 
@@ -270,9 +294,5 @@ def write_run_report(run_dir: Path, mistakes: int = DEFAULT_MISTAKES) -> None:
     failure leaves the previous report whole.
     """
     run_dir = Path(run_dir)
-    report = build_report(run_dir, mistakes)
-    texts = {"report.json": json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n",
-             "report.md": render_markdown(report),
-             "report.html": render_html(report, render_figures(report))}
-    for name, text in texts.items():
+    for name, text in render_run_report(build_report(run_dir, mistakes)).items():
         replace_file(run_dir / name, text)

@@ -12,6 +12,18 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def tokenizer_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Why ``tokenizer`` cannot read text, or None. A model directory without its tokenizer files
+    still loads one: transformers builds the model type's tokenizer around its special tokens only,
+    which maps every word to the unknown token, so training learns nothing and prediction is noise."""
+    special = set(tokenizer.all_special_tokens)
+    if not any(token not in special for token in tokenizer.get_vocab()):
+        return (f"its tokenizer has no vocabulary (only the {len(tokenizer)} special tokens); the tokenizer"
+                " files (tokenizer.json, or vocab.txt / vocab.json / *.model) are missing: copy them from the"
+                " base model into the directory")
+    return None
+
+
 def kept_positions(n: int, budget: int, mode: str, head_fraction: float) -> list[int]:
     """Which of ``n`` content positions survive truncation to ``budget`` tokens."""
     if n <= budget:

@@ -53,6 +53,10 @@ def preflight(cfg: Config) -> None:
         problems += check_files(data_files(cfg.data))
     except UserError as e:
         problems += e.problems
+    if cfg.output.push_to_hub:  # the push comes after the whole run: what would stop it is checked now
+        from textft.hub import push_problems
+
+        problems += push_problems(cfg.output.hub_repo_id, key="output.hub_repo_id")
     if problems:
         raise UserError(problems)
 
