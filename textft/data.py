@@ -91,7 +91,7 @@ def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
                 out["validation"] = raw[name]
                 break
         if "test" in raw:
-            labels = raw["test"][cfg.label_column] if cfg.label_column in raw["test"].column_names else [None]
+            labels = column(raw["test"], cfg.label_column) if cfg.label_column in raw["test"].column_names else [None]
             if all(v == -1 for v in labels):
                 # GLUE-style benchmarks publish their test split with every label set to -1 (hidden).
                 log.warning("'%s': the test split has no labels (all -1); it is skipped", cfg.dataset)
@@ -123,12 +123,18 @@ def _rows(indices: list[int]) -> str:
     return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
 
 
+def column(ds: Dataset, name: str) -> list:
+    """A whole column as a list. ``ds[name]`` is a lazy column on datasets 4+ whose iteration
+    decodes one row at a time (minutes for a million rows); a slice converts it in one go."""
+    return ds[name][:]
+
+
 def label_names_for(train: Dataset, cfg: DataConfig) -> list[str]:
     """Class names in id order: ClassLabel names, ``data.label_names``, or sorted training labels."""
     feature = train.features[cfg.label_column]
     if isinstance(feature, ClassLabel):
         return list(cfg.label_names or feature.names)
-    values = [v for v in train[cfg.label_column] if v is not None]
+    values = [v for v in column(train, cfg.label_column) if v is not None]
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     if cfg.label_names:
         return list(cfg.label_names)
@@ -146,7 +152,7 @@ def _label_ids(batch, column: str, label2id: dict[str, int], int_names: bool):
 
 def _clean_split(split: str, ds: Dataset, cfg: DataConfig, label_names: list[str], int_ids: bool,
                  problems: list[str]) -> Dataset | None:
-    texts, labels = ds[cfg.text_column], ds[cfg.label_column]
+    texts, labels = column(ds, cfg.text_column), column(ds, cfg.label_column)
     if len(ds) == 0:
         problems.append(f"the {split} split is empty")
         return None
@@ -215,16 +221,17 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
     train = raw["train"]
     feature = train.features[cfg.label_column]
     label_names = label_names_for(train, cfg)
+    train_labels = column(train, cfg.label_column)
     int_ids = isinstance(feature, ClassLabel) or (
         bool(cfg.label_names) and all(isinstance(v, int) and not isinstance(v, bool)
-                                      for v in train[cfg.label_column] if v is not None))
+                                      for v in train_labels if v is not None))
     problems = []
-    present = {v for v in train[cfg.label_column] if v is not None}
+    present = {v for v in train_labels if v is not None}
     if len(present) == 1:
         problems.append(f"the train split has only one class ('{present.pop()}' in column '{cfg.label_column}');"
                         " a classifier needs at least two")
     if cfg.label_names and not int_ids:
-        extra = sorted({str(v) for v in train[cfg.label_column] if v is not None} - set(cfg.label_names))
+        extra = sorted({str(v) for v in train_labels if v is not None} - set(cfg.label_names))
         if extra:
             problems.append(f"'data.label_names' lacks training label(s): {', '.join(extra[:10])}")
     splits = DatasetDict()
