@@ -73,6 +73,8 @@ COMMANDS = {
     "compare": "textft.compare:main",
     "sweep": "textft.sweep:main",
     "report": "textft.report:main",
+    "service": "textft.service.commands:service_main",
+    "worker": "textft.service.commands:worker_main",
 }
 
 

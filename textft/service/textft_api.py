@@ -1,0 +1,81 @@
+"""Every name the service takes from the rest of textft, in one place.
+
+The service schedules and serves what the other modules build; it never reaches into their
+internals. Heavy modules (torch, transformers, datasets) are imported on first use, so that the
+key commands and the HTTP front stay quick to start.
+"""
+
+from __future__ import annotations
+
+from textft.config import AUTO, Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
+
+__all__ = ["AUTO", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
+           "data_formats", "load_splits", "load_classifier", "predict_schemas", "micro_batcher", "recipe_facts",
+           "resolve_recipe", "launch_precision", "push_model", "hub_token"]
+
+def data_formats() -> tuple[str, ...]:
+    """File extensions ``textft train`` reads."""
+    from textft.data import FORMATS
+
+    return tuple(FORMATS)
+
+
+def load_splits(cfg: DataConfig, seed: int = 42):
+    """textft.data.load_splits: the checks and messages of ``textft train``."""
+    from textft.data import load_splits as load
+
+    return load(cfg, seed)
+
+
+def load_classifier(model_dir, device: str, precision: str = "auto"):
+    from textft.inference import Classifier
+
+    return Classifier.from_pretrained(model_dir, device=device, precision=precision)
+
+
+def predict_schemas():
+    """(request model, response model) of ``textft serve``'s POST /predict."""
+    from textft.serving import PredictRequest, PredictResponse
+
+    return PredictRequest, PredictResponse
+
+
+def micro_batcher(run, max_batch_size: int, max_wait_s: float):
+    from textft.serving import MicroBatcher
+
+    return MicroBatcher(run, max_batch_size, max_wait_s)
+
+
+def recipe_facts(model: ModelConfig, label_names: list[str]) -> tuple[int, bool]:
+    """(non-embedding parameters, whether the head starts fresh) of the model ``textft train`` would build."""
+    from textft.modeling import build_model
+    from textft.recipe import head_is_fresh, non_embedding_params
+
+    built, initialised_here = build_model(model, label_names)
+    return non_embedding_params(built), head_is_fresh(built, initialised_here)
+
+
+def resolve_recipe(cfg: Config, **facts) -> tuple[Config, dict[str, str]]:
+    from textft.recipe import Facts, resolve
+
+    return resolve(cfg, Facts(**facts))
+
+
+def launch_precision(requested: str) -> str:
+    """The mixed precision ``textft train`` would pick on this machine for ``requested``."""
+    from textft.train import resolve_precision
+
+    return resolve_precision(requested)
+
+
+def push_model(model_dir, repo_id: str, private: bool) -> str:
+    from textft.hub import push_to_hub
+
+    return push_to_hub(model_dir, repo_id, private=private)
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token this process would push with (HF_TOKEN or a stored login)."""
+    from huggingface_hub import get_token
+
+    return get_token()
