@@ -68,6 +68,8 @@ def _load_file(split: str, path: Path) -> Dataset:
     except Exception as e:  # the loaders raise many types for one cause: a malformed file
         if "corresponds to no data" in str(e) or path.stat().st_size == 0:
             raise UserError(f"'data.{split}_file': '{path}' is empty (no data rows)") from None
+        while e.__cause__ is not None:  # "An error occurred while generating the dataset" wraps the reason
+            e = e.__cause__
         raise UserError(f"'data.{split}_file': could not read '{path}' as {fmt}: {' '.join(str(e).split())[:300]}") from None
 
 

@@ -65,6 +65,7 @@ class _Receiver:
         self.header_name = self.header_value = b""
         self.headers: dict[bytes, bytes] = {}
         self.part_name: str | None = None
+        self.in_file = False
         self.buffer = bytearray()
         self.file = None
         self.decoder = None
@@ -73,7 +74,7 @@ class _Receiver:
         self.pending: list[bytes] = []
 
     def on_part_begin(self):
-        self.headers, self.buffer, self.part_name = {}, bytearray(), None
+        self.headers, self.buffer, self.part_name, self.in_file = {}, bytearray(), None, False
 
     def on_header_field(self, data, start, end):
         self.header_name += data[start:end]
@@ -101,6 +102,7 @@ class _Receiver:
                                                  f" '{filename}'; expected one of {', '.join(self.formats)}"
                                                  f"{closest(suffix, self.formats)}")])
             self.upload.filename = filename
+            self.in_file = True
             self.upload.path = self.dest / f"data{suffix}"
             self.dest.mkdir(parents=True, exist_ok=True)
             self.file = open(self.upload.path, "wb")
@@ -109,7 +111,7 @@ class _Receiver:
 
     def on_part_data(self, data, start, end):
         chunk = data[start:end]
-        if self.file is None:
+        if not self.in_file:
             if len(self.buffer) + len(chunk) > FIELD_LIMIT:
                 raise UploadError(422, [(self.part_name or "form", f"'{self.part_name}': form field longer than"
                                                                    f" {FIELD_LIMIT} bytes")])
@@ -133,7 +135,7 @@ class _Receiver:
                                f" on line {line}); save it as UTF-8 and upload it again")
 
     def on_part_end(self):
-        if self.file is None and self.part_name:
+        if not self.in_file and self.part_name:
             self.upload.fields[self.part_name] = self.buffer.decode("utf-8", "replace")
 
     def flush(self) -> None:
