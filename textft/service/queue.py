@@ -41,6 +41,7 @@ log = logging.getLogger("textft.service")
 QUEUE_NAME = "textft-jobs"
 TASK_NAME = "textft.run_job"
 HEARTBEAT_S = 2.0
+SETTLE_S = 5.0
 PRIORITY_RESUMED = 1
 """Interrupted jobs go ahead of jobs that never started, so that work in progress finishes first."""
 
@@ -237,6 +238,18 @@ def run_job(job_id: str, attempt: int) -> None:
     finally:
         rt.devices.release(gpus)
         write_json(job_dir / f"exit-{attempt}.json", {**outcome, "finished_at": time.time()})
+        _wait_until_settled(rt, job_dir, attempt)
+
+
+def _wait_until_settled(rt: Runtime, job_dir: Path, attempt: int, timeout: float = SETTLE_S) -> None:
+    """Give the service a moment to record the attempt (and re-queue the job if it resumes) before
+    this executor takes the next message: an interrupted job then goes ahead of jobs queued after it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not rt.stopping.is_set():
+        spec = read_json(job_dir / "job.json")
+        if spec is None or spec.get("settled", 0) >= attempt:
+            return
+        time.sleep(0.1)
 
 
 class _EitherEvent:

@@ -178,10 +178,10 @@ class Monitor:
         changed |= self._follow(job, job_dir, claim)
         outcome = read_json(job_dir / f"exit-{n}.json")
         if outcome is not None:
-            self._finish(job, job_dir, claim, outcome)
+            self._finish(job, job_dir, outcome)
             return True
         if self._orphaned(job, job_dir, claim, startup):
-            self._finish(job, job_dir, claim, {"attempt": n, "rc": None, "reason": "orphaned"})
+            self._finish(job, job_dir, {"attempt": n, "rc": None, "reason": "orphaned"})
             return True
         return changed
 
@@ -262,7 +262,14 @@ class Monitor:
             log.warning("stopping the orphaned process group %d of %s", group["pgid"], job_dir.name)
             stop_group(group["pgid"], 10.0)
 
-    def _finish(self, job: dict, job_dir: Path, claim: dict, outcome: dict) -> None:
+    def _finish(self, job: dict, job_dir: Path, outcome: dict) -> None:
+        self._settle(job, job_dir, outcome)
+        spec = read_json(job_dir / "job.json")
+        if spec is not None and spec.get("settled", 0) < job["attempt"]:
+            # Written last, after any re-queueing: the executor waits for it before taking the next job.
+            write_json(job_dir / "job.json", {**spec, "settled": job["attempt"]})
+
+    def _settle(self, job: dict, job_dir: Path, outcome: dict) -> None:
         reason, rc = outcome.get("reason"), outcome.get("rc")
         run = job_dir / RUN_DIR
         self._heartbeats.pop(f"{job['id']}:{job['attempt']}", None)
@@ -276,6 +283,7 @@ class Monitor:
             why = ("the service stopped" if reason == "shutdown" else "its executor stopped (service or worker"
                    " killed)")
             return self._requeue(job, f"interrupted: {why}; it resumes from its latest checkpoint", count=False)
+        claim = read_json(job_dir / f"attempt-{job['attempt']}.json") or {}
         why, killed = failure_reason(job_dir / "job.log", claim.get("log_offset", 0), rc)
         if killed and job["interruptions"] < MAX_INTERRUPTIONS:
             return self._requeue(job, f"interrupted: {why}; it resumes from its latest checkpoint", count=True)
