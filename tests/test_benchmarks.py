@@ -31,3 +31,9 @@ def test_predict_throughput_quick():
     assert any(line.startswith("textft_fp32") for line in lines) and any(line.startswith("pipeline ") for line in lines)
     assert "agreement 1.0000" in "\n".join(lines)  # fp32 labels equal the pipeline's
     assert re.fullmatch(r"ratio_vs_pipeline=\d+\.\d\d agreement=\d\.\d{4}", lines[-1])
+
+
+def test_service_load_quick():
+    lines = run_quick("service_load.py")
+    assert any(line.strip().startswith("predict ") and "p99" in line for line in lines)
+    assert re.fullmatch(r"requests=300 errors=0 p50_ms=\d+\.\d p99_ms=\d+\.\d train_ratio=\d+\.\d{3}", lines[-1])

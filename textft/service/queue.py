@@ -145,9 +145,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(job_dir: Path, spec: dict, gpus: list[str]) -> list[str]:
+def cpu_threads(slots: int) -> int:
+    """Threads of a CPU job: what torch would use alone (OMP_NUM_THREADS, else every core), shared by the slots."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, slots))
+
+
+def launch_command(job_dir: Path, spec: dict, gpus: list[str], slots: int = 1) -> list[str]:
     """``accelerate launch -m textft.train --config job.yaml`` with the job's launch settings."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if not gpus:  # accelerate launch would otherwise run a CPU job on one thread, unlike textft train
+        cmd += ["--num_cpu_threads_per_process", str(cpu_threads(slots * int(spec.get("num_processes") or 1)))]
     if spec.get("accelerate_config"):
         cmd += ["--config_file", spec["accelerate_config"], "--num_processes", str(spec["num_processes"])]
         if spec["num_processes"] > 1:
@@ -180,7 +190,7 @@ def precision(requested: str) -> str:
                 os.environ["ACCELERATE_MIXED_PRECISION"] = saved
 
 
-def job_env(gpus: list[str], slots: int) -> dict[str, str]:
+def job_env(gpus: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -189,8 +199,6 @@ def job_env(gpus: list[str], slots: int) -> dict[str, str]:
         env.pop("ACCELERATE_USE_CPU", None)
     else:
         env["ACCELERATE_USE_CPU"] = "1"
-        if slots > 1 and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // slots))
     return env
 
 
@@ -268,8 +276,8 @@ def _supervise(rt: Runtime, job_dir: Path, spec: dict, attempt: int, gpus: list[
         f.write(f"--- attempt {attempt} on {socket.gethostname()} ({where})"
                 f"{', resuming from the latest checkpoint' if spec.get('resume') else ''} ---\n")
     cmd = [sys.executable, "-m", "textft.service.supervise", str(job_dir), str(attempt), str(rt.grace_s), "--",
-           *launch_command(job_dir, spec, gpus)]
-    proc = subprocess.Popen(cmd, cwd=job_dir, env=job_env(gpus, rt.slots), start_new_session=True,
+           *launch_command(job_dir, spec, gpus, rt.slots)]
+    proc = subprocess.Popen(cmd, cwd=job_dir, env=job_env(gpus), start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reason, beats, last_beat = "exited", 0, time.monotonic()
     while True:
