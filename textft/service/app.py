@@ -15,7 +15,6 @@ import shutil
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -25,16 +24,15 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import textft
 from textft.service import datasets as uploads
 from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, write_job_dir
 from textft.service.keys import AuthError, Principal
 from textft.service.models import tar_stream
-from textft.service.queue import PRIORITY_RESUMED
 from textft.service.scheduler import read_new_lines
 from textft.service.server import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
-from textft.service.textft_api import UserError, data_formats, predict_schemas, push_model, recipe_facts, resolve_recipe
+from textft.service.textft_api import (UserError, __version__, closest, data_formats, hub_token, predict_schemas, push_model,
+                                      recipe_facts, resolve_recipe)
 
 PredictRequest, PredictResponse = predict_schemas()
 JSON_BODY_LIMIT = 1 << 20
@@ -177,7 +175,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health", tags=["service"])
     def health() -> dict:
-        return {"status": "ok" if service.accepting else "stopping", "version": textft.__version__}
+        return {"status": "ok" if service.accepting else "stopping", "version": __version__}
 
     @app.get("/v1/me", tags=["service"])
     def me(who: Principal = Depends(auth)) -> dict:
@@ -234,8 +232,12 @@ def create_app(service: Service) -> FastAPI:
         text_column = fields.get("text_column", "").strip() or "text"
         label_column = fields.get("label_column", "").strip() or "label"
         if not problems:
-            result = await service.checker.inspect(str(upload.path), upload.filename, text_column, label_column,
-                                                   drop in ("true", "1", "yes"))
+            try:
+                result = await service.checker.inspect(str(upload.path), upload.filename, text_column, label_column,
+                                                       drop in ("true", "1", "yes"))
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
             problems = [tuple(p) for p in result.get("problems", [])]
         if problems:
             shutil.rmtree(dest, ignore_errors=True)
@@ -261,6 +263,8 @@ def create_app(service: Service) -> FastAPI:
         dest = service.data.cache / "peek" / secrets.token_hex(8)
         upload = await uploads.receive(request, dest, max_upload(who), data_formats())
         try:
+            if upload.fields:
+                raise HTTPException(422, f"unknown form field(s) {', '.join(sorted(upload.fields))}; send only 'file'")
             result = await service.checker.peek(upload.path, upload.path.suffix.lower())
         finally:
             shutil.rmtree(dest, ignore_errors=True)
@@ -352,8 +356,6 @@ def create_app(service: Service) -> FastAPI:
         where, args = scope(who)
         if state is not None:
             if state not in ACTIVE + FINISHED:
-                from textft.service.textft_api import closest
-
                 raise HTTPException(422, f"'state' must be one of {', '.join(ACTIVE + FINISHED)}, got"
                                          f" '{state}'{closest(state, ACTIVE + FINISHED)}")
             where, args = where + " AND state = ?", (*args, state)
@@ -553,8 +555,6 @@ def create_app(service: Service) -> FastAPI:
     def push(model_id: str, body: PushBody, who: Principal = Depends(auth)) -> dict:
         """Upload the model with a model card to the Hub, with the service's own token (HF_TOKEN)."""
         model_row(model_id, who)
-        from textft.service.textft_api import hub_token
-
         token = hub_token()
         if not token:
             raise HTTPException(503, "the service has no Hugging Face token; its operator sets HF_TOKEN")
@@ -580,5 +580,7 @@ def _facts(model, labels: list[str]) -> tuple[int, bool]:
     """Backbone facts for the recipe, built once per backbone and label count."""
     key = (model.name_or_path, model.revision, model.random_init, len(labels))
     if key not in _FACTS:
+        if len(_FACTS) >= 64:
+            _FACTS.pop(next(iter(_FACTS)))
         _FACTS[key] = recipe_facts(model, labels)
     return _FACTS[key]

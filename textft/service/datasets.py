@@ -334,31 +334,44 @@ def suggest_columns(columns: list[str], records: list[dict]) -> dict:
 
 
 class Checker:
-    """One process that reads uploads with the training loader, started once and reused."""
+    """One process that reads uploads with the training loader, started once and reused (and
+    started again if it dies, e.g. killed for memory by a pathological file)."""
 
     def __init__(self, scratch: Path):
         self.scratch = scratch
         scratch.mkdir(parents=True, exist_ok=True)
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = self._pool()
+
+    @staticmethod
+    def _pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
     def warm_up(self):
         return self.pool.submit(_warm_up)
 
-    async def inspect(self, *args) -> dict:
+    async def _run(self, fn, *args) -> dict:
         import asyncio
+        from concurrent.futures.process import BrokenProcessPool
 
-        return await asyncio.wrap_future(self.pool.submit(inspect, *args, str(self.scratch)))
+        try:
+            return await asyncio.wrap_future(self.pool.submit(fn, *args))
+        except BrokenProcessPool:
+            self.pool = self._pool()
+            raise UploadError(422, [("file", "reading the file stopped the checking process (out of memory?);"
+                                             " nothing was stored")]) from None
+
+    async def inspect(self, *args) -> dict:
+        return await self._run(inspect, *args, str(self.scratch))
 
     async def peek(self, path: Path, suffix: str) -> dict:
-        import asyncio
-
-        return await asyncio.wrap_future(self.pool.submit(peek, str(path), suffix))
+        return await self._run(peek, str(path), suffix)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _warm_up() -> bool:
-    import textft.data  # noqa: F401  (datasets and pandas load once, not on the first upload)
+    from textft.service.textft_api import data_formats
 
+    data_formats()  # imports the data loader (datasets, pandas) now rather than on the first upload
     return True
