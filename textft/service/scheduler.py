@@ -46,6 +46,7 @@ MAX_READ = 1 << 20
 
 PLAN = re.compile(r"training: (\d+) optimizer steps \((\d+) per epoch\), global batch (\d+)")
 SIGNALLED = re.compile(r"died with <Signals\.(SIG\w+): \d+>|Signal \d+ \((SIG\w+)\) received")
+LAUNCHER_ERRORS = ("subprocess.CalledProcessError", "torch.distributed.elastic.multiprocessing.errors.ChildFailedError")
 EXCEPTION = re.compile(r"^([\w.]+(?:Error|Exception)|KeyboardInterrupt)\b(:.*)?$")
 
 
@@ -88,7 +89,8 @@ def failure_reason(log_path: Path, start: int, rc: int | None) -> tuple[str, boo
     if name is not None:
         hint = " (out of memory?)" if name == "SIGKILL" else ""
         return f"the training process was killed by {name}{hint}", True
-    exceptions = [line for line in lines if EXCEPTION.match(line)]
+    # The launcher's own error (CalledProcessError, ChildFailedError) only says that training failed.
+    exceptions = [line for line in lines if EXCEPTION.match(line) and not line.startswith(LAUNCHER_ERRORS)]
     if exceptions:
         return exceptions[-1][:500], False
     return f"training exited with status {rc}", False
