@@ -6,20 +6,22 @@
 
 1. A ``textft service`` subprocess on loopback, one executor; a key; the training data uploaded.
 2. A model to predict with: a short job trained through the service (MiniLM, or the tiny BERT with --quick).
-3. ``textft train`` alone (service idle) with the very config the service builds for the measured job:
+3. ``textft train`` alone (service idle) with the config the service builds for the measured job:
    the reference samples/s.
-4. The same run as a service job; once it trains, ``--clients`` threads, each with its own keep-alive
-   connection, send ``--requests`` requests in all, in turn GET /v1/jobs/{id} (the training job),
-   GET /v1/jobs and POST /v1/models/{id}/predict (one short text), pausing ``--think-ms`` between two
-   requests as a dashboard would. Every answer must be a 200.
-5. ``textft train`` alone again: the machine may be shared, so the reference is taken before and after
-   (before only with --quick).
+4. The same run as a service job. While it trains, quiet phases (only this script's progress polls)
+   alternate with load phases: ``--clients`` threads, each with its own keep-alive connection, send
+   in turn GET /v1/jobs/{id} (the training job), GET /v1/jobs and POST /v1/models/{id}/predict (one
+   short text), pausing ``--think-ms`` between two requests as a dashboard would; ``--requests`` in
+   all, split over ``--phases`` load phases. Every answer must be a 200.
+5. ``textft train`` alone again (skipped with --quick).
 
-samples/s of a run is the median of its train_log.jsonl entries over the steps the load covered
-(evaluation excluded, checkpoints included: the service job and the reference both write one every
-``--save-every-steps``). The last line is machine-readable:
+The machine may be shared with other work, so the comparison that matters is paired and interleaved:
+the job's samples/s during load phases against its own samples/s during the quiet phases between
+them (median of its train_log.jsonl entries in each; evaluation time is excluded from those, a
+checkpoint write is not). The ``textft train`` runs before and after give the same job's speed without
+the service at all. The last line is machine-readable:
 
-    requests=N errors=E p50_ms=X p99_ms=Y train_ratio=R
+    requests=N errors=E p50_ms=X p99_ms=Y load_vs_quiet=R service_vs_train=S
 """
 
 from __future__ import annotations
@@ -52,20 +54,12 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def log_sps(run: Path, steps: tuple[int, int] | None) -> float:
-    """Median samples/s of the training-log entries whose step lies in ``steps`` (all but the first if None)."""
-    entries = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    train = [e for e in entries if "samples_per_s" in e]
-    chosen = [e for e in train if steps is None or steps[0] < e["step"] <= steps[1]] or train[1:] or train
-    return statistics.median(e["samples_per_s"] for e in chosen)
-
-
-def reference(args, work: Path, name: str) -> Path:
+def reference(args, work: Path, name: str, overrides: dict) -> Path:
     """``textft train`` alone, with the overrides the service gives the measured job."""
     out = work / name
     cmd = [sys.executable, "-m", "textft", "train", "--config", str(ROOT / "configs" / f"{args.config}.yaml"),
            "data.dataset=null", f"data.train_file={args.data}", f"output.dir={out}",
-           f"train.save_every_steps={args.save_every_steps}", *[f"{k}={json.dumps(v)}" for k, v in args.overrides.items()]]
+           f"train.save_every_steps={args.save_every_steps}", *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE})
     if proc.returncode != 0:
@@ -119,28 +113,47 @@ def load(url: str, key: str, job_id: str, model_id: str, clients: int, requests:
     return {"latencies": latencies, "errors": errors, "seconds": time.perf_counter() - started}
 
 
+def phase_sps(run: Path, ranges: list[tuple[int, int]]) -> float:
+    """Median samples/s of the log entries whose window of steps lies inside one of ``ranges`` (or,
+    for phases shorter than one window, overlaps one)."""
+    entries = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    entries = [e for e in entries if "samples_per_s" in e]
+    inside = [e["samples_per_s"] for e in entries
+              if any(lo <= e["step"] - LOG_STEPS and e["step"] <= hi for lo, hi in ranges)]
+    overlapping = [e["samples_per_s"] for e in entries
+                   if any(e["step"] > lo and e["step"] - LOG_STEPS <= hi for lo, hi in ranges)]
+    later = [e["samples_per_s"] for e in entries if e["step"] > ranges[0][0]][:1]
+    return statistics.median(inside or overlapping or later)
+
+
+LOG_STEPS = 10
+
+
 def main() -> int:
+    global LOG_STEPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 clients, 300 requests")
     parser.add_argument("--data", default="/work/shared/data/banking77/train.jsonl")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--phases", type=int, default=2, help="load phases, each between two quiet ones")
+    parser.add_argument("--quiet-steps", type=int, default=30, help="optimizer steps of each quiet phase")
     parser.add_argument("--think-ms", type=float, default=500, help="mean pause of a client between two requests")
-    parser.add_argument("--max-steps", type=int, default=300, help="length of the measured training job")
+    parser.add_argument("--max-steps", type=int, default=400, help="length of the measured service job")
+    parser.add_argument("--reference-steps", type=int, default=80, help="length of each textft train reference")
     parser.add_argument("--save-every-steps", type=int, default=100)
     args = parser.parse_args()
     if args.quick:
         args.data = str(ROOT / "textft/assets/quickstart/train.jsonl")
-        args.clients, args.requests, args.think_ms, args.max_steps = 8, 300, 0, 80
-        args.config = "tiny"
-        args.overrides = {"train.max_steps": args.max_steps, "train.logging_steps": 5}
-        predict_overrides = {"train.max_steps": 10}
+        args.clients, args.requests, args.think_ms, args.phases, args.quiet_steps = 8, 300, 0, 1, 10
+        args.max_steps, args.reference_steps, LOG_STEPS = 3000, 100, 5
+        args.config, predict_steps = "tiny", 10
     else:
-        args.config = "banking77-minilm"
-        args.overrides = {"train.max_steps": args.max_steps, "train.logging_steps": 10}
-        predict_overrides = {"train.max_steps": 30}
+        args.config, predict_steps = "banking77-minilm", 10
+    common = {"train.logging_steps": LOG_STEPS}
     work = Path(tempfile.mkdtemp(prefix="textft-service-load-"))
     svc = ServiceProcess(work / "data", ["--workers", "1", "--save-every-steps", str(args.save_every_steps)]).start()
+    refs, quiet, loaded, requests = [], [], [], []
     try:
         key = create_key(work / "data", "bench")
         http = svc.client(key, timeout=120)
@@ -149,7 +162,8 @@ def main() -> int:
         ds = dataset.json()
         print(f"data: {ds['rows']:,} rows, {len(ds['labels'])} labels ({args.data}); config {args.config}", flush=True)
         started = time.monotonic()
-        model = http.post("/v1/jobs", json={"dataset": ds["id"], "config": args.config, "overrides": predict_overrides})
+        model = http.post("/v1/jobs", json={"dataset": ds["id"], "config": args.config,
+                                            "overrides": {**common, "train.max_steps": predict_steps}})
         model = wait_state(http, model.json()["id"], ("succeeded", "failed"), timeout=3600)
         assert model["state"] == "succeeded", model["error"]
         print(f"model to predict with: {model['id']} ({time.monotonic() - started:.0f} s through the service)", flush=True)
@@ -158,40 +172,52 @@ def main() -> int:
         assert warm.status_code == 200, warm.text
         print(f"first prediction (loads the model): {time.monotonic() - started:.1f} s", flush=True)
 
-        before = reference(args, work, "reference-before")
-        job = http.post("/v1/jobs", json={"dataset": ds["id"], "config": args.config, "overrides": args.overrides}).json()
+        ref_overrides = {**common, "train.max_steps": args.reference_steps}
+        refs.append(reference(args, work, "reference-before", ref_overrides))
+        job = http.post("/v1/jobs", json={"dataset": ds["id"], "config": args.config,
+                                          "overrides": {**common, "train.max_steps": args.max_steps}}).json()
         step_of = lambda: http.get(f"/v1/jobs/{job['id']}").json()["progress"].get("step") or 0  # noqa: E731
-        wait_for(lambda: step_of() >= 2 * args.overrides["train.logging_steps"], 3600, "the job to train", interval=0.5)
-        first = step_of()
-        result = load(svc.url, key, job["id"], model["id"], args.clients, args.requests, args.think_ms / 1000)
-        last = step_of()
-        done = wait_state(http, job["id"], ("succeeded", "failed"), timeout=3600)
-        assert done["state"] == "succeeded", done["error"]
-        after = reference(args, work, "reference-after") if not args.quick else None
+        mark = wait_for(lambda: step_of() >= LOG_STEPS and step_of(), 3600, "the job to train", interval=0.5)
+        per_phase = [args.requests // args.phases + (i < args.requests % args.phases) for i in range(args.phases)]
+        for n in per_phase:
+            end = wait_for(lambda: step_of() >= mark + args.quiet_steps and step_of(), 3600, "a quiet phase", 0.5)
+            quiet.append((mark, end))
+            result = load(svc.url, key, job["id"], model["id"], args.clients, n, args.think_ms / 1000)
+            mark = step_of()
+            loaded.append((end, mark))
+            requests.append(result)
+            print(f"load phase: {n} requests over steps {end}..{mark}", flush=True)
+        end = wait_for(lambda: step_of() >= mark + args.quiet_steps and step_of(), 3600, "a quiet phase", 0.5)
+        quiet.append((mark, end))
+        http.post(f"/v1/jobs/{job['id']}/cancel")  # the phases are measured: the rest of the run is not needed
+        wait_state(http, job["id"], ("cancelled", "succeeded", "failed"), timeout=600)
+        if not args.quick:
+            refs.append(reference(args, work, "reference-after", ref_overrides))
     finally:
         svc.stop()
 
     run = work / "data" / "jobs" / job["id"] / "run"
-    steps = (first, last) if last - first >= 2 * args.overrides["train.logging_steps"] else None
-    service_sps = log_sps(run, steps)
-    ref = [log_sps(run, steps) for run in (before, after) if run is not None]
-    lat = result["latencies"]
+    quiet_sps, load_sps = phase_sps(run, quiet), phase_sps(run, loaded)
+    ref_sps = [phase_sps(r, [(LOG_STEPS, args.reference_steps)]) for r in refs]
+    lat = {k: [x for r in requests for x in r["latencies"][k]] for k in ("status", "list", "predict")}
+    errors = [e for r in requests for e in r["errors"]]
+    seconds = sum(r["seconds"] for r in requests)
     everything = [x for v in lat.values() for x in v]
     n = len(everything)
-    print(f"load: {args.clients} clients, {n} requests in {result['seconds']:.1f} s ({n / result['seconds']:.0f} req/s),"
-          f" think time {args.think_ms:g} ms; errors {len(result['errors'])}")
+    print(f"load: {args.clients} clients, {n} requests in {seconds:.1f} s of load ({n / seconds:.0f} req/s),"
+          f" think time {args.think_ms:g} ms; errors {len(errors)}")
     for kind, values in lat.items():
         print(f"  {kind:<8} {len(values):>5}  p50 {1000 * percentile(values, 50):7.1f} ms"
               f"  p99 {1000 * percentile(values, 99):7.1f} ms  max {1000 * max(values):7.1f} ms")
-    for e in result["errors"][:5]:
+    for e in errors[:5]:
         print(f"  error: {e}")
-    covered = f"steps {first}..{last}" if steps else "all steps"
-    print(f"training samples/s ({covered}): service job under load {service_sps:.1f}; textft train alone"
-          f" {' and '.join(f'{r:.1f}' for r in ref)} ({'before and after' if len(ref) > 1 else 'before'});"
-          f" ratio {service_sps / statistics.mean(ref):.3f}")
-    print(f"requests={n} errors={len(result['errors'])} p50_ms={1000 * percentile(everything, 50):.1f}"
-          f" p99_ms={1000 * percentile(everything, 99):.1f} train_ratio={service_sps / statistics.mean(ref):.3f}")
-    return 0 if not result["errors"] else 1
+    print(f"training samples/s, service job: quiet phases {quiet_sps:.1f} (steps {quiet}), under load {load_sps:.1f}"
+          f" (steps {loaded}); textft train alone: {', '.join(f'{r:.1f}' for r in ref_sps)}"
+          f" ({'before, after' if len(ref_sps) > 1 else 'before'})")
+    print(f"requests={n} errors={len(errors)} p50_ms={1000 * percentile(everything, 50):.1f}"
+          f" p99_ms={1000 * percentile(everything, 99):.1f} load_vs_quiet={load_sps / quiet_sps:.3f}"
+          f" service_vs_train={quiet_sps / statistics.mean(ref_sps):.3f}")
+    return 0 if not errors else 1
 
 
 if __name__ == "__main__":

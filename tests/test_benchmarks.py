@@ -36,4 +36,5 @@ def test_predict_throughput_quick():
 def test_service_load_quick():
     lines = run_quick("service_load.py")
     assert any(line.strip().startswith("predict ") and "p99" in line for line in lines)
-    assert re.fullmatch(r"requests=300 errors=0 p50_ms=\d+\.\d p99_ms=\d+\.\d train_ratio=\d+\.\d{3}", lines[-1])
+    assert re.fullmatch(r"requests=300 errors=0 p50_ms=\d+\.\d p99_ms=\d+\.\d load_vs_quiet=\d+\.\d{3}"
+                        r" service_vs_train=\d+\.\d{3}", lines[-1])

@@ -238,8 +238,9 @@ def test_disk_full_while_uploading_is_507_and_nothing_is_kept(tmp_path):
     (data / "datasets").mkdir(parents=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(data / "datasets")]).returncode != 0:
         pytest.skip("this container may not mount a tmpfs")
+    svc = ServiceProcess(data, ["--workers", "0"])
     try:
-        svc = ServiceProcess(data, ["--workers", "0"]).start()
+        svc.start()
         try:
             http = svc.client(create_key(data, "disk"))
             resp = http.post("/v1/datasets", files={"file": ("big.csv", _csv(GOOD_ROWS * 300))})

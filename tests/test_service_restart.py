@@ -59,11 +59,25 @@ def reference_run(job_dir: Path, out: Path) -> subprocess.Popen:
                             env={**os.environ, **OFFLINE})
 
 
+@pytest.fixture
+def services():
+    """Starts services and stops whatever still runs when the test ends, passed or not."""
+    started = []
+
+    def start(data: Path, args: list[str]) -> ServiceProcess:
+        started.append(ServiceProcess(data, args).start())
+        return started[-1]
+
+    yield start
+    for svc in started:
+        svc.stop(signal.SIGKILL)
+
+
 def test_sigterm_kill9_and_a_killed_job_all_resume_to_the_metrics_of_an_uninterrupted_run(tmp_path, tiny_model_dir,
-                                                                                          toy_files):
+                                                                                          toy_files, services, request):
     data = tmp_path / "data"
     args = ["--local-models", str(tiny_model_dir), "--grace", "10"]
-    svc = ServiceProcess(data, args).start()
+    svc = services(data, args)
     key = create_key(data, "alice")
     http = svc.client(key)
     sets = {split: upload(http, path).json()["id"] for split, path in toy_files.items()}
@@ -74,6 +88,7 @@ def test_sigterm_kill9_and_a_killed_job_all_resume_to_the_metrics_of_an_uninterr
     later = [http.post("/v1/jobs", json=short).json()["id"] for _ in range(2)]
     job_dir = data / "jobs" / job["id"]
     reference = reference_run(job_dir, tmp_path / "reference" / "run")
+    request.addfinalizer(lambda: reference.poll() is None and reference.kill())
 
     # 1. SIGTERM to the service while the job trains: it stops, the job stays queued for the next start.
     wait_for(lambda: checkpoint_steps(job_dir), 120, "a first checkpoint")
@@ -85,7 +100,7 @@ def test_sigterm_kill9_and_a_killed_job_all_resume_to_the_metrics_of_an_uninterr
 
     # 2. kill -9 of the service while the resumed job trains: its process group goes too, and a
     # restart finds the orphaned attempt and queues it again.
-    svc = ServiceProcess(data, args).start()
+    svc = services(data, args)
     http = svc.client(key)
     first = checkpoint_steps(job_dir)[-1]
     wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["attempt"] == 2 and
@@ -96,7 +111,7 @@ def test_sigterm_kill9_and_a_killed_job_all_resume_to_the_metrics_of_an_uninterr
     assert db_rows(data, "PRAGMA integrity_check") == [("ok",)]
 
     # 3. kill -9 of the training process alone: the job is re-queued and resumes.
-    svc = ServiceProcess(data, args).start()
+    svc = services(data, args)
     http = svc.client(key)
     wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["attempt"] == 3, 60, "attempt 3")
     pid = wait_for(lambda: training_pid(job_dir), 120, "the training process of attempt 3")
@@ -141,9 +156,9 @@ def test_workers_on_a_shared_redis_queue_run_jobs_and_take_over_from_a_stopped_w
                                                                                      toy_files):
     redis = RedisServer(tmp_path).start()
     data = tmp_path / "data"
-    svc = ServiceProcess(data, ["--broker", redis.url, "--workers", "0", "--local-models", str(tiny_model_dir)]).start()
-    workers = []
+    workers, svc = [], None
     try:
+        svc = ServiceProcess(data, ["--broker", redis.url, "--workers", "0", "--local-models", str(tiny_model_dir)]).start()
         for i in range(2):
             log = open(tmp_path / f"worker-{i}.log", "w")
             workers.append(subprocess.Popen(
@@ -173,5 +188,6 @@ def test_workers_on_a_shared_redis_queue_run_jobs_and_take_over_from_a_stopped_w
             if w.poll() is None:
                 w.terminate()
                 w.wait(60)
-        svc.stop()
+        if svc is not None:
+            svc.stop()
         redis.stop()

@@ -152,7 +152,7 @@ class Monitor:
         with self._lock:
             changed = False
             for job in self.store.rows(f"SELECT * FROM jobs WHERE state IN {ACTIVE} ORDER BY seq"):
-                changed |= self._advance(job, startup)
+                changed |= self._advance(job)
             if startup or time.monotonic() - self._last_reconcile > RECONCILE_S:
                 changed |= self._reconcile(immediate=startup and self.queue.broker is None)
                 self._last_reconcile = time.monotonic()
@@ -161,7 +161,7 @@ class Monitor:
 
     # -- one job ------------------------------------------------------------------------------
 
-    def _advance(self, job: dict, startup: bool) -> bool:
+    def _advance(self, job: dict) -> bool:
         job_dir = self.data.job(job["id"])
         n = job["attempt"]
         claim = read_json(job_dir / f"attempt-{n}.json")
@@ -170,11 +170,14 @@ class Monitor:
         changed = False
         if job["state"] == "queued":
             with self.store.transaction() as db:
-                db.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?), worker = ?"
-                           " WHERE id = ? AND state = 'queued'",
-                           (claim["claimed_at"], f"{claim['host']}:{claim['pid']}", job["id"]))
-                add_event(db, job["id"], "state", {"state": "running", "attempt": n,
-                                                   "worker": f"{claim['host']}:{claim['pid']}"})
+                started = db.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?),"
+                                     " worker = ? WHERE id = ? AND state = 'queued'",
+                                     (claim["claimed_at"], f"{claim['host']}:{claim['pid']}", job["id"])).rowcount
+                if started:  # not cancelled meanwhile
+                    add_event(db, job["id"], "state", {"state": "running", "attempt": n,
+                                                       "worker": f"{claim['host']}:{claim['pid']}"})
+            if not started:
+                return False
             job["state"] = "running"
             changed = True
         changed |= self._follow(job, job_dir, claim)
@@ -182,7 +185,7 @@ class Monitor:
         if outcome is not None:
             self._finish(job, job_dir, outcome)
             return True
-        if self._orphaned(job, job_dir, claim, startup):
+        if self._orphaned(job, job_dir, claim):
             self._finish(job, job_dir, {"attempt": n, "rc": None, "reason": "orphaned"})
             return True
         return changed
@@ -239,7 +242,7 @@ class Monitor:
         job["tail"], job["progress"] = tail, progress
         return bool(events)
 
-    def _orphaned(self, job: dict, job_dir: Path, claim: dict, startup: bool) -> bool:
+    def _orphaned(self, job: dict, job_dir: Path, claim: dict) -> bool:
         if is_local(claim):
             if process_alive(claim):
                 return False
@@ -301,11 +304,13 @@ class Monitor:
     def _end(self, job: dict, state: str, error: str | None = None, metrics: dict | None = None,
              stop_reason: str | None = None) -> None:
         with self.store.transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ?, metrics = ?, stop_reason = ?"
-                       " WHERE id = ?", (state, time.time(), error, dumps(metrics) if metrics else None,
-                                         stop_reason, job["id"]))
-            add_event(db, job["id"], "state", {"state": state, "error": error, "stop_reason": stop_reason,
-                                               "metrics": metrics})
+            ended = db.execute(f"UPDATE jobs SET state = ?, finished_at = ?, error = ?, metrics = ?, stop_reason = ?"
+                               f" WHERE id = ? AND state IN {ACTIVE}",
+                               (state, time.time(), error, dumps(metrics) if metrics else None, stop_reason,
+                                job["id"])).rowcount
+            if ended:
+                add_event(db, job["id"], "state", {"state": state, "error": error, "stop_reason": stop_reason,
+                                                   "metrics": metrics})
         log.info("job %s %s%s", job["id"], state, f": {error}" if error else "")
 
     def _requeue(self, job: dict, why: str, count: bool) -> None:
@@ -315,9 +320,13 @@ class Monitor:
         spec.update(attempt=attempt, resume=True)
         write_json(job_dir / "job.json", spec)
         with self.store.transaction() as db:
-            db.execute("UPDATE jobs SET state = 'queued', attempt = ?, priority = ?, interruptions = interruptions + ?"
-                       " WHERE id = ?", (attempt, PRIORITY_RESUMED, int(count), job["id"]))
-            add_event(db, job["id"], "state", {"state": "queued", "attempt": attempt, "reason": why})
+            requeued = db.execute(f"UPDATE jobs SET state = 'queued', attempt = ?, priority = ?,"
+                                  f" interruptions = interruptions + ? WHERE id = ? AND state IN {ACTIVE}",
+                                  (attempt, PRIORITY_RESUMED, int(count), job["id"])).rowcount
+            if requeued:
+                add_event(db, job["id"], "state", {"state": "queued", "attempt": attempt, "reason": why})
+        if not requeued:
+            return
         self.queue.enqueue(job["id"], attempt, PRIORITY_RESUMED)
         log.info("job %s re-queued (attempt %d): %s", job["id"], attempt, why)
 
