@@ -17,8 +17,8 @@
 
 The machine may be shared with other work, so the comparison that matters is paired and interleaved:
 the job's samples/s during load phases against its own samples/s during the quiet phases between
-them (median of its train_log.jsonl entries in each; evaluation time is excluded from those, a
-checkpoint write is not). The ``textft train`` runs before and after give the same job's speed without
+them (median of its per-step train_log.jsonl entries in each; evaluation time is excluded from those,
+a checkpoint write is not). The ``textft train`` runs before and after give the same job's speed without
 the service at all. The last line is machine-readable:
 
     requests=N errors=E p50_ms=X p99_ms=Y load_vs_quiet=R service_vs_train=S
@@ -126,27 +126,27 @@ def phase_sps(run: Path, ranges: list[tuple[int, int]]) -> float:
     return statistics.median(inside or overlapping or later)
 
 
-LOG_STEPS = 10
+LOG_STEPS = 1
+"""The measured runs log every step: a load phase may last only a few steps on a slow or busy machine."""
 
 
 def main() -> int:
-    global LOG_STEPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 clients, 300 requests")
     parser.add_argument("--data", default="/work/shared/data/banking77/train.jsonl")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--phases", type=int, default=2, help="load phases, each between two quiet ones")
-    parser.add_argument("--quiet-steps", type=int, default=30, help="optimizer steps of each quiet phase")
+    parser.add_argument("--quiet-steps", type=int, default=20, help="optimizer steps of each quiet phase")
     parser.add_argument("--think-ms", type=float, default=500, help="mean pause of a client between two requests")
     parser.add_argument("--max-steps", type=int, default=400, help="length of the measured service job")
-    parser.add_argument("--reference-steps", type=int, default=80, help="length of each textft train reference")
+    parser.add_argument("--reference-steps", type=int, default=60, help="length of each textft train reference")
     parser.add_argument("--save-every-steps", type=int, default=100)
     args = parser.parse_args()
     if args.quick:
         args.data = str(ROOT / "textft/assets/quickstart/train.jsonl")
         args.clients, args.requests, args.think_ms, args.phases, args.quiet_steps = 8, 300, 0, 1, 10
-        args.max_steps, args.reference_steps, LOG_STEPS = 3000, 100, 5
+        args.max_steps, args.reference_steps = 3000, 100
         args.config, predict_steps = "tiny", 10
     else:
         args.config, predict_steps = "banking77-minilm", 10

@@ -351,6 +351,7 @@ def test_a_job_trains_reports_events_and_its_model_downloads_and_predicts(servic
     models = alice.get("/v1/models").json()
     model = next(m for m in models if m["id"] == job["id"])
     assert model["labels"] == ["neg", "pos"] and model["metrics"]["test"]["accuracy"] == job["metrics"]["splits"]["test"]["accuracy"]
+    assert model["max_length"] == 32 and model["truncation"] == "head" and model["base_model"].endswith("tiny-bert0")
     assert model["size_bytes"] == sum(f.stat().st_size for f in (tmp_path / job["id"]).rglob("*") if f.is_file())
 
 

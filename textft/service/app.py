@@ -505,7 +505,10 @@ def create_app(service: Service) -> FastAPI:
         metrics = row["metrics"] or {}
         from textft.service.models import model_files
 
+        trained = _trained_settings(run)
         return {"id": row["id"], "job": row["id"], "config": row["config"], "dataset": row["dataset"],
+                "base_model": trained.get("model.name_or_path"), "max_length": trained.get("data.max_length"),
+                "truncation": trained.get("data.truncation"),
                 "labels": metrics.get("labels"), "metrics": metrics.get("splits"), "best": metrics.get("best"),
                 "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
                 "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
@@ -568,6 +571,18 @@ def create_app(service: Service) -> FastAPI:
 
     app.add_middleware(JsonBodyLimit, max_bytes=max(JSON_BODY_LIMIT, 6 * opts.max_texts * opts.max_chars + 65_536))
     return app
+
+
+def _trained_settings(run) -> dict:
+    """A few ``section.key`` values of the run's saved config (what a client shows next to a model)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run / "textft_config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {f"{section}.{key}": value for section, values in saved.items() if isinstance(values, dict)
+            for key, value in values.items()}
 
 
 _HIDDEN = {"output.dir", "output.overwrite", "output.push_to_hub", "output.hub_repo_id", "output.hub_private",

@@ -16,7 +16,9 @@ import errno
 import gc
 import json
 import multiprocessing
+import os
 import re
+import signal
 import shutil
 import tempfile
 from collections import Counter
@@ -344,7 +346,8 @@ class Checker:
 
     @staticmethod
     def _pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def warm_up(self):
         return self.pool.submit(_warm_up)
@@ -367,7 +370,20 @@ class Checker:
         return await self._run(peek, str(path), suffix)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(parent: int) -> None:
+    """The checking process ends with the service, also when the service is killed with SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the pool's own shutdown still ends it on a normal stop
+    if os.getppid() != parent:  # the service died before this line ran
+        os._exit(0)
 
 
 def _warm_up() -> bool:
