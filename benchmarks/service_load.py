@@ -2,6 +2,7 @@
 
     python benchmarks/service_load.py                  # MiniLM on Banking77, 64 clients, 5,000 requests
     python benchmarks/service_load.py --think-ms 0     # the same clients without pauses (a stress test)
+    python benchmarks/service_load.py --mix status,list   # API calls only: what the service itself costs
     python benchmarks/service_load.py --quick          # tiny random BERT, 8 clients, 300 requests: proves it runs
 
 1. A ``textft service`` subprocess on loopback, one executor; a key; the training data uploaded.
@@ -68,7 +69,8 @@ def reference(args, work: Path, name: str, overrides: dict) -> Path:
     return out
 
 
-def load(url: str, key: str, job_id: str, model_id: str, clients: int, requests: int, think_s: float) -> dict:
+def load(url: str, key: str, job_id: str, model_id: str, clients: int, requests: int, think_s: float,
+         mix: tuple[str, ...] = ("status", "list", "predict")) -> dict:
     counter, lock = iter(range(requests)), threading.Lock()
     latencies: dict[str, list[float]] = {"status": [], "list": [], "predict": []}
     errors: list[str] = []
@@ -83,7 +85,7 @@ def load(url: str, key: str, job_id: str, model_id: str, clients: int, requests:
                     i = next(counter, None)
                 if i is None:
                     return
-                kind = ("status", "list", "predict")[(i + c) % 3]
+                kind = mix[(i + c) % len(mix)]
                 started = time.perf_counter()
                 try:
                     if kind == "status":
@@ -139,6 +141,8 @@ def main() -> int:
     parser.add_argument("--phases", type=int, default=2, help="load phases, each between two quiet ones")
     parser.add_argument("--quiet-steps", type=int, default=20, help="optimizer steps of each quiet phase")
     parser.add_argument("--think-ms", type=float, default=500, help="mean pause of a client between two requests")
+    parser.add_argument("--mix", default="status,list,predict",
+                        help="request kinds the clients take turns at (status,list: the API alone, no model compute)")
     parser.add_argument("--max-steps", type=int, default=400, help="length of the measured service job")
     parser.add_argument("--reference-steps", type=int, default=60, help="length of each textft train reference")
     parser.add_argument("--save-every-steps", type=int, default=100)
@@ -161,16 +165,19 @@ def main() -> int:
         assert dataset.status_code == 201, dataset.text
         ds = dataset.json()
         print(f"data: {ds['rows']:,} rows, {len(ds['labels'])} labels ({args.data}); config {args.config}", flush=True)
-        started = time.monotonic()
-        model = http.post("/v1/jobs", json={"dataset": ds["id"], "config": args.config,
-                                            "overrides": {**common, "train.max_steps": predict_steps}})
-        model = wait_state(http, model.json()["id"], ("succeeded", "failed"), timeout=3600)
-        assert model["state"] == "succeeded", model["error"]
-        print(f"model to predict with: {model['id']} ({time.monotonic() - started:.0f} s through the service)", flush=True)
-        started = time.monotonic()
-        warm = http.post(f"/v1/models/{model['id']}/predict", json={"inputs": QUESTIONS[0]})
-        assert warm.status_code == 200, warm.text
-        print(f"first prediction (loads the model): {time.monotonic() - started:.1f} s", flush=True)
+        model = {"id": None}
+        if "predict" in args.mix.split(","):
+            started = time.monotonic()
+            model = http.post("/v1/jobs", json={"dataset": ds["id"], "config": args.config,
+                                                "overrides": {**common, "train.max_steps": predict_steps}})
+            model = wait_state(http, model.json()["id"], ("succeeded", "failed"), timeout=3600)
+            assert model["state"] == "succeeded", model["error"]
+            print(f"model to predict with: {model['id']} ({time.monotonic() - started:.0f} s through the service)",
+                  flush=True)
+            started = time.monotonic()
+            warm = http.post(f"/v1/models/{model['id']}/predict", json={"inputs": QUESTIONS[0]})
+            assert warm.status_code == 200, warm.text
+            print(f"first prediction (loads the model): {time.monotonic() - started:.1f} s", flush=True)
 
         ref_overrides = {**common, "train.max_steps": args.reference_steps}
         refs.append(reference(args, work, "reference-before", ref_overrides))
@@ -182,7 +189,8 @@ def main() -> int:
         for n in per_phase:
             end = wait_for(lambda: step_of() >= mark + args.quiet_steps and step_of(), 3600, "a quiet phase", 0.5)
             quiet.append((mark, end))
-            result = load(svc.url, key, job["id"], model["id"], args.clients, n, args.think_ms / 1000)
+            result = load(svc.url, key, job["id"], model["id"], args.clients, n, args.think_ms / 1000,
+                          tuple(args.mix.split(",")))
             mark = step_of()
             loaded.append((end, mark))
             requests.append(result)
@@ -199,7 +207,7 @@ def main() -> int:
     run = work / "data" / "jobs" / job["id"] / "run"
     quiet_sps, load_sps = phase_sps(run, quiet), phase_sps(run, loaded)
     ref_sps = [phase_sps(r, [(LOG_STEPS, args.reference_steps)]) for r in refs]
-    lat = {k: [x for r in requests for x in r["latencies"][k]] for k in ("status", "list", "predict")}
+    lat = {k: [x for r in requests for x in r["latencies"][k]] for k in args.mix.split(",")}
     errors = [e for r in requests for e in r["errors"]]
     seconds = sum(r["seconds"] for r in requests)
     everything = [x for v in lat.values() for x in v]

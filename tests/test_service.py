@@ -291,6 +291,25 @@ def test_validation_dataset_must_match_the_training_labels(service, alice, toy_s
     assert "never seen in training: positive (did you mean 'pos'?)" in resp.json()["problems"][0]["message"]
 
 
+def test_oversized_json_bodies_are_413_before_they_are_read(service, alice, toy_sets):
+    huge = {"dataset": toy_sets["train"]["id"], "config": "tiny", "overrides": {"data.label_names": ["x" * 100] * 100_000}}
+    resp = alice.post("/v1/jobs", json=huge)
+    assert resp.status_code == 413 and "request body larger than" in resp.json()["error"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"dataset": "x", "overrides": {"a.b": "'
+        for _ in range(200):
+            yield b"y" * 65536
+        yield b'"}}'
+
+    try:
+        resp = alice.post("/v1/jobs", content=chunked(), headers={"content-type": "application/json"})
+        assert resp.status_code == 413
+    except httpx.HTTPError:
+        pass  # answered and closed while the client was still sending
+    assert alice.get("/health").status_code == 200
+
+
 def test_queued_job_limit_is_429(service, toy_sets):
     http = service.client(create_key(service.data_dir, "limited", max_queued=0))
     ds = upload(http, Path(__file__).parent.parent / "textft/assets/quickstart/train.jsonl").json()
