@@ -219,9 +219,8 @@ def run_job(job_id: str, attempt: int) -> None:
     (job_dir / RUN_DIR / "train_log.jsonl").unlink(missing_ok=True)
     log_path = job_dir / "job.log"
     log_offset = log_path.stat().st_size if log_path.exists() else 0
-    if not create_exclusively(job_dir / f"attempt-{attempt}.json",
-                              {**this_process(), "attempt": attempt, "claimed_at": time.time(),
-                               "log_offset": log_offset}):
+    if not create_exclusively(claim, {**this_process(), "attempt": attempt, "claimed_at": time.time(),
+                                       "log_offset": log_offset}):
         return  # another executor has it
     heartbeat = job_dir / f"heartbeat-{attempt}"
     heartbeat.write_text("0")
