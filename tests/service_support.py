@@ -145,6 +145,28 @@ def job_processes(job_dir: Path) -> list[int]:
     return pids
 
 
+def children(pid: int) -> list[int]:
+    """Pids of the direct children of ``pid``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(proc.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def training_pid(job_dir: Path) -> int | None:
     """The training process of a job (``python -m textft.train``, not its launcher or supervisor)."""
     for pid in job_processes(job_dir):

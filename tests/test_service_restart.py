@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from service_support import (OFFLINE, RedisServer, ServiceProcess, create_key, job_processes, read_events,
-                             training_pid, upload, wait_for, wait_state)
+from service_support import (OFFLINE, RedisServer, ServiceProcess, alive, children, create_key, job_processes,
+                             read_events, training_pid, upload, wait_for, wait_state)
 from test_service import tiny_job
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -106,8 +106,11 @@ def test_sigterm_kill9_and_a_killed_job_all_resume_to_the_metrics_of_an_uninterr
     wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["attempt"] == 2 and
              checkpoint_steps(job_dir) and checkpoint_steps(job_dir)[-1] > first, 120, "a checkpoint of attempt 2")
     assert http.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"
+    helpers = children(svc.proc.pid)  # the job's supervisor, the upload checker
+    assert helpers
     svc.stop(signal.SIGKILL)
     wait_for(lambda: not job_processes(job_dir), 30, "the orphaned job's processes to stop")
+    wait_for(lambda: not any(alive(p) for p in helpers), 30, "the killed service's helper processes to exit")
     assert db_rows(data, "PRAGMA integrity_check") == [("ok",)]
 
     # 3. kill -9 of the training process alone: the job is re-queued and resumes.

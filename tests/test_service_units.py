@@ -147,3 +147,55 @@ def test_streamed_upload_refuses_bad_bytes_and_excess_and_leaves_nothing(tmp_pat
         asyncio.run(receive(_Request(_multipart("bnd", b"a", filename="x.cvs"), "bnd", 50), tmp_path / "c", 10_000,
                             (".csv", ".jsonl")))
     assert not (tmp_path / "c").exists()
+
+
+def test_launch_commands_and_gpu_allocation(tmp_path, monkeypatch):
+    import threading
+
+    from textft.service.queue import Devices, job_env, launch_command
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    plain = {"mixed_precision": "no", "accelerate_config": None, "num_processes": 1, "resume": False}
+    cmd = launch_command(tmp_path, plain, [], slots=2)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))
+    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and cmd[-3:] == ["textft.train", "--config",
+                                                                               str(tmp_path / "job.yaml")]
+    resumed = launch_command(tmp_path, {**plain, "resume": True}, ["0"])
+    assert resumed[-1] == "train.resume_from=latest" and "--num_cpu_threads_per_process" not in resumed
+    multi = launch_command(tmp_path, {**plain, "accelerate_config": "accelerate.yaml", "num_processes": 2}, ["2", "3"])
+    assert multi[multi.index("--config_file") + 1] == "accelerate.yaml" and multi[multi.index("--num_processes") + 1] == "2"
+    assert "--main_process_port" in multi  # two jobs on one machine must not share a rendezvous port
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    gpu = job_env(["2", "3"])
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "2,3" and "ACCELERATE_USE_CPU" not in gpu and "HF_TOKEN" not in gpu
+    assert job_env([])["ACCELERATE_USE_CPU"] == "1"
+
+    devices, never = Devices(["0", "1", "2"]), threading.Event()
+    first = devices.acquire(2, never)
+    assert first == ["0", "1"] and devices.acquire(1, never) == ["2"]
+    gave_up = threading.Event()
+    gave_up.set()
+    assert devices.acquire(1, gave_up) is None  # all taken: a cancelled or stopping job stops waiting
+    devices.release(first)
+    assert sorted(devices.acquire(2, never)) == ["0", "1"]
+
+
+def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
+    import threading
+    import time
+
+    from textft.service.datasets import Checker
+
+    checker = Checker(tmp_path / "scratch")
+    try:
+        starter = threading.Thread(target=lambda: checker.warm_up().result(timeout=300))
+        starter.start()
+        starter.join()
+        time.sleep(1.0)
+        path = tmp_path / "d.csv"
+        path.write_text("text,label\ngood,pos\nbad,neg\n")
+        assert asyncio.run(checker.peek(path, ".csv"))["columns"] == ["text", "label"]
+    finally:
+        checker.close()

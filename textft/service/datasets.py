@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import re
-import signal
 import shutil
 import tempfile
 from collections import Counter
@@ -373,17 +372,21 @@ class Checker:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-PR_SET_PDEATHSIG = 1
-
-
 def _exit_with_parent(parent: int) -> None:
-    """The checking process ends with the service, also when the service is killed with SIGKILL."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return  # not Linux: the pool's own shutdown still ends it on a normal stop
-    if os.getppid() != parent:  # the service died before this line ran
+    """The checking process ends with the service, also when the service is killed with SIGKILL.
+
+    A watcher thread rather than prctl(PR_SET_PDEATHSIG): that signal fires when the *thread* that
+    started the process ends, and the pool starts its process from whichever thread submits first.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
         os._exit(0)
+
+    threading.Thread(target=watch, name="textft-parent-watch", daemon=True).start()
 
 
 def _warm_up() -> bool:

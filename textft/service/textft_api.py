@@ -8,11 +8,12 @@ key commands and the HTTP front stay quick to start.
 from __future__ import annotations
 
 from textft import __version__
-from textft.config import AUTO, Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
+from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
 
-__all__ = ["__version__", "AUTO", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
+__all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "micro_batcher", "recipe_facts",
            "resolve_recipe", "launch_precision", "push_model", "hub_token"]
+
 
 def data_formats() -> tuple[str, ...]:
     """File extensions ``textft train`` reads."""
