@@ -48,3 +48,10 @@ def test_regression_imdb_quick():
     assert any(line.startswith("| TF-IDF + ridge") for line in lines) and any(line.startswith("| textft") for line in lines)
     assert re.fullmatch(r"textft_mae=\d+\.\d{4} ridge_mae=\d+\.\d{4} textft_spearman=-?\d\.\d{4}"
                         r" ridge_spearman=-?\d\.\d{4} beats_baseline=(true|false)", lines[-1])
+
+
+def test_service_load_quick():
+    lines = run_quick("service_load.py")
+    assert any(line.strip().startswith("predict ") and "p99" in line for line in lines)
+    assert re.fullmatch(r"requests=300 errors=0 p50_ms=\d+\.\d p99_ms=\d+\.\d load_vs_quiet=\d+\.\d{3}"
+                        r" service_vs_train=\d+\.\d{3}", lines[-1])

@@ -466,9 +466,21 @@ def push_main(argv: list[str]) -> int:
 
 # --- dispatch -------------------------------------------------------------------------------------
 
+def service_main(argv: list[str]) -> int:
+    from textft.service import commands
+
+    return commands.service_main(argv)
+
+
+def worker_main(argv: list[str]) -> int:
+    from textft.service import commands
+
+    return commands.worker_main(argv)
+
+
 COMMANDS = {"train": train_main, "evaluate": evaluate_main, "predict": predict_main, "calibrate": calibrate_main,
             "serve": serve_main, "push": push_main, "compare": compare_main, "sweep": sweep_main,
-            "report": report_main}
+            "report": report_main, "service": service_main, "worker": worker_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -286,8 +286,8 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
     unfreeze = GradualUnfreezing(accelerator.unwrap_model(run.model), m.unfreeze_every_epochs, len(run.train_dl)) \
         if m.transfer == "gradual" else None
     best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
-    log.info("training: %d optimizer steps (%d per epoch), global batch %d", plan.total_steps, plan.steps_per_epoch,
-             t.batch_size * t.grad_accum_steps * accelerator.num_processes)
+    log.info("training: %d optimizer steps (%d per epoch), global batch %d, best model by %s", plan.total_steps,
+             plan.steps_per_epoch, t.batch_size * t.grad_accum_steps * accelerator.num_processes, plan.metric)
     with stop_on_sigterm(accelerator) as stop:
         fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
             loss_fn=run.loss_fn, evaluate=run.evaluator, best=best,

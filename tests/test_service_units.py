@@ -1,0 +1,201 @@
+"""Pieces of the service that need no server: keys, queue messages, failure reasons, log tailing, uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import signal
+
+import pytest
+
+from textft.service.keys import AuthError, Verifier, create_key, revoke_key
+from textft.service.layout import DataDir
+from textft.service.queue import JobQueue, JsonSerializer
+from textft.service.scheduler import failure_reason, read_new_lines
+from textft.service.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(DataDir(tmp_path).create().db)
+    yield s
+    s.close()
+
+
+def test_keys_are_salted_scrypt_hashes_checked_in_constant_time(store):
+    key_a, rec = create_key(store, "alice")
+    key_b, _ = create_key(store, "bob", admin=True, max_queued=2)
+    rows = store.rows("SELECT * FROM keys")
+    assert all(len(r["salt"]) == 16 and len(r["hash"]) == 32 for r in rows)
+    assert rows[0]["salt"] != rows[1]["salt"]
+    verifier = Verifier(store)
+    assert verifier.principal(f"Bearer {key_a}").name == "alice"
+    assert verifier.principal(f"bearer {key_a}").name == "alice"  # cached now, still checked
+    bob = verifier.principal(f"Bearer {key_b}")
+    assert bob.admin and bob.max_queued == 2
+    tampered = key_a[:-1] + ("A" if key_a[-1] != "A" else "B")
+    for header, message in ((None, "missing API key"), ("Bearer", "Bearer KEY"), (f"Token {key_a}", "Bearer KEY"),
+                            (f"Bearer {tampered}", "invalid API key"), ("Bearer tft_zz_short", "invalid API key"),
+                            (f"Bearer {key_a.replace(rec['id'], '0' * 12)}", "invalid API key")):
+        with pytest.raises(AuthError, match=message):
+            verifier.principal(header)
+    revoke_key(store, "alice")
+    with pytest.raises(AuthError, match="'alice' was revoked"):
+        verifier.principal(f"Bearer {key_a}")
+
+
+def test_queue_messages_are_json_and_pickles_are_refused(tmp_path):
+    queue = JobQueue(DataDir(tmp_path).create())
+    queue.enqueue("job_a", 1)
+    queue.enqueue("job_b", 1)
+    queue.enqueue("job_c", 2, priority=1)
+    assert queue.pending() == {("job_a", 1), ("job_b", 1), ("job_c", 2)}
+    raw = queue.huey.storage.dequeue()
+    assert json.loads(raw)["args"] == ["job_c", 2]  # the resumed job first, as plain JSON
+    assert [queue.huey.dequeue().args for _ in range(2)] == [("job_a", 1), ("job_b", 1)]
+    evil = pickle.dumps(("not", "json"))
+    with pytest.raises(ValueError):
+        JsonSerializer().deserialize(evil)
+
+
+LAUNCHER_TRACE = """Traceback (most recent call last):
+  File "accelerate/commands/launch.py", line 1000, in simple_launcher
+subprocess.CalledProcessError: Command '['python', '-m', 'textft.train']' {how}.
+"""
+
+
+@pytest.mark.parametrize("log,rc,reason,killed", [
+    ("08:00:01 INFO data ...\nerror: 'data.train_file': file 'x.csv' does not exist\nerror: 'train.lr' must be > 0\n"
+     + LAUNCHER_TRACE.format(how="returned non-zero exit status 2"), 1,
+     "'data.train_file': file 'x.csv' does not exist; 'train.lr' must be > 0", False),
+    (LAUNCHER_TRACE.format(how="died with <Signals.SIGKILL: 9>"), 1,
+     "the training process was killed by SIGKILL (out of memory?)", True),
+    ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\nSignal 9 (SIGKILL) received by PID 42\n", 1,
+     "the training process was killed by SIGKILL (out of memory?)", True),
+    ("", 128 + signal.SIGTERM, "the training process was killed by SIGTERM", True),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1\ntorch.OutOfMemoryError: CUDA out of memory. Tried to"
+     " allocate 2.00 GiB\n" + LAUNCHER_TRACE.format(how="returned non-zero exit status 1"), 1,
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", False),
+    ("nothing useful\n", 3, "training exited with status 3", False),
+])
+def test_failure_reasons_are_the_line_the_cli_printed(tmp_path, log, rc, reason, killed):
+    path = tmp_path / "job.log"
+    path.write_text("--- attempt 1 ---\nerror: from an earlier attempt\n")
+    start = path.stat().st_size
+    with open(path, "a") as f:
+        f.write(log)
+    assert failure_reason(path, start, rc) == (reason, killed)
+
+
+def test_log_tailing_reads_whole_lines_and_restarts_on_a_shorter_file(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    assert read_new_lines(path, 0) == ([], 0)
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    lines, offset = read_new_lines(path, 0)
+    assert lines == ['{"step": 1}', '{"step": 2}'] and offset == 24
+    with open(path, "a") as f:
+        f.write('ep": 3}\n')
+    assert read_new_lines(path, offset) == (['{"step": 3}'], 36)
+    path.write_text('{"step": 1}\n')  # rewritten from a checkpoint on resume
+    assert read_new_lines(path, 36) == (['{"step": 1}'], 12)
+
+
+class _Request:
+    """Enough of a Starlette request for the streaming receiver."""
+
+    def __init__(self, body: bytes, boundary: str, chunk: int):
+        self.headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        self.body, self.chunk = body, chunk
+
+    async def stream(self):
+        for i in range(0, len(self.body), self.chunk):
+            yield self.body[i:i + self.chunk]
+
+
+def _multipart(boundary: str, content: bytes, filename="data.csv", fields=()) -> bytes:
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\r\n".encode()
+             + content + b"\r\n"]
+    for name, value in fields:
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode())
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_streamed_upload_keeps_multibyte_text_and_fields_after_the_file(tmp_path, chunk):
+    from textft.service.datasets import receive
+
+    content = "text,label\nle café était bon — très,pos\n日本語のレビュー,neg\n".encode()
+    body = _multipart("b0undary", content, fields=[("text_column", "text"), ("label_column", "label")])
+    upload = asyncio.run(receive(_Request(body, "b0undary", chunk), tmp_path / "ds", 10_000, (".csv",)))
+    assert upload.path.read_bytes() == content and upload.size == len(content)
+    assert upload.fields == {"text_column": "text", "label_column": "label"}
+
+
+def test_streamed_upload_refuses_bad_bytes_and_excess_and_leaves_nothing(tmp_path):
+    from textft.service.datasets import UploadError, receive
+
+    bad = _multipart("bnd", b"text,label\nok,pos\n\xff\xfe,neg\n")
+    with pytest.raises(UploadError, match=r"not UTF-8 text \(byte 0xff on line 3\)") as e:
+        asyncio.run(receive(_Request(bad, "bnd", 5), tmp_path / "a", 10_000, (".csv",)))
+    assert e.value.status == 422 and not (tmp_path / "a").exists()
+    big = _multipart("bnd", b"x" * 5000)
+    with pytest.raises(UploadError, match="upload limit") as e:
+        asyncio.run(receive(_Request(big, "bnd", 1000), tmp_path / "b", 2000, (".csv",)))
+    assert e.value.status == 413 and not (tmp_path / "b").exists()
+    with pytest.raises(UploadError, match="did you mean '.csv'") as e:
+        asyncio.run(receive(_Request(_multipart("bnd", b"a", filename="x.cvs"), "bnd", 50), tmp_path / "c", 10_000,
+                            (".csv", ".jsonl")))
+    assert not (tmp_path / "c").exists()
+
+
+def test_launch_commands_and_gpu_allocation(tmp_path, monkeypatch):
+    import threading
+
+    from textft.service.queue import Devices, job_env, launch_command
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    plain = {"mixed_precision": "no", "accelerate_config": None, "num_processes": 1, "resume": False}
+    cmd = launch_command(tmp_path, plain, [], slots=2)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))
+    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and cmd[-3:] == ["textft.train", "--config",
+                                                                               str(tmp_path / "job.yaml")]
+    resumed = launch_command(tmp_path, {**plain, "resume": True}, ["0"])
+    assert resumed[-1] == "train.resume_from=latest" and "--num_cpu_threads_per_process" not in resumed
+    multi = launch_command(tmp_path, {**plain, "accelerate_config": "accelerate.yaml", "num_processes": 2}, ["2", "3"])
+    assert multi[multi.index("--config_file") + 1] == "accelerate.yaml" and multi[multi.index("--num_processes") + 1] == "2"
+    assert "--main_process_port" in multi  # two jobs on one machine must not share a rendezvous port
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    gpu = job_env(["2", "3"])
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "2,3" and "ACCELERATE_USE_CPU" not in gpu and "HF_TOKEN" not in gpu
+    assert job_env([])["ACCELERATE_USE_CPU"] == "1"
+
+    devices, never = Devices(["0", "1", "2"]), threading.Event()
+    first = devices.acquire(2, never)
+    assert first == ["0", "1"] and devices.acquire(1, never) == ["2"]
+    gave_up = threading.Event()
+    gave_up.set()
+    assert devices.acquire(1, gave_up) is None  # all taken: a cancelled or stopping job stops waiting
+    devices.release(first)
+    assert sorted(devices.acquire(2, never)) == ["0", "1"]
+
+
+def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
+    import threading
+    import time
+
+    from textft.service.datasets import Checker
+
+    checker = Checker(tmp_path / "scratch")
+    try:
+        starter = threading.Thread(target=lambda: checker.warm_up().result(timeout=300))
+        starter.start()
+        starter.join()
+        time.sleep(1.0)
+        path = tmp_path / "d.csv"
+        path.write_text("text,label\ngood,pos\nbad,neg\n")
+        assert asyncio.run(checker.peek(path, ".csv"))["columns"] == ["text", "label"]
+    finally:
+        checker.close()

@@ -1,0 +1,15 @@
+"""textft as a fine-tuning service: ``textft service`` (HTTP API, queue, executors) and ``textft worker``.
+
+Training stays what ``textft train`` does; the service only schedules it. Modules:
+
+- store: the SQLite database (keys, datasets, jobs, events), one transaction per state change
+- keys: API keys (salted scrypt hashes) and their verification
+- datasets: streamed uploads under a size limit, checked like ``textft train`` checks its data
+- jobs: presets, request checks, the job directory (job.yaml = a ``textft train`` config)
+- queue: the huey queue (SQLite or Redis) and the executors that run job attempts
+- supervise: the per-attempt process that owns a job's process group
+- scheduler: the monitor that turns executors' files and training logs into states and events
+- models: prediction LRU, model tarballs
+- app: the FastAPI routes; server: the service process; worker: ``textft worker``
+- textft_api: every name taken from the rest of textft
+"""

@@ -1,0 +1,181 @@
+"""Command lines: ``textft service [...]``, ``textft service keys create|list|revoke``, ``textft worker``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from textft.service.textft_api import UserError
+
+ENV_DATA_DIR = "TEXTFT_DATA_DIR"
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=os.environ.get(ENV_DATA_DIR),
+                        help=f"the service's state: database, uploads, jobs (default: ${ENV_DATA_DIR})")
+
+
+def _need_data_dir(args) -> Path:
+    if not args.data_dir:
+        raise UserError(f"'--data-dir' is required (or set {ENV_DATA_DIR})")
+    return Path(args.data_dir)
+
+
+def _gpus(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [] if value.strip().lower() in ("", "none", "cpu") else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_service_args(args) -> None:
+    problems = []
+    if not 0 <= args.port <= 65535:
+        problems.append(f"'--port' must be in 0..65535, got {args.port}")
+    for name in ("max_upload_mb", "max_loaded_models", "predict_threads"):
+        if getattr(args, name) <= 0:
+            problems.append(f"'--{name.replace('_', '-')}' must be > 0, got {getattr(args, name)}")
+    for name in ("workers", "max_queued", "save_every_steps", "grace"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            problems.append(f"'--{name.replace('_', '-')}' must be >= 0, got {value}")
+    if args.configs is not None and not Path(args.configs).is_dir():
+        problems.append(f"'--configs': directory '{args.configs}' does not exist")
+    for path in args.local_models:
+        if not Path(path).is_dir():
+            problems.append(f"'--local-models': directory '{path}' does not exist")
+    if problems:
+        raise UserError(problems)
+
+
+def service_main(argv: list[str]) -> int:
+    if argv and argv[0] == "keys":
+        return keys_main(argv[1:])
+    from textft.service.server import DEFAULT_CONFIGS
+
+    parser = argparse.ArgumentParser(
+        prog="textft service", description="Fine-tuning as a service: an HTTP API (/v1, OpenAPI at /openapi.json)"
+        " with API keys, a persistent job queue and executors. Keys: textft service keys --help.")
+    _data_dir(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, help="jobs this process runs at once (default: one per GPU, else 1;"
+                                                    " 0: leave every job to textft worker processes)")
+    parser.add_argument("--broker", help="redis://HOST:PORT/DB: share the queue with textft worker processes on"
+                                         " other machines (default: an SQLite queue in the data directory)")
+    parser.add_argument("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
+    parser.add_argument("--configs", default=str(DEFAULT_CONFIGS) if DEFAULT_CONFIGS.is_dir() else None,
+                        help="directory of preset configs (NAME.yaml) and accelerate/ launch configs")
+    parser.add_argument("--local-models", nargs="*", default=[], metavar="DIR",
+                        help="directories whose models jobs may name as model.name_or_path")
+    parser.add_argument("--save-every-steps", type=int, default=100,
+                        help="checkpoint cadence of jobs that do not set train.save_every_steps (0: none;"
+                             " interrupted jobs resume from their latest checkpoint)")
+    parser.add_argument("--max-upload-mb", type=float, default=200, help="default per-key upload limit")
+    parser.add_argument("--max-queued", type=int, default=10, help="default per-key limit of queued jobs")
+    parser.add_argument("--max-loaded-models", type=int, default=2, help="models kept in memory for predictions")
+    parser.add_argument("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
+    parser.add_argument("--predict-threads", type=int, default=1, help="CPU threads for predictions")
+    parser.add_argument("--grace", type=float, default=60.0,
+                        help="seconds a stopped or cancelled job gets before SIGKILL")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    args = parser.parse_args(argv)
+    data_dir = _need_data_dir(args)
+    _check_service_args(args)
+    try:
+        import fastapi  # noqa: F401
+        import huey  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"textft service needs the service extra ({e.name} is missing): pip install 'textft[service]'") \
+            from None
+    from textft.service.server import Options, serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("textft.service").setLevel(getattr(logging, args.log_level.upper()))
+    opts = Options(data_dir=data_dir, host=args.host, port=args.port, workers=args.workers, broker=args.broker,
+                   configs_dir=Path(args.configs) if args.configs else None,
+                   local_models=tuple(Path(p).resolve() for p in args.local_models),
+                   save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
+                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
+                   predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
+                   gpus=_gpus(args.gpus), log_level=args.log_level)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: use TLS (a reverse proxy) so that keys do not cross the"
+              " network in clear", file=sys.stderr)
+    serve(opts)
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def keys_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="textft service keys", description="Manage the service's API keys.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create a key and print it (the only time it is shown)")
+    _data_dir(create)
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument("--admin", action="store_true", help="sees and manages every key's datasets, jobs, models")
+    create.add_argument("--max-queued", type=int, help="queued jobs allowed (default: the service's --max-queued)")
+    create.add_argument("--max-upload-mb", type=float, help="largest upload (default: the service's --max-upload-mb)")
+    listing = sub.add_parser("list", help="list keys (never their secrets)")
+    _data_dir(listing)
+    listing.add_argument("--json", action="store_true")
+    revoke = sub.add_parser("revoke", help="revoke a key at once (by id or name)")
+    _data_dir(revoke)
+    revoke.add_argument("key", help="key id or name")
+    args = parser.parse_args(argv)
+    data_dir = _need_data_dir(args)
+    from textft.service.keys import create_key, list_keys, revoke_key
+    from textft.service.layout import DataDir
+    from textft.service.store import Store
+
+    data = DataDir(data_dir).create()
+    store = Store(data.db)
+    if args.action == "create":
+        key, record = create_key(store, args.name, args.admin, args.max_queued,
+                                 None if args.max_upload_mb is None else int(args.max_upload_mb * 1e6))
+        print(key)
+        print(f"created {'admin ' if record['admin'] else ''}key '{record['name']}' (id {record['id']});"
+              " it is shown only this once", file=sys.stderr)
+    elif args.action == "list":
+        keys = list_keys(store)
+        if args.json:
+            print(json.dumps(keys, indent=2))
+        else:
+            print(f"{'id':<14}{'name':<20}{'admin':<7}{'created':<18}{'revoked':<18}limits")
+            for k in keys:
+                limits = ", ".join(f"{n} {v}" for n, v in (("queued", k["max_queued"]),
+                                                           ("upload MB", k["max_upload_bytes"] and k["max_upload_bytes"] / 1e6))
+                                   if v is not None) or "service defaults"
+                print(f"{k['id']:<14}{k['name']:<20}{'yes' if k['admin'] else 'no':<7}{_when(k['created_at']):<18}"
+                      f"{_when(k['revoked_at']):<18}{limits}")
+    else:
+        record = revoke_key(store, args.key)
+        print(f"revoked key '{record['name']}' (id {record['id']})")
+    return 0
+
+
+def worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="textft worker", description="Run jobs of a textft service from its Redis queue, on this machine."
+        " The data directory is shared with the service (e.g. over NFS).")
+    _data_dir(parser)
+    parser.add_argument("--broker", required=True, help="the service's --broker, e.g. redis://queue-host:6379/0")
+    parser.add_argument("--workers", type=int, help="jobs run at once (default: one per GPU, else 1)")
+    parser.add_argument("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
+    parser.add_argument("--grace", type=float, default=60.0, help="seconds a stopped job gets before SIGKILL")
+    args = parser.parse_args(argv)
+    data_dir = _need_data_dir(args)
+    from textft.service.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    return run_worker(str(data_dir), args.broker, args.workers, _gpus(args.gpus), args.grace)

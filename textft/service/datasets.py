@@ -1,0 +1,396 @@
+"""Uploads: a multipart body streamed to disk under a size limit, then checked like ``textft train``.
+
+The file part goes straight to the dataset's directory (invisible until its database row exists)
+in chunks, so memory stays flat whatever the size; the limit is enforced on the declared length
+and again on the bytes received (413), text formats are checked for UTF-8 as they arrive, and a
+full disk ends the upload with 507. The complete file is then read by textft.data.load_splits in
+a separate process: the same checks and messages as ``textft train`` (422, every problem at once),
+without the service's own memory growing with the file. Nothing remains of a refused upload.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import errno
+import gc
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+TEXT_FORMATS = {".csv", ".tsv", ".json", ".jsonl"}
+FIELD_LIMIT = 4096
+"""Bytes of a non-file form field (column names, a display name)."""
+BODY_SLACK = 1 << 20
+"""Bytes a multipart body may carry beyond the file itself (boundaries, headers, fields)."""
+PREVIEW_ROWS = 5
+PREVIEW_CHARS = 300
+
+
+class UploadError(Exception):
+    """An upload refused with an HTTP status; ``problems`` are (field, message) pairs."""
+
+    def __init__(self, status: int, problems: list[tuple[str, str]], close: bool = False):
+        self.status, self.problems, self.close = status, problems, close
+        super().__init__("; ".join(m for _, m in problems))
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    path: Path | None = None
+    size: int = 0
+
+
+def safe_name(filename: str) -> str:
+    name = re.sub(r"[^\w.\- ]", "_", Path(filename.replace("\\", "/")).name).strip() or "upload"
+    return name[:200]
+
+
+class _Receiver:
+    """Callbacks of python_multipart's streaming parser: small fields in memory, the file to disk."""
+
+    def __init__(self, dest: Path, max_bytes: int, formats: tuple[str, ...]):
+        self.dest, self.max_bytes, self.formats = dest, max_bytes, formats
+        self.upload = Upload()
+        self.header_name = self.header_value = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.part_name: str | None = None
+        self.in_file = False
+        self.buffer = bytearray()
+        self.file = None
+        self.decoder = None
+        self.utf8_error: str | None = None
+        self.lines = 1
+        self.pending: list[bytes] = []
+
+    def on_part_begin(self):
+        self.headers, self.buffer, self.part_name, self.in_file = {}, bytearray(), None, False
+
+    def on_header_field(self, data, start, end):
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self.header_value += data[start:end]
+
+    def on_header_end(self):
+        self.headers[self.header_name.lower()] = self.header_value
+        self.header_name = self.header_value = b""
+
+    def on_headers_finished(self):
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        self.part_name = options.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" in options:
+            if self.part_name != "file" or self.upload.filename is not None:
+                raise UploadError(422, [(self.part_name, f"'{self.part_name}': send one file, in the field"
+                                                         " named 'file'")])
+            filename = safe_name(options[b"filename"].decode("utf-8", "replace"))
+            suffix = Path(filename).suffix.lower()
+            if suffix not in self.formats:
+                from textft.service.textft_api import closest
+
+                raise UploadError(422, [("file", f"'file': unsupported extension '{Path(filename).suffix}' of"
+                                                 f" '{filename}'; expected one of {', '.join(self.formats)}"
+                                                 f"{closest(suffix, self.formats)}")])
+            self.upload.filename = filename
+            self.in_file = True
+            self.upload.path = self.dest / f"data{suffix}"
+            self.dest.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.upload.path, "wb")
+            if suffix in TEXT_FORMATS:
+                self.decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def on_part_data(self, data, start, end):
+        chunk = data[start:end]
+        if not self.in_file:
+            if len(self.buffer) + len(chunk) > FIELD_LIMIT:
+                raise UploadError(422, [(self.part_name or "form", f"'{self.part_name}': form field longer than"
+                                                                   f" {FIELD_LIMIT} bytes")])
+            self.buffer += chunk
+            return
+        self.upload.size += len(chunk)
+        if self.upload.size > self.max_bytes:
+            raise UploadError(413, [("file", f"'file': larger than this key's upload limit of"
+                                             f" {self.max_bytes / 1e6:g} MB")], close=True)
+        if self.decoder is not None and self.utf8_error is None:
+            self._check_utf8(chunk)
+        self.pending.append(bytes(chunk))
+
+    def _check_utf8(self, chunk: bytes) -> None:
+        try:
+            self.decoder.decode(chunk)
+            self.lines += chunk.count(b"\n")
+        except UnicodeDecodeError as e:
+            line = self.lines + chunk[:e.start].count(b"\n")
+            self.utf8_error = (f"'file': '{self.upload.filename}' is not UTF-8 text (byte 0x{chunk[e.start]:02x}"
+                               f" on line {line}); save it as UTF-8 and upload it again")
+
+    def on_part_end(self):
+        if not self.in_file and self.part_name:
+            self.upload.fields[self.part_name] = self.buffer.decode("utf-8", "replace")
+
+    def flush(self) -> None:
+        """Write the file data parsed from the last chunk (outside the parser's callbacks)."""
+        if self.file is not None and self.pending:
+            try:
+                for piece in self.pending:
+                    self.file.write(piece)
+            except OSError as e:
+                raise _disk_error(e) from None
+            self.pending = []
+
+    def finish(self) -> Upload:
+        if self.file is not None:
+            try:
+                self.file.flush()
+                self.file.close()
+            except OSError as e:
+                raise _disk_error(e) from None
+            if self.decoder is not None and self.utf8_error is None:
+                try:
+                    self.decoder.decode(b"", final=True)
+                except UnicodeDecodeError:
+                    self.utf8_error = f"'file': '{self.upload.filename}' ends inside a UTF-8 character; save it as UTF-8"
+        if self.utf8_error:
+            raise UploadError(422, [("file", self.utf8_error)])
+        return self.upload
+
+    def close(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+
+
+def _disk_error(e: OSError) -> UploadError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UploadError(507, [("file", "the service's disk is full; nothing was stored. Try again later or"
+                                          " ask the operator to free space")], close=True)
+    return UploadError(500, [("file", f"could not store the upload: {e.strerror or e}")], close=True)
+
+
+async def receive(request, dest: Path, max_bytes: int, formats: tuple[str, ...]) -> Upload:
+    """Stream a multipart upload into ``dest``; on any error ``dest`` is removed and UploadError raised."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise UploadError(415, [("file", "send the file as multipart/form-data, e.g."
+                                         " curl -F file=@train.csv -F text_column=text -F label_column=label")])
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + BODY_SLACK:
+        raise UploadError(413, [("file", f"'file': the request has {int(declared) / 1e6:.1f} MB; this key's upload"
+                                         f" limit is {max_bytes / 1e6:g} MB")], close=True)
+    receiver = _Receiver(dest, max_bytes, formats)
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": receiver.on_part_begin, "on_part_data": receiver.on_part_data,
+        "on_part_end": receiver.on_part_end, "on_header_field": receiver.on_header_field,
+        "on_header_value": receiver.on_header_value, "on_header_end": receiver.on_header_end,
+        "on_headers_finished": receiver.on_headers_finished})
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + BODY_SLACK:
+                raise UploadError(413, [("file", f"'file': larger than this key's upload limit of"
+                                                 f" {max_bytes / 1e6:g} MB")], close=True)
+            try:
+                parser.write(chunk)
+            except UploadError:
+                raise
+            except Exception as e:  # python_multipart raises its own errors for malformed bodies
+                raise UploadError(400, [("file", f"malformed multipart body: {e}")]) from None
+            receiver.flush()
+        parser.finalize()
+        upload = receiver.finish()
+    except BaseException:
+        receiver.close()
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    if upload.path is None:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise UploadError(422, [("file", "no file: send it in the form field 'file' (curl -F file=@train.csv)")])
+    return upload
+
+
+# --- checks in a separate process -----------------------------------------------------------
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rewrite(problem: str, path: str, filename: str) -> str:
+    return (problem.replace(path, filename).replace("'data.train_file'", "'file'")
+            .replace("'data.text_column'", "'text_column'").replace("'data.label_column'", "'label_column'"))
+
+
+def field_of(problem: str) -> str:
+    """The form field a (rewritten) problem concerns."""
+    return next((name for name in ("text_column", "label_column") if problem.startswith(f"'{name}'")), "file")
+
+
+def inspect(path: str, filename: str, text_column: str, label_column: str, drop_empty: bool,
+            scratch: str) -> dict:
+    """Row count, label distribution and preview of an upload, or the problems ``textft train`` would report."""
+    import datasets
+
+    from textft.service.textft_api import DataConfig, UserError, load_splits
+
+    cache = tempfile.mkdtemp(prefix="check-", dir=scratch)
+    saved = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = Path(cache)  # this process checks one file at a time
+    datasets.disable_progress_bars()
+    try:
+        data = load_splits(DataConfig(train_file=path, text_column=text_column, label_column=label_column,
+                                      drop_empty=drop_empty))
+    except UserError as e:
+        problems = [_rewrite(p, path, filename) for p in e.problems]
+        return {"problems": [(field_of(p), p) for p in problems]}
+    finally:
+        datasets.config.HF_DATASETS_CACHE = saved
+        shutil.rmtree(cache, ignore_errors=True)
+    try:
+        names = data.label_names
+        ids = [i for split in data.splits.values() for i in split["labels"][:]]
+        counts = Counter(ids)
+        train = data.splits["train"]
+        head = train.select(range(min(PREVIEW_ROWS, len(train))))
+        preview = [{"text": t[:PREVIEW_CHARS], "label": names[y]} for t, y in zip(head["text"][:], head["labels"][:])]
+        return {"rows": len(ids), "labels": {names[i]: counts.get(i, 0) for i in range(len(names))},
+                "preview": preview}
+    finally:
+        del data
+        _release_memory()
+
+
+def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS) -> dict:
+    """Column names and the first rows of a file, to choose the text and label columns."""
+    import pandas as pd
+
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, nrows=rows, sep="\t" if suffix == ".tsv" else ",")
+            records = json.loads(frame.to_json(orient="records", force_ascii=False))
+            columns = [str(c) for c in frame.columns]
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            columns = list(pf.schema_arrow.names)
+            batch = next(pf.iter_batches(batch_size=rows), None)
+            records = batch.to_pylist() if batch is not None else []
+        else:
+            records = _json_records(path, rows)
+            columns = list(dict.fromkeys(k for r in records for k in r))
+    except Exception as e:  # readers raise many types for one cause: an unreadable file
+        return {"problems": [("file", f"'file': could not read it as {suffix[1:]}: {' '.join(str(e).split())[:300]}")]}
+    finally:
+        _release_memory()
+    records = [{k: (v[:PREVIEW_CHARS] if isinstance(v, str) else v) for k, v in r.items()} for r in records[:rows]]
+    return {"columns": columns, "rows": records, "suggested": suggest_columns(columns, records)}
+
+
+def _json_records(path: str, rows: int) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        first = f.read(1 << 16)
+    if first.lstrip().startswith("["):  # one JSON array: parsed whole, so only when it is small
+        if Path(path).stat().st_size > 50 << 20:
+            raise ValueError("a JSON array over 50 MB; upload it as JSON Lines (one object per line)")
+        return [r for r in json.loads(Path(path).read_text(encoding="utf-8"))[:rows] if isinstance(r, dict)]
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                value = json.loads(line)
+                if isinstance(value, dict):
+                    records.append(value)
+            if len(records) >= rows:
+                break
+    return records
+
+
+TEXT_NAMES = ("text", "sentence", "review", "content", "body", "query", "utterance", "comment")
+LABEL_NAMES = ("label", "labels", "intent", "sentiment", "category", "class", "target", "stars")
+
+
+def suggest_columns(columns: list[str], records: list[dict]) -> dict:
+    lower = {c.lower(): c for c in columns}
+    text = next((lower[n] for n in TEXT_NAMES if n in lower), None)
+    if text is None:
+        lengths = {c: sum(len(r.get(c)) for r in records if isinstance(r.get(c), str)) for c in columns}
+        text = max(lengths, key=lengths.get) if lengths and max(lengths.values()) else None
+    label = next((lower[n] for n in LABEL_NAMES if n in lower and lower[n] != text), None)
+    return {"text_column": text, "label_column": label}
+
+
+class Checker:
+    """One process that reads uploads with the training loader, started once and reused (and
+    started again if it dies, e.g. killed for memory by a pathological file)."""
+
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.pool = self._pool()
+
+    @staticmethod
+    def _pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+    def warm_up(self):
+        return self.pool.submit(_warm_up)
+
+    async def _run(self, fn, *args) -> dict:
+        import asyncio
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return await asyncio.wrap_future(self.pool.submit(fn, *args))
+        except BrokenProcessPool:
+            self.pool = self._pool()
+            raise UploadError(422, [("file", "reading the file stopped the checking process (out of memory?);"
+                                             " nothing was stored")]) from None
+
+    async def inspect(self, *args) -> dict:
+        return await self._run(inspect, *args, str(self.scratch))
+
+    async def peek(self, path: Path, suffix: str) -> dict:
+        return await self._run(peek, str(path), suffix)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """The checking process ends with the service, also when the service is killed with SIGKILL.
+
+    A watcher thread rather than prctl(PR_SET_PDEATHSIG): that signal fires when the *thread* that
+    started the process ends, and the pool starts its process from whichever thread submits first.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="textft-parent-watch", daemon=True).start()
+
+
+def _warm_up() -> bool:
+    from textft.service.textft_api import data_formats
+
+    data_formats()  # imports the data loader (datasets, pandas) now rather than on the first upload
+    return True

@@ -1,0 +1,285 @@
+"""Jobs: from a request to a job directory that ``textft train`` runs as it is.
+
+A request names uploaded datasets, a preset config (``configs/NAME.yaml``), ``section.key``
+overrides and optionally an Accelerate launch config. It is checked by the same config loader as
+``textft train``, with every problem reported at once, and becomes ``job.yaml`` (the full,
+validated config) plus ``job.json`` (what an executor needs to launch it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textft.service.layout import DataDir, write_json
+from textft.service.textft_api import UserError, closest, load_config, save_config
+
+RUN_DIR = "run"
+"""output.dir of every job, relative to the job's directory."""
+
+SERVICE_KEYS = {
+    "data.dataset": "a job trains on the uploaded 'dataset'",
+    "data.dataset_config": "a job trains on the uploaded 'dataset'",
+    "data.train_file": "set by 'dataset'",
+    "data.validation_file": "set by 'validation_dataset'",
+    "data.test_file": "set by 'test_dataset'",
+    "data.text_column": "chosen when the dataset was uploaded",
+    "data.label_column": "chosen when the dataset was uploaded",
+    "output.dir": "the service chooses each job's directory",
+    "output.overwrite": "the service chooses each job's directory",
+    "output.push_to_hub": "push a finished model with POST /v1/models/{id}/push",
+    "output.hub_repo_id": "push a finished model with POST /v1/models/{id}/push",
+    "output.hub_private": "push a finished model with POST /v1/models/{id}/push",
+    "train.resume_from": "the service resumes interrupted jobs itself",
+}
+"""Keys a job may not set, and why."""
+
+
+class Problems(UserError):
+    """Several problems, each tied to the request field it concerns (for 422 answers)."""
+
+    def __init__(self, items: list[tuple[str, str]]):
+        self.items = items
+        super().__init__([message for _, message in items])
+
+
+def field_of(message: str, overrides: dict) -> str:
+    """The request field a config problem concerns: the override it names, else the preset."""
+    for key in re.findall(r"'(\w+\.\w+)'", message):
+        if key in overrides:
+            return f"overrides.{key}"
+    return "config"
+
+
+# --- presets ----------------------------------------------------------------------------------
+
+
+def _description(path: Path) -> str:
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and not prefix:
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclass
+class Catalog:
+    """The preset configs and Accelerate launch configs jobs may name."""
+
+    configs_dir: Path | None
+
+    def presets(self) -> dict[str, Path]:
+        if self.configs_dir is None or not self.configs_dir.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(self.configs_dir.glob("*.yaml"))}
+
+    def accelerate_configs(self) -> dict[str, Path]:
+        root = None if self.configs_dir is None else self.configs_dir / "accelerate"
+        if root is None or not root.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+    def describe_presets(self) -> list[dict]:
+        out = []
+        for name, path in self.presets().items():
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            settings = _flat(raw)
+            out.append({"name": name, "description": _description(path),
+                        "model": settings.get("model.name_or_path"),
+                        "settings": {k: v for k, v in settings.items() if k not in SERVICE_KEYS}})
+        return out
+
+    def describe_accelerate(self) -> list[dict]:
+        out = []
+        for name, path in self.accelerate_configs().items():
+            launch = launch_settings(path)
+            out.append({"name": name, "description": _description(path), **launch})
+        return out
+
+
+def launch_settings(path: Path) -> dict:
+    """What the service needs from an Accelerate config: processes, machines, GPUs."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    processes = int(raw.get("num_processes") or 1)
+    cpu = bool(raw.get("use_cpu")) or raw.get("distributed_type") == "MULTI_CPU"
+    return {"distributed_type": str(raw.get("distributed_type", "NO")), "num_processes": processes,
+            "num_machines": int(raw.get("num_machines") or 1), "gpus": 0 if cpu else processes}
+
+
+# --- submission -------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRequest:
+    dataset: str
+    config: str = "quickstart"
+    validation_dataset: str | None = None
+    test_dataset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    accelerate_config: str | None = None
+    num_processes: int | None = None
+
+
+@dataclass
+class Settings:
+    """Service-wide choices that shape every job."""
+
+    save_every_steps: int = 100
+    """Periodic checkpoint cadence unless the job sets train.save_every_steps (resume needs them)."""
+    local_models: tuple[Path, ...] = ()
+    """Directories under which model.name_or_path may name a local model."""
+
+
+def _model_problem(name: Any, settings: Settings) -> str | None:
+    if not isinstance(name, str) or name.startswith("builtin:"):
+        return None
+    local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if not local:
+        return None  # a hub name
+    path = Path(name).expanduser()
+    resolved = path.resolve()
+    if path.is_absolute() and any(resolved.is_relative_to(root.resolve()) for root in settings.local_models):
+        return None
+    where = (", ".join(str(r) for r in settings.local_models) or "none configured (textft service --local-models DIR)")
+    return (f"'model.name_or_path': local model '{name}' is not under a directory the service allows"
+            f" ({where}); use a hub name, builtin:minilm or builtin:tiny-bert")
+
+
+def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Catalog,
+                  settings: Settings) -> tuple[Any, dict]:
+    """The validated training config and the launch settings, or Problems listing everything wrong.
+
+    ``datasets`` maps each named dataset id to its record, or None when the caller may not see it.
+    """
+    problems: list[tuple[str, str]] = []
+    for fieldname in ("dataset", "validation_dataset", "test_dataset"):
+        ds_id = getattr(req, fieldname)
+        if ds_id is not None and datasets.get(ds_id) is None:
+            visible = [i for i, d in datasets.items() if d is not None]
+            problems.append((fieldname, f"'{fieldname}': no dataset '{ds_id}'{closest(ds_id, visible)}"))
+    presets = catalog.presets()
+    if req.config not in presets:
+        problems.append(("config", f"'config': unknown preset '{req.config}'{closest(req.config, presets)};"
+                                   f" presets: {', '.join(presets) or 'none'}"))
+    launch = {"distributed_type": "NO", "num_processes": 1, "num_machines": 1, "gpus": None}
+    if req.accelerate_config is not None:
+        accel = catalog.accelerate_configs()
+        if req.accelerate_config not in accel:
+            problems.append(("accelerate_config", f"'accelerate_config': unknown launch config"
+                                                  f" '{req.accelerate_config}'{closest(req.accelerate_config, accel)};"
+                                                  f" available: {', '.join(accel) or 'none'}"))
+        else:
+            launch = launch_settings(accel[req.accelerate_config])
+            if launch["num_machines"] > 1:
+                problems.append(("accelerate_config", f"'accelerate_config': '{req.accelerate_config}' spans"
+                                 f" {launch['num_machines']} machines; a job runs on one machine (several GPUs"
+                                 " are fine). Launch multi-node runs with accelerate launch on every node"))
+    if req.num_processes is not None:
+        if req.num_processes < 1:
+            problems.append(("num_processes", f"'num_processes' must be >= 1, got {req.num_processes}"))
+        launch["num_processes"] = req.num_processes
+        if launch["gpus"]:
+            launch["gpus"] = req.num_processes
+
+    dotlist = []
+    for key, value in req.overrides.items():
+        if key in SERVICE_KEYS:
+            problems.append((f"overrides.{key}", f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}"))
+        elif key == "model.trust_remote_code" and value is not False:
+            problems.append((f"overrides.{key}", "'model.trust_remote_code' cannot be set on a job: model code"
+                                                 " from the Hub never runs on the service"))
+        elif key == "model.name_or_path" and (problem := _model_problem(value, settings)):
+            problems.append((f"overrides.{key}", problem))
+        else:
+            dotlist.append(f"{key}={json.dumps(value)}")
+
+    train = datasets.get(req.dataset)
+    service = ["data.dataset=null", "data.dataset_config=null", f"output.dir={RUN_DIR}", "output.overwrite=true",
+               "output.push_to_hub=false"]
+    if train is not None:
+        service += [f"data.train_file={json.dumps(rel_dataset(train))}",
+                    f"data.text_column={json.dumps(train['text_column'])}",
+                    f"data.label_column={json.dumps(train['label_column'])}"]
+        if train["drop_empty"] and "data.drop_empty" not in req.overrides:
+            service.append("data.drop_empty=true")
+        for fieldname, key in (("validation_dataset", "validation_file"), ("test_dataset", "test_file")):
+            other = datasets.get(getattr(req, fieldname)) if getattr(req, fieldname) else None
+            service.append(f"data.{key}={json.dumps(rel_dataset(other)) if other else 'null'}")
+            if other is not None:
+                problems += _compatible(fieldname, other, train)
+    if "train.save_every_steps" not in req.overrides and settings.save_every_steps:
+        service.append(f"train.save_every_steps={settings.save_every_steps}")
+
+    cfg = None
+    if req.config in presets:
+        try:
+            cfg = load_config(presets[req.config], dotlist + service)
+        except UserError as e:
+            problems += [(field_of(p, req.overrides), p) for p in e.problems]
+        if cfg is not None and (problem := _model_problem(cfg.model.name_or_path, settings)):
+            problems.append(("config", problem))
+    if problems:
+        raise Problems(problems)
+    return cfg, launch
+
+
+def rel_dataset(record: dict) -> str:
+    """A dataset's file as seen from a job's directory."""
+    return f"../../datasets/{record['id']}/{Path(record['path']).name}"
+
+
+def _compatible(fieldname: str, other: dict, train: dict) -> list[tuple[str, str]]:
+    """Problems ``textft train`` would find when reading ``other`` as a split next to ``train``."""
+    split = fieldname.split("_")[0]
+    problems = []
+    for key in ("text_column", "label_column"):
+        if other[key] != train[key]:
+            problems.append((fieldname, f"'{fieldname}': its {key.replace('_', ' ')} is '{other[key]}' but the"
+                                        f" training dataset's is '{train[key]}'; upload it with {key}={train[key]}"))
+    if problems:
+        return problems
+    unseen = sorted(set(other["labels"]) - set(train["labels"]))
+    if unseen:
+        names = sorted(train["labels"])
+        problems.append((fieldname, f"'{fieldname}': the {split} split has label(s) never seen in training:"
+                                    f" {', '.join(unseen[:10])}{closest(unseen[0], names)}; training labels:"
+                                    f" {', '.join(names[:20])}"))
+    return problems
+
+
+def write_job_dir(data: DataDir, job_id: str, cfg, launch: dict, accelerate_path: Path | None) -> Path:
+    """The job's directory, complete before it becomes visible (built aside, then renamed)."""
+    final = data.job(job_id)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{job_id}.tmp-", dir=data.jobs))
+    try:
+        save_config(cfg, tmp / "job.yaml")
+        if accelerate_path is not None:
+            shutil.copyfile(accelerate_path, tmp / "accelerate.yaml")
+        write_json(tmp / "job.json", {
+            "id": job_id, "attempt": 1, "resume": False, "mixed_precision": cfg.train.mixed_precision,
+            "accelerate_config": "accelerate.yaml" if accelerate_path is not None else None,
+            "num_processes": launch["num_processes"], "gpus": launch["gpus"],
+            "metric_for_best": cfg.train.metric_for_best})
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,128 @@
+"""API keys: ``tft_<id>_<secret>``, shown once, stored as a salted scrypt hash.
+
+The id names the key (lists, logs, revocation) and finds its row; only the secret is hashed.
+Verifying scrypt costs tens of milliseconds on purpose, so a key verified once is remembered in
+memory as an HMAC under a per-process random pepper, and later requests compare that in
+constant time. The row is still read on every request, so a revocation (from the key command,
+another process) takes effect at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from textft.service.store import Store
+from textft.service.textft_api import UserError, closest
+
+PREFIX = "tft_"
+ID_HEX = 12
+SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+KEY = re.compile(rf"^{PREFIX}([0-9a-f]{{{ID_HEX}}})_([A-Za-z0-9_-]{{20,128}})$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id and name, whether it is an admin key, and its limits."""
+
+    id: str
+    name: str
+    admin: bool
+    max_queued: int | None
+    max_upload_bytes: int | None
+
+
+class AuthError(Exception):
+    """Answered with 401."""
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT)
+
+
+def create_key(store: Store, name: str, admin: bool = False, max_queued: int | None = None,
+               max_upload_bytes: int | None = None) -> tuple[str, dict]:
+    """A new key (the only time its secret exists outside the caller) and its stored record."""
+    problems = []
+    if not NAME.match(name or ""):
+        problems.append(f"'--name' must be 1-64 letters, digits or _.@- (starting with a letter or digit), got {name!r}")
+    if max_queued is not None and max_queued < 0:
+        problems.append(f"'--max-queued' must be >= 0, got {max_queued}")
+    if max_upload_bytes is not None and max_upload_bytes < 1:
+        problems.append(f"'--max-upload-mb' must be > 0, got {max_upload_bytes / 1e6:g}")
+    if problems:
+        raise UserError(problems)
+    key_id, secret = secrets.token_hex(ID_HEX // 2), secrets.token_urlsafe(32)
+    salt = os.urandom(16)
+    with store.transaction() as db:
+        if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
+            raise UserError(f"'--name': a key named '{name}' already exists; revoke it or choose another name")
+        db.execute("INSERT INTO keys (id, name, salt, hash, admin, max_queued, max_upload_bytes, created_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (key_id, name, salt, _hash(secret, salt), int(admin), max_queued, max_upload_bytes, time.time()))
+    return f"{PREFIX}{key_id}_{secret}", describe(store.row("SELECT * FROM keys WHERE id = ?", key_id))
+
+
+def describe(row: dict) -> dict:
+    """A key's record without its salt and hash."""
+    return {"id": row["id"], "name": row["name"], "admin": bool(row["admin"]), "max_queued": row["max_queued"],
+            "max_upload_bytes": row["max_upload_bytes"], "created_at": row["created_at"],
+            "revoked_at": row["revoked_at"]}
+
+
+def list_keys(store: Store) -> list[dict]:
+    return [describe(r) for r in store.rows("SELECT * FROM keys ORDER BY created_at")]
+
+
+def revoke_key(store: Store, id_or_name: str) -> dict:
+    with store.transaction() as db:
+        row = db.execute("SELECT * FROM keys WHERE id = ? OR name = ?", (id_or_name, id_or_name)).fetchone()
+        if row is None:
+            names = [r[0] for r in db.execute("SELECT name FROM keys").fetchall()]
+            raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}")
+        if row["revoked_at"] is None:
+            db.execute("UPDATE keys SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))
+    return describe(store.row("SELECT * FROM keys WHERE id = ?", row["id"]))
+
+
+class Verifier:
+    """Checks ``Authorization: Bearer`` values against the store."""
+
+    def __init__(self, store: Store, cache_size: int = 1024):
+        self.store, self.cache_size = store, cache_size
+        self._pepper = secrets.token_bytes(32)
+        self._verified: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthError("missing API key: send the header 'Authorization: Bearer KEY'"
+                            " (create one with: textft service keys create --name NAME)")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("the Authorization header must be 'Bearer KEY'")
+        match = KEY.match(token.strip())
+        row = self.store.row("SELECT * FROM keys WHERE id = ?", match.group(1)) if match else None
+        if row is None:
+            raise AuthError("invalid API key")
+        secret = match.group(2)
+        fast = hmac.new(self._pepper, secret.encode(), hashlib.sha256).digest()
+        with self._lock:
+            known = self._verified.get(row["id"])
+        if known is None or not hmac.compare_digest(known, fast):
+            if not hmac.compare_digest(_hash(secret, row["salt"]), row["hash"]):
+                raise AuthError("invalid API key")
+            with self._lock:
+                if len(self._verified) >= self.cache_size:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[row["id"]] = fast
+        if row["revoked_at"] is not None:
+            raise AuthError(f"API key '{row['name']}' was revoked")
+        return Principal(row["id"], row["name"], bool(row["admin"]), row["max_queued"], row["max_upload_bytes"])

@@ -1,0 +1,136 @@
+"""Finished models: loaded on demand into a small LRU for prediction, streamed out as .tar.gz, pushed to the Hub."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import tarfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator
+
+from textft.service.textft_api import load_classifier, micro_batcher
+
+EXCLUDED = {"checkpoints", "logs"}
+"""Run subdirectories that are not part of the model: resume states and tracker logs."""
+
+
+def model_files(run: Path) -> list[Path]:
+    return sorted(p for p in run.rglob("*") if p.is_file() and p.relative_to(run).parts[0] not in EXCLUDED)
+
+
+class _Pipe:
+    """A file object for tarfile whose writes go to a bounded queue (back-pressure from the client)."""
+
+    def __init__(self, q: queue.Queue, stop: threading.Event):
+        self.q, self.stop = q, stop
+
+    def write(self, data: bytes) -> int:
+        while True:
+            if self.stop.is_set():
+                raise BrokenPipeError("the client went away")
+            try:
+                self.q.put(bytes(data), timeout=0.5)
+                return len(data)
+            except queue.Full:
+                continue
+
+
+def tar_stream(run: Path, root: str) -> Iterator[bytes]:
+    """A gzipped tar of the model files of ``run`` under ``root/``, produced while it is sent."""
+    q: queue.Queue = queue.Queue(maxsize=32)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            with tarfile.open(fileobj=_Pipe(q, stop), mode="w|gz") as tar:
+                for path in model_files(run):
+                    tar.add(path, arcname=f"{root}/{path.relative_to(run)}", recursive=False)
+            item = done
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            item = e
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    threading.Thread(target=produce, name="textft-tar", daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class Loaded:
+    def __init__(self, classifier, batcher):
+        self.classifier, self.batcher = classifier, batcher
+
+
+class ModelCache:
+    """At most ``capacity`` classifiers in memory, least recently used evicted first; each has its
+    own micro-batcher, so concurrent predictions share forward passes."""
+
+    def __init__(self, capacity: int = 2, device: str = "cpu", threads: int | None = 1,
+                 max_batch_size: int = 32, max_wait_ms: float = 5.0):
+        self.capacity, self.device, self.threads = capacity, device, threads
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
+        self.loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self.loading: dict[str, asyncio.Future] = {}
+        self._threads_set = False
+
+    def _load(self, path: Path):
+        if self.threads and not self._threads_set:
+            import torch
+
+            # Predictions share the machine with training jobs: keep them to a few cores.
+            torch.set_num_threads(self.threads)
+            self._threads_set = True
+        classifier = load_classifier(path, device=self.device)
+        # the first forward pass allocates; keep it off a client's clock
+        classifier.logits(["warm up"], pairs=["warm up"] if classifier.pairs else None)
+        return classifier
+
+    async def get(self, model_id: str, path: Path) -> Loaded:
+        if model_id in self.loaded:
+            self.loaded.move_to_end(model_id)
+            return self.loaded[model_id]
+        if model_id in self.loading:
+            return await asyncio.shield(self.loading[model_id])
+        future = asyncio.get_running_loop().create_future()
+        self.loading[model_id] = future
+        try:
+            classifier = await asyncio.to_thread(self._load, path)
+            batcher = micro_batcher(classifier, self.max_batch_size, self.max_wait_s)
+            batcher.start()
+            entry = Loaded(classifier, batcher)
+            self.loaded[model_id] = entry
+            while len(self.loaded) > self.capacity:
+                _, old = self.loaded.popitem(last=False)
+                await old.batcher.stop()
+            future.set_result(entry)
+            return entry
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved here, so waiting on it elsewhere is optional
+            raise
+        finally:
+            del self.loading[model_id]
+
+    async def evict(self, model_id: str) -> None:
+        entry = self.loaded.pop(model_id, None)
+        if entry is not None:
+            await entry.batcher.stop()
+
+    async def close(self) -> None:
+        for model_id in list(self.loaded):
+            await self.evict(model_id)

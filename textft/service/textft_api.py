@@ -1,0 +1,103 @@
+"""Every name the service takes from the rest of textft, in one place.
+
+The service schedules and serves what the other modules build; it never reaches into their
+internals. Heavy modules (torch, transformers, datasets) are imported on first use, so that the
+key commands and the HTTP front stay quick to start.
+"""
+
+from __future__ import annotations
+
+from textft import __version__
+from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
+
+__all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
+           "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "micro_batcher",
+           "recipe_facts",
+           "resolve_recipe", "launch_precision", "lower_is_better", "push_model", "hub_token"]
+
+
+def data_formats() -> tuple[str, ...]:
+    """File extensions ``textft train`` reads."""
+    from textft.data import FORMATS
+
+    return tuple(FORMATS)
+
+
+def load_splits(cfg: DataConfig, seed: int = 42):
+    """textft.data.load_splits: the checks and messages of ``textft train``."""
+    from textft.data import load_splits as load
+
+    return load(cfg, seed)
+
+
+def load_classifier(model_dir, device: str, precision: str = "auto"):
+    from textft.classifier import Classifier
+
+    return Classifier.from_pretrained(model_dir, device=device, precision=precision)
+
+
+def predict_schemas():
+    """(request model, response model) of ``textft serve``'s POST /predict."""
+    from textft.serving import PredictRequest, PredictResponse
+
+    return PredictRequest, PredictResponse
+
+
+def request_items(inputs, max_texts: int, max_chars: int, model_pairs: bool | None) -> list[tuple[str, str | None]]:
+    """The (text, text_pair) items of a POST /predict body, checked as ``textft serve`` checks them."""
+    from textft.serving import request_items as check
+
+    return check(inputs, max_texts, max_chars, model_pairs)
+
+
+def micro_batcher(classifier, max_batch_size: int, max_wait_s: float):
+    """``textft serve``'s micro-batcher over ``classifier``: submit (text, text_pair) items, get logits."""
+    from textft.micro_batching import MicroBatcher
+    from textft.serving import model_runner
+
+    return MicroBatcher(model_runner(classifier, max_batch_size), max_batch_size, max_wait_s)
+
+
+def recipe_facts(model: ModelConfig, label_names: list[str]) -> tuple[int, bool]:
+    """(non-embedding parameters, whether the head starts fresh) of the model ``textft train`` would build."""
+    from textft.modeling import build_model
+    from textft.recipe import head_is_fresh, non_embedding_params
+
+    built, initialised_here = build_model(model, label_names)
+    return non_embedding_params(built), head_is_fresh(built, initialised_here)
+
+
+def resolve_recipe(cfg: Config, **facts) -> tuple[Config, dict[str, str]]:
+    from textft.recipe import Facts, resolve
+
+    resolved, why, _ = resolve(cfg, Facts(**facts))
+    return resolved, why
+
+
+def launch_precision(requested: str) -> str:
+    """The mixed precision ``textft train`` would pick on this machine for ``requested``, as
+    ``accelerate launch --mixed_precision`` names it (no, bf16, fp16)."""
+    from textft.precision import ACCELERATE_NAMES, training_precision
+
+    chosen = training_precision(requested)
+    return ACCELERATE_NAMES.get(chosen, chosen)
+
+
+def push_model(model_dir, repo_id: str, private: bool) -> str:
+    from textft.hub import push_to_hub
+
+    return push_to_hub(model_dir, repo_id, private=private)
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token this process would push with (HF_TOKEN or a stored login)."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of this validation metric is the better model (loss, MAE, RMSE, ...)."""
+    from textft.tasks import LOWER_IS_BETTER
+
+    return metric in LOWER_IS_BETTER
