@@ -118,8 +118,8 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     page.get_by_role("button", name="Upload and check").click()
     card = page.locator("article.dataset", has_text="reviews.jsonl")
     expect(card).to_contain_text("400 rows · 2 labels")
-    expect(card.locator("svg.bars rect")).to_have_count(2)
-    assert "neg 200" in card.locator("svg.bars").get_attribute("aria-label")
+    expect(card.locator("ol.dist li")).to_have_count(2)
+    assert "neg 200" in card.locator("ol.dist").get_attribute("aria-label")
     expect(card.locator("table tbody tr")).to_have_count(5)
     page.locator("#file").set_input_files(str(held_out))
     expect(page.get_by_label("Label column", exact=True)).to_have_value("stars")
@@ -151,8 +151,8 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     assert auto.count() >= 1 and all(len(t) > 10 for t in auto.locator(".why").all_inner_texts())
     page.get_by_label("Other settings").fill("train.lrr=0.1")
     expect(page.locator("#overrides-error")).to_contain_text("did you mean 'lr'")
-    page.get_by_label("Transfer mode").select_option("top_k")
-    page.get_by_label("Other settings").fill("model.unfreeze_top_k=1\nmodel.random_init=false\ndata.max_length=32\n"
+    expect(page.get_by_label("Transfer mode")).to_have_value("full")
+    page.get_by_label("Other settings").fill("model.random_init=false\ndata.max_length=32\n"
                                            "train.epochs=6\ntrain.lr=0.003\ntrain.batch_size=16\n"
                                            "train.mixed_precision=no\ntrain.logging_steps=5")
     expect(page.locator("#plan")).to_contain_text("150 steps, 25 per epoch")
@@ -208,10 +208,13 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     page.get_by_label("Training dataset").select_option(label=_option(page, "#dataset", "reviews.jsonl"))
     page.get_by_label("Preset").select_option("tiny")
     page.get_by_label("Backbone").fill(str(tiny_model_dir))
-    page.get_by_label("Other settings").fill("data.max_length=32\ntrain.epochs=500\ntrain.logging_steps=5")
+    page.get_by_label("Transfer mode").select_option("top_k")
+    page.get_by_label("Other settings").fill("model.unfreeze_top_k=1\ndata.max_length=32\ntrain.epochs=500\n"
+                                           "train.logging_steps=5")
     expect(page.locator("#plan")).to_contain_text("steps")
     page.get_by_role("button", name="Start job").click()
     page.wait_for_url(lambda url: "#/jobs/job_" in url and job_id not in url)
+    expect(page.locator("#job-overrides")).to_contain_text("model.transfer=top_k")
     expect(page.locator("#job-progress")).to_contain_text("ETA", timeout=120_000)
     page.get_by_role("button", name="Cancel job").click()
     expect(page.locator("#cancel-dialog")).to_be_visible()
@@ -241,7 +244,8 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('textft.key')") is None
     assert not foreign, f"the page requested other origins: {foreign[:5]}"
-    assert not [e for e in errors if "401" not in e], errors
+    # 4xx answers are part of the walk (a wrong key, refused uploads); script errors are not
+    assert not [e for e in errors if not e.startswith("Failed to load resource")], errors
     context.close()
     print(f"web walk-through: {time.monotonic() - started:.0f} s, {len(shots.taken)} screenshots in {shots.folder}")
 

@@ -248,24 +248,19 @@ function lineChart(container, { series, xLabel, yMin, yMax, empty }) {
   container.append(svg, legend);
 }
 
-// Horizontal bars, one per label, largest first.
-function barChart(counts, label) {
+// Horizontal bars, one per label, largest first (HTML rather than SVG, so that the names stay
+// readable text at any width).
+function labelBars(counts, caption) {
   const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]);
   const total = entries.reduce((s, e) => s + e[1], 0) || 1;
   const max = Math.max(...entries.map((e) => e[1]), 1);
-  const row = 22, W = 520, nameW = 150, H = entries.length * row + 4;
-  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "bars",
-    "aria-label": `${label}: ${entries.map(([k, v]) => `${k} ${v}`).join(", ")}` });
-  entries.forEach(([name, n], i) => {
-    const y = i * row + 2, w = Math.max(1, ((W - nameW - 110) * n) / max);
-    const shown = name.length > 20 ? `${name.slice(0, 19)}…` : name;
-    svg.append(el("text", { x: nameW - 6, y: y + 14, "text-anchor": "end", class: "bar-name", text: shown },
-      el("title", { text: name })));
-    svg.append(el("rect", { x: nameW, y: y + 3, width: w, height: row - 8, rx: 2, class: "bar" }));
-    svg.append(el("text", { x: nameW + w + 6, y: y + 14, class: "bar-value",
-      text: `${n.toLocaleString("en")} (${((100 * n) / total).toFixed(1)}%)` }));
-  });
-  return svg;
+  return el("ol", { class: "dist", "aria-label": `${caption}: ${entries.map(([k, v]) => `${k} ${v}`).join(", ")}` },
+    entries.map(([name, n]) => {
+      const fill = el("span", { class: "bar-fill" });
+      fill.style.width = `${((100 * n) / max).toFixed(1)}%`;
+      return el("li", {}, el("span", { class: "dist-name", title: name, text: name }), el("span", { class: "bar-track" }, fill),
+        el("span", { class: "dist-count", text: `${n.toLocaleString("en")} · ${((100 * n) / total).toFixed(1)}%` }));
+    }));
 }
 
 function table(rows, columns, highlight = []) {
@@ -463,9 +458,9 @@ async function viewDatasets(main) {
               } }))),
         el("p", { class: "meta", text: `${ds.id} · ${ds.rows.toLocaleString("en")} rows · ${nLabels} labels · ${ds.format} · ${fmt.bytes(ds.size_bytes)} · text: ${ds.text_column} · label: ${ds.label_column} · ${fmt.when(ds.created_at)}` }),
         el("div", { class: "dataset-body" },
-          el("figure", { class: "label-chart" }, el("figcaption", { text: "Label distribution" }), barChart(ds.labels, "Label distribution")),
+          el("figure", { class: "label-chart" }, el("figcaption", { text: "Label distribution" }), labelBars(ds.labels, "Label distribution")),
           el("div", { class: "preview" }, el("h4", { text: "First rows" }),
-            el("div", { class: "table-wrap" }, table(ds.preview, [ds.text_column, ds.label_column].filter((c, i, a) => a.indexOf(c) === i))))));
+            el("div", { class: "table-wrap" }, table(ds.preview)))));
     }));
   }
   await renderList();
@@ -684,13 +679,15 @@ async function viewJob(main, id) {
     const parts = [`preset ${job.config}`, `data ${datasetNames[job.dataset] || job.dataset}`];
     if (job.validation_dataset) parts.push(`validation ${datasetNames[job.validation_dataset] || job.validation_dataset}`);
     if (job.test_dataset) parts.push(`test ${datasetNames[job.test_dataset] || job.test_dataset}`);
-    const overrides = Object.entries(job.overrides || {});
-    if (overrides.length) parts.push(`overrides ${overrides.map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(", ")}`);
     parts.push(`created ${fmt.when(job.created_at)}`);
     if (job.started_at) parts.push(`started ${fmt.when(job.started_at)}`);
     if (job.finished_at) parts.push(`finished ${fmt.when(job.finished_at)}`);
     if (job.attempt > 1) parts.push(`attempt ${job.attempt}`);
     $("#job-meta", main).textContent = parts.join(" · ");
+    const overrides = Object.entries(job.overrides || {});
+    $("#job-overrides", main).hidden = !overrides.length;
+    $("#job-overrides", main).replaceChildren(el("span", { class: "opt", text: "Settings: " }),
+      ...overrides.map(([k, v]) => el("code", { text: `${k}=${typeof v === "string" ? v : JSON.stringify(v)}` })));
     $("#job-progress", main).replaceChildren(progressBar(job));
     const p = job.progress || {};
     const stats = [["Step", p.total_steps ? `${p.step || 0} / ${p.total_steps}` : "–"], ["Epoch", fmt.num(p.epoch, 2)],
