@@ -205,7 +205,9 @@ function lineChart(container, { series, xLabel, yMin, yMax, empty }) {
     container.append(el("p", { class: "hint chart-empty", text: empty }, ));
     return;
   }
-  const W = 640, H = 260, m = { l: 52, r: 16, t: 12, b: 38 };
+  // drawn at the container's own width, so that the labels keep their size on a phone
+  const W = Math.max(280, Math.round(container.clientWidth || 640)), H = W < 500 ? 220 : 260;
+  const m = { l: 52, r: 16, t: 12, b: 38 };
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   const x0 = Math.min(0, ...xs), x1 = Math.max(...xs, 1);
   let y0 = yMin ?? Math.min(...ys), y1 = yMax ?? Math.max(...ys);
@@ -791,6 +793,11 @@ async function viewJob(main, id) {
     try { await api(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }); toast(`Deleted ${id}`); location.hash = "#/jobs"; }
     catch (e) { toast(e.message, "error"); }
   });
+
+  let width = 0;
+  const onResize = () => { const w = $("#loss-chart", main).clientWidth; if (w !== width) { width = w; redraw(); } };
+  window.addEventListener("resize", onResize);
+  cleanup.push(() => window.removeEventListener("resize", onResize));
 
   render();
   draw();
