@@ -60,6 +60,11 @@ class Shots:
         folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, name: str) -> None:
+        unlabelled = self.page.evaluate("""[...document.querySelectorAll('input, select, textarea, button')]
+            .filter(e => e.offsetParent !== null && !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                         && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+            .map(e => e.outerHTML.slice(0, 80))""")
+        assert not unlabelled, f"{name}: controls without a label: {unlabelled}"
         for size_name, size in (("desktop", DESKTOP), ("phone", PHONE)):
             self.page.set_viewport_size(size)
             self.page.wait_for_timeout(150)  # layout and chart redraws after the resize
@@ -75,6 +80,7 @@ class Shots:
 def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files, tmp_path):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=60_000)  # generous: the machine may be busy, and the first recipe loads the model
     started = time.monotonic()
     svc = web_service
     key = create_key(svc.data_dir, "web-alice")
@@ -164,8 +170,8 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
 
     progress = page.locator("#job-progress [role=progressbar]")
     expect(progress).to_have_attribute("aria-valuenow", "100", timeout=300_000)
-    expect(page.locator("#job-state")).to_have_text("succeeded")
-    expect(progress).to_contain_text("150 / 150 steps")
+    expect(page.locator("#job-state")).to_have_text("succeeded", timeout=180_000)  # after the final evaluation
+    expect(progress).to_contain_text("done: 150 / 150 steps")
     loss = page.locator('#loss-chart path[data-series="training loss"]')
     assert int(loss.get_attribute("data-points")) == 30  # every logged step, streamed live
     assert int(page.locator('#metric-chart path[data-series="macro-F1"]').get_attribute("data-points")) >= 6

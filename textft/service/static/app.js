@@ -198,7 +198,7 @@ function niceTicks(lo, hi, count = 5) {
 }
 
 // series: [{name, points: [[x, y], ...], dots?}]
-function lineChart(container, { series, xLabel, yMin, yMax, empty }) {
+function lineChart(container, { series, xLabel, xMax, yMin, yMax, empty }) {
   container.replaceChildren();
   const all = series.flatMap((s) => s.points);
   if (!all.length) {
@@ -209,7 +209,7 @@ function lineChart(container, { series, xLabel, yMin, yMax, empty }) {
   const W = Math.max(280, Math.round(container.clientWidth || 640)), H = W < 500 ? 220 : 260;
   const m = { l: 52, r: 16, t: 12, b: 38 };
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-  const x0 = Math.min(0, ...xs), x1 = Math.max(...xs, 1);
+  const x0 = Math.min(0, ...xs), x1 = Math.max(...xs, xMax || 1);
   let y0 = yMin ?? Math.min(...ys), y1 = yMax ?? Math.max(...ys);
   if (yMin === undefined) y0 = Math.min(y0, 0);
   if (y1 - y0 < 1e-9) y1 = y0 + 1;
@@ -668,9 +668,11 @@ async function viewJob(main, id) {
 
   function draw() {
     drawPending = false;
-    lineChart($("#loss-chart", main), { xLabel: "optimizer step", empty: "The loss appears here from the first logged step.",
+    // both charts span the planned steps: they line up, and an early stop shows as one
+    const xMax = (job.progress && job.progress.total_steps) || 0;
+    lineChart($("#loss-chart", main), { xLabel: "optimizer step", xMax, empty: "The loss appears here from the first logged step.",
       series: [{ name: "training loss", points: curves.loss }, { name: "validation loss", points: curves.evalLoss, dots: true }] });
-    lineChart($("#metric-chart", main), { xLabel: "optimizer step", yMin: 0, yMax: 1, empty: "Validation scores appear here after the first evaluation.",
+    lineChart($("#metric-chart", main), { xLabel: "optimizer step", xMax, yMin: 0, yMax: 1, empty: "Validation scores appear here after the first evaluation.",
       series: [{ name: "accuracy", points: curves.accuracy, dots: true }, { name: "macro-F1", points: curves.macro_f1, dots: true },
         { name: "weighted-F1", points: curves.weighted_f1, dots: true }] });
   }
@@ -745,7 +747,12 @@ async function viewJob(main, id) {
 
   async function refreshJob() {
     refreshTimer = null;
-    try { job = await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal: abort.signal }); render(); } catch (e) { /* next event retries */ }
+    try {
+      const total = job.progress && job.progress.total_steps;
+      job = await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal: abort.signal });
+      render();
+      if ((job.progress && job.progress.total_steps) !== total) redraw();
+    } catch (e) { /* the next event retries */ }
   }
   const refreshSoon = () => { if (!refreshTimer) refreshTimer = setTimeout(refreshJob, 500); };
 
