@@ -25,8 +25,8 @@ from service_support import ServiceProcess, create_key
 
 CHROMIUM = next((p for p in (os.environ.get("TEXTFT_CHROMIUM"), shutil.which("chromium"),
                              shutil.which("chromium-browser")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install chromium);"
-                                                          " .ci/run installs it")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install"
+                                                              " chromium); .ci/run installs it")
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -77,6 +77,7 @@ class Shots:
         self.page.set_viewport_size(DESKTOP)
 
 
+@needs_chromium
 def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files, tmp_path):
     from playwright.sync_api import expect
 
