@@ -28,12 +28,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from textft.service import datasets as uploads
 from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, write_job_dir
 from textft.service.keys import AuthError, Principal
-from textft.service.models import tar_stream
+from textft.service.models import input_lengths, out_of_scope_settings, tar_stream
 from textft.service.scheduler import read_new_lines
 from textft.service.server import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
 from textft.service.textft_api import (UserError, __version__, closest, data_formats, hub_token, predict_schemas, push_model,
                                       recipe_facts, request_items, resolve_recipe)
+from textft.service.web import mount_page
 
 PredictRequest, PredictResponse = predict_schemas()
 JSON_BODY_LIMIT = 1 << 20
@@ -510,7 +511,8 @@ def create_app(service: Service) -> FastAPI:
         trained = _trained_settings(run)
         return {"id": row["id"], "job": row["id"], "config": row["config"], "dataset": row["dataset"],
                 "base_model": trained.get("model.name_or_path"), "max_length": trained.get("data.max_length"),
-                "truncation": trained.get("data.truncation"),
+                "truncation": trained.get("data.truncation"), "head_fraction": trained.get("data.head_fraction"),
+                "out_of_scope": out_of_scope_settings(run),
                 "labels": metrics.get("labels"), "metrics": metrics.get("splits"), "best": metrics.get("best"),
                 "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
                 "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
@@ -538,8 +540,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/models/{model_id}/predict", response_model=PredictResponse, response_model_exclude_none=True,
               tags=["models"])
-    async def predict(model_id: str, req: PredictRequest, who: Principal = Depends(auth)):
-        """Same request and response as `textft serve`'s POST /predict."""
+    async def predict(model_id: str, req: PredictRequest, explain: bool = False, who: Principal = Depends(auth)):
+        """Same request and response as `textft serve`'s POST /predict. With `?explain=true` each
+        prediction also tells how its text was read: `input: {tokens, max_length, truncated, mode,
+        windows?}` (mode: head, tail, head+tail or window)."""
         await run_in_threadpool(model_row, model_id, who)
         loaded = await service.models.get(model_id, service.data.job(model_id) / RUN_DIR)
         items = request_items(req.inputs, opts.max_texts, opts.max_chars, loaded.classifier.pairs)
@@ -550,8 +554,11 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace(
                 "'--all-scores'", "return_all_scores")) from None
         logits = await loaded.batcher.submit(items)
-        return {"predictions": loaded.classifier.results(logits, top_k=req.top_k,
-                                                         return_all_scores=req.return_all_scores)}
+        predictions = loaded.classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)
+        if not explain:
+            return {"predictions": predictions}
+        lengths = await run_in_threadpool(input_lengths, loaded.classifier, items)
+        return JSONResponse({"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]})
 
     @app.post("/v1/models/{model_id}/push", tags=["models"])
     def push(model_id: str, body: PushBody, who: Principal = Depends(auth)) -> dict:
@@ -568,6 +575,7 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(status, "; ".join(problems)) from None
         return {"url": url, "repo_id": body.repo_id}
 
+    mount_page(app)
     app.add_middleware(JsonBodyLimit, max_bytes=max(JSON_BODY_LIMIT, 6 * opts.max_texts * opts.max_chars + 65_536))
     return app
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import queue
 import tarfile
 import threading
@@ -10,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
-from textft.service.textft_api import load_classifier, micro_batcher
+from textft.service.textft_api import OOS_KEY, load_classifier, micro_batcher
 
 EXCLUDED = {"checkpoints", "logs"}
 """Run subdirectories that are not part of the model: resume states and tracker logs."""
@@ -18,6 +20,45 @@ EXCLUDED = {"checkpoints", "logs"}
 
 def model_files(run: Path) -> list[Path]:
     return sorted(p for p in run.rglob("*") if p.is_file() and p.relative_to(run).parts[0] not in EXCLUDED)
+
+
+def out_of_scope_settings(run: Path) -> dict | None:
+    """The out-of-scope threshold ``textft calibrate`` stored in the model's config.json, if any."""
+    try:
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    settings = config.get(OOS_KEY) if isinstance(config, dict) else None
+    if not isinstance(settings, dict):
+        return None
+    return {k: settings[k] for k in ("method", "threshold", "label", "temperature") if k in settings}
+
+
+def input_lengths(classifier, items: list[tuple[str, str | None]]) -> list[dict]:
+    """How a loaded classifier reads each (text, text_pair) item: its length in tokens (special tokens
+    included), the model's budget, whether it is over it and what is done then (head, tail,
+    head+tail, longest_first for pairs, or ``windows`` overlapping windows of ``max_length`` tokens
+    whose logits are pooled)."""
+    tokenizer, budget = classifier.tokenizer, classifier.max_length
+    pairs = bool(classifier.pairs)
+    mode = "window" if classifier.long_text == "sliding_window" else classifier.long_text
+    mode = (classifier.trained_setting("pair_truncation") or "longest_first") if pairs else mode
+    specials = tokenizer.num_special_tokens_to_add(pair=pairs)
+    firsts = tokenizer([t for t, _ in items], add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    seconds = (tokenizer([p or "" for _, p in items], add_special_tokens=False, truncation=False,
+                         verbose=False)["input_ids"] if pairs else [[] for _ in items])
+    out = []
+    for first, second in zip(firsts, seconds):
+        n = len(first) + len(second) + specials
+        info = {"tokens": n, "max_length": budget, "truncated": n > budget, "mode": mode}
+        if mode == "window":
+            room = budget - specials
+            # consecutive windows share `stride` tokens, as the tokenizer's overflowing windows do
+            info["windows"] = 1 if n <= budget else 1 + math.ceil((n - specials - room) / (room - classifier.stride))
+            info["truncated"] = False
+            info["stride"], info["pooling"] = classifier.stride, classifier.pooling
+        out.append(info)
+    return out
 
 
 class _Pipe:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from textft import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
+from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "micro_batcher",
            "recipe_facts",
-           "resolve_recipe", "launch_precision", "lower_is_better", "push_model", "hub_token"]
+           "resolve_recipe", "launch_precision", "lower_is_better", "push_model", "hub_token", "OOS_KEY"]
 
 
 def data_formats() -> tuple[str, ...]:
