@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 import textft  # noqa: E402
 from conftest import toy_rows  # noqa: E402
-from textft import onnx_backend  # noqa: E402
+from textft import onnx_backend, onnx_export  # noqa: E402
 from textft.cli import main as cli  # noqa: E402
 from textft.config import UserError  # noqa: E402
 from tiny_classifier import copy_run, trained_run  # noqa: E402
@@ -54,8 +54,8 @@ def test_cache_is_reused(exported, texts, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache holds this model")
 
-    monkeypatch.setattr(onnx_backend, "export_fp32", no_export)
-    monkeypatch.setattr(onnx_backend, "quantize_int8", no_export)
+    monkeypatch.setattr(onnx_export, "export_fp32", no_export)
+    monkeypatch.setattr(onnx_export, "quantize_int8", no_export)
     assert textft.load(exported, precision="fp32", backend="onnx").backend == "onnx"
     assert textft.load(exported, precision="int8", backend="onnx").precision == "int8"
     assert entries(exported) == before and len(before) == 2
@@ -94,7 +94,7 @@ def test_damaged_cache_entry_is_refused_and_rebuilt(exported, texts, tmp_path, d
         clf = textft.load(run, precision="fp32", backend="onnx")
     assert "damaged" in caplog.text and "rebuilding" in caplog.text
     meta = json.loads((fp32 / "meta.json").read_text())
-    assert meta["sha256"] == onnx_backend.file_sha256(model)
+    assert meta["sha256"] == onnx_export.file_sha256(model)
     expected = textft.load(run, precision="fp32", backend="torch").logits(texts)
     assert np.allclose(clf.logits(texts), expected, atol=1e-4)
 
@@ -115,26 +115,60 @@ def test_int8_comes_with_its_measured_agreement(exported, texts, tmp_path, capsy
               "--backend", "onnx", "--precision", "int8", "--no-progress"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "onnx int8" in err and f"int8 labels equal to fp32 on {100 * quality['agreement']:.2f}%" in err
+    assert "onnx int8" in err and f"int8 answers equal to fp32 on {100 * quality['agreement']:.2f}%" in err
 
 
-def test_auto_picks_int8_only_when_it_agrees(exported, monkeypatch):
-    clf = textft.load(exported)  # backend auto, precision auto
-    quality = textft.load(exported, precision="int8", backend="onnx").describe()["onnx"]["quality"]
-    if quality["agreement"] >= onnx_backend.AGREEMENT_FLOOR:
-        assert (clf.backend, clf.precision) == ("onnx", "int8")
-    # a floor above any measured agreement: never int8
-    monkeypatch.setattr(onnx_backend, "AGREEMENT_FLOOR", 1.01)
-    clf = textft.load(exported)
-    from textft.inference import resolve_precision
+def test_auto_keeps_a_tiny_model_on_torch_and_writes_nothing(tiny_model_dir, toy_files, tmp_path_factory, tmp_path):
+    """Below MIN_AUTO_PARAMETERS auto never exports: the shared test runs stay as trained."""
+    run = copy_run(trained_run(tiny_model_dir, toy_files, tmp_path_factory), tmp_path / "run")
+    for precision in ("auto", "int8", "fp32"):
+        clf = textft.load(run, precision=precision)
+        assert clf.backend == "torch" and clf.runner is None
+    assert not (run / "onnx").exists()
 
+
+@pytest.fixture
+def big_enough(monkeypatch):
+    """The tiny model counted as one auto runs on ONNX Runtime."""
+    monkeypatch.setattr(onnx_backend, "MIN_AUTO_PARAMETERS", 0)
+
+
+def auto_without_int8():
     import torch
 
-    expected = ("torch", "bf16") if resolve_precision("auto", torch.device("cpu")) == "bf16" else ("onnx", "fp32")
-    assert (clf.backend, clf.precision) == expected
+    from textft.precision import inference_precision
+
+    return ("torch", "bf16") if inference_precision("auto", torch.device("cpu")) == "bf16" else ("onnx", "fp32")
 
 
-def test_checkpoint_without_validation_texts_is_not_quantised_by_default(exported, tmp_path):
+def test_auto_needs_enough_validation_texts_for_int8(exported, big_enough, monkeypatch):
+    """80 validation texts cannot show 99.5% agreement: auto does not pick int8 whatever they show."""
+    n_validation = len((exported / "predictions" / "validation.jsonl").read_text().splitlines())
+    assert n_validation < onnx_backend.MIN_VERIFY_TEXTS
+    clf = textft.load(exported)
+    assert (clf.backend, clf.precision) == auto_without_int8()
+    # enough texts: int8 exactly when its measured agreement reaches the floor
+    monkeypatch.setattr(onnx_backend, "MIN_VERIFY_TEXTS", n_validation)
+    quality = textft.load(exported, precision="int8", backend="onnx").describe()["onnx"]["quality"]
+    clf = textft.load(exported)
+    if quality["agreement"] >= onnx_backend.AGREEMENT_FLOOR:
+        assert (clf.backend, clf.precision) == ("onnx", "int8")
+        assert clf.describe()["onnx"]["quality"] == quality
+    monkeypatch.setattr(onnx_backend, "AGREEMENT_FLOOR", 1.01)  # above any agreement: never int8
+    assert (textft.load(exported).backend, textft.load(exported).precision) == auto_without_int8()
+
+
+def test_int8_safety_rule():
+    enough = onnx_backend.MIN_VERIFY_TEXTS
+    assert onnx_backend.int8_is_safe({"texts": enough, "agreement": 0.995})
+    assert not onnx_backend.int8_is_safe({"texts": enough, "agreement": 0.994})
+    assert not onnx_backend.int8_is_safe({"texts": enough - 1, "agreement": 1.0})
+    assert not onnx_backend.int8_is_safe({"texts": enough, "agreement": None, "max_abs_difference": 0.0})
+    assert not onnx_backend.int8_is_safe(None)
+
+
+def test_checkpoint_without_validation_texts_is_not_quantised_by_default(exported, big_enough, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_backend, "MIN_VERIFY_TEXTS", 1)
     run = copy_run(exported, tmp_path / "run")
     (run / "predictions" / "validation.jsonl").unlink()
     clf = textft.load(run)
@@ -143,10 +177,15 @@ def test_checkpoint_without_validation_texts_is_not_quantised_by_default(exporte
     assert int8.precision == "int8"
 
 
-def test_without_onnxruntime_auto_falls_back_to_torch(exported, monkeypatch):
+def test_explicit_fp32_stays_on_torch_under_auto(exported, big_enough):
+    """fp32 is the reference precision (textft evaluate's default): auto keeps it on PyTorch."""
+    assert textft.load(exported, precision="fp32").backend == "torch"
+
+
+def test_without_onnxruntime_auto_falls_back_to_torch(exported, big_enough, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what a failed import leaves behind
     assert onnx_backend.unavailable_reason() is not None
-    clf = textft.load(exported, precision="fp32")
+    clf = textft.load(exported, precision="int8")
     assert clf.backend == "torch" and clf.runner is None
     with pytest.raises(UserError, match="'--backend': onnx is unavailable here: onnxruntime is not installed"):
         textft.load(exported, precision="fp32", backend="onnx")

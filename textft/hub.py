@@ -29,9 +29,9 @@ from textft.files import link_or_copy, replace_file
 log = logging.getLogger("textft")
 
 # Resume states (optimizer moments), per-example predictions (they quote the evaluation texts,
-# whose licence may not allow redistribution) and hidden temporary files stay local.
+# whose licence may not allow redistribution), the ONNX export cache (rebuilt wherever the model is
+# loaded) and hidden temporary files stay local.
 IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", ".*", "**/.*"]
-"""Local only: resume checkpoints, evaluation predictions, the ONNX export cache (rebuilt where loaded)."""
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "textft_config.yaml", "README.md"]
 """What a classifier needs from its repository (weights, config, tokenizer, textft's run config)."""
 
