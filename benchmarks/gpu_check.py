@@ -54,8 +54,8 @@ LIMIT_MIB = 64
 # run the same version.
 WHEEL_PACKAGES = ("transformers", "datasets", "dill", "multiprocess", "omegaconf", "fastapi", "starlette",
                   "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "opentelemetry-api",
-                  "uvicorn")
-IMPORTS_NEEDED = ("datasets", "omegaconf", "fastapi", "uvicorn", "pydantic")
+                  "uvicorn", "evaluate", "requests", "urllib3", "charset-normalizer", "idna", "certifi")
+IMPORTS_NEEDED = ("datasets", "omegaconf", "fastapi", "uvicorn", "pydantic", "evaluate", "requests")
 IMDB_TRAIN, IMDB_EVAL = 8000, 1000
 # Seconds per part on the GPU machine (8 minutes in all, the install and start included).
 BUDGET = {"install": 30, "tests": 200, "benchmark": 240}
@@ -161,7 +161,9 @@ def run_tests(out: Path, timeout: float) -> dict:
     junit = out / "cuda-tests.xml"
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+        # addopts cleared: the suite's own (-n 2 for pytest-xdist) needs a plugin the GPU image lacks
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=-ra", "-m", "cuda",
+                               "-p", "no:cacheprovider",
                                f"--junitxml={junit}", "tests/test_cuda.py", "tests/test_packing.py"],
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         tail, rc = (proc.stdout + proc.stderr)[-4000:], proc.returncode
