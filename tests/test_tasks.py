@@ -450,3 +450,35 @@ sweep: {{space: {{train.lr: {{type: log_uniform, low: 1.0e-4, high: 1.0e-2}}}}}}
     config.write_text(config.read_text().replace("sweep: {", "sweep: {metric: accuracy, "))
     with pytest.raises(UserError, match="accuracy is not a regression metric"):
         checked_inputs(str(config), 2, None, None, [])
+
+
+@pytest.mark.parametrize("fixture", ["multi_label_run", "pair_run", "regression_run"])
+def test_onnx_backend_gives_torch_logits_and_answers_for_every_task(fixture, request, tmp_path):
+    """One exported graph serves every head; pairs feed their token_type_ids; int8 is measured with
+    the task's own notion of an equal answer (label sets; values for regression)."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(request.getfixturevalue(fixture), run, ignore=shutil.ignore_patterns("checkpoints"))
+    rows = [json.loads(line) for line in (run / "predictions" / "validation.jsonl").read_text().splitlines()]
+    texts = [r["text"] for r in rows]
+    pairs = [r["text_pair"] for r in rows] if fixture == "pair_run" else None
+    torch_clf = textft.load(run, precision="fp32", backend="torch")
+    onnx_clf = textft.load(run, precision="fp32", backend="onnx")
+    assert onnx_clf.backend == "onnx" and onnx_clf.task.name == torch_clf.task.name
+    expected = torch_clf.logits(texts, batch_size=7, pairs=pairs)
+    assert np.allclose(onnx_clf.logits(texts, batch_size=7, pairs=pairs), expected, atol=1e-4)
+    inputs = texts if pairs is None else [{"text": t, "text_pair": p} for t, p in zip(texts, pairs)]
+    a, b = torch_clf.predict(inputs), onnx_clf.predict(inputs)
+    if fixture == "regression_run":
+        assert np.allclose([x["value"] for x in a], [x["value"] for x in b], atol=1e-4)
+    else:
+        assert [x.get("label", x.get("labels") and [y["label"] for y in x["labels"]]) for x in a] == \
+            [x.get("label", x.get("labels") and [y["label"] for y in x["labels"]]) for x in b]
+    quality = textft.load(run, precision="int8", backend="onnx").describe()["onnx"]["quality"]
+    assert quality["texts"] == len(texts)
+    if fixture == "regression_run":
+        assert quality["agreement"] is None and quality["max_abs_difference"] >= 0
+    else:
+        assert 0.8 <= quality["agreement"] <= 1.0

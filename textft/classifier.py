@@ -90,12 +90,13 @@ def position_limit(model) -> int:
 
 
 def check_options(long_text: str | None, pooling: str, precision: str, max_length: int | None,
-                  stride: int | None) -> str | None:
+                  stride: int | None, backend: str = "auto") -> str | None:
     """Every problem with the prediction options at once; returns long_text in the shared vocabulary."""
     from textft.config import INFERENCE_PRECISIONS
+    from textft.onnx_backend import check_backend
 
     long_text = LONG_TEXT_ALIASES.get(long_text, long_text)
-    problems = []
+    problems = check_backend(backend)
     if long_text is not None and long_text not in LONG_TEXT:
         problems.append(f"'--long-text' must be one of {', '.join(LONG_TEXT)}, got '{long_text}'"
                         f"{closest(long_text, LONG_TEXT)}")
@@ -187,10 +188,10 @@ class Classifier:
     def __init__(self, model, tokenizer, *, device, precision: str, long_text: str, max_length: int,
                  stride: int = 0, head_fraction: float = 0.25, pooling: str = "mean",
                  out_of_scope: dict | None = None, model_dir: Path | None = None, training_config: dict | None = None,
-                 task=None):
-        from textft.tokenization import collator
-
+                 task=None, backend: str = "torch", runner=None, backend_info: dict | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
+        self.backend, self.runner, self.backend_info = backend, runner, backend_info or {}
+        """torch or onnx; on onnx, ``runner`` maps a collated batch to logits (textft.onnx_export)."""
         self.long_text, self.max_length, self.stride, self.pooling = long_text, max_length, stride, pooling
         self.head_fraction, self.out_of_scope = head_fraction, out_of_scope
         self.model_dir, self.training_config = model_dir, training_config or {}
@@ -201,13 +202,31 @@ class Classifier:
         self.pairs: bool | None = (trained_pairs is not None) if self.training_config else None
         """Whether the model reads text pairs (None: not a textft run, either is accepted)."""
         self.pair_truncation = self.trained_setting("pair_truncation") or "longest_first"
-        self._collate = collator(tokenizer, mixed_precision=precision != "fp32", on_gpu=device.type == "cuda")
+        self._collate = self.make_collator()
+
+    def make_collator(self):
+        from textft.tokenization import collator
+
+        return collator(self.tokenizer, mixed_precision=self.precision != "fp32",
+                        on_gpu=self.device.type == "cuda")
+
+    def replace(self, **changes) -> "Classifier":
+        """A copy with some settings changed (the model and tokenizer are shared)."""
+        import copy
+
+        new = copy.copy(self)
+        for key, value in changes.items():
+            if not hasattr(new, key):
+                raise AttributeError(key)
+            setattr(new, key, value)
+        new._collate = new.make_collator()
+        return new
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | None = None, precision: str = "auto",
                         long_text: str | None = None, stride: int | None = None, max_length: int | None = None,
                         pooling: str = "mean", allow_pickle: bool = False, trust_remote_code: bool = False,
-                        out_of_scope: bool = True) -> "Classifier":
+                        out_of_scope: bool = True, backend: str = "auto") -> "Classifier":
         """Load a classifier directory (a textft run or any ``*ForSequenceClassification`` checkpoint),
         or a hub id (downloaded to the Hugging Face cache).
 
@@ -218,10 +237,13 @@ class Classifier:
         model was trained with. max_length: tokens per text or window, by default the training
         max_length. pooling: how window logits combine (mean or max).
         out_of_scope: apply the threshold stored by ``textft calibrate``, if any.
+        backend: torch, onnx (ONNX Runtime on CPU, exported once and cached next to the model), or
+        auto: ONNX Runtime only where it keeps every answer (see ``textft.onnx_backend``).
         """
+        from textft.onnx_backend import choose_backend, select_onnx
         from textft.precision import inference_precision
 
-        long_text = check_options(long_text, pooling, precision, max_length, stride)
+        long_text = check_options(long_text, pooling, precision, max_length, stride, backend)
         path, raw_config, safetensors = check_model_dir(model_dir, allow_pickle, trust_remote_code)
         where = f"'{path / 'config.json'}'"
         task = tasks.from_model_config(raw_config, where)
@@ -231,7 +253,7 @@ class Classifier:
         data_cfg = trained.get("data") if isinstance(trained.get("data"), dict) else {}
         task.delimiter = data_cfg.get("label_delimiter")
         device_t = _device(device)
-        precision = inference_precision(precision, device_t)
+        requested, precision = precision, inference_precision(precision, device_t)
         model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
 
         trained_length = data_cfg.get("max_length") if isinstance(data_cfg.get("max_length"), int) else None
@@ -246,10 +268,16 @@ class Classifier:
         if long_text is None:
             long_text = data_cfg.get("truncation") if data_cfg.get("truncation") in LONG_TEXT else "head"
         stride = _window_stride(tokenizer, max_length, stride) if long_text == "sliding_window" else 0
-        return cls(_to_precision(model, precision, device_t), tokenizer, device=device_t, precision=precision,
-                   long_text=long_text, max_length=max_length, stride=stride,
-                   head_fraction=data_cfg.get("head_fraction", 0.25), pooling=pooling, out_of_scope=oos,
-                   model_dir=path, training_config=trained, task=task)
+        settings = dict(device=device_t, long_text=long_text, max_length=max_length, stride=stride,
+                        head_fraction=data_cfg.get("head_fraction", 0.25), pooling=pooling, out_of_scope=oos,
+                        model_dir=path, training_config=trained, task=task)
+        parameters = sum(p.numel() for p in model.parameters())
+        if choose_backend(backend, requested, device_t, parameters) == "onnx":
+            onnx = select_onnx(cls(model, tokenizer, precision="fp32", backend="onnx", **settings), requested,
+                               explicit=backend == "onnx")
+            if onnx is not None:
+                return onnx
+        return cls(_to_precision(model, precision, device_t), tokenizer, precision=precision, **settings)
 
     def trained_setting(self, key: str):
         """A ``data`` setting of the textft run that trained the model (None for other checkpoints)."""
@@ -310,7 +338,11 @@ class Classifier:
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                batch = {k: v.to(self.device) for k, v in self._collate([feats[i] for i in idx]).items()}
+                collated = self._collate([feats[i] for i in idx])
+                if self.runner is not None:
+                    out[idx] = self.runner(collated)
+                    continue
+                batch = {k: v.to(self.device) for k, v in collated.items()}
                 out[idx] = self.model(**batch).logits.float().cpu().numpy()
         if self.long_text != "sliding_window":
             return out
@@ -361,7 +393,8 @@ class Classifier:
                 "architecture": (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0],
                 "max_length": self.max_length, "long_text": self.long_text,
                 "stride": self.stride if window else None, "pooling": self.pooling,
-                "precision": self.precision, "device": str(self.device), "out_of_scope": self.out_of_scope}
+                "precision": self.precision, "device": str(self.device), "out_of_scope": self.out_of_scope,
+                "backend": self.backend, **({"onnx": self.backend_info} if self.backend == "onnx" else {})}
 
 
 def check_texts(texts) -> list[str]:

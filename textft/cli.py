@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from textft.config import INFERENCE_PRECISIONS, LONG_TEXT
+from textft.config import BACKENDS, INFERENCE_PRECISIONS, LONG_TEXT
 from textft.config_help import describe_keys
 from textft.errors import UserError, closest
 from textft.interrupts import Interrupted, close_progress_bars, report_interruption, terminate_as_exit
@@ -53,6 +53,9 @@ def add_model_args(parser: argparse.ArgumentParser, batch_size: int | None = 32,
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=precision,
                         help="auto: bf16 where the hardware runs it natively, else fp32; int8: dynamic"
                              f" quantisation of the linear layers (CPU); default {precision}")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="torch, onnx (ONNX Runtime, CPU; exported once, cached next to the model) or auto:"
+                             " ONNX Runtime where it keeps every answer (see the README)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's, one per core);"
                                                      " fewer avoids oversubscription when other work shares the cores")
@@ -71,7 +74,7 @@ def load_options(args) -> dict:
     """``Classifier.from_pretrained`` keyword arguments from the shared model flags."""
     return {"device": args.device, "precision": args.precision, "long_text": args.long_text, "stride": args.stride,
             "max_length": args.max_length, "pooling": args.pooling, "allow_pickle": args.allow_pickle,
-            "trust_remote_code": args.trust_remote_code}
+            "trust_remote_code": args.trust_remote_code, "backend": args.backend}
 
 
 def quiet_libraries(threads: int | None = None) -> None:
@@ -142,7 +145,7 @@ def evaluate_main(argv: list[str]) -> int:
     print(task.markdown_report({"evaluation": metrics}, title=f"{args.model} on {args.data}"))
     s = metrics["settings"]
     window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
-    print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; precision {s['precision']}")
+    print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; {s['backend']} {s['precision']}")
     print(task.summary_line("evaluation", metrics))
     if args.output:
         print(f"report written: {Path(args.output) / 'report.html'} (also report.md, report.json,"
@@ -308,7 +311,11 @@ def predict_file(clf, reader, writer, args) -> int:
         bar.close()
     where = "stdout" if args.output == "-" else args.output
     summary = (f"predicted {n:,} texts in {seconds:.1f} s ({n / max(seconds, 1e-9):,.1f} texts/s;"
-               f" precision {clf.precision}, long_text {clf.long_text}) → {where}")
+               f" {clf.backend} {clf.precision}, long_text {clf.long_text}) → {where}")
+    if clf.backend == "onnx" and clf.precision == "int8":
+        from textft.onnx_backend import quality_note
+
+        summary += f"\n{quality_note(clf.backend_info.get('quality'))}"
     if clf.out_of_scope is not None:
         summary += f"; {rejected:,} answered '{clf.out_of_scope['label']}'"
     print(summary, file=sys.stderr)
@@ -427,7 +434,7 @@ def serve_main(argv: list[str]) -> int:
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, reachable from other machines; the service has no"
               " authentication, so put it behind a proxy that has", file=sys.stderr)
-    print(f"serving {args.model} ({classifier.task.name}, {len(classifier.labels)} labels, {classifier.precision},"
+    print(f"serving {args.model} ({classifier.task.name}, {len(classifier.labels)} labels, {classifier.backend} {classifier.precision},"
           f" {classifier.device})"
           f" on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)

@@ -30,6 +30,8 @@ LONG_TEXT = (*TRUNCATIONS, "sliding_window")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """Numeric precision of training and prediction (see textft.precision)."""
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
+BACKENDS = ("auto", "torch", "onnx")
+"""Where prediction runs: PyTorch, ONNX Runtime, or auto (textft.onnx_backend decides)."""
 VALUE_ALIASES = {"train.mixed_precision": {"no": "fp32"}}
 """Old names of values, still read: saved configs hold them."""
 Auto = Literal["auto"]
@@ -123,6 +125,10 @@ class ModelConfig:
     """Under ``transfer: gradual``: epochs (fractions allowed) between two unfreezing steps."""
     dropout: float | None = None
     """Override the checkpoint's hidden, attention and classifier dropout (e.g. 0.0)."""
+    freeze_word_embeddings: bool = False
+    """Keep the word-embedding matrix as loaded: no gradient and no AdamW update for it (on MiniLM
+    that is half of the parameters), so each step does less work; the position embeddings, the
+    encoder and the head still train."""
     layer_lr_decay: float = 1.0
     """Each encoder layer below the top gets this factor times the lr of the layer above
     (1.0 = off; 0.8-0.95 is typical)."""
@@ -213,6 +219,9 @@ class TrainConfig:
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     compile: bool = False
     """torch.compile the model (slow first steps; pays off on long GPU runs)."""
+    padding_free: bool = False
+    """GPU, BERT: lay each training batch's texts end to end in one row with variable-length
+    attention, so no padding is computed (attention-probability dropout is then off)."""
     report_to: Tracker = "none"
     """Experiment tracker fed through Accelerate: none, tensorboard, wandb or mlflow."""
 

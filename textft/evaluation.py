@@ -93,7 +93,8 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
     window = clf.long_text == "sliding_window"
     settings = {"model": str(clf.model_dir), "task": task.name, "data_source": source, "max_length": clf.max_length,
                 "long_text": clf.long_text, "stride": clf.stride if window else None,
-                "pooling": clf.pooling if window else None, "precision": clf.precision, "device": str(clf.device)}
+                "pooling": clf.pooling if window else None, "precision": clf.precision, "backend": clf.backend,
+                "device": str(clf.device)}
     metrics["settings"] = settings
     if output:
         from textft.report import write_run_report

@@ -29,8 +29,9 @@ from textft.files import link_or_copy, replace_file
 log = logging.getLogger("textft")
 
 # Resume states (optimizer moments), per-example predictions (they quote the evaluation texts,
-# whose licence may not allow redistribution) and hidden temporary files stay local.
-IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", ".*", "**/.*"]
+# whose licence may not allow redistribution), the ONNX export cache (rebuilt wherever the model is
+# loaded) and hidden temporary files stay local.
+IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", ".*", "**/.*"]
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "textft_config.yaml", "README.md"]
 """What a classifier needs from its repository (weights, config, tokenizer, textft's run config)."""
 

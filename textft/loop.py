@@ -181,9 +181,11 @@ class Throughput:
         self.window = torch.zeros(4, device=accelerator.device)  # loss, batches, samples, tokens
         self.t0 = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, labels: torch.Tensor, batch: dict) -> None:
         one = torch.ones_like(self.window[0])
-        self.window += torch.stack([loss.float(), one, one * labels.shape[0], attention_mask.sum().float()])
+        # a padding-free batch has no mask: every token in its one row is a text's
+        tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel() * one
+        self.window += torch.stack([loss.float(), one, one * labels.shape[0], tokens.float()])
 
     @contextlib.contextmanager
     def paused(self):
@@ -241,7 +243,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
         for batch in batches:
             state.batches_in_epoch += 1
             loss, labels = train_batch(accelerator, model, optimizer, batch, loss_fn, plan.max_grad_norm, before_step)
-            throughput.add(loss, labels, batch["attention_mask"])
+            throughput.add(loss, labels, batch)
             if not accelerator.sync_gradients:
                 continue
             # -- one optimizer step done ------------------------------------------------------

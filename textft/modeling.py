@@ -154,6 +154,8 @@ def apply_transfer(model: nn.Module, cfg: ModelConfig) -> dict[str, int]:
                       "top_k": n_layers + 1 - min(cfg.unfreeze_top_k, n_layers)}[cfg.transfer]
     for name, p in model.named_parameters():
         p.requires_grad_(depths[name] >= lowest_trained)
+    if cfg.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     return count_parameters(model)
 
 

@@ -212,12 +212,18 @@ def model_columns(ds: Dataset) -> Dataset:
 
 
 def train_loader(ds: Dataset, tokenizer, batch_size: int, seed: int, group_by_length: bool,
-                 mixed_precision: bool, num_workers: int = 0) -> DataLoader:
+                 mixed_precision: bool, num_workers: int = 0, padding_free: bool = False) -> DataLoader:
     sampler = EpochSampler(ds["length"], batch_size, seed, group_by_length)
+    if padding_free:
+        from textft.packing import flatten
+
+        collate = flatten
+    else:
+        collate = collator(tokenizer, mixed_precision)
     # A private generator: each new iterator draws a worker seed from it, and drawing from the
     # global RNG instead would shift dropout masks after a resume.
     return DataLoader(model_columns(ds), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collator(tokenizer, mixed_precision), generator=torch.Generator().manual_seed(seed))
+                      collate_fn=collate, generator=torch.Generator().manual_seed(seed))
 
 
 def sort_by_length(ds: Dataset) -> Dataset:

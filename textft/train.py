@@ -177,7 +177,8 @@ def load_inputs(cfg: Config, accelerator, precision: str):
     check_tokenizer_fits(model, tokenizer, m.name_or_path)
     model.config.update(data.task.model_config())
     amp = precision != "fp32"
-    train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers)
+    train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers,
+                            padding_free=t.padding_free)
     eval_sets = {split: sort_by_length(tokenized[split]) for split in ("validation", "test") if split in tokenized}
     eval_dls = {split: eval_loader(ds, tokenizer, t.eval_batch_size or 2 * t.batch_size, amp, t.num_workers)
                 for split, ds in eval_sets.items()}
@@ -236,6 +237,12 @@ def setup(cfg: Config) -> Run:
     for key, why in recipe.items():
         log.info("auto %s = %s: %s", key, getattr(cfg.train, key.split(".", 1)[1]), why)
     params = apply_transfer(model, cfg.model)
+    if cfg.train.padding_free:
+        from textft import packing
+
+        if problem := packing.unavailable_reason(model, accelerator.device):
+            raise UserError(f"'train.padding_free': {problem}")
+        packing.enable(model)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     log.info("data %s: %s; %s, %d label(s)%s", data.source, ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()),
