@@ -199,3 +199,24 @@ def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
         assert asyncio.run(checker.peek(path, ".csv"))["columns"] == ["text", "label"]
     finally:
         checker.close()
+
+
+def test_uploads_of_every_task_count_their_labels_and_preview_them_readably(tmp_path):
+    from conftest import multi_label_rows, regression_rows, write_jsonl
+    from textft.service.datasets import inspect
+
+    multi = multi_label_rows(60, 1)
+    write_jsonl(tmp_path / "multi.jsonl", multi)
+    got = inspect(str(tmp_path / "multi.jsonl"), "multi.jsonl", "text", "labels", False, str(tmp_path))
+    assert got["task"] == "multi_label" and got["rows"] == 60
+    for name, n in got["labels"].items():  # texts carrying each label, counted over the multi-hot rows
+        assert n == sum(name in r["labels"] for r in multi)
+    truth = {r["text"]: r["labels"] for r in multi}
+    order = list(got["labels"]).index
+    assert got["preview"] and all(p["label"] == ", ".join(sorted(truth[p["text"]], key=order)) for p in got["preview"])
+
+    scores = regression_rows(50, 2)
+    write_jsonl(tmp_path / "reg.jsonl", scores)
+    got = inspect(str(tmp_path / "reg.jsonl"), "reg.jsonl", "text", "score", False, str(tmp_path))
+    assert got["task"] == "regression" and got["rows"] == 50 and list(got["labels"].values()) == [50]
+    assert isinstance(got["preview"][0]["label"], float)

@@ -240,6 +240,15 @@ def field_of(problem: str) -> str:
     return next((name for name in ("text_column", "label_column") if problem.startswith(f"'{name}'")), "file")
 
 
+def describe_label(y, names: list[str], task: str):
+    """A training label as a person reads it: its name, the names of a multi-hot row, or the number."""
+    if task == "multi_label":
+        return ", ".join(name for name, on in zip(names, y) if on)
+    if task == "regression":
+        return float(y)
+    return names[y]
+
+
 def inspect(path: str, filename: str, text_column: str, label_column: str, drop_empty: bool,
             scratch: str) -> dict:
     """Row count, label distribution and preview of an upload, or the problems ``textft train`` would report."""
@@ -261,14 +270,18 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
         datasets.config.HF_DATASETS_CACHE = saved
         shutil.rmtree(cache, ignore_errors=True)
     try:
-        names = data.label_names
-        ids = [i for split in data.splits.values() for i in split["labels"][:]]
-        counts = Counter(ids)
-        train = data.splits["train"]
+        names, task, train = data.label_names, data.task.name, data.splits["train"]
+        labels = [y for split in data.splits.values() for y in split["labels"][:]]
+        if task == "multi_label":  # multi-hot rows: how many texts carry each label
+            counts = {name: int(sum(row[i] for row in labels)) for i, name in enumerate(names)}
+        elif task == "regression":  # one target: every row has it
+            counts = {names[0] if names else "value": len(labels)}
+        else:
+            counts = {name: 0 for name in names} | {names[i]: n for i, n in Counter(labels).items()}
         head = train.select(range(min(PREVIEW_ROWS, len(train))))
-        preview = [{"text": t[:PREVIEW_CHARS], "label": names[y]} for t, y in zip(head["text"][:], head["labels"][:])]
-        return {"rows": len(ids), "labels": {names[i]: counts.get(i, 0) for i in range(len(names))},
-                "preview": preview}
+        preview = [{"text": t[:PREVIEW_CHARS], "label": describe_label(y, names, task)}
+                   for t, y in zip(head["text"][:], head["labels"][:])]
+        return {"rows": len(labels), "task": task, "labels": counts, "preview": preview}
     finally:
         del data
         _release_memory()
