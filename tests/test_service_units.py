@@ -220,3 +220,27 @@ def test_uploads_of_every_task_count_their_labels_and_preview_them_readably(tmp_
     got = inspect(str(tmp_path / "reg.jsonl"), "reg.jsonl", "text", "score", False, str(tmp_path))
     assert got["task"] == "regression" and got["rows"] == 50 and list(got["labels"].values()) == [50]
     assert isinstance(got["preview"][0]["label"], float)
+
+
+def test_peeking_at_a_delimited_file_reads_its_header_and_first_rows_as_strings(tmp_path):
+    from textft.service.datasets import peek
+
+    def look(name, data):
+        (tmp_path / name).write_bytes(data)
+        return peek(str(tmp_path / name), (tmp_path / name).suffix, rows=2)
+
+    out = look("a.csv", '\ufefftext,label\n\n"good, really",pos\n"two\nlines",neg\nthird,pos\n'.encode())
+    assert out["columns"] == ["text", "label"]
+    assert out["rows"] == [{"text": "good, really", "label": "pos"}, {"text": "two\nlines", "label": "neg"}]
+    assert out["suggested"] == {"text_column": "text", "label_column": "label"}
+    out = look("b.tsv", b"review\tstars\tstars\t\nnice, fine\t5\n")
+    assert out["columns"] == ["review", "stars", "stars.1", "Unnamed: 3"]
+    assert out["rows"] == [{"review": "nice, fine", "stars": "5", "stars.1": None, "Unnamed: 3": None}]
+    assert look("c.csv", b'text,label\n"abc"def,pos\n')["rows"] == [{"text": "abcdef", "label": "pos"}]
+    for name, data, reason in [("d.csv", "text,label\ncaf\xe9,pos\n".encode("latin-1"), "can't decode byte 0xe9"),
+                               ("e.csv", b"", "the file is empty"),
+                               ("f.csv", b'text,label\n"never closed,pos\n', "a quote that is never closed"),
+                               ("g.csv", b"text,label\na,b\nc,d,e\n", "expected 2 fields in line 3, saw 3")]:
+        (problem,) = look(name, data)["problems"]
+        assert problem[0] == "file" and problem[1].startswith("'file': could not read it as csv: ")
+        assert reason in problem[1] and "\n" not in problem[1]

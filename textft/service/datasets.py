@@ -11,6 +11,7 @@ without the service's own memory growing with the file. Nothing remains of a ref
 from __future__ import annotations
 
 import codecs
+import csv
 import ctypes
 import errno
 import gc
@@ -289,13 +290,9 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
 
 def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS) -> dict:
     """Column names and the first rows of a file, to choose the text and label columns."""
-    import pandas as pd
-
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, nrows=rows, sep="\t" if suffix == ".tsv" else ",")
-            records = json.loads(frame.to_json(orient="records", force_ascii=False))
-            columns = [str(c) for c in frame.columns]
+            columns, records = _delimited_records(path, "\t" if suffix == ".tsv" else ",", rows)
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -312,6 +309,51 @@ def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS) -> dict:
         _release_memory()
     records = [{k: (v[:PREVIEW_CHARS] if isinstance(v, str) else v) for k, v in r.items()} for r in records[:rows]]
     return {"columns": columns, "rows": records, "suggested": suggest_columns(columns, records)}
+
+
+def _delimited_records(path: str, delimiter: str, rows: int, strict: bool = True) -> tuple[list[str], list[dict]]:
+    """The header and the first data rows of a csv/tsv file, values as the strings they are (a
+    missing trailing field is None). Blank lines are skipped; a quote left open at the end of the
+    file and a row with more fields than the header are errors, text after a closing quote is
+    kept, as the training loader does."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long texts are fields too
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter, strict=strict)
+            lines = (row for row in reader if row)
+            header = next(lines, None)
+            if header is None:
+                raise ValueError("no columns to parse: the file is empty")
+            columns, records = _column_names(header), []
+            for row in lines:
+                if len(row) > len(columns):
+                    raise ValueError(f"expected {len(columns)} fields in line {reader.line_num}, saw {len(row)}")
+                records.append(dict(zip(columns, row + [None] * (len(columns) - len(row)))))
+                if len(records) >= rows:
+                    break
+    except csv.Error as e:
+        # strict parsing tells an unclosed quote apart; anything else it refuses, the loader reads
+        if "unexpected end of data" in str(e):
+            raise ValueError("the file ends inside a quoted field (a quote that is never closed)") from None
+        if not strict:
+            raise
+        return _delimited_records(path, delimiter, rows, strict=False)
+    return columns, records
+
+
+def _column_names(header: list[str]) -> list[str]:
+    """Header names as the training loader sees them: unnamed ones numbered, repeats suffixed .1, .2."""
+    names, seen = [], {}
+    for i, name in enumerate(header):
+        name = name or f"Unnamed: {i}"
+        base, n = name, seen.get(name, 0)
+        while name in seen:
+            n += 1
+            name = f"{base}.{n}"
+        seen[base] = n
+        seen.setdefault(name, 0)
+        names.append(name)
+    return names
 
 
 def _json_records(path: str, rows: int) -> list[dict]:
@@ -405,5 +447,5 @@ def _exit_with_parent(parent: int) -> None:
 def _warm_up() -> bool:
     from textft.service.textft_api import data_formats
 
-    data_formats()  # imports the data loader (datasets, pandas) now rather than on the first upload
+    data_formats()  # imports the data loader (datasets) now rather than on the first upload
     return True

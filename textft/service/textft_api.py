@@ -14,7 +14,7 @@ from textft.calibration import OOS_KEY  # light: numpy only; torch and transform
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "micro_batcher",
            "recipe_facts",
-           "resolve_recipe", "launch_precision", "lower_is_better", "push_model", "hub_token", "OOS_KEY"]
+           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY"]
 
 
 def data_formats() -> tuple[str, ...]:
@@ -102,3 +102,10 @@ def lower_is_better(metric: str) -> bool:
     from textft.tasks import LOWER_IS_BETTER
 
     return metric in LOWER_IS_BETTER
+
+
+def public_model_name(name_or_path: str | None) -> str | None:
+    """A base model as clients may see it: hub names as they are, a server path reduced to its last part."""
+    from textft.serving import public_model_name as public
+
+    return public(name_or_path)

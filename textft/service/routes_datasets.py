@@ -1,0 +1,130 @@
+"""``/v1/datasets``: uploads checked as ``textft train`` would check them, their columns, list, one, delete."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+
+from textft.service import datasets as uploads
+from textft.service.keys import Principal
+from textft.service.routes_shared import (accepting, auth, current_service, error, iso, key_names, max_upload, new_id,
+                                          owned, scope)
+from textft.service.server import Service
+from textft.service.store import ACTIVE, dumps
+from textft.service.textft_api import data_formats
+
+router = APIRouter(tags=["datasets"])
+FORM_FIELDS = {"text_column", "label_column", "name", "drop_empty"}
+UPLOAD_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "csv, tsv, json, jsonl or parquet"},
+        "text_column": {"type": "string", "default": "text"},
+        "label_column": {"type": "string", "default": "label"},
+        "name": {"type": "string", "description": "display name (default: the file name)"},
+        "drop_empty": {"type": "boolean", "default": False}}}}}}}
+
+
+def dataset_out(service: Service, row: dict, names: dict[str, str] | None = None) -> dict:
+    return {"id": row["id"], "name": row["name"], "filename": row["filename"], "format": row["format"],
+            "size_bytes": row["size_bytes"], "rows": row["rows"], "text_column": row["text_column"],
+            "label_column": row["label_column"], "drop_empty": bool(row["drop_empty"]),
+            "labels": row["labels"], "preview": row["preview"], "created_at": iso(row["created_at"]),
+            "owner": (names or key_names(service.store)).get(row["owner"])}
+
+
+def form_problems(fields: dict[str, str]) -> list[tuple[str, str]]:
+    problems = [(f, f"'{f}': unknown form field; fields: file, text_column, label_column, name, drop_empty")
+                for f in sorted(set(fields) - FORM_FIELDS)]
+    if fields.get("drop_empty", "false").strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+        problems.append(("drop_empty", f"'drop_empty' must be true or false, got {fields['drop_empty']!r}"))
+    return problems
+
+
+@router.post("/v1/datasets", status_code=201, openapi_extra=UPLOAD_FORM)
+async def upload_dataset(request: Request, who: Principal = Depends(auth),
+                         service: Service = Depends(current_service)) -> dict:
+    """Upload a labelled file; it is checked as `textft train` would check it before it is kept."""
+    accepting(service)
+    store = service.store
+    dataset_id = new_id("ds")
+    dest = service.data.dataset(dataset_id)
+    upload = await uploads.receive(request, dest, max_upload(service, who), data_formats())
+    fields = upload.fields
+    problems = form_problems(fields)
+    drop = fields.get("drop_empty", "false").strip().lower() in ("true", "1", "yes")
+    text_column = fields.get("text_column", "").strip() or "text"
+    label_column = fields.get("label_column", "").strip() or "label"
+    if not problems:
+        try:
+            result = await service.checker.inspect(str(upload.path), upload.filename, text_column, label_column, drop)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        problems = [tuple(p) for p in result.get("problems", [])]
+    if problems:
+        shutil.rmtree(dest, ignore_errors=True)
+        return error(422, "; ".join(m for _, m in problems), problems)
+    name = fields.get("name", "").strip()[:200] or upload.filename
+    try:
+        with store.transaction() as db:
+            db.execute("INSERT INTO datasets (id, owner, name, filename, path, format, size_bytes, rows, text_column,"
+                       " label_column, drop_empty, labels, preview, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (dataset_id, who.id, name, upload.filename, str(upload.path.relative_to(service.data.root)),
+                        upload.path.suffix.lstrip("."), upload.size, result["rows"], text_column, label_column,
+                        int(drop), dumps(result["labels"]), dumps(result["preview"]), time.time()))
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dataset_out(service, store.row("SELECT * FROM datasets WHERE id = ?", dataset_id))
+
+
+@router.post("/v1/datasets/columns")
+async def dataset_columns(request: Request, who: Principal = Depends(auth),
+                          service: Service = Depends(current_service)) -> dict:
+    """Column names and first rows of a file, to choose text_column and label_column; nothing is kept."""
+    dest = service.data.cache / "peek" / secrets.token_hex(8)
+    upload = await uploads.receive(request, dest, max_upload(service, who), data_formats())
+    try:
+        if upload.fields:
+            raise HTTPException(422, f"unknown form field(s) {', '.join(sorted(upload.fields))}; send only 'file'")
+        result = await service.checker.peek(upload.path, upload.path.suffix.lower())
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    if result.get("problems"):
+        problems = [tuple(p) for p in result["problems"]]
+        return error(422, "; ".join(m for _, m in problems), problems)
+    return {"filename": upload.filename, **result}
+
+
+@router.get("/v1/datasets")
+def list_datasets(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
+    where, args = scope(who)
+    names = key_names(service.store)
+    return [dataset_out(service, r, names)
+            for r in service.store.rows(f"SELECT * FROM datasets WHERE 1{where} ORDER BY created_at", *args)]
+
+
+@router.get("/v1/datasets/{dataset_id}")
+def get_dataset(dataset_id: str, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
+    return dataset_out(service, owned(service.store, "datasets", "dataset", dataset_id, who))
+
+
+@router.delete("/v1/datasets/{dataset_id}", status_code=204)
+def delete_dataset(dataset_id: str, who: Principal = Depends(auth),
+                   service: Service = Depends(current_service)) -> Response:
+    owned(service.store, "datasets", "dataset", dataset_id, who)
+    with service.store.transaction() as db:
+        users = [r[0] for r in db.execute(
+            f"SELECT id FROM jobs WHERE state IN {ACTIVE} AND ? IN (dataset, validation_dataset, test_dataset)",
+            (dataset_id,)).fetchall()]
+        if users:
+            raise HTTPException(409, f"dataset '{dataset_id}' is used by queued or running job(s)"
+                                     f" {', '.join(users)}; cancel them or wait until they finish")
+        db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+    shutil.rmtree(service.data.dataset(dataset_id), ignore_errors=True)
+    return Response(status_code=204)

@@ -1,0 +1,126 @@
+"""``/v1/models``: the jobs that succeeded, with their headline metrics; download, predict, push."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from textft.service.jobs import RUN_DIR
+from textft.service.keys import Principal
+from textft.service.models import input_lengths, model_files, out_of_scope_settings, tar_stream
+from textft.service.routes_shared import auth, current_service, iso, key_names, scope
+from textft.service.server import Service
+from textft.service.store import Store
+from textft.service.textft_api import (UserError, hub_token, predict_schemas, public_model_name, push_model,
+                                      request_items)
+
+router = APIRouter(tags=["models"])
+PredictRequest, PredictResponse = predict_schemas()
+DOWNLOAD = {200: {"content": {"application/gzip": {}}, "description": "the save_pretrained directory"}}
+
+
+class PushBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    repo_id: StrictStr = Field(description="owner/name on the Hugging Face Hub (created if missing)")
+    private: StrictBool = False
+
+
+def model_row(store: Store, model_id: str, who: Principal) -> dict:
+    row = store.row("SELECT * FROM jobs WHERE id = ?", model_id)
+    if row is None or not (who.admin or row["owner"] == who.id) or row["state"] != "succeeded":
+        raise HTTPException(404, f"no model '{model_id}' (models are the jobs that succeeded)")
+    return row
+
+
+def trained_settings(run: Path) -> dict:
+    """A few ``section.key`` values of the run's saved config (what a client shows next to a model)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run / "textft_config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {f"{section}.{key}": value for section, values in saved.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def model_out(service: Service, row: dict, names: dict[str, str] | None = None) -> dict:
+    run = service.data.job(row["id"]) / RUN_DIR
+    metrics = row["metrics"] or {}
+    trained = trained_settings(run)
+    return {"id": row["id"], "job": row["id"], "config": row["config"], "dataset": row["dataset"],
+            "base_model": public_model_name(trained.get("model.name_or_path")), "max_length": trained.get("data.max_length"),
+            "truncation": trained.get("data.truncation"), "head_fraction": trained.get("data.head_fraction"),
+            "out_of_scope": out_of_scope_settings(run),
+            "labels": metrics.get("labels"), "metrics": metrics.get("splits"), "best": metrics.get("best"),
+            "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
+            "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
+            "owner": (names or key_names(service.store)).get(row["owner"])}
+
+
+@router.get("/v1/models")
+def list_models(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
+    where, args = scope(who)
+    names = key_names(service.store)
+    return [model_out(service, r, names) for r in
+            service.store.rows(f"SELECT * FROM jobs WHERE state = 'succeeded'{where} ORDER BY finished_at", *args)]
+
+
+@router.get("/v1/models/{model_id}")
+def get_model(model_id: str, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
+    return model_out(service, model_row(service.store, model_id, who))
+
+
+@router.get("/v1/models/{model_id}/download", responses=DOWNLOAD)
+def download_model(model_id: str, who: Principal = Depends(auth),
+                   service: Service = Depends(current_service)) -> StreamingResponse:
+    """The model directory (weights, tokenizer, config, reports) as a streamed .tar.gz."""
+    model_row(service.store, model_id, who)
+    run = service.data.job(model_id) / RUN_DIR
+    return StreamingResponse(tar_stream(run, model_id), media_type="application/gzip",
+                             headers={"Content-Disposition": f'attachment; filename="{model_id}.tar.gz"'})
+
+
+@router.post("/v1/models/{model_id}/predict", response_model=PredictResponse, response_model_exclude_none=True)
+async def predict(model_id: str, req: PredictRequest, explain: bool = False, who: Principal = Depends(auth),
+                  service: Service = Depends(current_service)):
+    """Same request and response as `textft serve`'s POST /predict. With `?explain=true` each
+    prediction also tells how its text was read: `input: {tokens, max_length, truncated, mode,
+    windows?}` (mode: head, tail, head+tail or window)."""
+    opts = service.opts
+    await run_in_threadpool(model_row, service.store, model_id, who)
+    loaded = await service.models.get(model_id, service.data.job(model_id) / RUN_DIR)
+    items = request_items(req.inputs, opts.max_texts, opts.max_chars, loaded.classifier.pairs)
+    try:
+        loaded.classifier.results(np.zeros((0, loaded.classifier.task.num_outputs)), req.top_k,
+                                  req.return_all_scores)
+    except UserError as e:
+        raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace(
+            "'--all-scores'", "return_all_scores")) from None
+    logits = await loaded.batcher.submit(items)
+    predictions = loaded.classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)
+    if not explain:
+        return {"predictions": predictions}
+    lengths = await run_in_threadpool(input_lengths, loaded.classifier, items)
+    return JSONResponse({"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]})
+
+
+@router.post("/v1/models/{model_id}/push")
+def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
+    """Upload the model with a model card to the Hub, with the service's own token (HF_TOKEN)."""
+    model_row(service.store, model_id, who)
+    token = hub_token()
+    if not token:
+        raise HTTPException(503, "the service has no Hugging Face token; its operator sets HF_TOKEN")
+    try:
+        url = push_model(service.data.job(model_id) / RUN_DIR, body.repo_id, body.private)
+    except UserError as e:
+        problems = [p.replace(token, "***") for p in e.problems]
+        status = 422 if any("must look like" in p for p in problems) else 502
+        raise HTTPException(status, "; ".join(problems)) from None
+    return {"url": url, "repo_id": body.repo_id}

@@ -1,0 +1,37 @@
+"""``/health``, ``/v1/me`` and the catalog a job chooses from (presets, accelerate configs)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from textft.service.keys import Principal
+from textft.service.routes_shared import auth, current_service, max_queued, max_upload
+from textft.service.server import Service
+from textft.service.textft_api import __version__
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["service"])
+def health(service: Service = Depends(current_service)) -> dict:
+    return {"status": "ok" if service.accepting else "stopping", "version": __version__}
+
+
+@router.get("/v1/me", tags=["service"])
+def me(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
+    opts = service.opts
+    queued = service.store.row("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state = 'queued'", who.id)["n"]
+    return {"id": who.id, "name": who.name, "admin": who.admin,
+            "limits": {"max_queued_jobs": max_queued(service, who), "max_upload_bytes": max_upload(service, who),
+                       "max_texts_per_prediction": opts.max_texts, "max_chars_per_text": opts.max_chars},
+            "queued_jobs": queued}
+
+
+@router.get("/v1/presets", tags=["jobs"])
+def presets(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
+    return service.catalog.describe_presets()
+
+
+@router.get("/v1/accelerate-configs", tags=["jobs"])
+def accelerate_configs(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
+    return service.catalog.describe_accelerate()
