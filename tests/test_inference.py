@@ -63,6 +63,15 @@ def test_single_text_empty_list_and_bad_types(clf):
         clf.predict(["x"], top_k=0)
 
 
+def test_texts_a_tokenizer_cannot_read_are_named_before_any_work(clf):
+    with pytest.raises(UserError) as e:
+        clf.predict(["a fine film", "x \ud800 y", " \u200b ", "\x00\x07"])
+    problems = e.value.problems
+    assert [p.split(":")[0] for p in problems] == ["texts[1]", "texts[2]", "texts[3]"]
+    assert "lone surrogate" in problems[0] and "U+D800" in problems[0]
+    assert clf.predict("a fine film \x00 with a NUL inside")["label"] in clf.labels  # a real text with odd bytes is fine
+
+
 def test_top_k_and_all_scores(clf, texts):
     res = clf.predict(texts[:5], top_k=2, return_all_scores=True)
     for r in res:

@@ -378,6 +378,8 @@ class Classifier:
             return self.predict([texts], batch_size, top_k, return_all_scores)[0]
         self.results(np.zeros((0, self.task.num_outputs)), top_k, return_all_scores)  # validates before any work
         singles, pairs = split_inputs(texts)
+        if problems := unreadable_inputs(singles, pairs):
+            raise UserError(problems)
         return self.results(self.logits(singles, batch_size, pairs), top_k, return_all_scores)
 
     def describe(self) -> dict:
@@ -405,6 +407,22 @@ def check_texts(texts) -> list[str]:
     if bad:
         raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
     return texts
+
+
+def unreadable_inputs(texts: list[str], pairs: list[str | None] | None) -> list[str]:
+    """``texts[i]: why`` for every input a tokenizer cannot read (textft.texts), as serve reports them;
+    TypeError for an input that is not a string at all."""
+    from textft.texts import text_problem
+
+    wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if wrong:  # a programming error rather than bad data: Python's own exception for it
+        raise TypeError(f"texts must be strings; item {wrong[0]} is {type(texts[wrong[0]]).__name__}")
+    problems = []
+    for i, text in enumerate(texts):
+        for where, value in ((f"texts[{i}]", text), (f"texts[{i}].text_pair", pairs[i] if pairs else None)):
+            if value is not None and (problem := text_problem(value)):
+                problems.append(f"{where}: {problem}")
+    return problems
 
 
 def split_inputs(inputs) -> tuple[list[str], list[str | None] | None]:
