@@ -13,7 +13,7 @@ import logging
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -212,6 +212,34 @@ def request_items(inputs, max_texts: int, max_chars: int, model_pairs: bool | No
     return items
 
 
+def check_answer_options(classifier, top_k, return_all_scores) -> None:
+    """422 for answer options the classifier cannot give (e.g. top_k of a regression model), before any work."""
+    try:
+        classifier.results(np.zeros((0, classifier.task.num_outputs)), top_k, return_all_scores)
+    except UserError as e:
+        raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace("'--all-scores'",
+                                                                                      "return_all_scores")) from None
+
+
+async def batched_logits(batcher: MicroBatcher, items: list, *, timeout_s: float | None = None,
+                         gone: Awaitable | None = None) -> np.ndarray:
+    """Logits of ``items`` through the micro-batcher, its refusals as HTTP answers: 503 with Retry-After
+    when the queue is full or the request ran out of time, 500 with a request id (never a trace) when
+    the forward pass failed. ClientGone passes through: there is nobody to answer."""
+    tag = uuid.uuid4().hex[:12]
+    retry_after = {"Retry-After": str(max(1, round((timeout_s or 10) / 10)))}
+    try:
+        return await batcher.submit(items, timeout_s=timeout_s, gone=gone, tag=tag)
+    except QueueFull as e:
+        raise HTTPException(503, f"the server is busy ({e}); retry later", headers=retry_after) from None
+    except RequestTimeout:
+        raise HTTPException(503, f"the prediction did not finish within {timeout_s:g} s (textft serve"
+                                 " --request-timeout); retry later", headers=retry_after) from None
+    except PredictionFailed:
+        raise HTTPException(500, f"prediction failed for this request (id {tag}); the server log has"
+                                 " the details") from None
+
+
 def model_runner(classifier, max_batch_size: int) -> Callable[[list[tuple[str, str | None]]], np.ndarray]:
     """The function the micro-batcher calls with a batch of (text, text_pair) items: their logits."""
     from textft.tokenization import bounded_text
@@ -249,7 +277,6 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
 
     run = model_runner(classifier, max_batch_size)
     batcher = MicroBatcher(run, max_batch_size, max_wait_ms / 1000, max_queue)
-    retry_after = {"Retry-After": str(max(1, round(request_timeout_s / 10)))}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -277,24 +304,11 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(req: PredictRequest, request: Request):
         items = request_items(req.inputs, max_texts, max_chars, classifier.pairs)
+        check_answer_options(classifier, req.top_k, req.return_all_scores)
         try:
-            classifier.results(np.zeros((0, classifier.task.num_outputs)), req.top_k, req.return_all_scores)
-        except UserError as e:
-            raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace("'--all-scores'",
-                                                                                          "return_all_scores")) from None
-        tag = uuid.uuid4().hex[:12]
-        try:
-            logits = await batcher.submit(items, timeout_s=request_timeout_s, gone=_client_gone(request), tag=tag)
-        except QueueFull as e:
-            raise HTTPException(503, f"the server is busy ({e}); retry later", headers=retry_after) from None
-        except RequestTimeout:
-            raise HTTPException(503, f"the prediction did not finish within {request_timeout_s:g} s"
-                                     " (textft serve --request-timeout); retry later", headers=retry_after) from None
+            logits = await batched_logits(batcher, items, timeout_s=request_timeout_s, gone=_client_gone(request))
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        except PredictionFailed:
-            raise HTTPException(500, f"prediction failed for this request (id {tag}); the server log has"
-                                     " the details") from None
         return {"predictions": classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)}
 
     # JSON escapes (\uXXXX) take up to 6 bytes a character; anything larger cannot pass the limits.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -16,8 +15,8 @@ from textft.service.models import input_lengths, model_files, out_of_scope_setti
 from textft.service.routes_shared import auth, current_service, iso, key_names, scope
 from textft.service.server import Service
 from textft.service.store import Store
-from textft.service.textft_api import (UserError, hub_token, predict_schemas, public_model_name, push_model,
-                                      request_items)
+from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, predict_schemas,
+                                      public_model_name, push_model, request_items)
 
 router = APIRouter(tags=["models"])
 PredictRequest, PredictResponse = predict_schemas()
@@ -96,13 +95,8 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     await run_in_threadpool(model_row, service.store, model_id, who)
     loaded = await service.models.get(model_id, service.data.job(model_id) / RUN_DIR)
     items = request_items(req.inputs, opts.max_texts, opts.max_chars, loaded.classifier.pairs)
-    try:
-        loaded.classifier.results(np.zeros((0, loaded.classifier.task.num_outputs)), req.top_k,
-                                  req.return_all_scores)
-    except UserError as e:
-        raise HTTPException(422, e.problems[0].replace("'--top-k'", "top_k").replace(
-            "'--all-scores'", "return_all_scores")) from None
-    logits = await loaded.batcher.submit(items)
+    check_answer_options(loaded.classifier, req.top_k, req.return_all_scores)
+    logits = await batched_logits(loaded.batcher, items)
     predictions = loaded.classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)
     if not explain:
         return {"predictions": predictions}

@@ -12,7 +12,7 @@ from textft.config import Config, DataConfig, ModelConfig, UserError, closest, l
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
-           "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "micro_batcher",
+           "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY"]
 
@@ -49,6 +49,20 @@ def request_items(inputs, max_texts: int, max_chars: int, model_pairs: bool | No
     from textft.serving import request_items as check
 
     return check(inputs, max_texts, max_chars, model_pairs)
+
+
+def check_answer_options(classifier, top_k, return_all_scores) -> None:
+    """422 for answer options the model cannot give, as ``textft serve`` answers them."""
+    from textft.serving import check_answer_options as check
+
+    check(classifier, top_k, return_all_scores)
+
+
+async def batched_logits(batcher, items: list):
+    """Logits through ``textft serve``'s micro-batcher, with its 503 (busy) and 500 (failed) answers."""
+    from textft.serving import batched_logits as run
+
+    return await run(batcher, items)
 
 
 def micro_batcher(classifier, max_batch_size: int, max_wait_s: float):
