@@ -65,6 +65,8 @@ class Facts:
     """What a label is (textft.tasks): single_label, multi_label or regression."""
     default_metric: str = "macro_f1"
     """The task's validation metric for picking the best model, when train.metric_for_best is auto."""
+    pairs: bool = False
+    """Each example is a pair of texts read together (data.text_pair_column)."""
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def load_inputs(cfg: Config, accelerator, precision: str):
                   n_validation=len(tokenized.get("validation", [])), num_labels=len(data.label_names),
                   global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes,
                   steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps), task=data.task.name,
-                  default_metric=data.task.default_metric)
+                  default_metric=data.task.default_metric, pairs="text_pair" in tokenized["train"].column_names)
     texts = {split: ds["text"] for split, ds in eval_sets.items()}
     pairs = {split: ds["text_pair"] if "text_pair" in ds.column_names else None for split, ds in eval_sets.items()}
     return data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, tokenized["train"]["labels"]
