@@ -71,6 +71,11 @@ def test_training_length_from_data_size_and_classes():
     # Tiny data: capped.
     cfg, why = auto(n_train=40, num_labels=2)
     assert cfg.train.epochs == 20.0 and "capped" in why["train.epochs"]
+    # Multi-label: every label is a binary decision with few positives, so at least three passes,
+    # however large the data (GoEmotions-sized: 1,357 steps a pass against a 224-step minimum).
+    cfg, why = auto(n_train=43_410, num_labels=28, task="multi_label", default_metric="macro_f1")
+    assert cfg.train.epochs == 3.0 and "at least 3 passes" in why["train.epochs"]
+    assert auto(n_train=40, num_labels=2, task="multi_label")[0].train.epochs == 20.0  # tiny: capped as before
     # The steps come from the global batch: two processes halve the steps per epoch.
     assert auto(global_batch=64)[0].train.epochs == pytest.approx(616 / 141, abs=1e-3)
 
