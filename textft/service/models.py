@@ -22,13 +22,19 @@ def model_files(run: Path) -> list[Path]:
     return sorted(p for p in run.rglob("*") if p.is_file() and p.relative_to(run).parts[0] not in EXCLUDED)
 
 
-def out_of_scope_settings(run: Path) -> dict | None:
-    """The out-of-scope threshold ``textft calibrate`` stored in the model's config.json, if any."""
+def saved_config(run: Path) -> dict | None:
+    """The model's config.json, None when it is missing or not a JSON object."""
     try:
         config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    settings = config.get(OOS_KEY) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def out_of_scope_settings(run: Path, config: dict | None = None) -> dict | None:
+    """The out-of-scope threshold ``textft calibrate`` stored in the model's config.json, if any."""
+    config = saved_config(run) if config is None else config
+    settings = config.get(OOS_KEY) if config is not None else None
     if not isinstance(settings, dict):
         return None
     return {k: settings[k] for k in ("method", "threshold", "label", "temperature") if k in settings}
