@@ -389,12 +389,14 @@ async function viewDatasets(main) {
         const select = $(`#${id}`, main);
         select.replaceChildren(...peek.columns.map((c) => el("option", { value: c, text: c, selected: c === suggested })));
       }
+      const pairSuggested = peek.suggested.text_pair_column || "";
+      $("#text_pair_column", main).replaceChildren(el("option", { value: "", text: "none: single texts", selected: !pairSuggested }),
+        ...peek.columns.map((c) => el("option", { value: c, text: c, selected: c === pairSuggested })));
       $("#ds-name", main).value = file.name;
       const render = () => $("#peek-preview", main).replaceChildren(
-        table(peek.rows, peek.columns, [$("#text_column", main).value, $("#label_column", main).value]));
+        table(peek.rows, peek.columns, ["text_column", "text_pair_column", "label_column"].map((f) => $(`#${f}`, main).value).filter(Boolean)));
       render();
-      $("#text_column", main).onchange = render;
-      $("#label_column", main).onchange = render;
+      for (const f of ["text_column", "text_pair_column", "label_column"]) $(`#${f}`, main).onchange = render;
       details.hidden = false;
     } catch (e) {
       if (e.name === "AbortError") return;
@@ -420,6 +422,7 @@ async function viewDatasets(main) {
     body.append("file", chosen);
     body.append("text_column", $("#text_column", main).value);
     body.append("label_column", $("#label_column", main).value);
+    if ($("#text_pair_column", main).value) body.append("text_pair_column", $("#text_pair_column", main).value);
     body.append("name", $("#ds-name", main).value);
     body.append("drop_empty", $("#drop_empty", main).checked ? "true" : "false");
     const button = $("#upload-button", main);
@@ -446,6 +449,8 @@ async function viewDatasets(main) {
     if (!list.length) { box.replaceChildren(el("p", { class: "hint", text: "No datasets yet: upload one above." })); return; }
     box.replaceChildren(...list.slice().reverse().map((ds) => {
       const nLabels = Object.keys(ds.labels).length;
+      const kind = { regression: "numeric target (regression)", multi_label: `${nLabels} labels, several per text` }[ds.task] || `${nLabels} labels`;
+      const columns = ds.pairs ? `text pairs: ${ds.text_column} + ${ds.text_pair_column}` : `text: ${ds.text_column}`;
       return el("article", { class: "card dataset", id: `ds-${ds.id}`, "aria-labelledby": `ds-${ds.id}-title` },
         el("div", { class: "title-row" },
           el("h3", { id: `ds-${ds.id}-title`, text: ds.name }),
@@ -458,11 +463,11 @@ async function viewDatasets(main) {
                 try { await api(`/v1/datasets/${ds.id}`, { method: "DELETE" }); toast(`Deleted ${ds.name}`); renderList(); }
                 catch (e) { toast(e.message, "error"); }
               } }))),
-        el("p", { class: "meta", text: `${ds.id} · ${ds.rows.toLocaleString("en")} rows · ${nLabels} labels · ${ds.format} · ${fmt.bytes(ds.size_bytes)} · text: ${ds.text_column} · label: ${ds.label_column} · ${fmt.when(ds.created_at)}` }),
+        el("p", { class: "meta", text: `${ds.id} · ${ds.rows.toLocaleString("en")} rows · ${kind} · ${ds.format} · ${fmt.bytes(ds.size_bytes)} · ${columns} · label: ${ds.label_column} · ${fmt.when(ds.created_at)}` }),
         el("div", { class: "dataset-body" },
           el("figure", { class: "label-chart" }, el("figcaption", { text: "Label distribution" }), labelBars(ds.labels, "Label distribution")),
           el("div", { class: "preview" }, el("h4", { text: "First rows" }),
-            el("div", { class: "table-wrap" }, table(ds.preview)))));
+            el("div", { class: "table-wrap" }, table(ds.preview, ds.pairs ? ["text", "text_pair", "label"] : null)))));
     }));
   }
   await renderList();
@@ -831,7 +836,7 @@ async function viewModels(main) {
       el("div", { class: "actions" },
         el("a", { class: "button primary", href: `#/models/${m.id}`, text: "Try it" }),
         el("a", { class: "button quiet", href: `#/jobs/${m.id}`, text: "Job" }))),
-    el("p", { class: "meta", text: `${m.base_model || "?"} · preset ${m.config} · data ${datasetNames[m.dataset] || m.dataset} · ${(m.labels || []).length} labels · ${fmt.bytes(m.size_bytes)} · ${fmt.when(m.created_at)}` }),
+    el("p", { class: "meta", text: `${m.base_model || "?"} · preset ${m.config} · data ${datasetNames[m.dataset] || m.dataset} · ${(m.labels || []).length} labels${m.pairs ? " · reads text pairs" : ""} · ${fmt.bytes(m.size_bytes)} · ${fmt.when(m.created_at)}` }),
     el("p", { text: headline(m) }))));
 }
 
@@ -909,7 +914,7 @@ async function viewModel(main, id) {
   $("#model-job-link", main).href = `#/jobs/${model.id}`;
   const oos = model.out_of_scope;
   $("#model-meta", main).textContent = [`${model.base_model}`, `${(model.labels || []).length} labels: ${(model.labels || []).slice(0, 12).join(", ")}${(model.labels || []).length > 12 ? ", …" : ""}`,
-    `reads ${model.max_length} tokens (${model.truncation} truncation for longer texts)`,
+    model.pairs ? `reads pairs of texts (the second from column ${model.text_pair_column}), ${model.max_length} tokens together` : `reads ${model.max_length} tokens (${model.truncation} truncation for longer texts)`,
     oos ? `out-of-scope threshold ${fmt.num(oos.threshold)} (${oos.method}) answers '${oos.label}'` : "no out-of-scope threshold (textft calibrate sets one)",
     headline(model)].join(" · ");
   const topk = $("#top_k", main);
@@ -917,24 +922,37 @@ async function viewModel(main, id) {
   const choices = [...new Set([1, 2, 3, 5, 10, Math.min(n, 20)].filter((v) => v <= n))].sort((a, b) => a - b);
   topk.replaceChildren(...choices.map((v) => el("option", { value: v, text: v === n ? `all ${v}` : v, selected: v === Math.min(3, n) })));
   $("#text", main).maxLength = limits.max_chars_per_text;
+  if (model.pairs) {  // the model reads two texts together: ask for both
+    $("#try-title", main).textContent = "A pair of texts";
+    $("#text-label", main).textContent = "First text";
+    $("#text_pair-field", main).hidden = false;
+    $("#text_pair", main).maxLength = limits.max_chars_per_text;
+    $("#batch-title", main).textContent = "A file of text pairs";
+    $("label[for=batch-file]", main).replaceChildren("Pairs file ", el("span", { class: "opt", text: "(.csv, .tsv, .jsonl with two text columns)" }));
+    $("label[for=batch-column]", main).textContent = "First text column";
+    main.querySelectorAll(".batch-pair").forEach((n) => { n.hidden = false; });
+  }
 
   const form = $("#predict-form", main);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearProblems(form);
-    const text = $("#text", main).value;
+    const text = $("#text", main).value, pair = $("#text_pair", main).value;
     if (!text.trim()) { showProblems(form, new ApiError(0, { problems: [{ field: "inputs", message: "Type a text to classify." }] })); return; }
+    if (model.pairs && !pair.trim()) { showProblems(form, new ApiError(0, { problems: [{ field: "text_pair", message: "This model reads pairs: type the second text too." }] })); return; }
     const button = $("#predict-button", main);
     button.disabled = true;
     try {
-      const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: text, top_k: +topk.value } });
+      const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: model.pairs ? { text, text_pair: pair } : text, top_k: +topk.value } });
       $("#prediction", main).replaceChildren(predictionView(r.predictions[0], model));
     } catch (e) {
       showProblems(form, e, { body: "inputs" });
     } finally { button.disabled = false; }
   });
-  // Ctrl+Enter predicts from the text box.
-  $("#text", main).addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit(); });
+  // Ctrl+Enter predicts from either text box.
+  for (const box of ["#text", "#text_pair"]) {
+    $(box, main).addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit(); });
+  }
 
   const batch = $("#batch-form", main), fileInput = $("#batch-file", main);
   let parsed = null, results = null;
@@ -946,6 +964,7 @@ async function viewModel(main, id) {
     if (!file) return;
     try {
       parsed = readTexts(file.name, await file.text());
+      if (model.pairs && !parsed.columns) throw new Error("this model reads pairs: give a .csv, .tsv or .jsonl file with two text columns");
     } catch (e) {
       showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: `could not read ${file.name}: ${e.message}` }] }));
       return;
@@ -954,21 +973,33 @@ async function viewModel(main, id) {
       const select = $("#batch-column", main);
       const guess = parsed.columns.find((c) => /^(text|sentence|review|content|body|query|utterance|comment)$/i.test(c)) || parsed.columns[0];
       select.replaceChildren(...parsed.columns.map((c) => el("option", { value: c, text: c, selected: c === guess })));
+      const pairGuess = parsed.columns.find((c) => /^(text_pair|sentence2|question2|text_b|hypothesis|text2)$/i.test(c))
+        || parsed.columns.find((c) => c !== guess);
+      $("#batch-pair-column", main).replaceChildren(...parsed.columns.map((c) => el("option", { value: c, text: c, selected: c === pairGuess })));
       $("#batch-column-row", main).hidden = false;
     }
-    $("#batch-status", main).textContent = `${parsed.records.length.toLocaleString("en")} texts in ${file.name}`;
+    $("#batch-status", main).textContent = `${parsed.records.length.toLocaleString("en")} ${model.pairs ? "pairs" : "texts"} in ${file.name}`;
   });
   batch.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearProblems(batch);
     if (!parsed) { showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: "Choose a file of texts first." }] })); return; }
     const column = parsed.columns ? $("#batch-column", main).value : "text";
-    const texts = parsed.records.map((r) => (r && r[column] !== undefined && r[column] !== null ? String(r[column]) : ""));
-    const empty = texts.findIndex((t) => !t.trim());
-    if (!texts.length || empty >= 0) {
-      showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: texts.length ? `row ${empty + 1} has no text in column '${column}'` : "the file has no texts" }] }));
+    const pairColumn = model.pairs ? $("#batch-pair-column", main).value : null;
+    const cell = (r, c) => (r && r[c] !== undefined && r[c] !== null ? String(r[c]) : "");
+    const texts = parsed.records.map((r) => cell(r, column));
+    const pairs = pairColumn ? parsed.records.map((r) => cell(r, pairColumn)) : null;
+    const problem = !texts.length ? "the file has no texts"
+      : pairColumn === column ? "choose two different columns: the first and the second text"
+        : [[texts, column], [pairs || [], pairColumn]].map(([list, c]) => {
+          const empty = list.findIndex((t) => !t.trim());
+          return empty >= 0 ? `row ${empty + 1} has no text in column '${c}'` : null;
+        }).find(Boolean);
+    if (problem) {
+      showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: problem }] }));
       return;
     }
+    const inputs = pairs ? texts.map((text, i) => ({ text, text_pair: pairs[i] })) : texts;
     const button = $("#batch-button", main);
     button.disabled = true;
     results = [];
@@ -977,16 +1008,17 @@ async function viewModel(main, id) {
       const step = limits.max_texts_per_prediction;
       for (let i = 0; i < texts.length; i += step) {
         status.textContent = `Predicting ${Math.min(i + step, texts.length)} / ${texts.length}…`;
-        const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: texts.slice(i, i + step), top_k: 1 } });
-        r.predictions.forEach((p, j) => results.push({ text: texts[i + j], ...p }));
+        const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: inputs.slice(i, i + step), top_k: 1 } });
+        r.predictions.forEach((p, j) => results.push({ text: texts[i + j], ...(pairs ? { text_pair: pairs[i + j] } : {}), ...p }));
       }
-      const rows = results.map((p) => ({ text: p.text.length > 160 ? `${p.text.slice(0, 159)}…` : p.text, label: p.label, score: fmt.pct(p.score),
+      const short = (t) => (t.length > 160 ? `${t.slice(0, 159)}…` : t);
+      const rows = results.map((p) => ({ text: short(p.text), ...(pairs ? { "second text": short(p.text_pair) } : {}), label: p.label, score: fmt.pct(p.score),
         ...(p.out_of_scope !== undefined ? { "out of scope": p.out_of_scope ? `yes (model: ${p.model_label})` : "no" } : {}),
         tokens: p.input ? `${p.input.tokens}${p.input.truncated ? ` (${p.input.mode})` : p.input.windows > 1 ? ` (${p.input.windows} windows)` : ""}` : "" }));
       $("#batch-results", main).replaceChildren(table(rows.slice(0, 200)));
       const counts = {};
       results.forEach((p) => { counts[p.label] = (counts[p.label] || 0) + 1; });
-      status.textContent = `${results.length} texts: ${Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")}${results.length > 200 ? " (first 200 shown; the CSV has all)" : ""}`;
+      status.textContent = `${results.length} ${model.pairs ? "pairs" : "texts"}: ${Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")}${results.length > 200 ? " (first 200 shown; the CSV has all)" : ""}`;
       $("#batch-download", main).hidden = false;
     } catch (e) {
       status.textContent = "";
@@ -995,8 +1027,9 @@ async function viewModel(main, id) {
   });
   $("#batch-download", main).addEventListener("click", () => {
     const q = (v) => `"${String(v ?? "").replace(/"/g, '""')}"`;
-    const lines = [["text", "label", "score", "out_of_scope", "model_label", "tokens"].join(",")]
-      .concat(results.map((p) => [q(p.text), q(p.label), p.score, p.out_of_scope ?? "", q(p.model_label ?? ""), p.input ? p.input.tokens : ""].join(",")));
+    const lines = [["text", ...(model.pairs ? ["text_pair"] : []), "label", "score", "out_of_scope", "model_label", "tokens"].join(",")]
+      .concat(results.map((p) => [q(p.text), ...(model.pairs ? [q(p.text_pair)] : []), q(p.label), p.score, p.out_of_scope ?? "",
+        q(p.model_label ?? ""), p.input ? p.input.tokens : ""].join(",")));
     const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
     const a = el("a", { href: url, download: `${id}-predictions.csv` });
     document.body.append(a);
