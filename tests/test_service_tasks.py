@@ -158,6 +158,7 @@ def test_a_pair_job_trains_and_its_model_predicts_pairs(service, http, pair_sets
     assert job["state"] == "succeeded", http.get(f"/v1/jobs/{job['id']}/log").text
     # the answer is in the second text only (conftest.pair_rows): a high score means both were read
     assert job["metrics"]["splits"]["test"]["accuracy"] >= 0.9
+    assert job["metrics"]["task"] == "single_label" and job["metrics"]["headline"] == HEADLINES["single_label"]
 
     model = http.get(f"/v1/models/{job['id']}").json()
     assert model["pairs"] is True and model["text_pair_column"] == "text_pair" and model["task"] == "single_label"
@@ -171,3 +172,79 @@ def test_a_pair_job_trains_and_its_model_predicts_pairs(service, http, pair_sets
     assert all(p["input"]["mode"] == "longest_first" for p in preds)
     single = http.post(f"/v1/models/{job['id']}/predict", json={"inputs": [rows[0]["text"]]})
     assert single.status_code == 422 and "reads text pairs" in single.json()["error"]
+
+
+# --- multi-label and regression models --------------------------------------------------------
+
+HEADLINES = {"single_label": ["accuracy", "macro_f1", "weighted_f1", "loss"],
+             "multi_label": ["macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "loss"],
+             "regression": ["mae", "rmse", "r2", "pearson", "spearman", "loss"]}
+LOWER = {"single_label": ["loss"], "multi_label": ["hamming_loss", "loss"], "regression": ["mae", "rmse", "loss"]}
+
+
+@pytest.fixture(scope="module")
+def task_jobs(http, task_files, tiny_model_dir):
+    """A multi-label and a regression job trained to the end: {task: finished job}."""
+    columns = {"multi_label": "labels", "regression": "score"}
+    ids = {}
+    for task, column in columns.items():
+        sets = {split: upload(http, path, label_column=column).json()["id"] for split, path in task_files[task].items()}
+        resp = http.post("/v1/jobs", json={"dataset": sets["train"], "validation_dataset": sets["validation"],
+                                           "test_dataset": sets["test"], "config": "tiny",
+                                           "overrides": tiny_job(tiny_model_dir)})
+        assert resp.status_code == 201, resp.text
+        ids[task] = resp.json()["id"]
+    jobs = {task: wait_state(http, job_id, ("succeeded", "failed"), timeout=400) for task, job_id in ids.items()}
+    for job in jobs.values():
+        assert job["state"] == "succeeded", http.get(f"/v1/jobs/{job['id']}/log").text
+    return jobs
+
+
+def assert_task_metrics(metrics: dict, task: str) -> None:
+    """Headline numbers of the task's own metrics on every split, which of them are lower-is-better."""
+    assert metrics["task"] == task
+    assert metrics["headline"] == HEADLINES[task] and metrics["lower_is_better"] == LOWER[task]
+    assert set(metrics["splits"]) == {"validation", "test"}
+    for m in metrics["splits"].values():
+        assert set(m) == {*HEADLINES[task], "num_examples"} and m["num_examples"] == 80
+        assert all(isinstance(m[k], float) for k in HEADLINES[task]), m
+
+
+@pytest.mark.parametrize("task", ["multi_label", "regression"])
+def test_a_job_and_its_model_show_the_metrics_of_their_own_task(http, task_jobs, task):
+    job = task_jobs[task]
+    assert_task_metrics(job["metrics"], task)
+    metric = {"multi_label": "macro_f1", "regression": "rmse"}[task]
+    for best in (job["metrics"]["best"], job["progress"]["best"]):
+        assert best["metric"] == metric and best["lower_is_better"] is (task == "regression"), best
+    listed = next(j for j in http.get("/v1/jobs").json() if j["id"] == job["id"])
+    assert listed["metrics"] == job["metrics"]
+
+    model = http.get(f"/v1/models/{job['id']}").json()
+    assert model["task"] == task and model["metrics"] == job["metrics"]["splits"]
+    assert model["headline"] == HEADLINES[task] and model["lower_is_better"] == LOWER[task]
+    assert next(m for m in http.get("/v1/models").json() if m["id"] == job["id"]) == model
+    test = model["metrics"]["test"]
+    if task == "regression":  # scores 1 to 8.5 from the count of positive words: a tiny model learns most of it
+        assert test["r2"] > 0.5 and test["spearman"] > 0.7 and test["rmse"] < 2
+    else:
+        assert test["micro_f1"] > 0.7 and 0 <= test["hamming_loss"] < 0.2
+
+
+def test_multi_label_and_regression_models_answer_in_their_own_shape(http, task_jobs):
+    multi = task_jobs["multi_label"]["id"]
+    resp = http.post(f"/v1/models/{multi}/predict", params={"explain": "true"},
+                     json={"inputs": ["the acting and the music", "the film was really a story"], "top_k": 3})
+    assert resp.status_code == 200, resp.text
+    both, plain = resp.json()["predictions"]
+    assert [x["label"] for x in both["top_k"]][:2] in (["acting", "music"], ["music", "acting"])
+    assert {x["label"] for x in both["labels"]} >= {"acting"} and all(0 <= x["score"] <= 1 for x in both["labels"])
+    assert "label" not in both and plain["input"]["tokens"] > 2 and len(plain["top_k"]) == 3
+
+    value = task_jobs["regression"]["id"]
+    resp = http.post(f"/v1/models/{value}/predict", json={"inputs": ["a great and superb film", "the film was really a story"]})
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert set(preds[0]) == {"value"} and preds[0]["value"] > preds[1]["value"]
+    refused = http.post(f"/v1/models/{value}/predict", json={"inputs": ["a good film"], "top_k": 3})
+    assert refused.status_code == 422 and "regression model answers one value" in refused.json()["error"]

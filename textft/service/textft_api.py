@@ -13,7 +13,7 @@ from textft.calibration import OOS_KEY  # light: numpy only; torch and transform
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts", "task_default_metric", "model_task",
+           "recipe_facts", "task_default_metric", "task_headline", "model_task",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY"]
 
 
@@ -88,6 +88,14 @@ def task_default_metric(task: str) -> str:
     from textft.tasks import task_class
 
     return task_class(task).default_metric
+
+
+def task_headline(task: str | None) -> tuple[str, ...]:
+    """The metrics a run of ``task`` is summarised by, in its report's order (a run from before
+    tasks existed is single-label); the calibration error is left to the report."""
+    from textft.tasks import task_class
+
+    return tuple(k for k in task_class(task or "single_label").headline if k != "ece")
 
 
 def model_task(config: dict) -> str | None:
