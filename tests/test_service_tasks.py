@@ -227,8 +227,12 @@ def test_a_job_and_its_model_show_the_metrics_of_their_own_task(http, task_jobs,
     test = model["metrics"]["test"]
     if task == "regression":  # scores 1 to 8.5 from the count of positive words: a tiny model learns most of it
         assert test["r2"] > 0.5 and test["spearman"] > 0.7 and test["rmse"] < 2
+        assert model["thresholds"] is None
     else:
         assert test["micro_f1"] > 0.7 and 0 <= test["hamming_loss"] < 0.2
+        # chosen on validation for each label (macro-F1), shown with the model as predict applies them
+        assert set(model["thresholds"]["values"]) == set(model["labels"]) == {"acting", "music", "ending"}
+        assert model["thresholds"]["tuning"] == "per_label" and all(0 < t < 1 for t in model["thresholds"]["values"].values())
 
 
 def test_multi_label_and_regression_models_answer_in_their_own_shape(http, task_jobs):

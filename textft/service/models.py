@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
-from textft.service.textft_api import OOS_KEY, load_classifier, micro_batcher
+from textft.service.textft_api import OOS_KEY, THRESHOLDS_KEY, load_classifier, micro_batcher
 
 EXCLUDED = {"checkpoints", "logs"}
 """Run subdirectories that are not part of the model: resume states and tracker logs."""
@@ -38,6 +38,15 @@ def out_of_scope_settings(run: Path, config: dict | None = None) -> dict | None:
     if not isinstance(settings, dict):
         return None
     return {k: settings[k] for k in ("method", "threshold", "label", "temperature") if k in settings}
+
+
+def decision_thresholds(config: dict | None) -> dict | None:
+    """A multi-label model's decision thresholds stored in its config.json ({label: threshold}, how
+    they were tuned), None when it answers at 0.5 for every label."""
+    stored = config.get(THRESHOLDS_KEY) if config is not None else None
+    if not isinstance(stored, dict) or not isinstance(stored.get("values"), dict):
+        return None
+    return {k: stored[k] for k in ("values", "tuning", "metric", "split") if k in stored}
 
 
 def input_lengths(classifier, items: list[tuple[str, str | None]]) -> list[dict]:

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from textft.service.jobs import RUN_DIR
 from textft.service.keys import Principal
-from textft.service.models import input_lengths, model_files, out_of_scope_settings, saved_config, tar_stream
+from textft.service.models import (decision_thresholds, input_lengths, model_files, out_of_scope_settings,
+                                   saved_config, tar_stream)
 from textft.service.routes_shared import auth, current_service, iso, key_names, scope
 from textft.service.server import Service
 from textft.service.store import Store
@@ -63,6 +64,7 @@ def model_out(service: Service, row: dict, names: dict[str, str] | None = None) 
             "truncation": trained.get("data.truncation"), "head_fraction": trained.get("data.head_fraction"),
             "task": task, "pairs": pair_column is not None,
             "text_pair_column": pair_column, "out_of_scope": out_of_scope_settings(run, config),
+            "thresholds": decision_thresholds(config),
             "labels": metrics.get("labels"), "metrics": metrics.get("splits"), "best": metrics.get("best"),
             "headline": headline, "lower_is_better": [k for k in headline if lower_is_better(k)],
             "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),

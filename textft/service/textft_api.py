@@ -10,11 +10,13 @@ from __future__ import annotations
 from textft import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
+from textft.tasks.multi_label import THRESHOLDS_KEY  # light as well
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "task_default_metric", "task_headline", "model_task",
-           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY"]
+           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
+           "THRESHOLDS_KEY"]
 
 
 def data_formats() -> tuple[str, ...]:
