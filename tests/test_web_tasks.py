@@ -43,6 +43,28 @@ def metric_headers(table) -> list[str]:
     return table.locator("thead th").all_inner_texts()
 
 
+def try_page(page, job_id: str, tmp_path) -> Shots:
+    """The model's try page, and screenshots of it as the test goes."""
+    shots = Shots(page, tmp_path / "screenshots")
+    print(f"screenshots: {shots.folder}")
+    page.goto(page.url.rsplit("#", 1)[0] + f"#/models/{job_id}")
+    return shots
+
+
+def predict_file(page, path) -> tuple:
+    """Predict a file on the try page: (the result rows shown, the rows of the downloaded CSV)."""
+    from playwright.sync_api import expect
+
+    page.get_by_label("Texts file").set_input_files(str(path))
+    page.get_by_role("button", name="Predict the file").click()
+    results = page.locator("#batch-results tbody tr")
+    expect(results).to_have_count(80, timeout=60_000)
+    expect(page.locator("#batch-status")).to_contain_text("80 texts:")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download results (CSV)").click()
+    return results, list(csv.DictReader(io.StringIO(download.value.path().read_text())))
+
+
 @needs_chromium
 def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
@@ -92,9 +114,7 @@ def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):
 def test_the_try_page_shows_the_labels_above_threshold_and_none(page, task_jobs, task_files, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
-    shots = Shots(page, tmp_path / "screenshots")
-    print(f"screenshots: {shots.folder}")
-    page.goto(page.url.rsplit("#", 1)[0] + f"#/models/{task_jobs['multi_label']['id']}")
+    shots = try_page(page, task_jobs["multi_label"]["id"], tmp_path)
     expect(page.locator("#model-meta")).to_contain_text("3 labels, any number per text: acting, ending, music")
     expect(page.locator("#model-meta")).to_contain_text("thresholds chosen on validation")
     expect(page.locator("#model-metrics table")).to_be_visible()
@@ -115,21 +135,14 @@ def test_the_try_page_shows_the_labels_above_threshold_and_none(page, task_jobs,
     expect(prediction.locator("ol.chosen")).to_have_count(0)
     shots("multi-label-none")
 
-    page.get_by_label("Texts file").set_input_files(str(task_files["multi_label"]["test"]))
-    page.get_by_role("button", name="Predict the file").click()
-    results = page.locator("#batch-results tbody tr")
-    expect(results).to_have_count(80, timeout=60_000)
+    results, rows = predict_file(page, task_files["multi_label"]["test"])
     assert page.locator("#batch-results thead th").all_inner_texts()[:2] == ["text", "labels"]
     truth = [json.loads(line)["labels"] for line in task_files["multi_label"]["test"].read_text().splitlines()]
     shown = results.locator('td[data-label="labels"]').all_inner_texts()
     exact = sum(s == ("none" if not t else ", ".join(sorted(t))) for s, t in
                 zip((", ".join(sorted(x.split(", "))) if x != "none" else x for x in shown), truth))
     assert exact >= 40, list(zip(shown, truth))[:10]
-    expect(page.locator("#batch-status")).to_contain_text("80 texts:")
     expect(page.locator("#batch-status")).to_contain_text("none ")
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Download results (CSV)").click()
-    rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert list(rows[0]) == ["text", "labels", "scores", "tokens"] and len(rows) == 80
     assert all(len(r["labels"].split(";")) == len(r["scores"].split(";")) for r in rows if r["labels"])
     assert any(r["labels"] == "" for r in rows) and any(";" in r["labels"] for r in rows)
@@ -140,9 +153,7 @@ def test_the_try_page_shows_the_labels_above_threshold_and_none(page, task_jobs,
 def test_the_try_page_shows_the_predicted_value(page, task_jobs, task_files, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
-    shots = Shots(page, tmp_path / "screenshots")
-    print(f"screenshots: {shots.folder}")
-    page.goto(page.url.rsplit("#", 1)[0] + f"#/models/{task_jobs['regression']['id']}")
+    shots = try_page(page, task_jobs["regression"]["id"], tmp_path)
     expect(page.locator("#model-meta")).to_contain_text("predicts score (a number)")
     expect(page.get_by_label("Labels shown")).to_be_hidden()  # a regression model ranks nothing
     page.get_by_label("Text", exact=True).fill("a great and superb film")
@@ -157,18 +168,12 @@ def test_the_try_page_shows_the_predicted_value(page, task_jobs, task_files, tmp
     expect(answer).not_to_have_text(str(high))
     assert float(answer.inner_text()) < high
 
-    page.get_by_label("Texts file").set_input_files(str(task_files["regression"]["test"]))
-    page.get_by_role("button", name="Predict the file").click()
-    results = page.locator("#batch-results tbody tr")
-    expect(results).to_have_count(80, timeout=60_000)
+    results, rows = predict_file(page, task_files["regression"]["test"])
     assert page.locator("#batch-results thead th").all_inner_texts()[:2] == ["text", "predicted score"]
     truth = [json.loads(line)["score"] for line in task_files["regression"]["test"].read_text().splitlines()]
     got = [float(v) for v in results.locator('td[data-label="predicted score"]').all_inner_texts()]
     assert sum(abs(g - t) for g, t in zip(got, truth)) / len(got) < 1.5
     expect(page.locator("#batch-status")).to_contain_text("80 texts: predicted score from")
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Download results (CSV)").click()
-    rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert list(rows[0]) == ["text", "value", "tokens"] and len(rows) == 80
     assert [float(r["value"]) for r in rows] == pytest.approx(got, abs=1e-3)
     shots("regression-file")
