@@ -231,14 +231,21 @@ def _release_memory() -> None:
         pass
 
 
+COLUMN_FIELDS = ("text_column", "text_pair_column", "label_column")
+"""Upload form fields that name a column, each the ``data.`` key of the same name."""
+
+
 def _rewrite(problem: str, path: str, filename: str) -> str:
-    return (problem.replace(path, filename).replace("'data.train_file'", "'file'")
-            .replace("'data.text_column'", "'text_column'").replace("'data.label_column'", "'label_column'"))
+    problem = problem.replace(path, filename).replace("'data.train_file'", "'file'")
+    for name in COLUMN_FIELDS:
+        problem = problem.replace(f"data.{name}", name)
+    return problem
 
 
 def field_of(problem: str) -> str:
     """The form field a (rewritten) problem concerns."""
-    return next((name for name in ("text_column", "label_column") if problem.startswith(f"'{name}'")), "file")
+    return next((name for name in COLUMN_FIELDS if problem.startswith(f"'{name}'")),
+                next((name for name in COLUMN_FIELDS if f" {name} must" in problem), "file"))
 
 
 def describe_label(y, names: list[str], task: str):
@@ -251,8 +258,9 @@ def describe_label(y, names: list[str], task: str):
 
 
 def inspect(path: str, filename: str, text_column: str, label_column: str, drop_empty: bool,
-            scratch: str) -> dict:
-    """Row count, label distribution and preview of an upload, or the problems ``textft train`` would report."""
+            scratch: str, text_pair_column: str | None = None) -> dict:
+    """Row count, task, label distribution and preview of an upload (text pairs when
+    ``text_pair_column`` names the second text), or the problems ``textft train`` would report."""
     import datasets
 
     from textft.service.textft_api import DataConfig, UserError, load_splits
@@ -263,7 +271,7 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
     datasets.disable_progress_bars()
     try:
         data = load_splits(DataConfig(train_file=path, text_column=text_column, label_column=label_column,
-                                      drop_empty=drop_empty))
+                                      text_pair_column=text_pair_column, drop_empty=drop_empty))
     except UserError as e:
         problems = [_rewrite(p, path, filename) for p in e.problems]
         return {"problems": [(field_of(p), p) for p in problems]}
@@ -280,8 +288,10 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
         else:
             counts = {name: 0 for name in names} | {names[i]: n for i, n in Counter(labels).items()}
         head = train.select(range(min(PREVIEW_ROWS, len(train))))
-        preview = [{"text": t[:PREVIEW_CHARS], "label": describe_label(y, names, task)}
-                   for t, y in zip(head["text"][:], head["labels"][:])]
+        seconds = head["text_pair"][:] if text_pair_column else [None] * len(head)
+        preview = [{"text": t[:PREVIEW_CHARS], **({"text_pair": p[:PREVIEW_CHARS]} if p is not None else {}),
+                    "label": describe_label(y, names, task)}
+                   for t, p, y in zip(head["text"][:], seconds, head["labels"][:])]
         return {"rows": len(labels), "task": task, "labels": counts, "preview": preview}
     finally:
         del data
@@ -375,18 +385,22 @@ def _json_records(path: str, rows: int) -> list[dict]:
     return records
 
 
-TEXT_NAMES = ("text", "sentence", "review", "content", "body", "query", "utterance", "comment")
+TEXT_NAMES = ("text", "sentence", "review", "content", "body", "query", "utterance", "comment", "sentence1",
+              "question1", "text_a", "premise")
+PAIR_NAMES = ("text_pair", "sentence2", "question2", "text_b", "hypothesis", "text2")
+"""Second-text columns of common pair datasets (MRPC, QQP, NLI), suggested only when present."""
 LABEL_NAMES = ("label", "labels", "intent", "sentiment", "category", "class", "target", "stars")
 
 
 def suggest_columns(columns: list[str], records: list[dict]) -> dict:
     lower = {c.lower(): c for c in columns}
+    pair = next((lower[n] for n in PAIR_NAMES if n in lower), None)
     text = next((lower[n] for n in TEXT_NAMES if n in lower), None)
     if text is None:
-        lengths = {c: sum(len(r.get(c)) for r in records if isinstance(r.get(c), str)) for c in columns}
+        lengths = {c: sum(len(r.get(c)) for r in records if isinstance(r.get(c), str)) for c in columns if c != pair}
         text = max(lengths, key=lengths.get) if lengths and max(lengths.values()) else None
     label = next((lower[n] for n in LABEL_NAMES if n in lower and lower[n] != text), None)
-    return {"text_column": text, "label_column": label}
+    return {"text_column": text, "label_column": label, **({"text_pair_column": pair} if pair else {})}
 
 
 class Checker:
@@ -406,19 +420,19 @@ class Checker:
     def warm_up(self):
         return self.pool.submit(_warm_up)
 
-    async def _run(self, fn, *args) -> dict:
+    async def _run(self, fn, *args, **kwargs) -> dict:
         import asyncio
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return await asyncio.wrap_future(self.pool.submit(fn, *args))
+            return await asyncio.wrap_future(self.pool.submit(fn, *args, **kwargs))
         except BrokenProcessPool:
             self.pool = self._pool()
             raise UploadError(422, [("file", "reading the file stopped the checking process (out of memory?);"
                                              " nothing was stored")]) from None
 
-    async def inspect(self, *args) -> dict:
-        return await self._run(inspect, *args, str(self.scratch))
+    async def inspect(self, *args, text_pair_column: str | None = None) -> dict:
+        return await self._run(inspect, *args, str(self.scratch), text_pair_column=text_pair_column)
 
     async def peek(self, path: Path, suffix: str) -> dict:
         return await self._run(peek, str(path), suffix)

@@ -31,6 +31,7 @@ SERVICE_KEYS = {
     "data.validation_file": "set by 'validation_dataset'",
     "data.test_file": "set by 'test_dataset'",
     "data.text_column": "chosen when the dataset was uploaded",
+    "data.text_pair_column": "chosen when the dataset was uploaded",
     "data.label_column": "chosen when the dataset was uploaded",
     "output.dir": "the service chooses each job's directory",
     "output.overwrite": "the service chooses each job's directory",
@@ -217,6 +218,7 @@ def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Ca
     if train is not None:
         service += [f"data.train_file={json.dumps(rel_dataset(train))}",
                     f"data.text_column={json.dumps(train['text_column'])}",
+                    f"data.text_pair_column={json.dumps(train.get('text_pair_column'))}",
                     f"data.label_column={json.dumps(train['label_column'])}"]
         if train["drop_empty"] and "data.drop_empty" not in req.overrides:
             service.append("data.drop_empty=true")
@@ -250,10 +252,20 @@ def _compatible(fieldname: str, other: dict, train: dict) -> list[tuple[str, str
     """Problems ``textft train`` would find when reading ``other`` as a split next to ``train``."""
     split = fieldname.split("_")[0]
     problems = []
-    for key in ("text_column", "label_column"):
-        if other[key] != train[key]:
-            problems.append((fieldname, f"'{fieldname}': its {key.replace('_', ' ')} is '{other[key]}' but the"
-                                        f" training dataset's is '{train[key]}'; upload it with {key}={train[key]}"))
+    for key in ("text_column", "text_pair_column", "label_column"):
+        mine, theirs = other.get(key), train.get(key)
+        if mine == theirs:
+            continue
+        what = key.replace("_", " ")
+        if theirs is None:  # the training texts are single, these are pairs
+            problems.append((fieldname, f"'{fieldname}': it was uploaded with {key}={mine} (text pairs) but the"
+                                        f" training dataset has single texts; upload it without {key}"))
+        elif mine is None:
+            problems.append((fieldname, f"'{fieldname}': it has no {what} but the training dataset reads text pairs"
+                                        f" (its {key} is '{theirs}'); upload it with {key}={theirs}"))
+        else:
+            problems.append((fieldname, f"'{fieldname}': its {what} is '{mine}' but the training dataset's is"
+                                        f" '{theirs}'; upload it with {key}={theirs}"))
     if problems:
         return problems
     unseen = sorted(set(other["labels"]) - set(train["labels"]))

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
-from textft.service.textft_api import OOS_KEY, load_classifier, micro_batcher
+from textft.service.textft_api import OOS_KEY, THRESHOLDS_KEY, load_classifier, micro_batcher
 
 EXCLUDED = {"checkpoints", "logs"}
 """Run subdirectories that are not part of the model: resume states and tracker logs."""
@@ -22,16 +22,31 @@ def model_files(run: Path) -> list[Path]:
     return sorted(p for p in run.rglob("*") if p.is_file() and p.relative_to(run).parts[0] not in EXCLUDED)
 
 
-def out_of_scope_settings(run: Path) -> dict | None:
-    """The out-of-scope threshold ``textft calibrate`` stored in the model's config.json, if any."""
+def saved_config(run: Path) -> dict | None:
+    """The model's config.json, None when it is missing or not a JSON object."""
     try:
         config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    settings = config.get(OOS_KEY) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def out_of_scope_settings(run: Path, config: dict | None = None) -> dict | None:
+    """The out-of-scope threshold ``textft calibrate`` stored in the model's config.json, if any."""
+    config = saved_config(run) if config is None else config
+    settings = config.get(OOS_KEY) if config is not None else None
     if not isinstance(settings, dict):
         return None
     return {k: settings[k] for k in ("method", "threshold", "label", "temperature") if k in settings}
+
+
+def decision_thresholds(config: dict | None) -> dict | None:
+    """A multi-label model's decision thresholds stored in its config.json ({label: threshold}, how
+    they were tuned), None when it answers at 0.5 for every label."""
+    stored = config.get(THRESHOLDS_KEY) if config is not None else None
+    if not isinstance(stored, dict) or not isinstance(stored.get("values"), dict):
+        return None
+    return {k: stored[k] for k in ("values", "tuning", "metric", "split") if k in stored}
 
 
 def input_lengths(classifier, items: list[tuple[str, str | None]]) -> list[dict]:

@@ -15,14 +15,16 @@ from textft.service.routes_shared import (accepting, auth, current_service, erro
                                           owned, scope)
 from textft.service.server import Service
 from textft.service.store import ACTIVE, dumps
-from textft.service.textft_api import data_formats
+from textft.service.textft_api import closest, data_formats
 
 router = APIRouter(tags=["datasets"])
-FORM_FIELDS = {"text_column", "label_column", "name", "drop_empty"}
+FORM_FIELDS = {"text_column", "text_pair_column", "label_column", "name", "drop_empty"}
 UPLOAD_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "csv, tsv, json, jsonl or parquet"},
         "text_column": {"type": "string", "default": "text"},
+        "text_pair_column": {"type": "string", "description": "column of the second text of each example (sentence"
+                                                           " pairs: paraphrase, NLI, question duplicates); default: none"},
         "label_column": {"type": "string", "default": "label"},
         "name": {"type": "string", "description": "display name (default: the file name)"},
         "drop_empty": {"type": "boolean", "default": False}}}}}}}
@@ -31,14 +33,20 @@ UPLOAD_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
 def dataset_out(service: Service, row: dict, names: dict[str, str] | None = None) -> dict:
     return {"id": row["id"], "name": row["name"], "filename": row["filename"], "format": row["format"],
             "size_bytes": row["size_bytes"], "rows": row["rows"], "text_column": row["text_column"],
-            "label_column": row["label_column"], "drop_empty": bool(row["drop_empty"]),
+            "text_pair_column": row["text_pair_column"], "pairs": row["text_pair_column"] is not None,
+            "label_column": row["label_column"], "task": row["task"], "drop_empty": bool(row["drop_empty"]),
             "labels": row["labels"], "preview": row["preview"], "created_at": iso(row["created_at"]),
             "owner": (names or key_names(service.store)).get(row["owner"])}
 
 
 def form_problems(fields: dict[str, str]) -> list[tuple[str, str]]:
-    problems = [(f, f"'{f}': unknown form field; fields: file, text_column, label_column, name, drop_empty")
-                for f in sorted(set(fields) - FORM_FIELDS)]
+    problems = [(f, f"'{f}': unknown form field; fields: file, text_column, text_pair_column, label_column, name,"
+                    f" drop_empty{closest(f, sorted(FORM_FIELDS))}") for f in sorted(set(fields) - FORM_FIELDS)]
+    pair = fields.get("text_pair_column", "").strip()
+    for other, default in (("text_column", "text"), ("label_column", "label")):
+        if pair and pair == (fields.get(other, "").strip() or default):
+            problems.append(("text_pair_column", f"'text_pair_column': '{pair}' is also the {other}; name the column"
+                                                 " of the second text (leave it empty for single texts)"))
     if fields.get("drop_empty", "false").strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
         problems.append(("drop_empty", f"'drop_empty' must be true or false, got {fields['drop_empty']!r}"))
     return problems
@@ -58,9 +66,11 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
     drop = fields.get("drop_empty", "false").strip().lower() in ("true", "1", "yes")
     text_column = fields.get("text_column", "").strip() or "text"
     label_column = fields.get("label_column", "").strip() or "label"
+    pair_column = fields.get("text_pair_column", "").strip() or None
     if not problems:
         try:
-            result = await service.checker.inspect(str(upload.path), upload.filename, text_column, label_column, drop)
+            result = await service.checker.inspect(str(upload.path), upload.filename, text_column, label_column, drop,
+                                                   text_pair_column=pair_column)
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -72,11 +82,12 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
     try:
         with store.transaction() as db:
             db.execute("INSERT INTO datasets (id, owner, name, filename, path, format, size_bytes, rows, text_column,"
-                       " label_column, drop_empty, labels, preview, created_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " label_column, drop_empty, labels, preview, created_at, task, text_pair_column)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (dataset_id, who.id, name, upload.filename, str(upload.path.relative_to(service.data.root)),
                         upload.path.suffix.lstrip("."), upload.size, result["rows"], text_column, label_column,
-                        int(drop), dumps(result["labels"]), dumps(result["preview"]), time.time()))
+                        int(drop), dumps(result["labels"]), dumps(result["preview"]), time.time(), result["task"],
+                        pair_column))
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -86,7 +97,8 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
 @router.post("/v1/datasets/columns")
 async def dataset_columns(request: Request, who: Principal = Depends(auth),
                           service: Service = Depends(current_service)) -> dict:
-    """Column names and first rows of a file, to choose text_column and label_column; nothing is kept."""
+    """Column names and first rows of a file, to choose text_column, label_column and (for sentence
+    pairs) text_pair_column; nothing is kept."""
     dest = service.data.cache / "peek" / secrets.token_hex(8)
     upload = await uploads.receive(request, dest, max_upload(service, who), data_formats())
     try:

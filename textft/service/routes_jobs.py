@@ -20,7 +20,7 @@ from textft.service.routes_shared import accepting, auth, current_service, iso, 
 from textft.service.scheduler import read_new_lines
 from textft.service.server import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
-from textft.service.textft_api import UserError, closest, recipe_facts, resolve_recipe
+from textft.service.textft_api import UserError, closest, recipe_facts, resolve_recipe, task_default_metric
 
 router = APIRouter(tags=["jobs"])
 EVENTS = {200: {"content": {"text/event-stream": {}},
@@ -238,6 +238,10 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     req, cfg, launch, records = await run_in_threadpool(job_request, service, body, who)
     train = records[req.dataset]
     labels = list(train["labels"])
+    # the task the run will train: the one the job names, else what the loader found in the upload
+    task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train)
+    if task == "regression":
+        labels = labels[:1]
     n_train, n_val = split_sizes(cfg, train, records.get(req.validation_dataset) if req.validation_dataset else None)
     global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * launch["num_processes"]
     try:
@@ -248,7 +252,8 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     per_epoch = max(1, math.ceil(n_train / global_batch))
     facts = {"non_embedding_params": params, "fresh_head": fresh, "pretrained_encoder": not cfg.model.random_init,
              "n_train": n_train, "n_validation": n_val, "num_labels": len(labels), "global_batch": global_batch,
-             "steps_per_epoch": per_epoch}
+             "steps_per_epoch": per_epoch, "task": task, "default_metric": task_default_metric(task),
+             "pairs": cfg.data.text_pair_column is not None}
     resolved, why = resolve_recipe(cfg, **facts)
     auto = {key: {"value": getattr(resolved.train, key.split(".", 1)[1]), "reason": reason}
             for key, reason in why.items()}
@@ -257,6 +262,21 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
             "plan": {"total_steps": total, "steps_per_epoch": per_epoch},
             "settings": {f"{section}.{k}": v for section, values in resolved.to_dict().items()
                          for k, v in values.items() if f"{section}.{k}" not in HIDDEN}}
+
+
+async def dataset_task(service: Service, record: dict) -> str:
+    """The task the loader found in a dataset; datasets stored before the task was recorded are read
+    again (once) with the loader, and the answer kept."""
+    if record.get("task"):
+        return record["task"]
+    found = await service.checker.inspect(str(service.data.root / record["path"]), record["filename"],
+                                          record["text_column"], record["label_column"], bool(record["drop_empty"]),
+                                          text_pair_column=record.get("text_pair_column"))
+    if not found.get("task"):  # the file no longer reads (problems): training would say so
+        return "single_label"
+    with service.store.transaction() as db:
+        db.execute("UPDATE datasets SET task = ? WHERE id = ? AND task IS NULL", (found["task"], record["id"]))
+    return found["task"]
 
 
 _FACTS: dict[tuple, tuple[int, bool]] = {}

@@ -11,12 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from textft.service.jobs import RUN_DIR
 from textft.service.keys import Principal
-from textft.service.models import input_lengths, model_files, out_of_scope_settings, tar_stream
+from textft.service.models import (decision_thresholds, input_lengths, model_files, out_of_scope_settings,
+                                   saved_config, tar_stream)
 from textft.service.routes_shared import auth, current_service, iso, key_names, scope
 from textft.service.server import Service
 from textft.service.store import Store
-from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, predict_schemas,
-                                      public_model_name, push_model, request_items)
+from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, lower_is_better,
+                                      model_task, predict_schemas, public_model_name, push_model, request_items,
+                                      task_headline)
 
 router = APIRouter(tags=["models"])
 PredictRequest, PredictResponse = predict_schemas()
@@ -52,11 +54,19 @@ def model_out(service: Service, row: dict, names: dict[str, str] | None = None) 
     run = service.data.job(row["id"]) / RUN_DIR
     metrics = row["metrics"] or {}
     trained = trained_settings(run)
+    config = saved_config(run) or {}
+    pair_column = trained.get("data.text_pair_column")
+    task = model_task(config) if config else None
+    # jobs that ended before metrics named their task kept the single-label numbers
+    headline = metrics.get("headline") or list(task_headline(task))
     return {"id": row["id"], "job": row["id"], "config": row["config"], "dataset": row["dataset"],
             "base_model": public_model_name(trained.get("model.name_or_path")), "max_length": trained.get("data.max_length"),
             "truncation": trained.get("data.truncation"), "head_fraction": trained.get("data.head_fraction"),
-            "out_of_scope": out_of_scope_settings(run),
+            "task": task, "pairs": pair_column is not None,
+            "text_pair_column": pair_column, "out_of_scope": out_of_scope_settings(run, config),
+            "thresholds": decision_thresholds(config),
             "labels": metrics.get("labels"), "metrics": metrics.get("splits"), "best": metrics.get("best"),
+            "headline": headline, "lower_is_better": [k for k in headline if lower_is_better(k)],
             "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
             "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
             "owner": (names or key_names(service.store)).get(row["owner"])}

@@ -33,7 +33,7 @@ from textft.service.layout import DataDir, is_local, process_alive, read_json, w
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
 from textft.service.store import ACTIVE, Store, add_event, dumps
 from textft.service.supervise import group_alive, stop_group
-from textft.service.textft_api import lower_is_better
+from textft.service.textft_api import lower_is_better, task_headline
 
 log = logging.getLogger("textft.service")
 
@@ -98,12 +98,20 @@ def failure_reason(log_path: Path, start: int, rc: int | None) -> tuple[str, boo
 
 
 def headline_metrics(run: Path) -> dict | None:
+    """What a finished job keeps of its evaluation: its task, each split's numbers of the task's own
+    headline metrics, which of them are lower-is-better, and the best validation result."""
     report = read_json(run / "eval_report.json")
     if not isinstance(report, dict):
         return None
-    splits = {split: {k: m.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")}
+    task = report.get("task") or "single_label"
+    keys = task_headline(task)
+    splits = {split: {k: m.get(k) for k in (*keys, "num_examples")}
               for split, m in (report.get("splits") or {}).items() if isinstance(m, dict)}
-    return {"splits": splits, "best": report.get("best"), "stop_reason": report.get("stop_reason"),
+    best = report.get("best")
+    if isinstance(best, dict) and best.get("metric"):
+        best = {**best, "lower_is_better": lower_is_better(best["metric"])}
+    return {"task": task, "headline": list(keys), "lower_is_better": [k for k in keys if lower_is_better(k)],
+            "splits": splits, "best": best, "stop_reason": report.get("stop_reason"),
             "optimizer_steps": report.get("optimizer_steps"), "train_seconds": report.get("train_seconds"),
             "labels": report.get("label_names")}
 
@@ -228,7 +236,8 @@ class Monitor:
                 better = value is not None and (
                     best is None or (value < best["value"] if lower_is_better(metric) else value > best["value"]))
                 if better:
-                    progress["best"] = {"metric": metric, "value": value, "step": entry.get("step")}
+                    progress["best"] = {"metric": metric, "value": value, "step": entry.get("step"),
+                                        "lower_is_better": lower_is_better(metric)}
             else:
                 for k in ("loss", "lr", "samples_per_s"):
                     if k in entry:

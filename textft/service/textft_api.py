@@ -10,11 +10,13 @@ from __future__ import annotations
 from textft import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
+from textft.tasks.multi_label import THRESHOLDS_KEY  # light as well
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts",
-           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY"]
+           "recipe_facts", "task_default_metric", "task_headline", "model_task",
+           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
+           "THRESHOLDS_KEY"]
 
 
 def data_formats() -> tuple[str, ...]:
@@ -80,6 +82,32 @@ def recipe_facts(model: ModelConfig, label_names: list[str]) -> tuple[int, bool]
 
     built, initialised_here = build_model(model, label_names)
     return non_embedding_params(built), head_is_fresh(built, initialised_here)
+
+
+def task_default_metric(task: str) -> str:
+    """The validation metric ``textft train`` picks the best model by for ``task`` when
+    train.metric_for_best is auto."""
+    from textft.tasks import task_class
+
+    return task_class(task).default_metric
+
+
+def task_headline(task: str | None) -> tuple[str, ...]:
+    """The metrics a run of ``task`` is summarised by, in its report's order (a run from before
+    tasks existed is single-label); the calibration error is left to the report."""
+    from textft.tasks import task_class
+
+    return tuple(k for k in task_class(task or "single_label").headline if k != "ece")
+
+
+def model_task(config: dict) -> str | None:
+    """The task (single_label, multi_label, regression) of a saved model's config.json, None if unreadable."""
+    from textft.tasks import from_model_config
+
+    try:
+        return from_model_config(config).name
+    except UserError:
+        return None
 
 
 def resolve_recipe(cfg: Config, **facts) -> tuple[Config, dict[str, str]]:

@@ -303,9 +303,49 @@ function progressBar(job) {
   fill, el("span", { class: "progress-text", text: `${rounded}% · ${text}` }));
 }
 
+// ---- metrics: each task has its own, some of them lower-is-better ----------------------------------
+
+const METRIC_NAMES = { accuracy: "accuracy", macro_f1: "macro-F1", weighted_f1: "weighted-F1", loss: "loss", ece: "ECE",
+  micro_f1: "micro-F1", samples_f1: "samples-F1", subset_accuracy: "subset accuracy", hamming_loss: "Hamming loss",
+  mae: "MAE", rmse: "RMSE", r2: "R²", pearson: "Pearson", spearman: "Spearman" };
+// for jobs that ended before their metrics said which are lower-is-better
+const LOWER_IS_BETTER = ["loss", "ece", "mae", "rmse", "hamming_loss"];
+const SINGLE_LABEL_HEADLINE = ["accuracy", "macro_f1", "weighted_f1", "loss"];
+// the validation curves drawn while a job trains, by task
+const CURVES = { single_label: ["accuracy", "macro_f1", "weighted_f1"], multi_label: ["macro_f1", "micro_f1", "samples_f1"],
+  regression: ["rmse", "mae"] };
+const metricName = (k) => METRIC_NAMES[k] || k.replace(/_/g, "-");
+const direction = (lower) => (lower ? "lower is better" : "higher is better");
+
+// The task of a set of validation numbers (a job's log does not name it).
+const taskOf = (m) => ("rmse" in m ? "regression" : "micro_f1" in m ? "multi_label" : "single_label");
+
 function bestText(job) {
   const best = (job.progress && job.progress.best) || (job.metrics && job.metrics.best);
-  return best ? `${best.metric.replace(/_/g, "-")} ${fmt.num(best.value, 4)} (step ${best.step})` : "–";
+  if (!best) return "–";
+  const lower = best.lower_is_better ?? LOWER_IS_BETTER.includes(best.metric);
+  return `${best.metric.replace(/_/g, "-")} ${fmt.num(best.value, 4)} (${direction(lower)}, step ${best.step})`;
+}
+
+// A table of each split's headline metrics (test first), every column marked ↓ or ↑.
+function metricsTable(splits, headline, lower) {
+  headline = headline && headline.length ? headline : SINGLE_LABEL_HEADLINE;
+  lower = lower || LOWER_IS_BETTER;
+  const names = Object.keys(splits || {}).sort((a, b) => (b === "test") - (a === "test"));
+  if (!names.length) return el("p", { class: "hint", text: "No metrics." });
+  const column = (k) => `${metricName(k)} ${lower.includes(k) ? "↓" : "↑"}`;
+  const rows = names.map((split) => Object.fromEntries([["split", split], ["examples", fmt.num(splits[split].num_examples)],
+    ...headline.map((k) => [column(k), fmt.num(splits[split][k])])]));
+  return el("div", { class: "metrics" }, el("div", { class: "table-wrap" }, table(rows, ["split", "examples", ...headline.map(column)])),
+    el("p", { class: "hint", text: "↓ lower is better · ↑ higher is better" }));
+}
+
+// What a model answers, in a few words: its labels, or the number it predicts.
+function answersText(model, list = false) {
+  const labels = model.labels || [];
+  if (model.task === "regression") return `predicts ${labels[0] || "a value"} (a number)`;
+  const shown = list ? `: ${labels.slice(0, 12).join(", ")}${labels.length > 12 ? ", …" : ""}` : "";
+  return `${labels.length} labels${model.task === "multi_label" ? ", any number per text" : ""}${shown}`;
 }
 
 const badge = (state) => el("span", { class: `badge ${state}`, text: state });
@@ -389,12 +429,14 @@ async function viewDatasets(main) {
         const select = $(`#${id}`, main);
         select.replaceChildren(...peek.columns.map((c) => el("option", { value: c, text: c, selected: c === suggested })));
       }
+      const pairSuggested = peek.suggested.text_pair_column || "";
+      $("#text_pair_column", main).replaceChildren(el("option", { value: "", text: "none: single texts", selected: !pairSuggested }),
+        ...peek.columns.map((c) => el("option", { value: c, text: c, selected: c === pairSuggested })));
       $("#ds-name", main).value = file.name;
       const render = () => $("#peek-preview", main).replaceChildren(
-        table(peek.rows, peek.columns, [$("#text_column", main).value, $("#label_column", main).value]));
+        table(peek.rows, peek.columns, ["text_column", "text_pair_column", "label_column"].map((f) => $(`#${f}`, main).value).filter(Boolean)));
       render();
-      $("#text_column", main).onchange = render;
-      $("#label_column", main).onchange = render;
+      for (const f of ["text_column", "text_pair_column", "label_column"]) $(`#${f}`, main).onchange = render;
       details.hidden = false;
     } catch (e) {
       if (e.name === "AbortError") return;
@@ -420,6 +462,7 @@ async function viewDatasets(main) {
     body.append("file", chosen);
     body.append("text_column", $("#text_column", main).value);
     body.append("label_column", $("#label_column", main).value);
+    if ($("#text_pair_column", main).value) body.append("text_pair_column", $("#text_pair_column", main).value);
     body.append("name", $("#ds-name", main).value);
     body.append("drop_empty", $("#drop_empty", main).checked ? "true" : "false");
     const button = $("#upload-button", main);
@@ -446,6 +489,8 @@ async function viewDatasets(main) {
     if (!list.length) { box.replaceChildren(el("p", { class: "hint", text: "No datasets yet: upload one above." })); return; }
     box.replaceChildren(...list.slice().reverse().map((ds) => {
       const nLabels = Object.keys(ds.labels).length;
+      const kind = { regression: "numeric target (regression)", multi_label: `${nLabels} labels, several per text` }[ds.task] || `${nLabels} labels`;
+      const columns = ds.pairs ? `text pairs: ${ds.text_column} + ${ds.text_pair_column}` : `text: ${ds.text_column}`;
       return el("article", { class: "card dataset", id: `ds-${ds.id}`, "aria-labelledby": `ds-${ds.id}-title` },
         el("div", { class: "title-row" },
           el("h3", { id: `ds-${ds.id}-title`, text: ds.name }),
@@ -458,11 +503,11 @@ async function viewDatasets(main) {
                 try { await api(`/v1/datasets/${ds.id}`, { method: "DELETE" }); toast(`Deleted ${ds.name}`); renderList(); }
                 catch (e) { toast(e.message, "error"); }
               } }))),
-        el("p", { class: "meta", text: `${ds.id} · ${ds.rows.toLocaleString("en")} rows · ${nLabels} labels · ${ds.format} · ${fmt.bytes(ds.size_bytes)} · text: ${ds.text_column} · label: ${ds.label_column} · ${fmt.when(ds.created_at)}` }),
+        el("p", { class: "meta", text: `${ds.id} · ${ds.rows.toLocaleString("en")} rows · ${kind} · ${ds.format} · ${fmt.bytes(ds.size_bytes)} · ${columns} · label: ${ds.label_column} · ${fmt.when(ds.created_at)}` }),
         el("div", { class: "dataset-body" },
           el("figure", { class: "label-chart" }, el("figcaption", { text: "Label distribution" }), labelBars(ds.labels, "Label distribution")),
           el("div", { class: "preview" }, el("h4", { text: "First rows" }),
-            el("div", { class: "table-wrap" }, table(ds.preview)))));
+            el("div", { class: "table-wrap" }, table(ds.preview, ds.pairs ? ["text", "text_pair", "label"] : null)))));
     }));
   }
   await renderList();
@@ -662,7 +707,8 @@ async function viewJob(main, id) {
   let job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
   await loadDatasetNames();
   $("#job-title", main).textContent = `Job ${job.id}`;
-  const curves = { loss: [], evalLoss: [], accuracy: [], macro_f1: [], weighted_f1: [] };
+  const curves = { loss: [], evalLoss: [] };  // and one per validation metric of the task, as they come
+  let task = job.metrics && job.metrics.task;
   let reportShown = false, logTimer = null, refreshTimer = null, drawPending = false;
   cleanup.push(() => { clearTimeout(logTimer); clearTimeout(refreshTimer); });
 
@@ -672,13 +718,17 @@ async function viewJob(main, id) {
     const xMax = (job.progress && job.progress.total_steps) || 0;
     lineChart($("#loss-chart", main), { xLabel: "optimizer step", xMax, empty: "The loss appears here from the first logged step.",
       series: [{ name: "training loss", points: curves.loss }, { name: "validation loss", points: curves.evalLoss, dots: true }] });
-    lineChart($("#metric-chart", main), { xLabel: "optimizer step", xMax, yMin: 0, yMax: 1, empty: "Validation scores appear here after the first evaluation.",
-      series: [{ name: "accuracy", points: curves.accuracy, dots: true }, { name: "macro-F1", points: curves.macro_f1, dots: true },
-        { name: "weighted-F1", points: curves.weighted_f1, dots: true }] });
+    // scores live in [0, 1]; errors (regression) in the label's units
+    const keys = CURVES[task || "single_label"], lower = keys.every((k) => LOWER_IS_BETTER.includes(k));
+    $("#metric-title", main).textContent = task ? `Validation metrics (${direction(lower)})` : "Validation metrics";
+    lineChart($("#metric-chart", main), { xLabel: "optimizer step", xMax, yMin: 0, yMax: lower ? undefined : 1,
+      empty: "Validation scores appear here after the first evaluation.",
+      series: keys.map((k) => ({ name: metricName(k), points: curves[k] || [], dots: true })) });
   }
   const redraw = () => { if (!drawPending) { drawPending = true; requestAnimationFrame(draw); } };
 
   function render() {
+    task = task || (job.metrics && job.metrics.task);
     $("#job-state", main).replaceWith(Object.assign(badge(job.state), { id: "job-state" }));
     const parts = [`preset ${job.config}`, `data ${datasetNames[job.dataset] || job.dataset}`];
     if (job.validation_dataset) parts.push(`validation ${datasetNames[job.validation_dataset] || job.validation_dataset}`);
@@ -698,9 +748,10 @@ async function viewJob(main, id) {
       ["Loss", fmt.num(p.loss)], ["Learning rate", fmt.num(p.lr)], ["Samples/s", fmt.num(p.samples_per_s, 1)],
       ["ETA", job.state === "running" ? fmt.duration(p.eta_s) : "–"], ["Best", bestText(job)]];
     if (job.stop_reason) stats.push(["Stopped", job.stop_reason.replace(/_/g, " ")]);
-    const splits = (job.metrics && job.metrics.splits) || {};
-    for (const [split, m] of Object.entries(splits)) stats.push([`${split[0].toUpperCase()}${split.slice(1)} accuracy / macro-F1`, `${fmt.num(m.accuracy)} / ${fmt.num(m.macro_f1)}`]);
+    if (job.metrics && job.metrics.task) stats.push(["Task", job.metrics.task.replace(/_/g, "-")]);
     $("#job-stats", main).replaceChildren(...stats.flatMap(([k, v]) => [el("div", {}, el("dt", { text: k }), el("dd", { text: v }))]));
+    const m = job.metrics;
+    $("#job-metrics", main).replaceChildren(m && m.splits ? metricsTable(m.splits, m.headline, m.lower_is_better) : "");
     const active = ACTIVE.includes(job.state);
     const cancel = $("#cancel-job", main);
     cancel.hidden = !active;
@@ -761,7 +812,8 @@ async function viewJob(main, id) {
       if (typeof data.loss === "number") curves.loss.push([data.step, data.loss]);
       if (data.eval) {
         if (typeof data.eval.loss === "number") curves.evalLoss.push([data.step, data.eval.loss]);
-        for (const k of ["accuracy", "macro_f1", "weighted_f1"]) if (typeof data.eval[k] === "number") curves[k].push([data.step, data.eval[k]]);
+        task = task || taskOf(data.eval);
+        for (const k of CURVES[task]) if (typeof data.eval[k] === "number") (curves[k] = curves[k] || []).push([data.step, data.eval[k]]);
       }
       redraw();
       refreshSoon();
@@ -814,12 +866,6 @@ async function viewJob(main, id) {
 
 // -- models
 
-function headline(m) {
-  const parts = [];
-  for (const [split, v] of Object.entries(m.metrics || {})) parts.push(`${split}: accuracy ${fmt.num(v.accuracy)}, macro-F1 ${fmt.num(v.macro_f1)}`);
-  return parts.join(" · ") || "no metrics";
-}
-
 async function viewModels(main) {
   document.title = "Models · textft";
   const models = await api("/v1/models");
@@ -831,8 +877,8 @@ async function viewModels(main) {
       el("div", { class: "actions" },
         el("a", { class: "button primary", href: `#/models/${m.id}`, text: "Try it" }),
         el("a", { class: "button quiet", href: `#/jobs/${m.id}`, text: "Job" }))),
-    el("p", { class: "meta", text: `${m.base_model || "?"} · preset ${m.config} · data ${datasetNames[m.dataset] || m.dataset} · ${(m.labels || []).length} labels · ${fmt.bytes(m.size_bytes)} · ${fmt.when(m.created_at)}` }),
-    el("p", { text: headline(m) }))));
+    el("p", { class: "meta", text: `${m.base_model || "?"} · preset ${m.config} · data ${datasetNames[m.dataset] || m.dataset} · ${answersText(m)}${m.pairs ? " · reads text pairs" : ""} · ${fmt.bytes(m.size_bytes)} · ${fmt.when(m.created_at)}` }),
+    metricsTable(m.metrics, m.headline, m.lower_is_better))));
 }
 
 function longTextNote(input, model) {
@@ -848,23 +894,93 @@ function longTextNote(input, model) {
   return `${input.tokens} tokens, over the model's ${input.max_length}: ${input.mode} truncation ${how}`;
 }
 
-function predictionView(p, model) {
+function scoreRow(label, score, attrs = {}) {
+  const bar = el("span", { class: "bar-fill" });
+  bar.style.width = `${(100 * score).toFixed(1)}%`;
+  return el("li", attrs, el("span", { class: "topk-label", text: label }), el("span", { class: "bar-track" }, bar),
+    el("span", { class: "topk-score", text: fmt.pct(score) }));
+}
+
+// How the model turns scores into an answer: an out-of-scope threshold, or a threshold per label.
+function decisionText(model) {
+  if (model.task === "regression") return null;
+  if (model.task === "multi_label") {
+    const t = model.thresholds;
+    return t ? `decision thresholds chosen on ${t.split || "validation"} (${(t.tuning || "").replace(/_/g, "-")}, for ${metricName(t.metric || "macro_f1")})`
+      : "every label at the 0.5 threshold (textft calibrate tunes them)";
+  }
+  const oos = model.out_of_scope;
+  return oos ? `out-of-scope threshold ${fmt.num(oos.threshold)} (${oos.method}) answers '${oos.label}'` : "no out-of-scope threshold (textft calibrate sets one)";
+}
+
+const thresholdOf = (model, label) => (model.thresholds && model.thresholds.values ? model.thresholds.values[label] : 0.5);
+
+function singleLabelView(p, model) {
   const oos = model.out_of_scope;
   const rows = p.top_k || [{ label: p.model_label || p.label, score: p.score }];
   const verdict = p.out_of_scope === undefined ? null
     : p.out_of_scope
       ? el("p", { class: "verdict out", text: `Out of scope: confidence below the threshold ${fmt.num(oos && oos.threshold)} (${(oos && oos.method) || "msp"}); the model would have said '${p.model_label}'.` })
       : el("p", { class: "verdict in", text: `In scope: confidence above the threshold ${fmt.num(oos && oos.threshold)} (${(oos && oos.method) || "msp"}).` });
-  return el("div", { class: "prediction" },
-    el("p", { class: "answer" }, el("span", { class: "label-name", text: p.label }), el("span", { class: "score", text: fmt.pct(p.score) })),
+  return [el("p", { class: "answer" }, el("span", { class: "label-name", text: p.label }), el("span", { class: "score", text: fmt.pct(p.score) })),
     verdict,
-    el("ol", { class: "topk", "aria-label": "Most likely labels" }, rows.map((r) => {
-      const bar = el("span", { class: "bar-fill" });
-      bar.style.width = `${(100 * r.score).toFixed(1)}%`;
-      return el("li", {}, el("span", { class: "topk-label", text: r.label }), el("span", { class: "bar-track" }, bar),
-        el("span", { class: "topk-score", text: fmt.pct(r.score) }));
-    })),
-    el("p", { class: "hint long-text", text: longTextNote(p.input, model) }));
+    el("ol", { class: "topk", "aria-label": "Most likely labels" }, rows.map((r) => scoreRow(r.label, r.score)))];
+}
+
+// Every label whose score reaches its threshold (possibly none), then every score ranked on request.
+function multiLabelView(p, model) {
+  const chosen = p.labels || [], labels = model.labels || [];
+  const thresholds = labels.slice(0, 12).map((l) => `${l} ${fmt.pct(thresholdOf(model, l))}`).join(", ") + (labels.length > 12 ? ", …" : "");
+  return [chosen.length
+    ? el("ol", { class: "topk chosen", "aria-label": "Labels above their threshold" }, chosen.map((r) => scoreRow(r.label, r.score)))
+    : el("p", { class: "answer" }, el("span", { class: "label-name none", text: "none of the labels" })),
+  el("p", { class: "hint threshold", text: `A label is given when its score reaches its threshold: ${thresholds}.` }),
+  p.top_k ? el("p", { class: "sub", text: "Scores, ranked (faded: below the threshold)" }) : null,
+  p.top_k ? el("ol", { class: "topk ranked", "aria-label": "Labels ranked by score" }, p.top_k.map((r) =>
+    scoreRow(r.label, r.score, { class: r.score >= thresholdOf(model, r.label) ? "above" : "below" }))) : null];
+}
+
+function regressionView(p, model) {
+  return [el("p", { class: "answer" }, el("span", { class: "label-name value", text: fmt.num(p.value, 4) }),
+    el("span", { class: "score", text: `predicted ${(model.labels || [])[0] || "value"}` }))];
+}
+
+function predictionView(p, model) {
+  const view = { multi_label: multiLabelView, regression: regressionView }[model.task] || singleLabelView;
+  return el("div", { class: "prediction" }, view(p, model), el("p", { class: "hint long-text", text: longTextNote(p.input, model) }));
+}
+
+// The batch table's answer columns, the status line's summary and the CSV's columns, by task.
+function batchAnswers(model) {
+  const target = `predicted ${(model.labels || [])[0] || "value"}`;
+  const q = (v) => `"${String(v ?? "").replace(/"/g, '""')}"`;
+  if (model.task === "regression") {
+    return { cells: (p) => ({ [target]: fmt.num(p.value, 4) }), head: ["value"], csv: (p) => [p.value],
+      summary(results) {
+        // a loop, not Math.min(...values): a large file would overflow the call's argument list
+        let lo = Infinity, hi = -Infinity, sum = 0;
+        for (const p of results) { lo = Math.min(lo, p.value); hi = Math.max(hi, p.value); sum += p.value; }
+        return `${target} from ${fmt.num(lo, 3)} to ${fmt.num(hi, 3)}, mean ${fmt.num(sum / (results.length || 1), 3)}`;
+      } };
+  }
+  if (model.task === "multi_label") {
+    return { cells: (p) => ({ labels: p.labels.length ? p.labels.map((l) => l.label).join(", ") : "none",
+      scores: p.labels.map((l) => fmt.pct(l.score)).join(", ") }),
+    head: ["labels", "scores"], csv: (p) => [q(p.labels.map((l) => l.label).join(";")), q(p.labels.map((l) => l.score.toFixed(4)).join(";"))],
+    summary(results) {
+      const counts = {};
+      results.forEach((p) => { for (const l of p.labels.length ? p.labels : [{ label: "none" }]) counts[l.label] = (counts[l.label] || 0) + 1; });
+      return Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ");
+    } };
+  }
+  return { cells: (p) => ({ label: p.label, score: fmt.pct(p.score),
+    ...(p.out_of_scope !== undefined ? { "out of scope": p.out_of_scope ? `yes (model: ${p.model_label})` : "no" } : {}) }),
+  head: ["label", "score", "out_of_scope", "model_label"], csv: (p) => [q(p.label), p.score, p.out_of_scope ?? "", q(p.model_label ?? "")],
+  summary(results) {
+    const counts = {};
+    results.forEach((p) => { counts[p.label] = (counts[p.label] || 0) + 1; });
+    return Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ");
+  } };
 }
 
 function parseCsv(text, sep) {
@@ -908,33 +1024,48 @@ async function viewModel(main, id) {
   $("#model-title", main).textContent = `Try ${model.id}`;
   $("#model-job-link", main).href = `#/jobs/${model.id}`;
   const oos = model.out_of_scope;
-  $("#model-meta", main).textContent = [`${model.base_model}`, `${(model.labels || []).length} labels: ${(model.labels || []).slice(0, 12).join(", ")}${(model.labels || []).length > 12 ? ", …" : ""}`,
-    `reads ${model.max_length} tokens (${model.truncation} truncation for longer texts)`,
-    oos ? `out-of-scope threshold ${fmt.num(oos.threshold)} (${oos.method}) answers '${oos.label}'` : "no out-of-scope threshold (textft calibrate sets one)",
-    headline(model)].join(" · ");
+  $("#model-meta", main).textContent = [`${model.base_model}`, answersText(model, true),
+    model.pairs ? `reads pairs of texts (the second from column ${model.text_pair_column}), ${model.max_length} tokens together` : `reads ${model.max_length} tokens (${model.truncation} truncation for longer texts)`,
+    decisionText(model)].filter(Boolean).join(" · ");
+  $("#model-metrics", main).replaceChildren(metricsTable(model.metrics, model.headline, model.lower_is_better));
   const topk = $("#top_k", main);
   const n = (model.labels || []).length;
   const choices = [...new Set([1, 2, 3, 5, 10, Math.min(n, 20)].filter((v) => v <= n))].sort((a, b) => a - b);
   topk.replaceChildren(...choices.map((v) => el("option", { value: v, text: v === n ? `all ${v}` : v, selected: v === Math.min(3, n) })));
+  if (model.task === "regression") { topk.hidden = true; $("#top_k-label", main).hidden = true; }  // one number: nothing to rank
+  if (model.task === "multi_label") $("#top_k-label", main).textContent = "Scores ranked";
   $("#text", main).maxLength = limits.max_chars_per_text;
+  if (model.pairs) {  // the model reads two texts together: ask for both
+    $("#try-title", main).textContent = "A pair of texts";
+    $("#text-label", main).textContent = "First text";
+    $("#text_pair-field", main).hidden = false;
+    $("#text_pair", main).maxLength = limits.max_chars_per_text;
+    $("#batch-title", main).textContent = "A file of text pairs";
+    $("label[for=batch-file]", main).replaceChildren("Pairs file ", el("span", { class: "opt", text: "(.csv, .tsv, .jsonl with two text columns)" }));
+    $("label[for=batch-column]", main).textContent = "First text column";
+    main.querySelectorAll(".batch-pair").forEach((n) => { n.hidden = false; });
+  }
 
   const form = $("#predict-form", main);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearProblems(form);
-    const text = $("#text", main).value;
+    const text = $("#text", main).value, pair = $("#text_pair", main).value;
     if (!text.trim()) { showProblems(form, new ApiError(0, { problems: [{ field: "inputs", message: "Type a text to classify." }] })); return; }
+    if (model.pairs && !pair.trim()) { showProblems(form, new ApiError(0, { problems: [{ field: "text_pair", message: "This model reads pairs: type the second text too." }] })); return; }
     const button = $("#predict-button", main);
     button.disabled = true;
     try {
-      const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: text, top_k: +topk.value } });
+      const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: model.pairs ? { text, text_pair: pair } : text, top_k: model.task === "regression" ? 1 : +topk.value } });
       $("#prediction", main).replaceChildren(predictionView(r.predictions[0], model));
     } catch (e) {
       showProblems(form, e, { body: "inputs" });
     } finally { button.disabled = false; }
   });
-  // Ctrl+Enter predicts from the text box.
-  $("#text", main).addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit(); });
+  // Ctrl+Enter predicts from either text box.
+  for (const box of ["#text", "#text_pair"]) {
+    $(box, main).addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit(); });
+  }
 
   const batch = $("#batch-form", main), fileInput = $("#batch-file", main);
   let parsed = null, results = null;
@@ -946,6 +1077,7 @@ async function viewModel(main, id) {
     if (!file) return;
     try {
       parsed = readTexts(file.name, await file.text());
+      if (model.pairs && !parsed.columns) throw new Error("this model reads pairs: give a .csv, .tsv or .jsonl file with two text columns");
     } catch (e) {
       showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: `could not read ${file.name}: ${e.message}` }] }));
       return;
@@ -954,21 +1086,33 @@ async function viewModel(main, id) {
       const select = $("#batch-column", main);
       const guess = parsed.columns.find((c) => /^(text|sentence|review|content|body|query|utterance|comment)$/i.test(c)) || parsed.columns[0];
       select.replaceChildren(...parsed.columns.map((c) => el("option", { value: c, text: c, selected: c === guess })));
+      const pairGuess = parsed.columns.find((c) => /^(text_pair|sentence2|question2|text_b|hypothesis|text2)$/i.test(c))
+        || parsed.columns.find((c) => c !== guess);
+      $("#batch-pair-column", main).replaceChildren(...parsed.columns.map((c) => el("option", { value: c, text: c, selected: c === pairGuess })));
       $("#batch-column-row", main).hidden = false;
     }
-    $("#batch-status", main).textContent = `${parsed.records.length.toLocaleString("en")} texts in ${file.name}`;
+    $("#batch-status", main).textContent = `${parsed.records.length.toLocaleString("en")} ${model.pairs ? "pairs" : "texts"} in ${file.name}`;
   });
   batch.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearProblems(batch);
     if (!parsed) { showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: "Choose a file of texts first." }] })); return; }
     const column = parsed.columns ? $("#batch-column", main).value : "text";
-    const texts = parsed.records.map((r) => (r && r[column] !== undefined && r[column] !== null ? String(r[column]) : ""));
-    const empty = texts.findIndex((t) => !t.trim());
-    if (!texts.length || empty >= 0) {
-      showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: texts.length ? `row ${empty + 1} has no text in column '${column}'` : "the file has no texts" }] }));
+    const pairColumn = model.pairs ? $("#batch-pair-column", main).value : null;
+    const cell = (r, c) => (r && r[c] !== undefined && r[c] !== null ? String(r[c]) : "");
+    const texts = parsed.records.map((r) => cell(r, column));
+    const pairs = pairColumn ? parsed.records.map((r) => cell(r, pairColumn)) : null;
+    const problem = !texts.length ? "the file has no texts"
+      : pairColumn === column ? "choose two different columns: the first and the second text"
+        : [[texts, column], [pairs || [], pairColumn]].map(([list, c]) => {
+          const empty = list.findIndex((t) => !t.trim());
+          return empty >= 0 ? `row ${empty + 1} has no text in column '${c}'` : null;
+        }).find(Boolean);
+    if (problem) {
+      showProblems(batch, new ApiError(0, { problems: [{ field: "batch", message: problem }] }));
       return;
     }
+    const inputs = pairs ? texts.map((text, i) => ({ text, text_pair: pairs[i] })) : texts;
     const button = $("#batch-button", main);
     button.disabled = true;
     results = [];
@@ -977,16 +1121,15 @@ async function viewModel(main, id) {
       const step = limits.max_texts_per_prediction;
       for (let i = 0; i < texts.length; i += step) {
         status.textContent = `Predicting ${Math.min(i + step, texts.length)} / ${texts.length}…`;
-        const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: texts.slice(i, i + step), top_k: 1 } });
-        r.predictions.forEach((p, j) => results.push({ text: texts[i + j], ...p }));
+        const r = await api(`/v1/models/${encodeURIComponent(id)}/predict?explain=true`, { method: "POST", json: { inputs: inputs.slice(i, i + step), top_k: 1 } });
+        r.predictions.forEach((p, j) => results.push({ text: texts[i + j], ...(pairs ? { text_pair: pairs[i + j] } : {}), ...p }));
       }
-      const rows = results.map((p) => ({ text: p.text.length > 160 ? `${p.text.slice(0, 159)}…` : p.text, label: p.label, score: fmt.pct(p.score),
-        ...(p.out_of_scope !== undefined ? { "out of scope": p.out_of_scope ? `yes (model: ${p.model_label})` : "no" } : {}),
+      const short = (t) => (t.length > 160 ? `${t.slice(0, 159)}…` : t);
+      const answers = batchAnswers(model);
+      const rows = results.map((p) => ({ text: short(p.text), ...(pairs ? { "second text": short(p.text_pair) } : {}), ...answers.cells(p),
         tokens: p.input ? `${p.input.tokens}${p.input.truncated ? ` (${p.input.mode})` : p.input.windows > 1 ? ` (${p.input.windows} windows)` : ""}` : "" }));
       $("#batch-results", main).replaceChildren(table(rows.slice(0, 200)));
-      const counts = {};
-      results.forEach((p) => { counts[p.label] = (counts[p.label] || 0) + 1; });
-      status.textContent = `${results.length} texts: ${Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")}${results.length > 200 ? " (first 200 shown; the CSV has all)" : ""}`;
+      status.textContent = `${results.length} ${model.pairs ? "pairs" : "texts"}: ${answers.summary(results)}${results.length > 200 ? " (first 200 shown; the CSV has all)" : ""}`;
       $("#batch-download", main).hidden = false;
     } catch (e) {
       status.textContent = "";
@@ -995,8 +1138,9 @@ async function viewModel(main, id) {
   });
   $("#batch-download", main).addEventListener("click", () => {
     const q = (v) => `"${String(v ?? "").replace(/"/g, '""')}"`;
-    const lines = [["text", "label", "score", "out_of_scope", "model_label", "tokens"].join(",")]
-      .concat(results.map((p) => [q(p.text), q(p.label), p.score, p.out_of_scope ?? "", q(p.model_label ?? ""), p.input ? p.input.tokens : ""].join(",")));
+    const answers = batchAnswers(model);
+    const lines = [["text", ...(model.pairs ? ["text_pair"] : []), ...answers.head, "tokens"].join(",")]
+      .concat(results.map((p) => [q(p.text), ...(model.pairs ? [q(p.text_pair)] : []), ...answers.csv(p), p.input ? p.input.tokens : ""].join(",")));
     const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
     const a = el("a", { href: url, download: `${id}-predictions.csv` });
     document.body.append(a);
