@@ -15,6 +15,10 @@ weight decay, seed and torch thread count:
 - ``trainer_group``: the best ``Trainer`` set-up: dynamic padding, ``train_sampling_strategy=
   "group_by_length"`` and the same precision as textft.
 
+Opt-in sides (``--sides``): ``textft_padfree`` (flattened batches with varlen attention, GPU only) and
+``textft_frozen`` (``model.freeze_word_embeddings=true``: no gradient and no AdamW update for the
+word-embedding matrix); their ratios to trainer_group and accuracy deltas join the last line.
+
 Per side: samples/s and real (non-pad) tokens/s over the training time (evaluation excluded), the
 padding fraction of the batches the model saw, peak RSS, validation accuracy and macro-F1, and
 model-FLOPs utilisation against a matmul peak measured here with the same thread count. Model FLOPs
@@ -42,7 +46,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("textft", "trainer_max", "trainer_group", "textft_padfree")
+SIDES = ("textft", "trainer_max", "trainer_group", "textft_padfree", "textft_frozen")
 DEFAULT_SIDES = SIDES[:3]
 TASKS = {
     "imdb": {"train": "imdb/train.jsonl", "validation": None, "max_length": 512, "batch_size": 16,
@@ -185,7 +189,7 @@ def peak_memory_mb() -> dict:
 # --- the sides --------------------------------------------------------------------------------
 
 
-def run_textft(args, data: dict, workdir: Path, padding_free: bool = False) -> dict:
+def run_textft(args, data: dict, workdir: Path, padding_free: bool = False, frozen: bool = False) -> dict:
     from transformers import BertModel
 
     from textft.config import load_config
@@ -198,7 +202,7 @@ def run_textft(args, data: dict, workdir: Path, padding_free: bool = False) -> d
         "data.dataset=null", f"data.train_file={data['train']}", f"data.validation_file={data['validation']}",
         f"data.max_length={args.max_length}", f"model.name_or_path={args.model or 'builtin:minilm'}",
         f"model.random_init={str(args.random_init).lower()}", f"train.padding_free={str(padding_free).lower()}",
-        *args.textft_override,
+        *args.textft_override, *(["model.freeze_word_embeddings=true"] if frozen else []),
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
         f"train.head_lr={args.lr}", f"train.warmup_ratio={args.warmup}", f"train.weight_decay={args.weight_decay}",
         f"train.seed={args.seed}", "train.eval_every_steps=0", "train.logging_steps=1000000",
@@ -262,7 +266,8 @@ def child(args) -> None:
     workdir = Path(args.workdir)
     data = json.loads((workdir / "data.json").read_text())
     if args.side.startswith("textft"):
-        result = run_textft(args, data, workdir, padding_free=args.side == "textft_padfree")
+        result = run_textft(args, data, workdir, padding_free=args.side == "textft_padfree",
+                            frozen=args.side == "textft_frozen")
     else:
         result = run_trainer(args, data, workdir, args.side)
     result.update(peak_memory_mb())
@@ -413,9 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     delta = (100 * (results["textft"]["accuracy"] - results["trainer_group"]["accuracy"])
              if {"textft", "trainer_group"} <= results.keys() else float("nan"))
     extra = ""
-    if {"textft_padfree", "trainer_group"} <= results.keys():
-        extra = (f" ratio_padfree_vs_trainer_group="
-                 f"{results['textft_padfree']['samples_per_s'] / results['trainer_group']['samples_per_s']:.2f}")
+    for variant, name in (("textft_padfree", "padfree"), ("textft_frozen", "frozen")):
+        if {variant, "trainer_group"} <= results.keys():
+            extra += (f" ratio_{name}_vs_trainer_group="
+                      f"{results[variant]['samples_per_s'] / results['trainer_group']['samples_per_s']:.2f}"
+                      f" acc_delta_{name}_pts={100 * (results[variant]['accuracy'] - results['trainer_group']['accuracy']):.1f}")
     print(f"ratio_vs_trainer_max={ratio.get('trainer_max', float('nan')):.2f} "
           f"ratio_vs_trainer_group={ratio.get('trainer_group', float('nan')):.2f} acc_delta_pts={delta:.1f}{extra}")
     return 0

@@ -76,6 +76,10 @@ def test_training_length_from_data_size_and_classes():
     cfg, why = auto(n_train=43_410, num_labels=28, task="multi_label", default_metric="macro_f1")
     assert cfg.train.epochs == 3.0 and "at least 3 passes" in why["train.epochs"]
     assert auto(n_train=40, num_labels=2, task="multi_label")[0].train.epochs == 20.0  # tiny: capped as before
+    # Text pairs: at least three passes (MRPC-sized), where single texts of the same size take 1.3.
+    cfg, why = auto(n_train=3667, num_labels=2, pairs=True)
+    assert cfg.train.epochs == 3.0 and "3 passes: the examples are text pairs" in why["train.epochs"]
+    assert auto(n_train=3667, num_labels=2)[0].train.epochs == pytest.approx(150 / 115, abs=1e-3)
     # The steps come from the global batch: two processes halve the steps per epoch.
     assert auto(global_batch=64)[0].train.epochs == pytest.approx(616 / 141, abs=1e-3)
 

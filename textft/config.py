@@ -142,8 +142,8 @@ class ModelConfig:
 class TrainConfig:
     epochs: float | Auto = AUTO
     """Passes over the training data (fractions allowed). auto: enough passes for
-    max(150, 8 x classes) optimizer steps, at least 1 and at most 20, with validation cadence and
-    early stopping chosen to match."""
+    max(150, 8 x classes) optimizer steps, at least 1 (3 for multi_label and for text pairs) and at
+    most 20, with validation cadence and early stopping chosen to match."""
     max_steps: int | None = None
     """Stop after this many optimizer steps, whatever ``epochs`` says."""
     batch_size: int = 16

@@ -41,6 +41,10 @@ MIN_EPOCHS = {"multi_label": 3.0}
 decision of its own with few positives (GoEmotions: 28 labels, the rarest on 0.2% of the rows): one
 pass ended GoEmotions at macro-F1 0.439, while a 3-pass plan passed 0.489 a third of the way into its
 second pass (benchmarks/recipes.md)."""
+PAIRS_MIN_EPOCHS = 3.0
+"""Fewest passes an auto-length run on text pairs takes: whether two texts say the same thing is learnt
+more slowly than what one text is about (MRPC, 3,667 pairs: 150 steps ended at accuracy 0.777; the best
+pass of longer runs was the third, 0.809-0.811, the fourth over-fits; benchmarks/recipes.md)."""
 MAX_EPOCHS = 20.0
 """Upper bound for tiny datasets, where the minimum step count would mean hundreds of passes."""
 EVAL_SHARE = 0.15
@@ -217,6 +221,8 @@ def min_passes(facts: Facts) -> tuple[float, str]:
     if facts.task in MIN_EPOCHS:
         n = MIN_EPOCHS[facts.task]
         return n, f"{n:g} passes: each label of a {facts.task} task is a binary decision with few positives"
+    if facts.pairs:
+        return PAIRS_MIN_EPOCHS, f"{PAIRS_MIN_EPOCHS:g} passes: the examples are text pairs"
     return 1.0, "one pass"
 
 
