@@ -138,7 +138,18 @@ def auto_without_int8():
 
     from textft.precision import inference_precision
 
-    return ("torch", "bf16") if inference_precision("auto", torch.device("cpu")) == "bf16" else ("onnx", "fp32")
+    return ("torch", inference_precision("auto", torch.device("cpu")))
+
+
+def test_auto_without_int8_stays_on_pytorch_on_a_cpu_without_bf16(exported, big_enough, monkeypatch):
+    """Measured with fp32 forced (BENCHMARKS.md): PyTorch fp32 1.28x the batched pipeline, ONNX Runtime
+    fp32 1.15x; auto takes ONNX Runtime only for a verified int8."""
+    import textft.precision
+
+    monkeypatch.setattr(textft.precision, "cpu_supports_bf16", lambda: False)
+    clf = textft.load(exported)
+    assert (clf.backend, clf.precision) == ("torch", "fp32") and clf.runner is None
+    assert textft.load(exported, backend="onnx").backend == "onnx"  # still there on request
 
 
 def test_auto_needs_enough_validation_texts_for_int8(exported, big_enough, monkeypatch):
