@@ -119,8 +119,9 @@ def plot_per_class_f1(split: dict, macro_f1: float | None) -> bytes:
     ax.axvline(1.0, color="#bbbbbb", linewidth=0.8, zorder=0)
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="lower left", fontsize=9, ncols=4)
-    ax.set_title("Per class, worst F1 at the top (F1 and support at the right)", loc="left", fontsize=11)
+    # Above the rows: inside the axes it covers the best classes' points at the bottom.
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=9, ncols=4, frameon=False, borderaxespad=0.2)
+    ax.set_title("Per class, worst F1 at the top (F1 and support at the right)", loc="left", fontsize=11, pad=24)
     return png(fig)
 
 
