@@ -43,6 +43,15 @@ def metric_headers(table) -> list[str]:
     return table.locator("thead th").all_inner_texts()
 
 
+def wait_for_points(page, series: str, at_least: int) -> None:
+    """The job's evaluations arrive after the page draws its tables: wait for the curve to hold them."""
+    page.wait_for_function(
+        """([series, n]) => {
+            const path = document.querySelector(`#metric-chart path[data-series="${series}"]`);
+            return path !== null && Number(path.getAttribute("data-points")) >= n;
+        }""", arg=[series, at_least], timeout=30_000)
+
+
 def try_page(page, job_id: str, tmp_path) -> Shots:
     """The model's try page, and screenshots of it as the test goes."""
     shots = Shots(page, tmp_path / "screenshots")
@@ -89,7 +98,7 @@ def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):
     assert float(test_row.locator('td[data-label="RMSE ↓"]').inner_text()) == pytest.approx(rmse, abs=1e-3)
     expect(page.locator("#job-metrics")).to_contain_text("↓ lower is better")
     expect(page.locator("#metric-title")).to_contain_text("lower is better")
-    assert int(page.locator('#metric-chart path[data-series="RMSE"]').get_attribute("data-points")) >= 6
+    wait_for_points(page, "RMSE", 6)
     assert page.locator('#metric-chart path[data-series="accuracy"]').count() == 0
     shots("regression-job")
 
@@ -97,7 +106,7 @@ def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):
     expect(page.locator("#job-metrics table tbody tr")).to_have_count(2)
     assert metric_headers(page.locator("#job-metrics table"))[2:] == ["macro-F1 ↑", "micro-F1 ↑", "samples-F1 ↑",
                                                                       "subset accuracy ↑", "Hamming loss ↓", "loss ↓"]
-    assert int(page.locator('#metric-chart path[data-series="micro-F1"]').get_attribute("data-points")) >= 6
+    wait_for_points(page, "micro-F1", 6)
 
     nav(page, "Models").click()
     cards = page.locator("#model-list article")
