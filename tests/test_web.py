@@ -77,6 +77,15 @@ class Shots:
         self.page.set_viewport_size(DESKTOP)
 
 
+def wait_for_points(page, series: str, at_least: int) -> None:
+    """The job's evaluations arrive after the page draws its tables: wait for the curve to hold them."""
+    page.wait_for_function(
+        """([series, n]) => {
+            const path = document.querySelector(`#metric-chart path[data-series="${series}"]`);
+            return path !== null && Number(path.getAttribute("data-points")) >= n;
+        }""", arg=[series, at_least], timeout=30_000)
+
+
 @needs_chromium
 def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files, tmp_path):
     from playwright.sync_api import expect
@@ -174,8 +183,8 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     expect(page.locator("#job-state")).to_have_text("succeeded", timeout=180_000)  # after the final evaluation
     expect(progress).to_contain_text("done: 150 / 150 steps")
     loss = page.locator('#loss-chart path[data-series="training loss"]')
-    assert int(loss.get_attribute("data-points")) == 30  # every logged step, streamed live
-    assert int(page.locator('#metric-chart path[data-series="macro-F1"]').get_attribute("data-points")) >= 6
+    expect(loss).to_have_attribute("data-points", "30")  # every logged step, streamed live
+    wait_for_points(page, "macro-F1", 6)
     expect(page.locator("#job-stats")).to_contain_text("macro-f1")
     expect(page.locator("#job-log")).to_contain_text("model saved to")
     report = page.frame_locator("#report")

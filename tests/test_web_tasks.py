@@ -13,7 +13,7 @@ import re
 import pytest
 
 from test_service_tasks import http, service, task_jobs  # noqa: F401  (fixtures: one service, two trained jobs)
-from test_web import DESKTOP, Shots, browser, needs_chromium  # noqa: F401
+from test_web import DESKTOP, Shots, browser, needs_chromium, wait_for_points  # noqa: F401
 
 
 @pytest.fixture
@@ -41,15 +41,6 @@ def nav(page, name: str):
 
 def metric_headers(table) -> list[str]:
     return table.locator("thead th").all_inner_texts()
-
-
-def wait_for_points(page, series: str, at_least: int) -> None:
-    """The job's evaluations arrive after the page draws its tables: wait for the curve to hold them."""
-    page.wait_for_function(
-        """([series, n]) => {
-            const path = document.querySelector(`#metric-chart path[data-series="${series}"]`);
-            return path !== null && Number(path.getAttribute("data-points")) >= n;
-        }""", arg=[series, at_least], timeout=30_000)
 
 
 def try_page(page, job_id: str, tmp_path) -> Shots:
