@@ -13,9 +13,16 @@ from textft.checkpoint import checkpoint_problem, latest_checkpoint
 LONG = ["train.epochs=40", "train.save_every_steps=5", "train.keep_checkpoints=3", "train.logging_steps=1000"]
 
 
+def default_sigint():
+    # A shell starts background jobs with SIGINT ignored and children inherit that, so Ctrl-C would never
+    # reach the run; a user at a terminal has the default disposition, which is what is tested here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args):
     return subprocess.Popen([sys.executable, "-m", "textft", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=default_sigint)
 
 
 def wait_for_checkpoint(proc, root, timeout=300):
