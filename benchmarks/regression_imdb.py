@@ -76,7 +76,7 @@ def fmt(v) -> str:
 
 def scores(pred, true) -> dict[str, float]:
     """The same metric module textft reports with."""
-    from textft.evaluation import load_metric
+    from textft.metric_modules import load_metric
 
     m = load_metric("regression").compute(predictions=list(map(float, pred)), references=list(map(float, true)))
     return {k: m[k] for k in ("mae", "rmse", "r2", "pearson", "spearman")}

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from textft.config import load_config, save_config
-from textft.evaluation import compute_metrics, write_predictions, write_reports
+from textft.metric_modules import compute_metrics
+from textft.run_dir import write_predictions, write_reports
 from textft.tasks.single_label import SingleLabel
 
 WORDS = ["card", "transfer", "payment", "pending", "refund", "exchange_rate", "top_up", "cash_withdrawal",

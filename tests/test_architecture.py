@@ -80,7 +80,7 @@ def test_install_hints_name_extras_that_exist():
 def test_the_classification_metric_loads_by_path_like_any_evaluate_module():
     import evaluate
 
-    from textft.evaluation import metric_path
+    from textft.metric_modules import metric_path
 
     # what another library would do with the directory: evaluate.load on the path, nothing from textft
     metric = evaluate.load(metric_path("classification"))

@@ -254,8 +254,8 @@ def test_pairs_through_predict_serve_and_evaluate(pair_run, tmp_path, capsys):
 
 
 def test_report_examples_show_both_texts_of_a_pair():
-    from textft.report import example_markdown
-    from textft.tasks import single_label_report
+    from textft.report_parts import example_markdown
+    from textft.task_reports import single_label as single_label_report
 
     mistake = {"confidence": 0.9, "label": "pos", "pred": "neg", "text": "first <b>", "text_pair": "second & more"}
     html = "".join(single_label_report.html_split("test", {

@@ -1,8 +1,8 @@
-"""Out-of-scope rejection: confidence scores, the threshold that meets a target, and its settings.
+"""``textft calibrate``: the out-of-scope threshold that meets a target, and what each task calibrates.
 
 ``textft calibrate`` picks, on labelled validation data, the confidence below which a prediction is
 answered with an out-of-scope label, and stores it in the model's ``config.json`` under ``OOS_KEY``;
-``textft.load``, ``predict`` and ``serve`` apply it from there. Out of scope is a single-label idea
+``textft.load``, ``predict`` and ``serve`` apply it from there (``textft.out_of_scope``). Out of scope is a single-label idea
 (a softmax over known classes); a multi-label model calibrates its decision thresholds instead, and a
 regression model has nothing to calibrate.
 """
@@ -16,73 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from textft.errors import UserError, closest
+from textft.errors import UserError
 from textft.files import replace_file
-
-OOS_KEY = "textft_out_of_scope"
-OOS_METHODS = ("msp", "energy")
-DEFAULT_OOS_LABEL = "out_of_scope"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
-def check_method(method: str) -> None:
-    if method not in OOS_METHODS:
-        raise UserError(f"'--method' must be one of {', '.join(OOS_METHODS)}, got '{method}'"
-                        f"{closest(method, OOS_METHODS)}")
-
-
-def oos_scores(logits: np.ndarray, method: str, temperature: float = 1.0) -> np.ndarray:
-    """In-scope confidence of each row: maximum softmax probability (Hendrycks & Gimpel 2017) or
-    negative energy T·logsumexp(logits/T) (Liu et al. 2020); higher means more in scope."""
-    check_method(method)
-    if problem := temperature_problem(temperature):
-        raise UserError(f"out-of-scope temperature {problem}")
-    logits = np.asarray(logits, dtype=np.float64)
-    if method == "msp":
-        return softmax(logits / temperature).max(-1)
-    z = logits / temperature
-    m = z.max(-1)
-    return temperature * (m + np.log(np.exp(z - m[:, None]).sum(-1)))
-
-
-def temperature_problem(temperature: Any) -> str | None:
-    """Why ``temperature`` cannot scale logits (0 divides by zero, a negative one flips the order)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature <= 0:
-        return f"must be a finite number > 0, got {temperature!r}"
-    return None
-
-
-def check_settings(settings: Any, where: str) -> dict | None:
-    """The stored out-of-scope settings with defaults filled in, or None; malformed ones are an error."""
-    if settings is None:
-        return None
-    if not isinstance(settings, dict):
-        raise UserError(f"{where}: '{OOS_KEY}' must be a mapping, got {settings!r}")
-    problems = []
-    if settings.get("method") not in OOS_METHODS:
-        problems.append(f"{where}: '{OOS_KEY}.method' must be one of {', '.join(OOS_METHODS)},"
-                        f" got {settings.get('method')!r}")
-    threshold = settings.get("threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        problems.append(f"{where}: '{OOS_KEY}.threshold' must be a number, got {threshold!r}")
-    if problem := temperature_problem(settings.get("temperature", 1.0)):
-        problems.append(f"{where}: '{OOS_KEY}.temperature' {problem}")
-    if not isinstance(settings.get("label", DEFAULT_OOS_LABEL), str):
-        problems.append(f"{where}: '{OOS_KEY}.label' must be a string, got {settings.get('label')!r}")
-    if problems:
-        raise UserError(problems)
-    return {"label": DEFAULT_OOS_LABEL, "temperature": 1.0, **settings}
-
-
-def rejected(logits: np.ndarray, settings: dict) -> np.ndarray:
-    """Which rows fall below the stored threshold."""
-    return oos_scores(logits, settings["method"], settings.get("temperature", 1.0)) < settings["threshold"]
+from textft.out_of_scope import DEFAULT_OOS_LABEL, OOS_KEY, OOS_METHODS, check_method, oos_scores  # noqa: F401
+from textft.tasks import from_model_config
+from textft.tasks.multi_label import THRESHOLDS_KEY
 
 
 def choose_threshold(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray,
@@ -203,8 +141,6 @@ def write_settings(model_dir: Path, settings: dict | None) -> None:
 def check_calibration(args, raw_config: dict) -> str:
     """What ``textft calibrate`` sets for this model (``out_of_scope`` or ``thresholds``), after refusing
     options that do not apply to it."""
-    from textft.tasks import from_model_config
-
     task = from_model_config(raw_config)
     kind = task.calibration
     if kind is None:
@@ -226,7 +162,6 @@ def calibrate_thresholds(clf, args) -> list[str]:
     """Multi-label: the model's scores with its stored thresholds on ``--data``, then thresholds chosen on
     that data (stored unless --dry-run or --evaluate); returns the lines to print."""
     from textft.data import load_eval_split
-    from textft.tasks.multi_label import THRESHOLDS_KEY
 
     task = clf.task
     pair_column = args.text_pair_column or (clf.trained_setting("text_pair_column") if clf.pairs else None)

@@ -18,9 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from textft import calibration, tasks
+from textft import tasks
 from textft.config import LONG_TEXT
 from textft.errors import UserError, closest, one_line
+from textft.hub_download import download_model, is_hub_id
+from textft.out_of_scope import OOS_KEY, check_settings
 
 log = logging.getLogger("textft")
 
@@ -34,8 +36,6 @@ def check_model_dir(model: str | Path, allow_pickle: bool = False, trust_remote_
     """The model directory (a hub id is downloaded first), its config.json and whether its weights
     are safetensors; refuses anything that is not a sequence classifier, and pickle weights unless
     ``allow_pickle``."""
-    from textft.hub import download_model, is_hub_id
-
     path = Path(model).expanduser()
     if not path.exists() and is_hub_id(str(model)):
         path = download_model(str(model), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, key=key)
@@ -247,7 +247,7 @@ class Classifier:
         path, raw_config, safetensors = check_model_dir(model_dir, allow_pickle, trust_remote_code)
         where = f"'{path / 'config.json'}'"
         task = tasks.from_model_config(raw_config, where)
-        oos = calibration.check_settings(raw_config.get(calibration.OOS_KEY), where) \
+        oos = check_settings(raw_config.get(OOS_KEY), where) \
             if out_of_scope and task.out_of_scope else None
         trained = training_config(path)
         data_cfg = trained.get("data") if isinstance(trained.get("data"), dict) else {}

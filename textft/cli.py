@@ -153,7 +153,8 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 def report_main(argv: list[str]) -> int:
-    from textft.report_data import DEFAULT_MISTAKES, METRIC_NAMES, check_run_dir
+    from textft.report_data import DEFAULT_MISTAKES, check_run_dir
+    from textft.tasks import METRIC_NAMES
 
     parser = argparse.ArgumentParser(
         prog="textft report", description="(Re-)render report.json, report.md and report.html of finished runs.")
@@ -181,7 +182,7 @@ def report_main(argv: list[str]) -> int:
 
 def compare_main(argv: list[str]) -> int:
     from textft.compare import METRICS, compare
-    from textft.report_data import METRIC_NAMES
+    from textft.tasks import METRIC_NAMES
 
     parser = argparse.ArgumentParser(
         prog="textft compare", description="Compare finished runs side by side (Markdown, HTML, CSV and a plot).")

@@ -17,7 +17,8 @@ from textft.errors import UserError, closest
 from textft.files import replace_file
 from textft.plots import figure, png
 from textft.report import CSS, duration, img_tag
-from textft.report_data import METRIC_NAMES, build_report, check_run_dir, fmt
+from textft.report_data import build_report, check_run_dir
+from textft.report_parts import METRIC_NAMES, fmt
 from textft.tasks import LOWER_IS_BETTER, task_class
 
 METRICS = tuple(METRIC_NAMES)

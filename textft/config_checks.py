@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from textft.config_schema import AUTO, Config, TrainConfig
 from textft.errors import closest
-
-if TYPE_CHECKING:
-    from textft.config import Config, TrainConfig
-
-AUTO = "auto"
-"""Value of a training setting that textft.recipe resolves from the backbone and the data."""
 
 
 def check_values(cfg: Config, problems: list[str]) -> None:

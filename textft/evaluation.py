@@ -1,59 +1,19 @@
-"""Evaluation: metrics through textft's ``evaluate`` modules, and the evaluation report files.
-
-The metrics are ``evaluate`` modules shipped inside the package (``textft/metrics/<name>``), loaded
-from their local path, so they work offline and any Hugging Face code can load them the same way
-(``evaluate.load(metric_path("classification"))``); scikit-learn computes inside them.
+"""``textft evaluate``: the metrics of a saved classifier on labelled data, as it will be deployed,
+with the evaluation report files (``eval_report.json/.md``, predictions, the rendered report).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from textft.files import replace_file, write_jsonl
-
-METRICS_DIR = Path(__file__).parent / "metrics"
-
-
-def metric_path(name: str) -> str:
-    """Local path of one of textft's ``evaluate`` metric modules, for ``evaluate.load``."""
-    return str(METRICS_DIR / name)
-
-
-@functools.lru_cache(maxsize=None)
-def load_metric(name: str = "classification"):
-    import evaluate
-
-    # In memory: nothing is written next to the module's cache, and several processes do not share files.
-    return evaluate.load(metric_path(name), keep_in_memory=True)
-
-
-def compute_metrics(y_true, y_pred, label_names: list[str]) -> dict[str, Any]:
-    """Accuracy, macro/weighted F1, per-class precision/recall/F1/support and the confusion matrix."""
-    return load_metric("classification").compute(predictions=np.asarray(y_pred).tolist(),
-                                                 references=np.asarray(y_true).tolist(),
-                                                 label_names=list(label_names))
-
-
-def write_reports(out_dir: str | Path, reports: dict[str, dict[str, Any]], task, extra: dict[str, Any] | None = None,
-                  title: str = "Evaluation") -> None:
-    """``eval_report.json`` (all numbers, and the task they describe) and ``eval_report.md`` (tables) in
-    ``out_dir``."""
-    out_dir = Path(out_dir)
-    replace_file(out_dir / "eval_report.json", json.dumps({"splits": reports, "task": task.name, **(extra or {})},
-                                                          indent=2))
-    replace_file(out_dir / "eval_report.md", task.markdown_report(reports, title))
-
-
-def write_predictions(out_dir: Path, predictions: dict[str, list[dict]]) -> None:
-    """``predictions/<split>.jsonl``: the per-example record behind every number in the report."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in predictions.items():
-        write_jsonl(out_dir / f"{split}.jsonl", rows)
+from textft.classifier import Classifier
+from textft.data import load_eval_split
+from textft.errors import UserError
+from textft.report import write_run_report
+from textft.run_dir import write_predictions, write_reports
 
 
 def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, dataset_config: str | None = None,
@@ -68,10 +28,6 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
     ``eval_report.json/.md``, ``predictions/evaluation.jsonl`` and the rendered ``report.json/.md/.html``.
     """
     import time
-
-    from textft.classifier import Classifier
-    from textft.data import load_eval_split
-    from textft.errors import UserError
 
     if output and (Path(output) / "config.json").exists():
         # eval_report.json and report.* there belong to the run that trained the model
@@ -97,8 +53,6 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
                 "device": str(clf.device)}
     metrics["settings"] = settings
     if output:
-        from textft.report import write_run_report
-
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         write_predictions(out / "predictions", {"evaluation": task.prediction_rows(texts, labels, logits, pairs)})

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub: download a classifier named by its hub id, and share a trained one.
+"""The Hugging Face Hub: share a trained classifier (``textft.hub_download`` fetches one by its hub id).
 
 ``push_to_hub(DIR, NAME)`` writes README.md (the model card, ``textft.model_card``) into the model
 directory and uploads the directory with ``huggingface_hub``. The token comes from the environment
@@ -19,12 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from huggingface_hub import HfApi, get_token, snapshot_download
-from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub import HfApi, get_token
 
-from textft.errors import UserError, one_line
+from textft.classifier import check_model_dir
+from textft.errors import UserError
 from textft.files import link_or_copy, replace_file
+from textft.hub_download import hub_error
+from textft.model_card import local_paths, model_card, without_local_paths
+from textft.report import render_run_report, without_examples
 
 log = logging.getLogger("textft")
 
@@ -32,42 +34,6 @@ log = logging.getLogger("textft")
 # whose licence may not allow redistribution), the ONNX export cache (rebuilt wherever the model is
 # loaded) and hidden temporary files stay local.
 IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", ".*", "**/.*"]
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "textft_config.yaml", "README.md"]
-"""What a classifier needs from its repository (weights, config, tokenizer, textft's run config)."""
-
-
-def is_hub_id(name: str | None) -> bool:
-    """A plausible Hub repository id (``name`` or ``owner/name``), not a local path."""
-    return bool(name) and not name.startswith((".", "/", "~")) and not Path(name).exists() \
-        and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
-
-
-def download_model(repo_id: str, allow_pickle: bool = False, trust_remote_code: bool = False,
-                   key: str = "--model") -> Path:
-    """The local snapshot of a model repository (from the Hugging Face cache when it is there).
-
-    Pickle weights are fetched only with ``allow_pickle`` and model code only with
-    ``trust_remote_code``: what is not downloaded cannot run.
-    """
-    patterns = MODEL_FILES + (["*.bin"] if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except LocalEntryNotFoundError as e:
-        if hub_constants.is_offline_mode():
-            raise UserError(f"'{key}': '{repo_id}' is not a local directory and not in the Hugging Face cache,"
-                            " and HF_HUB_OFFLINE=1 forbids downloading it from the Hub; unset HF_HUB_OFFLINE"
-                            " (or download it where the Hub is reachable) or pass a model directory") from None
-        raise UserError(f"'{key}': '{repo_id}' is not a local directory, and the Hugging Face Hub could not be"
-                        f" reached to download it: {one_line(e)}") from None
-    except Exception as e:  # huggingface_hub raises HTTP, validation and repository errors alike
-        raise _hub_error(f"download '{repo_id}' (not a local directory) from the Hugging Face Hub", e,
-                         prefix=f"'{key}': ") from None
-
-
-def _hub_error(action: str, e: Exception, prefix: str = "") -> UserError:
-    # A library error message could quote a request header; never let a token reach the terminal.
-    message = re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", one_line(e))
-    return UserError(f"{prefix}could not {action}: {message}")
 
 
 def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
@@ -84,8 +50,6 @@ def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
 def write_model_card(model_dir: Path, license: str | None = None, repo_id: str | None = None,
                      include_examples: bool = False) -> str:
     """README.md (the model card) written into the model directory, atomically; returns its text."""
-    from textft.model_card import model_card
-
     text = str(model_card(model_dir, license=license, repo_id=repo_id, include_examples=include_examples))
     replace_file(Path(model_dir) / "README.md", text)
     return text
@@ -103,9 +67,6 @@ def publishable_copy(model_dir: Path, include_examples: bool = False) -> Iterato
     are hard links, so the weights are not copied; symbolic links are left out, so nothing outside
     the directory is published. The local files stay as they are."""
     from huggingface_hub.utils import filter_repo_objects
-
-    from textft.model_card import local_paths, without_local_paths
-    from textft.report import render_run_report, without_examples
 
     paths = local_paths(model_dir)
     names = {}
@@ -144,8 +105,6 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
     What is uploaded names no local path and, unless ``include_examples``, quotes no evaluation
     text (see ``publishable_copy``).
     """
-    from textft.classifier import check_model_dir
-
     path, _, _ = check_model_dir(model_dir, allow_pickle=True)
     problems = push_problems(repo_id)
     if problems:
@@ -158,12 +117,12 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
     try:
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
     except Exception as e:  # huggingface_hub raises HTTP, connection and validation errors alike
-        raise _hub_error(f"create the repository '{repo_id}'", e) from None
+        raise hub_error(f"create the repository '{repo_id}'", e) from None
     with publishable_copy(path, include_examples) as folder:
         try:
             commit = api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
                                        repo_type="model", commit_message=commit_message or f"Upload {path.name} with textft",
                                        ignore_patterns=IGNORE_PATTERNS)
         except Exception as e:  # as above
-            raise _hub_error(f"upload '{path}' to '{repo_id}'", e) from None
+            raise hub_error(f"upload '{path}' to '{repo_id}'", e) from None
     return str(getattr(commit, "commit_url", None) or getattr(repo, "url", None) or repo_id)

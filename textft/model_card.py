@@ -15,8 +15,10 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from textft.errors import UserError
-from textft.hub import is_hub_id
-from textft.tasks import METRIC_NAMES, task_class
+from textft.hub_download import is_hub_id
+from textft import task_reports
+from textft.report import render_markdown, without_examples
+from textft.tasks import METRIC_NAMES, from_model_config, task_class
 
 log = logging.getLogger("textft")
 
@@ -126,8 +128,6 @@ def _run(path: Path, include_examples: bool = False) -> dict[str, Any]:
     report, report_md = run_report(path)
     if report and not include_examples and any(isinstance(m, dict) and m.get("most_confident_mistakes")
                                                for m in report["splits"].values()):
-        from textft.report import render_markdown, without_examples
-
         report_md = render_markdown(without_examples(report))
     base_name = (trained.get("model") or {}).get("name_or_path")
     base = _base_model(base_name)
@@ -160,7 +160,7 @@ def card_data(run: dict, name: str, license: str | None) -> ModelCardData:
                               dataset_type=hub_dataset or "custom", dataset_name=hub_dataset or run["source"],
                               dataset_config=dataset_config, dataset_split=split, metric_type=kind,
                               metric_value=round(float(m[key]), 4), metric_name=label, metric_args=args)
-                   for key, kind, label, args in run["task"].report().CARD_METRICS if isinstance(m.get(key), (int, float))]
+                   for key, kind, label, args in task_reports.sections(run["task"].name).CARD_METRICS if isinstance(m.get(key), (int, float))]
     return ModelCardData(license=license or _base_license(run["base_name"]) or "other", library_name="transformers",
                          base_model=run["base"], datasets=[hub_dataset] if hub_dataset else None,
                          pipeline_tag="text-classification", tags=["text-classification", "textft"],
@@ -169,8 +169,6 @@ def card_data(run: dict, name: str, license: str | None) -> ModelCardData:
 
 def from_config(config: dict) -> str:
     """The task of a checkpoint without a textft report, from its config.json."""
-    from textft.tasks import from_model_config
-
     try:
         return from_model_config(config).name
     except UserError:
@@ -182,7 +180,7 @@ def _usage(run: dict, repo: str) -> list[str]:
     example = ('{"text": "The first text.", "text_pair": "The second text."}' if run["pairs"]
                else '"Replace me by any text you like."')
     lines = ["## Usage", "", "```python", "from transformers import pipeline", "",
-             *run["task"].report().card_usage(repo, example), "```", ""]
+             *task_reports.sections(run["task"].name).card_usage(repo, example), "```", ""]
     if truncation == "head+tail":
         lines += ["The model was trained on the head and the tail of long texts, which plain `pipeline` cannot"
                   " reproduce (it keeps the head); `textft.load` does, and also offers sliding windows:", ""]
@@ -244,11 +242,11 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
     what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
         f"fine-tuned from `{run['shown_base']}`" if run["base_name"] else "fine-tuned"
     on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else f"`{run['source']}`"
-    task = run["task"]
+    sections = task_reports.sections(run["task"].name)
     pairs = " It reads pairs of texts." if run["pairs"] else ""
-    lines = [f"# {name}", "", f"A {task.report().CARD_KIND} {what} on {on} with textft.{pairs} {task.report().card_summary(labels)}", ""]
+    lines = [f"# {name}", "", f"A {sections.CARD_KIND} {what} on {on} with textft.{pairs} {sections.card_summary(labels)}", ""]
     if run["splits"]:
-        keys = [key for key, *_ in task.report().CARD_METRICS]
+        keys = [key for key, *_ in sections.CARD_METRICS]
         lines += ["## Results", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
                   "|---|---:|" + "---:|" * len(keys)]
         lines += [f"| {s} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"

@@ -1,17 +1,19 @@
 """The report's figures, drawn with matplotlib's object-oriented API (no pyplot state, no display)
 into PNG bytes: confusion matrix, per-class F1, learning curves, calibration (single-label), label
-co-occurrence (multi-label), predicted against true values and residuals (regression). Each task's
-report module says which of them its splits get."""
+co-occurrence (multi-label), predicted against true values and residuals (regression), and the
+``<img>`` tag that embeds one in a page. Each task's report sections (``textft.task_reports``) say
+which of them its splits get."""
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 
 import numpy as np
 
-from textft.report_data import METRIC_NAMES, fmt, sorted_classes
-from textft.tasks import LOWER_IS_BETTER, task_class
+from textft.report_parts import METRIC_NAMES, escape, fmt, sorted_classes
+from textft.tasks import LOWER_IS_BETTER
 
 MANY_CLASSES = 20
 """Above this many classes the confusion matrix drops its cell annotations and tables fold away."""
@@ -208,17 +210,6 @@ def plot_calibration(cal: dict) -> bytes:
     return png(fig)
 
 
-def render_figures(report: dict) -> dict[str, bytes]:
-    """PNG images by name."""
-    figures = {}
-    if (curves := plot_learning_curves(report)) is not None:
-        figures["learning_curves"] = curves
-    task = task_class(report.get("task") or "single_label")
-    for split, m in report["splits"].items():
-        figures.update(task.report().figures(split, m))
-    return figures
-
-
 def plot_cooccurrence(labels: list[str], counts) -> bytes:
     """Row i, column j: the share of texts carrying label i that also carry label j (the diagonal,
     always 1, shows each label's support instead)."""
@@ -299,3 +290,12 @@ def plot_residuals(points: dict, target: str) -> bytes:
     ax_scatter.set_title("Residuals against the prediction", loc="left")
     ax_scatter.grid(alpha=0.3)
     return png(fig)
+
+
+def img_tag(image: bytes | None, alt: str) -> str:
+    """An ``<img>`` with the PNG inside (a page that travels as one file), at its CSS size."""
+    if not image:
+        return ""
+    width = png_size(image)[0] // PIXEL_DENSITY
+    return (f'<img alt="{escape(alt)}" width="{width}"'
+            f' src="data:image/png;base64,{base64.b64encode(image).decode("ascii")}">')

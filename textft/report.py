@@ -5,18 +5,17 @@ finished run directory holds; ``textft report RUN_DIR`` calls it.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from pathlib import Path
 
 import yaml
 
+from textft import task_reports
 from textft.files import replace_file
-from textft.plots import PIXEL_DENSITY, png_size, render_figures
-from textft.report_data import DEFAULT_MISTAKES, METRIC_NAMES, build_report, fmt
-from textft.tasks import task_class
+from textft.plots import img_tag, plot_learning_curves
+from textft.report_data import DEFAULT_MISTAKES, build_report
+from textft.report_parts import METRIC_NAMES, escape, fmt, html_table, md_cell
 
 WITHHELD = ("The examples behind the numbers (most confident mistakes, largest errors) quote evaluation texts,"
             " so the published report leaves them out (textft push --include-examples keeps them).")
@@ -80,7 +79,7 @@ def headline_names(report: dict) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
-    task = task_class(report["task"])
+    sections = task_reports.sections(report["task"])
     keys = report["headline"]
     lines = [f"# {report['title']}", "", "| split | examples | " + " | ".join(headline_names(report)) + " |",
              "|---|---:|" + "---:|" * len(keys)]
@@ -96,7 +95,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {r['step']} | {fmt(r['epoch'], 2)} | " + " | ".join(fmt(r.get(k)) for k in curves) + " |"
                   for r in evals]
     for split, m in report["splits"].items():
-        lines += ["", f"## {split}", *task.report().markdown_split(split, m)]
+        lines += ["", f"## {split}", *sections.markdown_split(split, m)]
         if report.get("examples_withheld"):
             lines += ["", WITHHELD]
     if report.get("recipe"):
@@ -111,15 +110,6 @@ def render_markdown(report: dict) -> str:
 def eval_columns(report: dict) -> list[str]:
     """The validation metrics listed for each evaluation during training: the loss, then the curves."""
     return ["loss", *report["curves"]]
-
-
-def example_markdown(r: dict) -> str:
-    """A text of the report's example tables, with its pair."""
-    return md_cell(r["text"] + (f" ‖ {r['text_pair']}" if r.get("text_pair") is not None else ""))
-
-
-def md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -145,28 +135,6 @@ details{margin:10px 0}summary{cursor:pointer;color:#2457a6}
 pre{background:#f6f8fa;padding:10px 14px;font-size:12.5px;overflow:auto;border-radius:6px}
 td.text{max-width:560px;font-size:13px}.pair{color:#33415c;margin-top:3px}
 """
-
-
-def escape(v) -> str:
-    return html.escape(str(v))
-
-
-def img_tag(png: bytes | None, alt: str) -> str:
-    if not png:
-        return ""
-    width = png_size(png)[0] // PIXEL_DENSITY
-    return (f'<img alt="{escape(alt)}" width="{width}"'
-            f' src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
-
-
-def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
-    th = "".join(f'<th class="n">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(header))
-    body = []
-    for row in rows:
-        cells = "".join(f'<td class="n">{escape(v)}</td>' if i in numeric else f"<td>{escape(v)}</td>"
-                        for i, v in enumerate(row))
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _anchor(split: str) -> str:
@@ -207,19 +175,13 @@ def _training_html(report: dict, figures: dict[str, bytes]) -> list[str]:
 def _split_html(report: dict, split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
     out = [f"<section id='{_anchor(split)}'><h2>{escape(split)} split"
            f" <span class='note'>({m.get('num_examples')} examples)</span></h2>"]
-    out += task_class(report["task"]).report().html_split(split, m, figures)
+    out += task_reports.sections(report["task"]).html_split(split, m, figures)
     if report.get("examples_withheld"):
         out.append(f"<p class='note'>{escape(WITHHELD)}</p>")
     elif "predictions_file" not in m:
         out.append(f"<p class='note'>No predictions/{escape(split)}.jsonl in the run directory: the examples"
                    " behind the numbers are not available.</p>")
     return out + ["</section>"]
-
-
-def example_html(r: dict) -> str:
-    """A text of the report's example tables, with its pair below it."""
-    pair = f"<div class='pair'>&#8644; {escape(r['text_pair'])}</div>" if r.get("text_pair") is not None else ""
-    return f"<td class='text'>{escape(r['text'])}{pair}</td>"
 
 
 def _settings_html(report: dict) -> list[str]:
@@ -278,6 +240,17 @@ def without_examples(report: dict) -> dict:
     splits = {split: {k: v for k, v in m.items() if k not in EXAMPLE_KEYS}
               for split, m in (report.get("splits") or {}).items()}
     return {**report, "splits": splits, "examples_withheld": True}
+
+
+def render_figures(report: dict) -> dict[str, bytes]:
+    """PNG images by name: the learning curves, then the figures of the task's sections per split."""
+    figures = {}
+    if (curves := plot_learning_curves(report)) is not None:
+        figures["learning_curves"] = curves
+    sections = task_reports.sections(report.get("task") or "single_label")
+    for split, m in report["splits"].items():
+        figures.update(sections.figures(split, m))
+    return figures
 
 
 def render_run_report(report: dict) -> dict[str, str]:

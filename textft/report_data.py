@@ -11,20 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from textft import tasks
+from textft import task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
 
 REPORT_VERSION = 1
-CALIBRATION_BINS = 15
-HISTOGRAM_BINS = 20
-TOP_CONFUSIONS = 20
 DEFAULT_MISTAKES = 10
-SHORT_TEXT = 180
-METRIC_NAMES = tasks.METRIC_NAMES
 
 
 # --- reading a run directory -----------------------------------------------------------------
@@ -68,69 +62,6 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 # --- numbers ---------------------------------------------------------------------------------
 
 
-def calibration(confidences, correct, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
-    """Expected calibration error over equal-width confidence bins (Guo et al. 2017), with the bins.
-
-    Bin i holds confidences in (i/bins, (i+1)/bins]; ECE = sum over bins of |bin| / n * |accuracy - confidence|.
-    """
-    conf = np.asarray(confidences, dtype=float)
-    ok = np.asarray(correct, dtype=bool)
-    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
-    rows, ece = [], 0.0
-    for i in range(bins):
-        mask = idx == i
-        count = int(mask.sum())
-        acc = float(ok[mask].mean()) if count else None
-        mean_conf = float(conf[mask].mean()) if count else None
-        if count:
-            ece += count / len(conf) * abs(acc - mean_conf)
-        rows.append({"low": i / bins, "high": (i + 1) / bins, "count": count, "accuracy": acc,
-                     "confidence": mean_conf})
-    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
-    return {"ece": float(ece), "num_bins": bins, "bins": rows, "mean_confidence": float(conf.mean()),
-            "accuracy": float(ok.mean()),
-            "histogram": {"edges": edges.round(4).tolist(),
-                          "correct": np.histogram(conf[ok], edges)[0].tolist(),
-                          "wrong": np.histogram(conf[~ok], edges)[0].tolist()}}
-
-
-def normalized_confusion(matrix) -> list[list[float]]:
-    """Rows divided by their totals: cell (i, j) is the share of class i predicted as j."""
-    cm = np.asarray(matrix, dtype=float)
-    totals = cm.sum(axis=1, keepdims=True)
-    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0).round(6).tolist()
-
-
-def top_confusions(matrix, labels: list[str], k: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
-    """The k most frequent (true, predicted) mistakes, with their share of the true class."""
-    cm = np.asarray(matrix)
-    totals = cm.sum(axis=1)
-    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
-    off.sort(key=lambda t: (-t[0], -t[0] / max(1, totals[t[1]]), t[1], t[2]))
-    return [{"true": labels[i], "pred": labels[j], "count": c, "share": round(c / max(1, totals[i]), 6)}
-            for c, i, j in off[:k]]
-
-
-def shorten(text: str, limit: int = SHORT_TEXT) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def example(r: dict) -> dict[str, str]:
-    """The shortened text of a prediction record, and its second text for a pair."""
-    out = {"text": shorten(r.get("text", ""))}
-    if r.get("text_pair") is not None:
-        out["text_pair"] = shorten(r["text_pair"])
-    return out
-
-
-def confident_mistakes(rows: list[dict], n: int) -> list[dict[str, Any]]:
-    wrong = [r for r in rows if r.get("label") != r.get("pred") and isinstance(r.get("confidence"), (int, float))]
-    wrong.sort(key=lambda r: -r["confidence"])
-    return [{"confidence": float(r["confidence"]), "label": r["label"], "pred": r["pred"], **example(r)}
-            for r in wrong[:n]]
-
-
 def throughput(train_records: list[dict]) -> dict[str, float | None]:
     """Whole-run samples/s and tokens/s from the logged windows.
 
@@ -161,12 +92,6 @@ def run_name(run_dir: str | Path, cfg: dict) -> str:
     return name
 
 
-def check_rows(rows: list[dict], m: dict, split: str, warnings: list[str]) -> None:
-    if len(rows) != m.get("num_examples"):
-        warnings.append(f"predictions/{split}.jsonl holds {len(rows)} rows but the {split} split has"
-                        f" {m.get('num_examples')} examples")
-
-
 def best_evaluation(ev: dict, eval_records: list[dict], metric: str) -> dict | None:
     """The best validation result: as training recorded it, else the best ``metric`` in the log."""
     if isinstance(ev.get("best"), dict):
@@ -188,8 +113,9 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     model_cfg, data_cfg = cfg.get("model", {}), cfg.get("data", {})
     task = tasks.task_class(ev.get("task") or "single_label")  # runs from before tasks were single-label
     warnings: list[str] = []
-    splits = {split: task.report().split_entry(m, label_names, run["predictions"].get(split), split, mistakes,
-                                               warnings) for split, m in ev["splits"].items()}
+    sections = task_reports.sections(task.name)
+    splits = {split: sections.split_entry(m, label_names, run["predictions"].get(split), split, mistakes, warnings)
+              for split, m in ev["splits"].items()}
     train_records = [r for r in run["records"] if "loss" in r and "eval" not in r and "step" in r]
     summary = [k for k in (*task.headline, "num_examples") if k != "ece"]
     eval_records = [{"step": r.get("step"), "epoch": r.get("epoch"), **{k: r["eval"].get(k) for k in summary}}
@@ -255,13 +181,3 @@ def recipe_rows(recipe: Any, cfg: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def fmt(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def sorted_classes(split: dict) -> list[tuple[str, dict]]:
-    return sorted(split["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))

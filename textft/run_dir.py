@@ -1,4 +1,5 @@
-"""The output directory of a run: which directories textft may write into, replace or resume in.
+"""The output directory of a run: which directories textft may write into, replace or resume in, and
+the evaluation files a run (or ``textft evaluate --output``) leaves there.
 
 A directory textft train made carries a marker file; ``output.overwrite`` replaces only such a
 directory (or an empty one), and a run resumes only inside one. Nothing above the working, home or
@@ -10,8 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from textft.errors import UserError
+from textft.files import replace_file, write_jsonl
 
 RUN_MARKER = ".textft-run"
 """File that marks a directory textft train created: the only kind output.overwrite may delete."""
@@ -80,3 +83,20 @@ def prepare_output_dir(path: str | Path, overwrite: bool, resuming: bool) -> Non
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / RUN_MARKER).write_text(json.dumps({"created_by": "textft train"}) + "\n")
+
+
+def write_reports(out_dir: str | Path, reports: dict[str, dict[str, Any]], task, extra: dict[str, Any] | None = None,
+                  title: str = "Evaluation") -> None:
+    """``eval_report.json`` (all numbers, and the task they describe) and ``eval_report.md`` (tables) in
+    ``out_dir``."""
+    out_dir = Path(out_dir)
+    replace_file(out_dir / "eval_report.json", json.dumps({"splits": reports, "task": task.name, **(extra or {})},
+                                                          indent=2))
+    replace_file(out_dir / "eval_report.md", task.markdown_report(reports, title))
+
+
+def write_predictions(out_dir: Path, predictions: dict[str, list[dict]]) -> None:
+    """``predictions/<split>.jsonl``: the per-example record behind every number in the report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in predictions.items():
+        write_jsonl(out_dir / f"{split}.jsonl", rows)

@@ -22,7 +22,7 @@ from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported
 from textft.config import Config, save_config
 from textft.data import TaskData, check_files, data_files, load_splits
 from textft.errors import UserError
-from textft.evaluation import write_predictions, write_reports
+from textft.run_dir import write_predictions, write_reports
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
 from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch

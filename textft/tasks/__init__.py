@@ -3,9 +3,10 @@
 ``single_label`` (one class per text), ``multi_label`` (a set of classes, possibly empty) and
 ``regression`` (a number). Each task owns what differs between them: reading and checking the label
 column, the loss, the metrics (``evaluate`` modules under ``textft/metrics``), turning logits into
-predictions, what it stores in ``config.json`` and its report sections. Everything else (data
-loading, tokenisation, the loop, checkpoints, serving) is the same code for all three and asks the
-task. Text pairs are orthogonal: a second text column, a tokenisation concern.
+predictions, what it stores in ``config.json``, its metrics' names, directions and curves. Everything
+else (data loading, tokenisation, the loop, checkpoints, serving) is the same code for all three and
+asks the task; the report sections of each task live with the reports (``textft.task_reports``), which
+import the tasks, never the reverse. Text pairs are orthogonal: a second text column, a tokenisation concern.
 
     task = tasks.for_training(cfg.data, train_values, feature, where, problems)   # training
     task = tasks.from_model_config(config_json)                                 # a saved model
@@ -13,206 +14,30 @@ task. Text pairs are orthogonal: a second text column, a tokenisation concern.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-from typing import Any, Callable, ClassVar
-
-import numpy as np
 
 from textft.errors import UserError, closest
+from textft.tasks.base import (LOWER_IS_BETTER, METRIC_NAMES, Task, check_top_k, example_text,  # noqa: F401
+                               is_list, is_missing, is_number, is_sequence_feature, shorten_text)
+from textft.tasks.multi_label import MultiLabel
+from textft.tasks.regression import Regression
+from textft.tasks.single_label import SingleLabel
 
 log = logging.getLogger("textft")
 
-TASK_NAMES = ("single_label", "multi_label", "regression")
-LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "hamming_loss", "ece"})
-"""Metrics where a smaller value is better (model selection, early stopping, sweeps, comparisons)."""
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "loss": "loss",
-                "ece": "ECE", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "subset_accuracy": "subset accuracy",
-                "hamming_loss": "Hamming loss", "mae": "MAE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson",
-                "spearman": "Spearman"}
-"""How each metric is written in reports, tables and logs."""
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-def is_missing(v: Any) -> bool:
-    """None, or NaN (what pandas-style files and JSON writers put in an empty cell)."""
-    return v is None or (isinstance(v, (float, np.floating)) and v != v)
-
-
-def is_list(v: Any) -> bool:
-    return isinstance(v, (list, tuple))
-
-
-class Task:
-    """The interface every task implements; the class attributes describe it to reports and the recipe."""
-
-    name: ClassVar[str]
-    problem_type: ClassVar[str]
-    """``problem_type`` in config.json: how a plain transformers pipeline post-processes the logits."""
-    metrics: ClassVar[tuple[str, ...]]
-    """Validation metrics ``train.metric_for_best`` may name."""
-    headline: ClassVar[tuple[str, ...]]
-    """The metrics of the report's summary table, the comparison and the model card, in order."""
-    curves: ClassVar[tuple[str, ...]]
-    """Validation metrics drawn in the learning curves."""
-    default_metric: ClassVar[str]
-    loss_name: ClassVar[str]
-    report_module: ClassVar[str]
-    """Module with this task's report sections and figures (imported when a report is drawn)."""
-
-    out_of_scope: ClassVar[bool] = False
-    """Whether ``textft calibrate`` can give this task an out-of-scope threshold."""
-    calibration: ClassVar[str | None] = None
-    """What ``textft calibrate`` sets: ``out_of_scope`` (single-label), ``thresholds`` (multi-label) or
-    nothing (None)."""
-
-    def __init__(self, label_names: list[str]):
-        self.label_names = list(label_names)
-        self.delimiter: str | None = None
-        """Separator of several labels in one string (multi_label files such as CSV)."""
-
-    # -- description ------------------------------------------------------------------------------
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.label_names)
-
-    @staticmethod
-    def lower_is_better(metric: str) -> bool:
-        return metric in LOWER_IS_BETTER
-
-    @classmethod
-    def check_metric(cls, metric: str, key: str = "'train.metric_for_best'") -> str:
-        """``metric`` (``auto``: the task's default) when this task computes it, else a UserError."""
-        if metric == "auto":
-            return cls.default_metric
-        if metric not in cls.metrics:
-            raise UserError(f"{key}: {metric} is not a {cls.name} metric; choose one of {', '.join(cls.metrics)}"
-                            f"{closest(metric, cls.metrics)}")
-        return metric
-
-    @classmethod
-    def report(cls):
-        """This task's report module (sections and figures)."""
-        return importlib.import_module(cls.report_module)
-
-    def configure(self, train_cfg, metric: str) -> None:
-        """Take the run's training settings (loss options, what thresholds optimise); refuse those that
-        do not apply to this task with a UserError."""
-
-    def model_config(self) -> dict[str, Any]:
-        """Attributes written into config.json next to id2label."""
-        return {"problem_type": self.problem_type}
-
-    # -- data -------------------------------------------------------------------------------------
-
-    def check(self, where: str, column: str, values: list) -> list[str]:
-        """Problems with the label values of one split (``where`` names it, with its file)."""
-        raise NotImplementedError
-
-    def encode(self, values: list) -> list:
-        """The ``labels`` column the model trains on, from checked label values."""
-        raise NotImplementedError
-
-    def train_problem(self, labels: list) -> str | None:
-        """What makes the encoded training labels unusable (e.g. a single class), or None."""
-        return None
-
-    def strata(self, labels: list) -> list | None:
-        """Groups a carved validation split keeps in proportion (None: a plain random split)."""
-        return None
-
-    # -- training and evaluation ------------------------------------------------------------------
-
-    def loss_fn(self, train_cfg, train_labels: list) -> Callable:
-        raise NotImplementedError
-
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
-        """Decision settings chosen on validation data and kept for prediction (thresholds); None if
-        the task has none."""
-        return None
-
-    def export(self, model) -> None:
-        """Last changes to the model before it is evaluated and saved as the run's result."""
-
-    # -- prediction -------------------------------------------------------------------------------
-
-    def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
-               out_of_scope: dict | None = None) -> list[dict]:
-        """One answer per row of logits, as predict, serve and ``textft.load`` return it."""
-        raise NotImplementedError
-
-    def prediction_rows(self, texts: list[str], labels, logits: np.ndarray, pairs: list[str] | None = None,
-                        max_chars: int = 1000) -> list[dict]:
-        """The record behind every evaluated example, for ``predictions/<split>.jsonl``."""
-        raise NotImplementedError
-
-    def agreement(self, truths: list, answers: list[dict]) -> str | None:
-        """One line comparing answers with true labels (``textft predict --label-column``)."""
-        return None
-
-    # -- text -------------------------------------------------------------------------------------
-
-    @classmethod
-    def summary_line(cls, split: str, m: dict) -> str:
-        shown = "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in cls.headline
-                          if isinstance(m.get(k), (int, float)))
-        return f"{split}: {shown}  ({m.get('num_examples')} examples)"
-
-    @classmethod
-    def log_line(cls, m: dict) -> str:
-        return "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in (*cls.curves, "loss")
-                         if isinstance(m.get(k), (int, float)))
-
-    @classmethod
-    def markdown_report(cls, reports: dict[str, dict], title: str) -> str:
-        """``eval_report.md``: the headline table of every split, then the task's own tables."""
-        return cls.report().markdown_report(cls, reports, title)
-
-
-def shorten_text(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[:max_chars] + "…"
-
-
-def example_text(texts: list[str], pairs: list[str] | None, i: int, max_chars: int) -> dict[str, str]:
-    """``text`` (and ``text_pair``) of example i, shortened for prediction records."""
-    out = {"text": shorten_text(texts[i], max_chars)}
-    if pairs is not None:
-        out["text_pair"] = shorten_text(pairs[i], max_chars)
-    return out
-
-
-def check_top_k(top_k) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise UserError(f"'--top-k' must be an integer >= 1, got {top_k!r}")
-    return top_k
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SingleLabel, MultiLabel, Regression)}
+"""Every task by name: the one list a new task is added to."""
+TASK_NAMES = tuple(TASKS)
 
 
 # --- which task ----------------------------------------------------------------------------------
 
 
 def task_class(name: str) -> type[Task]:
-    from textft.tasks.multi_label import MultiLabel
-    from textft.tasks.regression import Regression
-    from textft.tasks.single_label import SingleLabel
-
-    classes = {"single_label": SingleLabel, "multi_label": MultiLabel, "regression": Regression}
-    if name not in classes:
-        raise UserError(f"unknown task '{name}'{closest(name, classes)}; tasks: {', '.join(classes)}")
-    return classes[name]
-
-
-def is_sequence_feature(feature) -> bool:
-    from datasets import LargeList, List
-
-    return isinstance(feature, (List, LargeList))
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'{closest(name, TASKS)}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]
 
 
 def detect(cfg, values: list, feature, column: str) -> str:
@@ -249,10 +74,7 @@ def from_model_config(config: dict, where: str = "config.json") -> Task:
     num_labels = config.get("num_labels") or len(names)
     names = names or [f"LABEL_{i}" for i in range(num_labels)]
     problem = config.get("problem_type")
-    if problem == "regression" or (problem is None and len(names) == 1):
-        kind = "regression"
-    elif problem == "multi_label_classification":
-        kind = "multi_label"
-    else:
-        kind = "single_label"
-    return task_class(kind).from_model_config(names, config, where)
+    by_problem = {cls.problem_type: cls for cls in TASKS.values()}
+    # Without a problem_type, transformers reads one output as regression and several as classes.
+    cls = by_problem.get(problem) or (Regression if problem is None and len(names) == 1 else SingleLabel)
+    return cls.from_model_config(names, config, where)

@@ -9,7 +9,9 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import UserError, closest, row_list
-from textft.tasks import Task, check_top_k, example_text, is_list, is_sequence_feature
+from textft.metric_modules import load_metric
+from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, example_text, is_list, is_sequence_feature,
+                               weights_by_name)
 
 THRESHOLDS_KEY = "textft_thresholds"
 """config.json entry holding the decision thresholds of a multi-label model."""
@@ -47,6 +49,10 @@ def grid_score(pred: np.ndarray, truth: np.ndarray, metric: str) -> float:
     return -float((pred != truth).mean())
 
 
+def number(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
 def middle_of_best(scores: np.ndarray) -> int:
     """Index of the middle of the best-scoring run of thresholds: a plateau's centre, not its edge."""
     best = np.flatnonzero(scores >= scores.max() - 1e-12)
@@ -77,7 +83,6 @@ class MultiLabel(Task):
     curves = ("macro_f1", "micro_f1")
     default_metric = "macro_f1"
     loss_name = "binary cross-entropy loss"
-    report_module = "textft.tasks.multi_label_report"
     calibration = "thresholds"
 
     def __init__(self, label_names: list[str], delimiter: str | None = None, int_ids: bool = False,
@@ -206,8 +211,6 @@ class MultiLabel(Task):
         """BCE positive-class weights: balanced (negatives / positives of each label) or a mapping."""
         import torch
 
-        from textft.tasks.single_label import weights_by_name
-
         if spec in (None, "none"):
             return None
         if spec == "balanced":
@@ -229,8 +232,6 @@ class MultiLabel(Task):
         return loss
 
     def scores(self, pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-        from textft.evaluation import load_metric
-
         return load_metric("multi_label").compute(predictions=pred.astype(np.int8).tolist(),
                                                   references=truth.astype(np.int8).tolist(),
                                                   label_names=list(self.label_names))
@@ -315,3 +316,23 @@ class MultiLabel(Task):
         tp = sum(len(t & p) for t, p in rows)
         f1 = 2 * tp / max(1, sum(len(t) + len(p) for t, p in rows))
         return f"exact match {exact / len(rows):.4f}, micro-F1 {f1:.4f} on {len(rows):,} labelled rows"
+
+    @classmethod
+    def markdown_report(cls, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
+        """Headline scores per split at the model's thresholds and at 0.5, then per-label tables."""
+        names = [METRIC_NAMES[k] for k in SCORE_KEYS]
+        lines = [f"# {title}", "", "| split | examples | thresholds | " + " | ".join(names) + " | loss |",
+                 "|---|---:|---|" + "---:|" * (len(SCORE_KEYS) + 1)]
+        for split, m in reports.items():
+            lines.append(f"| {split} | {m['num_examples']} | {m['threshold_tuning']['tuning']} | "
+                         + " | ".join(number(m.get(k)) for k in SCORE_KEYS) + f" | {number(m.get('loss'))} |")
+            lines.append(f"| {split} | {m['num_examples']} | 0.5 | " + " | ".join(number(m["at_0.5"].get(k)) for k in SCORE_KEYS)
+                         + " | |")
+        for split, m in reports.items():
+            lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 | support |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            half = m["at_0.5"]["per_class"]
+            for name, c in m["per_class"].items():
+                lines.append(f"| {name} | {m['thresholds'][name]:.2f} | {c['precision']:.4f} | {c['recall']:.4f} |"
+                             f" {c['f1']:.4f} | {half[name]['f1']:.4f} | {c['support']} |")
+        return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import UserError, row_list
-from textft.tasks import Task, check_top_k, example_text, is_list, is_number
+from textft.metric_modules import load_metric
+from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number
 
 SETTINGS_KEY = "textft_regression"
 """config.json entry describing the target (its name and the scale it was trained on)."""
@@ -28,6 +29,10 @@ def as_number(v) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def number(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
 
 def output_layer(model):
@@ -48,7 +53,6 @@ class Regression(Task):
     curves = ("rmse", "mae")
     default_metric = "rmse"
     loss_name = "regression loss (MSE or Huber, standardised targets)"
-    report_module = "textft.tasks.regression_report"
 
     def __init__(self, label_names: list[str], mean: float = 0.0, std: float = 1.0, folded: bool = False,
                  loss: str = "mse", huber_delta: float = 1.0):
@@ -149,8 +153,6 @@ class Regression(Task):
         """MAE, RMSE, R², Pearson and Spearman in label units; the loss on the training scale."""
         import torch
 
-        from textft.evaluation import load_metric
-
         pred, y = self.values(logits), np.asarray(labels, dtype=np.float64)
         metrics = load_metric("regression").compute(predictions=pred.tolist(), references=y.tolist())
         metrics["loss"] = float(self.base_loss()(torch.from_numpy(self.standardised(pred)),
@@ -198,3 +200,13 @@ class Regression(Task):
             return None
         mae = sum(abs(t - v) for t, v in pairs) / len(pairs)
         return f"MAE {mae:.4f} on {len(pairs):,} labelled rows"
+
+    @classmethod
+    def markdown_report(cls, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
+        """Headline metrics per split (in the target's units; the loss on the training scale)."""
+        lines = [f"# {title}", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in cls.headline)
+                 + " | mean true | mean predicted |", "|---|---:|" + "---:|" * (len(cls.headline) + 2)]
+        for split, m in reports.items():
+            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(number(m.get(k)) for k in cls.headline)
+                         + f" | {number(m.get('mean_reference'))} | {number(m.get('mean_prediction'))} |")
+        return "\n".join(lines) + "\n"

@@ -7,8 +7,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from textft.errors import UserError, closest, row_list
-from textft.tasks import Task, check_top_k, example_text, is_list, is_missing
+from textft.errors import closest, row_list
+from textft.metric_modules import compute_metrics
+from textft.out_of_scope import rejected, softmax
+from textft.tasks.base import Task, check_top_k, example_text, is_list, is_missing, weights_by_name
 
 
 class SingleLabel(Task):
@@ -19,7 +21,6 @@ class SingleLabel(Task):
     curves = ("accuracy", "macro_f1")
     default_metric = "macro_f1"
     loss_name = "cross-entropy loss"
-    report_module = "textft.tasks.single_label_report"
     out_of_scope = True
     calibration = "out_of_scope"
 
@@ -125,8 +126,6 @@ class SingleLabel(Task):
         import torch
         import torch.nn.functional as F
 
-        from textft.evaluation import compute_metrics
-
         metrics = compute_metrics(labels, np.asarray(logits).argmax(-1), self.label_names)
         metrics["loss"] = float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
                                                 torch.from_numpy(np.asarray(labels, dtype=np.int64))))
@@ -139,20 +138,18 @@ class SingleLabel(Task):
         """Label and score (max softmax probability), the ``top_k`` labels when top_k > 1, every label's
         probability on request, and whether the answer was rejected as out of scope (then ``label`` is
         the out-of-scope label and ``model_label`` the class the model would have answered)."""
-        from textft import calibration
-
         check_top_k(top_k)
-        probs = calibration.softmax(np.asarray(logits, dtype=np.float64))
+        probs = softmax(np.asarray(logits, dtype=np.float64))
         k = min(top_k, len(self.label_names))
         ranked = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-        rejected = calibration.rejected(logits, out_of_scope) if out_of_scope is not None else None
+        rejected_rows = rejected(logits, out_of_scope) if out_of_scope is not None else None
         records = []
         for i in range(len(probs)):
             best = int(ranked[i, 0])
             record: dict[str, Any] = {"label": self.label_names[best], "score": float(probs[i, best])}
-            if rejected is not None:
-                record["out_of_scope"] = bool(rejected[i])
-                if rejected[i]:
+            if rejected_rows is not None:
+                record["out_of_scope"] = bool(rejected_rows[i])
+                if rejected_rows[i]:
                     record["model_label"] = record["label"]
                     record["label"] = out_of_scope["label"]
             if top_k > 1:
@@ -189,12 +186,24 @@ class SingleLabel(Task):
     def log_line(cls, m: dict) -> str:
         return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}"
 
-
-def weights_by_name(spec: dict, label_names: list[str]) -> list[float]:
-    """Per-label weights from a mapping {label: weight} (1 for labels it leaves out)."""
-    unknown = [str(k) for k in spec if str(k) not in label_names]
-    if unknown:
-        raise UserError(f"'train.class_weights': unknown label(s) {', '.join(unknown)}"
-                        f"{closest(unknown[0], label_names)}; labels: {', '.join(label_names[:20])}")
-    weights = {str(k): float(v) for k, v in spec.items()}
-    return [weights.get(n, 1.0) for n in label_names]
+    @classmethod
+    def markdown_report(cls, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
+        """Readable tables: headline metrics per split, then per-class scores and confusion matrix."""
+        lines = [f"# {title}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for split, m in reports.items():
+            loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "-"
+            lines.append(f"| {split} | {m['num_examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |"
+                         f" {m['weighted_f1']:.4f} | {loss} |")
+        for split, m in reports.items():
+            lines += ["", f"## {split}: per class", "", "| label | precision | recall | F1 | support |",
+                      "|---|---:|---:|---:|---:|"]
+            for name, c in m["per_class"].items():
+                lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+            if len(m["labels"]) <= 20:
+                names = m["labels"]
+                lines += ["", f"## {split}: confusion matrix (rows: true, columns: predicted)", "",
+                          "| true \\ pred | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+                for name, row in zip(names, m["confusion_matrix"]):
+                    lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        return "\n".join(lines) + "\n"

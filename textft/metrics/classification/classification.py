@@ -2,8 +2,8 @@
 
 Load it by path, offline, from textft or from any Hugging Face code::
 
-    import evaluate, textft.evaluation
-    metric = evaluate.load(textft.evaluation.metric_path("classification"))
+    import evaluate, textft.metric_modules
+    metric = evaluate.load(textft.metric_modules.metric_path("classification"))
     metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], label_names=["neg", "pos"])
 
 scikit-learn computes every number.

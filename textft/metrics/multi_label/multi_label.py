@@ -2,8 +2,8 @@
 
 Load it by path, offline, from textft or from any Hugging Face code::
 
-    import evaluate, textft.evaluation
-    metric = evaluate.load(textft.evaluation.metric_path("multi_label"))
+    import evaluate, textft.metric_modules
+    metric = evaluate.load(textft.metric_modules.metric_path("multi_label"))
     metric.compute(predictions=[[1, 0], [1, 1]], references=[[1, 0], [0, 1]], label_names=["joy", "love"])
 
 scikit-learn computes every number.

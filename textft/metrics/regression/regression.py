@@ -2,8 +2,8 @@
 
 Load it by path, offline, from textft or from any Hugging Face code::
 
-    import evaluate, textft.evaluation
-    metric = evaluate.load(textft.evaluation.metric_path("regression"))
+    import evaluate, textft.metric_modules
+    metric = evaluate.load(textft.metric_modules.metric_path("regression"))
     metric.compute(predictions=[2.5, 7.0, 9.1], references=[3, 8, 9])
 
 scikit-learn and scipy compute every number.

@@ -6,33 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from textft.tasks import METRIC_NAMES
+from textft.plots import img_tag, plot_cooccurrence, plot_per_class_f1
+from textft.report_parts import METRIC_NAMES, check_rows, escape, example, example_html, example_markdown, html_table
+from textft.tasks.multi_label import SCORE_KEYS as SCORES
 
-SCORES = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+TASK = "multi_label"
 
 
 def _f(v) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-
-
-def markdown_report(task, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
-    """Headline scores per split at the model's thresholds and at 0.5, then per-label tables."""
-    names = [METRIC_NAMES[k] for k in SCORES]
-    lines = [f"# {title}", "", "| split | examples | thresholds | " + " | ".join(names) + " | loss |",
-             "|---|---:|---|" + "---:|" * (len(SCORES) + 1)]
-    for split, m in reports.items():
-        lines.append(f"| {split} | {m['num_examples']} | {m['threshold_tuning']['tuning']} | "
-                     + " | ".join(_f(m.get(k)) for k in SCORES) + f" | {_f(m.get('loss'))} |")
-        lines.append(f"| {split} | {m['num_examples']} | 0.5 | " + " | ".join(_f(m["at_0.5"].get(k)) for k in SCORES)
-                     + " | |")
-    for split, m in reports.items():
-        lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 | support |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        half = m["at_0.5"]["per_class"]
-        for name, c in m["per_class"].items():
-            lines.append(f"| {name} | {m['thresholds'][name]:.2f} | {c['precision']:.4f} | {c['recall']:.4f} |"
-                         f" {c['f1']:.4f} | {half[name]['f1']:.4f} | {c['support']} |")
-    return "\n".join(lines) + "\n"
 
 
 # --- report.json / report.md / report.html --------------------------------------------------------
@@ -55,8 +37,6 @@ def top_pairs(labels: list[str], counts, k: int = TOP_PAIRS) -> list[dict[str, A
 
 def wrong_examples(rows: list[dict], n: int) -> list[dict[str, Any]]:
     """The texts with the most wrong label decisions, the most confident first among equals."""
-    from textft.report_data import example
-
     def confidence(r):  # how far the wrong decisions were from a coin flip
         return max((abs(s - 0.5) for s in (r.get("scores") or {}).values()), default=0.0)
 
@@ -70,8 +50,6 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
                 warnings: list[str]) -> dict[str, Any]:
     """One split of the report: its metrics, the most frequent label pairs and, from its predictions,
     the texts with the most wrong labels."""
-    from textft.report_data import check_rows
-
     entry = dict(m)
     entry["top_cooccurrences"] = top_pairs(m.get("labels") or labels, m["cooccurrence"])
     if rows:
@@ -103,8 +81,6 @@ LABEL_HEADER = ["label", "threshold", "precision", "recall", "F1", "F1 at 0.5", 
 
 
 def markdown_split(split: str, m: dict) -> list[str]:
-    from textft.report import example_markdown
-
     lines = ["", "### Scores at the chosen thresholds and at 0.5", "",
              "| thresholds | " + " | ".join(METRIC_NAMES[k] for k in SCORES) + " |", "|---|" + "---:|" * len(SCORES)]
     lines += ["| " + " | ".join(row) + " |" for row in score_rows(m)]
@@ -124,8 +100,6 @@ def markdown_split(split: str, m: dict) -> list[str]:
 
 
 def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    from textft.report import escape, example_html, html_table, img_tag
-
     tuning = m["threshold_tuning"]
     out = ["<h3>Scores at the chosen thresholds and at 0.5</h3>",
            f"<p class='note'>Thresholds: {escape(tuning['tuning'])}, {escape(tuning['source'])}; predictions"
@@ -152,8 +126,6 @@ def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
-    from textft.plots import plot_cooccurrence, plot_per_class_f1
-
     return {f"{split}/per_class_f1": plot_per_class_f1(m, m.get("macro_f1")),
             f"{split}/cooccurrence": plot_cooccurrence(m.get("labels") or list(m["per_class"]), m["cooccurrence"])}
 

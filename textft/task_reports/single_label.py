@@ -1,42 +1,79 @@
-"""The single-label sections of the reports: headline and per-class tables, the confusion matrix
+"""The single-label sections of the reports: per-class tables, the confusion matrix
 (and the most confused pairs), calibration of the softmax confidence, the most confident mistakes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 
-def markdown_report(task, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
-    """Readable tables: headline metrics per split, then per-class scores and confusion matrix."""
-    lines = [f"# {title}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for split, m in reports.items():
-        loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "-"
-        lines.append(f"| {split} | {m['num_examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |"
-                     f" {m['weighted_f1']:.4f} | {loss} |")
-    for split, m in reports.items():
-        lines += ["", f"## {split}: per class", "", "| label | precision | recall | F1 | support |",
-                  "|---|---:|---:|---:|---:|"]
-        for name, c in m["per_class"].items():
-            lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
-        if len(m["labels"]) <= 20:
-            names = m["labels"]
-            lines += ["", f"## {split}: confusion matrix (rows: true, columns: predicted)", "",
-                      "| true \\ pred | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-            for name, row in zip(names, m["confusion_matrix"]):
-                lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+from textft.plots import MANY_CLASSES, img_tag, plot_calibration, plot_confusion, plot_per_class_f1
+from textft.report_parts import (check_rows, escape, example, example_html, example_markdown, fmt, html_table,
+                                 sorted_classes)
+
+TASK = "single_label"
+CALIBRATION_BINS = 15
+HISTOGRAM_BINS = 20
+TOP_CONFUSIONS = 20
 
 
 # --- report.json / report.md / report.html --------------------------------------------------------
+
+
+def calibration(confidences, correct, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Expected calibration error over equal-width confidence bins (Guo et al. 2017), with the bins.
+
+    Bin i holds confidences in (i/bins, (i+1)/bins]; ECE = sum over bins of |bin| / n * |accuracy - confidence|.
+    """
+    conf = np.asarray(confidences, dtype=float)
+    ok = np.asarray(correct, dtype=bool)
+    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    rows, ece = [], 0.0
+    for i in range(bins):
+        mask = idx == i
+        count = int(mask.sum())
+        acc = float(ok[mask].mean()) if count else None
+        mean_conf = float(conf[mask].mean()) if count else None
+        if count:
+            ece += count / len(conf) * abs(acc - mean_conf)
+        rows.append({"low": i / bins, "high": (i + 1) / bins, "count": count, "accuracy": acc,
+                     "confidence": mean_conf})
+    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    return {"ece": float(ece), "num_bins": bins, "bins": rows, "mean_confidence": float(conf.mean()),
+            "accuracy": float(ok.mean()),
+            "histogram": {"edges": edges.round(4).tolist(),
+                          "correct": np.histogram(conf[ok], edges)[0].tolist(),
+                          "wrong": np.histogram(conf[~ok], edges)[0].tolist()}}
+
+
+def normalized_confusion(matrix) -> list[list[float]]:
+    """Rows divided by their totals: cell (i, j) is the share of class i predicted as j."""
+    cm = np.asarray(matrix, dtype=float)
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0).round(6).tolist()
+
+
+def top_confusions(matrix, labels: list[str], k: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
+    """The k most frequent (true, predicted) mistakes, with their share of the true class."""
+    cm = np.asarray(matrix)
+    totals = cm.sum(axis=1)
+    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    off.sort(key=lambda t: (-t[0], -t[0] / max(1, totals[t[1]]), t[1], t[2]))
+    return [{"true": labels[i], "pred": labels[j], "count": c, "share": round(c / max(1, totals[i]), 6)}
+            for c, i, j in off[:k]]
+
+
+def confident_mistakes(rows: list[dict], n: int) -> list[dict[str, Any]]:
+    wrong = [r for r in rows if r.get("label") != r.get("pred") and isinstance(r.get("confidence"), (int, float))]
+    wrong.sort(key=lambda r: -r["confidence"])
+    return [{"confidence": float(r["confidence"]), "label": r["label"], "pred": r["pred"], **example(r)}
+            for r in wrong[:n]]
 
 
 def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str, mistakes: int,
                 warnings: list[str]) -> dict[str, Any]:
     """One split of the report: its metrics, the normalised confusions and, from its predictions,
     calibration and the most confident mistakes."""
-    from textft.report_data import calibration, check_rows, confident_mistakes, normalized_confusion, top_confusions
-
     entry = dict(m)
     entry["confusion_matrix_normalized"] = normalized_confusion(m["confusion_matrix"])
     entry["top_confusions"] = top_confusions(m["confusion_matrix"], m.get("labels") or labels)
@@ -54,9 +91,6 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
 
 
 def markdown_split(split: str, m: dict) -> list[str]:
-    from textft.report import example_markdown
-    from textft.report_data import fmt, sorted_classes
-
     lines = ["", "### Per class (worst F1 first)", "", "| label | precision | recall | F1 | support |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
@@ -82,10 +116,6 @@ def markdown_split(split: str, m: dict) -> list[str]:
 
 
 def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    from textft.plots import MANY_CLASSES
-    from textft.report import escape, example_html, html_table, img_tag
-    from textft.report_data import fmt, sorted_classes
-
     many = len(m["per_class"]) > MANY_CLASSES
     out = ["<h3>Confusion matrix</h3><p class='note'>Rows are true labels, columns predictions; each row is"
            " divided by its total, so the diagonal is the recall of each class.</p>",
@@ -117,8 +147,6 @@ def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
-    from textft.plots import plot_calibration, plot_confusion, plot_per_class_f1
-
     out = {f"{split}/confusion": plot_confusion(m), f"{split}/per_class_f1": plot_per_class_f1(m, m.get("macro_f1"))}
     if m.get("calibration"):
         out[f"{split}/calibration"] = plot_calibration(m["calibration"])

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from textft.tasks import METRIC_NAMES
+import numpy as np
 
-SCORES = ("mae", "rmse", "r2", "pearson", "spearman", "loss")
+from textft.plots import img_tag, plot_predicted_vs_true, plot_residuals
+from textft.report_parts import check_rows, escape, example, example_html, example_markdown, html_table
 
-
-def _f(v) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-
-
-def markdown_report(task, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
-    """Headline metrics per split (in the target's units; the loss on the training scale)."""
-    lines = [f"# {title}", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in SCORES)
-             + " | mean true | mean predicted |", "|---|---:|" + "---:|" * (len(SCORES) + 2)]
-    for split, m in reports.items():
-        lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(_f(m.get(k)) for k in SCORES)
-                     + f" | {_f(m.get('mean_reference'))} | {_f(m.get('mean_prediction'))} |")
-    return "\n".join(lines) + "\n"
+TASK = "regression"
 
 
 # --- report.json / report.md / report.html --------------------------------------------------------
@@ -34,8 +23,6 @@ MAX_GROUPS = 20
 
 def by_target(true, pred) -> list[dict[str, Any]]:
     """For targets with few distinct values: count, mean prediction and MAE per true value."""
-    import numpy as np
-
     true, pred = np.asarray(true, dtype=float), np.asarray(pred, dtype=float)
     values = np.unique(true)
     if len(values) > MAX_GROUPS:
@@ -48,10 +35,6 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
                 warnings: list[str]) -> dict[str, Any]:
     """One split of the report: its metrics and, from its predictions, the points of the plots, the
     error per true value and the largest errors."""
-    import numpy as np
-
-    from textft.report_data import check_rows, example
-
     entry = dict(m)
     rows = [r for r in rows or [] if isinstance(r.get("label"), (int, float)) and isinstance(r.get("pred"), (int, float))]
     if rows:
@@ -68,8 +51,6 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
 
 
 def markdown_split(split: str, m: dict) -> list[str]:
-    from textft.report import example_markdown
-
     lines = []
     if m.get("by_target"):
         lines += ["", "### By true value", "", "| true | examples | mean predicted | MAE |", "|---:|---:|---:|---:|"]
@@ -82,8 +63,6 @@ def markdown_split(split: str, m: dict) -> list[str]:
 
 
 def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    from textft.report import escape, example_html, html_table, img_tag
-
     target = m.get("target") or "value"
     out = ["<h3>Predicted against true</h3>",
            f"<p class='note'>Values in the units of '{escape(target)}'; the dashed line is a perfect answer.</p>",
@@ -104,8 +83,6 @@ def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
-    from textft.plots import plot_predicted_vs_true, plot_residuals
-
     if not m.get("points"):
         return {}
     target = m.get("target") or "value"

@@ -1,0 +1,190 @@
+"""What every task is: the ``Task`` interface, the metric names and directions all tasks share, and
+the small helpers the task classes use. The tasks themselves (one module each) and the registry that
+picks one are in the ``textft.tasks`` package."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from textft.errors import UserError, closest
+
+LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "hamming_loss", "ece"})
+"""Metrics where a smaller value is better (model selection, early stopping, sweeps, comparisons)."""
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "loss": "loss",
+                "ece": "ECE", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "subset_accuracy": "subset accuracy",
+                "hamming_loss": "Hamming loss", "mae": "MAE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson",
+                "spearman": "Spearman"}
+"""How each metric is written in reports, tables and logs."""
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def is_missing(v: Any) -> bool:
+    """None, or NaN (what pandas-style files and JSON writers put in an empty cell)."""
+    return v is None or (isinstance(v, (float, np.floating)) and v != v)
+
+
+def is_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple))
+
+
+class Task:
+    """The interface every task implements; the class attributes describe it to reports and the recipe."""
+
+    name: ClassVar[str]
+    problem_type: ClassVar[str]
+    """``problem_type`` in config.json: how a plain transformers pipeline post-processes the logits."""
+    metrics: ClassVar[tuple[str, ...]]
+    """Validation metrics ``train.metric_for_best`` may name."""
+    headline: ClassVar[tuple[str, ...]]
+    """The metrics of the report's summary table, the comparison and the model card, in order."""
+    curves: ClassVar[tuple[str, ...]]
+    """Validation metrics drawn in the learning curves."""
+    default_metric: ClassVar[str]
+    loss_name: ClassVar[str]
+
+    out_of_scope: ClassVar[bool] = False
+    """Whether ``textft calibrate`` can give this task an out-of-scope threshold."""
+    calibration: ClassVar[str | None] = None
+    """What ``textft calibrate`` sets: ``out_of_scope`` (single-label), ``thresholds`` (multi-label) or
+    nothing (None)."""
+
+    def __init__(self, label_names: list[str]):
+        self.label_names = list(label_names)
+        self.delimiter: str | None = None
+        """Separator of several labels in one string (multi_label files such as CSV)."""
+
+    # -- description ------------------------------------------------------------------------------
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.label_names)
+
+    @staticmethod
+    def lower_is_better(metric: str) -> bool:
+        return metric in LOWER_IS_BETTER
+
+    @classmethod
+    def check_metric(cls, metric: str, key: str = "'train.metric_for_best'") -> str:
+        """``metric`` (``auto``: the task's default) when this task computes it, else a UserError."""
+        if metric == "auto":
+            return cls.default_metric
+        if metric not in cls.metrics:
+            raise UserError(f"{key}: {metric} is not a {cls.name} metric; choose one of {', '.join(cls.metrics)}"
+                            f"{closest(metric, cls.metrics)}")
+        return metric
+
+    def configure(self, train_cfg, metric: str) -> None:
+        """Take the run's training settings (loss options, what thresholds optimise); refuse those that
+        do not apply to this task with a UserError."""
+
+    def model_config(self) -> dict[str, Any]:
+        """Attributes written into config.json next to id2label."""
+        return {"problem_type": self.problem_type}
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def check(self, where: str, column: str, values: list) -> list[str]:
+        """Problems with the label values of one split (``where`` names it, with its file)."""
+        raise NotImplementedError
+
+    def encode(self, values: list) -> list:
+        """The ``labels`` column the model trains on, from checked label values."""
+        raise NotImplementedError
+
+    def train_problem(self, labels: list) -> str | None:
+        """What makes the encoded training labels unusable (e.g. a single class), or None."""
+        return None
+
+    def strata(self, labels: list) -> list | None:
+        """Groups a carved validation split keeps in proportion (None: a plain random split)."""
+        return None
+
+    # -- training and evaluation ------------------------------------------------------------------
+
+    def loss_fn(self, train_cfg, train_labels: list) -> Callable:
+        raise NotImplementedError
+
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
+        """Decision settings chosen on validation data and kept for prediction (thresholds); None if
+        the task has none."""
+        return None
+
+    def export(self, model) -> None:
+        """Last changes to the model before it is evaluated and saved as the run's result."""
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
+               out_of_scope: dict | None = None) -> list[dict]:
+        """One answer per row of logits, as predict, serve and ``textft.load`` return it."""
+        raise NotImplementedError
+
+    def prediction_rows(self, texts: list[str], labels, logits: np.ndarray, pairs: list[str] | None = None,
+                        max_chars: int = 1000) -> list[dict]:
+        """The record behind every evaluated example, for ``predictions/<split>.jsonl``."""
+        raise NotImplementedError
+
+    def agreement(self, truths: list, answers: list[dict]) -> str | None:
+        """One line comparing answers with true labels (``textft predict --label-column``)."""
+        return None
+
+    # -- text -------------------------------------------------------------------------------------
+
+    @classmethod
+    def summary_line(cls, split: str, m: dict) -> str:
+        shown = "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in cls.headline
+                          if isinstance(m.get(k), (int, float)))
+        return f"{split}: {shown}  ({m.get('num_examples')} examples)"
+
+    @classmethod
+    def log_line(cls, m: dict) -> str:
+        return "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in (*cls.curves, "loss")
+                         if isinstance(m.get(k), (int, float)))
+
+    @classmethod
+    def markdown_report(cls, reports: dict[str, dict], title: str = "Evaluation") -> str:
+        """``eval_report.md`` (and what train and evaluate print): the headline table of every split,
+        then the task's own tables."""
+        raise NotImplementedError
+
+
+def shorten_text(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars] + "…"
+
+
+def example_text(texts: list[str], pairs: list[str] | None, i: int, max_chars: int) -> dict[str, str]:
+    """``text`` (and ``text_pair``) of example i, shortened for prediction records."""
+    out = {"text": shorten_text(texts[i], max_chars)}
+    if pairs is not None:
+        out["text_pair"] = shorten_text(pairs[i], max_chars)
+    return out
+
+
+def check_top_k(top_k) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"'--top-k' must be an integer >= 1, got {top_k!r}")
+    return top_k
+
+
+def is_sequence_feature(feature) -> bool:
+    from datasets import LargeList, List
+
+    return isinstance(feature, (List, LargeList))
+
+
+def weights_by_name(spec: dict, label_names: list[str]) -> list[float]:
+    """Per-label weights from a mapping {label: weight} (1 for labels it leaves out)."""
+    unknown = [str(k) for k in spec if str(k) not in label_names]
+    if unknown:
+        raise UserError(f"'train.class_weights': unknown label(s) {', '.join(unknown)}"
+                        f"{closest(unknown[0], label_names)}; labels: {', '.join(label_names[:20])}")
+    weights = {str(k): float(v) for k, v in spec.items()}
+    return [weights.get(n, 1.0) for n in label_names]
