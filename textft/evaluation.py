@@ -45,7 +45,7 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
     predict_started = time.perf_counter()
     logits = clf.logits(texts, batch_size=batch_size, pairs=pairs)
     predict_s = time.perf_counter() - predict_started
-    metrics = task.evaluate(logits, labels)
+    metrics = task.evaluate(logits, labels, intervals=True)
     window = clf.long_text == "sliding_window"
     settings = {"model": str(clf.model_dir), "task": task.name, "data_source": source, "max_length": clf.max_length,
                 "long_text": clf.long_text, "stride": clf.stride if window else None,

@@ -281,6 +281,26 @@ def start(run: Run) -> None:
         accelerator.init_trackers("textft", config=flat_config(cfg))
 
 
+def thin_validation(task, labels: list, metric: str, early_stopping: bool) -> str | None:
+    """One line when the validation split misses classes or has fewer than two examples of most of
+    them: what it does to early stopping and to the choice of the best model."""
+    counts = task.class_counts(labels)
+    if counts is None or not len(counts):
+        return None
+    missing, thin = int((counts == 0).sum()), int((counts < 2).sum())
+    if not missing and thin <= len(counts) / 2:
+        return None
+    kind = "labels" if task.name == "multi_label" else "classes"
+    gaps = ", ".join(part for part in (f"{missing} with no example" if missing else "",
+                                       f"{thin} with fewer than 2" if thin else "") if part)
+    uses = "early stopping and the best model" if early_stopping else "the best model"
+    absent = f" and leaves out the {missing} it has none of" if missing and metric.startswith("macro") else ""
+    return (f"validation split: {len(labels)} examples for {len(counts)} {kind} ({gaps}): validation {metric} rests"
+            f" on one or two examples per class{absent}, so {uses} follow noise as much as the model; more"
+            " validation examples per class (a larger data.validation_split, or a data.validation_file) make"
+            " them reliable")
+
+
 # --- fit -------------------------------------------------------------------------------------
 
 
@@ -295,6 +315,8 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
     best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
     log.info("training: %d optimizer steps (%d per epoch), global batch %d, best model by %s", plan.total_steps,
              plan.steps_per_epoch, t.batch_size * t.grad_accum_steps * accelerator.num_processes, plan.metric)
+    if warning := thin_validation(run.task, run.data.splits["validation"]["labels"], plan.metric, plan.patience > 0):
+        log.warning(warning)
     with stop_on_sigterm(accelerator) as stop:
         fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
             loss_fn=run.loss_fn, evaluate=run.evaluator, best=best,
@@ -312,7 +334,7 @@ def final_evaluation(run: Run) -> tuple[dict, dict]:
     outputs = {split: run.evaluator.logits(split) for split in run.eval_texts}
     task.choose_decision(*outputs["validation"])
     for split, (logits, labels) in outputs.items():
-        reports[split] = task.evaluate(logits, labels)
+        reports[split] = task.evaluate(logits, labels, intervals=True)
         predictions[split] = task.prediction_rows(run.eval_texts[split], labels, logits, run.eval_pairs[split])
     return reports, predictions
 

@@ -42,6 +42,8 @@ class Task:
     """Validation metrics ``train.metric_for_best`` may name."""
     headline: ClassVar[tuple[str, ...]]
     """The metrics of the report's summary table, the comparison and the model card, in order."""
+    exact_test: ClassVar[str | None] = None
+    """The right-or-wrong-per-example metric McNemar's exact test compares (others: a paired bootstrap)."""
     curves: ClassVar[tuple[str, ...]]
     """Validation metrics drawn in the learning curves."""
     default_metric: ClassVar[str]
@@ -104,12 +106,33 @@ class Task:
         """Groups a carved validation split keeps in proportion (None: a plain random split)."""
         return None
 
+    def class_counts(self, labels: list) -> np.ndarray | None:
+        """Examples of each class (multi-label: texts carrying each label) among encoded labels; None
+        for a task without classes."""
+        return None
+
     # -- training and evaluation ------------------------------------------------------------------
 
     def loss_fn(self, train_cfg, train_labels: list) -> Callable:
         raise NotImplementedError
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
+        """This task's metrics of a split; with ``intervals`` also the 95% interval of each headline
+        metric (``intervals``: {metric: [low, high]}) and how it was made (``interval_method``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def add_intervals(metrics: dict[str, Any], task: str, truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+        from textft.intervals import METHOD, split_intervals, statistics
+
+        metrics["intervals"] = split_intervals(statistics(task, truth, pred))
+        metrics["interval_method"] = dict(METHOD)
+        return metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """True outcomes and each run's predicted ones, as ``textft.intervals.statistics`` takes them,
+        from prediction records (``prediction_rows``) of the same examples in the same order."""
         raise NotImplementedError
 
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:

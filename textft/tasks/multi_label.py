@@ -36,8 +36,9 @@ def f1_counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def grid_score(pred: np.ndarray, truth: np.ndarray, metric: str) -> float:
     """One of SCORE_KEYS for boolean predictions, higher is better (Hamming loss is negated)."""
-    if metric == "macro_f1":
-        return float(f1_counts(pred, truth).mean())
+    if metric == "macro_f1":  # over the labels present (a true or predicted positive), as the reports
+        present = pred.any(0) | truth.any(0)
+        return float(f1_counts(pred, truth)[present].mean()) if present.any() else 0.0
     if metric == "micro_f1":
         tp = (pred & truth).sum()
         return float(2 * tp / max(1, pred.sum() + truth.sum()))
@@ -82,6 +83,7 @@ class MultiLabel(Task):
     headline = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "loss")
     curves = ("macro_f1", "micro_f1")
     default_metric = "macro_f1"
+    exact_test = "subset_accuracy"
     loss_name = "binary cross-entropy loss"
     calibration = "thresholds"
 
@@ -200,6 +202,9 @@ class MultiLabel(Task):
             rows.append(row)
         return rows
 
+    def class_counts(self, labels: list) -> np.ndarray | None:
+        return (np.asarray(labels, dtype=np.float64).reshape(len(labels), -1) > 0.5).sum(0)
+
     def train_problem(self, labels: list) -> str | None:
         if not np.asarray(labels).any():
             return "every text of the train split has an empty label list; a classifier needs positive examples"
@@ -236,7 +241,7 @@ class MultiLabel(Task):
                                                   references=truth.astype(np.int8).tolist(),
                                                   label_names=list(self.label_names))
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
         """Scores at the model's thresholds (tuned on this split while training), the same at 0.5, the
         thresholds, and the mean binary cross-entropy."""
         import torch
@@ -254,7 +259,19 @@ class MultiLabel(Task):
         metrics["threshold_tuning"] = {"tuning": self.tuning, "metric": self.tune_metric, "source": source}
         metrics["loss"] = float(F.binary_cross_entropy_with_logits(
             torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(truth.astype(np.float32))))
-        return metrics
+        return self.add_intervals(metrics, self.name, truth, probs >= thresholds) if intervals else metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        names = sorted({str(x) for rows in runs for r in rows for key in ("labels", "pred") for x in r.get(key) or []})
+        index = {n: i for i, n in enumerate(names)}
+
+        def hot(rows: list[dict], key: str) -> np.ndarray:
+            out = np.zeros((len(rows), len(names)), dtype=bool)
+            for i, r in enumerate(rows):
+                out[i, [index[str(x)] for x in r.get(key) or []]] = True
+            return out
+        return hot(runs[0], "labels"), [hot(rows, "pred") for rows in runs]
 
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
         self.thresholds = tune_thresholds(sigmoid(logits), np.asarray(labels) > 0.5, self.tuning, self.tune_metric)

@@ -149,7 +149,7 @@ class Regression(Task):
             return base(logits.float().squeeze(-1), self.standardised(labels.float()))
         return loss
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
         """MAE, RMSE, R², Pearson and Spearman in label units; the loss on the training scale."""
         import torch
 
@@ -158,7 +158,12 @@ class Regression(Task):
         metrics["loss"] = float(self.base_loss()(torch.from_numpy(self.standardised(pred)),
                                                  torch.from_numpy(self.standardised(y))))
         metrics["target"] = self.label_names[0]
-        return metrics
+        return self.add_intervals(metrics, self.name, y, pred) if intervals else metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        truth = np.array([float(r["label"]) for r in runs[0]], dtype=np.float64)
+        return truth, [np.array([float(r["pred"]) for r in rows], dtype=np.float64) for rows in runs]
 
     def export(self, model) -> None:
         """Fold the target scale into the output layer, so the saved model answers in label units."""

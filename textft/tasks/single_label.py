@@ -20,6 +20,7 @@ class SingleLabel(Task):
     headline = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
     curves = ("accuracy", "macro_f1")
     default_metric = "macro_f1"
+    exact_test = "accuracy"
     loss_name = "cross-entropy loss"
     out_of_scope = True
     calibration = "out_of_scope"
@@ -96,6 +97,9 @@ class SingleLabel(Task):
     def strata(self, labels: list) -> list | None:
         return list(labels)
 
+    def class_counts(self, labels: list) -> np.ndarray | None:
+        return np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.label_names))
+
     # -- training and evaluation ------------------------------------------------------------------
 
     def class_weights(self, spec, labels: list[int]):
@@ -121,15 +125,24 @@ class SingleLabel(Task):
             return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=smoothing)
         return loss
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
         """Accuracy, macro/weighted F1, per-class scores, confusion matrix and the mean cross-entropy."""
         import torch
         import torch.nn.functional as F
 
-        metrics = compute_metrics(labels, np.asarray(logits).argmax(-1), self.label_names)
+        pred = np.asarray(logits).argmax(-1)
+        metrics = compute_metrics(labels, pred, self.label_names)
         metrics["loss"] = float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
                                                 torch.from_numpy(np.asarray(labels, dtype=np.int64))))
-        return metrics
+        return self.add_intervals(metrics, self.name, np.asarray(labels), pred) if intervals else metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        names = sorted({str(r.get("label")) for rows in runs for r in rows}
+                       | {str(r.get("pred")) for rows in runs for r in rows})
+        index = {n: i for i, n in enumerate(names)}
+        truth = np.array([index[str(r.get("label"))] for r in runs[0]], dtype=np.int64)
+        return truth, [np.array([index[str(r.get("pred"))] for r in rows], dtype=np.int64) for rows in runs]
 
     # -- prediction -------------------------------------------------------------------------------
 
