@@ -224,6 +224,8 @@ def sweep_main(argv: list[str]) -> int:
         print("no trial finished; nothing to recommend")
         return 1
     print(f"best: trial {best.number}, validation {run.spec.metric} {best.value:.4f}")
+    if separable := sweep.runner_up_line(study, run.spec):
+        print(separable)
     print(f"best configuration: {best_path}  (train it: textft train --config {best_path})")
     complete = [r["trial"] for r in rows if r["state"] == "complete"]
     print("compare the trials: textft compare " + " ".join(str(run.out_dir / "trials" / f"trial-{n}")
