@@ -145,7 +145,7 @@ def evaluate_main(argv: list[str]) -> int:
     s = metrics["settings"]
     window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
     print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; {s['backend']} {s['precision']}")
-    print(task.summary_line("evaluation", metrics))
+    print("\n".join(task.summary({"evaluation": metrics})))
     if args.output:
         print(f"report written: {Path(args.output) / 'report.html'} (also report.md, report.json,"
               " eval_report.json, predictions/evaluation.jsonl)")

@@ -15,7 +15,7 @@ from textft import task_reports
 from textft.files import replace_file
 from textft.plots import img_tag, plot_learning_curves
 from textft.report_data import DEFAULT_MISTAKES, build_report
-from textft.report_parts import METRIC_NAMES, escape, fmt, html_table, md_cell
+from textft.report_parts import INTERVAL_NOTE, METRIC_NAMES, escape, fmt, html_table, md_cell, shown
 
 WITHHELD = ("The examples behind the numbers (most confident mistakes, largest errors) quote evaluation texts,"
             " so the published report leaves them out (textft push --include-examples keeps them).")
@@ -84,7 +84,9 @@ def render_markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "", "| split | examples | " + " | ".join(headline_names(report)) + " |",
              "|---|---:|" + "---:|" * len(keys)]
     for split, m in report["splits"].items():
-        lines.append(f"| {split} | {m.get('num_examples')} | " + " | ".join(fmt(m.get(k)) for k in keys) + " |")
+        lines.append(f"| {split} | {m.get('num_examples')} | " + " | ".join(shown(m, k) for k in keys) + " |")
+    if any(m.get("intervals") for m in report["splits"].values()):
+        lines += ["", INTERVAL_NOTE]
     lines += ["", "## Run", ""] + [f"- {k}: {v}" for k, v in run_facts(report)]
     for w in report["warnings"]:
         lines.append(f"- warning: {w}")
@@ -123,7 +125,7 @@ h3{font-size:16px;margin:26px 0 8px;color:#33415c}
 nav{font-size:14px;margin:6px 0 18px}nav a{margin-right:14px;color:#2457a6;text-decoration:none}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
 .card{border:1px solid #dfe3ea;border-radius:8px;padding:10px 16px;min-width:120px;background:#fafbfc}
-.card .v{font-size:24px;font-weight:600}.card .k{font-size:12px;color:#5b6577;text-transform:uppercase;letter-spacing:.04em}
+.card .v{font-size:24px;font-weight:600}.card .ci{font-size:12px;color:#5b6577}.card .k{font-size:12px;color:#5b6577;text-transform:uppercase;letter-spacing:.04em}
 table{border-collapse:collapse;font-size:14px;margin:8px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #e6e8ec;text-align:left;vertical-align:top}
 th{background:#f0f2f5;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -147,15 +149,23 @@ def _summary_html(report: dict) -> list[str]:
     if primary:
         m = splits[primary]
         cards = "".join(f"<div class='card'><div class='k'>{escape(primary)} {METRIC_NAMES[k]}</div>"
-                        f"<div class='v'>{fmt(m.get(k))}</div></div>" for k in keys if m.get(k) is not None)
+                        f"<div class='v'>{fmt(m.get(k))}</div>{_card_interval(m, k)}</div>"
+                        for k in keys if m.get(k) is not None)
         out.append(f"<div class='cards'>{cards}</div>")
     out.append(html_table(["split", "examples", *headline_names(report)],
-                          [[s, m.get("num_examples"), *(fmt(m.get(k)) for k in keys)] for s, m in splits.items()],
+                          [[s, m.get("num_examples"), *(shown(m, k) for k in keys)] for s, m in splits.items()],
                           numeric=set(range(1, len(keys) + 2))))
+    if any(m.get("intervals") for m in splits.values()):
+        out.append(f"<p class='note'>{escape(INTERVAL_NOTE)}</p>")
     facts = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in run_facts(report))
     out.append(f"<table class='facts'>{facts}</table>")
     out += [f"<p class='warn'>warning: {escape(w)}</p>" for w in report["warnings"]]
     return out + ["</section>"]
+
+
+def _card_interval(m: dict, key: str) -> str:
+    ci = (m.get("intervals") or {}).get(key)
+    return f"<div class='ci'>95%: {shown(m, key).split(' ', 1)[1]}</div>" if ci else ""
 
 
 def _training_html(report: dict, figures: dict[str, bytes]) -> list[str]:

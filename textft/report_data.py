@@ -16,6 +16,7 @@ import yaml
 from textft import task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
+from textft.intervals import METHOD, split_intervals, statistics, wide_interval
 
 REPORT_VERSION = 1
 DEFAULT_MISTAKES = 10
@@ -105,6 +106,18 @@ def best_evaluation(ev: dict, eval_records: list[dict], metric: str) -> dict | N
             "source": "train_log.jsonl"}
 
 
+def with_intervals(task, m: dict, rows: list[dict] | None) -> dict:
+    """A split's metrics with their 95% intervals: as evaluated, or for a run from before intervals
+    were stored, computed the same way from its saved predictions."""
+    if m.get("intervals") is not None or not rows or len(rows) != m.get("num_examples"):
+        return m
+    try:
+        truth, (pred,) = task.row_outcomes([rows])
+    except (KeyError, TypeError, ValueError):
+        return m  # records of another shape: the report goes on without intervals
+    return {**m, "intervals": split_intervals(statistics(task.name, truth, pred)), "interval_method": dict(METHOD)}
+
+
 def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[str, Any]:
     """The content of ``report.json`` for a finished run directory (nothing is written)."""
     run = load_run(run_dir)
@@ -114,7 +127,8 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     task = tasks.task_class(ev.get("task") or "single_label")  # runs from before tasks were single-label
     warnings: list[str] = []
     sections = task_reports.sections(task.name)
-    splits = {split: sections.split_entry(m, label_names, run["predictions"].get(split), split, mistakes, warnings)
+    splits = {split: sections.split_entry(with_intervals(task, m, run["predictions"].get(split)), label_names,
+                                          run["predictions"].get(split), split, mistakes, warnings)
               for split, m in ev["splits"].items()}
     train_records = [r for r in run["records"] if "loss" in r and "eval" not in r and "step" in r]
     summary = [k for k in (*task.headline, "num_examples") if k != "ece"]
@@ -134,6 +148,7 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     primary = "test" if "test" in splits else next(iter(splits), None)
     if primary:
         splits = {primary: splits[primary], **{k: v for k, v in splits.items() if k != primary}}
+    warnings += [line for split, m in splits.items() if (line := wide_interval(split, task.name, m))]
     return {
         "report_version": REPORT_VERSION,
         "run": run_name(run_dir, cfg),

@@ -8,6 +8,7 @@ import html
 from typing import Any
 
 from textft.tasks import METRIC_NAMES  # noqa: F401 (how each metric is written, for every report module)
+from textft.tasks.base import class_cells, coverage_note, shown  # noqa: F401 (intervals, classes without examples)
 
 SHORT_TEXT = 180
 """Characters of an evaluated text a report quotes."""
@@ -22,7 +23,8 @@ def fmt(v, digits: int = 4) -> str:
 
 
 def sorted_classes(split: dict) -> list[tuple[str, dict]]:
-    return sorted(split["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
+    """Worst F1 first; the classes without an example in the split (out of the averages) last."""
+    return sorted(split["per_class"].items(), key=lambda kv: (not kv[1].get("in_macro", True), kv[1]["f1"], kv[0]))
 
 
 def shorten(text: str, limit: int = SHORT_TEXT) -> str:
@@ -71,3 +73,6 @@ def example_html(r: dict) -> str:
     """A text of the report's example tables, with its pair below it."""
     pair = f"<div class='pair'>&#8644; {escape(r['text_pair'])}</div>" if r.get("text_pair") is not None else ""
     return f"<td class='text'>{escape(r['text'])}{pair}</td>"
+
+
+INTERVAL_NOTE = "[low, high]: 95% bootstrap interval over the split's examples."

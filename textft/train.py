@@ -385,8 +385,8 @@ def export(run: Run) -> dict:
         name = f"{cfg.model.name_or_path} on {run.data.source}"
         if len(run.data.label_names) <= 10:  # small enough to read on a terminal
             print(run.task.markdown_report(reports, title=name))
-        for split, metrics in reports.items():
-            print(run.task.summary_line(split, metrics))
+        for line in run.task.summary(reports):
+            print(line)
         if best:
             print(f"best {cfg.train.metric_for_best} {best['value']:.4f} at step {best['step']}"
                   f" (epoch {best['epoch']}); stopped: {state.stop_reason}")

@@ -97,6 +97,13 @@ def failure_reason(log_path: Path, start: int, rc: int | None) -> tuple[str, boo
     return f"training exited with status {rc}", False
 
 
+def intervals_of(m: dict, keys: tuple[str, ...]) -> dict:
+    """``{"intervals": {metric: [low, high]}}`` of the headline metrics the split has intervals for."""
+    intervals = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
+    kept = {k: intervals[k] for k in keys if isinstance(intervals.get(k), list) and len(intervals[k]) == 2}
+    return {"intervals": kept} if kept else {}
+
+
 def headline_metrics(run: Path) -> dict | None:
     """What a finished job keeps of its evaluation: its task, each split's numbers of the task's own
     headline metrics, which of them are lower-is-better, and the best validation result."""
@@ -105,7 +112,7 @@ def headline_metrics(run: Path) -> dict | None:
         return None
     task = report.get("task") or "single_label"
     keys = task_headline(task)
-    splits = {split: {k: m.get(k) for k in (*keys, "num_examples")}
+    splits = {split: {**{k: m.get(k) for k in (*keys, "num_examples")}, **intervals_of(m, keys)}
               for split, m in (report.get("splits") or {}).items() if isinstance(m, dict)}
     best = report.get("best")
     if isinstance(best, dict) and best.get("metric"):

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from textft.plots import img_tag, plot_cooccurrence, plot_per_class_f1
-from textft.report_parts import METRIC_NAMES, check_rows, escape, example, example_html, example_markdown, html_table
+from textft.report_parts import (METRIC_NAMES, check_rows, class_cells, coverage_note, escape, example, example_html,
+                                 example_markdown, html_table, shown, sorted_classes)
 from textft.tasks.multi_label import SCORE_KEYS as SCORES
 
 TASK = "multi_label"
@@ -66,15 +67,14 @@ def _labels_text(names: list[str], scores: dict) -> str:
 def score_rows(m: dict) -> list[list[str]]:
     tuning = m["threshold_tuning"]
     chosen = f"{tuning['tuning']} ({tuning['source']})"
-    return [[chosen, *(_f(m.get(k)) for k in SCORES)], ["0.5", *(_f(m["at_0.5"].get(k)) for k in SCORES)]]
+    return [[chosen, *(shown(m, k) for k in SCORES)], ["0.5", *(_f(m["at_0.5"].get(k)) for k in SCORES)]]
 
 
 def label_rows(m: dict) -> list[list]:
     """Per label, worst F1 first: threshold, precision, recall, F1, F1 at 0.5, support."""
     half = m["at_0.5"]["per_class"]
-    items = sorted(m["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
-    return [[name, f"{m['thresholds'][name]:.2f}", _f(c["precision"]), _f(c["recall"]), _f(c["f1"]),
-             _f(half[name]["f1"]), c["support"]] for name, c in items]
+    return [[name, f"{m['thresholds'][name]:.2f}", *class_cells(c), _f(half[name]["f1"]), c["support"]]
+            for name, c in sorted_classes(m)]
 
 
 LABEL_HEADER = ["label", "threshold", "precision", "recall", "F1", "F1 at 0.5", "support"]
@@ -87,6 +87,8 @@ def markdown_split(split: str, m: dict) -> list[str]:
     lines += ["", "### Per label (worst F1 first)", "", "| " + " | ".join(LABEL_HEADER) + " |",
               "|---|" + "---:|" * (len(LABEL_HEADER) - 1)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in label_rows(m)]
+    if note := coverage_note(m):
+        lines += ["", note]
     if m.get("top_cooccurrences"):
         lines += ["", "### Labels that go together (true labels)", "", "| labels | texts | share of the rarer |",
                   "|---|---:|---:|"]
@@ -110,6 +112,8 @@ def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
     rows = label_rows(m)
     out.append(f"<details open><summary>threshold, precision, recall, F1 and support of {len(rows)} labels (worst F1"
                f" first)</summary>{html_table(LABEL_HEADER, rows, numeric=set(range(1, 7)))}</details>")
+    if note := coverage_note(m):
+        out.append(f"<p class='note'>{escape(note)}</p>")
     out += ["<h3>Label co-occurrence</h3>", img_tag(figures.get(f"{split}/cooccurrence"), f"{split} co-occurrence")]
     if m.get("top_cooccurrences"):
         out.append(html_table(["labels", "texts", "share of the rarer"],

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from textft.plots import MANY_CLASSES, img_tag, plot_calibration, plot_confusion, plot_per_class_f1
-from textft.report_parts import (check_rows, escape, example, example_html, example_markdown, fmt, html_table,
-                                 sorted_classes)
+from textft.report_parts import (check_rows, class_cells, coverage_note, escape, example, example_html,
+                                 example_markdown, fmt, html_table, sorted_classes)
 
 TASK = "single_label"
 CALIBRATION_BINS = 15
@@ -93,8 +93,9 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
 def markdown_split(split: str, m: dict) -> list[str]:
     lines = ["", "### Per class (worst F1 first)", "", "| label | precision | recall | F1 | support |",
              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
-              for name, c in sorted_classes(m)]
+    lines += [f"| {name} | {' | '.join(class_cells(c))} | {c['support']} |" for name, c in sorted_classes(m)]
+    if note := coverage_note(m):
+        lines += ["", note]
     if m["top_confusions"]:
         lines += ["", "### Most confused pairs", "", "| true | predicted | count | share of true class |",
                   "|---|---|---:|---:|"]
@@ -126,10 +127,12 @@ def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
                               [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"]
                                for c in m["top_confusions"]], numeric={2, 3}))
     out += ["<h3>Per class</h3>", img_tag(figures.get(f"{split}/per_class_f1"), f"{split} F1 per class")]
-    rows = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
+    rows = [[name, *class_cells(c), c["support"]] for name, c in sorted_classes(m)]
     table = html_table(["label", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4})
     out.append(f"<details{'' if many else ' open'}><summary>precision, recall, F1 and support of"
                f" {len(rows)} classes (worst F1 first)</summary>{table}</details>")
+    if note := coverage_note(m):
+        out.append(f"<p class='note'>{escape(note)}</p>")
     if m.get("calibration"):
         cal = m["calibration"]
         out.append(f"<h3>Calibration</h3><p class='note'>Expected calibration error {cal['ece']:.4f}: the"

@@ -163,9 +163,21 @@ class Task:
 
     @classmethod
     def summary_line(cls, split: str, m: dict) -> str:
-        shown = "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in cls.headline
-                          if isinstance(m.get(k), (int, float)))
-        return f"{split}: {shown}  ({m.get('num_examples')} examples)"
+        """``test: accuracy 0.8167 [0.72, 0.90]  ...  (60 examples)``: each headline metric with its 95%
+        interval."""
+        values = "  ".join(f"{METRIC_NAMES[k]} {shown(m, k)}" for k in cls.headline
+                           if isinstance(m.get(k), (int, float)))
+        return f"{split}: {values}  ({m.get('num_examples')} examples)"
+
+    @classmethod
+    def summary(cls, reports: dict[str, dict]) -> list[str]:
+        """The terminal summary of a run or an evaluation: a line per split, then a line for each split
+        too small to tell models apart and for each that lacks classes."""
+        from textft.intervals import wide_interval
+
+        lines = [cls.summary_line(split, m) for split, m in reports.items()]
+        lines += [line for split, m in reports.items() if (line := wide_interval(split, cls.name, m))]
+        return lines + [f"{split}: {note}" for split, m in reports.items() if (note := coverage_note(m))]
 
     @classmethod
     def log_line(cls, m: dict) -> str:
@@ -177,6 +189,42 @@ class Task:
         """``eval_report.md`` (and what train and evaluate print): the headline table of every split,
         then the task's own tables."""
         raise NotImplementedError
+
+
+def shown(m: dict, key: str, digits: int = 4) -> str:
+    """A split's metric as tables and summaries write it: the value, then its 95% interval when the
+    split has one (2 decimals; 3 when it is narrower than 5 points)."""
+    v = m.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "-"
+    ci = (m.get("intervals") or {}).get(key)
+    if not ci:
+        return f"{v:.{digits}f}"
+    d = 3 if ci[1] - ci[0] < 0.05 else 2
+    return f"{v:.{digits}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def class_cells(c: dict) -> list[str]:
+    """Precision, recall and F1 of one class as the per-class tables show them: a class with no example
+    in the split reads "no examples" (out of the macro averages), or, when the model predicted it
+    anyway, F1 0 with how often (those wrong predictions stay in the averages)."""
+    if c.get("support") == 0 and "in_macro" in c:
+        if not c.get("predicted"):
+            return ["-", "-", "no examples"]
+        return [f"{c['precision']:.4f}", "-", f"{c['f1']:.4f} (no examples, predicted {c['predicted']}x)"]
+    return [f"{c[k]:.4f}" for k in ("precision", "recall", "f1")]
+
+
+def coverage_note(m: dict) -> str | None:
+    """How many classes of the model the split has no example of, and what the macro averages cover."""
+    absent, per_class = m.get("classes_without_examples"), m.get("per_class") or {}
+    if not absent or not per_class:
+        return None
+    kind = "labels" if "cooccurrence" in m else "classes"
+    predicted = sum(1 for name in absent if (per_class.get(name) or {}).get("predicted"))
+    wrongly = f" ({predicted} of them predicted, wrongly)" if predicted else ""
+    return (f"{len(absent)} of {len(per_class)} {kind} have no example here{wrongly}; macro averages cover the"
+            f" {m.get('macro_classes', len(per_class) - len(absent))} {kind} present (true or predicted)")
 
 
 def shorten_text(text: str, max_chars: int) -> str:

@@ -10,8 +10,8 @@ import numpy as np
 
 from textft.errors import UserError, closest, row_list
 from textft.metric_modules import load_metric
-from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, example_text, is_list, is_sequence_feature,
-                               weights_by_name)
+from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, class_cells, coverage_note, example_text, is_list,
+                               is_sequence_feature, shown, weights_by_name)
 
 THRESHOLDS_KEY = "textft_thresholds"
 """config.json entry holding the decision thresholds of a multi-label model."""
@@ -342,14 +342,17 @@ class MultiLabel(Task):
                  "|---|---:|---|" + "---:|" * (len(SCORE_KEYS) + 1)]
         for split, m in reports.items():
             lines.append(f"| {split} | {m['num_examples']} | {m['threshold_tuning']['tuning']} | "
-                         + " | ".join(number(m.get(k)) for k in SCORE_KEYS) + f" | {number(m.get('loss'))} |")
-            lines.append(f"| {split} | {m['num_examples']} | 0.5 | " + " | ".join(number(m["at_0.5"].get(k)) for k in SCORE_KEYS)
-                         + " | |")
+                         + " | ".join(shown(m, k) for k in SCORE_KEYS) + f" | {number(m.get('loss'))} |")
+            lines.append(f"| {split} | {m['num_examples']} | 0.5 | "
+                         + " | ".join(number(m["at_0.5"].get(k)) for k in SCORE_KEYS) + " | |")
+        if any(m.get("intervals") for m in reports.values()):
+            lines += ["", "[low, high]: 95% bootstrap interval over the split's examples, at the model's thresholds."]
         for split, m in reports.items():
-            lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 | support |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 |"
+                      " support |", "|---|---:|---:|---:|---:|---:|---:|"]
             half = m["at_0.5"]["per_class"]
-            for name, c in m["per_class"].items():
-                lines.append(f"| {name} | {m['thresholds'][name]:.2f} | {c['precision']:.4f} | {c['recall']:.4f} |"
-                             f" {c['f1']:.4f} | {half[name]['f1']:.4f} | {c['support']} |")
+            lines += [f"| {name} | {m['thresholds'][name]:.2f} | {' | '.join(class_cells(c))} |"
+                      f" {half[name]['f1']:.4f} | {c['support']} |" for name, c in m["per_class"].items()]
+            if note := coverage_note(m):
+                lines += ["", note]
         return "\n".join(lines) + "\n"

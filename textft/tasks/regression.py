@@ -11,7 +11,7 @@ import numpy as np
 
 from textft.errors import UserError, row_list
 from textft.metric_modules import load_metric
-from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number
+from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number, shown
 
 SETTINGS_KEY = "textft_regression"
 """config.json entry describing the target (its name and the scale it was trained on)."""
@@ -212,6 +212,8 @@ class Regression(Task):
         lines = [f"# {title}", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in cls.headline)
                  + " | mean true | mean predicted |", "|---|---:|" + "---:|" * (len(cls.headline) + 2)]
         for split, m in reports.items():
-            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(number(m.get(k)) for k in cls.headline)
+            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(shown(m, k) for k in cls.headline)
                          + f" | {number(m.get('mean_reference'))} | {number(m.get('mean_prediction'))} |")
+        if any(m.get("intervals") for m in reports.values()):
+            lines += ["", "[low, high]: 95% bootstrap interval over the split's examples."]
         return "\n".join(lines) + "\n"

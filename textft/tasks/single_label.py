@@ -10,7 +10,8 @@ import numpy as np
 from textft.errors import closest, row_list
 from textft.metric_modules import compute_metrics
 from textft.out_of_scope import rejected, softmax
-from textft.tasks.base import Task, check_top_k, example_text, is_list, is_missing, weights_by_name
+from textft.tasks.base import (Task, check_top_k, class_cells, coverage_note, example_text, is_list, is_missing, shown,
+                               weights_by_name)
 
 
 class SingleLabel(Task):
@@ -190,12 +191,6 @@ class SingleLabel(Task):
         return f"accuracy {correct / len(pairs):.4f} on {len(pairs):,} labelled rows"
 
     @classmethod
-    def summary_line(cls, split: str, m: dict) -> str:
-        loss = f" loss {m['loss']:.4f}" if m.get("loss") is not None else ""
-        return (f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
-                f"  weighted-F1 {m['weighted_f1']:.4f}{loss}  ({m['num_examples']} examples)")
-
-    @classmethod
     def log_line(cls, m: dict) -> str:
         return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}"
 
@@ -205,14 +200,17 @@ class SingleLabel(Task):
         lines = [f"# {title}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
                  "|---|---:|---:|---:|---:|---:|"]
         for split, m in reports.items():
-            loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "-"
-            lines.append(f"| {split} | {m['num_examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |"
-                         f" {m['weighted_f1']:.4f} | {loss} |")
+            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(
+                shown(m, k) for k in ("accuracy", "macro_f1", "weighted_f1", "loss")) + " |")
+        if any(m.get("intervals") for m in reports.values()):
+            lines += ["", "[low, high]: 95% bootstrap interval over the split's examples."]
         for split, m in reports.items():
             lines += ["", f"## {split}: per class", "", "| label | precision | recall | F1 | support |",
                       "|---|---:|---:|---:|---:|"]
-            for name, c in m["per_class"].items():
-                lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+            lines += [f"| {name} | {' | '.join(class_cells(c))} | {c['support']} |"
+                      for name, c in m["per_class"].items()]
+            if note := coverage_note(m):
+                lines += ["", note]
             if len(m["labels"]) <= 20:
                 names = m["labels"]
                 lines += ["", f"## {split}: confusion matrix (rows: true, columns: predicted)", "",

@@ -334,10 +334,19 @@ function metricsTable(splits, headline, lower) {
   const names = Object.keys(splits || {}).sort((a, b) => (b === "test") - (a === "test"));
   if (!names.length) return el("p", { class: "hint", text: "No metrics." });
   const column = (k) => `${metricName(k)} ${lower.includes(k) ? "↓" : "↑"}`;
+  // A value with its 95% interval, as the run's report writes it (3 decimals when narrower than 5 points).
+  const shown = (m, k) => {
+    const ci = m.intervals && m.intervals[k];
+    if (!ci || typeof m[k] !== "number") return fmt.num(m[k]);
+    const d = ci[1] - ci[0] < 0.05 ? 3 : 2;
+    return `${m[k].toFixed(4)} [${ci[0].toFixed(d)}, ${ci[1].toFixed(d)}]`;
+  };
   const rows = names.map((split) => Object.fromEntries([["split", split], ["examples", fmt.num(splits[split].num_examples)],
-    ...headline.map((k) => [column(k), fmt.num(splits[split][k])])]));
+    ...headline.map((k) => [column(k), shown(splits[split], k)])]));
+  const intervals = names.some((split) => splits[split].intervals);
   return el("div", { class: "metrics" }, el("div", { class: "table-wrap" }, table(rows, ["split", "examples", ...headline.map(column)])),
-    el("p", { class: "hint", text: "↓ lower is better · ↑ higher is better" }));
+    el("p", { class: "hint", text: "↓ lower is better · ↑ higher is better"
+      + (intervals ? " · [low, high]: 95% bootstrap interval over the split's examples" : "") }));
 }
 
 // What a model answers, in a few words: its labels, or the number it predicts.
