@@ -223,3 +223,31 @@ def test_a_thin_validation_split_of_many_classes_and_of_labels():
     assert "3 labels (1 with no example" in thin_validation(multi, [[1, 0, 0], [0, 1, 0], [1, 1, 0]] * 3,
                                                             "macro_f1", False)
     assert thin_validation(task_class("regression")(["score"]), [1.0, 2.0], "rmse", True) is None
+
+
+def test_reports_show_intervals_and_the_classes_a_split_lacks(tmp_path):
+    from run_dirs import parse_page
+
+    from textft.report import write_run_report
+
+    rng = np.random.default_rng(3)
+    y = rng.choice([0, 1, 2, 4, 6], 70)  # 8 classes, three never in the test split
+    pred = np.where(rng.random(70) < 0.75, y, rng.choice([0, 1, 2, 4, 6, 7], 70))  # ... one of them predicted
+    run = tmp_path / "run"
+    write_run(run, k=8, outcomes={"test": (y, pred)})  # an eval_report.json without intervals: an older run
+    write_run_report(run)
+    report = json.loads((run / "report.json").read_text())
+    test = report["splits"]["test"]
+    # the intervals come from the saved predictions, the same way training computes them
+    assert test["intervals"] == split_intervals(statistics("single_label", y, pred))
+    assert test["interval_method"]["method"] == "percentile bootstrap over examples"
+    assert test["macro_classes"] == 6 and len(test["classes_without_examples"]) == 3
+    assert report["warnings"][0].startswith("test: 70 examples give accuracy a 95% interval")
+    md = (run / "report.md").read_text()
+    low, high = test["intervals"]["accuracy"]
+    assert f"| test | 70 | {test['accuracy']:.4f} [{low:.2f}, {high:.2f}] |" in md
+    assert md.count("| - | - | no examples | 0 |") == 2 and "(no examples, predicted" in md
+    assert "3 of 8 classes have no example here (1 of them predicted, wrongly); macro averages cover the 6" in md
+    page = parse_page(run / "report.html")
+    text = " ".join(page.text)
+    assert f"95%: [{low:.2f}, {high:.2f}]" in text and "no examples" in text and "95% bootstrap interval" in text

@@ -15,7 +15,6 @@ from typing import Any
 
 from textft.errors import UserError, closest
 from textft.files import read_jsonl, replace_file
-from textft.intervals import RESAMPLED, split_intervals, statistics
 from textft.plots import figure, png
 from textft.report import CSS, duration, img_tag
 from textft.report_data import build_report, check_run_dir
@@ -196,13 +195,6 @@ def tests_against_best(rows: list[dict], split: str, task, metric: str) -> None:
     tested = [metric] + ([task.exact_test] if task.exact_test not in (None, metric) and task.exact_test in rows[0]
                          else [])
     predictions = [_predictions(r["run_dir"], split) for r in rows]
-    for r, rows_of_run in zip(rows, predictions):
-        if r.get(f"{metric}_low") is None and rows_of_run and metric in RESAMPLED[task.name]:
-            # a run from before intervals were stored: the same interval from its saved predictions
-            truth, (pred,) = task.row_outcomes([rows_of_run])
-            ci = split_intervals(statistics(task.name, truth, pred)).get(metric)
-            if ci:
-                r[f"{metric}_low"], r[f"{metric}_high"] = ci
     for i, r in enumerate(rows):
         r["vs_best"] = {} if i == best else {
             k: paired_test(task, k, predictions[best], predictions[i]).to_dict() for k in tested}

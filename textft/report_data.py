@@ -106,13 +106,13 @@ def best_evaluation(ev: dict, eval_records: list[dict], metric: str) -> dict | N
             "source": "train_log.jsonl"}
 
 
-def with_intervals(task, m: dict, rows: list[dict] | None) -> dict:
+def with_intervals(task, m: dict, rows: list[dict] | None, label_names: list[str]) -> dict:
     """A split's metrics with their 95% intervals: as evaluated, or for a run from before intervals
     were stored, computed the same way from its saved predictions."""
     if m.get("intervals") is not None or not rows or len(rows) != m.get("num_examples"):
         return m
     try:
-        truth, (pred,) = task.row_outcomes([rows])
+        truth, (pred,) = task.row_outcomes([rows], m.get("labels") or label_names)
     except (KeyError, TypeError, ValueError):
         return m  # records of another shape: the report goes on without intervals
     return {**m, "intervals": split_intervals(statistics(task.name, truth, pred)), "interval_method": dict(METHOD)}
@@ -127,9 +127,11 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     task = tasks.task_class(ev.get("task") or "single_label")  # runs from before tasks were single-label
     warnings: list[str] = []
     sections = task_reports.sections(task.name)
-    splits = {split: sections.split_entry(with_intervals(task, m, run["predictions"].get(split)), label_names,
-                                          run["predictions"].get(split), split, mistakes, warnings)
-              for split, m in ev["splits"].items()}
+    splits = {}
+    for split, m in ev["splits"].items():
+        rows = run["predictions"].get(split)
+        splits[split] = sections.split_entry(with_intervals(task, m, rows, label_names), label_names, rows, split,
+                                             mistakes, warnings)
     train_records = [r for r in run["records"] if "loss" in r and "eval" not in r and "step" in r]
     summary = [k for k in (*task.headline, "num_examples") if k != "ece"]
     eval_records = [{"step": r.get("step"), "epoch": r.get("epoch"), **{k: r["eval"].get(k) for k in summary}}

@@ -130,10 +130,20 @@ class Task:
         return metrics
 
     @classmethod
-    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """True outcomes and each run's predicted ones, as ``textft.intervals.statistics`` takes them,
-        from prediction records (``prediction_rows``) of the same examples in the same order."""
+        from prediction records (``prediction_rows``) of the same examples in the same order. Classes
+        are numbered in the order of ``label_names`` (the model's, so that the intervals come out as
+        the evaluation computed them), then any other name the records hold."""
         raise NotImplementedError
+
+
+def class_index(label_names: list[str] | None, seen: set[str]) -> dict[str, int]:
+    """Class ids of ``label_names`` in their order, then the other names ``seen``, sorted."""
+    names = list(label_names or [])
+    names += sorted(seen - set(names))
+    return {n: i for i, n in enumerate(names)}
 
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
         """Decision settings chosen on validation data and kept for prediction (thresholds); None if

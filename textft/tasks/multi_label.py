@@ -10,8 +10,8 @@ import numpy as np
 
 from textft.errors import UserError, closest, row_list
 from textft.metric_modules import load_metric
-from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, class_cells, coverage_note, example_text, is_list,
-                               is_sequence_feature, shown, weights_by_name)
+from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, class_cells, class_index, coverage_note, example_text,
+                               is_list, is_sequence_feature, shown, weights_by_name)
 
 THRESHOLDS_KEY = "textft_thresholds"
 """config.json entry holding the decision thresholds of a multi-label model."""
@@ -262,12 +262,13 @@ class MultiLabel(Task):
         return self.add_intervals(metrics, self.name, truth, probs >= thresholds) if intervals else metrics
 
     @classmethod
-    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        names = sorted({str(x) for rows in runs for r in rows for key in ("labels", "pred") for x in r.get(key) or []})
-        index = {n: i for i, n in enumerate(names)}
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        index = class_index(label_names, {str(x) for rows in runs for r in rows for key in ("labels", "pred")
+                                          for x in r.get(key) or []})
 
         def hot(rows: list[dict], key: str) -> np.ndarray:
-            out = np.zeros((len(rows), len(names)), dtype=bool)
+            out = np.zeros((len(rows), len(index)), dtype=bool)
             for i, r in enumerate(rows):
                 out[i, [index[str(x)] for x in r.get(key) or []]] = True
             return out

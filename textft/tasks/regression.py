@@ -161,7 +161,8 @@ class Regression(Task):
         return self.add_intervals(metrics, self.name, y, pred) if intervals else metrics
 
     @classmethod
-    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
         truth = np.array([float(r["label"]) for r in runs[0]], dtype=np.float64)
         return truth, [np.array([float(r["pred"]) for r in rows], dtype=np.float64) for rows in runs]
 

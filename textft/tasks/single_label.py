@@ -10,8 +10,8 @@ import numpy as np
 from textft.errors import closest, row_list
 from textft.metric_modules import compute_metrics
 from textft.out_of_scope import rejected, softmax
-from textft.tasks.base import (Task, check_top_k, class_cells, coverage_note, example_text, is_list, is_missing, shown,
-                               weights_by_name)
+from textft.tasks.base import (Task, check_top_k, class_cells, class_index, coverage_note, example_text, is_list,
+                               is_missing, shown, weights_by_name)
 
 
 class SingleLabel(Task):
@@ -138,10 +138,9 @@ class SingleLabel(Task):
         return self.add_intervals(metrics, self.name, np.asarray(labels), pred) if intervals else metrics
 
     @classmethod
-    def row_outcomes(cls, runs: list[list[dict]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        names = sorted({str(r.get("label")) for rows in runs for r in rows}
-                       | {str(r.get("pred")) for rows in runs for r in rows})
-        index = {n: i for i, n in enumerate(names)}
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        index = class_index(label_names, {str(r.get(key)) for rows in runs for r in rows for key in ("label", "pred")})
         truth = np.array([index[str(r.get("label"))] for r in runs[0]], dtype=np.int64)
         return truth, [np.array([index[str(r.get("pred"))] for r in rows], dtype=np.int64) for rows in runs]
 
