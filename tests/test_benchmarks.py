@@ -81,3 +81,10 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert {"textft", "trainer_group", "trainer_max"} <= results.keys()
     for r in results.values():
         assert r["samples_per_s"] > 0 and r["mfu_peak"] in ("fp32", "bf16") and 0 < r["mfu"] < 1
+
+
+def test_intervals_benchmark_quick():
+    lines = run_quick("intervals.py")
+    for split in ("single_label, 2 classes", "single_label, 150 classes", "multi_label, 28 labels", "regression"):
+        assert any(line.startswith(split) and "intervals" in line and "paired bootstrap" in line for line in lines)
+    assert re.fullmatch(r"max_interval_s=\d+\.\d{3} max_paired_s=\d+\.\d{3} n=500", lines[-1])

@@ -35,7 +35,8 @@ METHOD = {"method": "percentile bootstrap over examples", "confidence": CONFIDEN
 NOISE_METRIC = {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "r2"}
 """The 0-1 metric whose interval width tells whether a split can separate models (the flag)."""
 
-Values = Callable[[np.ndarray], dict[str, np.ndarray]]
+Values = Callable[..., dict[str, np.ndarray]]
+"""``values(w, keys=None)``: the metrics (``keys`` of them, default all) of resampled counts w."""
 
 
 @dataclass
@@ -127,7 +128,7 @@ def single_label_values(truth: np.ndarray, pred: np.ndarray) -> Values:
     pred_hot = np.eye(k)[pred]
     hit_hot = true_hot * (truth == pred)[:, None]
 
-    def values(w: np.ndarray) -> dict[str, np.ndarray]:
+    def values(w: np.ndarray, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         n = w.sum(1)
         support, predicted, tp = w @ true_hot, w @ pred_hot, w @ hit_hot
         f1 = _ratio(2 * tp, support + predicted)
@@ -147,7 +148,7 @@ def multi_label_values(truth: np.ndarray, pred: np.ndarray) -> Values:
     exact = (t == p).all(1).astype(np.float64)
     wrong = (t != p).mean(1) if t.shape[1] else np.zeros(len(t))
 
-    def values(w: np.ndarray) -> dict[str, np.ndarray]:
+    def values(w: np.ndarray, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         n = w.sum(1)
         tp, support, predicted = w @ both, w @ t_f, w @ p_f
         denom = support + predicted
@@ -202,14 +203,17 @@ def regression_values(truth: np.ndarray, pred: np.ndarray) -> Values:
     y, p = truth.astype(np.float64), pred.astype(np.float64)
     err = p - y
 
-    def values(w: np.ndarray) -> dict[str, np.ndarray]:
+    def values(w: np.ndarray, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         n = w.sum(1)
         sse = w @ (err * err)
         sst = w @ (y * y) - (w @ y) ** 2 / n
         constant = sst <= 1e-12 * np.maximum(w @ (y * y), 1e-300)  # R² is undefined for one true value
-        return {"mae": w @ np.abs(err) / n, "rmse": np.sqrt(sse / n),
-                "r2": np.divide(sst - sse, sst, out=np.full(len(w), np.nan), where=~constant),
-                "pearson": _correlation(w, p, y), "spearman": _correlation(w, _midranks(p, w), _midranks(y, w))}
+        out = {"mae": lambda: w @ np.abs(err) / n, "rmse": lambda: np.sqrt(sse / n),
+               "r2": lambda: np.divide(sst - sse, sst, out=np.full(len(w), np.nan), where=~constant),
+               "pearson": lambda: _correlation(w, p, y),
+               # ranks within each resample: the costly one, computed only when asked for
+               "spearman": lambda: _correlation(w, _midranks(p, w), _midranks(y, w))}
+        return {k: f() for k, f in out.items() if keys is None or k in keys}
     return values
 
 

@@ -65,7 +65,7 @@ def paired_bootstrap(task: str, metric: str, truth: np.ndarray, pred_a: np.ndarr
     score_b = VALUES[task](truth[first], pred_b[first])
 
     def difference(w: np.ndarray) -> dict[str, np.ndarray]:
-        return {"d": score_b(w)[metric] - score_a(w)[metric]}
+        return {"d": score_b(w, (metric,))[metric] - score_a(w, (metric,))[metric]}
     observed = float(difference(counts[None, :].astype(np.float64))["d"][0])
     resampled = bootstrap(difference, counts, resamples, seed)["d"]
     resampled = resampled[np.isfinite(resampled)]
