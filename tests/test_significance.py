@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from math import comb
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,26 @@ def test_reports_show_intervals_and_the_classes_a_split_lacks(tmp_path):
     page = parse_page(run / "report.html")
     text = " ".join(page.text)
     assert f"95%: [{low:.2f}, {high:.2f}]" in text and "no examples" in text and "95% bootstrap interval" in text
+
+
+def test_the_service_lists_how_models_on_one_test_set_compare_with_the_best(tmp_path):
+    from textft.service.models import tests_on_shared_test_sets
+    from textft.service.textft_api import test_set_key
+
+    runs = [Path(r) for r in three_runs(tmp_path)]  # best, worse, close: the same test examples
+    write_run(tmp_path / "other", k=3, n=50, seed=9)  # a test set of its own
+    runs.append(tmp_path / "other")
+    models = []
+    for i, run in enumerate(runs):
+        test = json.loads((run / "eval_report.json").read_text())["splits"]["test"]
+        models.append({"id": run.name, "task": "single_label", "created_at": f"2026-12-0{i + 1}",
+                       "metrics": {"test": {k: test[k] for k in ("accuracy", "macro_f1")}},
+                       "test_set": test_set_key(run)})
+    assert len({m["test_set"] for m in models}) == 2
+    tests_on_shared_test_sets(models, lambda job: tmp_path / job)
+    by_id = {m["id"]: m["vs_best"] for m in models}
+    assert by_id["best"] == {"metric": "macro_f1", "best": True, "models": 3}
+    assert by_id["worse"]["model"] == "best" and by_id["worse"]["significant"] and by_id["worse"]["p_value"] < 0.05
+    assert by_id["close"]["significant"] is False and by_id["close"]["test"] == "paired bootstrap"
+    assert by_id["close"]["examples"] == 200 and by_id["close"]["difference"] < 0
+    assert by_id["other"] is None  # alone on its test set

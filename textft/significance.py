@@ -75,13 +75,27 @@ def paired_bootstrap(task: str, metric: str, truth: np.ndarray, pred_a: np.ndarr
     return observed, (1 + beyond) / (1 + len(resampled)), percentile_interval(resampled)
 
 
+def example_key(r: dict) -> tuple:
+    """What identifies the example behind a prediction record: its text(s) and true label(s)."""
+    label = r.get("labels", r.get("label"))
+    return r.get("text"), r.get("text_pair"), tuple(label) if isinstance(label, list) else label
+
+
+def examples_key(rows: list[dict]) -> str:
+    """A fingerprint of the examples a model was scored on (in any order): equal for two runs whose
+    predictions a paired test can compare."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(repr(example_key(r)) for r in rows):
+        digest.update(key.encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()[:16]
+
+
 def aligned(rows_a: list[dict], rows_b: list[dict]) -> tuple[list[dict] | None, str | None]:
     """``rows_b`` in the order of ``rows_a`` when both hold the same examples (text, second text and
     true label), else None and the reason."""
-    def key(r: dict) -> tuple:
-        label = r.get("labels", r.get("label"))
-        return (r.get("text"), r.get("text_pair"), tuple(label) if isinstance(label, list) else label)
-
+    key = example_key
     if len(rows_a) != len(rows_b):
         return None, f"scored on different rows ({len(rows_a)} vs {len(rows_b)} examples)"
     by_key: dict[tuple, list[dict]] = defaultdict(list)

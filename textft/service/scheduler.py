@@ -33,7 +33,7 @@ from textft.service.layout import DataDir, is_local, process_alive, read_json, w
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
 from textft.service.store import ACTIVE, Store, add_event, dumps
 from textft.service.supervise import group_alive, stop_group
-from textft.service.textft_api import lower_is_better, task_headline
+from textft.service.textft_api import lower_is_better, task_headline, test_set_key
 
 log = logging.getLogger("textft.service")
 
@@ -120,7 +120,7 @@ def headline_metrics(run: Path) -> dict | None:
     return {"task": task, "headline": list(keys), "lower_is_better": [k for k in keys if lower_is_better(k)],
             "splits": splits, "best": best, "stop_reason": report.get("stop_reason"),
             "optimizer_steps": report.get("optimizer_steps"), "train_seconds": report.get("train_seconds"),
-            "labels": report.get("label_names")}
+            "labels": report.get("label_names"), "test_set": test_set_key(run)}
 
 
 class Monitor:

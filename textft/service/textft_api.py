@@ -14,7 +14,7 @@ from textft.tasks.multi_label import THRESHOLDS_KEY  # light as well
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts", "task_default_metric", "task_headline", "model_task",
+           "recipe_facts", "task_default_metric", "task_headline", "model_task", "test_set_key", "versus_best",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY"]
 
@@ -98,6 +98,26 @@ def task_headline(task: str | None) -> tuple[str, ...]:
     from textft.tasks import task_class
 
     return tuple(k for k in task_class(task or "single_label").headline if k != "ece")
+
+
+def test_set_key(run) -> str | None:
+    """The fingerprint of the examples a run's test split holds (from predictions/test.jsonl), None
+    without one: models with equal keys were scored on the same test set."""
+    from textft.files import read_jsonl
+    from textft.significance import examples_key
+
+    path = run / "predictions" / "test.jsonl"
+    return examples_key(read_jsonl(path)) if path.is_file() else None
+
+
+def versus_best(task: str, metric: str, best_run, other_run) -> dict:
+    """``textft compare``'s paired test of ``metric`` between two runs' test predictions (other minus best)."""
+    from textft.files import read_jsonl
+    from textft.significance import paired_test
+    from textft.tasks import task_class
+
+    rows = [read_jsonl(r / "predictions" / "test.jsonl") for r in (best_run, other_run)]
+    return paired_test(task_class(task), metric, *rows).to_dict()
 
 
 def model_task(config: dict) -> str | None:

@@ -887,7 +887,22 @@ async function viewModels(main) {
         el("a", { class: "button primary", href: `#/models/${m.id}`, text: "Try it" }),
         el("a", { class: "button quiet", href: `#/jobs/${m.id}`, text: "Job" }))),
     el("p", { class: "meta", text: `${m.base_model || "?"} · preset ${m.config} · data ${datasetNames[m.dataset] || m.dataset} · ${answersText(m)}${m.pairs ? " · reads text pairs" : ""} · ${fmt.bytes(m.size_bytes)} · ${fmt.when(m.created_at)}` }),
-    metricsTable(m.metrics, m.headline, m.lower_is_better))));
+    metricsTable(m.metrics, m.headline, m.lower_is_better), versusBest(m))));
+}
+
+// How a model stands against the best of the models scored on the same test set (a paired test).
+function versusBest(m) {
+  const v = m.vs_best;
+  if (!v) return null;
+  const name = `test ${metricName(v.metric)}`;
+  if (v.best) return el("p", { class: "hint vs-best", text: `Best ${name} of the ${v.models} models scored on this test set.` });
+  if (v.p_value === null || v.p_value === undefined) {
+    return el("p", { class: "hint vs-best", text: `${name} against ${v.model}, the best on this test set: not tested (${v.reason}).` });
+  }
+  const p = v.p_value < 0.001 ? "p < 0.001" : `p ${v.p_value.toFixed(3)}`;
+  const verdict = v.significant ? "a significant difference at 5%" : "not separable at 5%";
+  return el("p", { class: "hint vs-best", text: `${name} against ${v.model}, the best on this test set:`
+    + ` ${v.difference >= 0 ? "+" : ""}${v.difference.toFixed(4)} (${v.test}, ${p}, ${fmt.num(v.examples)} examples): ${verdict}.` });
 }
 
 function longTextNote(input, model) {
