@@ -275,3 +275,12 @@ def test_the_service_lists_how_models_on_one_test_set_compare_with_the_best(tmp_
     assert by_id["close"]["significant"] is False and by_id["close"]["test"] == "paired bootstrap"
     assert by_id["close"]["examples"] == 200 and by_id["close"]["difference"] < 0
     assert by_id["other"] is None  # alone on its test set
+
+
+def test_prediction_records_of_another_shape_are_not_tested_and_say_why():
+    rows = [{"text": f"t{i}", "label": 1.5 * i, "pred": 1.5 * i + 0.1} for i in range(20)]
+    broken = [{**r, "pred": None} for r in rows]
+    result = paired_test(task_class("regression"), "rmse", rows, broken)
+    assert result.p_value is None and result.reason == "the saved predictions are not regression records"
+    ok = paired_test(task_class("regression"), "rmse", rows, [{**r, "pred": r["pred"] + 0.05} for r in rows])
+    assert ok.test == "paired bootstrap" and ok.difference == pytest.approx(0.05)

@@ -120,7 +120,10 @@ def paired_test(task_cls, metric: str, rows_best: list[dict] | None, rows_other:
     other, reason = aligned(rows_best, rows_other)
     if other is None:
         return PairTest(metric, None, reason=reason)
-    truth, (pred_best, pred_other) = task_cls.row_outcomes([rows_best, other])
+    try:
+        truth, (pred_best, pred_other) = task_cls.row_outcomes([rows_best, other])
+    except (KeyError, TypeError, ValueError):
+        return PairTest(metric, None, reason=f"the saved predictions are not {task_cls.name} records")
     n = len(truth)
     if exact:
         right_best, right_other = _right(pred_best, truth), _right(pred_other, truth)
