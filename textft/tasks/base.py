@@ -139,12 +139,6 @@ class Task:
         raise NotImplementedError
 
 
-def class_index(label_names: list[str] | None, seen: set[str]) -> dict[str, int]:
-    """Class ids of ``label_names`` in their order, then the other names ``seen``, sorted."""
-    names = list(label_names or [])
-    names += sorted(seen - set(names))
-    return {n: i for i, n in enumerate(names)}
-
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
         """Decision settings chosen on validation data and kept for prediction (thresholds); None if
         the task has none."""
@@ -199,6 +193,12 @@ def class_index(label_names: list[str] | None, seen: set[str]) -> dict[str, int]
         """``eval_report.md`` (and what train and evaluate print): the headline table of every split,
         then the task's own tables."""
         raise NotImplementedError
+
+def class_index(label_names: list[str] | None, seen: set[str]) -> dict[str, int]:
+    """Class ids of ``label_names`` in their order, then the other names ``seen``, sorted."""
+    names = list(label_names or [])
+    names += sorted(seen - set(names))
+    return {n: i for i, n in enumerate(names)}
 
 
 def shown(m: dict, key: str, digits: int = 4) -> str:
