@@ -18,7 +18,7 @@ from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, wr
 from textft.service.keys import Principal
 from textft.service.routes_shared import accepting, auth, current_service, iso, key_names, max_queued, new_id, owned, scope
 from textft.service.scheduler import read_new_lines
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
 from textft.service.textft_api import UserError, closest, recipe_facts, resolve_recipe, task_default_metric
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from textft.service.keys import Principal
 from textft.service.routes_shared import auth, current_service, max_queued, max_upload
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.textft_api import __version__
 
 router = APIRouter()

@@ -7,7 +7,7 @@ key commands and the HTTP front stay quick to start.
 
 from __future__ import annotations
 
-from textft import __version__
+from textft.version import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks.multi_label import THRESHOLDS_KEY  # light as well
