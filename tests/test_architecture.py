@@ -1,5 +1,6 @@
-"""The shape of the code: modules of one concern and bounded size, public names across modules, no
-unused dependency, and textft's metrics loadable by any Hugging Face code."""
+"""The shape of the code: the layers of textft.layers with no import circle, modules of one concern and
+bounded size, public names across modules, no unused dependency, and textft's metrics loadable by any
+Hugging Face code."""
 
 import ast
 import re
@@ -15,6 +16,122 @@ PACKAGE = ROOT / "textft"
 SOURCES = sorted([*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tests").glob("*.py")])
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
+
+
+# --- layers -------------------------------------------------------------------------------------
+
+
+def module_name(path: Path) -> str:
+    """``textft.a.b`` of a file (a package is its ``__init__``), without the leading ``textft.``."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts[1:]) or "textft"
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module → {imported textft module: line}, every import of the file: at the top, inside functions,
+    under ``TYPE_CHECKING``, and ``importlib.import_module`` with a literal name. ``from pkg import x``
+    points at ``pkg.x`` when that is a module, else at ``pkg`` (its ``__init__``)."""
+    files = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "__pycache__" not in p.parts}
+
+    def known(dotted: str) -> str | None:
+        name = "textft" if dotted == "textft" else dotted.removeprefix("textft.") if dotted.startswith("textft.") else None
+        while name and name not in files:  # textft.a.b.func -> a.b
+            name = name.rpartition(".")[0] or None
+        return name
+
+    graph = {}
+    for mod, path in files.items():
+        out: dict[str, int] = {}
+        package = ("textft." + mod if mod != "textft" else "textft").split(".")
+        if path.name != "__init__.py":
+            package = package[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module or ""
+                names = [f"{base}.{a.name}" if known(f"{base}.{a.name}") == f"{base}.{a.name}".removeprefix("textft.")
+                         else base for a in node.names]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("import_module") and node.args \
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+            for name in names:
+                target = known(name)
+                if target and target != mod:
+                    out.setdefault(target, node.lineno)
+        graph[mod] = out
+    return graph
+
+
+def circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components of two or more modules (Tarjan)."""
+    index, low, stack, found, counter = {}, {}, [], [], iter(range(10**6))
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = next(counter)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_circle():
+    assert circles(import_graph()) == []
+
+
+def test_every_module_has_exactly_one_layer():
+    from textft.layers import LAYERS
+
+    def matches(module: str) -> list[str]:
+        return [layer for layer, _, names in LAYERS for n in names
+                if module == n or (n.endswith(".*") and module.startswith(n[:-1]))]
+
+    graph = import_graph()
+    assert {m: matches(m) for m in graph if len(matches(m)) != 1} == {}
+    listed = [n for _, _, names in LAYERS for n in names if not n.endswith(".*")]
+    assert [n for n in listed if n not in graph] == []  # a module renamed or removed leaves no stale entry
+
+
+def test_imports_run_down_the_layers():
+    from textft.layers import UPWARD_IMPORTS, layer_of
+
+    upward = {(m, t): line for m, targets in import_graph().items() for t, line in targets.items()
+              if layer_of(t) > layer_of(m)}
+    assert {k: v for k, v in upward.items() if k not in UPWARD_IMPORTS} == {}
+    assert len(UPWARD_IMPORTS) <= 3 and all(UPWARD_IMPORTS.values())  # each allowed one says why
+    assert set(UPWARD_IMPORTS) <= set(upward)  # an exception no longer needed is removed
+
+
+def test_architecture_md_shows_the_layers_of_the_code():
+    from textft.layers import LAYERS
+
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = "\n".join(f"| {name} | {what} | {', '.join(modules)} |" for name, what, modules in reversed(LAYERS))
+    assert table in text
+
+
+# --- size and names ------------------------------------------------------------------------------
 
 
 def functions(tree: ast.AST):

@@ -409,6 +409,28 @@ def test_presets_accelerate_configs_and_openapi(service, alice):
     assert httpx.get(service.url + "/docs").status_code == 404  # no page that would load assets from a CDN
 
 
+def test_tasks_endpoint_serves_every_tasks_metrics_as_the_task_classes_define_them(service, alice):
+    from textft.tasks import METRIC_NAMES, TASKS
+
+    assert httpx.get(service.url + "/v1/tasks").status_code == 401
+    answer = alice.get("/v1/tasks")
+    assert answer.status_code == 200
+    served = {t["name"]: t for t in answer.json()}
+    assert list(served) == list(TASKS)
+    for name, cls in TASKS.items():
+        t = served[name]
+        assert (t["headline"], t["curves"], t["default_metric"]) == (list(cls.headline), list(cls.curves), cls.default_metric)
+        metrics = {m["name"]: m for m in t["metrics"]}
+        assert set(metrics) == set(cls.headline) | set(cls.metrics)
+        assert all(m["display_name"] == METRIC_NAMES[k] and m["lower_is_better"] == cls.lower_is_better(k)
+                   and m["selectable"] == (k in cls.metrics) for k, m in metrics.items())
+    assert {m["name"] for m in served["regression"]["metrics"] if m["lower_is_better"]} == {"mae", "rmse", "loss"}
+    assert served["multi_label"]["answer_fields"][0] == "labels" and served["regression"]["answer_fields"] == ["value"]
+    spec = httpx.get(service.url + "/openapi.json").json()
+    schema = spec["paths"]["/v1/tasks"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema["type"] == "array" and schema["items"]["$ref"].endswith("/TaskInfo")
+
+
 def test_cancel_queued_and_running_jobs(service, alice, toy_sets, tiny_model_dir):
     long = {"dataset": toy_sets["train"]["id"], "config": "tiny",
             "overrides": tiny_job(tiny_model_dir, **{"train.epochs": 500})}

@@ -99,6 +99,13 @@ def test_bad_requests_are_4xx_and_the_server_keeps_serving(server, name, request
     assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "pos"
 
 
+def test_tasks_lists_every_task_with_its_metric_names_and_directions(server):
+    from textft.tasks import describe_tasks
+
+    assert httpx.get(server + "/tasks").json() == describe_tasks()
+    assert "/tasks" in httpx.get(server + "/openapi.json").json()["paths"]
+
+
 def test_options_health_and_metadata(server, run):
     resp = httpx.post(server + "/predict", json={"inputs": ["awful", "superb"], "top_k": 2, "return_all_scores": True})
     preds = resp.json()["predictions"]

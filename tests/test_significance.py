@@ -23,7 +23,7 @@ from textft.intervals import distinct, split_intervals, statistics, wide_interva
 from textft.significance import mcnemar_exact, paired_test
 from textft.tasks import task_class
 from textft.tasks.multi_label import grid_score
-from textft.train import thin_validation
+from textft.training import thin_validation
 
 
 def single_label_split(seed=0, n=90):

@@ -330,6 +330,36 @@ def test_regression_head_folding_is_exact():
 # --- the seam itself --------------------------------------------------------------------------------
 
 
+def test_every_task_fact_has_one_owner():
+    """What differs by task is read from the task classes: the config's vocabulary, the report sections,
+    the answer schema and the recipe agree with them, and no other module names a task."""
+    import ast
+
+    from textft import task_reports
+    from textft.config import METRICS, TASKS as CONFIG_TASKS
+    from textft.recipe import Facts, min_passes
+    from textft.serving import Prediction
+    from textft.tasks import TASKS
+
+    assert CONFIG_TASKS == ("auto", *TASKS)
+    assert set(METRICS) == {m for cls in TASKS.values() for m in cls.metrics}
+    assert set(task_reports.SECTIONS) == set(TASKS)
+    assert set(Prediction.model_fields) == {f for cls in TASKS.values() for f in cls.answer_fields}
+    facts = dict(non_embedding_params=1, fresh_head=True, pretrained_encoder=True, n_train=10, n_validation=5,
+                 num_labels=2, global_batch=8, steps_per_epoch=2)
+    assert [min_passes(Facts(**facts, task=name))[0] for name in TASKS] == [cls.min_epochs for cls in TASKS.values()]
+    assert min_passes(Facts(**facts, task="multi_label", pairs=True))[1].startswith("3 passes: each label")
+    # A task's name written out elsewhere is knowledge outside its owner (the config lists the names
+    # data.task accepts, and the rule that only a multi-label task splits label strings).
+    root = Path(__file__).resolve().parents[1] / "textft"
+    allowed = {root / "config_schema.py", root / "config_checks.py"}
+    named = [f"{path.relative_to(root)}:{node.lineno}" for path in sorted(root.rglob("*.py"))
+             if path.parent != root / "tasks" and path not in allowed
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and node.value in TASKS]
+    assert named == []
+
+
 def test_auto_detection_and_the_warning_that_names_the_choice(tmp_path, caplog):
     from textft.config import DataConfig
     from textft.data import load_splits

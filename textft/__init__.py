@@ -1,6 +1,6 @@
 """textft: fine-tune Hugging Face encoders for text classification."""
 
-__version__ = "0.1.0"
+from textft.version import __version__  # noqa: F401
 
 
 def train(config_path=None, overrides=None):

@@ -20,7 +20,7 @@ from textft.report import CSS, duration, img_tag
 from textft.report_data import build_report, check_run_dir
 from textft.report_parts import METRIC_NAMES, fmt
 from textft.significance import ALPHA, PAIRED_RESAMPLES, paired_test
-from textft.tasks import LOWER_IS_BETTER, task_class
+from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
 
 METRICS = tuple(METRIC_NAMES)
 """Every metric a comparison can rank by; each task's runs show and rank by their own (its headline)."""
@@ -333,10 +333,10 @@ def pick_split(reports: list[dict], names: list[str], requested: str | None) -> 
 
 def run_task(reports: list[dict], names: list[str], metric: str | None) -> tuple[tuple[str, ...], str]:
     """The metrics the runs share (their task's headline) and the one to rank by (default: the task's)."""
-    kinds = {r.get("task") or "single_label" for r in reports}
+    kinds = {r.get("task") or DEFAULT_TASK for r in reports}
     if len(kinds) > 1:
         raise UserError("the runs solve different tasks, whose metrics do not compare: " + ", ".join(
-            f"{n} ({r.get('task') or 'single_label'})" for n, r in zip(names, reports)))
+            f"{n} ({r.get('task') or DEFAULT_TASK})" for n, r in zip(names, reports)))
     task = task_class(kinds.pop())
     metrics = tuple(task.headline)
     metric = metric or task.default_metric

@@ -19,7 +19,7 @@ from textft.hub_download import is_hub_id
 from textft import task_reports
 from textft.report import render_markdown, without_examples
 from textft.report_parts import INTERVAL_NOTE, shown
-from textft.tasks import METRIC_NAMES, from_model_config, task_class
+from textft.tasks import DEFAULT_TASK, METRIC_NAMES, from_model_config, task_class
 
 log = logging.getLogger("textft")
 
@@ -173,7 +173,7 @@ def from_config(config: dict) -> str:
     try:
         return from_model_config(config).name
     except UserError:
-        return "single_label"
+        return DEFAULT_TASK
 
 
 def _usage(run: dict, repo: str) -> list[str]:

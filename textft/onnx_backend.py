@@ -43,8 +43,6 @@ VERIFY_TEXTS = 500
 MIN_AUTO_PARAMETERS = 5_000_000
 """Smaller models run on PyTorch under ``auto``: their forward pass costs less than tokenisation,
 so an export (seconds, once per model) and a second runtime would buy nothing."""
-LABEL_TASKS = ("single_label", "multi_label")
-"""Tasks whose int8 answers can equal fp32's exactly (labels, not values)."""
 
 
 def unavailable_reason() -> str | None:
@@ -118,27 +116,20 @@ def validation_inputs(model_dir: Path, limit: int = VERIFY_TEXTS) -> dict | None
     return {"texts": texts, "pairs": pairs if any(p is not None for p in pairs) else None, "gold": gold}
 
 
-def answer_keys(task, logits: np.ndarray) -> list:
-    """What must stay equal between two precisions: the label, or the set of labels."""
-    if task.name == "single_label":
-        return [task.label_names[i] for i in logits.argmax(-1)]
-    return [tuple(sorted(x["label"] for x in a["labels"])) for a in task.decode(logits)]
-
-
 def compare(task, fp32: np.ndarray, int8: np.ndarray, gold: list) -> dict:
     """int8's answers against fp32's (and both against the gold labels where the task has them)."""
     quality: dict = {"texts": len(fp32), "source": "predictions/validation.jsonl"}
-    if task.name not in LABEL_TASKS:
+    if not task.answers_are_labels:
         diff = np.abs(fp32 - int8)
         return quality | {"agreement": None, "max_abs_difference": float(diff.max()),
                           "mean_abs_difference": float(diff.mean())}
-    a, b = answer_keys(task, fp32), answer_keys(task, int8)
+    a, b = task.answer_keys(fp32), task.answer_keys(int8)
     quality["agreement"] = float(np.mean([x == y for x, y in zip(a, b)]))
-    if task.name == "single_label":
-        known = [i for i, g in enumerate(gold) if str(g) in set(task.label_names)]
-        if known:
-            quality["accuracy_fp32"] = float(np.mean([a[i] == str(gold[i]) for i in known]))
-            quality["accuracy_int8"] = float(np.mean([b[i] == str(gold[i]) for i in known]))
+    truth = [task.gold_key(g) for g in gold]
+    known = [i for i, key in enumerate(truth) if key is not None]
+    if known:
+        quality["accuracy_fp32"] = float(np.mean([a[i] == truth[i] for i in known]))
+        quality["accuracy_int8"] = float(np.mean([b[i] == truth[i] for i in known]))
     return quality
 
 
@@ -212,7 +203,7 @@ def select_onnx(clf, requested: str, explicit: bool):
 def auto_int8(clf, threads: int):
     """The int8 classifier where ``auto`` may choose it (see the module), else None; the
     measurement is made once per export and kept with it."""
-    if clf.task.name not in LABEL_TASKS:
+    if not clf.task.answers_are_labels:
         return None
     inputs = validation_inputs(clf.model_dir)
     if inputs is None or len(inputs["texts"]) < MIN_VERIFY_TEXTS:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from textft.cli import add_model_args, check_positive, load_classifier
+from textft.command_line import add_model_args, check_positive, load_classifier
 from textft.errors import UserError
 from textft.interrupts import terminate_as_exit
 

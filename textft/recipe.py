@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from textft.config import AUTO, Config, TrainConfig
-from textft.tasks import LOWER_IS_BETTER
+from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
 
 REFERENCE_LR = 2e-4
 """Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""
@@ -36,10 +36,6 @@ MIN_STEPS = 150
 """Fewest optimizer steps an auto-length run takes, whatever the dataset size."""
 STEPS_PER_CLASS = 8
 """More classes need more steps to train every row of the head (Banking77: ~600 steps for 77)."""
-MULTI_LABEL_MIN_EPOCHS = 3.0
-"""Fewest passes an auto-length multi-label run takes. Each label is a binary decision of its own with
-few positives (GoEmotions: 28 labels, the rarest on 0.2% of the rows): one pass ended GoEmotions at
-macro-F1 0.439, three at 0.535 (benchmarks/recipes.md)."""
 PAIRS_MIN_EPOCHS = 3.0
 """Fewest passes an auto-length run on text pairs takes: whether two texts say the same thing is learnt
 more slowly than what one text is about (MRPC, 3,667 pairs: 150 steps ended at accuracy 0.777; the best
@@ -69,7 +65,7 @@ class Facts:
     """Examples per optimizer step over all processes and accumulation steps."""
     steps_per_epoch: int
     """Optimizer steps in one pass over the (sharded) training loader, a partial last group included."""
-    task: str = "single_label"
+    task: str = DEFAULT_TASK
     """What a label is (textft.tasks): single_label, multi_label or regression."""
     default_metric: str = "macro_f1"
     """The task's validation metric for picking the best model, when train.metric_for_best is auto."""
@@ -209,7 +205,7 @@ def _length(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
     values["epochs"] = round(epochs, 3)
     bound = (f" (at least {min_reason})" if epochs == min_epochs and steps < min_epochs * per_epoch
              else f" (capped at {MAX_EPOCHS:g})" if epochs == MAX_EPOCHS else "")
-    outputs = {"multi_label": "labels", "regression": "output"}.get(facts.task, "classes")
+    outputs = task_class(facts.task).output_noun
     why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} {outputs}) ="
                            f" {steps} optimizer steps; {facts.n_train:,} examples / global batch"
                            f" {facts.global_batch} = {per_epoch} steps per epoch{bound}")
@@ -217,12 +213,12 @@ def _length(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
 
 def min_passes(facts: Facts) -> tuple[float, str]:
     """The fewest passes over the training data an auto-length run makes, and why."""
-    if facts.task == "multi_label":
-        return (MULTI_LABEL_MIN_EPOCHS,
-                f"{MULTI_LABEL_MIN_EPOCHS:g} passes: each label of a multi_label task is a binary decision with few positives")
+    task = task_class(facts.task)
+    passes = [(task.min_epochs, f"{task.min_epochs:g} passes: {task.min_epochs_reason}" if task.min_epochs > 1
+               else task.min_epochs_reason)]
     if facts.pairs:
-        return PAIRS_MIN_EPOCHS, f"{PAIRS_MIN_EPOCHS:g} passes: the examples are text pairs"
-    return 1.0, "one pass"
+        passes.append((PAIRS_MIN_EPOCHS, f"{PAIRS_MIN_EPOCHS:g} passes: the examples are text pairs"))
+    return max(passes, key=lambda p: p[0])  # on a tie the task's own reason is given
 
 
 def _evaluation_cadence(total: int, facts: Facts, values: dict, why: dict) -> None:

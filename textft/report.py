@@ -16,6 +16,7 @@ from textft.files import replace_file
 from textft.plots import img_tag, plot_learning_curves
 from textft.report_data import DEFAULT_MISTAKES, build_report
 from textft.report_parts import INTERVAL_NOTE, METRIC_NAMES, escape, fmt, html_table, md_cell, shown
+from textft.tasks import DEFAULT_TASK
 
 WITHHELD = ("The examples behind the numbers (most confident mistakes, largest errors) quote evaluation texts,"
             " so the published report leaves them out (textft push --include-examples keeps them).")
@@ -257,7 +258,7 @@ def render_figures(report: dict) -> dict[str, bytes]:
     figures = {}
     if (curves := plot_learning_curves(report)) is not None:
         figures["learning_curves"] = curves
-    sections = task_reports.sections(report.get("task") or "single_label")
+    sections = task_reports.sections(report.get("task") or DEFAULT_TASK)
     for split, m in report["splits"].items():
         figures.update(sections.figures(split, m))
     return figures

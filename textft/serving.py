@@ -1,7 +1,7 @@
 """HTTP inference service: ``create_app(classifier)``, run by ``textft serve --model DIR`` (FastAPI + uvicorn).
 
 ``POST /predict`` labels one text or a list, ``GET /health`` answers when the model is ready,
-``GET /metadata`` describes the model. Requests that arrive together are micro-batched: they
+``GET /metadata`` describes the model, ``GET /tasks`` every task (metric names and directions). Requests that arrive together are micro-batched: they
 wait a few milliseconds in a queue, then one forward pass serves them all, which keeps a CPU or
 GPU busy with full batches under load while a lone request waits only ``max_wait_ms``.
 """
@@ -19,6 +19,7 @@ import numpy as np
 
 from textft.config import UserError
 from textft.micro_batching import ClientGone, MicroBatcher, PredictionFailed, QueueFull, RequestTimeout
+from textft.tasks import describe_tasks
 
 log = logging.getLogger("textft.serve")
 
@@ -70,6 +71,24 @@ if FastAPI is not None:  # the schemas sit at module level so that FastAPI can r
 
     class PredictResponse(BaseModel):
         predictions: list[Prediction]
+
+    class MetricInfo(BaseModel):
+        name: str = Field(description="the key of the metric in reports, metrics and events")
+        display_name: str = Field(description="how reports and pages write it")
+        lower_is_better: bool
+        selectable: bool = Field(description="train.metric_for_best may name it")
+
+    class TaskInfo(BaseModel):
+        """What a client needs to show a task's runs and answers; textft.tasks owns every value."""
+
+        name: str
+        problem_type: str = Field(description="problem_type in the saved model's config.json")
+        loss_name: str
+        metrics: list[MetricInfo] = Field(description="every metric the task reports, headline first")
+        headline: list[str] = Field(description="the metrics a run is summarised by, in order")
+        curves: list[str] = Field(description="the validation metrics of the learning curves")
+        default_metric: str = Field(description="the metric the best model is picked by when train.metric_for_best is auto")
+        answer_fields: list[str] = Field(description="the fields a prediction of this task may hold")
 
 
 def _missing_extra() -> UserError:
@@ -296,6 +315,10 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
+
+    @app.get("/tasks", response_model=list[TaskInfo])
+    async def tasks() -> list[dict]:
+        return describe_tasks()
 
     @app.get("/metadata")
     async def get_metadata() -> dict:

@@ -1,402 +1,23 @@
-"""Fine-tune a classifier: ``train(cfg)`` = setup → fit → export.
+"""``textft train``: fine-tune a classifier with ``train(cfg)`` = setup → fit → export
+(``textft.training``), the run report rendered into the run directory as it is written, and with
+``output.push_to_hub`` the model shared on the Hub.
 
 Also the entry point of ``accelerate launch -m textft.train --config configs/NAME.yaml [section.key=value ...]``
-(or ``accelerate launch textft/train.py ...`` from a checkout): the ``textft train`` command.
+(or ``accelerate launch textft/train.py ...`` from a checkout), which the service runs for every job.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import shutil
+import argparse
 import sys
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import torch
-
-from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
-                               latest_checkpoint, load_best, save_best, save_model)
-from textft.config import Config, save_config
-from textft.data import TaskData, check_files, data_files, load_splits
-from textft.errors import UserError
-from textft.run_dir import write_predictions, write_reports
-from textft.files import write_atomically
-from textft.interrupts import stop_on_sigterm
-from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, check_tokenizer_fits, enable_activation_checkpointing,
-                             load_tokenizer, param_groups, resolve_model_path)
-from textft.precision import ACCELERATE_NAMES, training_precision
-from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
-from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir
-from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
-
-log = logging.getLogger("textft")
-
-
-# --- setup -----------------------------------------------------------------------------------
-
-
-def preflight(cfg: Config) -> None:
-    """Cheap checks of everything the run will touch, all reported together before any work."""
-    problems = []
-    resuming = cfg.train.resume_from is not None
-    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite, resuming):
-        problems.append(problem)
-    try:
-        resolve_model_path(cfg.model.name_or_path)
-    except UserError as e:
-        problems += e.problems
-    try:
-        problems += check_files(data_files(cfg.data))
-    except UserError as e:
-        problems += e.problems
-    if cfg.output.push_to_hub:  # the push comes after the whole run: what would stop it is checked now
-        from textft.hub import push_problems
-
-        problems += push_problems(cfg.output.hub_repo_id, key="output.hub_repo_id")
-    if problems:
-        raise UserError(problems)
-
-
-class CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the first run:
-    an application (or a test harness) that swaps stderr between runs in one process still gets the log."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging(is_main: bool) -> None:
-    # textft's own logger, so that an application's (or pytest's) root handlers stay untouched.
-    if not log.handlers:
-        handler = CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO if is_main else logging.ERROR)
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per file of every checkpoint
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*null_placement.*")  # pyarrow, inside datasets.sort
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-
-
-def setup_accelerator(cfg: Config):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    t, out_dir = cfg.train, Path(cfg.output.dir)
-    precision = training_precision(t.mixed_precision)
-    accelerator = Accelerator(
-        mixed_precision=ACCELERATE_NAMES[precision], gradient_accumulation_steps=t.grad_accum_steps,
-        log_with=None if t.report_to == "none" else t.report_to,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
-    setup_logging(accelerator.is_main_process)
-    return accelerator, precision
-
-
-def find_resume(resume_from: str | None, root: Path) -> Path | None:
-    if resume_from is None:
-        return None
-    if resume_from == "latest":
-        found = latest_checkpoint(root)
-        if found is None:
-            log.warning("train.resume_from=latest: no complete checkpoint in %s, starting from scratch", root)
-        return found
-    path = Path(resume_from)
-    problem = "does not exist" if not path.is_dir() else checkpoint_problem(path)
-    if problem:
-        raise UserError(f"'train.resume_from': checkpoint '{path}' cannot be used: {problem}")
-    return path
-
-
-def flat_config(cfg: Config) -> dict:
-    """``section.key`` → value, with values trackers accept (numbers, strings, booleans)."""
-    return {f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
-            for s, section in cfg.to_dict().items() for k, v in section.items()}
-
-
-@dataclass
-class Run:
-    """Everything a run holds between setup, fit and export."""
-
-    cfg: Config
-    recipe: dict[str, str]
-    plan: Plan
-    accelerator: object
-    precision: str
-    data: TaskData
-    tokenizer: object
-    eval_texts: dict[str, list[str]]
-    eval_pairs: dict[str, list[str] | None]
-    model: object
-    optimizer: object
-    scheduler: object
-    train_dl: object
-    evaluator: Evaluator
-    loss_fn: Callable
-    params: dict[str, int]
-    state: LoopState
-    ckpt: Checkpointer | None = None
-    resume: Path | None = None
-
-    @property
-    def task(self):
-        return self.data.task
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.cfg.output.dir)
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-
-def load_inputs(cfg: Config, accelerator, precision: str):
-    """Data, tokenizer and model; the loaders; the facts the recipe resolves ``auto`` settings from."""
-    t, d, m = cfg.train, cfg.data, cfg.model
-    with accelerator.main_process_first():
-        data: TaskData = load_splits(d, t.seed)
-        tokenizer = load_tokenizer(m)
-        tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction,
-                                    d.pair_truncation)
-    data.task.check_metric(t.metric_for_best)  # an explicit metric the task does not compute stops here
-    model, initialised_here = build_model(m, data.label_names)
-    check_tokenizer_fits(model, tokenizer, m.name_or_path)
-    model.config.update(data.task.model_config())
-    amp = precision != "fp32"
-    train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers,
-                            padding_free=t.padding_free)
-    eval_sets = {split: sort_by_length(tokenized[split]) for split in ("validation", "test") if split in tokenized}
-    eval_dls = {split: eval_loader(ds, tokenizer, t.eval_batch_size or 2 * t.batch_size, amp, t.num_workers)
-                for split, ds in eval_sets.items()}
-    # Counted as Accelerate will shard the loader (even batches on every process), so the schedule
-    # is the same on 1 or N processes.
-    batches = math.ceil(len(train_dl) / accelerator.num_processes)
-    facts = Facts(non_embedding_params=non_embedding_params(model), fresh_head=head_is_fresh(model, initialised_here),
-                  pretrained_encoder=not m.random_init, n_train=len(tokenized["train"]),
-                  n_validation=len(tokenized.get("validation", [])), num_labels=len(data.label_names),
-                  global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes,
-                  steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps), task=data.task.name,
-                  default_metric=data.task.default_metric, pairs="text_pair" in tokenized["train"].column_names)
-    texts = {split: ds["text"] for split, ds in eval_sets.items()}
-    pairs = {split: ds["text_pair"] if "text_pair" in ds.column_names else None for split, ds in eval_sets.items()}
-    return data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, tokenized["train"]["labels"]
-
-
-def prepare(cfg: Config, accelerator, model, train_dl, eval_dls: dict, plan: Plan):
-    """Optimizer and scheduler, everything through ``accelerator.prepare``, then torch.compile if asked."""
-    from transformers import get_scheduler
-
-    t, m = cfg.train, cfg.model
-    # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
-    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.head_lr, t.weight_decay, m.layer_lr_decay), lr=t.lr,
-                                  weight_decay=t.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
-    model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
-    if steps_per_epoch(len(train_dl), t.grad_accum_steps) != plan.steps_per_epoch:
-        raise RuntimeError(f"the sharded loader has {len(train_dl)} batches, which the plan did not count on")
-    if t.compile:
-        # Compiled here rather than through Accelerator(dynamo_backend=...): Accelerate keeps that
-        # setting in process-wide state, so a second run in the same process would silently ignore it.
-        model = torch.compile(model)
-        log.info("torch.compile: %s (inductor; the first steps compile, later ones run the compiled graph)",
-                 type(model).__name__)
-    # The scheduler stays out of prepare(): Accelerate would step it once per process.
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * plan.total_steps),
-                              num_training_steps=plan.total_steps)
-    return model, optimizer, train_dl, dict(zip(eval_dls, eval_list)), scheduler
-
-
-def setup(cfg: Config) -> Run:
-    """Everything up to the first step: checks, accelerator, data, model, the resolved recipe and plan,
-    optimizer, the output directory and, when resuming, the checkpoint's state."""
-    from accelerate.utils import set_seed
-
-    preflight(cfg)
-    accelerator, precision = setup_accelerator(cfg)
-    t = cfg.train
-    check_checkpointing_supported(accelerator, t.save_every_steps, t.save_every_epoch, t.resume_from)
-    set_seed(t.seed)
-    data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, train_labels = \
-        load_inputs(cfg, accelerator, precision)
-    cfg, recipe, plan = resolve(cfg, facts)
-    data.task.configure(cfg.train, cfg.train.metric_for_best)
-    loss_fn = data.task.loss_fn(cfg.train, train_labels)
-    for key, why in recipe.items():
-        log.info("auto %s = %s: %s", key, getattr(cfg.train, key.split(".", 1)[1]), why)
-    params = apply_transfer(model, cfg.model)
-    if cfg.train.padding_free:
-        from textft import packing
-
-        if problem := packing.unavailable_reason(model, accelerator.device):
-            raise UserError(f"'train.padding_free': {problem}")
-        packing.enable(model)
-    if cfg.train.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    log.info("data %s: %s; %s, %d label(s)%s", data.source, ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()),
-             data.task.name, len(data.label_names), "; text pairs" if cfg.data.text_pair_column else "")
-    log.info("model %s (%s): %s of %s parameters trainable (%.1f%%); precision %s; %d process(es)",
-             cfg.model.name_or_path, cfg.model.transfer, f"{params['trainable']:,}", f"{params['total']:,}",
-             100 * params["trainable"] / params["total"], precision, accelerator.num_processes)
-    model, optimizer, train_dl, eval_dls, scheduler = prepare(cfg, accelerator, model, train_dl, eval_dls, plan)
-    run = Run(cfg=cfg, recipe=recipe, plan=plan, accelerator=accelerator, precision=precision, data=data,
-              tokenizer=tokenizer, eval_texts=texts, eval_pairs=pairs, model=model, optimizer=optimizer,
-              scheduler=scheduler, train_dl=train_dl, evaluator=Evaluator(accelerator, model, eval_dls, data.task),
-              loss_fn=loss_fn, params=params, state=LoopState())
-    start(run)
-    return run
-
-
-def start(run: Run) -> None:
-    """The output directory (replaced only with output.overwrite), the resolved config, and the
-    state of the checkpoint to resume from, if any."""
-    accelerator, cfg, out_dir = run.accelerator, run.cfg, run.out_dir
-    run.ckpt = Checkpointer(accelerator, run.checkpoints, cfg.train.keep_checkpoints, run.model, run.optimizer,
-                            run.scheduler, run.state)
-    run.resume = find_resume(cfg.train.resume_from, run.checkpoints)
-    if run.resume is not None:  # verified and loaded before anything in output.dir changes
-        run.ckpt.load(run.resume)
-    if accelerator.is_main_process:
-        prepare_output_dir(out_dir, cfg.output.overwrite, resuming=cfg.train.resume_from is not None)
-        save_config(cfg, out_dir / "textft_config.yaml", run.recipe)
-        if run.resume is not None:
-            run.ckpt.restore_best(run.resume)
-    accelerator.wait_for_everyone()
-    if run.resume is not None:
-        log.info("resumed from %s: step %d, epoch %d, %d batches into it", run.resume, run.state.step,
-                 run.state.epoch, run.state.batches_in_epoch)
-    if cfg.train.report_to != "none":
-        accelerator.init_trackers("textft", config=flat_config(cfg))
-
-
-def thin_validation(task, labels: list, metric: str, early_stopping: bool) -> str | None:
-    """One line when the validation split misses classes or has fewer than two examples of most of
-    them: what it does to early stopping and to the choice of the best model."""
-    counts = task.class_counts(labels)
-    if counts is None or not len(counts):
-        return None
-    missing, thin = int((counts == 0).sum()), int((counts < 2).sum())
-    if not missing and thin <= len(counts) / 2:
-        return None
-    kind = "labels" if task.name == "multi_label" else "classes"
-    gaps = ", ".join(part for part in (f"{missing} with no example" if missing else "",
-                                       f"{thin} with fewer than 2" if thin else "") if part)
-    uses = "early stopping and the best model" if early_stopping else "the best model"
-    absent = f" and leaves out the {missing} it has none of" if missing and metric.startswith("macro") else ""
-    return (f"validation split: {len(labels)} examples for {len(counts)} {kind} ({gaps}): validation {metric} rests"
-            f" on one or two examples per class{absent}, so {uses} follow noise as much as the model; more"
-            " validation examples per class (a larger data.validation_split, or a data.validation_file) make"
-            " them reliable")
-
-
-# --- fit -------------------------------------------------------------------------------------
-
-
-def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = None) -> None:
-    """The loop of ``textft.loop.fit`` with this run's evaluation, best-model saving, checkpoints and log."""
-    accelerator, cfg, state, plan = run.accelerator, run.cfg, run.state, run.plan
-    t, m = cfg.train, cfg.model
-    train_log = TrainLog(accelerator, state, len(run.train_dl), run.out_dir / "train_log.jsonl")
-    train_log.restart()
-    unfreeze = GradualUnfreezing(accelerator.unwrap_model(run.model), m.unfreeze_every_epochs, len(run.train_dl)) \
-        if m.transfer == "gradual" else None
-    best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
-    log.info("training: %d optimizer steps (%d per epoch), global batch %d, best model by %s", plan.total_steps,
-             plan.steps_per_epoch, t.batch_size * t.grad_accum_steps * accelerator.num_processes, plan.metric)
-    if warning := thin_validation(run.task, run.data.splits["validation"]["labels"], plan.metric, plan.patience > 0):
-        log.warning(warning)
-    with stop_on_sigterm(accelerator) as stop:
-        fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
-            loss_fn=run.loss_fn, evaluate=run.evaluator, best=best,
-            checkpoint=lambda: run.ckpt.save(state.step), train_log=train_log, unfreeze=unfreeze,
-            on_evaluate=on_evaluate, stop=stop, describe=run.task.log_line)
-
-
-# --- export ----------------------------------------------------------------------------------
-
-
-def final_evaluation(run: Run) -> tuple[dict, dict]:
-    """Metrics and per-example predictions of every evaluation split, with the weights as exported;
-    the task's decision settings (multi-label thresholds) are chosen on validation first."""
-    reports, predictions, task = {}, {}, run.task
-    outputs = {split: run.evaluator.logits(split) for split in run.eval_texts}
-    task.choose_decision(*outputs["validation"])
-    for split, (logits, labels) in outputs.items():
-        reports[split] = task.evaluate(logits, labels, intervals=True)
-        predictions[split] = task.prediction_rows(run.eval_texts[split], labels, logits, run.eval_pairs[split])
-    return reports, predictions
-
-
-def write_run(run: Run, reports: dict, predictions: dict, best: dict | None) -> None:
-    """The run directory, swapped in atomically: model and tokenizer (with the training truncation, so
-    a plain pipeline truncates the same way), config, reports, predictions, log, rendered report."""
-    from textft.report import write_run_report
-
-    cfg, state, out_dir, d = run.cfg, run.state, run.out_dir, run.cfg.data
-    run.tokenizer.model_max_length = d.max_length
-    side = "left" if d.truncation == "tail" else "right"
-    run.tokenizer.truncation_side = run.tokenizer.init_kwargs["truncation_side"] = side
-    model = run.accelerator.unwrap_model(run.model)
-    model.config.update(run.task.model_config())  # with the decision settings chosen on validation
-    extra = {"task": run.task.name, "text_pair": d.text_pair_column is not None,
-             "label_names": run.data.label_names, "data_source": run.data.source, "parameters": run.params,
-             "precision": run.precision, "num_processes": run.accelerator.num_processes,
-             "optimizer_steps": state.step, "train_seconds": round(state.seconds, 2), "best": best,
-             "stop_reason": state.stop_reason, "resumed_from": str(run.resume) if run.resume else None,
-             "config": cfg.to_dict(), "recipe": run.recipe}
-
-    def write(tmp: Path) -> None:
-        save_model(tmp, model, run.tokenizer)
-        save_config(cfg, tmp / "textft_config.yaml", run.recipe)
-        write_reports(tmp, reports, run.task, extra, title=f"textft: {cfg.model.name_or_path} on {run.data.source}")
-        write_predictions(tmp / "predictions", predictions)
-        if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
-            shutil.copy2(out_dir / "train_log.jsonl", tmp / "train_log.jsonl")
-        write_run_report(tmp)
-
-    write_atomically(out_dir, write, keep=("checkpoints", "logs", RUN_MARKER))
-    shutil.rmtree(run.checkpoints / BEST, ignore_errors=True)  # the exported model; each checkpoint keeps its own
-    if run.checkpoints.is_dir() and not any(run.checkpoints.iterdir()):
-        run.checkpoints.rmdir()
-
-
-def export(run: Run) -> dict:
-    """The best weights, evaluated on every split and written as the run directory; returns the reports."""
-    from textft.hub import push_to_hub
-
-    accelerator, cfg, state = run.accelerator, run.cfg, run.state
-    best = load_best(accelerator, run.model, run.checkpoints)
-    run.task.export(accelerator.unwrap_model(run.model))
-    reports, predictions = final_evaluation(run)
-    if accelerator.is_main_process:
-        write_run(run, reports, predictions, best)
-        name = f"{cfg.model.name_or_path} on {run.data.source}"
-        if len(run.data.label_names) <= 10:  # small enough to read on a terminal
-            print(run.task.markdown_report(reports, title=name))
-        for line in run.task.summary(reports):
-            print(line)
-        if best:
-            print(f"best {cfg.train.metric_for_best} {best['value']:.4f} at step {best['step']}"
-                  f" (epoch {best['epoch']}); stopped: {state.stop_reason}")
-        print(f"model saved to {run.out_dir} ({state.step} steps in {state.seconds:.0f} s);"
-              f" report: {run.out_dir / 'report.html'}")
-        if cfg.output.push_to_hub:
-            print(f"pushed to {push_to_hub(run.out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # closes trackers and, on several processes, the process group
-    return reports
+from textft.command_line import run_command
+from textft.config import Config, load_config
+from textft.config_help import describe_keys
+from textft.hub import push_problems, push_to_hub
+from textft.report import write_run_report
+from textft.training import export, fit_run, setup
 
 
 def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = None) -> dict:
@@ -405,16 +26,31 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     ``on_evaluate(step, epoch, metrics)`` sees every validation result; an exception it raises
     (e.g. a pruned hyper-parameter trial) ends the run.
     """
-    run = setup(cfg)
+    # The push comes after the whole run: what would stop it is checked with everything else, before any work.
+    publish = push_problems(cfg.output.hub_repo_id, key="output.hub_repo_id") if cfg.output.push_to_hub else []
+    run = setup(cfg, publish)
     fit_run(run, on_evaluate)
-    return export(run)
+    reports = export(run, render=write_run_report)
+    if cfg.output.push_to_hub and run.accelerator.is_main_process:
+        print(f"pushed to {push_to_hub(run.out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
+    return reports
+
+
+def train_command(argv: list[str]) -> int:
+    """``textft train [--config FILE] [section.key=value ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="textft train", description="Fine-tune a text classifier.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="overrides (section.key=value):\n" + describe_keys())
+    parser.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value pairs that win over the file")
+    args = parser.parse_args(argv)
+    train(load_config(args.config, args.overrides))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``textft train`` (see ``textft.cli``): the entry point of ``accelerate launch``."""
-    from textft.cli import main as cli
-
-    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
+    return run_command(train_command, list(sys.argv[1:] if argv is None else argv), training=True)
 
 
 if __name__ == "__main__":

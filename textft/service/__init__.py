@@ -10,6 +10,8 @@ Training stays what ``textft train`` does; the service only schedules it. Module
 - supervise: the per-attempt process that owns a job's process group
 - scheduler: the monitor that turns executors' files and training logs into states and events
 - models: prediction LRU, model tarballs
-- app: the FastAPI routes; server: the service process; worker: ``textft worker``
+- core: the running service (its options and parts), which routes reach through ``app.state``
+- routes_*: the FastAPI routes, one module per resource; app: the app around them
+- server: the service process; worker: ``textft worker``
 - textft_api: every name taken from the rest of textft
 """

@@ -22,7 +22,7 @@ from textft.service import datasets as uploads
 from textft.service import routes_datasets, routes_jobs, routes_models, routes_service
 from textft.service.jobs import Problems
 from textft.service.routes_shared import error
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.textft_api import UserError
 from textft.service.web import mount_page
 

@@ -55,7 +55,7 @@ def _check_service_args(args) -> None:
 def service_main(argv: list[str]) -> int:
     if argv and argv[0] == "keys":
         return keys_main(argv[1:])
-    from textft.service.server import DEFAULT_CONFIGS
+    from textft.service.core import DEFAULT_CONFIGS
 
     parser = argparse.ArgumentParser(
         prog="textft service", description="Fine-tuning as a service: an HTTP API (/v1, OpenAPI at /openapi.json)"
@@ -94,7 +94,8 @@ def service_main(argv: list[str]) -> int:
     except ImportError as e:
         raise UserError(f"textft service needs the service extra ({e.name} is missing): pip install 'textft[service]'") \
             from None
-    from textft.service.server import Options, serve
+    from textft.service.core import Options
+    from textft.service.server import serve
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")

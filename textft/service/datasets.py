@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,15 +247,6 @@ def field_of(problem: str) -> str:
                 next((name for name in COLUMN_FIELDS if f" {name} must" in problem), "file"))
 
 
-def describe_label(y, names: list[str], task: str):
-    """A training label as a person reads it: its name, the names of a multi-hot row, or the number."""
-    if task == "multi_label":
-        return ", ".join(name for name, on in zip(names, y) if on)
-    if task == "regression":
-        return float(y)
-    return names[y]
-
-
 def inspect(path: str, filename: str, text_column: str, label_column: str, drop_empty: bool,
             scratch: str, text_pair_column: str | None = None) -> dict:
     """Row count, task, label distribution and preview of an upload (text pairs when
@@ -279,20 +269,15 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
         datasets.config.HF_DATASETS_CACHE = saved
         shutil.rmtree(cache, ignore_errors=True)
     try:
-        names, task, train = data.label_names, data.task.name, data.splits["train"]
+        task, train = data.task, data.splits["train"]
         labels = [y for split in data.splits.values() for y in split["labels"][:]]
-        if task == "multi_label":  # multi-hot rows: how many texts carry each label
-            counts = {name: int(sum(row[i] for row in labels)) for i, name in enumerate(names)}
-        elif task == "regression":  # one target: every row has it
-            counts = {names[0] if names else "value": len(labels)}
-        else:
-            counts = {name: 0 for name in names} | {names[i]: n for i, n in Counter(labels).items()}
+        counts = task.label_counts(labels)
         head = train.select(range(min(PREVIEW_ROWS, len(train))))
         seconds = head["text_pair"][:] if text_pair_column else [None] * len(head)
         preview = [{"text": t[:PREVIEW_CHARS], **({"text_pair": p[:PREVIEW_CHARS]} if p is not None else {}),
-                    "label": describe_label(y, names, task)}
+                    "label": task.describe_label(y)}
                    for t, p, y in zip(head["text"][:], seconds, head["labels"][:])]
-        return {"rows": len(labels), "task": task, "labels": counts, "preview": preview}
+        return {"rows": len(labels), "task": task.name, "labels": counts, "preview": preview}
     finally:
         del data
         _release_memory()

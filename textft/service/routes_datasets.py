@@ -13,7 +13,7 @@ from textft.service import datasets as uploads
 from textft.service.keys import Principal
 from textft.service.routes_shared import (accepting, auth, current_service, error, iso, key_names, max_upload, new_id,
                                           owned, scope)
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.store import ACTIVE, dumps
 from textft.service.textft_api import closest, data_formats
 

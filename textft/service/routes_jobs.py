@@ -18,9 +18,10 @@ from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, wr
 from textft.service.keys import Principal
 from textft.service.routes_shared import accepting, auth, current_service, iso, key_names, max_queued, new_id, owned, scope
 from textft.service.scheduler import read_new_lines
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
-from textft.service.textft_api import UserError, closest, recipe_facts, resolve_recipe, task_default_metric
+from textft.service.textft_api import (DEFAULT_TASK, UserError, closest, recipe_facts, resolve_recipe,
+                                      task_default_metric, task_outputs)
 
 router = APIRouter(tags=["jobs"])
 EVENTS = {200: {"content": {"text/event-stream": {}},
@@ -240,8 +241,7 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     labels = list(train["labels"])
     # the task the run will train: the one the job names, else what the loader found in the upload
     task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train)
-    if task == "regression":
-        labels = labels[:1]
+    labels = task_outputs(task, labels)
     n_train, n_val = split_sizes(cfg, train, records.get(req.validation_dataset) if req.validation_dataset else None)
     global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * launch["num_processes"]
     try:
@@ -273,7 +273,7 @@ async def dataset_task(service: Service, record: dict) -> str:
                                           record["text_column"], record["label_column"], bool(record["drop_empty"]),
                                           text_pair_column=record.get("text_pair_column"))
     if not found.get("task"):  # the file no longer reads (problems): training would say so
-        return "single_label"
+        return DEFAULT_TASK
     with service.store.transaction() as db:
         db.execute("UPDATE datasets SET task = ? WHERE id = ? AND task IS NULL", (found["task"], record["id"]))
     return found["task"]

@@ -14,7 +14,7 @@ from textft.service.keys import Principal
 from textft.service.models import (decision_thresholds, input_lengths, model_files, out_of_scope_settings, saved_config,
                                    tar_stream, tests_on_shared_test_sets)
 from textft.service.routes_shared import auth, current_service, iso, key_names, scope
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.store import Store
 from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, lower_is_better,
                                       model_task, predict_schemas, public_model_name, push_model, request_items,

@@ -1,4 +1,5 @@
-"""``/health``, ``/v1/me`` and the catalog a job chooses from (presets, accelerate configs)."""
+"""``/health``, ``/v1/me``, the tasks (``/v1/tasks``) and the catalog a job chooses from (presets,
+accelerate configs)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from fastapi import APIRouter, Depends
 
 from textft.service.keys import Principal
 from textft.service.routes_shared import auth, current_service, max_queued, max_upload
-from textft.service.server import Service
-from textft.service.textft_api import __version__
+from textft.service.core import Service
+from textft.service.textft_api import __version__, describe_tasks, task_schema
 
 router = APIRouter()
+TaskInfo = task_schema()
 
 
 @router.get("/health", tags=["service"])
@@ -25,6 +27,13 @@ def me(who: Principal = Depends(auth), service: Service = Depends(current_servic
             "limits": {"max_queued_jobs": max_queued(service, who), "max_upload_bytes": max_upload(service, who),
                        "max_texts_per_prediction": opts.max_texts, "max_chars_per_text": opts.max_chars},
             "queued_jobs": queued}
+
+
+@router.get("/v1/tasks", tags=["service"], response_model=list[TaskInfo])
+def tasks(who: Principal = Depends(auth)) -> list[dict]:
+    """Every task: its metrics with display names and direction, headline, curves, default metric and
+    the fields of its answers, as textft.tasks defines them."""
+    return describe_tasks()
 
 
 @router.get("/v1/presets", tags=["jobs"])

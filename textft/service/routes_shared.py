@@ -11,7 +11,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from textft.service.keys import AuthError, Principal
-from textft.service.server import Service
+from textft.service.core import Service
 from textft.service.store import Store
 
 

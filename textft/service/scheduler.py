@@ -33,7 +33,7 @@ from textft.service.layout import DataDir, is_local, process_alive, read_json, w
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
 from textft.service.store import ACTIVE, Store, add_event, dumps
 from textft.service.supervise import group_alive, stop_group
-from textft.service.textft_api import lower_is_better, task_headline, test_set_key
+from textft.service.textft_api import DEFAULT_TASK, lower_is_better, task_headline, test_set_key
 
 log = logging.getLogger("textft.service")
 
@@ -110,7 +110,7 @@ def headline_metrics(run: Path) -> dict | None:
     report = read_json(run / "eval_report.json")
     if not isinstance(report, dict):
         return None
-    task = report.get("task") or "single_label"
+    task = report.get("task") or DEFAULT_TASK
     keys = task_headline(task)
     splits = {split: {**{k: m.get(k) for k in (*keys, "num_examples")}, **intervals_of(m, keys)}
               for split, m in (report.get("splits") or {}).items() if isinstance(m, dict)}

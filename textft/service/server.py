@@ -1,140 +1,19 @@
 """``textft service``: one process with the HTTP API, the monitor and (by default) the executors.
 
-Start: settle what the last run left (finished attempts, orphans, half-built directories), then
-start the executors and the monitor, then answer requests. SIGTERM or Ctrl-C: refuse new jobs and
-uploads (503), stop the running jobs (SIGTERM to their process groups; each gets its grace to
-finish its step), record them as queued to resume at the next start, then exit.
+``serve(opts)`` builds the service (``core.Service``) and its app (``app.create_app``) and runs them
+under uvicorn. SIGTERM or Ctrl-C: refuse new jobs and uploads (503), stop the running jobs (SIGTERM to
+their process groups; each gets its grace to finish its step), record them as queued to resume at the
+next start, then exit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import threading
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from textft.service.datasets import Checker
-from textft.service.jobs import Catalog, Settings
-from textft.service.keys import Verifier
-from textft.service.layout import DataDir
-from textft.service.models import ModelCache
-from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, start_consumer, stop_consumer
-from textft.service.scheduler import Monitor
-from textft.service.store import Store
-
-log = logging.getLogger("textft.service")
-
-DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-@dataclass
-class Options:
-    data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int | None = None
-    """Jobs run at once by this process (default: one per GPU, else 1); 0 leaves all jobs to workers."""
-    broker: str | None = None
-    configs_dir: Path | None = DEFAULT_CONFIGS
-    local_models: tuple[Path, ...] = ()
-    save_every_steps: int = 100
-    max_upload_bytes: int = 200_000_000
-    max_queued: int = 10
-    max_loaded_models: int = 2
-    predict_device: str = "cpu"
-    predict_threads: int = 1
-    max_texts: int = 64
-    max_chars: int = 20_000
-    grace_s: float = 60.0
-    gpus: list[str] | None = None
-    log_level: str = "info"
-    extra: dict = field(default_factory=dict)
-
-
-class Notifier:
-    """Wakes the event streams when the monitor records something (called from its thread)."""
-
-    def __init__(self):
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.event: asyncio.Event | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.event = loop, asyncio.Event()
-
-    def notify(self) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._fire)
-
-    def _fire(self) -> None:
-        event, self.event = self.event, asyncio.Event()
-        event.set()
-
-    async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-
-class Service:
-    def __init__(self, opts: Options):
-        self.opts = opts
-        self.data = DataDir(opts.data_dir).create()
-        # Jobs inherit this: the datasets cache stays with the service's files.
-        os.environ.setdefault("HF_DATASETS_CACHE", str(self.data.cache / "datasets"))
-        self.store = Store(self.data.db)
-        self.verifier = Verifier(self.store)
-        self.queue = JobQueue(self.data, opts.broker)
-        self.notifier = Notifier()
-        self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify)
-        self.catalog = Catalog(opts.configs_dir)
-        self.settings = Settings(save_every_steps=opts.save_every_steps, local_models=tuple(opts.local_models))
-        self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads)
-        gpus = detect_gpus() if opts.gpus is None else opts.gpus
-        slots = opts.workers if opts.workers is not None else max(1, len(gpus))
-        self.runtime = Runtime(self.data, Devices(gpus), slots, grace_s=opts.grace_s)
-        self.checker: Checker | None = None
-        self.consumer = None
-        self.accepting = True
-        self._stopper: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.monitor.recover()
-        self.checker = Checker(self.data.cache / "uploads")
-        self.checker.warm_up()
-        self.consumer = start_consumer(self.queue.huey, self.runtime)
-        self.monitor.start()
-        where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
-        log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
-                 self.opts.broker or self.data.queue_db, self.runtime.slots, where)
-
-    def begin_shutdown(self) -> None:
-        """Refuse new work and start stopping the running jobs (returns at once)."""
-        if not self.accepting:
-            return
-        self.accepting = False
-        log.info("stopping: running jobs get %gs to stop and stay queued for the next start", self.opts.grace_s)
-        self._stopper = threading.Thread(target=stop_consumer, name="textft-stop",
-                                         args=(self.consumer, self.runtime, self.opts.grace_s + 15))
-        self._stopper.start()
-
-    def stop(self) -> None:
-        self.begin_shutdown()
-        if self._stopper is not None:
-            self._stopper.join()
-        self.monitor.stop()
-        if self.checker is not None:
-            self.checker.close()
-        self.store.close()
+from textft.service.app import create_app
+from textft.service.core import Options, Service
 
 
 def serve(opts: Options) -> None:
     import uvicorn
-
-    from textft.service.app import create_app
 
     service = Service(opts)
     app = create_app(service)

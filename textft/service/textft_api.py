@@ -7,14 +7,16 @@ key commands and the HTTP front stay quick to start.
 
 from __future__ import annotations
 
-from textft import __version__
+from textft.version import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
-from textft.tasks.multi_label import THRESHOLDS_KEY  # light as well
+from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
+from textft.tasks.multi_label import THRESHOLDS_KEY
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
-           "data_formats", "load_splits", "load_classifier", "predict_schemas", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts", "task_default_metric", "task_headline", "model_task", "test_set_key", "versus_best",
+           "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
+           "recipe_facts", "task_default_metric", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
+           "test_set_key", "versus_best",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY"]
 
@@ -37,6 +39,13 @@ def load_classifier(model_dir, device: str, precision: str = "auto"):
     from textft.classifier import Classifier
 
     return Classifier.from_pretrained(model_dir, device=device, precision=precision)
+
+
+def task_schema():
+    """The response model of one task in ``GET /v1/tasks`` (``textft serve``'s ``GET /tasks``)."""
+    from textft.serving import TaskInfo
+
+    return TaskInfo
 
 
 def predict_schemas():
@@ -97,7 +106,14 @@ def task_headline(task: str | None) -> tuple[str, ...]:
     tasks existed is single-label); the calibration error is left to the report."""
     from textft.tasks import task_class
 
-    return tuple(k for k in task_class(task or "single_label").headline if k != "ece")
+    return tuple(k for k in task_class(task or DEFAULT_TASK).headline if k != "ece")
+
+
+def task_outputs(task: str, label_names: list[str]) -> list[str]:
+    """The outputs of the head ``textft train`` builds for ``task`` from a dataset's label names."""
+    from textft.tasks import task_class
+
+    return task_class(task).output_names(label_names)
 
 
 def test_set_key(run) -> str | None:

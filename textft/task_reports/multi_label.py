@@ -9,9 +9,9 @@ from typing import Any
 from textft.plots import img_tag, plot_cooccurrence, plot_per_class_f1
 from textft.report_parts import (METRIC_NAMES, check_rows, class_cells, coverage_note, escape, example, example_html,
                                  example_markdown, html_table, shown, sorted_classes)
-from textft.tasks.multi_label import SCORE_KEYS as SCORES
+from textft.tasks.multi_label import SCORE_KEYS as SCORES, MultiLabel
 
-TASK = "multi_label"
+TASK = MultiLabel.name
 
 
 def _f(v) -> str:

@@ -9,8 +9,9 @@ import numpy as np
 
 from textft.plots import img_tag, plot_predicted_vs_true, plot_residuals
 from textft.report_parts import check_rows, escape, example, example_html, example_markdown, html_table
+from textft.tasks.regression import Regression
 
-TASK = "regression"
+TASK = Regression.name
 
 
 # --- report.json / report.md / report.html --------------------------------------------------------

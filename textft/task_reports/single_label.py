@@ -10,8 +10,9 @@ import numpy as np
 from textft.plots import MANY_CLASSES, img_tag, plot_calibration, plot_confusion, plot_per_class_f1
 from textft.report_parts import (check_rows, class_cells, coverage_note, escape, example, example_html,
                                  example_markdown, fmt, html_table, sorted_classes)
+from textft.tasks.single_label import SingleLabel
 
-TASK = "single_label"
+TASK = SingleLabel.name
 CALIBRATION_BINS = 15
 HISTOGRAM_BINS = 20
 TOP_CONFUSIONS = 20

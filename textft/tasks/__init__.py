@@ -29,6 +29,13 @@ log = logging.getLogger("textft")
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SingleLabel, MultiLabel, Regression)}
 """Every task by name: the one list a new task is added to."""
 TASK_NAMES = tuple(TASKS)
+DEFAULT_TASK = SingleLabel.name
+"""The task assumed where none is named: runs and models from before textft had tasks."""
+
+
+def describe_tasks() -> list[dict]:
+    """``Task.describe()`` of every task, in ``TASKS`` order."""
+    return [cls.describe() for cls in TASKS.values()]
 
 
 # --- which task ----------------------------------------------------------------------------------
@@ -45,7 +52,7 @@ def detect(cfg, values: list, feature, column: str) -> str:
     if cfg.task != "auto":
         return cfg.task
     if is_sequence_feature(feature) or cfg.label_delimiter or any(is_list(v) for v in values):
-        return "multi_label"
+        return MultiLabel.name
     present = [v for v in values if not is_missing(v)]
     numbers = bool(present) and all(is_number(v) for v in present)
     fraction = next((v for v in present if numbers and not float(v).is_integer()), None)
@@ -53,8 +60,8 @@ def detect(cfg, values: list, feature, column: str) -> str:
         log.warning("data.task=auto: column '%s' holds numbers that are not whole (e.g. %s), so this is a"
                     " regression task; set data.task=single_label to treat its values as class names",
                     column, fraction)
-        return "regression"
-    return "single_label"
+        return Regression.name
+    return SingleLabel.name
 
 
 def for_training(cfg, values: list, feature, where: str, problems: list[str]) -> Task:

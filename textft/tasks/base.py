@@ -47,7 +47,19 @@ class Task:
     curves: ClassVar[tuple[str, ...]]
     """Validation metrics drawn in the learning curves."""
     default_metric: ClassVar[str]
+    """The validation metric a run picks its best model by when ``train.metric_for_best`` is auto."""
     loss_name: ClassVar[str]
+    output_noun: ClassVar[str] = "classes"
+    """What the rows of the head are, where the recipe counts them (classes, labels, output)."""
+    min_epochs: ClassVar[float] = 1.0
+    """Fewest passes over the training data an auto-length run of this task makes (``textft.recipe``)."""
+    min_epochs_reason: ClassVar[str] = "one pass"
+    """Why, in the words the recipe's reasons use."""
+    answer_fields: ClassVar[tuple[str, ...]]
+    """The fields one answer (``decode``) may hold, as ``textft.load``, predict and serve return it."""
+    answers_are_labels: ClassVar[bool] = True
+    """Answers are labels, which can stay exactly equal across precisions (int8 is then measured by how
+    many stay equal); False for values, which always move a little."""
 
     out_of_scope: ClassVar[bool] = False
     """Whether ``textft calibrate`` can give this task an out-of-scope threshold."""
@@ -69,6 +81,23 @@ class Task:
     @staticmethod
     def lower_is_better(metric: str) -> bool:
         return metric in LOWER_IS_BETTER
+
+    @classmethod
+    def output_names(cls, label_names: list[str]) -> list[str]:
+        """The name of each output of the head, from the label names a dataset was read with."""
+        return list(label_names)
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """What clients need to show this task's runs (``GET /v1/tasks``): every metric it reports with
+        its display name, direction and whether ``train.metric_for_best`` may name it; the headline,
+        the learning curves, the default metric and the fields of an answer."""
+        keys = list(dict.fromkeys((*cls.headline, *cls.metrics)))
+        return {"name": cls.name, "problem_type": cls.problem_type, "loss_name": cls.loss_name,
+                "metrics": [{"name": k, "display_name": METRIC_NAMES[k], "lower_is_better": k in LOWER_IS_BETTER,
+                             "selectable": k in cls.metrics} for k in keys],
+                "headline": list(cls.headline), "curves": list(cls.curves), "default_metric": cls.default_metric,
+                "answer_fields": list(cls.answer_fields)}
 
     @classmethod
     def check_metric(cls, metric: str, key: str = "'train.metric_for_best'") -> str:
@@ -106,10 +135,13 @@ class Task:
         """Groups a carved validation split keeps in proportion (None: a plain random split)."""
         return None
 
-    def class_counts(self, labels: list) -> np.ndarray | None:
-        """Examples of each class (multi-label: texts carrying each label) among encoded labels; None
-        for a task without classes."""
-        return None
+    def label_counts(self, labels: list) -> dict[str, int]:
+        """How many encoded labels carry each label name (the distribution a dataset upload shows)."""
+        raise NotImplementedError
+
+    def describe_label(self, label) -> Any:
+        """An encoded label as a person reads it (an upload's preview)."""
+        raise NotImplementedError
 
     # -- training and evaluation ------------------------------------------------------------------
 
@@ -161,6 +193,16 @@ class Task:
 
     def agreement(self, truths: list, answers: list[dict]) -> str | None:
         """One line comparing answers with true labels (``textft predict --label-column``)."""
+        return None
+
+    def answer_keys(self, logits: np.ndarray) -> list | None:
+        """What must stay equal between two precisions of the same model, one per row (the label, the
+        set of labels); None where the answers are values (see ``answers_are_labels``)."""
+        return None
+
+    def gold_key(self, value) -> Any:
+        """A true label as ``answer_keys`` writes an answer, or None where it cannot be compared (int8
+        against fp32 accuracy on saved validation rows)."""
         return None
 
     # -- text -------------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ class Regression(Task):
     curves = ("rmse", "mae")
     default_metric = "rmse"
     loss_name = "regression loss (MSE or Huber, standardised targets)"
+    output_noun = "output"
+    answer_fields = ("value",)
+    answers_are_labels = False
 
     def __init__(self, label_names: list[str], mean: float = 0.0, std: float = 1.0, folded: bool = False,
                  loss: str = "mse", huber_delta: float = 1.0):
@@ -119,6 +122,18 @@ class Regression(Task):
 
     def encode(self, values: list) -> list[float]:
         return [as_number(v) for v in values]
+
+    @classmethod
+    def output_names(cls, label_names: list[str]) -> list[str]:
+        """One output, whatever the dataset's label values were read as."""
+        return list(label_names[:1])
+
+    def label_counts(self, labels: list) -> dict[str, int]:
+        """One target: every row has it."""
+        return {self.label_names[0] if self.label_names else "value": len(labels)}
+
+    def describe_label(self, label) -> float:
+        return float(label)
 
     def strata(self, labels: list) -> list | None:
         y = np.asarray(labels, dtype=np.float64)

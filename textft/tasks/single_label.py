@@ -3,6 +3,7 @@ F1; softmax answers with an optional out-of-scope threshold."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ class SingleLabel(Task):
     default_metric = "macro_f1"
     exact_test = "accuracy"
     loss_name = "cross-entropy loss"
+    answer_fields = ("label", "score", "out_of_scope", "model_label", "top_k", "scores")
     out_of_scope = True
     calibration = "out_of_scope"
 
@@ -98,8 +100,12 @@ class SingleLabel(Task):
     def strata(self, labels: list) -> list | None:
         return list(labels)
 
-    def class_counts(self, labels: list) -> np.ndarray | None:
-        return np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.label_names))
+    def label_counts(self, labels: list) -> dict[str, int]:
+        names = self.label_names
+        return {name: 0 for name in names} | {names[i]: n for i, n in Counter(labels).items()}
+
+    def describe_label(self, label) -> str:
+        return self.label_names[label]
 
     # -- training and evaluation ------------------------------------------------------------------
 
@@ -181,6 +187,12 @@ class SingleLabel(Task):
         names = self.label_names
         return [{**example_text(texts, pairs, i, max_chars), "label": names[int(y)], "pred": names[int(p)],
                  "confidence": round(float(probs[i, p]), 6)} for i, (y, p) in enumerate(zip(labels, pred))]
+
+    def answer_keys(self, logits: np.ndarray) -> list:
+        return [self.label_names[i] for i in np.asarray(logits).argmax(-1)]
+
+    def gold_key(self, value) -> str | None:
+        return str(value) if str(value) in set(self.label_names) else None
 
     def agreement(self, truths: list, answers: list[dict]) -> str | None:
         pairs = [(t, a) for t, a in zip(truths, answers) if t is not None]
