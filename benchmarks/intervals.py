@@ -26,6 +26,7 @@ import numpy as np
 
 from textft.intervals import split_intervals, statistics
 from textft.significance import mcnemar_exact, paired_bootstrap
+from textft.tasks import task_class
 
 
 def splits(n: int, rng: np.random.Generator) -> list[tuple[str, str, str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -71,9 +72,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     worst_interval = worst_paired = 0.0
     for name, task, metric, truth, a, b in splits(n, rng):
-        stats = statistics(task, truth, a)
-        interval_s = best_of(repeats, lambda: split_intervals(statistics(task, truth, a)))
-        paired_s = best_of(repeats, lambda: paired_bootstrap(task, metric, truth, a, b))
+        values = task_class(task).resampled
+        stats = statistics(values, truth, a)
+        interval_s = best_of(repeats, lambda: split_intervals(statistics(values, truth, a)))
+        paired_s = best_of(repeats, lambda: paired_bootstrap(values, metric, truth, a, b))
         right = (a == truth).all(1) if a.ndim == 2 else a == truth
         exact_s = best_of(repeats, lambda: mcnemar_exact(right, (b == truth).all(1) if b.ndim == 2 else b == truth))
         worst_interval, worst_paired = max(worst_interval, interval_s[0]), max(worst_paired, paired_s[0])

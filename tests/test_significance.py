@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, hamming_loss, mean_absolut
 from textft.cli import main as cli
 from textft.metric_modules import compute_metrics, load_metric
 from textft.files import read_jsonl
-from textft.intervals import distinct, split_intervals, statistics, wide_interval
+from textft.intervals import distinct, split_intervals
 from textft.significance import mcnemar_exact, paired_test
 from textft.tasks import task_class
 from textft.tasks.multi_label import grid_score
@@ -46,7 +46,7 @@ def test_single_label_macro_metrics_are_scikit_learns_defaults_on_a_split_missin
     assert m["per_class"]["c11"]["in_macro"] and m["per_class"]["c11"]["predicted"] > 0
     assert not m["per_class"]["c1"]["in_macro"] and m["per_class"]["c1"]["predicted"] == 0
     # the resampled metrics agree with the reported ones on the split itself
-    point = statistics("single_label", y, pred).point()
+    point = task_class("single_label").statistics(y, pred).point()
     assert point == pytest.approx({k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")})
 
 
@@ -62,7 +62,7 @@ def test_multi_label_macro_metrics_average_the_labels_present():
     assert m["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=present, average="macro", zero_division=0))
     assert m["macro_classes"] == 5 and m["classes_without_examples"] == ["b", "f"]
     assert grid_score(pred, truth, "macro_f1") == pytest.approx(m["macro_f1"])  # threshold tuning agrees
-    point = statistics("multi_label", truth, pred).point()
+    point = task_class("multi_label").statistics(truth, pred).point()
     assert point["macro_f1"] == pytest.approx(m["macro_f1"]) and point["micro_f1"] == pytest.approx(m["micro_f1"])
     assert point["samples_f1"] == pytest.approx(m["samples_f1"])
     assert point["hamming_loss"] == pytest.approx(hamming_loss(truth, pred))
@@ -81,7 +81,7 @@ def test_a_resample_scores_exactly_like_the_metrics_on_the_resampled_examples():
     w = np.zeros((1, len(first)))
     for i in idx:
         w[0, cell[(y[i], pred[i])]] += 1
-    got = {k: v[0] for k, v in statistics("regression", y, pred).values(w).items()}
+    got = {k: v[0] for k, v in task_class("regression").statistics(y, pred).values(w).items()}
     a, b = y[idx], pred[idx]
     assert got == pytest.approx({"mae": mean_absolute_error(a, b), "rmse": np.sqrt(np.mean((a - b) ** 2)),
                                  "r2": r2_score(a, b), "pearson": pearsonr(b, a)[0], "spearman": spearmanr(b, a)[0]})
@@ -94,22 +94,23 @@ def test_the_95_percent_interval_covers_a_known_accuracy_in_about_95_percent_of_
     for _ in range(draws):
         y = rng.integers(0, 3, n)
         pred = np.where(rng.random(n) < accuracy, y, (y + 1) % 3)
-        low, high = split_intervals(statistics("single_label", y, pred))["accuracy"]
+        low, high = split_intervals(task_class("single_label").statistics(y, pred))["accuracy"]
         covered += low <= accuracy <= high
     assert 0.92 <= covered / draws <= 0.98, covered / draws
 
 
 def test_intervals_are_seeded_and_a_small_split_is_flagged():
     y, pred, _ = single_label_split(n=60)
-    stats = statistics("single_label", y, pred)
+    stats = task_class("single_label").statistics(y, pred)
     first, again = split_intervals(stats), split_intervals(stats)
     assert first == again and first["accuracy"][0] < stats.point()["accuracy"] < first["accuracy"][1]
     m = {"num_examples": 60, "intervals": first}
-    line = wide_interval("test", "single_label", m)
+    line = task_class("single_label").wide_interval("test", m)
     assert line.startswith("test: 60 examples give accuracy a 95% interval") and "\n" not in line
     big_y = np.tile(y, 100)
-    big = {"num_examples": 6000, "intervals": split_intervals(statistics("single_label", big_y, np.tile(pred, 100)))}
-    assert wide_interval("test", "single_label", big) is None
+    big_stats = task_class("single_label").statistics(big_y, np.tile(pred, 100))
+    big = {"num_examples": 6000, "intervals": split_intervals(big_stats)}
+    assert task_class("single_label").wide_interval("test", big) is None
 
 
 def write_predictions_file(path, right):
@@ -240,7 +241,7 @@ def test_reports_show_intervals_and_the_classes_a_split_lacks(tmp_path):
     report = json.loads((run / "report.json").read_text())
     test = report["splits"]["test"]
     # the intervals come from the saved predictions, the same way training computes them
-    assert test["intervals"] == split_intervals(statistics("single_label", y, pred))
+    assert test["intervals"] == split_intervals(task_class("single_label").statistics(y, pred))
     assert test["interval_method"]["method"] == "percentile bootstrap over examples"
     assert test["macro_classes"] == 6 and len(test["classes_without_examples"]) == 3
     assert report["warnings"][0].startswith("test: 70 examples give accuracy a 95% interval")

@@ -362,7 +362,7 @@ def compare(run_dirs: list[str], metric: str | None = None, split: str | None = 
     metrics, metric = run_task(reports, names, metric)
     split = pick_split(reports, names, split)
     rows = [comparison_row(r, n, d, split, metrics) for r, n, d in zip(reports, names, run_dirs)]
-    tests_against_best(rows, split, task_class(reports[0].get("task") or "single_label"), metric)
+    tests_against_best(rows, split, task_class(reports[0].get("task") or DEFAULT_TASK), metric)
     table = markdown_table(rows, metric)
     written = []
     if output:

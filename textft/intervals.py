@@ -9,8 +9,11 @@ resample. A single-label split has at most K² distinct (true, predicted) pairs 
 examples it holds; a regression split has up to n. Each metric is then a few matrix products of the
 resampled counts (resamples x outcomes), for a batch of resamples at once.
 
-    stats = statistics("single_label", truth, pred)          # class ids, label sets or values
+    stats = statistics(single_label_values, truth, pred)    # a task's ``resampled`` function
     split_intervals(stats)                                   # {"accuracy": [0.72, 0.90], ...}
+
+Which function scores which task, and which of its metrics flags a small split, the task classes say
+(``resampled``, ``resampled_metrics``, ``noise_metric``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ WIDE = 0.10
 METHOD = {"method": "percentile bootstrap over examples", "confidence": CONFIDENCE, "resamples": RESAMPLES,
           "seed": SEED}
 """How the intervals were made, stored next to them."""
-NOISE_METRIC = {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "r2"}
-"""The 0-1 metric whose interval width tells whether a split can separate models (the flag)."""
 
 Values = Callable[..., dict[str, np.ndarray]]
 """``values(w, keys=None)``: the metrics (``keys`` of them, default all) of resampled counts w."""
@@ -101,13 +102,12 @@ def split_intervals(stats: Statistics, resamples: int = RESAMPLES, seed: int = S
     return {k: percentile_interval(v) for k, v in samples.items()}
 
 
-def wide_interval(split: str, task: str, m: dict) -> str | None:
-    """One line when the split's noise metric has an interval wider than WIDE, else None."""
-    key = NOISE_METRIC.get(task)
-    ci = (m.get("intervals") or {}).get(key)
+def wide_interval(split: str, metric: str, name: str, m: dict) -> str | None:
+    """One line when the interval of ``metric`` (a task's noise metric, written ``name``) of a split is
+    wider than WIDE, else None."""
+    ci = (m.get("intervals") or {}).get(metric)
     if not ci or ci[1] - ci[0] <= WIDE:
         return None
-    name = {"accuracy": "accuracy", "micro_f1": "micro-F1", "r2": "R²"}[key]
     return (f"{split}: {m.get('num_examples')} examples give {name} a 95% interval {100 * (ci[1] - ci[0]):.0f}"
             f" points wide [{ci[0]:.2f}, {ci[1]:.2f}]; differences between runs smaller than that are noise,"
             " a larger split would tell them apart")
@@ -217,17 +217,10 @@ def regression_values(truth: np.ndarray, pred: np.ndarray) -> Values:
     return values
 
 
-VALUES = {"single_label": single_label_values, "multi_label": multi_label_values, "regression": regression_values}
-"""Each task's resampled headline metrics, by task name."""
-RESAMPLED = {"single_label": ("accuracy", "macro_f1", "weighted_f1"),
-             "multi_label": ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss"),
-             "regression": ("mae", "rmse", "r2", "pearson", "spearman")}
-"""The metrics ``VALUES`` computes for each task: the headline ones a prediction record determines (the
-loss and calibration need the model's scores)."""
-
-
-def statistics(task: str, truth, pred) -> Statistics:
-    """One split of ``task`` (per example: class ids, 0/1 label rows or values) as distinct outcomes."""
+def statistics(values: Callable[[np.ndarray, np.ndarray], Values], truth, pred) -> Statistics:
+    """One split as distinct outcomes, scored by ``values`` (a task's ``resampled``: one of the
+    ``*_values`` functions above) from its per-example truth and predictions (class ids, 0/1 label
+    rows or values)."""
     truth, pred = np.asarray(truth), np.asarray(pred)
     first, counts = distinct(truth, pred)
-    return Statistics(counts, VALUES[task](truth[first], pred[first]))
+    return Statistics(counts, values(truth[first], pred[first]))

@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "config_help", "hub_download", "version", "layers")),
     ("data", "data, tokenization and tasks: what a label is, how texts become model inputs",
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
-      "out_of_scope")),
+      "intervals", "significance", "out_of_scope")),
     ("model", "modeling, the training loop, checkpoints, the recipe and the inference backends",
      ("modeling", "loop", "checkpoint", "recipe", "precision", "onnx_export", "onnx_backend")),
     ("train", "one training run (setup, fit, export) and the saved classifier",

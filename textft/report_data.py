@@ -16,7 +16,7 @@ import yaml
 from textft import task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
-from textft.intervals import METHOD, split_intervals, statistics, wide_interval
+from textft.intervals import METHOD, split_intervals
 
 REPORT_VERSION = 1
 DEFAULT_MISTAKES = 10
@@ -115,7 +115,7 @@ def with_intervals(task, m: dict, rows: list[dict] | None, label_names: list[str
         truth, (pred,) = task.row_outcomes([rows], m.get("labels") or label_names)
     except (KeyError, TypeError, ValueError):
         return m  # records of another shape: the report goes on without intervals
-    return {**m, "intervals": split_intervals(statistics(task.name, truth, pred)), "interval_method": dict(METHOD)}
+    return {**m, "intervals": split_intervals(task.statistics(truth, pred)), "interval_method": dict(METHOD)}
 
 
 def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     primary = "test" if "test" in splits else next(iter(splits), None)
     if primary:
         splits = {primary: splits[primary], **{k: v for k, v in splits.items() if k != primary}}
-    warnings += [line for split, m in splits.items() if (line := wide_interval(split, task.name, m))]
+    warnings += [line for split, m in splits.items() if (line := task.wide_interval(split, m))]
     return {
         "report_version": REPORT_VERSION,
         "run": run_name(run_dir, cfg),

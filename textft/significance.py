@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from textft.intervals import RESAMPLED, SEED, VALUES, bootstrap, distinct, percentile_interval
+from textft.intervals import SEED, Values, bootstrap, distinct, percentile_interval
 
 ALPHA = 0.05
 """Differences with a two-sided p-value below this are called significant."""
@@ -56,13 +56,13 @@ def mcnemar_exact(right_a: np.ndarray, right_b: np.ndarray) -> tuple[int, int, f
     return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def paired_bootstrap(task: str, metric: str, truth: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+def paired_bootstrap(values, metric: str, truth: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
                      resamples: int = PAIRED_RESAMPLES, seed: int = SEED) -> tuple[float, float, list[float] | None]:
     """(metric of B - metric of A, two-sided p-value, 95% interval of the difference), both models
-    scored on the same resamples of the examples."""
+    scored on the same resamples of the examples by ``values`` (a task's ``resampled``)."""
     first, counts = distinct(truth, pred_a, pred_b)
-    score_a = VALUES[task](truth[first], pred_a[first])
-    score_b = VALUES[task](truth[first], pred_b[first])
+    score_a: Values = values(truth[first], pred_a[first])
+    score_b: Values = values(truth[first], pred_b[first])
 
     def difference(w: np.ndarray) -> dict[str, np.ndarray]:
         return {"d": score_b(w, (metric,))[metric] - score_a(w, (metric,))[metric]}
@@ -113,7 +113,7 @@ def aligned(rows_a: list[dict], rows_b: list[dict]) -> tuple[list[dict] | None, 
 def paired_test(task_cls, metric: str, rows_best: list[dict] | None, rows_other: list[dict] | None) -> PairTest:
     """``metric`` of the run behind ``rows_other`` against the best run's, with the test that fits it."""
     exact = metric == task_cls.exact_test
-    if metric not in RESAMPLED[task_cls.name]:
+    if metric not in task_cls.resampled_metrics:
         return PairTest(metric, None, reason=f"{metric} cannot be recomputed from saved predictions")
     if not rows_best or not rows_other:
         return PairTest(metric, None, reason="no saved predictions for this split")
@@ -130,7 +130,7 @@ def paired_test(task_cls, metric: str, rows_best: list[dict] | None, rows_other:
         _, _, p = mcnemar_exact(right_other, right_best)
         diff = float(right_other.mean() - right_best.mean())
         return PairTest(metric, "McNemar exact", round(diff, 6), round(p, 6), p < ALPHA, examples=n)
-    diff, p, interval = paired_bootstrap(task_cls.name, metric, truth, pred_best, pred_other)
+    diff, p, interval = paired_bootstrap(task_cls.resampled, metric, truth, pred_best, pred_other)
     if not np.isfinite(p):
         return PairTest(metric, "paired bootstrap", diff if np.isfinite(diff) else None, examples=n,
                         reason=f"{metric} is undefined on most resamples")

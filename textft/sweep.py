@@ -39,7 +39,7 @@ from textft.errors import UserError
 from textft.files import read_json, read_jsonl, replace_file
 from textft.significance import ALPHA, paired_test
 from textft.sweep_space import SweepSpec, check_space_values, override, parse_sweep, resolve_metric, split_config
-from textft.tasks import task_class
+from textft.tasks import DEFAULT_TASK, task_class
 
 log = logging.getLogger("textft")
 
@@ -207,7 +207,7 @@ def runner_up_line(study, spec: SweepSpec) -> str | None:
     files = [r / "predictions" / "validation.jsonl" for r in runs]
     rows = [read_jsonl(f) if f.is_file() else None for f in files]
     try:
-        task = task_class(read_json(runs[0] / "eval_report.json").get("task") or "single_label")
+        task = task_class(read_json(runs[0] / "eval_report.json").get("task") or DEFAULT_TASK)
     except UserError:
         return f"{head}; not tested: trial {best.number} left no readable eval_report.json"
     test = paired_test(task, spec.metric, rows[0], rows[1])

@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from textft.errors import UserError, closest
+from textft.intervals import METHOD as INTERVAL_METHOD, split_intervals, statistics, wide_interval
 
 LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "hamming_loss", "ece"})
 """Metrics where a smaller value is better (model selection, early stopping, sweeps, comparisons)."""
@@ -44,6 +45,14 @@ class Task:
     """The metrics of the report's summary table, the comparison and the model card, in order."""
     exact_test: ClassVar[str | None] = None
     """The right-or-wrong-per-example metric McNemar's exact test compares (others: a paired bootstrap)."""
+    resampled: ClassVar[Callable]
+    """``textft.intervals``' function that scores this task's headline metrics on bootstrap resamples."""
+    resampled_metrics: ClassVar[tuple[str, ...]]
+    """The headline metrics it computes: those a prediction record determines (the loss and the
+    calibration need the model's scores), which get intervals and paired tests."""
+    noise_metric: ClassVar[str]
+    """The 0-1 metric whose interval, when wider than 10 points, flags a split as too small to tell
+    models apart."""
     curves: ClassVar[tuple[str, ...]]
     """Validation metrics drawn in the learning curves."""
     default_metric: ClassVar[str]
@@ -153,13 +162,22 @@ class Task:
         metric (``intervals``: {metric: [low, high]}) and how it was made (``interval_method``)."""
         raise NotImplementedError
 
-    @staticmethod
-    def add_intervals(metrics: dict[str, Any], task: str, truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-        from textft.intervals import METHOD, split_intervals, statistics
+    @classmethod
+    def statistics(cls, truth, pred):
+        """A split's outcomes (``row_outcomes`` or what ``evaluate`` scores) as ``textft.intervals`` resamples them."""
+        return statistics(cls.resampled, truth, pred)
 
-        metrics["intervals"] = split_intervals(statistics(task, truth, pred))
-        metrics["interval_method"] = dict(METHOD)
+    @classmethod
+    def add_intervals(cls, metrics: dict[str, Any], truth, pred) -> dict[str, Any]:
+        """``metrics`` with the 95% interval of each resampled metric and how they were made."""
+        metrics["intervals"] = split_intervals(cls.statistics(truth, pred))
+        metrics["interval_method"] = dict(INTERVAL_METHOD)
         return metrics
+
+    @classmethod
+    def wide_interval(cls, split: str, m: dict) -> str | None:
+        """One line when the split is too small to tell models apart (see ``noise_metric``)."""
+        return wide_interval(split, cls.noise_metric, METRIC_NAMES[cls.noise_metric], m)
 
     @classmethod
     def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
@@ -219,10 +237,8 @@ class Task:
     def summary(cls, reports: dict[str, dict]) -> list[str]:
         """The terminal summary of a run or an evaluation: a line per split, then a line for each split
         too small to tell models apart and for each that lacks classes."""
-        from textft.intervals import wide_interval
-
         lines = [cls.summary_line(split, m) for split, m in reports.items()]
-        lines += [line for split, m in reports.items() if (line := wide_interval(split, cls.name, m))]
+        lines += [line for split, m in reports.items() if (line := cls.wide_interval(split, m))]
         return lines + [f"{split}: {note}" for split, m in reports.items() if (note := coverage_note(m))]
 
     @classmethod

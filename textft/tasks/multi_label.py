@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import UserError, closest, row_list
+from textft.intervals import multi_label_values
 from textft.metric_modules import load_metric
 from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, class_cells, class_index, coverage_note, example_text,
                                is_list, is_sequence_feature, shown, weights_by_name)
@@ -84,6 +85,9 @@ class MultiLabel(Task):
     curves = ("macro_f1", "micro_f1")
     default_metric = "macro_f1"
     exact_test = "subset_accuracy"
+    resampled = staticmethod(multi_label_values)
+    resampled_metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+    noise_metric = "micro_f1"
     loss_name = "binary cross-entropy loss"
     output_noun = "labels"
     min_epochs = 3.0
@@ -270,7 +274,7 @@ class MultiLabel(Task):
         metrics["threshold_tuning"] = {"tuning": self.tuning, "metric": self.tune_metric, "source": source}
         metrics["loss"] = float(F.binary_cross_entropy_with_logits(
             torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(truth.astype(np.float32))))
-        return self.add_intervals(metrics, self.name, truth, probs >= thresholds) if intervals else metrics
+        return self.add_intervals(metrics, truth, probs >= thresholds) if intervals else metrics
 
     @classmethod
     def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None

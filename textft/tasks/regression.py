@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import UserError, row_list
+from textft.intervals import regression_values
 from textft.metric_modules import load_metric
 from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number, shown
 
@@ -52,6 +53,9 @@ class Regression(Task):
     headline = ("mae", "rmse", "r2", "pearson", "spearman", "loss")
     curves = ("rmse", "mae")
     default_metric = "rmse"
+    resampled = staticmethod(regression_values)
+    resampled_metrics = ("mae", "rmse", "r2", "pearson", "spearman")
+    noise_metric = "r2"
     loss_name = "regression loss (MSE or Huber, standardised targets)"
     output_noun = "output"
     answer_fields = ("value",)
@@ -173,7 +177,7 @@ class Regression(Task):
         metrics["loss"] = float(self.base_loss()(torch.from_numpy(self.standardised(pred)),
                                                  torch.from_numpy(self.standardised(y))))
         metrics["target"] = self.label_names[0]
-        return self.add_intervals(metrics, self.name, y, pred) if intervals else metrics
+        return self.add_intervals(metrics, y, pred) if intervals else metrics
 
     @classmethod
     def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None

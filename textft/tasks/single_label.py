@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import closest, row_list
+from textft.intervals import single_label_values
 from textft.metric_modules import compute_metrics
 from textft.out_of_scope import rejected, softmax
 from textft.tasks.base import (Task, check_top_k, class_cells, class_index, coverage_note, example_text, is_list,
@@ -23,6 +24,9 @@ class SingleLabel(Task):
     curves = ("accuracy", "macro_f1")
     default_metric = "macro_f1"
     exact_test = "accuracy"
+    resampled = staticmethod(single_label_values)
+    resampled_metrics = ("accuracy", "macro_f1", "weighted_f1")
+    noise_metric = "accuracy"
     loss_name = "cross-entropy loss"
     answer_fields = ("label", "score", "out_of_scope", "model_label", "top_k", "scores")
     out_of_scope = True
@@ -141,7 +145,7 @@ class SingleLabel(Task):
         metrics = compute_metrics(labels, pred, self.label_names)
         metrics["loss"] = float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
                                                 torch.from_numpy(np.asarray(labels, dtype=np.int64))))
-        return self.add_intervals(metrics, self.name, np.asarray(labels), pred) if intervals else metrics
+        return self.add_intervals(metrics, np.asarray(labels), pred) if intervals else metrics
 
     @classmethod
     def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
