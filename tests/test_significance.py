@@ -285,3 +285,12 @@ def test_prediction_records_of_another_shape_are_not_tested_and_say_why():
     assert result.p_value is None and result.reason == "the saved predictions are not regression records"
     ok = paired_test(task_class("regression"), "rmse", rows, [{**r, "pred": r["pred"] + 0.05} for r in rows])
     assert ok.test == "paired bootstrap" and ok.difference == pytest.approx(0.05)
+
+
+def test_a_split_answered_all_right_gets_the_exact_binomial_interval_not_zero_width():
+    y = np.array([0, 1] * 20)
+    m = task_class("single_label")(["neg", "pos"]).evaluate(np.eye(2)[y] * 5, y, intervals=True)
+    low, high = m["intervals"]["accuracy"]
+    assert m["accuracy"] == 1.0 and high == 1.0 and low == pytest.approx(0.025 ** (1 / 40), abs=1e-6)  # 0.912
+    assert m["intervals"]["macro_f1"] == [1.0, 1.0]  # the bootstrap's, whose limit the method states
+    assert "Clopper-Pearson" in m["interval_method"]["all_right_or_all_wrong"]

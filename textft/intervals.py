@@ -33,7 +33,7 @@ BATCH = 250
 WIDE = 0.10
 """A split whose noise metric has an interval wider than this (10 points) is flagged as too small."""
 METHOD = {"method": "percentile bootstrap over examples", "confidence": CONFIDENCE, "resamples": RESAMPLES,
-          "seed": SEED}
+          "seed": SEED, "all_right_or_all_wrong": "exact binomial (Clopper-Pearson) interval of the right-or-wrong metric"}
 """How the intervals were made, stored next to them."""
 
 Values = Callable[..., dict[str, np.ndarray]]
@@ -100,6 +100,16 @@ def split_intervals(stats: Statistics, resamples: int = RESAMPLES, seed: int = S
         return {}
     samples = bootstrap(stats.values, stats.counts, resamples, seed)
     return {k: percentile_interval(v) for k, v in samples.items()}
+
+
+def exact_proportion_interval(right: int, n: int, confidence: float = CONFIDENCE) -> list[float]:
+    """Clopper-Pearson interval of a share of right answers. The bootstrap cannot see beyond a split
+    where every example is right (or every one wrong): each resample is the same, and it would claim
+    [1, 1] for 40 of 40; the exact binomial interval says [0.91, 1]."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(right, n).proportion_ci(confidence_level=confidence, method="exact")
+    return [round(float(ci.low), 6), round(float(ci.high), 6)]
 
 
 def wide_interval(split: str, metric: str, name: str, m: dict) -> str | None:

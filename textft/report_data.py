@@ -16,7 +16,7 @@ import yaml
 from textft import task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
-from textft.intervals import METHOD, split_intervals
+from textft.intervals import METHOD
 
 REPORT_VERSION = 1
 DEFAULT_MISTAKES = 10
@@ -115,7 +115,7 @@ def with_intervals(task, m: dict, rows: list[dict] | None, label_names: list[str
         truth, (pred,) = task.row_outcomes([rows], m.get("labels") or label_names)
     except (KeyError, TypeError, ValueError):
         return m  # records of another shape: the report goes on without intervals
-    return {**m, "intervals": split_intervals(task.statistics(truth, pred)), "interval_method": dict(METHOD)}
+    return {**m, "intervals": task.intervals(truth, pred), "interval_method": dict(METHOD)}
 
 
 def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[str, Any]:

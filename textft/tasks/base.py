@@ -9,7 +9,8 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from textft.errors import UserError, closest
-from textft.intervals import METHOD as INTERVAL_METHOD, split_intervals, statistics, wide_interval
+from textft.intervals import (METHOD as INTERVAL_METHOD, exact_proportion_interval, split_intervals, statistics,
+                              wide_interval)
 
 LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "hamming_loss", "ece"})
 """Metrics where a smaller value is better (model selection, early stopping, sweeps, comparisons)."""
@@ -168,9 +169,21 @@ class Task:
         return statistics(cls.resampled, truth, pred)
 
     @classmethod
+    def intervals(cls, truth, pred) -> dict[str, list[float] | None]:
+        """The 95% interval of each resampled metric of a split; for the right-or-wrong metric of a split
+        where every example is right (or every one wrong), the exact binomial interval instead of the
+        bootstrap's zero-width one."""
+        stats = cls.statistics(truth, pred)
+        out = split_intervals(stats)
+        ci, n = out.get(cls.exact_test), int(stats.counts.sum())
+        if ci and ci[0] == ci[1] and n:
+            out[cls.exact_test] = exact_proportion_interval(round(stats.point()[cls.exact_test] * n), n)
+        return out
+
+    @classmethod
     def add_intervals(cls, metrics: dict[str, Any], truth, pred) -> dict[str, Any]:
         """``metrics`` with the 95% interval of each resampled metric and how they were made."""
-        metrics["intervals"] = split_intervals(cls.statistics(truth, pred))
+        metrics["intervals"] = cls.intervals(truth, pred)
         metrics["interval_method"] = dict(INTERVAL_METHOD)
         return metrics
 
