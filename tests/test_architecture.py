@@ -223,6 +223,7 @@ def test_the_classification_metric_loads_by_path_like_any_evaluate_module():
 def test_the_package_ships_its_metric_modules():
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["textft"]
     assert "metrics/**/*" in package_data
+    assert "service/static/**/*" in package_data  # the page's modules live in subfolders (js/, js/views/)
     assert (PACKAGE / "metrics" / "classification" / "classification.py").is_file()
 
 
