@@ -279,7 +279,10 @@ def test_the_page_script_is_one_module_graph_without_circles_or_html_strings():
 
 
 def test_the_page_keeps_no_copy_of_the_tasks_metrics():
-    from textft.tasks import METRIC_NAMES
+    from textft.tasks import DEFAULT_TASK, METRIC_NAMES, describe_tasks
+
+    # records that name no task are the default task's, which GET /v1/tasks lists first (tasks.js)
+    assert describe_tasks()[0]["name"] == DEFAULT_TASK
 
     # the training loss is every task's; the rest is named, directed and chosen by GET /v1/tasks
     names = {k for k in METRIC_NAMES if k != "loss"} | {v for k, v in METRIC_NAMES.items() if k != "loss"}

@@ -20,11 +20,13 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-// Replaces the page's main area with a copy of one of index.html's templates.
+// Replaces the page's main area with a copy of one of index.html's templates, in an element of its
+// own: a view still loading when the user moves on finds its own elements, now out of the page, and
+// never draws into the next view.
 export function mount(templateId) {
-  const main = $("#main");
-  main.replaceChildren($(templateId).content.cloneNode(true));
-  return main;
+  const view = el("div", { class: "view" }, $(templateId).content.cloneNode(true));
+  $("#main").replaceChildren(view);
+  return view;
 }
 
 let toastTimer = null;

@@ -39,12 +39,20 @@ function showFailure(main, e) {
     el("p", {}, el("a", { href: "#/jobs", text: "Back to the jobs" })));
 }
 
+// The signed-in user and the service's tasks, asked once, before the first view.
+async function prepare() {
+  if (!currentUser()) setUser(await api("/v1/me"));
+  await loadTasks();
+}
+
+let navigation = 0;
+
 export async function route() {
+  const mine = ++navigation;
   leave();
   if (!apiKey()) { signOut(); return; }
-  if (!currentUser()) {
-    try { setUser(await api("/v1/me")); } catch (e) { if (e.status !== 401) toast(e.message, "error"); return; }
-  }
+  try { await prepare(); } catch (e) { if (e.status !== 401) toast(e.message, "error"); return; }
+  if (mine !== navigation) return;  // the user moved on while it loaded: only the latest view is drawn
   const [path, query] = (location.hash || "#/jobs").split("?");
   const params = new URLSearchParams(query || "");
   showHeader(path, currentUser());
@@ -54,7 +62,6 @@ export async function route() {
   const match = path.match(pattern);
   const main = mount(template);
   try {
-    await loadTasks();
     await view(main, match[1] !== undefined ? match[1] : params, params);
   } catch (e) {
     if (e.name === "AbortError" || e.status === 401) return;
