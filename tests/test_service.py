@@ -394,6 +394,28 @@ def test_recipe_endpoint_shows_auto_values_with_reasons(service, alice, toy_sets
     assert out["settings"]["train.batch_size"] == 16 and "output.dir" not in out["settings"]
     bad = alice.post("/v1/recipe", json={**body, "overrides": {"train.lr": "fast"}})
     assert bad.status_code == 422 and "'train.lr' must be" in bad.json()["error"]
+    # Which recipe an upload gets, and why: full for 200 examples per class, few-shot for 8.
+    assert out["auto"]["model.transfer"] == {"value": "full", "reason": "200 training examples per class (median) > 16:"
+                                                                      " enough for ordinary fine-tuning"}
+    assert out["settings"]["model.transfer"] == "full"
+
+
+def test_recipe_endpoint_says_an_upload_with_few_examples_per_class_gets_the_few_shot_recipe(
+        service, alice, toy_sets, tiny_model_dir, tmp_path):
+    few = upload(alice, write_jsonl(tmp_path / "few.jsonl", toy_rows(18, 5)))
+    assert few.status_code == 201, few.text
+    body = {"dataset": few.json()["id"], "config": "tiny",
+            "overrides": {"model.name_or_path": str(tiny_model_dir), "model.random_init": False}}
+    out = alice.post("/v1/recipe", json=body).json()
+    # 9 per class; 2 of the 18 rows carved for validation leave 16 to train on: 8 per class
+    assert out["facts"]["examples_per_class"] == 8.0
+    assert out["auto"]["model.transfer"]["value"] == "few_shot"
+    assert out["auto"]["model.transfer"]["reason"].startswith("8 training examples per class (median) <= 16")
+    forced = alice.post("/v1/recipe", json={**body, "overrides": {**body["overrides"], "data.task": "multi_label",
+                                                                 "model.transfer": "few_shot"}})
+    assert forced.status_code == 422
+    assert forced.json()["problems"][0]["field"] == "overrides.model.transfer"
+    assert "few_shot cannot train this data" in forced.json()["error"]
 
 
 def test_presets_accelerate_configs_and_openapi(service, alice):
