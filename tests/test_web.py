@@ -168,9 +168,9 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     page.get_by_label("Other settings").fill("train.lrr=0.1")
     expect(page.locator("#overrides-error")).to_contain_text("did you mean 'train.lr'")
     expect(page.get_by_label("Transfer mode")).to_have_value("auto")
-    # which recipe the upload gets, and why (200 reviews per class: the ordinary one)
+    # which recipe the upload gets, and why (the tiny preset starts from random weights: the ordinary one)
     expect(page.locator('#recipe .recipe-row[data-field="overrides.model.transfer"] .why')).to_contain_text(
-        "training examples per class (median) > 16")
+        "the encoder starts from random weights")
     page.get_by_label("Other settings").fill("model.random_init=false\ndata.max_length=32\n"
                                            "train.epochs=6\ntrain.lr=0.003\ntrain.batch_size=16\n"
                                            "train.mixed_precision=no\ntrain.logging_steps=5")

@@ -50,9 +50,9 @@ PATIENCE = 3
 """Evaluations without improvement before an auto-length run stops (when it evaluates often enough)."""
 MIN_EVALS_FOR_PATIENCE = 6
 FEW_SHOT_MAX_PER_CLASS = 16
-"""``model.transfer=auto`` picks few_shot up to this many training examples per class (median): on
-Banking77 draws the few-shot method beat the ordinary recipe at 5, 8 and 16 examples per intent
-(benchmarks/recipes.md)."""
+"""``model.transfer=auto`` picks few_shot up to this many training examples per class (median), the
+largest size benchmarks/few_shot.py measures; at 8 per intent of Banking77 the few-shot recipe scored
+0.817 against the ordinary recipe's 0.800 (benchmarks/recipes.md)."""
 
 
 @dataclass
@@ -301,7 +301,8 @@ def resolve_transfer(cfg: Config, facts: Facts, why: dict[str, str]) -> Config:
     elif per_class is not None and per_class <= FEW_SHOT_MAX_PER_CLASS:
         transfer, reason = "few_shot", (f"{per_class:g} training examples per class (median) <="
                                         f" {FEW_SHOT_MAX_PER_CLASS}: prototype head, class-grouped batches and a"
-                                        " contrastive loss measured better than full fine-tuning there")
+                                        " contrastive loss (Banking77, 8 per intent: 0.817 test accuracy against"
+                                        " 0.800 for full fine-tuning)")
     else:
         transfer, reason = "full", (f"{per_class:g} training examples per class (median) >"
                                     f" {FEW_SHOT_MAX_PER_CLASS}: enough for ordinary fine-tuning"
