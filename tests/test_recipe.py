@@ -175,5 +175,5 @@ def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
 
 @pytest.mark.parametrize("name", ["banking77-minilm", "imdb-minilm", "sst2-minilm"])
 def test_shipped_task_recipes_leave_the_adaptive_settings_auto(name):
-    t = load_config(f"configs/{name}.yaml").train
+    t = load_config(name).train
     assert (t.lr, t.head_lr, t.epochs, t.eval_every_steps, t.early_stopping_patience) == ("auto",) * 5

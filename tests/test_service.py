@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import textft
+from textft.presets import presets
 from conftest import toy_rows, write_jsonl
 from service_support import (ServiceProcess, create_key, read_events, upload, wait_for, wait_state)
 
@@ -34,8 +35,12 @@ def tiny_job(tiny_model_dir, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("service")
+    team = root / "team-configs"  # a team's own presets, beside the packaged ones
+    (team / "accelerate").mkdir(parents=True)
+    (team / "team-tiny.yaml").write_text("# The team's debugging preset.\n" + presets()["tiny"].path.read_text())
+    (team / "accelerate" / "team_cpu.yaml").write_text(presets()["accelerate/cpu_2proc"].path.read_text())
     svc = ServiceProcess(root / "data", ["--local-models", str(tiny_model_dir), "--save-every-steps", "0",
-                                         "--grace", "10"], env={"HF_TOKEN": TOKEN}).start()
+                                         "--grace", "10", "--configs", str(team)], env={"HF_TOKEN": TOKEN}).start()
     yield svc
     assert svc.stop() in (0, -15), svc.tail()  # uvicorn ends a graceful stop by re-raising the signal
 
@@ -419,12 +424,15 @@ def test_recipe_endpoint_says_an_upload_with_few_examples_per_class_gets_the_few
 
 
 def test_presets_accelerate_configs_and_openapi(service, alice):
-    presets = {p["name"]: p for p in alice.get("/v1/presets").json()}
-    shipped = {p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
-    assert set(presets) == shipped
-    assert presets["quickstart"]["model"] == "builtin:minilm" and presets["quickstart"]["description"]
+    listed = {p["name"]: p for p in alice.get("/v1/presets").json()}
+    assert set(listed) == {*presets("train"), "team-tiny"}  # the packaged presets and the team's own
+    assert listed["quickstart"]["model"] == "builtin:minilm" and listed["quickstart"]["description"]
+    assert listed["quickstart"]["summary"] == presets()["quickstart"].summary
+    assert listed["team-tiny"]["summary"] == "The team's debugging preset."
     accel = {a["name"]: a for a in alice.get("/v1/accelerate-configs").json()}
+    assert set(accel) == {p.path.stem for p in presets("accelerate").values()} | {"team_cpu"}
     assert accel["cpu_2proc"]["gpus"] == 0 and accel["cpu_2proc"]["num_processes"] == 2
+    assert accel["team_cpu"]["num_processes"] == 2
     assert accel["multi_node"]["num_machines"] == 2
     spec = httpx.get(service.url + "/openapi.json").json()
     assert {"/v1/jobs", "/v1/datasets", "/v1/models/{model_id}/predict", "/v1/jobs/{job_id}/events"} <= set(spec["paths"])

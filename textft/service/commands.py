@@ -43,8 +43,9 @@ def _check_service_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 0:
             problems.append(f"'--{name.replace('_', '-')}' must be >= 0, got {value}")
-    if args.configs is not None and not Path(args.configs).is_dir():
-        problems.append(f"'--configs': directory '{args.configs}' does not exist")
+    for path in args.configs:
+        if not Path(path).is_dir():
+            problems.append(f"'--configs': directory '{path}' does not exist")
     for path in args.local_models:
         if not Path(path).is_dir():
             problems.append(f"'--local-models': directory '{path}' does not exist")
@@ -55,8 +56,6 @@ def _check_service_args(args) -> None:
 def service_main(argv: list[str]) -> int:
     if argv and argv[0] == "keys":
         return keys_main(argv[1:])
-    from textft.service.core import DEFAULT_CONFIGS
-
     parser = argparse.ArgumentParser(
         prog="textft service", description="Fine-tuning as a service: an HTTP API (/v1, OpenAPI at /openapi.json)"
         " with API keys, a persistent job queue and executors. Keys: textft service keys --help.")
@@ -68,8 +67,10 @@ def service_main(argv: list[str]) -> int:
     parser.add_argument("--broker", help="redis://HOST:PORT/DB: share the queue with textft worker processes on"
                                          " other machines (default: an SQLite queue in the data directory)")
     parser.add_argument("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
-    parser.add_argument("--configs", default=str(DEFAULT_CONFIGS) if DEFAULT_CONFIGS.is_dir() else None,
-                        help="directory of preset configs (NAME.yaml) and accelerate/ launch configs")
+    parser.add_argument("--configs", action="append", default=[], metavar="DIR",
+                        help="the team's own presets (NAME.yaml, accelerate/NAME.yaml) on top of the packaged ones"
+                             " (textft configs list); a preset of the same name replaces the packaged one;"
+                             " may be given more than once")
     parser.add_argument("--local-models", nargs="*", default=[], metavar="DIR",
                         help="directories whose models jobs may name as model.name_or_path")
     parser.add_argument("--save-every-steps", type=int, default=100,
@@ -101,7 +102,7 @@ def service_main(argv: list[str]) -> int:
                         datefmt="%H:%M:%S")
     logging.getLogger("textft.service").setLevel(getattr(logging, args.log_level.upper()))
     opts = Options(data_dir=data_dir, host=args.host, port=args.port, workers=args.workers, broker=args.broker,
-                   configs_dir=Path(args.configs) if args.configs else None,
+                   configs_dirs=tuple(Path(p) for p in args.configs),
                    local_models=tuple(Path(p).resolve() for p in args.local_models),
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
                    max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,

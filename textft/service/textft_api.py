@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from textft.version import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
+from textft.presets import presets
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
 from textft.tasks.multi_label import THRESHOLDS_KEY
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
+           "presets",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "task_default_metric", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
