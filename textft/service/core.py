@@ -23,7 +23,8 @@ from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
 from textft.service.layout import DataDir
 from textft.service.models import ModelCache
-from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, start_consumer, stop_consumer
+from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
+                                  stop_consumer)
 from textft.service.scheduler import Monitor
 from textft.service.store import Store
 
@@ -111,7 +112,7 @@ class Service:
         self.monitor.start()
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
-                 self.opts.broker or self.data.queue_db, self.runtime.slots, where)
+                 public_url(self.opts.broker) or self.data.queue_db, self.runtime.slots, where)
 
     def begin_shutdown(self) -> None:
         """Refuse new work and start stopping the running jobs (returns at once)."""
