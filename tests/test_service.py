@@ -436,7 +436,12 @@ def test_presets_accelerate_configs_and_openapi(service, alice):
     assert accel["multi_node"]["num_machines"] == 2
     spec = httpx.get(service.url + "/openapi.json").json()
     assert {"/v1/jobs", "/v1/datasets", "/v1/models/{model_id}/predict", "/v1/jobs/{job_id}/events"} <= set(spec["paths"])
-    assert httpx.get(service.url + "/docs").status_code == 404  # no page that would load assets from a CDN
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"  # /docs can send a key
+    assert spec["paths"]["/v1/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
+    docs = httpx.get(service.url + "/docs")
+    assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text  # no CDN
+    assert "cdn" not in docs.text.lower()
+    assert httpx.get(service.url + "/docs/assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_tasks_endpoint_serves_every_tasks_metrics_as_the_task_classes_define_them(service, alice):

@@ -15,7 +15,7 @@ from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, a
 from textft.tasks.multi_label import THRESHOLDS_KEY
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
-           "presets",
+           "presets", "serve_local_docs",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "task_default_metric", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
@@ -75,6 +75,13 @@ async def batched_logits(batcher, items: list):
     from textft.serving import batched_logits as run
 
     return await run(batcher, items)
+
+
+def serve_local_docs(app) -> None:
+    """``textft serve``'s /docs: Swagger UI from the swagger-ui-bundle package's files, never a CDN."""
+    from textft.serving import serve_local_docs as serve
+
+    serve(app)
 
 
 def micro_batcher(classifier, max_batch_size: int, max_wait_s: float):
