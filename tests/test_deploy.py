@@ -95,7 +95,8 @@ def test_compose_runs_service_worker_and_a_private_redis_on_one_volume():
         assert s["volumes"] == ["data:/data"] and s["build"]["dockerfile"] == "Dockerfile.cpu"
         assert s["environment"]["TEXTFT_BROKER"].startswith("redis://:${REDIS_PASSWORD:?")
         assert s["environment"]["TEXTFT_BROKER"].endswith("@redis:6379/0")
-        assert s["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"
+    assert services["service"]["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"  # for pushes; jobs never see it
+    assert "HF_TOKEN" not in services["worker"]["environment"]
     assert services["service"]["command"] == ["service", "--workers", "0"]
     assert services["worker"]["command"] == ["worker"]
     assert services["service"]["ports"] == ["127.0.0.1:8080:8080"]  # a TLS proxy in front, never bare

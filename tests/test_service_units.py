@@ -289,3 +289,24 @@ def test_broker_passwords_never_reach_logs_or_messages(tmp_path):
     with pytest.raises(ValueError) as e:
         JobQueue(DataDir(tmp_path).create(), "http://:s3cret@host/0")
     assert "s3cret" not in str(e.value) and "***" in str(e.value)
+
+
+def test_a_database_of_a_newer_textft_is_refused_in_one_line_and_left_untouched(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    db_path = DataDir(tmp_path).create().db
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(UserError, match="newer textft .database schema 99.*upgrade textft"):
+        Store(db_path)
+    proc = subprocess.run([sys.executable, "-m", "textft", "service", "keys", "list", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    db = sqlite3.connect(db_path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 99  # not migrated down, nothing created
+    assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    db.close()
