@@ -118,3 +118,14 @@ def test_configs_copy_writes_an_editable_file_and_never_overwrites_unasked(tmp_p
         assert cli(["configs", "copy", "tiny", dest]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["multi_gpu_ddp.yaml", "quickstart.yaml", "space.yaml", "sub"]
+
+
+def test_a_sweep_takes_its_config_and_its_space_by_preset_name(tmp_path, monkeypatch):
+    from textft.sweep_space import parse_sweep, split_config
+
+    monkeypatch.chdir(tmp_path)
+    base_text, section, source = split_config("quickstart", "sweeps/default")
+    assert yaml.safe_load(base_text)["model"]["name_or_path"] == "builtin:minilm" and source == "sweeps/default"
+    assert "train.lr" in parse_sweep(section, source).space
+    with pytest.raises(UserError, match="'quickstart' is a training preset"):
+        split_config("quickstart", "quickstart")
