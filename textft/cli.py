@@ -228,7 +228,7 @@ def is_loopback(host: str) -> bool:
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="textft serve", description="Serve a classifier over HTTP: POST /predict,"
                                      " GET /health, GET /metadata, GET /openapi.json (and /docs with"
-                                     " the swagger-ui-bundle package).")
+                                     " the fastapi-offline package).")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")

@@ -78,7 +78,7 @@ async def batched_logits(batcher, items: list):
 
 
 def serve_local_docs(app) -> None:
-    """``textft serve``'s /docs: Swagger UI from the swagger-ui-bundle package's files, never a CDN."""
+    """``textft serve``'s /docs: Swagger UI from the fastapi-offline package's files, never a CDN."""
     from textft.serving import serve_local_docs as serve
 
     serve(app)
