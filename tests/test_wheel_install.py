@@ -75,7 +75,7 @@ def test_the_quickstart_runs_by_preset_name_from_an_empty_directory(installed):
     listed = run([textft, "configs", "list"], 60, env=installed["env"], cwd=installed["work"]).stdout
     assert "quickstart" in listed and "accelerate/multi_gpu_ddp" in listed
     budget = [] if FULL else ["train.max_steps=4"]  # CI: a few steps prove the presets, assets and weights load
-    out = run([textft, "train", "--config", "quickstart", *budget], 1200, env=installed["env"],
+    out = run([textft, "train", "--config", "quickstart", *budget], 3600 if FULL else 1200, env=installed["env"],
               cwd=installed["work"]).stdout
     assert re.search(r"^model saved to runs/quickstart \(\d+ steps in", out, re.M), out[-2000:]
     assert (installed["work"] / "runs" / "quickstart" / "model.safetensors").is_file()
