@@ -8,7 +8,7 @@ test split (3,080 queries), all three with the bundled MiniLM backbone, in one i
     python benchmarks/few_shot.py --quick                           # 6 intents, 4 examples each, short runs
 
 Sides:
-- ``few_shot``: ``textft train --config configs/banking77-minilm.yaml`` on the drawn rows with
+- ``few_shot``: ``textft train --config banking77-minilm`` on the drawn rows with
   ``model.transfer=auto`` (which picks the few-shot method for so few examples per class; the table
   says what it picked). Validation is carved from the drawn rows, as a user with only those rows would.
 - ``ordinary``: the same command with ``model.transfer=full``: the ordinary auto recipe.
@@ -91,7 +91,7 @@ def textft_side(side: str, train: Path, test: Path, out: Path, seed: int, quick:
     log = out.with_suffix(".log")
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config",
-                               str(ROOT / "configs/banking77-minilm.yaml"), *overrides], cwd=ROOT, stdout=f, stderr=f)
+                               "banking77-minilm", *overrides], cwd=ROOT, stdout=f, stderr=f)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"textft train failed (log: {log}):\n{log.read_text()[-3000:]}")
