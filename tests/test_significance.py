@@ -255,6 +255,33 @@ def test_reports_show_intervals_and_the_classes_a_split_lacks(tmp_path):
     assert f"95%: [{low:.2f}, {high:.2f}]" in text and "no examples" in text and "95% bootstrap interval" in text
 
 
+def test_an_older_run_is_rescored_from_its_predictions_so_value_and_interval_agree(tmp_path):
+    """A run from before macro averages left out absent classes stored a macro-F1 that counts them as
+    zero; its report recomputes the headline metrics from the saved predictions, with their intervals."""
+    from textft.report import write_run_report
+
+    y, pred, _ = single_label_split(seed=4, n=80)
+    run = tmp_path / "old"
+    write_run(run, k=12, outcomes={"test": (y, pred)})
+    ev = json.loads((run / "eval_report.json").read_text())
+    old = ev["splits"]["test"]
+    old["macro_f1"] = float(f1_score(y, pred, labels=list(range(12)), average="macro", zero_division=0))
+    for key in ("macro_classes", "classes_without_examples", "intervals", "interval_method"):
+        old.pop(key, None)
+    for c in old["per_class"].values():
+        c.pop("in_macro"), c.pop("predicted")
+    (run / "eval_report.json").write_text(json.dumps(ev))
+    write_run_report(run)
+    test = json.loads((run / "report.json").read_text())["splits"]["test"]
+    assert test["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro")) and test["macro_f1"] > old["macro_f1"] + 0.2
+    assert test["intervals"]["macro_f1"][0] <= test["macro_f1"] <= test["intervals"]["macro_f1"][1]
+    assert test["macro_classes"] == 6 and len(test["classes_without_examples"]) == 7  # 5 true + 1 only predicted
+    names = list(test["per_class"])
+    assert test["per_class"][names[11]] == {**test["per_class"][names[11]], "support": 0, "in_macro": True}
+    assert test["per_class"][names[1]]["in_macro"] is False and names[1] in test["classes_without_examples"]
+    assert test["rescored_from_predictions"] is True
+
+
 def test_the_service_lists_how_models_on_one_test_set_compare_with_the_best(tmp_path):
     from textft.service.models import tests_on_shared_test_sets
     from textft.service.textft_api import test_set_key

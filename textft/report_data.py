@@ -16,7 +16,6 @@ import yaml
 from textft import task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
-from textft.intervals import METHOD
 
 REPORT_VERSION = 1
 DEFAULT_MISTAKES = 10
@@ -108,14 +107,14 @@ def best_evaluation(ev: dict, eval_records: list[dict], metric: str) -> dict | N
 
 def with_intervals(task, m: dict, rows: list[dict] | None, label_names: list[str]) -> dict:
     """A split's metrics with their 95% intervals: as evaluated, or for a run from before intervals
-    were stored, computed the same way from its saved predictions."""
+    were stored, rescored the same way from its saved predictions (``Task.rescored``)."""
     if m.get("intervals") is not None or not rows or len(rows) != m.get("num_examples"):
         return m
     try:
         truth, (pred,) = task.row_outcomes([rows], m.get("labels") or label_names)
     except (KeyError, TypeError, ValueError):
         return m  # records of another shape: the report goes on without intervals
-    return {**m, "intervals": task.intervals(truth, pred), "interval_method": dict(METHOD)}
+    return task.rescored(m, truth, pred)
 
 
 def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[str, Any]:

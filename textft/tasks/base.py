@@ -172,11 +172,11 @@ class Task:
         return statistics(cls.resampled, truth, pred)
 
     @classmethod
-    def intervals(cls, truth, pred) -> dict[str, list[float] | None]:
+    def intervals(cls, truth, pred, stats=None) -> dict[str, list[float] | None]:
         """The 95% interval of each resampled metric of a split; for the right-or-wrong metric of a split
         where every example is right (or every one wrong), the exact binomial interval instead of the
         bootstrap's zero-width one."""
-        stats = cls.statistics(truth, pred)
+        stats = stats or cls.statistics(truth, pred)
         out = split_intervals(stats)
         ci, n = out.get(cls.exact_test), int(stats.counts.sum())
         if ci and ci[0] == ci[1] and n:
@@ -189,6 +189,32 @@ class Task:
         metrics["intervals"] = cls.intervals(truth, pred)
         metrics["interval_method"] = dict(INTERVAL_METHOD)
         return metrics
+
+    @classmethod
+    def rescored(cls, m: dict[str, Any], truth, pred) -> dict[str, Any]:
+        """A split of a run from before the intervals, brought to today's definitions from its saved
+        predictions: its resampled metrics recomputed (macro averages over the classes present, where the
+        older run counted absent classes as zero), their intervals, and which classes the averages cover.
+        The loss and the calibration need the model's scores and stay as the run stored them."""
+        stats = cls.statistics(truth, pred)
+        out = {**m, **stats.point(), "intervals": cls.intervals(truth, pred, stats),
+               "interval_method": dict(INTERVAL_METHOD), "rescored_from_predictions": True}
+        per_class = m.get("per_class")
+        counts = cls.class_counts(truth, pred, len(per_class)) if per_class else None
+        if counts is not None:
+            support, predicted = counts
+            out["per_class"] = {name: {**c, "support": int(support[i]), "predicted": int(predicted[i]),
+                                       "in_macro": bool(support[i] or predicted[i])}
+                                for i, (name, c) in enumerate(per_class.items())}
+            out["macro_classes"] = int(((support > 0) | (predicted > 0)).sum())
+            out["classes_without_examples"] = [name for i, name in enumerate(per_class) if not support[i]]
+        return out
+
+    @staticmethod
+    def class_counts(truth, pred, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(examples of each of the k classes, predictions of each) from ``row_outcomes``; None for a
+        task without classes."""
+        return None
 
     @classmethod
     def wide_interval(cls, split: str, m: dict) -> str | None:

@@ -289,6 +289,10 @@ class MultiLabel(Task):
             return out
         return hot(runs[0], "labels"), [hot(rows, "pred") for rows in runs]
 
+    @staticmethod
+    def class_counts(truth, pred, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(truth).sum(0)[:k], np.asarray(pred).sum(0)[:k]
+
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
         self.thresholds = tune_thresholds(sigmoid(logits), np.asarray(labels) > 0.5, self.tuning, self.tune_metric)
         self.thresholds_source = "chosen on the validation split"

@@ -155,6 +155,10 @@ class SingleLabel(Task):
         truth = np.array([index[str(r.get("label"))] for r in runs[0]], dtype=np.int64)
         return truth, [np.array([index[str(r.get("pred"))] for r in rows], dtype=np.int64) for rows in runs]
 
+    @staticmethod
+    def class_counts(truth, pred, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.bincount(truth, minlength=k)[:k], np.bincount(pred, minlength=k)[:k]
+
     # -- prediction -------------------------------------------------------------------------------
 
     def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
