@@ -69,6 +69,7 @@ def evaluate_main(argv: list[str]) -> int:
 def report_main(argv: list[str]) -> int:
     from textft.report_data import DEFAULT_MISTAKES, check_run_dir
     from textft.tasks import METRIC_NAMES
+    from textft.tasks.base import shown as with_interval
 
     parser = argparse.ArgumentParser(
         prog="textft report", description="(Re-)render report.json, report.md and report.html of finished runs.")
@@ -88,7 +89,7 @@ def report_main(argv: list[str]) -> int:
         report = json.loads((Path(run_dir) / "report.json").read_text())
         shown = [k for k in report["headline"] if k != "loss"][:2] + ["ece"]
         for split, m in report["splits"].items():
-            print(f"{run_dir} {split}: " + "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in shown
+            print(f"{run_dir} {split}: " + "  ".join(f"{METRIC_NAMES[k]} {with_interval(m, k)}" for k in shown
                                                       if isinstance(m.get(k), (int, float))))
         print(f"report written: {Path(run_dir) / 'report.html'} (also report.md, report.json)")
     return 0

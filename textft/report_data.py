@@ -150,6 +150,10 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     if primary:
         splits = {primary: splits[primary], **{k: v for k, v in splits.items() if k != primary}}
     warnings += [line for split, m in splits.items() if (line := task.wide_interval(split, m))]
+    if rescored := [split for split, m in splits.items() if m.get("rescored_from_predictions")]:
+        warnings.append(f"{', '.join(rescored)}: rescored from the saved predictions of a run from an older textft"
+                        " (macro averages over the classes present, and intervals); the validation during training"
+                        " and the best validation are as the run recorded them")
     return {
         "report_version": REPORT_VERSION,
         "run": run_name(run_dir, cfg),
