@@ -204,9 +204,9 @@ def test_a_validation_split_missing_classes_is_named_before_training(tiny_args, 
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validation split:")]
     assert warnings == ["validation split: 3 examples for 2 classes (1 with no example, 1 with fewer than 2):"
                         " validation macro_f1 rests on one or two examples per class and leaves out the 1 it has"
-                        " none of, so the best model follow noise as much as the model; more validation examples"
-                        " per class (a larger data.validation_split, or a data.validation_file) make them"
-                        " reliable"]
+                        " none of, so the choice of the best model follows noise as much as the model; more"
+                        " validation examples per class (a larger data.validation_split, or a data.validation_file)"
+                        " make it reliable"]
     report = json.loads((tmp_path / "run" / "eval_report.json").read_text())
     test = report["splits"]["test"]
     assert set(test["intervals"]) == {"accuracy", "macro_f1", "weighted_f1"}
@@ -219,7 +219,7 @@ def test_a_thin_validation_split_of_many_classes_and_of_labels():
     labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]  # every class, but 8 of 10 only once
     line = thin_validation(single, labels, "accuracy", early_stopping=True)
     assert line.startswith("validation split: 12 examples for 10 classes (8 with fewer than 2): validation"
-                           " accuracy rests on") and "early stopping and the best model" in line
+                           " accuracy rests on") and "early stopping and the choice of the best model follow" in line
     assert thin_validation(single, labels * 2, "macro_f1", True) is None
     multi = task_class("multi_label")(["a", "b", "c"])
     assert "3 labels (1 with no example" in thin_validation(multi, [[1, 0, 0], [0, 1, 0], [1, 1, 0]] * 3,

@@ -305,12 +305,13 @@ def thin_validation(task, labels: list, metric: str, early_stopping: bool) -> st
     kind = task.output_noun
     gaps = ", ".join(part for part in (f"{missing} with no example" if missing else "",
                                        f"{thin} with fewer than 2" if thin else "") if part)
-    uses = "early stopping and the best model" if early_stopping else "the best model"
+    uses, follow, them = (("early stopping and the choice of the best model", "follow", "them") if early_stopping
+                          else ("the choice of the best model", "follows", "it"))
     absent = f" and leaves out the {missing} it has none of" if missing and metric.startswith("macro") else ""
     return (f"validation split: {len(labels)} examples for {len(counts)} {kind} ({gaps}): validation {metric} rests"
-            f" on one or two examples per class{absent}, so {uses} follow noise as much as the model; more"
+            f" on one or two examples per class{absent}, so {uses} {follow} noise as much as the model; more"
             " validation examples per class (a larger data.validation_split, or a data.validation_file) make"
-            " them reliable")
+            f" {them} reliable")
 
 
 def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = None) -> None:
