@@ -99,6 +99,22 @@ def test_the_95_percent_interval_covers_a_known_accuracy_in_about_95_percent_of_
     assert 0.92 <= covered / draws <= 0.98, covered / draws
 
 
+def test_the_intervals_agree_with_scipys_percentile_bootstrap():
+    """Resampling counts of distinct outcomes is the classic bootstrap: scipy.stats.bootstrap over the
+    examples themselves gives the same percentile intervals, up to resampling noise."""
+    from scipy.stats import bootstrap
+
+    y, pred, _ = single_label_split(seed=5, n=300)
+    ours = split_intervals(task_class("single_label").statistics(y, pred))
+    theirs = {"accuracy": bootstrap(((y == pred).astype(float),), np.mean, method="percentile", n_resamples=4000,
+                                    random_state=1).confidence_interval,
+              "macro_f1": bootstrap((y, pred), lambda a, b: f1_score(a, b, average="macro"), paired=True,
+                                    vectorized=False, method="percentile", n_resamples=1000,
+                                    random_state=1).confidence_interval}
+    for key, ci in theirs.items():
+        assert ours[key] == pytest.approx([ci.low, ci.high], abs=0.015), key
+
+
 def test_intervals_are_seeded_and_a_small_split_is_flagged():
     y, pred, _ = single_label_split(n=60)
     stats = task_class("single_label").statistics(y, pred)
