@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from textft.service.store import Store
 from textft.service.textft_api import UserError, closest
+from textft.service.webhooks import new_secret
 
 PREFIX = "tft_"
 ID_HEX = 12
@@ -67,14 +68,17 @@ def create_key(store: Store, name: str, admin: bool = False, max_queued: int | N
         db.execute("INSERT INTO keys (id, name, salt, hash, admin, max_queued, max_upload_bytes, created_at)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (key_id, name, salt, _hash(secret, salt), int(admin), max_queued, max_upload_bytes, time.time()))
-    return f"{PREFIX}{key_id}_{secret}", describe(store.row("SELECT * FROM keys WHERE id = ?", key_id))
+    webhook_secret = new_secret()
+    store.set_webhook_secret(key_id, webhook_secret)
+    record = describe(store.row("SELECT * FROM keys WHERE id = ?", key_id))
+    return f"{PREFIX}{key_id}_{secret}", {**record, "webhook_secret": webhook_secret}
 
 
 def describe(row: dict) -> dict:
     """A key's record without its salt and hash."""
     return {"id": row["id"], "name": row["name"], "admin": bool(row["admin"]), "max_queued": row["max_queued"],
             "max_upload_bytes": row["max_upload_bytes"], "created_at": row["created_at"],
-            "revoked_at": row["revoked_at"]}
+            "revoked_at": row["revoked_at"], "has_webhook_secret": bool(row.get("webhook_secret"))}
 
 
 def list_keys(store: Store) -> list[dict]:
@@ -90,6 +94,19 @@ def revoke_key(store: Store, id_or_name: str) -> dict:
         if row["revoked_at"] is None:
             db.execute("UPDATE keys SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))
     return describe(store.row("SELECT * FROM keys WHERE id = ?", row["id"]))
+
+
+def rotate_webhook_secret(store: Store, id_or_name: str) -> tuple[dict, str]:
+    """A new webhook secret for a key (the old one no longer signs): its record and the secret."""
+    row = store.row("SELECT * FROM keys WHERE id = ? OR name = ?", id_or_name, id_or_name)
+    if row is None:
+        names = [r["name"] for r in store.rows("SELECT name FROM keys")]
+        raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}")
+    if row["revoked_at"] is not None:
+        raise UserError(f"key '{row['name']}' is revoked; create a new key instead")
+    secret = new_secret()
+    store.set_webhook_secret(row["id"], secret)
+    return describe(row), secret
 
 
 class Verifier:

@@ -15,12 +15,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from textft.service.estimates import recipe_estimate
 from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, write_job_dir
 from textft.service.keys import Principal
 from textft.service.routes_shared import accepting, auth, current_service, iso, key_names, max_queued, new_id, owned, scope
 from textft.service.scheduler import read_new_lines
 from textft.service.core import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
+from textft.service.webhooks import url_problem
 from textft.service.textft_api import (DEFAULT_TASK, UserError, closest, recipe_facts, resolve_recipe,
                                       task_default_metric, task_one_class_per_text, task_outputs)
 
@@ -46,6 +48,8 @@ class JobBody(BaseModel):
                                             description='section.key settings, e.g. {"train.lr": 3e-5}')
     accelerate_config: StrictStr | None = Field(None, description="launch config (GET /v1/accelerate-configs)")
     num_processes: StrictInt | None = Field(None, description="processes (GPUs) for an accelerate_config")
+    webhook_url: StrictStr | None = Field(None, description="POST every state change of the job here, signed with"
+                                          " the key's webhook secret (header X-Textft-Signature-256)")
 
 
 def job_out(service: Service, row: dict, names: dict[str, str] | None = None) -> dict:
@@ -55,7 +59,9 @@ def job_out(service: Service, row: dict, names: dict[str, str] | None = None) ->
     out.update(created_at=iso(row["created_at"]), started_at=iso(row["started_at"]),
                finished_at=iso(row["finished_at"]), cancel_requested=bool(row["cancel_requested"]),
                progress=row["progress"], metrics=row["metrics"],
-               owner=(names or key_names(service.store)).get(row["owner"]))
+               owner=(names or key_names(service.store)).get(row["owner"]), webhook_url=row.get("webhook_url"))
+    if row.get("webhook_url"):
+        out["webhook_deliveries"] = service.store.delivery_counts(row["id"])
     if row["state"] == "queued":
         out["queue_position"] = service.store.row(
             "SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued' AND (priority > ? OR priority = ? AND seq < ?)",
@@ -80,7 +86,13 @@ def create_job(body: JobBody, who: Principal = Depends(auth), service: Service =
     """Queue a fine-tuning job: `textft train` with the preset, the overrides and the uploaded data."""
     accepting(service)
     store = service.store
-    req, cfg, launch, _ = job_request(service, body, who)
+    hook = webhook_problems(service, body, who)
+    try:
+        req, cfg, launch, _ = job_request(service, body, who)
+    except Problems as e:  # every problem at once
+        raise Problems(e.items + hook) from None
+    if hook:
+        raise Problems(hook)
     limit = max_queued(service, who)
     queued = store.row("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state = 'queued'", who.id)["n"]
     if queued >= limit:
@@ -99,9 +111,22 @@ def create_job(body: JobBody, who: Principal = Depends(auth), service: Service =
     except BaseException:
         shutil.rmtree(service.data.job(job_id), ignore_errors=True)
         raise
+    if body.webhook_url:
+        store.set_webhook(job_id, body.webhook_url)
     service.queue.enqueue(job_id, 1)
     service.notifier.notify()
     return job_out(service, store.row("SELECT * FROM jobs WHERE id = ?", job_id))
+
+
+def webhook_problems(service: Service, body: JobBody, who: Principal) -> list[tuple[str, str]]:
+    """What is wrong with a job's webhook: a URL the service will not send to, or a key that cannot sign."""
+    if body.webhook_url is None:
+        return []
+    problem = url_problem(body.webhook_url, service.opts.webhooks.allow_private)
+    if problem is None and not service.store.webhook_secret(who.id):
+        problem = ("'webhook_url': this key has no webhook secret to sign with; get one with POST"
+                   " /v1/me/webhook-secret (or textft service keys webhook-secret NAME)")
+    return [("webhook_url", problem)] if problem else []
 
 
 @router.get("/v1/jobs")
@@ -264,8 +289,9 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     auto = {key: {"value": resolved.to_dict()[key.split(".", 1)[0]][key.split(".", 1)[1]], "reason": reason}
             for key, reason in why.items()}
     total = resolved.train.max_steps or max(1, round(resolved.train.epochs * per_epoch))
+    estimate = await run_in_threadpool(recipe_estimate, service, resolved, total, global_batch)
     return {"config": req.config, "auto": auto, "facts": facts,
-            "plan": {"total_steps": total, "steps_per_epoch": per_epoch},
+            "plan": {"total_steps": total, "steps_per_epoch": per_epoch}, "estimate": estimate,
             "settings": {f"{section}.{k}": v for section, values in resolved.to_dict().items()
                          for k, v in values.items() if f"{section}.{k}" not in HIDDEN}}
 

@@ -15,10 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from textft.service.store_ops import DELIVERIES_INDEX, DELIVERIES_TABLE, OpsRecords, queue_delivery
 from textft.service.textft_api import UserError, __version__
 
-SCHEMA_VERSION = 2
-MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT")}
+SCHEMA_VERSION = 3
+MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
+              3: ("ALTER TABLE keys ADD COLUMN webhook_secret TEXT", "ALTER TABLE jobs ADD COLUMN webhook_url TEXT",
+                  DELIVERIES_TABLE, DELIVERIES_INDEX)}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -35,7 +38,8 @@ CREATE TABLE keys (
     max_queued INTEGER,
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    webhook_secret TEXT
 );
 CREATE TABLE datasets (
     id TEXT PRIMARY KEY,
@@ -79,7 +83,8 @@ CREATE TABLE jobs (
     progress TEXT NOT NULL DEFAULT '{{}}',
     metrics TEXT,
     tail TEXT NOT NULL DEFAULT '{{}}',
-    event_seq INTEGER NOT NULL DEFAULT 0
+    event_seq INTEGER NOT NULL DEFAULT 0,
+    webhook_url TEXT
 );
 CREATE INDEX jobs_by_owner ON jobs(owner, seq);
 CREATE INDEX jobs_by_state ON jobs(state, seq);
@@ -91,6 +96,8 @@ CREATE TABLE events (
     time REAL NOT NULL,
     PRIMARY KEY (job_id, id)
 );
+{DELIVERIES_TABLE};
+{DELIVERIES_INDEX};
 """
 
 JSON_COLUMNS = {"labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
@@ -107,7 +114,7 @@ def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return out
 
 
-class Store:
+class Store(OpsRecords):
     """SQLite access with one connection per thread."""
 
     def __init__(self, path: str | Path):
@@ -129,6 +136,13 @@ class Store:
                 raise UserError(f"'{self.path}' was written by a newer textft (database schema {version}); this"
                                 f" textft {__version__} reads schema {SCHEMA_VERSION} and leaves it as it is: upgrade"
                                 " textft, or restore the backup taken before the upgrade")
+        # The database holds the keys' webhook secrets (shared secrets, stored as they are to sign with):
+        # only the service's user reads it; SQLite gives its -wal and -shm files the same mode.
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            try:
+                path.chmod(0o600)
+            except OSError:  # absent, or another user's file (that user's umask applies)
+                pass
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -172,6 +186,8 @@ def add_event(db: sqlite3.Connection, job_id: str, kind: str, data: dict) -> int
                      (job_id,)).fetchone()[0]
     db.execute("INSERT INTO events (job_id, id, type, data, time) VALUES (?, ?, ?, ?, ?)",
                (job_id, seq, kind, json.dumps(data), time.time()))
+    if kind == "state":  # in the same transaction: a state change and its webhook delivery commit together
+        queue_delivery(db, job_id, seq, data)
     return seq
 
 
