@@ -10,7 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from textft.service.env_options import EnvParser, label
+from textft.service.env_options import EnvParser, label, yes_no
 from textft.service.textft_api import UserError
 
 ENV_DATA_DIR = "TEXTFT_DATA_DIR"
@@ -53,15 +53,6 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
     return problems
 
 
-def _flag(value: str) -> bool:
-    """An on/off option's value from the environment (1/true/yes or 0/false/no)."""
-    if value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(value)
-
-
 def service_main(argv: list[str]) -> int:
     if argv and argv[0] == "keys":
         return keys_main(argv[1:])
@@ -99,7 +90,7 @@ def service_main(argv: list[str]) -> int:
                                                     " port's /metrics needs an admin key)")
     parser.option("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default loopback: bind"
                                                                " it only where Prometheus, not users, reaches)")
-    parser.option("--allow-private-webhooks", type=_flag, nargs="?", const=True, default=False,
+    parser.option("--allow-private-webhooks", type=yes_no, nargs="?", const=True, default=False, metavar="yes|no",
                   help="let jobs send webhooks to loopback and private addresses (default: public addresses only)")
     parser.option("--webhook-timeout", type=float, default=10.0, help="seconds a webhook receiver gets to answer")
     parser.option("--webhook-attempts", type=int, default=8,
