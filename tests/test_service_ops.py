@@ -289,3 +289,100 @@ def test_backup_while_running_and_restore_into_an_empty_directory(ops, alice, ra
         assert "'localhost' resolves to 127.0.0.1, which is a loopback address" in problems["webhook_url"]
     finally:
         assert restored.stop() in (0, -15), restored.tail()
+
+
+# --- the dispatcher on its own: failures, redirects, a restart ------------------------------------
+
+
+def queued_job(store: Store, url: str) -> tuple[str, str]:
+    """A key and a queued job of it with a webhook (rows as POST /v1/jobs writes them); (job id, secret)."""
+    import time
+
+    from textft.service.store import add_event
+
+    _, record = create_key(store, f"k{time.monotonic_ns()}")
+    job_id = f"job_{time.monotonic_ns():x}"
+    with store.transaction() as db:
+        db.execute("INSERT INTO jobs (id, owner, state, config, overrides, dataset, created_at)"
+                   " VALUES (?, ?, 'queued', 'tiny', '{}', 'ds_x', ?)", (job_id, record["id"], time.time()))
+        add_event(db, job_id, "state", {"state": "queued", "attempt": 1})
+    store.set_webhook(job_id, url)
+    return job_id, record["webhook_secret"]
+
+
+def test_undeliverable_webhooks_are_retried_then_given_up_and_redirects_not_followed(tmp_path, receiver):
+    store = Store(tmp_path / "textft.db")
+    dead = f"http://127.0.0.1:{free_port()}/gone"  # nothing listens there
+    dead_job, _ = queued_job(store, dead)
+    settings = webhooks.WebhookSettings(allow_private=True, timeout_s=2, max_attempts=3, retry_s=0.3)
+    dispatcher = webhooks.Dispatcher(store, settings)
+    dispatcher.start()
+    try:
+        wait_for(lambda: store.deliveries(dead_job)[0]["state"] == "failed", 30, "the delivery to be given up")
+    finally:
+        dispatcher.stop()
+    (delivery,) = store.deliveries(dead_job)
+    assert delivery["attempts"] == 3 and all("ConnectionRefusedError" in a["error"] for a in delivery["history"])
+    gaps = [b["at"] - a["at"] for a, b in zip(delivery["history"], delivery["history"][1:])]
+    assert gaps[0] >= 0.9 * 0.3 and gaps[1] >= 0.9 * 0.6  # 0.3 s, then twice that (±10% jitter)
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        job, _ = queued_job(store, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        dispatcher = webhooks.Dispatcher(store, settings)
+        dispatcher.dispatch()
+        wait_for(lambda: store.deliveries(job)[0]["state"] != "pending", 30, "the redirected delivery")
+        dispatcher.stop()
+    finally:
+        server.shutdown()
+    (delivery,) = store.deliveries(job)
+    assert delivery["state"] == "failed" and delivery["attempts"] == 1
+    assert delivery["last_error"] == "answered 302: redirects are not followed"
+
+
+def test_pending_deliveries_survive_a_restart_and_are_signed_with_the_current_secret(tmp_path):
+    got = []
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append((self.rfile.read(int(self.headers["Content-Length"])), self.headers[webhooks.SIGNATURE_HEADER]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = Store(tmp_path / "textft.db")
+        job, old_secret = queued_job(store, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        owner = store.row("SELECT owner FROM jobs WHERE id = ?", job)["owner"]
+        store.close()  # the service stops before sending it
+        store = Store(tmp_path / "textft.db")  # ... and starts again
+        new_secret = webhooks.new_secret()
+        store.set_webhook_secret(owner, new_secret)
+        dispatcher = webhooks.Dispatcher(store, webhooks.WebhookSettings(allow_private=True))
+        dispatcher.start()
+        try:
+            wait_for(lambda: got, 30, "the pending delivery")
+        finally:
+            dispatcher.stop()
+    finally:
+        server.shutdown()
+    (body, signature), = got
+    assert json.loads(body)["state"] == "queued"
+    assert webhooks.verify(new_secret, body, signature) and not webhooks.verify(old_secret, body, signature)
+    assert store.deliveries(job)[0]["state"] == "delivered"
