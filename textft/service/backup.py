@@ -143,6 +143,7 @@ def backup(data_dir: Path, to: Path) -> dict:
                 info.size, info.mtime, info.mode = len(raw), int(time.time()), 0o644
                 tar.addfile(info, io.BytesIO(raw))
             with open(partial, "rb+") as f:
+                os.fchmod(f.fileno(), 0o600)  # it holds the keys' webhook secrets, as the database does
                 os.fsync(f.fileno())
             os.replace(partial, to)
         except BaseException:

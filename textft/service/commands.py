@@ -102,6 +102,7 @@ def service_main(argv: list[str]) -> int:
     try:
         import fastapi  # noqa: F401
         import huey  # noqa: F401
+        import prometheus_client  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
