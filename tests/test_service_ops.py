@@ -8,6 +8,7 @@ whole module; the restored service runs without --allow-private-webhooks.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
@@ -386,3 +387,31 @@ def test_pending_deliveries_survive_a_restart_and_are_signed_with_the_current_se
     assert json.loads(body)["state"] == "queued"
     assert webhooks.verify(new_secret, body, signature) and not webhooks.verify(old_secret, body, signature)
     assert store.deliveries(job)[0]["state"] == "delivered"
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+            if stop.wait(0.2):  # within the per-read timeout, for ever
+                break
+            conn.sendall(bytes([byte]))
+        conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    import time
+
+    started = time.monotonic()
+    try:
+        with pytest.raises((OSError, http.client.HTTPException)):  # what the dispatcher records as a failed attempt
+            webhooks.post(f"http://127.0.0.1:{listener.getsockname()[1]}/", b"{}", {}, 0.5, allow_private=True)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 3

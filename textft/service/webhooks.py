@@ -147,13 +147,28 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float, allow_p
     scheme, host, port, path = split_url(url)
     ip = resolve(host, port, allow_private)
     conn = (_PinnedHTTPS if scheme == "https" else _PinnedHTTP)(host, port, ip, timeout)
+    # ``timeout`` bounds each socket operation; a receiver that trickles its answer a byte at a time
+    # would hold a sender for ever, so the whole attempt is cut off after twice that.
+    deadline = threading.Timer(2 * timeout, _cut_off, (conn,))
+    deadline.start()
     try:
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         response.read(4096)  # what a receiver answers is not kept; a little is read so it can finish
         return response.status
     finally:
+        deadline.cancel()
         conn.close()
+
+
+def _cut_off(conn: http.client.HTTPConnection) -> None:
+    """Wake a send or receive blocked on ``conn`` (a shutdown does; a close from another thread does not)."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
 
 
 @dataclass
