@@ -98,7 +98,7 @@ def revoke_key(store: Store, id_or_name: str) -> dict:
 
 def rotate_webhook_secret(store: Store, id_or_name: str) -> tuple[dict, str]:
     """A new webhook secret for a key (the old one no longer signs): its record and the secret."""
-    row = store.row("SELECT * FROM keys WHERE id = ? OR name = ?", id_or_name, id_or_name)
+    row = store.key_by_id_or_name(id_or_name)
     if row is None:
         names = [r["name"] for r in store.rows("SELECT name FROM keys")]
         raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}")

@@ -45,7 +45,8 @@ class WebhookSecret(BaseModel):
 
 
 @router.get("/metrics", tags=["service"], response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "the Prometheus text format"}})
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "the Prometheus text format"}})
 def metrics(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> Response:
     """The service's metrics in the Prometheus text format (an admin key; or no key on --metrics-port)."""
     if not who.admin:

@@ -60,6 +60,9 @@ def _decoded(row: sqlite3.Row) -> dict[str, Any]:
 class OpsRecords:
     """Webhook secrets, URLs and deliveries (mixed into ``Store``)."""
 
+    def key_by_id_or_name(self, id_or_name: str) -> dict | None:
+        return self.row("SELECT * FROM keys WHERE id = ? OR name = ?", id_or_name, id_or_name)
+
     def set_webhook_secret(self, key_id: str, secret: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE keys SET webhook_secret = ? WHERE id = ?", (secret, key_id))
