@@ -415,3 +415,26 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off():
         stop.set()
         listener.close()
     assert time.monotonic() - started < 3
+
+
+def test_workers_heartbeats_are_files_the_service_reads(tmp_path):
+    """A textft worker (another process, maybe another machine) has no port to scrape: it rewrites a
+    heartbeat file in the shared data directory, which the service's /metrics reports."""
+    import os
+    import time
+
+    from textft.service.beacons import Beacon, read_beacons
+
+    data = DataDir(tmp_path / "data").create()
+    running = {"job_a"}
+    beacon = Beacon(data, "worker", 2, ["0", "1"], lambda: len(running)).start()
+    (record,) = read_beacons(data)
+    assert record["kind"] == "worker" and record["slots"] == 2 and record["busy"] == 1 and record["alive"]
+    assert record["worker"].endswith(f":{os.getpid()}") and record["gpus"] == ["0", "1"]
+    beacon.stop()
+    assert read_beacons(data) == []  # a worker that stops says so
+    gone = tmp_path / "data" / "workers" / "other-host-42.json"  # one killed an hour ago says nothing
+    gone.write_text(json.dumps({"worker": "other-host:42", "kind": "worker", "slots": 1, "busy": 1,
+                                "time": time.time() - 3600}))
+    (stale,) = read_beacons(data)
+    assert not stale["alive"] and stale["age_s"] >= 3600
