@@ -2,6 +2,8 @@
 ``POST /v1/recipe`` before it is queued, then run; the estimate against the job's actual time.
 
     python benchmarks/service_estimates.py                       # MiniLM on Banking77: 300, then 600, 1200, 2400 examples
+    python benchmarks/service_estimates.py --config tiny --data textft/assets/quickstart/train.jsonl \
+        --sizes 40,80,160,320 --epochs 4 --max-eval 60          # the random tiny BERT: minutes on busy cores
     python benchmarks/service_estimates.py --sizes 500,1000,4000 --epochs 2
 
 1. A ``textft service`` subprocess on loopback, one executor; a key; the training data uploaded.

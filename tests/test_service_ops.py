@@ -438,3 +438,15 @@ def test_workers_heartbeats_are_files_the_service_reads(tmp_path):
                                 "time": time.time() - 3600}))
     (stale,) = read_beacons(data)
     assert not stale["alive"] and stale["age_s"] >= 3600
+
+
+def test_jobs_of_different_sizes_give_a_fixed_part_and_a_speed():
+    from textft.service.estimates import Measured, line_through
+
+    def job(samples, wall):
+        return Measured("job", "m", 64, samples / (wall - 40), 40.0, samples, wall)
+
+    fit = line_through([job(320, 50 + 0.1 * 320), job(640, 50 + 0.1 * 640), job(1280, 50 + 0.1 * 1280)])
+    assert fit == pytest.approx((50.0, 0.1))
+    assert line_through([job(320, 80.0), job(400, 90.0)]) is None  # too close in size to tell apart
+    assert line_through([job(320, 90.0), job(960, 80.0)]) is None  # a larger job was faster: noise, not a line
