@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from textft.config import AUTO, Config, TrainConfig
+from textft.run_events import PlanRecord
 from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
 
 REFERENCE_LR = 2e-4
@@ -108,6 +109,15 @@ class Plan:
     @property
     def lower_is_better(self) -> bool:
         return self.metric in LOWER_IS_BETTER
+
+    def record(self, global_batch: int, task: str, step: int = 0) -> PlanRecord:
+        """The plan as the first record of ``train_log.jsonl``, with the run's global batch and task
+        (``step``: where a resumed run starts)."""
+        return PlanRecord(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                          global_batch=global_batch, task=task, metric=self.metric,
+                          lower_is_better=self.lower_is_better, eval_every_steps=self.eval_every_steps,
+                          patience=self.patience, min_delta=self.min_delta, time_budget_s=self.time_budget_s,
+                          step=step)
 
     def epoch_ends_at(self, step: int) -> bool:
         return step % self.steps_per_epoch == 0
