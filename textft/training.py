@@ -311,8 +311,8 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
 def record_failure(cfg: Config, run: Run | None, e: BaseException) -> None:
     """Append how the run failed to its ``train_log.jsonl`` (``textft.run_events`` error records), from
     the main process: once fit has started the log, or from the start with ``output.log_errors`` (the
-    service's jobs, whose output directory is their own). A failed run is never resumed from its
-    error records; nothing else of the directory changes."""
+    service's jobs, whose output directory is their own). Nothing else of the directory changes; a
+    resumed run rewrites its log from the checkpoint, without them."""
     if run is not None and not run.accelerator.is_main_process:
         return
     if run is None and os.environ.get("RANK", "0") != "0":  # Accelerate not set up yet: the launcher's rank
