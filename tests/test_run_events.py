@@ -75,3 +75,27 @@ def test_a_failed_setup_is_recorded_only_where_the_caller_asked(tiny_args, tmp_p
     (error,) = read((out / "train_log.jsonl").read_text().splitlines())
     assert error.kind == "not_found" and error.field == "data.train_file" and error.step is None
     assert "does not exist" in error.message
+
+
+def test_the_report_reads_the_loops_best_and_refuses_a_newer_log_with_a_warning(tmp_path):
+    from run_dirs import write_run
+
+    from textft.report_data import build_report
+
+    run = tmp_path / "run"
+    write_run(run)
+    evaluation = json.loads((run / "eval_report.json").read_text())
+    evaluation.pop("best", None)  # e.g. `textft evaluate --output`: the log is the only source
+    (run / "eval_report.json").write_text(json.dumps(evaluation))
+    legacy = (run / "train_log.jsonl").read_text()
+    plan = Plan(total_steps=60, steps_per_epoch=20, metric="macro_f1").record(16, "single_label")
+    # the loop kept the step-20 weights: a later, higher score within min_delta is not the best
+    (run / "train_log.jsonl").write_text(to_line(plan) + legacy + to_line(BestRecord(20, 1.0, "macro_f1", 0.5, False)))
+    report = build_report(run)
+    assert report["best"] == {"step": 20, "epoch": 1.0, "metric": "macro_f1", "value": 0.5, "source": "train_log.jsonl"}
+    assert len(report["history"]["eval"]) == 3 and report["warnings"] == []
+    newer = {**to_dict(plan), "schema": run_events.SCHEMA + 1}
+    (run / "train_log.jsonl").write_text(json.dumps(newer) + "\n" + legacy)
+    report = build_report(run)
+    assert report["history"] == {"train": [], "eval": []} and report["best"] is None
+    assert any("newer" in w or "schema" in w for w in report["warnings"])
