@@ -374,10 +374,17 @@ def test_the_page_and_its_files_are_served_without_a_key_and_without_outside_ass
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert "http://" not in page.text and "https://" not in page.text
-    for name in ("app.js", "app.css", "favicon.svg"):
+    static = Path(__file__).resolve().parent.parent / "textft" / "service" / "static"
+    names = sorted(str(p.relative_to(static)) for p in static.rglob("*") if p.is_file())
+    assert {"js/main.js", "app.css", "favicon.svg"} <= set(names) and len([n for n in names if n.endswith(".js")]) > 10
+    for name in names:  # every module of the script, the style sheet and the icon
         resp = httpx.get(f"{web_service.url}/static/{name}")
         assert resp.status_code == 200 and resp.headers["x-content-type-options"] == "nosniff", name
         assert "https://" not in resp.text and "http://" not in resp.text.replace("http://www.w3.org/", ""), name
+        if name.endswith(".js"):  # a module script runs only with a JavaScript type, nosniff holds browsers to it
+            assert resp.headers["content-type"] == "text/javascript; charset=utf-8", name
+            assert resp.headers["cache-control"] == "no-cache", name
+    assert '<script type="module" src="/static/js/main.js"></script>' in page.text
     assert httpx.get(web_service.url + "/static/../app.py").status_code == 404
     assert httpx.get(web_service.url + "/v1/jobs").status_code == 401  # the API still wants its key
     spec = httpx.get(web_service.url + "/openapi.json").json()
