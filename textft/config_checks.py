@@ -38,6 +38,8 @@ def _check_train_values(t: TrainConfig, need: Callable[[bool, str, str], None], 
     need(t.huber_delta > 0, "train.huber_delta", f"must be > 0, got {t.huber_delta}")
     need(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0, got {t.max_grad_norm}")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+    need(t.contrastive_weight >= 0, "train.contrastive_weight", f"must be >= 0, got {t.contrastive_weight}")
+    need(t.contrastive_temperature > 0, "train.contrastive_temperature", f"must be > 0, got {t.contrastive_temperature}")
     need(non_negative(t.eval_every_steps), "train.eval_every_steps", f"must be >= 0, got {t.eval_every_steps}")
     need(t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}")
     need(t.num_workers >= 0, "train.num_workers", f"must be >= 0, got {t.num_workers}")

@@ -191,6 +191,8 @@ class RecipeFactsOut(BaseModel):
     task: str
     default_metric: str
     pairs: bool
+    examples_per_class: float | None = Field(None, description="median training examples per class (tasks with"
+                                                                " one class per text), which decides the transfer")
 
 
 class RecipeOut(BaseModel):
