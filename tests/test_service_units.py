@@ -83,7 +83,7 @@ PLAN = PlanRecord(total_steps=40, steps_per_epoch=20, global_batch=16, task="sin
                                                          " Tried to allocate 2.00 GiB", None, 10)], 1,
      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", False),
     ([PLAN, ErrorRecord("interrupted", "stopped by SIGTERM after step 3; the checkpoints ...", None, 3)], 1,
-     "stopped by SIGTERM after step 3; the checkpoints ...", False),
+     "stopped by SIGTERM after step 3; the checkpoints ...", True),  # a stop the service did not ask for
     # no record of why: killed by a signal the process cannot catch (the launcher exits 1 then)
     ([PLAN, TrainRecord(10, 0.5, 0.7, 1e-4)], 1,
      "the training process was killed by SIGKILL (out of memory?) or crashed before it could record why", True),

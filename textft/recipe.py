@@ -301,7 +301,7 @@ def resolve_transfer(cfg: Config, facts: Facts, why: dict[str, str]) -> Config:
     explicit few_shot the data cannot use is refused."""
     transfer, problem = cfg.model.transfer, few_shot_problem(facts)
     if transfer == "few_shot" and problem:
-        raise UserError(f"'model.transfer': few_shot cannot train this data: {problem}; use full")
+        raise UserError(f"'model.transfer': few_shot cannot train this data: {problem}; use full", "model.transfer")
     if transfer != AUTO:
         return cfg
     per_class = facts.examples_per_class

@@ -81,12 +81,15 @@ def failure_reason(summary: RunSummary | None, rc: int | None) -> tuple[str, boo
     """The one-line reason an attempt failed, and whether it was killed (worth resuming) rather than wrong.
 
     The training process records every failure it sees (``error`` records: a problem of the config or
-    the data, an exception, a stop signal); a process that ended without one was killed by a signal
-    it cannot catch (SIGKILL: out of memory, most likely) or crashed in native code. ``summary`` is
-    None when the log is of a newer schema than this service reads.
+    the data, an exception, a stop signal, which is resumed like a kill); a process that ended without
+    one was killed by a signal it cannot catch (SIGKILL: out of memory, most likely) or crashed in
+    native code. ``summary`` is None when the log is of a newer schema than this service reads.
     """
     if summary is not None and summary.errors:
-        return "; ".join(dict.fromkeys(e.message for e in summary.errors)), False
+        # a stop signal the service did not send (it cancels and shuts down by itself) is an
+        # interruption like a kill: the run resumes from its checkpoint
+        stopped = all(e.kind == "interrupted" for e in summary.errors)
+        return "; ".join(dict.fromkeys(e.message for e in summary.errors)), stopped
     if rc is not None and rc > 128:
         try:
             name = signal.Signals(rc - 128).name

@@ -44,6 +44,7 @@ class MeOut(BaseModel):
 
 class PresetOut(BaseModel):
     name: str
+    summary: str = Field(description="the preset's one-line description")
     description: str
     model: str | None = Field(description="model.name_or_path of the preset")
     settings: dict[str, Any] = Field(description="section.key settings of the preset a job may override")
@@ -51,6 +52,7 @@ class PresetOut(BaseModel):
 
 class AccelerateConfigOut(BaseModel):
     name: str
+    summary: str = Field(description="the launch config's one-line description")
     description: str
     distributed_type: str
     num_processes: int
