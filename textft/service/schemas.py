@@ -9,6 +9,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_serializer
 
 
+class Answer(BaseModel):
+    """An answer of a fixed shape. A key the route returns that the model does not declare is an error
+    (the route answers 500 and its tests fail), not dropped without a word: every field is declared."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Sparse(BaseModel):
     """A model whose answer holds the fields that have a value, as the record behind it does (a
     running job's progress grows as its records arrive): fields never set are left out, not null."""
@@ -22,19 +29,19 @@ class Sparse(BaseModel):
 # --- the service ------------------------------------------------------------------------------
 
 
-class HealthOut(BaseModel):
+class HealthOut(Answer):
     status: str = Field(description="ok, or stopping while the service shuts down")
     version: str
 
 
-class LimitsOut(BaseModel):
+class LimitsOut(Answer):
     max_queued_jobs: int
     max_upload_bytes: int
     max_texts_per_prediction: int
     max_chars_per_text: int
 
 
-class MeOut(BaseModel):
+class MeOut(Answer):
     id: str
     name: str
     admin: bool
@@ -42,7 +49,7 @@ class MeOut(BaseModel):
     queued_jobs: int
 
 
-class PresetOut(BaseModel):
+class PresetOut(Answer):
     name: str
     summary: str = Field(description="the preset's one-line description")
     description: str
@@ -50,7 +57,7 @@ class PresetOut(BaseModel):
     settings: dict[str, Any] = Field(description="section.key settings of the preset a job may override")
 
 
-class AccelerateConfigOut(BaseModel):
+class AccelerateConfigOut(Answer):
     name: str
     summary: str = Field(description="the launch config's one-line description")
     description: str
@@ -63,7 +70,7 @@ class AccelerateConfigOut(BaseModel):
 # --- datasets ---------------------------------------------------------------------------------
 
 
-class DatasetOut(BaseModel):
+class DatasetOut(Answer):
     id: str
     name: str
     filename: str
@@ -82,7 +89,7 @@ class DatasetOut(BaseModel):
     owner: str | None
 
 
-class ColumnsOut(BaseModel):
+class ColumnsOut(Answer):
     filename: str
     columns: list[str]
     rows: list[dict[str, Any]] = Field(description="the first rows, values as the file holds them")
@@ -154,6 +161,7 @@ class JobMetricsOut(Sparse):
 
 
 class JobOut(Sparse):
+    model_config = ConfigDict(extra="forbid")  # as an Answer's
     id: str
     state: str = Field(description="queued, running, succeeded, failed or cancelled")
     config: str
@@ -176,12 +184,12 @@ class JobOut(Sparse):
     queue_position: int | None = Field(None, description="1 for the next job to start (queued jobs only)")
 
 
-class AutoSetting(BaseModel):
+class AutoSetting(Answer):
     value: Any
     reason: str
 
 
-class RecipeFactsOut(BaseModel):
+class RecipeFactsOut(Answer):
     non_embedding_params: int
     fresh_head: bool
     pretrained_encoder: bool
@@ -197,7 +205,7 @@ class RecipeFactsOut(BaseModel):
                                                                 " one class per text), which decides the transfer")
 
 
-class RecipeOut(BaseModel):
+class RecipeOut(Answer):
     config: str
     auto: dict[str, AutoSetting] = Field(description="each setting the recipe chose, with its value and reason")
     facts: RecipeFactsOut = Field(description="what the recipe looked at")
@@ -209,7 +217,7 @@ class RecipeOut(BaseModel):
 # --- models -----------------------------------------------------------------------------------
 
 
-class ModelOut(BaseModel):
+class ModelOut(Answer):
     id: str
     job: str
     config: str
@@ -240,7 +248,7 @@ class PushBody(BaseModel):
     private: StrictBool = False
 
 
-class PushOut(BaseModel):
+class PushOut(Answer):
     url: str
     repo_id: str
 
