@@ -29,6 +29,9 @@ UPLOAD_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
         "label_column": {"type": "string", "default": "label"},
         "name": {"type": "string", "description": "display name (default: the file name)"},
         "drop_empty": {"type": "boolean", "default": False}}}}}}}
+COLUMNS_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+        "file": {"type": "string", "format": "binary", "description": "csv, tsv, json, jsonl or parquet"}}}}}}}
 
 
 def dataset_out(service: Service, row: dict, names: dict[str, str] | None = None) -> dict:
@@ -93,7 +96,7 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
     return dataset_out(service, store.dataset(dataset_id))
 
 
-@router.post("/v1/datasets/columns", response_model=ColumnsOut)
+@router.post("/v1/datasets/columns", openapi_extra=COLUMNS_FORM, response_model=ColumnsOut)
 async def dataset_columns(request: Request, who: Principal = Depends(auth),
                           service: Service = Depends(current_service)) -> dict:
     """Column names and first rows of a file, to choose text_column, label_column and (for sentence
