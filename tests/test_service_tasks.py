@@ -86,8 +86,7 @@ def test_recipe_of_a_dataset_stored_before_tasks_were_recorded_reads_the_file_on
 
 
 def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
-    from textft.service.store import SCHEMA, SCHEMA_VERSION, Store
-    from textft.service.store_ops import DELIVERIES_INDEX, DELIVERIES_TABLE
+    from textft.service.store import DELIVERIES_INDEX, DELIVERIES_TABLE, SCHEMA, SCHEMA_VERSION, Store
 
     old = SCHEMA.replace(",\n    task TEXT,\n    text_pair_column TEXT\n", "\n")
     # and without what schema 3 added: the keys' webhook secrets, the jobs' webhooks and their deliveries

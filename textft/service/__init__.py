@@ -2,8 +2,8 @@
 
 Training stays what ``textft train`` does; the service only schedules it. Modules:
 
-- store: the SQLite database (keys, datasets, jobs, events), one transaction per state change;
-  store_ops: its webhook secrets, URLs and delivery outbox, and what metrics and estimates read
+- store: the SQLite database (keys, datasets, jobs, events, webhook deliveries), one transaction per
+  state change, and every SQL statement of the service
 - keys: API keys (salted scrypt hashes) and their verification
 - datasets: streamed uploads under a size limit, checked like ``textft train`` checks its data
 - jobs: presets, request checks, the job directory (job.yaml = a ``textft train`` config)

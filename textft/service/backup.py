@@ -25,15 +25,13 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from textft.service.layout import DataDir
-from textft.service.store import SCHEMA_VERSION, Store
-from textft.service.store_ops import snapshot_contents
+from textft.service.store import SCHEMA_VERSION, Store, database_contents, snapshot_database
 from textft.service.textft_api import UserError, __version__
 
 ROOT = "textft-backup"
@@ -47,18 +45,6 @@ CHUNK = 1 << 20
 
 def _compressed(path: Path) -> bool:
     return path.name.endswith((".tar.gz", ".tgz"))
-
-
-def snapshot_database(db_path: Path, dest: Path) -> dict:
-    """A consistent copy of the live database at ``dest`` (SQLite's online backup), and what it names."""
-    source = sqlite3.connect(db_path, timeout=30)
-    target = sqlite3.connect(dest)
-    try:
-        source.backup(target)  # all pages in one step: one read transaction, one consistent state
-        return snapshot_contents(target)
-    finally:
-        target.close()
-        source.close()
 
 
 def _files(root: Path) -> list[Path]:
@@ -230,11 +216,7 @@ def restore(archive: Path, data_dir: Path) -> dict:
                 _unpack(tar, manifest, staging, archive)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise UserError(f"'--from': '{archive}' cannot be read as a backup: {e}") from None
-        db = sqlite3.connect(staging / "textft.db")
-        try:
-            check = snapshot_contents(db)
-        finally:
-            db.close()
+        check = database_contents(staging / "textft.db")
         if check["integrity"] != "ok":
             raise UserError(f"'--from': the database in '{archive}' is damaged ({check['integrity']})")
         for entry in sorted(staging.iterdir()):

@@ -118,7 +118,7 @@ class Service:
         self.monitor.recover()
         self.checker = Checker(self.data.cache / "uploads")
         self.checker.warm_up()
-        self.consumer = start_consumer(self.queue.huey, self.runtime)
+        self.consumer = start_consumer(self.queue, self.runtime)
         self.monitor.start()
         self.webhooks.start()
         if self.runtime.slots:

@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 
 from textft.service.core import Service
 from textft.service.keys import Principal
-from textft.service.routes_shared import auth, current_service, iso, owned
+from textft.service.problems import ERROR_RESPONSES
+from textft.service.routes_shared import auth, current_service, iso, visible
 from textft.service.webhooks import SIGNATURE_HEADER, new_secret
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 class Attempt(BaseModel):
@@ -58,7 +59,7 @@ def metrics(who: Principal = Depends(auth), service: Service = Depends(current_s
 @router.get("/v1/jobs/{job_id}/deliveries", tags=["jobs"], response_model=list[Delivery])
 def deliveries(job_id: str, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
     """Every webhook delivery of the job (one per state change) with its attempts."""
-    owned(service.store, "jobs", "job", job_id, who)
+    visible(service.store.job(job_id), who, "job", job_id)
     return [{"id": f"{d['job_id']}.{d['event_id']}", "event_id": d["event_id"], "state": d["state"], "url": d["url"],
              "attempts": d["attempts"], "last_status": d["last_status"], "last_error": d["last_error"],
              "created_at": iso(d["created_at"]), "finished_at": iso(d["finished_at"]),
