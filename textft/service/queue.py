@@ -97,6 +97,11 @@ class JobQueue:
         """(job id, attempt) of every message still waiting in the queue."""
         return {(t.args[0], t.args[1]) for t in self.huey.pending()}
 
+    def ping(self) -> None:
+        """Raises when the broker cannot be reached (a worker checks this before it starts)."""
+        if self.broker:
+            self.huey.storage.conn.ping()
+
 
 # --- executors --------------------------------------------------------------------------------
 
@@ -146,6 +151,8 @@ class Runtime:
     grace_s: float = 60.0
     """Seconds a stopped job gets to finish its step before SIGKILL."""
     stopping: threading.Event = field(default_factory=threading.Event)
+    running: set = field(default_factory=set)
+    """Ids of the jobs this process runs now (its heartbeat reports how many)."""
 
 
 RUNTIME: Runtime | None = None
@@ -251,11 +258,13 @@ def run_job(job_id: str, attempt: int) -> None:
             outcome["reason"] = "cancelled" if cancel.exists() else "shutdown"
             return
         gpus = taken
+        rt.running.add(job_id)
         outcome.update(_supervise(rt, job_dir, spec, attempt, gpus, heartbeat))
     except Exception as e:
         outcome.update(reason="error", error=f"the executor could not run the job: {e}")
         raise
     finally:
+        rt.running.discard(job_id)
         rt.devices.release(gpus)
         write_json(job_dir / f"exit-{attempt}.json", {**outcome, "finished_at": time.time()})
         _wait_until_settled(rt, job_dir, attempt)
@@ -327,13 +336,14 @@ class EmbeddedConsumer(Consumer):
         pass
 
 
-def start_consumer(huey, runtime: Runtime) -> EmbeddedConsumer | None:
+def start_consumer(queue: JobQueue, runtime: Runtime) -> EmbeddedConsumer | None:
+    """Executors of this process taking jobs from ``queue`` (none when ``runtime.slots`` is 0)."""
     global RUNTIME
     RUNTIME = runtime
     if runtime.slots < 1:
         return None
     logging.getLogger("huey").setLevel(logging.WARNING)
-    consumer = EmbeddedConsumer(huey, workers=runtime.slots, worker_type="thread", periodic=False,
+    consumer = EmbeddedConsumer(queue.huey, workers=runtime.slots, worker_type="thread", periodic=False,
                                 initial_delay=0.1, backoff=1.15, max_delay=1.0, check_worker_health=False)
     consumer.start()
     return consumer

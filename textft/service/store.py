@@ -1,8 +1,10 @@
-"""The service's state: one SQLite database (``DATA_DIR/textft.db``) in WAL mode.
+"""The service's state: one SQLite database (``DATA_DIR/textft.db``) in WAL mode, and every SQL
+statement of the service (no other module writes SQL).
 
 Every state change is one ``BEGIN IMMEDIATE`` transaction, so a service killed at any moment
 leaves either the old or the new state, and the key commands (another process) can write while
-the service runs. Large things (uploads, runs, logs) live in files; rows point at them.
+the service runs. Large things (uploads, runs, logs) live in files; rows point at them. Reads that
+depend on who asks take ``owner``: a key's id, or None for an admin key (every row).
 """
 
 from __future__ import annotations
@@ -17,8 +19,29 @@ from typing import Any, Iterator
 
 from textft.service.textft_api import UserError, __version__
 
-SCHEMA_VERSION = 2
-MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT")}
+DELIVERIES_TABLE = """CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    event_id INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    history TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    finished_at REAL
+)"""
+"""The webhook outbox: one row per state change of a job with a webhook, written with the change."""
+DELIVERIES_INDEX = "CREATE INDEX deliveries_due ON deliveries(state, next_at)"
+HISTORY = 20
+"""Attempts a delivery keeps (the first and the latest)."""
+SCHEMA_VERSION = 3
+MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
+              3: ("ALTER TABLE keys ADD COLUMN webhook_secret TEXT", "ALTER TABLE jobs ADD COLUMN webhook_url TEXT",
+                  DELIVERIES_TABLE, DELIVERIES_INDEX)}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -35,7 +58,8 @@ CREATE TABLE keys (
     max_queued INTEGER,
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    webhook_secret TEXT
 );
 CREATE TABLE datasets (
     id TEXT PRIMARY KEY,
@@ -79,7 +103,8 @@ CREATE TABLE jobs (
     progress TEXT NOT NULL DEFAULT '{{}}',
     metrics TEXT,
     tail TEXT NOT NULL DEFAULT '{{}}',
-    event_seq INTEGER NOT NULL DEFAULT 0
+    event_seq INTEGER NOT NULL DEFAULT 0,
+    webhook_url TEXT
 );
 CREATE INDEX jobs_by_owner ON jobs(owner, seq);
 CREATE INDEX jobs_by_state ON jobs(state, seq);
@@ -91,9 +116,11 @@ CREATE TABLE events (
     time REAL NOT NULL,
     PRIMARY KEY (job_id, id)
 );
+{DELIVERIES_TABLE};
+{DELIVERIES_INDEX};
 """
 
-JSON_COLUMNS = {"labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
+JSON_COLUMNS = {"history", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
 
 
 def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -129,6 +156,13 @@ class Store:
                 raise UserError(f"'{self.path}' was written by a newer textft (database schema {version}); this"
                                 f" textft {__version__} reads schema {SCHEMA_VERSION} and leaves it as it is: upgrade"
                                 " textft, or restore the backup taken before the upgrade")
+        # The database holds the keys' webhook secrets (shared secrets, stored as they are to sign with):
+        # only the service's user reads it; SQLite gives its -wal and -shm files the same mode.
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            try:
+                path.chmod(0o600)
+            except OSError:  # absent, or another user's file (that user's umask applies)
+                pass
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -165,6 +199,243 @@ class Store:
             db.close()
             self._local.db = None
 
+    # -- keys -----------------------------------------------------------------------------------
+
+    def key(self, key_id: str) -> dict | None:
+        return self.row("SELECT * FROM keys WHERE id = ?", key_id)
+
+    def keys(self) -> list[dict]:
+        return self.rows("SELECT * FROM keys ORDER BY created_at")
+
+    def key_names(self) -> dict[str, str]:
+        """Key id → name."""
+        return {r["id"]: r["name"] for r in self.rows("SELECT id, name FROM keys")}
+
+    def insert_key(self, key_id: str, name: str, salt: bytes, hashed: bytes, admin: bool, max_queued: int | None,
+                   max_upload_bytes: int | None) -> bool:
+        """False when a key of that name exists."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
+                return False
+            db.execute("INSERT INTO keys (id, name, salt, hash, admin, max_queued, max_upload_bytes, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (key_id, name, salt, hashed, int(admin), max_queued, max_upload_bytes, time.time()))
+        return True
+
+    def revoke_key(self, id_or_name: str) -> dict | None:
+        """The key (revoked now, or earlier), None when no key has that id or name."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id, revoked_at FROM keys WHERE id = ? OR name = ?", (id_or_name, id_or_name)).fetchone()
+            if row is None:
+                return None
+            if row["revoked_at"] is None:
+                db.execute("UPDATE keys SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))
+        return self.key(row["id"])
+
+    # -- datasets -------------------------------------------------------------------------------
+
+    def dataset(self, dataset_id: str) -> dict | None:
+        return self.row("SELECT * FROM datasets WHERE id = ?", dataset_id)
+
+    def datasets(self, owner: str | None) -> list[dict]:
+        return self.rows(f"SELECT * FROM datasets WHERE {_OWNED} ORDER BY created_at", owner, owner)
+
+    def dataset_ids(self) -> set[str]:
+        return {r["id"] for r in self.rows("SELECT id FROM datasets")}
+
+    def insert_dataset(self, record: dict) -> None:
+        """A checked upload: ``record`` holds every column of the datasets table."""
+        names = ", ".join(record)
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO datasets ({names}) VALUES ({', '.join('?' * len(record))})",
+                       tuple(dumps(v) if k in JSON_COLUMNS else v for k, v in record.items()))
+
+    def set_dataset_task(self, dataset_id: str, task: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE datasets SET task = ? WHERE id = ? AND task IS NULL", (task, dataset_id))
+
+    def delete_dataset(self, dataset_id: str) -> list[str]:
+        """Deleted unless queued or running jobs use it; returns those jobs (nothing deleted then)."""
+        with self.transaction() as db:
+            users = [r[0] for r in db.execute(
+                f"SELECT id FROM jobs WHERE state IN {ACTIVE} AND ? IN (dataset, validation_dataset, test_dataset)",
+                (dataset_id,)).fetchall()]
+            if not users:
+                db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+        return users
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> dict | None:
+        return self.row("SELECT * FROM jobs WHERE id = ?", job_id)
+
+    def jobs(self, owner: str | None, state: str | None = None) -> list[dict]:
+        """Jobs in the order they were created; ``state`` filters."""
+        return self.rows(f"SELECT * FROM jobs WHERE {_OWNED} AND (? IS NULL OR state = ?) ORDER BY seq",
+                         owner, owner, state, state)
+
+    def models(self, owner: str | None) -> list[dict]:
+        """The jobs that succeeded, in the order they finished."""
+        return self.rows(f"SELECT * FROM jobs WHERE state = 'succeeded' AND {_OWNED} ORDER BY finished_at",
+                         owner, owner)
+
+    def job_ids(self) -> set[str]:
+        return {r["id"] for r in self.rows("SELECT id FROM jobs")}
+
+    def active_jobs(self) -> list[dict]:
+        return self.rows(f"SELECT * FROM jobs WHERE state IN {ACTIVE} ORDER BY seq")
+
+    def queued_jobs(self) -> list[dict]:
+        return self.rows("SELECT id, attempt, priority FROM jobs WHERE state = 'queued' ORDER BY seq")
+
+    def queued_count(self, owner: str) -> int:
+        return self.row("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state = 'queued'", owner)["n"]
+
+    def queue_position(self, job: dict) -> int:
+        """1 for the queued job that runs next."""
+        return self.row("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued' AND (priority > ? OR priority = ?"
+                        " AND seq < ?)", job["priority"], job["priority"], job["seq"])["n"] + 1
+
+    def insert_job(self, job_id: str, owner: str, config: str, overrides: dict, accelerate_config: str | None,
+                   dataset: str, validation_dataset: str | None, test_dataset: str | None) -> None:
+        """A queued job, with its first event."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO jobs (id, owner, state, config, overrides, accelerate_config, dataset,"
+                       " validation_dataset, test_dataset, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, owner, config, dumps(overrides), accelerate_config, dataset, validation_dataset,
+                        test_dataset, time.time()))
+            add_event(db, job_id, "state", {"state": "queued", "attempt": 1})
+
+    def cancel_job(self, job_id: str) -> None:
+        """A queued job is cancelled at once; a running one is marked, and its monitor ends it."""
+        with self.transaction() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            if state == "queued":
+                db.execute("UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?,"
+                           " stop_reason = 'cancelled' WHERE id = ?", (time.time(), job_id))
+                add_event(db, job_id, "state", {"state": "cancelled", "stop_reason": "cancelled"})
+            elif state == "running":
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                add_event(db, job_id, "state", {"state": "running", "cancel_requested": True})
+
+    def delete_job(self, job_id: str) -> str | None:
+        """A finished job and its events; returns the state of an active one instead (nothing deleted)."""
+        with self.transaction() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            if state in ACTIVE:
+                return state
+            db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return None
+
+    def events_after(self, job_id: str, last: int, limit: int = 500) -> list[dict]:
+        return self.rows("SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+                         job_id, last, limit)
+
+    # -- job progress (the monitor) -------------------------------------------------------------
+
+    def start_job(self, job_id: str, attempt: int, claimed_at: float, worker: str) -> bool:
+        """Queued → running (False when it was cancelled meanwhile)."""
+        with self.transaction() as db:
+            started = db.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?),"
+                                 " worker = ? WHERE id = ? AND state = 'queued'",
+                                 (claimed_at, worker, job_id)).rowcount
+            if started:
+                add_event(db, job_id, "state", {"state": "running", "attempt": attempt, "worker": worker})
+        return bool(started)
+
+    def record_progress(self, job_id: str, progress: dict, tail: dict, events: list[tuple[str, dict]]) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET progress = ?, tail = ? WHERE id = ?", (dumps(progress), dumps(tail), job_id))
+            for kind, data in events:
+                add_event(db, job_id, kind, data)
+
+    def end_job(self, job_id: str, state: str, error: str | None, metrics: dict | None,
+                stop_reason: str | None) -> bool:
+        """An active job finished (False when it had already ended)."""
+        with self.transaction() as db:
+            ended = db.execute(f"UPDATE jobs SET state = ?, finished_at = ?, error = ?, metrics = ?, stop_reason = ?"
+                               f" WHERE id = ? AND state IN {ACTIVE}",
+                               (state, time.time(), error, dumps(metrics) if metrics else None, stop_reason,
+                                job_id)).rowcount
+            if ended:
+                add_event(db, job_id, "state", {"state": state, "error": error, "stop_reason": stop_reason,
+                                                "metrics": metrics})
+        return bool(ended)
+
+    def requeue_job(self, job_id: str, attempt: int, priority: int, interrupted: bool, why: str) -> bool:
+        """An active job queued again as ``attempt`` (False when it had already ended)."""
+        with self.transaction() as db:
+            requeued = db.execute(f"UPDATE jobs SET state = 'queued', attempt = ?, priority = ?,"
+                                  f" interruptions = interruptions + ? WHERE id = ? AND state IN {ACTIVE}",
+                                  (attempt, priority, int(interrupted), job_id)).rowcount
+            if requeued:
+                add_event(db, job_id, "state", {"state": "queued", "attempt": attempt, "reason": why})
+        return bool(requeued)
+
+
+    # -- webhooks: secrets, URLs, the delivery outbox --------------------------------------------
+
+    def key_by_id_or_name(self, id_or_name: str) -> dict | None:
+        return self.row("SELECT * FROM keys WHERE id = ? OR name = ?", id_or_name, id_or_name)
+
+    def set_webhook_secret(self, key_id: str, secret: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE keys SET webhook_secret = ? WHERE id = ?", (secret, key_id))
+
+    def set_webhook(self, job_id: str, url: str) -> None:
+        """A job's webhook, with a delivery of each state change it already had (it was created queued
+        before this, and may have started since)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET webhook_url = ? WHERE id = ?", (url, job_id))
+            for event_id, data in db.execute("SELECT id, data FROM events WHERE job_id = ? AND type = 'state'"
+                                             " ORDER BY id", (job_id,)).fetchall():
+                queue_delivery(db, job_id, event_id, json.loads(data))
+
+    def due_deliveries(self, now: float, limit: int) -> list[dict]:
+        """Pending deliveries due now, each the oldest pending one of its job (a receiver gets a job's
+        changes in order), with the signing secret of the job's key (``secret``)."""
+        return self.rows("SELECT d.*, k.webhook_secret AS secret FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+                         " JOIN keys k ON k.id = j.owner WHERE d.state = 'pending' AND d.next_at <= ? AND d.id ="
+                         " (SELECT MIN(id) FROM deliveries p WHERE p.job_id = d.job_id AND p.state = 'pending')"
+                         " ORDER BY d.next_at LIMIT ?", now, limit)
+
+    def record_attempt(self, delivery_id: int, attempt: dict, state: str, next_at: float | None) -> None:
+        """One attempt's outcome; ``state``: pending (tried again at ``next_at``), delivered or failed."""
+        with self.transaction() as db:
+            row = db.execute("SELECT history FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                return  # the job was deleted meanwhile
+            history = json.loads(row[0]) + [attempt]
+            history = history[:1] + history[1 - HISTORY:] if len(history) > HISTORY else history
+            db.execute("UPDATE deliveries SET attempts = attempts + 1, state = ?, next_at = COALESCE(?, next_at),"
+                       " last_status = ?, last_error = ?, history = ?, finished_at = ? WHERE id = ?",
+                       (state, next_at, attempt.get("status"), attempt.get("error"), dumps(history),
+                        None if state == "pending" else time.time(), delivery_id))
+
+    def deliveries(self, job_id: str) -> list[dict]:
+        return self.rows("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", job_id)
+
+    def delivery_counts(self, job_id: str | None = None) -> dict[str, int]:
+        """Deliveries by state, of one job or of all."""
+        rows = self.rows("SELECT state, COUNT(*) AS n FROM deliveries WHERE ? IS NULL OR job_id = ? GROUP BY state",
+                         job_id, job_id)
+        return {"pending": 0, "delivered": 0, "failed": 0, **{r["state"]: r["n"] for r in rows}}
+
+    # -- what operators read: metrics, estimates -------------------------------------------------
+
+    def job_counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    def timed_jobs(self, limit: int = 200) -> list[dict]:
+        """The latest jobs that succeeded at their first attempt: their times are one uninterrupted run."""
+        return self.rows("SELECT id, started_at, finished_at, progress, metrics FROM jobs WHERE state = 'succeeded'"
+                         " AND attempt = 1 AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?", limit)
+
+
+_OWNED = "(? IS NULL OR owner = ?)"
+"""The rows a key may see: its own, or every row for an admin (owner None)."""
+
 
 def add_event(db: sqlite3.Connection, job_id: str, kind: str, data: dict) -> int:
     """Append an event to a job's stream inside the caller's transaction; returns its id."""
@@ -172,7 +443,46 @@ def add_event(db: sqlite3.Connection, job_id: str, kind: str, data: dict) -> int
                      (job_id,)).fetchone()[0]
     db.execute("INSERT INTO events (job_id, id, type, data, time) VALUES (?, ?, ?, ?, ?)",
                (job_id, seq, kind, json.dumps(data), time.time()))
+    if kind == "state":  # in the same transaction: a state change and its webhook delivery commit together
+        queue_delivery(db, job_id, seq, data)
     return seq
+
+
+def queue_delivery(db: sqlite3.Connection, job_id: str, event_id: int, data: dict) -> None:
+    """A delivery of a state event to the job's webhook, if it has one (inside the caller's transaction).
+    Its body's ``id`` stays the same at every attempt, so a receiver can drop one it already processed."""
+    row = db.execute("SELECT webhook_url FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is not None and row[0]:
+        now = time.time()
+        body = dumps({"id": f"{job_id}.{event_id}", "type": "job.state", "job_id": job_id, "event_id": event_id,
+                      "state": data.get("state"), "time": now, "data": data})
+        db.execute("INSERT INTO deliveries (job_id, event_id, url, body, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (job_id, event_id, row[0], body, now, now))
+
+
+def snapshot_database(source: Path, dest: Path) -> dict[str, Any]:
+    """A consistent copy of a live database at ``dest`` (SQLite's online backup: one read transaction,
+    however busy the writers), and what it names. The source is only read, never migrated."""
+    src, out = sqlite3.connect(source, timeout=30), sqlite3.connect(dest)
+    try:
+        src.backup(out)
+    finally:
+        src.close()
+        out.close()
+    return database_contents(dest)
+
+
+def database_contents(path: Path) -> dict[str, Any]:
+    """What a database (a backup's snapshot) holds: its schema, keys, datasets (id, file), jobs, integrity."""
+    db = sqlite3.connect(path)
+    try:
+        return {"schema": db.execute("PRAGMA user_version").fetchone()[0],
+                "keys": db.execute("SELECT COUNT(*) FROM keys").fetchone()[0],
+                "datasets": [{"id": i, "path": p} for i, p in db.execute("SELECT id, path FROM datasets ORDER BY id")],
+                "jobs": [{"id": i, "state": s} for i, s in db.execute("SELECT id, state FROM jobs ORDER BY seq")],
+                "integrity": db.execute("PRAGMA integrity_check").fetchone()[0]}
+    finally:
+        db.close()
 
 
 def dumps(value: Any) -> str:
