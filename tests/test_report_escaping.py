@@ -13,9 +13,10 @@ import pytest
 
 from textft.compare import compare
 from textft.config import load_config, save_config
-from textft.model_card import model_card
+from textft.model_card import local_paths, model_card, without_local_paths
 from textft.report import render_html, render_markdown, write_run_report
 from textft.report_data import build_report
+from textft.report_parts import md_code
 from textft.run_dir import write_predictions, write_reports
 from textft.tasks.multi_label import MultiLabel
 from textft.tasks.regression import Regression
@@ -40,7 +41,8 @@ def write_task_run(out: Path, task, labels, logits, n: int = 60, overrides: list
     log = [{"step": 10, "epoch": 1.0, "loss": 0.5, "lr": 1e-4, "samples_per_s": 50.0},
            {"step": 10, "epoch": 1.0, "eval": reports["validation"]}]
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    write_reports(out, reports, task, {"label_names": task.label_names, "data_source": f"{TEXT}.jsonl",
+    # the data source is a local path holding markup: published files leave it out in every form they write
+    write_reports(out, reports, task, {"label_names": task.label_names, "data_source": str(out / f"{TEXT}.jsonl"),
                                        "optimizer_steps": 10, "train_seconds": 3.0, "config": cfg.to_dict()},
                   title=f"run {TEXT}")
     write_predictions(out / "predictions", predictions)
@@ -112,7 +114,10 @@ def test_every_section_template_autoescapes_even_without_figures(runs):
 
 
 def test_comparison_html_escapes_run_names(runs, tmp_path):
-    _, _, written, _ = compare([str(runs["single_label"]), str(runs["single_label_2"])], output=str(tmp_path / "cmp"))
+    _, table, written, _ = compare([str(runs["single_label"]), str(runs["single_label_2"])], output=str(tmp_path / "cmp"))
+    shown = markdown_elements(table)  # comparison.md, as the terminal prints it and a Markdown viewer shows it
+    assert {t for t, _ in shown.tags} <= {"table", "thead", "tbody", "tr", "th", "td", "p", "strong"}, shown.tags
+    assert runs["single_label"].name in "".join(shown.text) and runs["single_label_2"].name in "".join(shown.text)
     page = (tmp_path / "cmp" / "comparison.html").read_text()
     assert tmp_path / "cmp" / "comparison.html" in written
     # the best value is bold: <b> is the page's own here, <i> comes only from the run name
@@ -142,3 +147,16 @@ def test_report_md_and_model_card_show_labels_and_texts_as_written(runs, task):
     if task != "regression":  # the card's summary names the labels as code
         assert "It predicts" in card or "It tags" in card
         assert "`` a|b `tick` *star* ``" not in card and "``a|b `tick` *star*``" in card
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label"])
+def test_published_files_name_no_local_path_however_a_report_escapes_it(runs, task):
+    """The run's directory and its data file hold markup and quotes: report.md escapes them for Markdown,
+    report.html for HTML, and the published copies still name neither directory."""
+    run, root = runs[task], str(runs[task].parent)
+    texts = {name: (run / name).read_text() for name in ("report.md", "report.html")}
+    assert all(root in text for text in texts.values())  # the local files keep them
+    for name, text in texts.items():
+        assert root not in without_local_paths(text, local_paths(run)), name
+    card = str(model_card(run, include_examples=True))
+    assert root not in card and md_code(f"{TEXT}.jsonl") in card  # the data file by its name, as code

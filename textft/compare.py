@@ -17,7 +17,7 @@ from textft.files import replace_file
 from textft.plots import figure, png
 from textft.report import duration
 from textft.report_data import build_report, check_run_dir
-from textft.report_parts import METRIC_NAMES, fmt
+from textft.report_parts import METRIC_NAMES, fmt, md_cell
 from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
 from textft.templating import render
 
@@ -132,12 +132,12 @@ def markdown_table(rows: list[dict], metric: str) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if h in ("run", "model", "transfer") else "---:" for h in header) + "|"]
     for i, row in enumerate(cells):
-        row = list(row)
+        row = [md_cell(c) for c in row]
         if i == best:
             row[col] = f"**{row[col]}**"
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
     if shared:
-        lines += ["", _shared_line(shared)]
+        lines += ["", md_cell(_shared_line(shared))]
     return "\n".join(lines) + "\n"
 
 

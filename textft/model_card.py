@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from markupsafe import escape
 
 from textft.errors import UserError
 from textft.hub_download import is_hub_id
@@ -114,10 +115,12 @@ def local_paths(model_dir: Path) -> list[str]:
 
 def without_local_paths(text: str, paths: list[str]) -> str:
     """``text`` with each of ``paths`` (``local_paths``) replaced by its last part, wherever it
-    stands as a path of its own (not inside a URL or a longer name)."""
+    stands as a path of its own (not inside a URL or a longer name), as written or as the reports
+    write it (escaped for HTML in report.html, for Markdown in report.md and the card)."""
     for p in paths:
         name = Path(p).name
-        text = re.sub(rf"(?<![\w./:~-]){re.escape(p)}(?![\w-]|\.\w)", lambda _: name, text)
+        for shown, short in dict.fromkeys(((p, name), (md_cell(p), md_cell(name)), (str(escape(p)), str(escape(name))))):
+            text = re.sub(rf"(?<![\w./:~-]){re.escape(shown)}(?![\w-]|\.\w)", lambda _, short=short: short, text)
     return text
 
 
