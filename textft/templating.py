@@ -3,7 +3,7 @@ jinja2 templates shipped in the package (``textft/templates/*.html.j2``, with th
 ``macros.html.j2`` and the style sheet ``report.css``). Autoescape is on for every template: a value a
 template prints is escaped, so a label, a text or a file name that holds markup reads as written and
 never becomes part of the page. The Markdown twins (report.md, comparison.md, the model card) are built
-in Python with ``report_parts.md_text`` and ``md_cell``.
+in Python, each quoted value through ``report_parts.md_cell`` or ``md_code``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from textft.plots import css_width
-from textft.report_parts import fmt
 
 
 def _base64(image: bytes) -> str:
@@ -28,7 +27,8 @@ def environment() -> Environment:
     (a template cannot opt out by its name), and an error for a name a template is not given."""
     env = Environment(loader=PackageLoader("textft", "templates"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(fmt=fmt, num=format, base64=_base64, css_width=css_width)
+    # num: a number in a format spec ("{{ x|num('.3f') }}"), as the Markdown twins write it
+    env.filters.update(num=format, base64=_base64, css_width=css_width)
     return env
 
 
