@@ -132,7 +132,8 @@ def markdown_table(rows: list[dict], metric: str) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if h in ("run", "model", "transfer") else "---:" for h in header) + "|"]
     for i, row in enumerate(cells):
-        row = [md_cell(c) for c in row]
+        # the names are the user's (escaped to read as written); the numbers and marks are textft's
+        row = [md_cell(c) if header[j] in ("run", "model") else c.replace("|", "\\|") for j, c in enumerate(row)]
         if i == best:
             row[col] = f"**{row[col]}**"
         lines.append("| " + " | ".join(row) + " |")
