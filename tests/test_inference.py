@@ -112,6 +112,7 @@ def test_head_tail_and_sliding_window_on_a_long_text(run, clf):
         textft.load(run, long_text="sliding_window", max_length=16, stride=14)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_long_texts_the_way_predict_does(run, tmp_path, capsys):
     # Verdict words only at the end of long reviews: the windows see them, a 16-token head does not.
     fillers = " ".join(["the movie was quite long and the plot really"] * 6)
