@@ -23,6 +23,7 @@ from textft.config import LONG_TEXT
 from textft.errors import UserError, closest, one_line
 from textft.hub_download import download_model, is_hub_id
 from textft.out_of_scope import OOS_KEY, check_settings
+from textft.lora import adapter_classifier_config, is_adapter_dir, load_adapter_model
 
 log = logging.getLogger("textft")
 
@@ -43,6 +44,8 @@ def check_model_dir(model: str | Path, allow_pickle: bool = False, trust_remote_
         raise UserError(f"'{key}': directory '{model}' does not exist")
     if not path.is_dir():
         raise UserError(f"'{key}': '{model}' is a file, not a model directory")
+    if is_adapter_dir(path):  # a LoRA adapter: its base model is loaded with it
+        return path, adapter_classifier_config(path, key), True
     if not (path / "config.json").is_file():
         raise UserError(f"'{key}': '{model}' is not a saved model directory (no config.json);"
                         " pass the output.dir of a textft train run")
@@ -136,9 +139,14 @@ def _load_weights(path: Path, name: str, safetensors: bool, trust_remote_code: b
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a loading bar per model is noise in a service's log
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+        if is_adapter_dir(path):  # the base model with the adapter merged in
+            model, tokenizer = load_adapter_model(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+    except UserError:
+        raise
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"'--model': could not load '{name}': {one_line(e)}{hint}") from None
     finally:

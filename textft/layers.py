@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
       "out_of_scope")),
     ("model", "modeling, the training loop, checkpoints, the recipe and the inference backends",
-     ("modeling", "loop", "checkpoint", "recipe", "precision", "onnx_export", "onnx_backend")),
+     ("modeling", "lora", "loop", "checkpoint", "recipe", "precision", "onnx_export", "onnx_backend")),
     ("train", "one training run (setup, fit, export) and the saved classifier",
      ("training", "classifier", "calibration", "prediction_files", "sweep_space")),
     ("reports", "run reports, comparisons, evaluation of a saved model, the model card and the Hub",

@@ -32,6 +32,10 @@ LR_RANGE = (1e-5, 1e-3)
 HEAD_LR_MULTIPLIER = 10.0
 """A freshly initialised head needs bigger steps than the pretrained encoder under it (Banking77,
 MiniLM, lr 1e-4, 2 epochs: head at 3x 0.876, 10x 0.922 validation accuracy; benchmarks/recipes.md)."""
+LORA_LR_MULTIPLIER = 10.0
+"""LoRA adapters' lr over the full fine-tuning lr of the same encoder (MiniLM, Banking77 and IMDB grids,
+benchmarks/recipes.md)."""
+LORA_MAX_LR = 1e-2
 MIN_STEPS = 150
 """Fewest optimizer steps an auto-length run takes, whatever the dataset size."""
 STEPS_PER_CLASS = 8
@@ -71,6 +75,8 @@ class Facts:
     """The task's validation metric for picking the best model, when train.metric_for_best is auto."""
     pairs: bool = False
     """Each example is a pair of texts read together (data.text_pair_column)."""
+    transfer: str = "full"
+    """model.transfer: under lora the encoder's learning rate is that of its adapters."""
 
 
 @dataclass(frozen=True)
@@ -169,19 +175,37 @@ def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:
     return t.max_steps or max(1, round(t.epochs * steps_per_epoch))
 
 
+def full_fine_tuning_lr(non_embedding: int) -> tuple[float, str]:
+    """The encoder lr of full fine-tuning for an encoder of this size, and why."""
+    raw = REFERENCE_LR * (REFERENCE_PARAMS / max(1, non_embedding)) ** LR_EXPONENT
+    lr = float(f"{min(max(raw, LR_RANGE[0]), LR_RANGE[1]):.2g}")
+    return lr, (f"{_count(non_embedding)} non-embedding parameters, on the line through MiniLM"
+                f" ({REFERENCE_PARAMS / 1e6:.1f}M: {_fmt(REFERENCE_LR)}, measured) and bert-base"
+                f" ({LARGE_PARAMS / 1e6:.0f}M: {_fmt(LARGE_LR)}); lr ~ params^-{LR_EXPONENT:.2f}"
+                + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
+                   if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
+
+
 def _learning_rates(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
-    lr = t.lr
-    if lr == AUTO:
-        raw = REFERENCE_LR * (REFERENCE_PARAMS / max(1, facts.non_embedding_params)) ** LR_EXPONENT
-        lr = float(f"{min(max(raw, LR_RANGE[0]), LR_RANGE[1]):.2g}")
-        why["train.lr"] = (f"{_count(facts.non_embedding_params)} non-embedding parameters, on the line through"
-                           f" MiniLM ({REFERENCE_PARAMS / 1e6:.1f}M: {_fmt(REFERENCE_LR)}, measured) and bert-base"
-                           f" ({LARGE_PARAMS / 1e6:.0f}M: {_fmt(LARGE_LR)}); lr ~ params^-{LR_EXPONENT:.2f}"
-                           + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
-                              if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
+    lr, full_why = full_fine_tuning_lr(facts.non_embedding_params)
+    full_lr, lora = lr, facts.transfer == "lora"
+    if t.lr == AUTO:
+        why["train.lr"] = full_why
+        if lora:
+            lr = float(f"{min(LORA_LR_MULTIPLIER * full_lr, LORA_MAX_LR):.2g}")
+            why["train.lr"] = (f"LoRA: {LORA_LR_MULTIPLIER:g} x {_fmt(full_lr)}, the full fine-tuning lr of this"
+                               f" encoder ({full_why}); the adapters start at zero and move the weights through"
+                               " a low-rank product, so they need larger steps (benchmarks/recipes.md)")
         values["lr"] = lr
+    else:
+        lr = t.lr
     if t.head_lr == AUTO:
-        if facts.fresh_head and facts.pretrained_encoder:
+        if facts.fresh_head and facts.pretrained_encoder and lora:
+            values["head_lr"] = float(f"{HEAD_LR_MULTIPLIER * full_lr:.2g}")
+            why["train.head_lr"] = (f"{HEAD_LR_MULTIPLIER:g} x {_fmt(full_lr)} (the full fine-tuning lr): the"
+                                    f" {facts.num_labels}-way head is freshly initialised and trained in full, as"
+                                    " under full fine-tuning")
+        elif facts.fresh_head and facts.pretrained_encoder:
             values["head_lr"] = float(f"{HEAD_LR_MULTIPLIER * lr:.2g}")
             why["train.head_lr"] = (f"{HEAD_LR_MULTIPLIER:g} x lr: the {facts.num_labels}-way head is freshly"
                                     " initialised on a pretrained encoder")
