@@ -236,3 +236,69 @@ def test_push_either_the_merged_model_or_the_adapter(lora_run, monkeypatch, tmp_
     shutil.rmtree(run / "adapter")
     assert cli(["push", "--model", str(run), "--repo-id", "me/x", "--adapter"]) == 2
     assert "has no LoRA adapter" in capsys.readouterr().err
+
+
+def test_the_recipe_gives_lora_its_own_lr_and_the_head_that_of_full_fine_tuning():
+    from test_recipe import auto
+
+    from textft.recipe import HEAD_LR_MULTIPLIER, LORA_LR_MULTIPLIER
+
+    full, _ = auto()
+    lora, why = auto("model.transfer=lora", transfer="lora")
+    assert lora.train.lr == pytest.approx(LORA_LR_MULTIPLIER * full.train.lr)
+    assert lora.train.head_lr == pytest.approx(HEAD_LR_MULTIPLIER * full.train.lr) == full.train.head_lr
+    assert why["train.lr"].startswith("LoRA:") and "benchmarks/recipes.md" in why["train.lr"]
+    # an explicit lr wins; the head keeps the full fine-tuning rate of the encoder's size
+    explicit, _ = auto("model.transfer=lora", "train.lr=1e-3", transfer="lora")
+    assert explicit.train.lr == 1e-3 and explicit.train.head_lr == full.train.head_lr
+
+
+def test_reports_and_comparisons_name_the_adapter_settings(lora_run):
+    from textft.compare import compare
+
+    assert "lora (rank 8, alpha 16 on all-linear)" in (lora_run / "report.md").read_text()
+    _, table, _, _ = compare([str(lora_run)])
+    assert "| lora (rank 8) |" in table
+
+
+def test_calibrating_an_adapter_stores_the_threshold_in_its_record(lora_run, tmp_path, capsys):
+    from conftest import toy_rows, write_jsonl
+    from peft import PeftConfig
+
+    import textft
+    from textft.calibration import OOS_KEY
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_run / "adapter", adapter)
+    data = write_jsonl(tmp_path / "calibration.jsonl",
+                       toy_rows(60, 7) + [{"text": "qx zj kv the movie", "label": "unknown"}] * 10)
+    assert cli(["calibrate", "--model", str(adapter), "--data", str(data), "--target-rejection", "0.1",
+                "--precision", "fp32"]) == 0
+    assert "textft_adapter.json" in capsys.readouterr().out
+    record = json.loads((adapter / "textft_adapter.json").read_text())
+    assert record["classifier_config"][OOS_KEY]["label"] == "out_of_scope"
+    assert not (adapter / "config.json").exists() and PeftConfig.from_pretrained(adapter).r == 8
+    assert textft.load(adapter, precision="fp32").out_of_scope["threshold"] == record["classifier_config"][OOS_KEY][
+        "threshold"]
+
+
+def test_a_sweep_searches_the_lora_keys(encoder_dir, toy_files, tmp_path):
+    import optuna
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"train_file": str(toy_files["train"]), "validation_file": str(toy_files["validation"]),
+                 "max_length": 32},
+        "model": {"name_or_path": str(encoder_dir), "transfer": "lora"},
+        "train": {"max_steps": 4, "batch_size": 16, "mixed_precision": "fp32"},
+        "sweep": {"metric": "macro_f1", "startup_trials": 2, "space": {
+            "model.lora_rank": {"type": "categorical", "choices": [2, 4]},
+            "model.lora_target_modules": {"type": "categorical", "choices": ["query,value", "all-linear"]}}}}))
+    out = tmp_path / "sweep"
+    assert cli(["sweep", "--config", str(config), "--trials", "2", "--output", str(out)]) == 0
+    trials = optuna.load_study(study_name="textft-sweep", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        adapter = json.loads((out / "trials" / f"trial-{t.number}" / "adapter" / "adapter_config.json").read_text())
+        assert adapter["r"] == t.params["model.lora_rank"]
+        assert len(adapter["target_modules"]) == (4 if t.params["model.lora_target_modules"] == "query,value" else 12)

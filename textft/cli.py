@@ -210,7 +210,7 @@ def calibrate_main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     calibration.write_settings(clf.model_dir, settings)
-    print(f"wrote '{calibration.OOS_KEY}' to {clf.model_dir / 'config.json'}: predict and serve now answer"
+    print(f"wrote '{calibration.OOS_KEY}' to {calibration.settings_file(clf.model_dir)}: predict and serve now answer"
           f" '{args.label}' below the threshold")
     return 0
 
