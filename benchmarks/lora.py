@@ -9,7 +9,7 @@ Each side is one ``textft train`` in a fresh process (so that its peak RSS is it
 shipped MiniLM config of the dataset (``configs/banking77-minilm.yaml``, ``configs/imdb-minilm.yaml``)
 and nothing else set but ``model.transfer``: the learning rates, length, evaluation cadence and early
 stopping are the auto recipe's. Per side: test accuracy and macro-F1, trainable parameters, training
-samples/s (optimizer steps x global batch / training seconds, evaluation excluded), peak RSS, and
+samples/s (from the training log's windows, evaluation excluded), peak RSS, and
 bytes on disk of the run directory's merged model (model.safetensors) and of the adapter directory.
 The IMDB splits are drawn from ``imdb/train.jsonl`` (stratified, seeded, disjoint) into a temporary
 directory. The last line is machine-readable:
@@ -91,6 +91,16 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
+def samples_per_s(logged: list[dict], batch: int) -> float:
+    """Training samples per second over the whole run, evaluation excluded: each logged window's steps
+    x the global batch, over the time its own rate implies."""
+    samples, seconds, step = 0.0, 0.0, 0
+    for entry in (e for e in logged if "samples_per_s" in e):
+        window = (entry["step"] - step) * batch
+        samples, seconds, step = samples + window, seconds + window / entry["samples_per_s"], entry["step"]
+    return samples / seconds
+
+
 def run_side(mode: str, data_args: list[str], out: Path, extra: list[str]) -> dict:
     """One training run in its own process; its report, peak RSS and files."""
     cmd = [sys.executable, "-m", "textft", "train", *data_args, f"model.transfer={mode}", f"output.dir={out}",
@@ -104,6 +114,7 @@ def run_side(mode: str, data_args: list[str], out: Path, extra: list[str]) -> di
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{mode} failed (log: {log}):\n" + log.read_text()[-3000:])
     report = json.loads((out / "eval_report.json").read_text())
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     test = report["splits"].get("test") or report["splits"]["validation"]
     cfg = report["config"]
     steps, seconds = report["optimizer_steps"], report["train_seconds"]
@@ -111,7 +122,7 @@ def run_side(mode: str, data_args: list[str], out: Path, extra: list[str]) -> di
     return {"mode": mode, "accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
             "validation_accuracy": report["splits"]["validation"]["accuracy"],
             "trainable": report["parameters"]["trainable"], "total": report["parameters"]["total"],
-            "samples_per_s": steps * batch / seconds, "train_seconds": seconds, "wall_seconds": round(wall, 1),
+            "samples_per_s": samples_per_s(logged, batch), "train_seconds": seconds, "wall_seconds": round(wall, 1),
             "steps": steps, "stop_reason": report["stop_reason"], "peak_rss_mb": usage.ru_maxrss / 1024,
             "lr": cfg["train"]["lr"], "head_lr": cfg["train"]["head_lr"], "epochs": cfg["train"]["epochs"],
             "merged_bytes": (out / "model.safetensors").stat().st_size,

@@ -118,9 +118,18 @@ def test_the_adapter_is_peft_format_and_loads_in_peft_and_textft_with_identical_
     assert (from_adapter.logits(TEXTS) == from_run.logits(TEXTS)).all()
 
 
-def test_save_adapter_false_writes_only_the_merged_model(lora_args, tmp_path):
-    assert main([*lora_args, "train.max_steps=3", "output.save_adapter=false"]) == 0
+def test_save_adapter_false_writes_only_the_merged_model(lora_args, tmp_path, caplog):
+    # with activation checkpointing: the frozen embeddings give the first layer inputs without grad
+    assert main([*lora_args, "train.max_steps=3", "output.save_adapter=false", "train.gradient_checkpointing=true",
+                 "model.layer_lr_decay=0.8"]) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "adapter").exists()
+    assert "activation checkpointing: 2 layers" in caplog.text
+    params = report(tmp_path / "run")["parameters"]
+    # the total is the classifier plus its adapters (peft's untrained copy of the head is no part of it):
+    # rank 8 on 2 layers x (4 linear 32->32 + 32->64 + 64->32)
+    lora = 2 * (4 * 8 * (32 + 32) + 2 * 8 * (32 + 64))
+    merged = sum(v.numel() for v in load_file(tmp_path / "run" / "model.safetensors").values())
+    assert params["total"] == merged + lora
 
 
 def test_resume_of_a_lora_run_is_bit_identical(lora_args, tmp_path):

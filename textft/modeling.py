@@ -180,7 +180,8 @@ def frozen_by_schedule(model: nn.Module, lowest: int) -> list[torch.Tensor]:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    params = list(model.parameters())
+    # peft keeps an untrained copy of each module it trains in full (LoRA's head): not the model's own
+    params = [p for name, p in model.named_parameters() if "original_module" not in name.split(".")]
     return {"trainable": sum(p.numel() for p in params if p.requires_grad),
             "total": sum(p.numel() for p in params)}
 
