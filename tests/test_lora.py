@@ -311,3 +311,34 @@ def test_a_sweep_searches_the_lora_keys(encoder_dir, toy_files, tmp_path):
         adapter = json.loads((out / "trials" / f"trial-{t.number}" / "adapter" / "adapter_config.json").read_text())
         assert adapter["r"] == t.params["model.lora_rank"]
         assert len(adapter["target_modules"]) == (4 if t.params["model.lora_target_modules"] == "query,value" else 12)
+
+
+def test_broken_adapter_directories_are_one_clear_error_each(lora_run, tmp_path):
+    import textft
+    from textft.errors import UserError
+
+    def broken(name, change):
+        path = tmp_path / name
+        shutil.copytree(lora_run / "adapter", path)
+        change(path)
+        with pytest.raises(UserError) as e:
+            textft.load(path)
+        return str(e.value)
+
+    def pickled(p):
+        (p / "adapter_model.safetensors").rename(p / "adapter_model.bin")
+
+    assert "only adapter_model.bin, a pickle" in broken("pickle", pickled)
+    assert "cannot be read" in broken("config", lambda p: (p / "adapter_config.json").write_text("{not json"))
+    assert "not valid JSON" in broken("record", lambda p: (p / "textft_adapter.json").write_text("[1,"))
+
+    def elsewhere(p):
+        record = json.loads((p / "textft_adapter.json").read_text())
+        record["base_model"]["name_or_path"] = str(tmp_path / "gone")
+        (p / "textft_adapter.json").write_text(json.dumps(record))
+        config = json.loads((p / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = str(tmp_path / "gone")
+        (p / "adapter_config.json").write_text(json.dumps(config))
+
+    message = broken("base", elsewhere)
+    assert "could not load the adapter" in message and "gone" in message and "Traceback" not in message

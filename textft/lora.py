@@ -114,8 +114,10 @@ def full_modules(model: nn.Module, train_pooler: bool) -> list[str]:
 
 
 def wrap(model: nn.Module, cfg: ModelConfig, base_name: str):
-    """``model`` with adapters on the targeted layers, everything else frozen but the head (peft)."""
+    """``model`` with adapters on the targeted layers, everything else frozen but the head (peft).
+    ``base_name``: where the base model is, as the adapter will name it (a local one absolute)."""
     peft = import_peft()
+    base_name = str(Path(base_name).resolve()) if Path(base_name).is_dir() else base_name
     targets = lora_targets(cfg.lora_target_modules)
     if problems := target_problems(model, targets):
         raise UserError(problems)
@@ -165,7 +167,8 @@ def merge(model):
 def write_adapter(model, dst: Path, tokenizer, base: dict) -> None:
     """``dst``: the adapter in peft's format (adapter_config.json, adapter_model.safetensors with the
     head), the tokenizer, and textft's record (``base``: the base model's name as configured, its
-    revision; the classifier's config). ``model`` is the peft model, not yet merged."""
+    revision; the classifier's config). ``model`` is the peft model; its base weights may hold the
+    adapters merged in already (merge_adapter): only the adapter's own tensors are written."""
     model.save_pretrained(dst, safe_serialization=True)
     (dst / "README.md").unlink(missing_ok=True)  # peft's empty template; textft push writes a card
     tokenizer.save_pretrained(dst)
@@ -176,6 +179,15 @@ def write_adapter(model, dst: Path, tokenizer, base: dict) -> None:
 
 def is_adapter_dir(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
+
+
+def check_adapter_dir(path: Path, key: str = "--model") -> None:
+    """An adapter textft loads has safetensors weights: peft reads adapter_model.bin with torch.load,
+    and a crafted pickle runs code."""
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        pickled = " (only adapter_model.bin, a pickle: convert it to safetensors)" \
+            if (path / "adapter_model.bin").is_file() else ""
+        raise UserError(f"'{key}': the adapter '{path}' has no {ADAPTER_WEIGHTS}{pickled}")
 
 
 def read_record(path: Path, key: str = "--model") -> dict:
@@ -215,6 +227,7 @@ def base_reference(path: Path, key: str = "--model") -> tuple[str, str | None]:
 def adapter_classifier_config(path: Path, key: str = "--model") -> dict:
     """The config of the classifier an adapter directory makes (labels, task settings): textft's
     record of it, else (an adapter from other tools) its base model's config."""
+    check_adapter_dir(path, key)
     if classifier := read_record(path, key).get("classifier_config"):
         return classifier
     from transformers import AutoConfig
@@ -232,7 +245,6 @@ def load_adapter_model(path: Path, key: str = "--model"):
     """The classifier of an adapter directory: its base model with the adapter merged in, and the
     tokenizer saved with the adapter (else the base's)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     peft = import_peft()
