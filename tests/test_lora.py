@@ -257,6 +257,9 @@ def test_the_recipe_gives_lora_its_own_lr_and_the_head_that_of_full_fine_tuning(
     assert lora.train.lr == pytest.approx(LORA_LR_MULTIPLIER * full.train.lr)
     assert lora.train.head_lr == pytest.approx(HEAD_LR_MULTIPLIER * full.train.lr) == full.train.head_lr
     assert why["train.lr"].startswith("LoRA:") and "benchmarks/recipes.md" in why["train.lr"]
+    # and 1.5 times the steps: 616 for 77 classes under full fine-tuning, 924 under LoRA
+    assert round(lora.train.epochs * 282) == 924 and round(full.train.epochs * 282) == 616
+    assert "x 1.5 under LoRA" in why["train.epochs"]
     # an explicit lr wins; the head keeps the full fine-tuning rate of the encoder's size
     explicit, _ = auto("model.transfer=lora", "train.lr=1e-3", transfer="lora")
     assert explicit.train.lr == 1e-3 and explicit.train.head_lr == full.train.head_lr
