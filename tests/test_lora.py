@@ -150,15 +150,17 @@ def test_resume_of_a_lora_run_is_bit_identical(lora_args, tmp_path):
                  f"train.resume_from={resumed / 'checkpoints' / 'step-30'}"]) == 2
 
 
-def test_the_best_adapter_is_exported_not_the_last(lora_args, tmp_path):
-    # A min_delta no loss can beat keeps the first evaluation (step 2) as the best one for good.
-    args = [*lora_args[:-1], "train.max_steps=9", "train.eval_every_steps=2", "train.metric_for_best=loss",
-            "train.early_stopping_min_delta=100", "train.save_every_steps=4", "train.lr=5e-2",
-            f"output.dir={tmp_path / 'run'}"]
+def test_early_stopping_exports_the_best_adapter_not_the_last(lora_args, tmp_path):
+    # A min_delta no loss can beat keeps the first evaluation (step 2) as the best one for good, and
+    # two evaluations without improvement (steps 4 and 6) stop the run.
+    args = [*lora_args[:-1], "train.max_steps=20", "train.eval_every_steps=2", "train.metric_for_best=loss",
+            "train.early_stopping_min_delta=100", "train.early_stopping_patience=2", "train.save_every_steps=4",
+            "train.lr=5e-2", f"output.dir={tmp_path / 'run'}"]
     assert main(args) == 0
-    assert report(tmp_path / "run")["best"]["step"] == 2
+    r = report(tmp_path / "run")
+    assert r["best"]["step"] == 2 and r["stop_reason"] == "early_stopping" and r["optimizer_steps"] == 6
     exported = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
-    last = load_file(tmp_path / "run" / "checkpoints" / "step-8" / "model.safetensors")
+    last = load_file(tmp_path / "run" / "checkpoints" / "step-4" / "model.safetensors")
     key = next(k for k in exported if "lora_B" in k)
     assert not torch.equal(exported[key], last[key.replace("lora_B.weight", "lora_B.default.weight")])
 
