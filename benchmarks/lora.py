@@ -6,7 +6,7 @@
     python benchmarks/lora.py --quick        # the bundled reviews and tiny lengths: proves the script runs
 
 Each side is one ``textft train`` in a fresh process (so that its peak RSS is its own), with the
-shipped MiniLM config of the dataset (``configs/banking77-minilm.yaml``, ``configs/imdb-minilm.yaml``)
+shipped MiniLM config of the dataset (the ``banking77-minilm`` and ``imdb-minilm`` presets)
 and nothing else set but ``model.transfer``: the learning rates, length, evaluation cadence and early
 stopping are the auto recipe's. Per side: test accuracy and macro-F1, trainable parameters, training
 samples/s (from the training log's windows, evaluation excluded), peak RSS, and
@@ -70,18 +70,18 @@ def dataset_args(args, work: Path) -> tuple[list[str], str]:
     data = Path(args.data_dir)
     if args.quick:
         quick = ROOT / "textft/assets/quickstart"
-        return (["--config", str(ROOT / "configs/quickstart.yaml"), "data.dataset=null", "data.max_length=32",
+        return (["--config", "quickstart", "data.dataset=null", "data.max_length=32",
                  "train.max_steps=6", "train.eval_every_steps=3",
                  *(f"data.{split}_file={quick / f'{split}.jsonl'}" for split in ("train", "validation", "test"))],
                 "quick: the bundled reviews, 6 steps")
     if args.dataset == "banking77":
-        return (["--config", str(ROOT / "configs/banking77-minilm.yaml"), "data.dataset=null",
+        return (["--config", "banking77-minilm", "data.dataset=null",
                  f"data.train_file={data / 'banking77/train.jsonl'}", f"data.test_file={data / 'banking77/test.jsonl'}"],
                 "Banking77: 10,003 train (1,000 carved as validation), official test 3,080, max_length 64")
     train, validation, test = stratified(read_jsonl(data / "imdb/train.jsonl"), [2000, 1000, 2000], args.seed)
     files = {name: write_jsonl(work / f"imdb-{name}.jsonl", rows)
              for name, rows in (("train", train), ("validation", validation), ("test", test))}
-    return (["--config", str(ROOT / "configs/imdb-minilm.yaml"), "data.dataset=null", "data.max_train_samples=null",
+    return (["--config", "imdb-minilm", "data.dataset=null", "data.max_train_samples=null",
              "data.max_eval_samples=null", *(f"data.{k}_file={v}" for k, v in files.items())],
             f"IMDB-2,000: 2,000 train / 1,000 validation / 2,000 test reviews of imdb/train.jsonl (stratified,"
             f" seed {args.seed}), max_length 256, head+tail")

@@ -214,7 +214,7 @@ def test_a_rank_beyond_the_hidden_size_and_save_adapter_without_lora_are_errors(
     assert "'model.lora_rank' 64 exceeds the encoder's hidden size (32)" in capsys.readouterr().err
     full = [a for a in lora_args if a != "model.transfer=lora"]
     assert main([*full, "output.save_adapter=true"]) == 2
-    assert "'output.save_adapter' writes the LoRA adapter, and model.transfer is full" in capsys.readouterr().err
+    assert "'output.save_adapter' writes the LoRA adapter, and model.transfer is auto" in capsys.readouterr().err
 
 
 def test_push_either_the_merged_model_or_the_adapter(lora_run, monkeypatch, tmp_path, capsys):
@@ -255,7 +255,7 @@ def test_the_recipe_gives_lora_its_own_lr_and_the_head_that_of_full_fine_tuning(
     from textft.recipe import HEAD_LR_MULTIPLIER, LORA_LR_MULTIPLIER
 
     full, _ = auto()
-    lora, why = auto("model.transfer=lora", transfer="lora")
+    lora, why = auto("model.transfer=lora")
     assert lora.train.lr == pytest.approx(LORA_LR_MULTIPLIER * full.train.lr)
     assert lora.train.head_lr == pytest.approx(HEAD_LR_MULTIPLIER * full.train.lr) == full.train.head_lr
     assert why["train.lr"].startswith("LoRA:") and "benchmarks/recipes.md" in why["train.lr"]
@@ -263,7 +263,7 @@ def test_the_recipe_gives_lora_its_own_lr_and_the_head_that_of_full_fine_tuning(
     assert round(lora.train.epochs * 282) == 924 and round(full.train.epochs * 282) == 616
     assert "x 1.5 under LoRA" in why["train.epochs"]
     # an explicit lr wins; the head keeps the full fine-tuning rate of the encoder's size
-    explicit, _ = auto("model.transfer=lora", "train.lr=1e-3", transfer="lora")
+    explicit, _ = auto("model.transfer=lora", "train.lr=1e-3")
     assert explicit.train.lr == 1e-3 and explicit.train.head_lr == full.train.head_lr
 
 
