@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from textft.service.keys import Principal
 from textft.service.routes_shared import auth, current_service, max_queued, max_upload
 from textft.service.core import Service
-from textft.service.textft_api import __version__, describe_tasks, task_schema
+from textft.service.textft_api import __version__, describe_tasks, task_schema, transfer_options
 
 router = APIRouter()
 TaskInfo = task_schema()
@@ -44,3 +44,9 @@ def presets(who: Principal = Depends(auth), service: Service = Depends(current_s
 @router.get("/v1/accelerate-configs", tags=["jobs"])
 def accelerate_configs(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
     return service.catalog.describe_accelerate()
+
+
+@router.get("/v1/transfer-options", tags=["jobs"])
+def transfers(who: Principal = Depends(auth)) -> dict:
+    """model.transfer's choices with their meaning, and the LoRA keys (model.lora_*: default, type, meaning)."""
+    return transfer_options()
