@@ -17,8 +17,9 @@ model of its own). Then, each scenario in a fresh service process with the same
 - full: requests spread over all the full models (the cache evicts and reloads).
 
 ``--clients`` concurrent clients send one review per request, models picked at random (seeded).
-Per scenario: server RSS (the service process, sampled every 0.2 s: peak and at the end),
-p50/p99 latency, errors. The last line is machine-readable:
+Each scenario first sends one untimed request to each of its models (loading them), then the timed
+requests. Per scenario: server RSS (the service process, sampled every 0.2 s: peak, after the
+warm-up and at the end), p50/p99 latency of the timed requests, errors. The last line is machine-readable:
 
     lora_rss_vs_one=X.XX lora_p99_vs_one=Y.YY rss_target=yes|no p99_target=yes|no
 """
@@ -109,6 +110,15 @@ def clone(data: Path, job_id: str, n: int, lora: bool) -> list[str]:
     return ids
 
 
+def existing(data: Path) -> tuple[list[str], list[str]]:
+    """The LoRA and full model ids a previous invocation left in ``data`` (trained job first)."""
+    db = sqlite3.connect(data / "textft.db")
+    ids = sorted(r[0] for r in db.execute("SELECT id FROM jobs WHERE state = 'succeeded'"))
+    db.close()
+    lora = [i for i in ids if (data / "jobs" / i / "run" / "adapter").is_dir()]
+    return lora, [i for i in ids if i not in lora]
+
+
 def scenario(data: Path, key: str, models: list[str], requests: int, clients: int, budget: int, seed: int) -> dict:
     svc = ServiceProcess(data, ["--max-loaded-models", str(budget), "--workers", "0"]).start()
     texts = [json.loads(line)["text"][:500] for line in (QUICK / "test.jsonl").read_text().splitlines()]
@@ -127,7 +137,7 @@ def scenario(data: Path, key: str, models: list[str], requests: int, clients: in
         rng = random.Random(seed * 1000 + c)
         with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
             while (i := next(counter, None)) is not None:
-                model = models[rng.randrange(len(models))] if i >= len(models) else models[i]
+                model = models[rng.randrange(len(models))]
                 started = time.perf_counter()
                 resp = http.post(f"/v1/models/{model}/predict", json={"inputs": rng.choice(texts)})
                 with lock:
@@ -136,6 +146,12 @@ def scenario(data: Path, key: str, models: list[str], requests: int, clients: in
                         errors.append(f"{resp.status_code} {resp.text[:200]}")
 
     try:
+        with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
+            started = time.perf_counter()
+            for model in models:  # each model once, untimed: loading it is not a prediction's latency
+                resp = http.post(f"/v1/models/{model}/predict", json={"inputs": texts[0]})
+                assert resp.status_code == 200, resp.text
+            warm_s, warm_rss = time.perf_counter() - started, rss_mb(svc.proc.pid)
         started = time.perf_counter()
         threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
         for t in threads:
@@ -151,13 +167,15 @@ def scenario(data: Path, key: str, models: list[str], requests: int, clients: in
     lat = sorted(latencies)
     return {"models": len(models), "requests": len(lat), "errors": len(errors), "first_error": errors[:1],
             "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "rss_peak_mb": peak[0], "rss_end_mb": end_rss, "seconds": seconds}
+            "rss_peak_mb": peak[0], "rss_after_warm_up_mb": warm_rss, "rss_end_mb": end_rss, "seconds": seconds,
+            "warm_up_s": warm_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=300, help="requests per scenario (the first reach every model)")
+    parser.add_argument("--requests", type=int, default=300,
+                        help="timed requests per scenario, after one untimed request to each model")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-loaded-models", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps of each trained job")
@@ -166,14 +184,20 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="textft-lora-service-"))
     data = work / "data"
-    lora_id, full_id = train_templates(data, args.steps)
-    lora_ids, full_ids = clone(data, lora_id, args.models, True), clone(data, full_id, args.models, False)
-    key = create_key(data, "load")
+    if (data / "jobs").is_dir():  # --work of an earlier invocation: its models again, scenarios only
+        lora_ids, full_ids = existing(data)
+        lora_id, full_id = lora_ids[0], full_ids[0]
+    else:
+        lora_id, full_id = train_templates(data, args.steps)
+        lora_ids, full_ids = clone(data, lora_id, args.models, True), clone(data, full_id, args.models, False)
+    key = create_key(data, f"load-{time.time_ns()}", admin=True)  # admin: the models belong to the trainer
     run = {"cpu": os.cpu_count(), "load_avg": os.getloadavg(), "torch_threads": 1, "args": vars(args)}
     results = {}
     for name, ids in (("one", [full_id]), ("lora", lora_ids), ("full", full_ids)):
         results[name] = scenario(data, key, ids, args.requests, args.clients, args.max_loaded_models, args.seed)
         print(name, json.dumps(results[name]), flush=True)
+        if results[name]["errors"]:
+            raise SystemExit(f"{name}: {results[name]['errors']} request(s) failed: {results[name]['first_error']}")
     run["load_avg_end"] = os.getloadavg()
     stored = {"lora_adapter_bytes": sum(p.stat().st_size for p in (data / "jobs" / lora_id / "run" / "adapter").rglob("*")
                                         if p.is_file()),
