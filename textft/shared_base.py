@@ -58,6 +58,8 @@ class SharedBase:
 
         peft = import_peft()
         name = internal_name(name)
+        if name in self.names:  # evicted and asked for again before it left: still attached
+            return
         check_adapter_dir(path)
         classifier = read_record(path).get("classifier_config")
         if not classifier:

@@ -178,6 +178,7 @@ class ModelCache:
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.loading: dict[str, asyncio.Future] = {}
         self.bases: dict[tuple, object] = {}
+        self.retiring: set[asyncio.Task] = set()
         self._threads_set = False
 
     def _load(self, model_id: str, path: Path, base: tuple | None):
@@ -237,14 +238,33 @@ class ModelCache:
             for key in set(self.bases) - used:
                 del self.bases[key]
 
-    async def evict(self, model_id: str) -> None:
+    async def evict(self, model_id: str, wait: bool = False) -> None:
+        """Take a model out of the cache. Requests already waiting for it are answered first, in the
+        background (``wait``: before returning); its adapter leaves its base after them."""
         entry = self.loaded.pop(model_id, None)
-        if entry is not None:
-            await entry.batcher.stop()
-            if entry.base is not None and entry.base in self.bases:
-                await asyncio.to_thread(self.bases[entry.base].remove, model_id)
+        if entry is None:
+            return self._drop_unused_bases()
+        base = self.bases.get(entry.base) if entry.base is not None else None
         self._drop_unused_bases()
+
+        async def retire() -> None:
+            try:
+                await entry.batcher.retire()
+            finally:
+                if not entry.batcher.stopped:  # cancelled by close()
+                    await entry.batcher.stop()
+            if base is not None and not (model_id in self.loaded and self.loaded[model_id].base == entry.base):
+                await asyncio.to_thread(base.remove, model_id)
+
+        task = asyncio.ensure_future(retire())
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
+        if wait:
+            await task
 
     async def close(self) -> None:
         for model_id in list(self.loaded):
             await self.evict(model_id)
+        for task in list(self.retiring):
+            task.cancel()
+        await asyncio.gather(*self.retiring, return_exceptions=True)
