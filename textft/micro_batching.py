@@ -60,6 +60,7 @@ class MicroBatcher:
         self.task: asyncio.Task | None = None
         self.waiting = 0  # texts in the queue, not yet taken into a batch
         self.in_flight = 0  # requests submitted and not yet answered
+        self.running: list[_Pending] = []  # the requests of the batch the model runs now
         self.stopped = False
         self.batches = self.texts = self.dropped = self.rejected = self.timed_out = self.failed = 0
 
@@ -76,8 +77,8 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self.executor.shutdown(wait=False, cancel_futures=True)
-        while not self.queue.empty():
-            item = self.queue.get_nowait()
+        left = self.running + [self.queue.get_nowait() for _ in range(self.queue.qsize())]
+        for item in left:
             if not item.future.done():
                 item.future.set_exception(PredictionFailed(item.tag))
 
@@ -171,7 +172,7 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         while True:
-            items = [item for item in await self._collect() if not item.future.done()]
+            items = self.running = [item for item in await self._collect() if not item.future.done()]
             if not items:
                 continue
             texts = [t for item in items for t in item.texts]
