@@ -264,6 +264,10 @@ class OutputConfig:
     """With ``model.transfer: lora``, also write the adapter alone in peft's format to ``dir/adapter``
     (adapter_config.json, adapter_model.safetensors with the head, tokenizer, textft_adapter.json):
     a few MB that load on top of the base model. auto: true under lora (other modes have no adapter)."""
+    log_errors: bool = False
+    """Record a failure in ``dir/train_log.jsonl`` also when it happens before training starts (the
+    directory is then created). A failure during training or export is always recorded in the run's
+    log; the fine-tuning service sets this for its jobs, whose directories are their own."""
 
 
 @dataclass
