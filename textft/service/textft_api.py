@@ -93,7 +93,7 @@ def adapter_summary(path) -> dict:
     targets = config.get("target_modules") or []
     layers = sorted({t.rsplit(".layer.", 1)[-1].split(".", 1)[-1] for t in targets}) if isinstance(targets, list) else targets
     return {"rank": config.get("r"), "alpha": config.get("lora_alpha"), "dropout": config.get("lora_dropout"),
-            "target_modules": layers, "trained_in_full": config.get("modules_to_save")}
+            "target_modules": layers, "trained_in_full": sorted(set(config.get("modules_to_save") or []))}
 
 
 def write_merged_weights(adapter, dst) -> None:
