@@ -82,11 +82,8 @@ def service_main(argv: list[str]) -> int:
                        " interrupted jobs resume from their latest checkpoint)")
     parser.option("--max-upload-mb", type=float, default=200, help="default per-key upload limit")
     parser.option("--max-queued", type=int, default=10, help="default per-key limit of queued jobs")
-    parser.option("--max-loaded-models", type=int, default=2,
-                  help="models with their own weights kept in memory for predictions: full models, and base"
-                       " models that LoRA models share")
-    parser.option("--max-loaded-adapters", type=int, default=64,
-                  help="LoRA models kept in memory on their loaded base models (a few MB each)")
+    parser.option("--max-loaded-models", type=int, default=2, help="full models and shared LoRA bases kept in memory")
+    parser.option("--max-loaded-adapters", type=int, default=64, help="LoRA models kept on the loaded bases")
     parser.option("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
     parser.option("--predict-threads", type=int, default=1, help="CPU threads for predictions")
     parser.option("--grace", type=float, default=60.0, help="seconds a stopped or cancelled job gets before SIGKILL")
@@ -124,8 +121,7 @@ def service_main(argv: list[str]) -> int:
                    configs_dirs=tuple(Path(p) for p in args.configs),
                    local_models=tuple(Path(p).resolve() for p in args.local_models),
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
-                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
-                   max_loaded_adapters=args.max_loaded_adapters,
+                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models, max_loaded_adapters=args.max_loaded_adapters,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
                    gpus=_gpus(args.gpus), log_level=args.log_level, metrics_port=args.metrics_port,
                    metrics_host=args.metrics_host,
