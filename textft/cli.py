@@ -211,7 +211,7 @@ def calibrate_main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     calibration.write_settings(clf.model_dir, settings)
-    print(f"wrote '{calibration.OOS_KEY}' to {clf.model_dir / 'config.json'}: predict and serve now answer"
+    print(f"wrote '{calibration.OOS_KEY}' to {calibration.settings_file(clf.model_dir)}: predict and serve now answer"
           f" '{args.label}' below the threshold")
     return 0
 
@@ -287,17 +287,23 @@ def push_main(argv: list[str]) -> int:
     parser.add_argument("--include-examples", action="store_true",
                         help="publish the report's most confident mistakes, which quote evaluation texts (only if"
                              " the data's licence allows redistributing them)")
+    parser.add_argument("--adapter", action="store_true",
+                        help="push the LoRA adapter (MODEL/adapter) instead of the merged model: a few MB that peft"
+                             " loads on top of the base model (a MODEL that is an adapter directory is pushed so)")
     args = parser.parse_args(argv)
     from textft.classifier import check_model_dir
-    from textft.hub import push_to_hub, write_model_card
+    from textft.hub import adapter_to_push, push_to_hub, write_model_card
+    from textft.lora import is_adapter_dir
 
     if args.card_only:
         path, _, _ = check_model_dir(args.model, allow_pickle=True)
+        path = adapter_to_push(path) if args.adapter or is_adapter_dir(path) else path
         print(write_model_card(path, license=args.license, repo_id=args.repo_id,
                                include_examples=args.include_examples))
         return 0
     url = push_to_hub(args.model, args.repo_id, private=args.private, commit_message=args.commit_message,
-                      write_card=not args.no_card, license=args.license, include_examples=args.include_examples)
+                      write_card=not args.no_card, license=args.license, include_examples=args.include_examples,
+                      adapter=args.adapter)
     print(f"pushed {args.model} to https://huggingface.co/{args.repo_id} ({url})")
     return 0
 

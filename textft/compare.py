@@ -53,7 +53,8 @@ def comparison_row(report: dict, name: str, run_dir: str, split: str, metrics: t
     m = report["splits"][split]
     params = report.get("parameters") or {}
     row: dict[str, Any] = {"run": name, "run_dir": str(run_dir), "model": _model_name(report.get("model")),
-                           "transfer": report.get("transfer"), "unfreeze_top_k": report.get("unfreeze_top_k")}
+                           "transfer": report.get("transfer"), "unfreeze_top_k": report.get("unfreeze_top_k"),
+                           "lora_rank": (report.get("lora") or {}).get("rank")}
     for key, section, field in HYPER:
         row[key] = (cfg.get(section) or {}).get(field)
     row["trainable_params"] = params.get("trainable")
@@ -82,6 +83,8 @@ def _params(row: dict) -> str:
 
 def _transfer(row: dict) -> str:
     transfer = row.get("transfer") or "-"
+    if transfer == "lora" and row.get("lora_rank"):
+        return f"lora (rank {row['lora_rank']})"
     return f"top_k ({row['unfreeze_top_k']})" if transfer == "top_k" and row.get("unfreeze_top_k") else transfer
 
 

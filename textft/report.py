@@ -49,6 +49,10 @@ def run_facts(report: dict) -> list[tuple[str, str]]:
         transfer = report.get("transfer") or "-"
         if report.get("unfreeze_top_k") is not None:
             transfer += f" (top {report['unfreeze_top_k']} layers)"
+        if lora := report.get("lora"):
+            targets = lora["target_modules"] if isinstance(lora["target_modules"], str) else \
+                ",".join(lora["target_modules"])
+            transfer += f" (rank {lora['rank']}, alpha {lora['alpha']:g} on {targets})"
         facts += [("model", report["model"]), ("transfer", transfer)]
     facts.append(("data", f"{report.get('data_source') or '-'} ({report['num_labels']} labels)"))
     p = report.get("parameters") or {}

@@ -153,6 +153,8 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
         "model": model_name,
         "transfer": model_cfg.get("transfer"),
         "unfreeze_top_k": model_cfg.get("unfreeze_top_k") if model_cfg.get("transfer") == "top_k" else None,
+        "lora": {k: model_cfg.get(f"lora_{k}") for k in ("rank", "alpha", "dropout", "target_modules", "train_pooler")}
+        if model_cfg.get("transfer") == "lora" else None,
         "data_source": source,
         "task": task.name,
         "headline": list(task.headline),

@@ -39,7 +39,7 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
         problems.append(f"{label('port', sources)} must be in 0..65535, got {args.port}")
     if args.metrics_port is not None and not 0 < args.metrics_port <= 65535:
         problems.append(f"{label('metrics_port', sources)} must be in 1..65535, got {args.metrics_port}")
-    for name in ("max_upload_mb", "max_loaded_models", "predict_threads", "webhook_timeout", "webhook_attempts"):
+    for name in ("max_upload_mb", "max_loaded_models", "max_loaded_adapters", "predict_threads", "webhook_timeout", "webhook_attempts"):
         if getattr(args, name) <= 0:
             problems.append(f"{label(name, sources)} must be > 0, got {getattr(args, name)}")
     for name in ("workers", "max_queued", "save_every_steps", "grace"):
@@ -82,7 +82,8 @@ def service_main(argv: list[str]) -> int:
                        " interrupted jobs resume from their latest checkpoint)")
     parser.option("--max-upload-mb", type=float, default=200, help="default per-key upload limit")
     parser.option("--max-queued", type=int, default=10, help="default per-key limit of queued jobs")
-    parser.option("--max-loaded-models", type=int, default=2, help="models kept in memory for predictions")
+    parser.option("--max-loaded-models", type=int, default=2, help="full models and shared LoRA bases kept in memory")
+    parser.option("--max-loaded-adapters", type=int, default=64, help="LoRA models kept on the loaded bases")
     parser.option("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
     parser.option("--predict-threads", type=int, default=1, help="CPU threads for predictions")
     parser.option("--grace", type=float, default=60.0, help="seconds a stopped or cancelled job gets before SIGKILL")
@@ -120,7 +121,7 @@ def service_main(argv: list[str]) -> int:
                    configs_dirs=tuple(Path(p) for p in args.configs),
                    local_models=tuple(Path(p).resolve() for p in args.local_models),
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
-                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
+                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models, max_loaded_adapters=args.max_loaded_adapters,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
                    gpus=_gpus(args.gpus), log_level=args.log_level, metrics_port=args.metrics_port,
                    metrics_host=args.metrics_host,

@@ -49,6 +49,9 @@ class Options:
     max_upload_bytes: int = 200_000_000
     max_queued: int = 10
     max_loaded_models: int = 2
+    """Models with their own weights in memory for prediction: full models and shared base models."""
+    max_loaded_adapters: int = 64
+    """LoRA models in memory on their (shared) base models."""
     predict_device: str = "cpu"
     predict_threads: int = 1
     max_texts: int = 64
@@ -102,7 +105,8 @@ class Service:
         self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify)
         self.catalog = Catalog(tuple(opts.configs_dirs))
         self.settings = Settings(save_every_steps=opts.save_every_steps, local_models=tuple(opts.local_models))
-        self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads)
+        self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads,
+                                 adapter_capacity=opts.max_loaded_adapters)
         gpus = detect_gpus() if opts.gpus is None else opts.gpus
         slots = opts.workers if opts.workers is not None else max(1, len(gpus))
         self.runtime = Runtime(self.data, Devices(gpus), slots, grace_s=opts.grace_s)

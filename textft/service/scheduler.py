@@ -29,6 +29,7 @@ from typing import Callable
 
 from textft.service.jobs import RUN_DIR
 from textft.service.layout import DataDir, is_local, process_alive, read_json, write_json
+from textft.service.models import keep_adapter_only
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
 from textft.service.store import Store
 from textft.service.supervise import group_alive, stop_group
@@ -319,6 +320,7 @@ class Monitor:
     def _succeed(self, job: dict, run: Path) -> None:
         metrics = headline_metrics(run)
         shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the model is final: resume states are dead weight
+        keep_adapter_only(run)  # a LoRA model is stored as its adapter; its base is shared
         self._end(job, "succeeded", metrics=metrics, stop_reason=(metrics or {}).get("stop_reason"))
 
     def _end(self, job: dict, state: str, error: str | None = None, metrics: dict | None = None,

@@ -4,7 +4,7 @@ whose keys the task defines (``GET /v1/tasks``). The error answer is ``problems.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_serializer
 
@@ -235,6 +235,30 @@ class RecipeOut(Answer):
 # --- models -----------------------------------------------------------------------------------
 
 
+class AdapterOut(Answer):
+    """A LoRA adapter as the service stores it."""
+
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    target_modules: list[str] | str | None = Field(None, description="the layers of each encoder layer with adapters")
+    trained_in_full: list[str] | None = Field(None, description="modules trained in full (the head, the pooler)")
+    size_bytes: int = Field(description="bytes on disk of the adapter directory")
+
+
+class LoraKeyOut(Answer):
+    key: str
+    default: Any
+    type: str
+    help: str
+
+
+class TransferOptionsOut(Answer):
+    transfers: list[str] = Field(description="model.transfer's choices")
+    help: str = Field(description="what each choice trains")
+    lora: list[LoraKeyOut] = Field(description="the keys of model.transfer=lora")
+
+
 class ModelOut(Answer):
     id: str
     job: str
@@ -256,8 +280,12 @@ class ModelOut(Answer):
     lower_is_better: list[str]
     stop_reason: str | None
     created_at: str | None
-    size_bytes: int
+    size_bytes: int = Field(description="bytes on disk of everything the service keeps of the model")
     owner: str | None
+    stored_as: Literal["model", "adapter"] = Field(
+        description="model: its full weights; adapter: a LoRA adapter on its base model (base_model)")
+    adapter: AdapterOut | None = Field(description="the LoRA adapter of a model stored as one")
+    downloads: dict[str, str] = Field(description="format of GET .../download?format= → what the archive holds")
 
 
 class PushBody(BaseModel):

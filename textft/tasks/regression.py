@@ -39,7 +39,10 @@ def output_layer(model):
     """The linear layer that produces the model's single output (the last one with one output)."""
     from torch import nn
 
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+    # peft's modules_to_save (LoRA) keeps an untrained copy of the head as "original_module": the
+    # trained one is the copy the forward pass uses.
+    layers = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == 1
+              and "original_module" not in name.split(".")]
     if not layers:
         raise RuntimeError(f"{type(model).__name__} has no linear layer with one output to rescale")
     return layers[-1]
