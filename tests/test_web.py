@@ -211,7 +211,7 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     prediction = page.locator("#prediction .prediction")
     expect(prediction.locator(".label-name")).to_have_text(["pos"], timeout=60_000)
     expect(prediction.locator(".topk li")).to_have_count(2)
-    expect(prediction.locator(".verdict")).to_contain_text("scope: confidence")
+    expect(prediction.locator(".verdict")).to_contain_text("scope: its ")
     expect(prediction.locator(".long-text")).to_contain_text("tokens: read whole")
     page.get_by_label("Text", exact=True).fill(" ".join(["the movie was boring and the plot was poor"] * 12))
     page.get_by_role("button", name="Predict", exact=True).click()

@@ -99,6 +99,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"## {split}", *sections.markdown_split(split, m)]
         if report.get("examples_withheld"):
             lines += ["", WITHHELD]
+    if report.get("out_of_scope"):
+        lines += sections.markdown_out_of_scope(report["out_of_scope"])
     if report.get("recipe"):
         lines += ["", "## Settings chosen automatically", "", "| setting | value | why |", "|---|---:|---|"]
         lines += [f"| {r['key']} | {_setting(r['value'])} | {md_cell(r['why'])} |" for r in report["recipe"]]
@@ -206,6 +208,8 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     if "learning_curves" in figures:
         links.append("<a href='#training'>training</a>")
     links += [f"<a href='#{_anchor(s)}'>{escape(s)}</a>" for s in splits]
+    if report.get("out_of_scope"):
+        links.append("<a href='#out-of-scope'>out of scope</a>")
     if report.get("recipe"):
         links.append("<a href='#recipe'>auto settings</a>")
     if report.get("config"):
@@ -216,6 +220,9 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     out += _summary_html(report) + _training_html(report, figures)
     for split, m in splits.items():
         out += _split_html(report, split, m, figures)
+    if report.get("out_of_scope"):
+        sections = task_reports.sections(report["task"])
+        out += sections.html_out_of_scope(report["out_of_scope"], figures.get("out_of_scope"))
     out += _settings_html(report)
     out.append(f"<p class='note'>textft report of {escape(report['run'])}; re-render with"
                f" <code>textft report {escape(report['run'])}</code>.</p></main></body></html>")
@@ -251,6 +258,8 @@ def render_figures(report: dict) -> dict[str, bytes]:
     sections = task_reports.sections(report.get("task") or DEFAULT_TASK)
     for split, m in report["splits"].items():
         figures.update(sections.figures(split, m))
+    if report.get("out_of_scope"):
+        figures["out_of_scope"] = sections.out_of_scope_figure(report["out_of_scope"])
     return figures
 
 
