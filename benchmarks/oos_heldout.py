@@ -28,6 +28,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,14 +136,20 @@ def table(draws: list[dict]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--draws", type=int, default=3, help="held-out intent draws (seeds 0, 1, ...)")
-    parser.add_argument("--work-dir", default="/tmp/textft-oos-heldout", help="draw files and run directories")
+    parser.add_argument("--work-dir", help="draw files and run directories (default /tmp/textft-oos-heldout;"
+                                           " --quick: a temporary directory, removed at the end)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run is there")
     parser.add_argument("--quick", action="store_true", help="1 draw, 600 training queries, 8 steps")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"needs Banking77 at {DATA}", file=sys.stderr)
         return 2
-    root = Path(args.work_dir) / ("quick" if args.quick else "full")
+    with tempfile.TemporaryDirectory(prefix="textft-oos-quick-") as tmp:
+        root = Path(args.work_dir or (tmp if args.quick else "/tmp/textft-oos-heldout")) / ("quick" if args.quick else "full")
+        return run(args, root)
+
+
+def run(args, root: Path) -> int:
     draws, trained = [], []
     for seed in range(1 if args.quick else args.draws):
         train_file, test_file, unknown = draw_files(seed, root / f"draw-{seed}", args.quick)
