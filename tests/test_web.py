@@ -199,10 +199,12 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     assert download.value.suggested_filename == f"{job_id}.tar.gz" and gzip.open(saved).read(512)
     shots("job-succeeded")
 
-    # -- try the model, with an out-of-scope threshold calibrated on the validation file
+    # -- try the model, with an out-of-scope threshold calibrated on the validation file (the softmax
+    # score: the feature scores reject texts unlike the toy rows, such as the two-adjective one below)
     calibrate = subprocess.run([sys.executable, "-m", "textft", "calibrate", "--model",
                                 str(svc.data_dir / "jobs" / job_id / "run"), "--data", str(toy_files["validation"]),
-                                "--target-rejection", "0.3"], capture_output=True, text=True, timeout=120)
+                                "--target-rejection", "0.3", "--method", "msp"], capture_output=True, text=True,
+                               timeout=300)
     assert calibrate.returncode == 0, calibrate.stderr
     page.get_by_role("link", name="Try the model").click()
     expect(page.locator("#model-meta")).to_contain_text("out-of-scope threshold")

@@ -39,7 +39,8 @@ def calibrate_main(argv: list[str]) -> int:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", type=float, help="answered predictions at least this precise")
     target.add_argument("--target-rejection", type=float, help="reject this fraction of in-scope examples")
-    parser.add_argument("--label", default=calibration.DEFAULT_OOS_LABEL, help="label answered below the threshold")
+    parser.add_argument("--label", help="label answered below the threshold (default: the model's own, e.g. its"
+                                        f" data.oos_label, else {calibration.DEFAULT_OOS_LABEL})")
     parser.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
     parser.add_argument("--evaluate", action="store_true",
                         help="only measure the threshold already stored in the model on --data (e.g. a test file)")
@@ -71,12 +72,17 @@ def calibrate_out_of_scope(args, raw_config: dict) -> list[str]:
     if args.evaluate and raw_config.get(OOS_KEY) is None:
         raise UserError(f"'--evaluate': '{args.model}' has no out-of-scope threshold yet; run textft calibrate first")
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
+    if args.backend == "auto" and not args.evaluate and args.method not in calibration.LOGIT_METHODS:
+        args.backend = "torch"  # the feature scores read what the ONNX export does not give
     clf = load_classifier(args, out_of_scope=args.evaluate)
+    stored = raw_config.get(OOS_KEY) if isinstance(raw_config.get(OOS_KEY), dict) else {}
+    args.label = args.label or stored.get("label") or clf.trained_setting("oos_label") or DEFAULT_OOS_LABEL
     if args.evaluate:
         measured = calibration.measure_threshold(clf, texts, labels, args.batch_size)
         return calibration.rejection_lines(measured, clf.out_of_scope["method"])
     started = time.perf_counter()
-    train, note = training_data(clf, args)
+    train, note = training_data(clf, args) if args.method not in calibration.LOGIT_METHODS else \
+        (None, f"feature scores not measured: --method {args.method} reads the logits only")
     settings, statistics = calibration.calibrate(
         clf, texts, labels, args.method, args.target_precision, args.target_rejection, args.label, args.batch_size,
         train=train, source=Path(args.data).name)

@@ -271,7 +271,7 @@ def check_calibration(args, raw_config: dict) -> str:
                         " threshold to calibrate")
     oos_only = [flag for flag, given in (("--target-precision", args.target_precision is not None),
                                          ("--target-rejection", args.target_rejection is not None),
-                                         ("--method", args.method != "auto"), ("--label", args.label != DEFAULT_OOS_LABEL),
+                                         ("--method", args.method != "auto"), ("--label", args.label is not None),
                                          ("--train-data", args.train_data is not None))
                 if given]
     if kind == "thresholds" and oos_only:
