@@ -18,7 +18,7 @@ from torch import nn
 
 from textft.config import AUTO, Config, TrainConfig
 from textft.errors import UserError
-from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
+from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, TASKS, task_class
 
 REFERENCE_LR = 2e-4
 """Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""
@@ -278,8 +278,9 @@ def _early_stopping(t: TrainConfig, total: int, planned: int, length_is_auto: bo
 
 def few_shot_problem(facts: Facts) -> str | None:
     """Why the few-shot method cannot train this data, or None."""
-    if facts.task != "single_label":
-        return f"it needs one class per text (single_label), the data is {facts.task}"
+    if not task_class(facts.task).one_class_per_text:
+        able = " or ".join(name for name, cls in TASKS.items() if cls.one_class_per_text)
+        return f"it needs one class per text ({able}), the data is {facts.task}"
     if facts.pairs:
         return "it compares single texts, the examples are text pairs"
     return None

@@ -192,7 +192,7 @@ def load_inputs(cfg: Config, accelerator, precision: str):
                   global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes,
                   steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps), task=data.task.name,
                   default_metric=data.task.default_metric, pairs="text_pair" in tokenized["train"].column_names)
-    if data.task.name == "single_label":
+    if data.task.one_class_per_text:
         facts.examples_per_class = examples_per_class(tokenized["train"]["labels"])
     texts = {split: ds["text"] for split, ds in eval_sets.items()}
     pairs = {split: ds["text_pair"] if "text_pair" in ds.column_names else None for split, ds in eval_sets.items()}

@@ -22,7 +22,7 @@ from textft.service.scheduler import read_new_lines
 from textft.service.core import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
 from textft.service.textft_api import (DEFAULT_TASK, UserError, closest, recipe_facts, resolve_recipe,
-                                      task_default_metric, task_outputs)
+                                      task_default_metric, task_one_class_per_text, task_outputs)
 
 router = APIRouter(tags=["jobs"])
 EVENTS = {200: {"content": {"text/event-stream": {}},
@@ -255,7 +255,7 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
              "n_train": n_train, "n_validation": n_val, "num_labels": len(labels), "global_batch": global_batch,
              "steps_per_epoch": per_epoch, "task": task, "default_metric": task_default_metric(task),
              "pairs": cfg.data.text_pair_column is not None,
-             "examples_per_class": per_class_median(train, n_train) if task == "single_label" else None}
+             "examples_per_class": per_class_median(train, n_train) if task_one_class_per_text(task) else None}
     try:
         resolved, why = resolve_recipe(cfg, **facts)
     except UserError as e:  # an explicit transfer mode the upload cannot use

@@ -17,7 +17,7 @@ from textft.tasks.multi_label import THRESHOLDS_KEY
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
            "presets", "serve_local_docs",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts", "task_default_metric", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
+           "recipe_facts", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY"]
 
@@ -107,6 +107,13 @@ def task_default_metric(task: str) -> str:
     from textft.tasks import task_class
 
     return task_class(task).default_metric
+
+
+def task_one_class_per_text(task: str) -> bool:
+    """Whether each text of ``task`` has exactly one class (examples per class can be counted)."""
+    from textft.tasks import task_class
+
+    return task_class(task).one_class_per_text
 
 
 def task_headline(task: str | None) -> tuple[str, ...]:
