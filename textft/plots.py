@@ -215,7 +215,7 @@ def plot_score_histograms(entry: dict) -> bytes:
     """One panel per data the out-of-scope score was measured on: the scores of in-scope and of
     out-of-scope examples, and the threshold between rejected and answered."""
     measured = {name: m for name, m in entry["measured"].items() if m.get("histogram")}
-    fig = figure(6.2 * max(1, len(measured)), 3.6)
+    fig = figure(6.2 * max(1, len(measured)), 4.0)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(measured))))
     for ax, (name, m) in zip(axes, measured.items()):
         hist = m["histogram"]
@@ -233,9 +233,10 @@ def plot_score_histograms(entry: dict) -> bytes:
                     va="top", fontsize=9)
         recall = m.get("out_of_scope_recall")
         shown = f"; out-of-scope recall {recall:.3f}" if recall is not None else ""
-        ax.set_title(f"{name}: in-scope rejected {fmt(m.get('in_scope_rejection_rate'), 3)}{shown}", loc="left",
+        # Two lines: one line of data name and rates ran past a single panel's edge.
+        ax.set_title(f"{name}\nin-scope rejected {fmt(m.get('in_scope_rejection_rate'), 3)}{shown}", loc="left",
                      fontsize=10)
-        below = f"; the first bar also holds {hist['below']} lower scores" if hist.get("below") else ""
+        below = f"\nthe first bar also holds {hist['below']} lower scores" if hist.get("below") else ""
         ax.set_xlabel(f"{entry['method']} score (higher: more in scope){below}")
         ax.set_ylabel("share of examples")
         ax.legend(loc="upper left", fontsize=9, bbox_to_anchor=(0, 0.9))
