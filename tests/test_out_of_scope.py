@@ -73,7 +73,7 @@ def test_calibrate_picks_mahalanobis_where_it_separates_and_the_softmax_does_not
     assert methods["knn"]["out_of_scope_recall"] > 0.95
     assert settings["calibration"]["in_scope_rejection_rate"] <= 0.05
     assert settings["calibration"]["chosen_because"].startswith("it rejects the most out-of-scope examples")
-    # without out-of-scope rows to compare on: the default, the best measured; without training
+    # without out-of-scope rows to compare on: the default (mahalanobis); without training
     # data: the best logit score
     assert calibration.calibrate(clf, texts, labels, target_rejection=0.05, train=train)[0]["method"] == "mahalanobis"
     assert calibration.calibrate(clf, texts, labels, target_rejection=0.05)[0]["method"] == "energy"

@@ -24,7 +24,7 @@ def calibrate_main(argv: list[str]) -> int:
         epilog="Rows whose label is not one of the model's labels count as out of scope. Default target:"
                " --target-rejection 0.05 (5%% of in-scope examples rejected). --method auto measures every score"
                " and keeps the one that rejects the most out-of-scope rows of --data at the target (without"
-               " such rows: mahalanobis, the best measured). The feature scores (mahalanobis, knn) are fitted on"
+               " such rows: mahalanobis, the default). The feature scores (mahalanobis, knn) are fitted on"
                " the training data: the run's own training split, or --train-data. A regression model has"
                " nothing to calibrate.")
     parser.add_argument("--data", required=True, help="labelled validation file (csv, tsv, jsonl, parquet)")

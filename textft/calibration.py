@@ -190,8 +190,8 @@ def pick_method(measured: dict[str, dict], targets: dict) -> tuple[str, str]:
     first = next(iter(measured.values()))
     if not first["num_out_of_scope"]:
         name = next(m for m in DEFAULT_ORDER if m in measured)
-        return name, ("it is the default, the best measured on held-out intents (the calibration data has no"
-                      " out-of-scope example to compare the scores on)")
+        return name, ("it is the default (the calibration data has no out-of-scope example to compare the"
+                      " scores on)")
     keys = ("in_scope_accuracy", "out_of_scope_recall") if "precision" in targets else \
         ("out_of_scope_recall", "in_scope_accuracy")
     name = max(measured, key=lambda m: (*(measured[m][k] or 0.0 for k in keys), -DEFAULT_ORDER.index(m)))
