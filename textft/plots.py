@@ -1,5 +1,6 @@
 """The report's figures, drawn with matplotlib's object-oriented API (no pyplot state, no display)
-into PNG bytes: confusion matrix, per-class F1, learning curves, calibration (single-label), label
+into PNG bytes: confusion matrix, per-class F1, learning curves, calibration and out-of-scope score
+histograms (single-label), label
 co-occurrence (multi-label), predicted against true values and residuals (regression), and the
 ``<img>`` tag that embeds one in a page. Each task's report sections (``textft.task_reports``) say
 which of them its splits get."""
@@ -206,6 +207,39 @@ def plot_calibration(cal: dict) -> bytes:
     ax_rel.set_title(f"Reliability: ECE {cal['ece']:.3f} ({cal['num_bins']} bins)", loc="left")
     ax_rel.legend(loc="upper left", fontsize=9)
     ax_rel.grid(alpha=0.3)
+    return png(fig)
+
+
+def plot_score_histograms(entry: dict) -> bytes:
+    """One panel per data the out-of-scope score was measured on: the scores of in-scope and of
+    out-of-scope examples, and the threshold between rejected and answered."""
+    measured = {name: m for name, m in entry["measured"].items() if m.get("histogram")}
+    fig = figure(6.2 * max(1, len(measured)), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(measured))))
+    for ax, (name, m) in zip(axes, measured.items()):
+        hist = m["histogram"]
+        edges = np.asarray(hist["edges"])
+        # Each kind as a share of its own examples: out-of-scope ones are often far fewer.
+        for key, color, label in (("in_scope", "#1f77b4", "in scope"), ("out_of_scope", "#d62728", "out of scope")):
+            counts = np.asarray(hist[key], dtype=float)
+            if counts.sum():
+                ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=color,
+                          label=f"{label} ({int(counts.sum())})")
+        ax.axvline(hist["threshold"], color="#222222", linestyle="--", linewidth=1.4)
+        ax.annotate("rejected  ", (hist["threshold"], 0.97), xycoords=("data", "axes fraction"), ha="right",
+                    va="top", fontsize=9)
+        ax.annotate("  answered", (hist["threshold"], 0.97), xycoords=("data", "axes fraction"), ha="left",
+                    va="top", fontsize=9)
+        recall = m.get("out_of_scope_recall")
+        shown = f"; out-of-scope recall {recall:.3f}" if recall is not None else ""
+        # Two lines: one line of data name and rates ran past a single panel's edge.
+        ax.set_title(f"{name}\nin-scope rejected {fmt(m.get('in_scope_rejection_rate'), 3)}{shown}", loc="left",
+                     fontsize=10)
+        below = f"\nthe first bar also holds {hist['below']} lower scores" if hist.get("below") else ""
+        ax.set_xlabel(f"{entry['method']} score (higher: more in scope){below}")
+        ax.set_ylabel("share of examples")
+        ax.legend(loc="upper left", fontsize=9, bbox_to_anchor=(0, 0.9))
+        ax.grid(axis="y", alpha=0.3)
     return png(fig)
 
 

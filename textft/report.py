@@ -104,6 +104,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"## {md_cell(split)}", *sections.markdown_split(split, m)]
         if report.get("examples_withheld"):
             lines += ["", WITHHELD]
+    if report.get("out_of_scope"):
+        lines += sections.markdown_out_of_scope(report["out_of_scope"])
     if report.get("recipe"):
         lines += ["", "## Settings chosen automatically", "", "| setting | value | why |", "|---|---:|---|"]
         lines += [f"| {r['key']} | {_setting(r['value'])} | {md_cell(r['why'])} |" for r in report["recipe"]]
@@ -157,6 +159,8 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     page = render(HTML_TEMPLATE, title=report["title"], run=report["run"], **_summary(report), facts=run_facts(report),
                   warnings=report["warnings"], curves=figures.get("learning_curves"), evals=_evals(report),
                   splits=splits, withheld=WITHHELD if report.get("examples_withheld") else None,
+                  out_of_scope=sections.html_out_of_scope(report["out_of_scope"], figures.get("out_of_scope"))
+                  if report.get("out_of_scope") else None,
                   recipe=[[r["key"], _setting(r["value"]), r["why"]] for r in report.get("recipe") or []],
                   config=yaml.safe_dump(report["config"], sort_keys=False) if report.get("config") else None)
     return str(page)
@@ -191,6 +195,8 @@ def render_figures(report: dict) -> dict[str, bytes]:
     sections = task_reports.sections(report.get("task") or DEFAULT_TASK)
     for split, m in report["splits"].items():
         figures.update(sections.figures(split, m))
+    if report.get("out_of_scope"):
+        figures["out_of_scope"] = sections.out_of_scope_figure(report["out_of_scope"])
     return figures
 
 

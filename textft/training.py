@@ -385,6 +385,8 @@ def write_run(run: Run, reports: dict, predictions: dict, best: dict | None,
             save_config(cfg, tmp / lora.ADAPTER_DIR / "textft_config.yaml", run.recipe)
         save_model(tmp, lora.merge(model), run.tokenizer)
         save_config(cfg, tmp / "textft_config.yaml", run.recipe)
+        if d.oos_label is not None:  # through textft.load, which reads the config saved above
+            calibrate_out_of_scope(run, tmp, predictions)
         write_reports(tmp, reports, run.task, extra, title=f"textft: {cfg.model.name_or_path} on {run.data.source}")
         write_predictions(tmp / "predictions", predictions)
         if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
@@ -396,6 +398,44 @@ def write_run(run: Run, reports: dict, predictions: dict, best: dict | None,
     shutil.rmtree(run.checkpoints / BEST, ignore_errors=True)  # the exported model; each checkpoint keeps its own
     if run.checkpoints.is_dir() and not any(run.checkpoints.iterdir()):
         run.checkpoints.rmdir()
+
+
+def calibrate_out_of_scope(run: Run, model_dir: Path, predictions: dict) -> None:
+    """With ``data.oos_label``: the out-of-scope score and threshold chosen on validation as ``textft
+    calibrate`` does (fitted on the training split, at ``train.oos_target_rejection``), measured on
+    every evaluation split and saved with the model in ``model_dir``; each prediction record says
+    whether its text was rejected, and the answer given."""
+    from textft import calibration
+    from textft.classifier import Classifier
+
+    oos, names = run.cfg.data.oos_label, run.data.label_names
+    train = run.data.splits["train"]
+    clf = Classifier.from_pretrained(model_dir, device=str(run.accelerator.device), out_of_scope=False,
+                                     backend="torch")
+    batch = run.cfg.train.eval_batch_size or 2 * run.cfg.train.batch_size
+
+    def labelled(split: str) -> tuple[list[str], list[str]]:
+        return run.eval_texts[split], [r["label"] for r in predictions[split]]
+
+    settings, statistics = calibration.calibrate(
+        clf, *labelled("validation"), target_rejection=run.cfg.train.oos_target_rejection, oos_label=oos,
+        batch_size=batch, train=(list(train["text"]), [names[i] if i >= 0 else oos for i in train["labels"]]),
+        source="validation split")
+    clf = clf.replace(out_of_scope=settings, oos_statistics=statistics)
+    settings["evaluations"] = {}
+    for split in run.eval_texts:  # validation is measured again for its prediction records
+        texts, labels = labelled(split)
+        outputs = clf.outputs(texts, batch)
+        truth = calibration.class_ids(labels, names)
+        if split != "validation":
+            settings["evaluations"][split] = calibration.measure_outputs(outputs, truth, settings["threshold"])
+        for row, score in zip(predictions[split], outputs.in_scope):
+            row["out_of_scope"] = bool(score < settings["threshold"])
+            row["pred"] = oos if row["out_of_scope"] else row["pred"]
+    settings = calibration.write_settings(model_dir, settings, statistics)
+    log.info("out of scope: %s, threshold %.6g (%s); test out-of-scope recall %s", settings["method"],
+             settings["threshold"], settings["calibration"]["chosen_because"],
+             (settings["evaluations"].get("test") or {}).get("out_of_scope_recall"))
 
 
 def export(run: Run, render: Callable[[Path], None] | None = None) -> dict:

@@ -166,8 +166,8 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     loaded = await service.models.get(model_id, predict_path(service.data.job(model_id) / RUN_DIR))
     items = request_items(req.inputs, opts.max_texts, opts.max_chars, loaded.classifier.pairs)
     check_answer_options(loaded.classifier, req.top_k, req.return_all_scores)
-    logits = await batched_logits(loaded.batcher, items)
-    predictions = loaded.classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)
+    outputs = await batched_logits(loaded.batcher, items)
+    predictions = loaded.classifier.results(outputs, top_k=req.top_k, return_all_scores=req.return_all_scores)
     service.metrics.predicted(len(items))
     if not explain:
         return {"predictions": predictions}

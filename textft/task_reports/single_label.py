@@ -1,5 +1,6 @@
 """The single-label sections of the reports: per-class tables, the confusion matrix
-(and the most confused pairs), calibration of the softmax confidence, the most confident mistakes."""
+(and the most confused pairs), calibration of the softmax confidence, the most confident mistakes, and
+the out-of-scope score and threshold with the histograms of in-scope and out-of-scope scores."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from textft.plots import MANY_CLASSES, plot_calibration, plot_confusion, plot_per_class_f1
+from textft.out_of_scope import OOS_METHODS
+from textft.plots import (MANY_CLASSES, plot_calibration, plot_confusion, plot_per_class_f1,
+                          plot_score_histograms)
 from textft.report_parts import check_rows, example, example_markdown, fmt, md_cell, md_code, sorted_classes
 from textft.tasks.single_label import SingleLabel
 from textft.templating import render
@@ -15,6 +18,8 @@ from textft.templating import render
 TASK = SingleLabel.name
 HTML_TEMPLATE = "single_label.html.j2"
 """The template of a split's section in report.html (``textft/templates``)."""
+OOS_TEMPLATE = "single_label_out_of_scope.html.j2"
+"""The template of the out-of-scope section of report.html."""
 CALIBRATION_BINS = 15
 HISTOGRAM_BINS = 20
 TOP_CONFUSIONS = 20
@@ -132,6 +137,54 @@ def figures(split: str, m: dict) -> dict[str, bytes]:
     if m.get("calibration"):
         out[f"{split}/calibration"] = plot_calibration(m["calibration"])
     return out
+
+
+# --- out of scope --------------------------------------------------------------------------------
+
+OOS_COLUMNS = (("in_scope_rejection_rate", "in-scope rejected"), ("out_of_scope_recall", "out-of-scope recall"),
+               ("auroc", "AUROC"), ("in_scope_accuracy", "in-scope accuracy"),
+               ("in_scope_accuracy_without_rejection", "without rejection"))
+
+
+def out_of_scope_rows(entry: dict) -> tuple[list[list], list[list]]:
+    """(the chosen score on each data it was measured on, every score on the calibration data)."""
+    measured = [[name, m.get("num_in_scope"), m.get("num_out_of_scope"), *(fmt(m.get(k)) for k, _ in OOS_COLUMNS)]
+                for name, m in entry["measured"].items()]
+    methods = [[name + (" (chosen)" if name == entry["method"] else ""), f"{m['threshold']:.6g}",
+                *(fmt(m.get(k)) for k, _ in OOS_COLUMNS[:4])]
+               for name, m in sorted(entry["methods"].items(), key=lambda kv: OOS_METHODS.index(kv[0]))]
+    return measured, methods
+
+
+def out_of_scope_summary(entry: dict) -> str:
+    target = entry.get("target") or {}
+    goal = (f"in-scope precision {target['precision']}" if "precision" in target
+            else f"{target.get('rejection', 0):.1%} of in-scope examples rejected")
+    why = f"; this score was chosen because {entry['chosen_because']}" if entry.get("chosen_because") else ""
+    return (f"Predictions whose {entry['method']} score ({entry['description']}) is below {entry['threshold']:.6g}"
+            f" are answered '{entry['label']}'. The threshold was set for {goal} on the calibration data{why}.")
+
+
+def markdown_out_of_scope(entry: dict) -> list[str]:
+    measured, methods = out_of_scope_rows(entry)
+    lines = ["", "## Out of scope", "", md_cell(out_of_scope_summary(entry)), "",
+             "| data | in scope | out of scope | " + " | ".join(n for _, n in OOS_COLUMNS) + " |",
+             "|---|---:|---:|" + "---:|" * len(OOS_COLUMNS)]
+    lines += ["| " + " | ".join(md_cell(str(v)) for v in row) + " |" for row in measured]
+    lines += ["", "Every score on the calibration data, each at its own threshold for the same target:", "",
+              "| score | threshold | " + " | ".join(n for _, n in OOS_COLUMNS[:4]) + " |", "|---|---:|" + "---:|" * 4]
+    return lines + ["| " + " | ".join(md_cell(str(v)) for v in row) + " |" for row in methods]
+
+
+def out_of_scope_figure(entry: dict) -> bytes:
+    return plot_score_histograms(entry)
+
+
+def html_out_of_scope(entry: dict, figure: bytes | None) -> str:
+    """The out-of-scope section of report.html (``OOS_TEMPLATE``)."""
+    measured, methods = out_of_scope_rows(entry)
+    return render(OOS_TEMPLATE, summary=out_of_scope_summary(entry), figure=figure, measured=measured,
+                  methods=methods, names=[n for _, n in OOS_COLUMNS])
 
 
 # --- model card ------------------------------------------------------------------------------------

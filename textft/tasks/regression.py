@@ -200,7 +200,7 @@ class Regression(Task):
     # -- prediction -------------------------------------------------------------------------------
 
     def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
-               out_of_scope: dict | None = None) -> list[dict]:
+               out_of_scope: dict | None = None, in_scope: np.ndarray | None = None) -> list[dict]:
         """``value``: the predicted number."""
         if check_top_k(top_k) > 1 or return_all_scores:
             raise UserError("'--top-k' and '--all-scores' rank classes; a regression model answers one value")
