@@ -83,6 +83,9 @@ def service_main(argv: list[str]) -> int:
     parser.add_argument("--grace", type=float, default=60.0,
                         help="seconds a stopped or cancelled job gets before SIGKILL")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--adopt-orphans", action="store_true",
+                        help="start although the database is missing or empty while the data directory holds"
+                             " datasets and jobs: a new database, and those directories kept aside in quarantine/")
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
     _check_service_args(args)
@@ -106,7 +109,7 @@ def service_main(argv: list[str]) -> int:
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
                    max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
-                   gpus=_gpus(args.gpus), log_level=args.log_level)
+                   gpus=_gpus(args.gpus), log_level=args.log_level, adopt_orphans=args.adopt_orphans)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: use TLS (a reverse proxy) so that keys do not cross the"
               " network in clear", file=sys.stderr)
@@ -136,11 +139,12 @@ def keys_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
     from textft.service.keys import create_key, list_keys, revoke_key
-    from textft.service.layout import DataDir
-    from textft.service.store import Store
+    from textft.service.layout import DataDir, private_files
+    from textft.service.safekeeping import open_store
 
+    private_files()
     data = DataDir(data_dir).create()
-    store = Store(data.db)
+    store = open_store(data, how_to_start="run textft service once with")
     if args.action == "create":
         key, record = create_key(store, args.name, args.admin, args.max_queued,
                                  None if args.max_upload_mb is None else int(args.max_upload_mb * 1e6))
@@ -176,7 +180,9 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--grace", type=float, default=60.0, help="seconds a stopped job gets before SIGKILL")
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
+    from textft.service.layout import private_files
     from textft.service.worker import run_worker
 
+    private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     return run_worker(str(data_dir), args.broker, args.workers, _gpus(args.gpus), args.grace)

@@ -21,11 +21,11 @@ from pathlib import Path
 from textft.service.datasets import Checker
 from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
-from textft.service.layout import DataDir
+from textft.service.layout import DataDir, private_files
 from textft.service.models import ModelCache
 from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, start_consumer, stop_consumer
+from textft.service.safekeeping import open_store
 from textft.service.scheduler import Monitor
-from textft.service.store import Store
 
 log = logging.getLogger("textft.service")
 
@@ -53,6 +53,8 @@ class Options:
     grace_s: float = 60.0
     gpus: list[str] | None = None
     log_level: str = "info"
+    adopt_orphans: bool = False
+    """Start even without a database over a data directory with datasets and jobs (they are kept aside)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -85,10 +87,11 @@ class Notifier:
 class Service:
     def __init__(self, opts: Options):
         self.opts = opts
+        private_files()
         self.data = DataDir(opts.data_dir).create()
         # Jobs inherit this: the datasets cache stays with the service's files.
         os.environ.setdefault("HF_DATASETS_CACHE", str(self.data.cache / "datasets"))
-        self.store = Store(self.data.db)
+        self.store = open_store(self.data, opts.adopt_orphans)
         self.verifier = Verifier(self.store)
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()

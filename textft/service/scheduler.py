@@ -31,6 +31,7 @@ from typing import Callable
 from textft.service.jobs import RUN_DIR
 from textft.service.layout import DataDir, is_local, process_alive, read_json, write_json
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
+from textft.service.safekeeping import keep_aside
 from textft.service.store import ACTIVE, Store, add_event, dumps
 from textft.service.supervise import group_alive, stop_group
 from textft.service.textft_api import DEFAULT_TASK, lower_is_better, task_headline
@@ -129,15 +130,9 @@ class Monitor:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """On start: drop half-built directories, settle every active job, refill the queue."""
-        known_jobs = {r["id"] for r in self.store.rows("SELECT id FROM jobs")}
-        for path in self.data.jobs.iterdir():
-            if path.name not in known_jobs:
-                shutil.rmtree(path, ignore_errors=True)
-        known_sets = {r["id"] for r in self.store.rows("SELECT id FROM datasets")}
-        for path in self.data.datasets.iterdir():
-            if path.name not in known_sets:
-                shutil.rmtree(path, ignore_errors=True)
+        """On start: keep aside what the database has no row for, settle every active job, refill the queue."""
+        keep_aside(self.data, known_datasets={r["id"] for r in self.store.rows("SELECT id FROM datasets")},
+                   known_jobs={r["id"] for r in self.store.rows("SELECT id FROM jobs")})
         self.tick(startup=True)
 
     def start(self) -> None:

@@ -11,9 +11,11 @@ import json
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from textft.service.textft_api import UserError
 
 SCHEMA_VERSION = 2
 MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT")}
@@ -111,6 +113,13 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise UserError(unreadable(self.path, e)) from None
+
+    def _migrate(self) -> None:
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -124,8 +133,8 @@ class Store:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer textft (schema {version});"
-                                   f" this one reads schema {SCHEMA_VERSION}")
+                raise UserError(f"{self.path} was written by a newer textft (schema {version}); this one reads"
+                                f" schema {SCHEMA_VERSION}: upgrade textft")
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -161,6 +170,28 @@ class Store:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def inspect(path: Path) -> int:
+    """The schema version of the database at ``path`` (0: none written yet), read without writing anything;
+    UserError (one line) unless SQLite reads it and every page passes its quick check."""
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            found = [r[0] for r in db.execute("PRAGMA quick_check(3)").fetchall()]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise UserError(unreadable(path, e)) from None
+    if found != ["ok"]:
+        raise UserError(unreadable(path, "; ".join(" ".join(f.split()) for f in found)))
+    return version
+
+
+def unreadable(path: Path, why) -> str:
+    """One line: the damaged database, and what the operator can do (nothing was changed)."""
+    return (f"{path} is not a readable textft database ({' '.join(str(why).split())[:200]}); nothing was changed."
+            f" Restore it from a backup (sqlite3's .recover may save its rows), or move it aside and start textft"
+            f" service with --adopt-orphans to begin a new one (the datasets and jobs it knew are then kept aside in"
+            f" quarantine/, never deleted)")
 
 
 def add_event(db: sqlite3.Connection, job_id: str, kind: str, data: dict) -> int:
