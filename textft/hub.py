@@ -36,13 +36,13 @@ log = logging.getLogger("textft")
 IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", ".*", "**/.*"]
 
 
-def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
+def push_problems(repo_id: str | None, key: str = "--repo-id", token: str | None = None) -> list[str]:
     """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
     problems = []
     rid = repo_id or ""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+|[\w.-]+", rid) or "--" in rid or ".." in rid:
         problems.append(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'")
-    if get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
+    if token is None and get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
         problems.append("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`")
     return problems
 
@@ -98,22 +98,25 @@ def publishable_copy(model_dir: Path, include_examples: bool = False) -> Iterato
 
 
 def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None,
-                write_card: bool = True, license: str | None = None, include_examples: bool = False) -> str:
+                write_card: bool = True, license: str | None = None, include_examples: bool = False,
+                token: str | None = None) -> str:
     """Create ``repo_id`` on the Hub if needed and upload the model directory; returns the commit URL.
+
+    ``token`` pushes as its holder instead of with the environment's token (HF_TOKEN or a login).
 
     README.md (the model card) is written into the directory first unless ``write_card`` is False.
     What is uploaded names no local path and, unless ``include_examples``, quotes no evaluation
     text (see ``publishable_copy``).
     """
     path, _, _ = check_model_dir(model_dir, allow_pickle=True)
-    problems = push_problems(repo_id)
+    problems = push_problems(repo_id, token=token)
     if problems:
         raise UserError(problems)
     if write_card:
         write_model_card(path, license=license, repo_id=repo_id, include_examples=include_examples)
     elif not (path / "README.md").is_file():
         log.warning("%s has no README.md: the Hub page will have no model card", path)
-    api = HfApi()
+    api = HfApi(**({"token": token} if token else {}))  # none given: huggingface_hub finds HF_TOKEN / the login
     try:
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
     except Exception as e:  # huggingface_hub raises HTTP, connection and validation errors alike

@@ -11,6 +11,7 @@ lifespan, error handlers, the JSON body limit and the web page.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
@@ -25,6 +26,8 @@ from textft.service.routes_shared import error
 from textft.service.core import Service
 from textft.service.textft_api import UserError
 from textft.service.web import mount_page
+
+log = logging.getLogger("textft.service")
 
 JSON_BODY_LIMIT = 1 << 20
 
@@ -82,8 +85,15 @@ async def upload_error(request: Request, exc: uploads.UploadError):
     return error(exc.status, str(exc), exc.problems, headers={"Connection": "close"} if exc.close else None)
 
 
+async def internal_error(request: Request, exc: Exception):
+    """A fault of the service's own: the client learns nothing of the server (the log has the traceback)."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error(500, "the service failed to answer this request; its operator's log has the details")
+
+
 EXCEPTION_HANDLERS = {RequestValidationError: invalid_request, StarletteHTTPException: http_error,
-                      Problems: problems_error, UserError: user_error, uploads.UploadError: upload_error}
+                      Problems: problems_error, UserError: user_error, uploads.UploadError: upload_error,
+                      Exception: internal_error}
 
 
 def create_app(service: Service) -> FastAPI:

@@ -36,10 +36,11 @@ def _check_service_args(args) -> None:
     problems = []
     if not 0 <= args.port <= 65535:
         problems.append(f"'--port' must be in 0..65535, got {args.port}")
-    for name in ("max_upload_mb", "max_loaded_models", "predict_threads"):
+    for name in ("max_upload_mb", "max_loaded_models", "predict_threads", "header_timeout", "body_timeout"):
         if getattr(args, name) <= 0:
             problems.append(f"'--{name.replace('_', '-')}' must be > 0, got {getattr(args, name)}")
-    for name in ("workers", "max_queued", "save_every_steps", "grace"):
+    for name in ("workers", "max_queued", "save_every_steps", "grace", "max_auth_failures",
+                 "max_connections_per_client"):
         value = getattr(args, name)
         if value is not None and value < 0:
             problems.append(f"'--{name.replace('_', '-')}' must be >= 0, got {value}")
@@ -50,6 +51,19 @@ def _check_service_args(args) -> None:
             problems.append(f"'--local-models': directory '{path}' does not exist")
     if problems:
         raise UserError(problems)
+
+
+def _client_limits(parser: argparse.ArgumentParser) -> None:
+    """What one client (address) may hold or try: a shared service meets careless and hostile ones."""
+    parser.add_argument("--max-auth-failures", type=int, default=20,
+                        help="failed key checks a client address may make a minute before it is refused (0: no limit)")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="seconds a client has to send a request's headers; also how long an idle connection"
+                             " stays open")
+    parser.add_argument("--body-timeout", type=float, default=30.0,
+                        help="longest pause, in seconds, while a client sends a request's body")
+    parser.add_argument("--max-connections-per-client", type=int, default=32,
+                        help="open connections one client address may hold at once (0: no cap)")
 
 
 def service_main(argv: list[str]) -> int:
@@ -86,6 +100,7 @@ def service_main(argv: list[str]) -> int:
     parser.add_argument("--adopt-orphans", action="store_true",
                         help="start although the database is missing or empty while the data directory holds"
                              " datasets and jobs: a new database, and those directories kept aside in quarantine/")
+    _client_limits(parser)
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
     _check_service_args(args)
@@ -109,7 +124,9 @@ def service_main(argv: list[str]) -> int:
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
                    max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
-                   gpus=_gpus(args.gpus), log_level=args.log_level, adopt_orphans=args.adopt_orphans)
+                   gpus=_gpus(args.gpus), log_level=args.log_level, adopt_orphans=args.adopt_orphans,
+                   max_auth_failures=args.max_auth_failures, header_timeout_s=args.header_timeout,
+                   body_timeout_s=args.body_timeout, max_connections_per_client=args.max_connections_per_client)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: use TLS (a reverse proxy) so that keys do not cross the"
               " network in clear", file=sys.stderr)
@@ -130,6 +147,9 @@ def keys_main(argv: list[str]) -> int:
     create.add_argument("--admin", action="store_true", help="sees and manages every key's datasets, jobs, models")
     create.add_argument("--max-queued", type=int, help="queued jobs allowed (default: the service's --max-queued)")
     create.add_argument("--max-upload-mb", type=float, help="largest upload (default: the service's --max-upload-mb)")
+    create.add_argument("--hub-namespace", action="append", default=[], metavar="ORG",
+                        help="a Hub user or organization the key may push into with the service's token (repeat for"
+                             " more; without it, a push needs the key holder's own token)")
     listing = sub.add_parser("list", help="list keys (never their secrets)")
     _data_dir(listing)
     listing.add_argument("--json", action="store_true")
@@ -147,7 +167,8 @@ def keys_main(argv: list[str]) -> int:
     store = open_store(data, how_to_start="run textft service once with")
     if args.action == "create":
         key, record = create_key(store, args.name, args.admin, args.max_queued,
-                                 None if args.max_upload_mb is None else int(args.max_upload_mb * 1e6))
+                                 None if args.max_upload_mb is None else int(args.max_upload_mb * 1e6),
+                                 args.hub_namespace)
         print(key)
         print(f"created {'admin ' if record['admin'] else ''}key '{record['name']}' (id {record['id']});"
               " it is shown only this once", file=sys.stderr)
@@ -161,8 +182,9 @@ def keys_main(argv: list[str]) -> int:
                 limits = ", ".join(f"{n} {v}" for n, v in (("queued", k["max_queued"]),
                                                            ("upload MB", k["max_upload_bytes"] and k["max_upload_bytes"] / 1e6))
                                    if v is not None) or "service defaults"
+                hub = f"; pushes into {', '.join(k['hub_namespaces'])}" if k["hub_namespaces"] else ""
                 print(f"{k['id']:<14}{k['name']:<20}{'yes' if k['admin'] else 'no':<7}{_when(k['created_at']):<18}"
-                      f"{_when(k['revoked_at']):<18}{limits}")
+                      f"{_when(k['revoked_at']):<18}{limits}{hub}")
     else:
         record = revoke_key(store, args.key)
         print(f"revoked key '{record['name']}' (id {record['id']})")

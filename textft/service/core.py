@@ -53,6 +53,14 @@ class Options:
     grace_s: float = 60.0
     gpus: list[str] | None = None
     log_level: str = "info"
+    max_auth_failures: int = 20
+    """Failed key checks a client address may make per minute before it is refused (429); 0: no limit."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send a request's headers (and an idle connection stays open)."""
+    body_timeout_s: float = 30.0
+    """Longest pause, in seconds, while a client sends a request's body."""
+    max_connections_per_client: int = 32
+    """Open connections one client address may hold at once (0: no cap)."""
     adopt_orphans: bool = False
     """Start even without a database over a data directory with datasets and jobs (they are kept aside)."""
     extra: dict = field(default_factory=dict)
@@ -92,7 +100,7 @@ class Service:
         # Jobs inherit this: the datasets cache stays with the service's files.
         os.environ.setdefault("HF_DATASETS_CACHE", str(self.data.cache / "datasets"))
         self.store = open_store(self.data, opts.adopt_orphans)
-        self.verifier = Verifier(self.store)
+        self.verifier = Verifier(self.store, max_failures=opts.max_auth_failures)
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()
         self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify)

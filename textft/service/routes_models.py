@@ -29,6 +29,9 @@ class PushBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     repo_id: StrictStr = Field(description="owner/name on the Hugging Face Hub (created if missing)")
     private: StrictBool = False
+    token: StrictStr | None = Field(None, description="your own Hugging Face token: the push is made as you, into"
+                                    " any repository it may write (used for this push only, never stored). Without"
+                                    " it the service's token pushes, only into the namespaces of your key")
 
 
 def model_row(store: Store, model_id: str, who: Principal) -> dict:
@@ -114,17 +117,39 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     return JSONResponse({"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]})
 
 
-@router.post("/v1/models/{model_id}/push")
-def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
-    """Upload the model with a model card to the Hub, with the service's own token (HF_TOKEN)."""
-    model_row(service.store, model_id, who)
+def push_token(body: PushBody, who: Principal) -> str:
+    """The token this push uses: the caller's own, or the service's for a namespace the key was given."""
+    if body.token is not None:
+        if not body.token.strip():
+            raise HTTPException(422, "'token': empty; send your Hugging Face token or leave 'token' out")
+        return body.token.strip()
+    namespace = body.repo_id.split("/")[0] if "/" in body.repo_id else None
+    if not who.hub_namespaces:
+        raise HTTPException(403, "this key may not push with the service's token (it was created without"
+                                 " --hub-namespace); send your own Hugging Face token as 'token'")
+    if namespace not in who.hub_namespaces:
+        raise HTTPException(403, f"with the service's token this key pushes only into {', '.join(who.hub_namespaces)}"
+                                 f" (as ORG/NAME); send your own Hugging Face token as 'token' to push elsewhere")
     token = hub_token()
     if not token:
         raise HTTPException(503, "the service has no Hugging Face token; its operator sets HF_TOKEN")
+    return token
+
+
+@router.post("/v1/models/{model_id}/push")
+def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
+    """Upload the model with a model card to the Hub: with the caller's own token, or with the
+    service's (HF_TOKEN) into the namespaces the key was created for."""
+    model_row(service.store, model_id, who)
+    token = push_token(body, who)
+    run = service.data.job(model_id) / RUN_DIR
+    hidden = {t: "***" for t in (token, hub_token()) if t} | {str(run): f"model {model_id}"}
     try:
-        url = push_model(service.data.job(model_id) / RUN_DIR, body.repo_id, body.private)
+        url = push_model(run, body.repo_id, body.private, token=body.token and token)
     except UserError as e:
-        problems = [p.replace(token, "***") for p in e.problems]
+        problems = list(e.problems)
+        for secret, shown in hidden.items():
+            problems = [p.replace(secret, shown) for p in problems]
         status = 422 if any("must look like" in p for p in problems) else 502
         raise HTTPException(status, "; ".join(problems)) from None
     return {"url": url, "repo_id": body.repo_id}

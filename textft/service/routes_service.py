@@ -23,7 +23,7 @@ def health(service: Service = Depends(current_service)) -> dict:
 def me(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
     opts = service.opts
     queued = service.store.row("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state = 'queued'", who.id)["n"]
-    return {"id": who.id, "name": who.name, "admin": who.admin,
+    return {"id": who.id, "name": who.name, "admin": who.admin, "hub_namespaces": list(who.hub_namespaces),
             "limits": {"max_queued_jobs": max_queued(service, who), "max_upload_bytes": max_upload(service, who),
                        "max_texts_per_prediction": opts.max_texts, "max_chars_per_text": opts.max_chars},
             "queued_jobs": queued}

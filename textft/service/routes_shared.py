@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from textft.service.keys import AuthError, Principal
+from textft.service.keys import AuthError, Principal, Throttled
 from textft.service.core import Service
 from textft.service.store import Store
 
@@ -22,8 +22,11 @@ async def current_service(request: Request) -> Service:
 
 def auth(request: Request) -> Principal:
     """The key of ``Authorization: Bearer KEY``, or 401."""
+    address = request.client.host if request.client else None
     try:
-        return request.app.state.service.verifier.principal(request.headers.get("authorization"))
+        return request.app.state.service.verifier.principal(request.headers.get("authorization"), address)
+    except Throttled as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
     except AuthError as e:
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
 

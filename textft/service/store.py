@@ -17,8 +17,9 @@ from typing import Any, Iterator
 
 from textft.service.textft_api import UserError
 
-SCHEMA_VERSION = 2
-MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT")}
+SCHEMA_VERSION = 3
+MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
+              3: ("ALTER TABLE keys ADD COLUMN hub_namespaces TEXT",)}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -35,7 +36,8 @@ CREATE TABLE keys (
     max_queued INTEGER,
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    hub_namespaces TEXT
 );
 CREATE TABLE datasets (
     id TEXT PRIMARY KEY,
@@ -93,7 +95,7 @@ CREATE TABLE events (
 );
 """
 
-JSON_COLUMNS = {"labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
+JSON_COLUMNS = {"hub_namespaces", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
 
 
 def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:

@@ -141,10 +141,10 @@ def launch_precision(requested: str) -> str:
     return ACCELERATE_NAMES.get(chosen, chosen)
 
 
-def push_model(model_dir, repo_id: str, private: bool) -> str:
+def push_model(model_dir, repo_id: str, private: bool, token: str | None = None) -> str:
     from textft.hub import push_to_hub
 
-    return push_to_hub(model_dir, repo_id, private=private)
+    return push_to_hub(model_dir, repo_id, private=private, token=token)
 
 
 def hub_token() -> str | None:
