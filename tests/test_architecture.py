@@ -195,6 +195,19 @@ def test_install_hints_name_extras_that_exist():
     assert hinted and hinted <= extras, hinted - extras
 
 
+def test_the_readme_contents_list_every_section_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # headings inside code blocks are not headings
+    headings = re.findall(r"^#{2,3} (.+)$", prose, re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    contents = prose[prose.index("## Contents"):]
+    contents = contents[:contents.index("\n## ", 1)]
+    listed = re.findall(r"\]\(#([\w-]+)\)", contents)
+    assert sorted(listed) == sorted(anchors - {"contents"})  # every section once, nothing else
+    linked = set(re.findall(r"\]\(#([\w-]+)\)", prose))
+    assert linked <= anchors, linked - anchors
+
+
 def test_the_classification_metric_loads_by_path_like_any_evaluate_module():
     import evaluate
 

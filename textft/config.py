@@ -23,6 +23,7 @@ from textft.config_schema import (AUTO, BACKENDS, INFERENCE_PRECISIONS, LONG_TEX
                                   PRECISIONS, SECTION_TYPES, TASKS, TRUNCATIONS, VALUE_ALIASES, Config, DataConfig,
                                   ModelConfig, OutputConfig, TrainConfig)
 from textft.errors import UserError, closest
+from textft.presets import resolve as resolve_preset
 
 log = logging.getLogger("textft")
 
@@ -107,14 +108,12 @@ def _env_references(node) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from an optional YAML file plus ``section.key=value`` overrides, fully validated."""
+    """Config from an optional YAML file or preset name plus ``section.key=value`` overrides, fully validated."""
     problems: list[str] = []
     merged: dict[str, Any] = {}
     references: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file '{path}' does not exist")
+        path = resolve_preset(path)
         try:
             raw = OmegaConf.load(path)
         except (OmegaConfBaseException, yaml.YAMLError) as e:

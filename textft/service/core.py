@@ -23,13 +23,12 @@ from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
 from textft.service.layout import DataDir, private_files
 from textft.service.models import ModelCache
-from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, start_consumer, stop_consumer
+from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
+                                  stop_consumer)
 from textft.service.safekeeping import open_store
 from textft.service.scheduler import Monitor
 
 log = logging.getLogger("textft.service")
-
-DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
@@ -40,7 +39,8 @@ class Options:
     workers: int | None = None
     """Jobs run at once by this process (default: one per GPU, else 1); 0 leaves all jobs to workers."""
     broker: str | None = None
-    configs_dir: Path | None = DEFAULT_CONFIGS
+    configs_dirs: tuple[Path, ...] = ()
+    """The team's own preset directories, on top of the packaged presets."""
     local_models: tuple[Path, ...] = ()
     save_every_steps: int = 100
     max_upload_bytes: int = 200_000_000
@@ -104,7 +104,7 @@ class Service:
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()
         self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify)
-        self.catalog = Catalog(opts.configs_dir)
+        self.catalog = Catalog(tuple(opts.configs_dirs))
         self.settings = Settings(save_every_steps=opts.save_every_steps, local_models=tuple(opts.local_models))
         self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads)
         gpus = detect_gpus() if opts.gpus is None else opts.gpus
@@ -123,7 +123,7 @@ class Service:
         self.monitor.start()
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
-                 self.opts.broker or self.data.queue_db, self.runtime.slots, where)
+                 public_url(self.opts.broker) or self.data.queue_db, self.runtime.slots, where)
 
     def begin_shutdown(self) -> None:
         """Refuse new work and start stopping the running jobs (returns at once)."""

@@ -15,7 +15,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from textft.service.textft_api import UserError
+from textft.service.textft_api import UserError, __version__
 
 SCHEMA_VERSION = 3
 MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
@@ -135,8 +135,9 @@ class Store:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
-                raise UserError(f"{self.path} was written by a newer textft (schema {version}); this one reads"
-                                f" schema {SCHEMA_VERSION}: upgrade textft")
+                raise UserError(f"'{self.path}' was written by a newer textft (database schema {version}); this"
+                                f" textft {__version__} reads schema {SCHEMA_VERSION} and leaves it as it is: upgrade"
+                                " textft, or restore the backup taken before the upgrade")
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)

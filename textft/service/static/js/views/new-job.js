@@ -38,7 +38,7 @@ class JobForm {
 
   presetChanged() {
     const p = this.preset();
-    const transfer = (p && p.settings["model.transfer"]) || "full";
+    const transfer = (p && p.settings["model.transfer"]) || "auto";
     this.field("config-help").textContent = p ? p.description : "";
     this.field("backbone").placeholder = p ? p.model : "";
     if (!this.edited.has("backbone")) this.field("backbone").value = p ? p.model : "";
@@ -53,7 +53,7 @@ class JobForm {
     const backbone = this.field("backbone").value.trim();
     if (backbone && (!p || backbone !== p.model)) overrides["model.name_or_path"] = backbone;
     const transfer = this.field("transfer").value;
-    if (transfer !== ((p && p.settings["model.transfer"]) || "full")) overrides["model.transfer"] = transfer;
+    if (transfer !== ((p && p.settings["model.transfer"]) || "auto")) overrides["model.transfer"] = transfer;
     const extra = parseExtra(this.field("extra").value);
     Object.assign(overrides, extra.overrides);
     for (const input of this.main.querySelectorAll("#recipe input[data-key]")) {
