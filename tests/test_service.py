@@ -47,7 +47,7 @@ def service(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def alice(service):
-    return service.client(create_key(service.data_dir, "alice"))
+    return service.client(create_key(service.data_dir, "alice", hub_namespaces=["textft-tests"]))
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,17 @@ log = logging.getLogger("textft")
 IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", ".*", "**/.*"]
 
 
-def push_problems(repo_id: str | None, key: str = "--repo-id", token: str | None = None) -> list[str]:
-    """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
-    problems = []
+def repo_id_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
+    """Whether ``repo_id`` is a Hub repository id (owner/name or name)."""
     rid = repo_id or ""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+|[\w.-]+", rid) or "--" in rid or ".." in rid:
-        problems.append(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'")
+        return [f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'"]
+    return []
+
+
+def push_problems(repo_id: str | None, key: str = "--repo-id", token: str | None = None) -> list[str]:
+    """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
+    problems = repo_id_problems(repo_id, key)
     if token is None and get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
         problems.append("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`")
     return problems

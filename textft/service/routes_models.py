@@ -17,8 +17,8 @@ from textft.service.routes_shared import auth, current_service, iso, key_names, 
 from textft.service.core import Service
 from textft.service.store import Store
 from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, lower_is_better,
-                                      model_task, predict_schemas, public_model_name, push_model, request_items,
-                                      task_headline)
+                                       model_task, predict_schemas, public_model_name, push_model, repo_id_problems,
+                                       request_items, task_headline)
 
 router = APIRouter(tags=["models"])
 PredictRequest, PredictResponse = predict_schemas()
@@ -141,6 +141,8 @@ def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service:
     """Upload the model with a model card to the Hub: with the caller's own token, or with the
     service's (HF_TOKEN) into the namespaces the key was created for."""
     model_row(service.store, model_id, who)
+    if problems := repo_id_problems(body.repo_id):
+        raise HTTPException(422, "; ".join(problems))
     token = push_token(body, who)
     run = service.data.job(model_id) / RUN_DIR
     hidden = {t: "***" for t in (token, hub_token()) if t} | {str(run): f"model {model_id}"}

@@ -18,7 +18,7 @@ __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "c
            "presets", "serve_local_docs",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
-           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
+           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "repo_id_problems", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY"]
 
 
@@ -161,6 +161,12 @@ def push_model(model_dir, repo_id: str, private: bool, token: str | None = None)
     from textft.hub import push_to_hub
 
     return push_to_hub(model_dir, repo_id, private=private, token=token)
+
+
+def repo_id_problems(repo_id: str) -> list[str]:
+    from textft.hub import repo_id_problems as problems
+
+    return problems(repo_id, "repo_id")
 
 
 def hub_token() -> str | None:
