@@ -119,7 +119,7 @@ class Service:
         self.monitor.recover()
         self.checker = Checker(self.data.cache / "uploads")
         self.checker.warm_up()
-        self.consumer = start_consumer(self.queue.huey, self.runtime)
+        self.consumer = start_consumer(self.queue, self.runtime)
         self.monitor.start()
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,

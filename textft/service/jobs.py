@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from textft.service.layout import DataDir, write_json
-from textft.service.textft_api import UserError, closest, load_config, presets, save_config
+from textft.service.textft_api import Problem, UserError, closest, load_config, presets, save_config
 
 RUN_DIR = "run"
 """output.dir of every job, relative to the job's directory."""
@@ -38,25 +38,19 @@ SERVICE_KEYS = {
     "output.push_to_hub": "push a finished model with POST /v1/models/{id}/push",
     "output.hub_repo_id": "push a finished model with POST /v1/models/{id}/push",
     "output.hub_private": "push a finished model with POST /v1/models/{id}/push",
+    "output.log_errors": "the service records every job's failure itself",
     "train.resume_from": "the service resumes interrupted jobs itself",
 }
 """Keys a job may not set, and why."""
 
 
-class Problems(UserError):
-    """Several problems, each tied to the request field it concerns (for 422 answers)."""
-
-    def __init__(self, items: list[tuple[str, str]]):
-        self.items = items
-        super().__init__([message for _, message in items])
-
-
-def field_of(message: str, overrides: dict) -> str:
-    """The request field a config problem concerns: the override it names, else the preset."""
-    for key in re.findall(r"'(\w+\.\w+)'", message):
-        if key in overrides:
-            return f"overrides.{key}"
-    return "config"
+def request_field(key: str | None, overrides: dict) -> str:
+    """The request field of a problem with config key ``key`` (or section): the override that set it,
+    else the preset."""
+    if key in overrides:
+        return f"overrides.{key}"
+    within = [k for k in overrides if key and k.startswith(f"{key}.")]  # a problem with a whole section
+    return f"overrides.{within[0]}" if within else "config"
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -170,36 +164,37 @@ def _model_problem(name: Any, settings: Settings) -> str | None:
 
 def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Catalog,
                   settings: Settings) -> tuple[Any, dict]:
-    """The validated training config and the launch settings, or Problems listing everything wrong.
+    """The validated training config and the launch settings, or a UserError listing everything wrong, each
+    problem with its request field.
 
     ``datasets`` maps each named dataset id to its record, or None when the caller may not see it.
     """
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     for fieldname in ("dataset", "validation_dataset", "test_dataset"):
         ds_id = getattr(req, fieldname)
         if ds_id is not None and datasets.get(ds_id) is None:
             visible = [i for i, d in datasets.items() if d is not None]
-            problems.append((fieldname, f"'{fieldname}': no dataset '{ds_id}'{closest(ds_id, visible)}"))
+            problems.append(Problem(f"'{fieldname}': no dataset '{ds_id}'{closest(ds_id, visible)}", fieldname))
     presets = catalog.presets()
     if req.config not in presets:
-        problems.append(("config", f"'config': unknown preset '{req.config}'{closest(req.config, presets)};"
-                                   f" presets: {', '.join(presets) or 'none'}"))
+        problems.append(Problem(f"'config': unknown preset '{req.config}'{closest(req.config, presets)};"
+                                f" presets: {', '.join(presets) or 'none'}", "config"))
     launch = {"distributed_type": "NO", "num_processes": 1, "num_machines": 1, "gpus": None}
     if req.accelerate_config is not None:
         accel = catalog.accelerate_configs()
         if req.accelerate_config not in accel:
-            problems.append(("accelerate_config", f"'accelerate_config': unknown launch config"
-                                                  f" '{req.accelerate_config}'{closest(req.accelerate_config, accel)};"
-                                                  f" available: {', '.join(accel) or 'none'}"))
+            problems.append(Problem(f"'accelerate_config': unknown launch config '{req.accelerate_config}'"
+                                    f"{closest(req.accelerate_config, accel)}; available: {', '.join(accel) or 'none'}",
+                                    "accelerate_config"))
         else:
             launch = launch_settings(accel[req.accelerate_config])
             if launch["num_machines"] > 1:
-                problems.append(("accelerate_config", f"'accelerate_config': '{req.accelerate_config}' spans"
-                                 f" {launch['num_machines']} machines; a job runs on one machine (several GPUs"
-                                 " are fine). Launch multi-node runs with accelerate launch on every node"))
+                problems.append(Problem(f"'accelerate_config': '{req.accelerate_config}' spans {launch['num_machines']}"
+                                        " machines; a job runs on one machine (several GPUs are fine). Launch"
+                                        " multi-node runs with accelerate launch on every node", "accelerate_config"))
     if req.num_processes is not None:
         if req.num_processes < 1:
-            problems.append(("num_processes", f"'num_processes' must be >= 1, got {req.num_processes}"))
+            problems.append(Problem(f"'num_processes' must be >= 1, got {req.num_processes}", "num_processes"))
         launch["num_processes"] = req.num_processes
         if launch["gpus"]:
             launch["gpus"] = req.num_processes
@@ -207,18 +202,18 @@ def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Ca
     dotlist = []
     for key, value in req.overrides.items():
         if key in SERVICE_KEYS:
-            problems.append((f"overrides.{key}", f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}"))
+            problems.append(Problem(f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}", f"overrides.{key}"))
         elif key == "model.trust_remote_code" and value is not False:
-            problems.append((f"overrides.{key}", "'model.trust_remote_code' cannot be set on a job: model code"
-                                                 " from the Hub never runs on the service"))
+            problems.append(Problem("'model.trust_remote_code' cannot be set on a job: model code from the Hub never"
+                                    " runs on the service", f"overrides.{key}"))
         elif key == "model.name_or_path" and (problem := _model_problem(value, settings)):
-            problems.append((f"overrides.{key}", problem))
+            problems.append(Problem(problem, f"overrides.{key}"))
         else:
             dotlist.append(f"{key}={json.dumps(value)}")
 
     train = datasets.get(req.dataset)
     service = ["data.dataset=null", "data.dataset_config=null", f"output.dir={RUN_DIR}", "output.overwrite=true",
-               "output.push_to_hub=false"]
+               "output.push_to_hub=false", "output.log_errors=true"]
     if train is not None:
         service += [f"data.train_file={json.dumps(rel_dataset(train))}",
                     f"data.text_column={json.dumps(train['text_column'])}",
@@ -239,11 +234,11 @@ def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Ca
         try:
             cfg = load_config(presets[req.config], dotlist + service)
         except UserError as e:
-            problems += [(field_of(p, req.overrides), p) for p in e.problems]
+            problems += [Problem(p, request_field(p.field, req.overrides), p.kind) for p in e.problems]
         if cfg is not None and (problem := _model_problem(cfg.model.name_or_path, settings)):
-            problems.append(("config", problem))
+            problems.append(Problem(problem, "config"))
     if problems:
-        raise Problems(problems)
+        raise UserError(problems)
     return cfg, launch
 
 
@@ -252,7 +247,7 @@ def rel_dataset(record: dict) -> str:
     return f"../../datasets/{record['id']}/{Path(record['path']).name}"
 
 
-def _compatible(fieldname: str, other: dict, train: dict) -> list[tuple[str, str]]:
+def _compatible(fieldname: str, other: dict, train: dict) -> list[Problem]:
     """Problems ``textft train`` would find when reading ``other`` as a split next to ``train``."""
     split = fieldname.split("_")[0]
     problems = []
@@ -262,22 +257,22 @@ def _compatible(fieldname: str, other: dict, train: dict) -> list[tuple[str, str
             continue
         what = key.replace("_", " ")
         if theirs is None:  # the training texts are single, these are pairs
-            problems.append((fieldname, f"'{fieldname}': it was uploaded with {key}={mine} (text pairs) but the"
-                                        f" training dataset has single texts; upload it without {key}"))
+            problems.append(Problem(f"'{fieldname}': it was uploaded with {key}={mine} (text pairs) but the training"
+                                    f" dataset has single texts; upload it without {key}", fieldname))
         elif mine is None:
-            problems.append((fieldname, f"'{fieldname}': it has no {what} but the training dataset reads text pairs"
-                                        f" (its {key} is '{theirs}'); upload it with {key}={theirs}"))
+            problems.append(Problem(f"'{fieldname}': it has no {what} but the training dataset reads text pairs (its"
+                                    f" {key} is '{theirs}'); upload it with {key}={theirs}", fieldname))
         else:
-            problems.append((fieldname, f"'{fieldname}': its {what} is '{mine}' but the training dataset's is"
-                                        f" '{theirs}'; upload it with {key}={theirs}"))
+            problems.append(Problem(f"'{fieldname}': its {what} is '{mine}' but the training dataset's is"
+                                    f" '{theirs}'; upload it with {key}={theirs}", fieldname))
     if problems:
         return problems
     unseen = sorted(set(other["labels"]) - set(train["labels"]))
     if unseen:
         names = sorted(train["labels"])
-        problems.append((fieldname, f"'{fieldname}': the {split} split has label(s) never seen in training:"
-                                    f" {', '.join(unseen[:10])}{closest(unseen[0], names)}; training labels:"
-                                    f" {', '.join(names[:20])}"))
+        problems.append(Problem(f"'{fieldname}': the {split} split has label(s) never seen in training:"
+                                f" {', '.join(unseen[:10])}{closest(unseen[0], names)}; training labels:"
+                                f" {', '.join(names[:20])}", fieldname))
     return problems
 
 
@@ -292,8 +287,7 @@ def write_job_dir(data: DataDir, job_id: str, cfg, launch: dict, accelerate_path
         write_json(tmp / "job.json", {
             "id": job_id, "attempt": 1, "resume": False, "mixed_precision": cfg.train.mixed_precision,
             "accelerate_config": "accelerate.yaml" if accelerate_path is not None else None,
-            "num_processes": launch["num_processes"], "gpus": launch["gpus"],
-            "metric_for_best": cfg.train.metric_for_best})
+            "num_processes": launch["num_processes"], "gpus": launch["gpus"]})
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,40 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from textft.service.jobs import RUN_DIR
 from textft.service.keys import Principal
 from textft.service.models import (decision_thresholds, input_lengths, model_files, out_of_scope_settings,
                                    saved_config, tar_stream)
-from textft.service.routes_shared import auth, current_service, iso, key_names, scope
+from textft.service.problems import ERROR_RESPONSES
+from textft.service.routes_shared import auth, current_service, iso, owner_scope
 from textft.service.core import Service
+from textft.service.schemas import InputLength, ModelOut, PushBody, PushOut
 from textft.service.store import Store
-from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, lower_is_better,
-                                       model_task, predict_schemas, public_model_name, push_model, repo_id_problems,
-                                       request_items, task_headline)
+from textft.service.textft_api import (Problem, UserError, batched_logits, check_answer_options, hub_token,
+                                      lower_is_better, model_task, predict_schemas, prediction_schema,
+                                      public_model_name, push_model, repo_id_problems, request_items, task_headline)
 
-router = APIRouter(tags=["models"])
-PredictRequest, PredictResponse = predict_schemas()
-DOWNLOAD = {200: {"content": {"application/gzip": {}}, "description": "the save_pretrained directory"}}
+router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
+PredictRequest, _ = predict_schemas()
+DOWNLOAD = {200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the save_pretrained directory as a .tar.gz"}}
 
 
-class PushBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    repo_id: StrictStr = Field(description="owner/name on the Hugging Face Hub (created if missing)")
-    private: StrictBool = False
-    token: StrictStr | None = Field(None, description="your own Hugging Face token: the push is made as you, into"
-                                    " any repository it may write (used for this push only, never stored). Without"
-                                    " it the service's token pushes, only into the namespaces of your key")
+class ExplainedPrediction(prediction_schema()):
+    input: InputLength | None = None
+    """How its text was read (``?explain=true``)."""
+
+
+class PredictOut(BaseModel):
+    """The answer of `textft serve`'s POST /predict; with ``?explain=true`` each prediction has ``input``."""
+
+    predictions: list[ExplainedPrediction]
 
 
 def model_row(store: Store, model_id: str, who: Principal) -> dict:
-    row = store.row("SELECT * FROM jobs WHERE id = ?", model_id)
+    row = store.job(model_id)
     if row is None or not (who.admin or row["owner"] == who.id) or row["state"] != "succeeded":
-        raise HTTPException(404, f"no model '{model_id}' (models are the jobs that succeeded)")
+        raise UserError(f"no model '{model_id}' (models are the jobs that succeeded)", kind="not_found")
     return row
 
 
@@ -72,23 +77,21 @@ def model_out(service: Service, row: dict, names: dict[str, str] | None = None) 
             "headline": headline, "lower_is_better": [k for k in headline if lower_is_better(k)],
             "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
             "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
-            "owner": (names or key_names(service.store)).get(row["owner"])}
+            "owner": (names or service.store.key_names()).get(row["owner"])}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=list[ModelOut])
 def list_models(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
-    where, args = scope(who)
-    names = key_names(service.store)
-    return [model_out(service, r, names) for r in
-            service.store.rows(f"SELECT * FROM jobs WHERE state = 'succeeded'{where} ORDER BY finished_at", *args)]
+    names = service.store.key_names()
+    return [model_out(service, r, names) for r in service.store.models(owner_scope(who))]
 
 
-@router.get("/v1/models/{model_id}")
+@router.get("/v1/models/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
     return model_out(service, model_row(service.store, model_id, who))
 
 
-@router.get("/v1/models/{model_id}/download", responses=DOWNLOAD)
+@router.get("/v1/models/{model_id}/download", responses=DOWNLOAD, response_class=StreamingResponse)
 def download_model(model_id: str, who: Principal = Depends(auth),
                    service: Service = Depends(current_service)) -> StreamingResponse:
     """The model directory (weights, tokenizer, config, reports) as a streamed .tar.gz."""
@@ -98,7 +101,7 @@ def download_model(model_id: str, who: Principal = Depends(auth),
                              headers={"Content-Disposition": f'attachment; filename="{model_id}.tar.gz"'})
 
 
-@router.post("/v1/models/{model_id}/predict", response_model=PredictResponse, response_model_exclude_none=True)
+@router.post("/v1/models/{model_id}/predict", response_model=PredictOut, response_model_exclude_none=True)
 async def predict(model_id: str, req: PredictRequest, explain: bool = False, who: Principal = Depends(auth),
                   service: Service = Depends(current_service)):
     """Same request and response as `textft serve`'s POST /predict. With `?explain=true` each
@@ -114,44 +117,43 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     if not explain:
         return {"predictions": predictions}
     lengths = await run_in_threadpool(input_lengths, loaded.classifier, items)
-    return JSONResponse({"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]})
+    return {"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]}
 
 
 def push_token(body: PushBody, who: Principal) -> str:
     """The token this push uses: the caller's own, or the service's for a namespace the key was given."""
     if body.token is not None:
         if not body.token.strip():
-            raise HTTPException(422, "'token': empty; send your Hugging Face token or leave 'token' out")
+            raise UserError("'token': empty; send your Hugging Face token or leave 'token' out", "token")
         return body.token.strip()
     namespace = body.repo_id.split("/")[0] if "/" in body.repo_id else None
     if not who.hub_namespaces:
-        raise HTTPException(403, "this key may not push with the service's token (it was created without"
-                                 " --hub-namespace); send your own Hugging Face token as 'token'")
+        raise UserError("this key may not push with the service's token (it was created without --hub-namespace);"
+                        " send your own Hugging Face token as 'token'", "repo_id", "forbidden")
     if namespace not in who.hub_namespaces:
-        raise HTTPException(403, f"with the service's token this key pushes only into {', '.join(who.hub_namespaces)}"
-                                 f" (as ORG/NAME); send your own Hugging Face token as 'token' to push elsewhere")
+        raise UserError(f"with the service's token this key pushes only into {', '.join(who.hub_namespaces)} (as"
+                        f" ORG/NAME); send your own Hugging Face token as 'token' to push elsewhere", "repo_id", "forbidden")
     token = hub_token()
     if not token:
-        raise HTTPException(503, "the service has no Hugging Face token; its operator sets HF_TOKEN")
+        raise UserError("the service has no Hugging Face token; its operator sets HF_TOKEN", kind="unavailable")
     return token
 
 
-@router.post("/v1/models/{model_id}/push")
+@router.post("/v1/models/{model_id}/push", response_model=PushOut)
 def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
     """Upload the model with a model card to the Hub: with the caller's own token, or with the
     service's (HF_TOKEN) into the namespaces the key was created for."""
     model_row(service.store, model_id, who)
     if problems := repo_id_problems(body.repo_id):
-        raise HTTPException(422, "; ".join(problems))
+        raise UserError(problems)
     token = push_token(body, who)
     run = service.data.job(model_id) / RUN_DIR
     hidden = {t: "***" for t in (token, hub_token()) if t} | {str(run): f"model {model_id}"}
     try:
         url = push_model(run, body.repo_id, body.private, token=body.token and token)
-    except UserError as e:
+    except UserError as e:  # no token and no server path reaches an answer, whatever a library put in its message
         problems = list(e.problems)
         for secret, shown in hidden.items():
-            problems = [p.replace(secret, shown) for p in problems]
-        status = 422 if any("must look like" in p for p in problems) else 502
-        raise HTTPException(status, "; ".join(problems)) from None
+            problems = [Problem(p.replace(secret, shown), p.field, p.kind) for p in problems]
+        raise UserError(problems) from None
     return {"url": url, "repo_id": body.repo_id}
