@@ -84,8 +84,9 @@ async def user_error(request: Request, exc: UserError):
 async def internal_error(request: Request, exc: Exception):
     """A fault of the service's own: the client learns nothing of the server (the log has the traceback)."""
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    # uvicorn closes the connection after a fault: the client must not send its next request on it
     return error_response([Problem("the service failed to answer this request; its operator's log has the details",
-                                   None, "internal")])
+                                   None, "internal")], headers={"Connection": "close"})
 
 
 EXCEPTION_HANDLERS = {RequestValidationError: invalid_request, StarletteHTTPException: http_error,

@@ -34,13 +34,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from textft.service.textft_api import set_umask
+
 
 PRIVATE_UMASK = 0o077
 
 
 def private_files() -> None:
     """Files and directories this process (and the jobs it starts) creates are its user's alone."""
-    os.umask(PRIVATE_UMASK)
+    set_umask(PRIVATE_UMASK)
 
 
 class DataDir:

@@ -15,11 +15,12 @@ from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, a
 from textft.tasks.multi_label import THRESHOLDS_KEY
 from textft import run_events
 from textft.errors import KINDS, Problem
+from textft.files import set_umask
 from textft.run_events import (BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record, RunSummary,
                                TrainRecord, summarize, to_dict)
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
-           "presets", "serve_local_docs",
+           "presets", "serve_local_docs", "set_umask",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "prediction_schema", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "repo_id_problems", "hub_token", "OOS_KEY",
