@@ -15,6 +15,7 @@ DATA_DIR/
   jobs/ID/cancel            present once a cancel was requested
   jobs/ID/run/              output.dir of the training: checkpoints, then the model and reports
   cache/                    the datasets library's cache, shared by uploads checks and jobs
+  workers/HOST-PID.json     heartbeat of each process that runs jobs (service executors, textft worker)
   quarantine/STAMP/         directories the database had no row for at a start, kept aside (never deleted)
 ```
 Paths inside job.yaml are relative to the job's directory (the training runs there), so a worker
@@ -43,6 +44,19 @@ PRIVATE_UMASK = 0o077
 def private_files() -> None:
     """Files and directories this process (and the jobs it starts) creates are its user's alone."""
     set_umask(PRIVATE_UMASK)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as the database's JSON columns hold it."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def unreadable_database(path: Path, why) -> str:
+    """One line: the damaged database, and what the operator can do (nothing was changed)."""
+    return (f"{path} is not a readable textft database ({' '.join(str(why).split())[:200]}); nothing was changed."
+            f" Restore it from a backup (sqlite3's .recover may save its rows), or move it aside and start textft"
+            f" service with --adopt-orphans to begin a new one (the datasets and jobs it knew are then kept aside in"
+            f" quarantine/, never deleted)")
 
 
 class DataDir:
