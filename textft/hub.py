@@ -38,14 +38,18 @@ log = logging.getLogger("textft")
 IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", "adapter/*", ".*", "**/.*"]
 
 
-def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[Problem]:
-    """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
-    problems = []
+def repo_id_problems(repo_id: str | None, key: str = "--repo-id") -> list[Problem]:
+    """Whether ``repo_id`` is a Hub repository id (owner/name or name)."""
     rid = repo_id or ""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+|[\w.-]+", rid) or "--" in rid or ".." in rid:
-        problems.append(Problem(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got"
-                                f" '{repo_id}'", key))
-    if get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
+        return [Problem(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'", key)]
+    return []
+
+
+def push_problems(repo_id: str | None, key: str = "--repo-id", token: str | None = None) -> list[Problem]:
+    """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
+    problems = repo_id_problems(repo_id, key)
+    if token is None and get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
         problems.append(Problem("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`",
                                 kind="unavailable"))
     return problems
@@ -130,8 +134,10 @@ def publish_base(adapter_copy: Path) -> None:
 
 def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None,
                 write_card: bool = True, license: str | None = None, include_examples: bool = False,
-                adapter: bool = False, repo_key: str = "--repo-id") -> str:
+                adapter: bool = False, repo_key: str = "--repo-id", token: str | None = None) -> str:
     """Create ``repo_id`` on the Hub if needed and upload the model directory; returns the commit URL.
+
+    ``token`` pushes as its holder instead of with the environment's token (HF_TOKEN or a login).
 
     README.md (the model card) is written into the directory first unless ``write_card`` is False.
     What is uploaded names no local path and, unless ``include_examples``, quotes no evaluation
@@ -141,14 +147,14 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
     path, _, _ = check_model_dir(model_dir, allow_pickle=True)
     if adapter or is_adapter_dir(path):
         path = adapter_to_push(path)
-    problems = push_problems(repo_id, key=repo_key)
+    problems = push_problems(repo_id, key=repo_key, token=token)
     if problems:
         raise UserError(problems)
     if write_card:
         write_model_card(path, license=license, repo_id=repo_id, include_examples=include_examples)
     elif not (path / "README.md").is_file():
         log.warning("%s has no README.md: the Hub page will have no model card", path)
-    api = HfApi()
+    api = HfApi(**({"token": token} if token else {}))  # none given: huggingface_hub finds HF_TOKEN / the login
     try:
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
     except Exception as e:  # huggingface_hub raises HTTP, connection and validation errors alike

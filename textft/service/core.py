@@ -22,13 +22,13 @@ from textft.service.beacons import Beacon
 from textft.service.datasets import Checker
 from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
-from textft.service.layout import DataDir
+from textft.service.layout import DataDir, private_files
 from textft.service.metrics import Metrics
 from textft.service.models import ModelCache
 from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
                                   stop_consumer)
+from textft.service.safekeeping import open_store
 from textft.service.scheduler import Monitor
-from textft.service.store import Store
 from textft.service.webhooks import Dispatcher, WebhookSettings
 
 log = logging.getLogger("textft.service")
@@ -63,6 +63,16 @@ class Options:
     """Serve /metrics without a key on this port too (bound to metrics_host)."""
     metrics_host: str = "127.0.0.1"
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    max_auth_failures: int = 20
+    """Failed key checks a client address may make per minute before it is refused (429); 0: no limit."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send a request's headers (and an idle connection stays open)."""
+    body_timeout_s: float = 30.0
+    """Longest pause, in seconds, while a client sends a request's body."""
+    max_connections_per_client: int = 32
+    """Open connections one client address may hold at once (0: no cap)."""
+    adopt_orphans: bool = False
+    """Start even without a database over a data directory with datasets and jobs (they are kept aside)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -95,11 +105,12 @@ class Notifier:
 class Service:
     def __init__(self, opts: Options):
         self.opts = opts
+        private_files()
         self.data = DataDir(opts.data_dir).create()
         # Jobs inherit this: the datasets cache stays with the service's files.
         os.environ.setdefault("HF_DATASETS_CACHE", str(self.data.cache / "datasets"))
-        self.store = Store(self.data.db)
-        self.verifier = Verifier(self.store)
+        self.store = open_store(self.data, opts.adopt_orphans)
+        self.verifier = Verifier(self.store, max_failures=opts.max_auth_failures)
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()
         self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify)

@@ -23,8 +23,8 @@ from textft.service.schemas import InputLength, ModelOut, PushBody, PushOut
 from textft.service.store import Store
 from textft.service.textft_api import (Problem, UserError, adapter_subdir, adapter_summary, batched_logits,
                                       check_answer_options, hub_token, lower_is_better, model_task, predict_schemas,
-                                      prediction_schema, public_model_name, push_model, request_items, task_headline,
-                                      write_merged_weights)
+                                      prediction_schema, public_model_name, push_model, repo_id_problems,
+                                      request_items, task_headline, write_merged_weights)
 
 router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
 PredictRequest, _ = predict_schemas()
@@ -175,15 +175,40 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     return {"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]}
 
 
-@router.post("/v1/models/{model_id}/push", response_model=PushOut)
-def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
-    """Upload the model with a model card to the Hub, with the service's own token (HF_TOKEN)."""
-    model_row(service.store, model_id, who)
+def push_token(body: PushBody, who: Principal) -> str:
+    """The token this push uses: the caller's own, or the service's for a namespace the key was given."""
+    if body.token is not None:
+        if not body.token.strip():
+            raise UserError("'token': empty; send your Hugging Face token or leave 'token' out", "token")
+        return body.token.strip()
+    namespace = body.repo_id.split("/")[0] if "/" in body.repo_id else None
+    if not who.hub_namespaces:
+        raise UserError("this key may not push with the service's token (it was created without --hub-namespace);"
+                        " send your own Hugging Face token as 'token'", "repo_id", "forbidden")
+    if namespace not in who.hub_namespaces:
+        raise UserError(f"with the service's token this key pushes only into {', '.join(who.hub_namespaces)} (as"
+                        f" ORG/NAME); send your own Hugging Face token as 'token' to push elsewhere", "repo_id", "forbidden")
     token = hub_token()
     if not token:
         raise UserError("the service has no Hugging Face token; its operator sets HF_TOKEN", kind="unavailable")
+    return token
+
+
+@router.post("/v1/models/{model_id}/push", response_model=PushOut)
+def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
+    """Upload the model with a model card to the Hub: with the caller's own token, or with the
+    service's (HF_TOKEN) into the namespaces the key was created for."""
+    model_row(service.store, model_id, who)
+    if problems := repo_id_problems(body.repo_id):
+        raise UserError(problems)
+    token = push_token(body, who)
+    run = service.data.job(model_id) / RUN_DIR
+    hidden = {t: "***" for t in (token, hub_token()) if t} | {str(run): f"model {model_id}"}
     try:
-        url = push_model(service.data.job(model_id) / RUN_DIR, body.repo_id, body.private)
-    except UserError as e:  # the token never reaches an answer, whatever a library put in its message
-        raise UserError([Problem(p.replace(token, "***"), p.field, p.kind) for p in e.problems]) from None
+        url = push_model(run, body.repo_id, body.private, token=body.token and token)
+    except UserError as e:  # no token and no server path reaches an answer, whatever a library put in its message
+        problems = list(e.problems)
+        for secret, shown in hidden.items():
+            problems = [Problem(p.replace(secret, shown), p.field, p.kind) for p in problems]
+        raise UserError(problems) from None
     return {"url": url, "repo_id": body.repo_id}

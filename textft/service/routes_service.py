@@ -24,7 +24,7 @@ def health(service: Service = Depends(current_service)) -> dict:
 @router.get("/v1/me", tags=["service"], response_model=MeOut)
 def me(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
     opts = service.opts
-    return {"id": who.id, "name": who.name, "admin": who.admin,
+    return {"id": who.id, "name": who.name, "admin": who.admin, "hub_namespaces": list(who.hub_namespaces),
             "limits": {"max_queued_jobs": max_queued(service, who), "max_upload_bytes": max_upload(service, who),
                        "max_texts_per_prediction": opts.max_texts, "max_chars_per_text": opts.max_chars},
             "queued_jobs": service.store.queued_count(who.id)}

@@ -45,6 +45,8 @@ class MeOut(Answer):
     id: str
     name: str
     admin: bool
+    hub_namespaces: list[str] = Field(description="Hub users or organizations this key pushes into with the"
+                                                  " service's token (keys create --hub-namespace)")
     limits: LimitsOut
     queued_jobs: int
 
@@ -292,6 +294,9 @@ class PushBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     repo_id: StrictStr = Field(description="owner/name on the Hugging Face Hub (created if missing)")
     private: StrictBool = False
+    token: StrictStr | None = Field(None, description="your own Hugging Face token: the push is made as you, into"
+                                    " any repository it may write (used for this push only, never stored). Without"
+                                    " it the service's token pushes, only into the namespaces of your key")
 
 
 class PushOut(Answer):

@@ -15,14 +15,15 @@ from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, a
 from textft.tasks.multi_label import THRESHOLDS_KEY
 from textft import run_events
 from textft.errors import KINDS, Problem
+from textft.files import set_umask
 from textft.run_events import (BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record, RunSummary,
                                TrainRecord, summarize, to_dict)
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
-           "presets", "serve_local_docs",
+           "presets", "serve_local_docs", "set_umask",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "prediction_schema", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
-           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
+           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "repo_id_problems", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY", "run_events", "KINDS", "Problem", "BestRecord", "EndRecord", "EvalRecord", "NewerSchema",
            "PlanRecord", "Record", "RunSummary", "TrainRecord", "summarize",
            "is_adapter_dir", "adapter_subdir", "adapter_base", "adapter_summary", "shared_base",
@@ -250,11 +251,17 @@ def launch_precision(requested: str) -> str:
     return ACCELERATE_NAMES.get(chosen, chosen)
 
 
-def push_model(model_dir, repo_id: str, private: bool) -> str:
-    """``textft push``: problems name the request field ``repo_id``."""
+def push_model(model_dir, repo_id: str, private: bool, token: str | None = None) -> str:
+    """``textft push``: problems name the request field ``repo_id``; ``token`` pushes as its holder."""
     from textft.hub import push_to_hub
 
-    return push_to_hub(model_dir, repo_id, private=private, repo_key="repo_id")
+    return push_to_hub(model_dir, repo_id, private=private, repo_key="repo_id", token=token)
+
+
+def repo_id_problems(repo_id: str) -> list[Problem]:
+    from textft.hub import repo_id_problems as problems
+
+    return problems(repo_id, "repo_id")
 
 
 def hub_token() -> str | None:
