@@ -308,7 +308,7 @@ def test_peeking_at_a_delimited_file_reads_its_header_and_first_rows_as_strings(
 
 OPERATIONS = {
     ("get", "/health"), ("get", "/v1/me"), ("get", "/v1/tasks"), ("get", "/v1/presets"),
-    ("get", "/v1/accelerate-configs"), ("get", "/v1/datasets"), ("post", "/v1/datasets"),
+    ("get", "/v1/accelerate-configs"), ("get", "/v1/transfer-options"), ("get", "/v1/datasets"), ("post", "/v1/datasets"),
     ("post", "/v1/datasets/columns"), ("get", "/v1/datasets/{dataset_id}"), ("delete", "/v1/datasets/{dataset_id}"),
     ("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/jobs/{job_id}"), ("delete", "/v1/jobs/{job_id}"),
     ("get", "/v1/jobs/{job_id}/events"), ("get", "/v1/jobs/{job_id}/log"), ("post", "/v1/jobs/{job_id}/cancel"),

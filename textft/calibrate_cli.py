@@ -51,7 +51,7 @@ def calibrate_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if problems := check_positive(args, ["batch_size", "threads"]):
         raise UserError(problems)
-    from textft.classifier import check_model_dir
+    from textft.model_dir import check_model_dir
 
     _, raw_config, _ = check_model_dir(args.model, args.allow_pickle, args.trust_remote_code)
     if calibration.check_calibration(args, raw_config) == "thresholds":

@@ -240,7 +240,7 @@ def push_main(argv: list[str]) -> int:
                         help="push the LoRA adapter (MODEL/adapter) instead of the merged model: a few MB that peft"
                              " loads on top of the base model (a MODEL that is an adapter directory is pushed so)")
     args = parser.parse_args(argv)
-    from textft.classifier import check_model_dir
+    from textft.model_dir import check_model_dir
     from textft.hub import adapter_to_push, push_to_hub, write_model_card
     from textft.lora import is_adapter_dir
 

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from huggingface_hub import HfApi, get_token
 
-from textft.classifier import check_model_dir
+from textft.model_dir import check_model_dir
 from textft.errors import Problem, UserError
 from textft.files import link_or_copy, replace_file
 from textft.hub_download import hub_error, is_hub_id
