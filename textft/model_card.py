@@ -13,11 +13,13 @@ from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from markupsafe import escape
 
 from textft.errors import UserError
 from textft.hub_download import is_hub_id
 from textft import task_reports
 from textft.report import render_markdown, without_examples
+from textft.report_parts import md_cell, md_code
 from textft.tasks import DEFAULT_TASK, METRIC_NAMES, from_model_config, task_class
 
 log = logging.getLogger("textft")
@@ -113,10 +115,12 @@ def local_paths(model_dir: Path) -> list[str]:
 
 def without_local_paths(text: str, paths: list[str]) -> str:
     """``text`` with each of ``paths`` (``local_paths``) replaced by its last part, wherever it
-    stands as a path of its own (not inside a URL or a longer name)."""
+    stands as a path of its own (not inside a URL or a longer name), as written or as the reports
+    write it (escaped for HTML in report.html, for Markdown in report.md and the card)."""
     for p in paths:
         name = Path(p).name
-        text = re.sub(rf"(?<![\w./:~-]){re.escape(p)}(?![\w-]|\.\w)", lambda _: name, text)
+        for shown, short in dict.fromkeys(((p, name), (md_cell(p), md_cell(name)), (str(escape(p)), str(escape(name))))):
+            text = re.sub(rf"(?<![\w./:~-]){re.escape(shown)}(?![\w-]|\.\w)", lambda _, short=short: short, text)
     return text
 
 
@@ -203,7 +207,7 @@ def _training_table(run: dict, path: Path) -> list[str]:
     hp = [(k, v) for k, v in hp if v is not None]
     if not hp:
         return []
-    lines = ["## Training", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in hp], ""]
+    lines = ["## Training", "", "| setting | value |", "|---|---|", *[f"| {k} | {md_cell(v)} |" for k, v in hp], ""]
     if (path / "textft_config.yaml").is_file():
         lines += ["The full resolved configuration is in `textft_config.yaml`.", ""]
     return lines
@@ -216,7 +220,7 @@ def _out_of_scope(config: dict) -> list[str]:
     cal = oos.get("calibration") or {}
     return ["## Out-of-scope rejection", "",
             f"Predictions whose {'maximum softmax probability' if oos.get('method') == 'msp' else 'energy score'}"
-            f" is below {_fmt(oos.get('threshold'))} are answered `{oos.get('label')}`"
+            f" is below {_fmt(oos.get('threshold'))} are answered {md_code(oos.get('label'))}"
             f" (calibrated for {json.dumps(oos.get('target'))}). On the calibration data: in-scope accuracy"
             f" {_fmt(cal.get('in_scope_accuracy'))}, out-of-scope recall {_fmt(cal.get('out_of_scope_recall'))}."
             " `textft.load` and `textft serve` apply it; plain `transformers.pipeline` does not.", ""]
@@ -240,16 +244,16 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
     name = (repo_id or path.resolve().name).split("/")[-1]
     base, hub_dataset, labels = run["base"], run["hub_dataset"], run["labels"]
     what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
-        f"fine-tuned from `{run['shown_base']}`" if run["base_name"] else "fine-tuned"
-    on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else f"`{run['source']}`"
+        f"fine-tuned from {md_code(run['shown_base'])}" if run["base_name"] else "fine-tuned"
+    on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else md_code(run["source"])
     sections = task_reports.sections(run["task"].name)
     pairs = " It reads pairs of texts." if run["pairs"] else ""
-    lines = [f"# {name}", "", f"A {sections.CARD_KIND} {what} on {on} with textft.{pairs} {sections.card_summary(labels)}", ""]
+    lines = [f"# {md_cell(name)}", "", f"A {sections.CARD_KIND} {what} on {on} with textft.{pairs} {sections.card_summary(labels)}", ""]
     if run["splits"]:
         keys = [key for key, *_ in sections.CARD_METRICS]
         lines += ["## Results", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
                   "|---|---:|" + "---:|" * len(keys)]
-        lines += [f"| {s} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
+        lines += [f"| {md_cell(s)} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
                   for s, m in run["splits"].items()]
         lines.append("")
     lines += _out_of_scope(run["config"]) + _usage(run, repo_id or f"<user>/{name}") + _training_table(run, path)

@@ -6,13 +6,12 @@ which of them its splits get."""
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
 
 import numpy as np
 
-from textft.report_parts import METRIC_NAMES, escape, fmt, sorted_classes
+from textft.report_parts import METRIC_NAMES, fmt, sorted_classes
 from textft.tasks import LOWER_IS_BETTER
 
 MANY_CLASSES = 20
@@ -29,7 +28,7 @@ def figure(width: float, height: float):
 
 
 def png(fig) -> bytes:
-    # Twice the pixels the page shows (see report.img_tag), so that zooming in on 77 tick labels stays sharp.
+    # Twice the pixels the page shows (see css_width), so that zooming in on 77 tick labels stays sharp.
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white", dpi=PIXEL_DENSITY * 100)
     return buf.getvalue()
@@ -292,10 +291,6 @@ def plot_residuals(points: dict, target: str) -> bytes:
     return png(fig)
 
 
-def img_tag(image: bytes | None, alt: str) -> str:
-    """An ``<img>`` with the PNG inside (a page that travels as one file), at its CSS size."""
-    if not image:
-        return ""
-    width = png_size(image)[0] // PIXEL_DENSITY
-    return (f'<img alt="{escape(alt)}" width="{width}"'
-            f' src="data:image/png;base64,{base64.b64encode(image).decode("ascii")}">')
+def css_width(image: bytes) -> int:
+    """The width in CSS pixels at which a page shows a figure (``PIXEL_DENSITY`` image pixels each)."""
+    return png_size(image)[0] // PIXEL_DENSITY

@@ -18,15 +18,18 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textft.service.beacons import Beacon
 from textft.service.datasets import Checker
 from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
 from textft.service.layout import DataDir
+from textft.service.metrics import Metrics
 from textft.service.models import ModelCache
 from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
                                   stop_consumer)
 from textft.service.scheduler import Monitor
 from textft.service.store import Store
+from textft.service.webhooks import Dispatcher, WebhookSettings
 
 log = logging.getLogger("textft.service")
 
@@ -53,6 +56,10 @@ class Options:
     grace_s: float = 60.0
     gpus: list[str] | None = None
     log_level: str = "info"
+    metrics_port: int | None = None
+    """Serve /metrics without a key on this port too (bound to metrics_host)."""
+    metrics_host: str = "127.0.0.1"
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     extra: dict = field(default_factory=dict)
 
 
@@ -99,6 +106,9 @@ class Service:
         gpus = detect_gpus() if opts.gpus is None else opts.gpus
         slots = opts.workers if opts.workers is not None else max(1, len(gpus))
         self.runtime = Runtime(self.data, Devices(gpus), slots, grace_s=opts.grace_s)
+        self.metrics = Metrics(self)
+        self.webhooks = Dispatcher(self.store, opts.webhooks)
+        self.beacon: Beacon | None = None
         self.checker: Checker | None = None
         self.consumer = None
         self.accepting = True
@@ -110,6 +120,12 @@ class Service:
         self.checker.warm_up()
         self.consumer = start_consumer(self.queue, self.runtime)
         self.monitor.start()
+        self.webhooks.start()
+        if self.runtime.slots:
+            self.beacon = Beacon(self.data, "service", self.runtime.slots, self.runtime.devices.gpus,
+                                 lambda: len(self.runtime.running)).start()
+        if self.opts.metrics_port:
+            self.metrics.serve(self.opts.metrics_host, self.opts.metrics_port)
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
                  public_url(self.opts.broker) or self.data.queue_db, self.runtime.slots, where)
@@ -129,6 +145,10 @@ class Service:
         if self._stopper is not None:
             self._stopper.join()
         self.monitor.stop()
+        self.webhooks.stop()  # after the monitor: the deliveries of its last changes are in the store
+        self.metrics.close()
+        if self.beacon is not None:
+            self.beacon.stop()
         if self.checker is not None:
             self.checker.close()
         self.store.close()

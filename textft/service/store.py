@@ -19,8 +19,29 @@ from typing import Any, Iterator
 
 from textft.service.textft_api import UserError, __version__
 
-SCHEMA_VERSION = 2
-MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT")}
+DELIVERIES_TABLE = """CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    event_id INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    history TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    finished_at REAL
+)"""
+"""The webhook outbox: one row per state change of a job with a webhook, written with the change."""
+DELIVERIES_INDEX = "CREATE INDEX deliveries_due ON deliveries(state, next_at)"
+HISTORY = 20
+"""Attempts a delivery keeps (the first and the latest)."""
+SCHEMA_VERSION = 3
+MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
+              3: ("ALTER TABLE keys ADD COLUMN webhook_secret TEXT", "ALTER TABLE jobs ADD COLUMN webhook_url TEXT",
+                  DELIVERIES_TABLE, DELIVERIES_INDEX)}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -37,7 +58,8 @@ CREATE TABLE keys (
     max_queued INTEGER,
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    webhook_secret TEXT
 );
 CREATE TABLE datasets (
     id TEXT PRIMARY KEY,
@@ -81,7 +103,8 @@ CREATE TABLE jobs (
     progress TEXT NOT NULL DEFAULT '{{}}',
     metrics TEXT,
     tail TEXT NOT NULL DEFAULT '{{}}',
-    event_seq INTEGER NOT NULL DEFAULT 0
+    event_seq INTEGER NOT NULL DEFAULT 0,
+    webhook_url TEXT
 );
 CREATE INDEX jobs_by_owner ON jobs(owner, seq);
 CREATE INDEX jobs_by_state ON jobs(state, seq);
@@ -93,9 +116,11 @@ CREATE TABLE events (
     time REAL NOT NULL,
     PRIMARY KEY (job_id, id)
 );
+{DELIVERIES_TABLE};
+{DELIVERIES_INDEX};
 """
 
-JSON_COLUMNS = {"labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
+JSON_COLUMNS = {"history", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
 
 
 def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -131,6 +156,13 @@ class Store:
                 raise UserError(f"'{self.path}' was written by a newer textft (database schema {version}); this"
                                 f" textft {__version__} reads schema {SCHEMA_VERSION} and leaves it as it is: upgrade"
                                 " textft, or restore the backup taken before the upgrade")
+        # The database holds the keys' webhook secrets (shared secrets, stored as they are to sign with):
+        # only the service's user reads it; SQLite gives its -wal and -shm files the same mode.
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            try:
+                path.chmod(0o600)
+            except OSError:  # absent, or another user's file (that user's umask applies)
+                pass
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -342,6 +374,65 @@ class Store:
         return bool(requeued)
 
 
+    # -- webhooks: secrets, URLs, the delivery outbox --------------------------------------------
+
+    def key_by_id_or_name(self, id_or_name: str) -> dict | None:
+        return self.row("SELECT * FROM keys WHERE id = ? OR name = ?", id_or_name, id_or_name)
+
+    def set_webhook_secret(self, key_id: str, secret: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE keys SET webhook_secret = ? WHERE id = ?", (secret, key_id))
+
+    def set_webhook(self, job_id: str, url: str) -> None:
+        """A job's webhook, with a delivery of each state change it already had (it was created queued
+        before this, and may have started since)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET webhook_url = ? WHERE id = ?", (url, job_id))
+            for event_id, data in db.execute("SELECT id, data FROM events WHERE job_id = ? AND type = 'state'"
+                                             " ORDER BY id", (job_id,)).fetchall():
+                queue_delivery(db, job_id, event_id, json.loads(data))
+
+    def due_deliveries(self, now: float, limit: int) -> list[dict]:
+        """Pending deliveries due now, each the oldest pending one of its job (a receiver gets a job's
+        changes in order), with the signing secret of the job's key (``secret``)."""
+        return self.rows("SELECT d.*, k.webhook_secret AS secret FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+                         " JOIN keys k ON k.id = j.owner WHERE d.state = 'pending' AND d.next_at <= ? AND d.id ="
+                         " (SELECT MIN(id) FROM deliveries p WHERE p.job_id = d.job_id AND p.state = 'pending')"
+                         " ORDER BY d.next_at LIMIT ?", now, limit)
+
+    def record_attempt(self, delivery_id: int, attempt: dict, state: str, next_at: float | None) -> None:
+        """One attempt's outcome; ``state``: pending (tried again at ``next_at``), delivered or failed."""
+        with self.transaction() as db:
+            row = db.execute("SELECT history FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                return  # the job was deleted meanwhile
+            history = json.loads(row[0]) + [attempt]
+            history = history[:1] + history[1 - HISTORY:] if len(history) > HISTORY else history
+            db.execute("UPDATE deliveries SET attempts = attempts + 1, state = ?, next_at = COALESCE(?, next_at),"
+                       " last_status = ?, last_error = ?, history = ?, finished_at = ? WHERE id = ?",
+                       (state, next_at, attempt.get("status"), attempt.get("error"), dumps(history),
+                        None if state == "pending" else time.time(), delivery_id))
+
+    def deliveries(self, job_id: str) -> list[dict]:
+        return self.rows("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", job_id)
+
+    def delivery_counts(self, job_id: str | None = None) -> dict[str, int]:
+        """Deliveries by state, of one job or of all."""
+        rows = self.rows("SELECT state, COUNT(*) AS n FROM deliveries WHERE ? IS NULL OR job_id = ? GROUP BY state",
+                         job_id, job_id)
+        return {"pending": 0, "delivered": 0, "failed": 0, **{r["state"]: r["n"] for r in rows}}
+
+    # -- what operators read: metrics, estimates -------------------------------------------------
+
+    def job_counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    def timed_jobs(self, limit: int = 200) -> list[dict]:
+        """The latest jobs that succeeded at their first attempt: their times are one uninterrupted run."""
+        return self.rows("SELECT id, started_at, finished_at, progress, metrics FROM jobs WHERE state = 'succeeded'"
+                         " AND attempt = 1 AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?", limit)
+
+
 _OWNED = "(? IS NULL OR owner = ?)"
 """The rows a key may see: its own, or every row for an admin (owner None)."""
 
@@ -352,7 +443,46 @@ def add_event(db: sqlite3.Connection, job_id: str, kind: str, data: dict) -> int
                      (job_id,)).fetchone()[0]
     db.execute("INSERT INTO events (job_id, id, type, data, time) VALUES (?, ?, ?, ?, ?)",
                (job_id, seq, kind, json.dumps(data), time.time()))
+    if kind == "state":  # in the same transaction: a state change and its webhook delivery commit together
+        queue_delivery(db, job_id, seq, data)
     return seq
+
+
+def queue_delivery(db: sqlite3.Connection, job_id: str, event_id: int, data: dict) -> None:
+    """A delivery of a state event to the job's webhook, if it has one (inside the caller's transaction).
+    Its body's ``id`` stays the same at every attempt, so a receiver can drop one it already processed."""
+    row = db.execute("SELECT webhook_url FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is not None and row[0]:
+        now = time.time()
+        body = dumps({"id": f"{job_id}.{event_id}", "type": "job.state", "job_id": job_id, "event_id": event_id,
+                      "state": data.get("state"), "time": now, "data": data})
+        db.execute("INSERT INTO deliveries (job_id, event_id, url, body, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (job_id, event_id, row[0], body, now, now))
+
+
+def snapshot_database(source: Path, dest: Path) -> dict[str, Any]:
+    """A consistent copy of a live database at ``dest`` (SQLite's online backup: one read transaction,
+    however busy the writers), and what it names. The source is only read, never migrated."""
+    src, out = sqlite3.connect(source, timeout=30), sqlite3.connect(dest)
+    try:
+        src.backup(out)
+    finally:
+        src.close()
+        out.close()
+    return database_contents(dest)
+
+
+def database_contents(path: Path) -> dict[str, Any]:
+    """What a database (a backup's snapshot) holds: its schema, keys, datasets (id, file), jobs, integrity."""
+    db = sqlite3.connect(path)
+    try:
+        return {"schema": db.execute("PRAGMA user_version").fetchone()[0],
+                "keys": db.execute("SELECT COUNT(*) FROM keys").fetchone()[0],
+                "datasets": [{"id": i, "path": p} for i, p in db.execute("SELECT id, path FROM datasets ORDER BY id")],
+                "jobs": [{"id": i, "state": s} for i, s in db.execute("SELECT id, state FROM jobs ORDER BY seq")],
+                "integrity": db.execute("PRAGMA integrity_check").fetchone()[0]}
+    finally:
+        db.close()
 
 
 def dumps(value: Any) -> str:

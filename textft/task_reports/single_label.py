@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from textft.plots import MANY_CLASSES, img_tag, plot_calibration, plot_confusion, plot_per_class_f1
-from textft.report_parts import (check_rows, escape, example, example_html, example_markdown, fmt, html_table,
-                                 sorted_classes)
+from textft.plots import MANY_CLASSES, plot_calibration, plot_confusion, plot_per_class_f1
+from textft.report_parts import check_rows, example, example_markdown, fmt, md_cell, md_code, sorted_classes
 from textft.tasks.single_label import SingleLabel
+from textft.templating import render
 
 TASK = SingleLabel.name
+HTML_TEMPLATE = "single_label.html.j2"
+"""The template of a split's section in report.html (``textft/templates``)."""
 CALIBRATION_BINS = 15
 HISTOGRAM_BINS = 20
 TOP_CONFUSIONS = 20
@@ -94,12 +96,12 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
 def markdown_split(split: str, m: dict) -> list[str]:
     lines = ["", "### Per class (worst F1 first)", "", "| label | precision | recall | F1 | support |",
              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+    lines += [f"| {md_cell(name)} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
               for name, c in sorted_classes(m)]
     if m["top_confusions"]:
         lines += ["", "### Most confused pairs", "", "| true | predicted | count | share of true class |",
                   "|---|---|---:|---:|"]
-        lines += [f"| {c['true']} | {c['pred']} | {c['count']} | {100 * c['share']:.1f}% |" for c in m["top_confusions"]]
+        lines += [f"| {md_cell(c['true'])} | {md_cell(c['pred'])} | {c['count']} | {100 * c['share']:.1f}% |" for c in m["top_confusions"]]
     if m.get("calibration"):
         cal = m["calibration"]
         lines += ["", f"### Calibration: ECE {cal['ece']:.4f} ({cal['num_bins']} bins; mean confidence"
@@ -109,42 +111,20 @@ def markdown_split(split: str, m: dict) -> list[str]:
                   f" {fmt(b['confidence'])} |" for b in cal["bins"] if b["count"]]
     if m.get("most_confident_mistakes"):
         lines += ["", "### Most confident mistakes", "", "| confidence | true | predicted | text |", "|---:|---|---|---|"]
-        lines += [f"| {r['confidence']:.3f} | {r['label']} | {r['pred']} | {example_markdown(r)} |"
+        lines += [f"| {r['confidence']:.3f} | {md_cell(r['label'])} | {md_cell(r['pred'])} | {example_markdown(r)} |"
                   for r in m["most_confident_mistakes"]]
     elif "predictions_file" not in m:
         lines += ["", f"(no predictions/{split}.jsonl: calibration and mistakes are not available)"]
     return lines
 
 
-def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    many = len(m["per_class"]) > MANY_CLASSES
-    out = ["<h3>Confusion matrix</h3><p class='note'>Rows are true labels, columns predictions; each row is"
-           " divided by its total, so the diagonal is the recall of each class.</p>",
-           img_tag(figures.get(f"{split}/confusion"), f"{split} confusion matrix")]
-    if m["top_confusions"] and len(m["per_class"]) > 2:
-        out.append(f"<h3>Most confused pairs (top {len(m['top_confusions'])})</h3>")
-        out.append(html_table(["true label", "predicted as", "count", "share of true class"],
-                              [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"]
-                               for c in m["top_confusions"]], numeric={2, 3}))
-    out += ["<h3>Per class</h3>", img_tag(figures.get(f"{split}/per_class_f1"), f"{split} F1 per class")]
-    rows = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
-    table = html_table(["label", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4})
-    out.append(f"<details{'' if many else ' open'}><summary>precision, recall, F1 and support of"
-               f" {len(rows)} classes (worst F1 first)</summary>{table}</details>")
-    if m.get("calibration"):
-        cal = m["calibration"]
-        out.append(f"<h3>Calibration</h3><p class='note'>Expected calibration error {cal['ece']:.4f}: the"
-                   f" mean confidence is {cal['mean_confidence']:.3f} for an accuracy of {cal['accuracy']:.3f}"
-                   f" ({cal['num_bins']} equal-width confidence bins).</p>")
-        out.append(img_tag(figures.get(f"{split}/calibration"), f"{split} calibration"))
-    mistakes = m.get("most_confident_mistakes")
-    if mistakes:
-        out.append(f"<h3>The {len(mistakes)} most confident mistakes</h3>")
-        body = "".join(f"<tr><td class='n'>{r['confidence']:.3f}</td><td>{escape(r['label'])}</td>"
-                       f"<td>{escape(r['pred'])}</td>{example_html(r)}</tr>" for r in mistakes)
-        out.append("<table><thead><tr><th class='n'>confidence</th><th>true label</th><th>predicted</th>"
-                   f"<th>text</th></tr></thead><tbody>{body}</tbody></table>")
-    return out
+def html_split(split: str, m: dict, figures: dict[str, bytes]) -> str:
+    """The split's section of report.html (``HTML_TEMPLATE``)."""
+    confusions = [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"] for c in m["top_confusions"]]
+    classes = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
+    return render(HTML_TEMPLATE, split=split, figures=figures, many=len(m["per_class"]) > MANY_CLASSES,
+                  confusions=confusions if len(m["per_class"]) > 2 else [], classes=classes,
+                  cal=m.get("calibration"), mistakes=m.get("most_confident_mistakes"))
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
@@ -164,7 +144,7 @@ CARD_METRICS = (("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "
 
 
 def card_summary(labels: list[str]) -> str:
-    shown = ", ".join(f"`{x}`" for x in labels[:20])
+    shown = ", ".join(md_code(x) for x in labels[:20])
     return f"It predicts one of {len(labels)} labels" + (f": {shown}." if len(labels) <= 20 else f" (first 20: {shown}, ...).")
 
 
