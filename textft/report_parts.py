@@ -6,7 +6,6 @@ templates (``textft.templating``)."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from textft.tasks import METRIC_NAMES  # noqa: F401 (how each metric is written, for every report module)
 
