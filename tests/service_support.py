@@ -52,10 +52,10 @@ class ServiceProcess:
     """``textft service --data-dir DIR`` on a free loopback port."""
 
     def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None, command: list[str] | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None, umask: int | None = None):
         self.data_dir, self.args, self.env = Path(data_dir), list(args), env or {}
         self.command = command or [sys.executable, "-m", "textft"]  # or another installation's textft script
-        self.cwd = cwd
+        self.cwd, self.umask = cwd, umask
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -66,7 +66,8 @@ class ServiceProcess:
         with open(self.log, "a") as f:
             self.proc = subprocess.Popen(
                 [*self.command, "service", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],
-                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env}, cwd=self.cwd)
+                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env}, cwd=self.cwd,
+                preexec_fn=None if self.umask is None else (lambda: os.umask(self.umask)))
 
         def up():
             assert self.proc.poll() is None, f"the service exited:\n{self.tail()}"

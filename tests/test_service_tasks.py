@@ -89,10 +89,11 @@ def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     from textft.service.store import DELIVERIES_INDEX, DELIVERIES_TABLE, SCHEMA, SCHEMA_VERSION, Store
 
     old = SCHEMA.replace(",\n    task TEXT,\n    text_pair_column TEXT\n", "\n")
-    # and without what schema 3 added: the keys' webhook secrets, the jobs' webhooks and their deliveries
-    old = old.replace(",\n    webhook_secret TEXT\n", "\n").replace(",\n    webhook_url TEXT\n", "\n")
+    # and without what schemas 3 and 4 added: the keys' webhook secrets, the jobs' webhooks and their
+    # deliveries; the keys' Hub namespaces
+    old = old.replace(", hub_namespaces TEXT", "").replace(",\n    webhook_secret TEXT\n", "\n").replace(",\n    webhook_url TEXT\n", "\n")
     old = old.replace(DELIVERIES_TABLE + ";", "").replace(DELIVERIES_INDEX + ";", "")
-    assert "text_pair_column" not in old and "webhook" not in old and "deliveries" not in old
+    assert "text_pair_column" not in old and "webhook" not in old and "deliveries" not in old and "hub_" not in old
     with sqlite3.connect(tmp_path / "old.db") as db:
         db.executescript(old + "PRAGMA user_version = 1;")
         db.execute("INSERT INTO keys (id, name, salt, hash, created_at) VALUES ('k', 'k', x'00', x'00', 0)")
@@ -102,8 +103,8 @@ def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     store = Store(tmp_path / "old.db")
     row = store.row("SELECT * FROM datasets WHERE id = 'd'")
     assert row["task"] is None and row["text_pair_column"] is None and row["text_column"] == "text"
-    assert store.row("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 3
-    assert store.key_by_id_or_name("k")["webhook_secret"] is None and store.delivery_counts()["pending"] == 0
+    assert store.row("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 4
+    assert store.key_by_id_or_name("k")["webhook_secret"] is None and store.key("k")["hub_namespaces"] is None and store.delivery_counts()["pending"] == 0
     store.close()
 
 

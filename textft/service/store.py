@@ -13,10 +13,11 @@ import json
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from textft.service.layout import dumps, unreadable_database
 from textft.service.textft_api import UserError, __version__
 
 DELIVERIES_TABLE = """CREATE TABLE deliveries (
@@ -38,10 +39,11 @@ DELIVERIES_TABLE = """CREATE TABLE deliveries (
 DELIVERIES_INDEX = "CREATE INDEX deliveries_due ON deliveries(state, next_at)"
 HISTORY = 20
 """Attempts a delivery keeps (the first and the latest)."""
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
               3: ("ALTER TABLE keys ADD COLUMN webhook_secret TEXT", "ALTER TABLE jobs ADD COLUMN webhook_url TEXT",
-                  DELIVERIES_TABLE, DELIVERIES_INDEX)}
+                  DELIVERIES_TABLE, DELIVERIES_INDEX),
+              4: ("ALTER TABLE keys ADD COLUMN hub_namespaces TEXT",)}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -59,7 +61,7 @@ CREATE TABLE keys (
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
     revoked_at REAL,
-    webhook_secret TEXT
+    webhook_secret TEXT, hub_namespaces TEXT
 );
 CREATE TABLE datasets (
     id TEXT PRIMARY KEY,
@@ -120,7 +122,7 @@ CREATE TABLE events (
 {DELIVERIES_INDEX};
 """
 
-JSON_COLUMNS = {"history", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
+JSON_COLUMNS = {"history", "hub_namespaces", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
 
 
 def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -140,6 +142,8 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()
+        if self.path.is_file() and self.path.stat().st_size:
+            inspect(self.path)  # a damaged file is one line naming it, and nothing is written to it
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -212,14 +216,14 @@ class Store:
         return {r["id"]: r["name"] for r in self.rows("SELECT id, name FROM keys")}
 
     def insert_key(self, key_id: str, name: str, salt: bytes, hashed: bytes, admin: bool, max_queued: int | None,
-                   max_upload_bytes: int | None) -> bool:
+                   max_upload_bytes: int | None, hub_namespaces: list[str] = ()) -> bool:
         """False when a key of that name exists."""
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
                 return False
-            db.execute("INSERT INTO keys (id, name, salt, hash, admin, max_queued, max_upload_bytes, created_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (key_id, name, salt, hashed, int(admin), max_queued, max_upload_bytes, time.time()))
+            db.execute("INSERT INTO keys (id, name, salt, hash, admin, max_queued, max_upload_bytes, created_at, hub_namespaces)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (key_id, name, salt, hashed, int(admin), max_queued,
+                                                               max_upload_bytes, time.time(), dumps(list(hub_namespaces))))
         return True
 
     def revoke_key(self, id_or_name: str) -> dict | None:
@@ -437,6 +441,17 @@ _OWNED = "(? IS NULL OR owner = ?)"
 """The rows a key may see: its own, or every row for an admin (owner None)."""
 
 
+def inspect(path: Path) -> int:
+    """The schema version of the database at ``path`` (0: none yet), read-only; UserError (one line) if damaged."""
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            if (found := [r[0] for r in db.execute("PRAGMA quick_check(3)")]) == ["ok"]:
+                return db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        found = [str(e)]
+    raise UserError(unreadable_database(path, "; ".join(" ".join(f.split()) for f in found)))
+
+
 def add_event(db: sqlite3.Connection, job_id: str, kind: str, data: dict) -> int:
     """Append an event to a job's stream inside the caller's transaction; returns its id."""
     seq = db.execute("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = ? RETURNING event_seq",
@@ -483,7 +498,3 @@ def database_contents(path: Path) -> dict[str, Any]:
                 "integrity": db.execute("PRAGMA integrity_check").fetchone()[0]}
     finally:
         db.close()
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
