@@ -93,7 +93,9 @@ def test_the_report_reads_the_loops_best_and_refuses_a_newer_log_with_a_warning(
     (run / "train_log.jsonl").write_text(to_line(plan) + legacy + to_line(BestRecord(20, 1.0, "macro_f1", 0.5, False)))
     report = build_report(run)
     assert report["best"] == {"step": 20, "epoch": 1.0, "metric": "macro_f1", "value": 0.5, "source": "train_log.jsonl"}
-    assert len(report["history"]["eval"]) == 3 and report["warnings"] == []
+    # (the 120-example test split's wide interval is warned about; nothing about the log is)
+    assert len(report["history"]["eval"]) == 3
+    assert not any("newer" in w or "schema" in w or "train_log" in w for w in report["warnings"])
     newer = {**to_dict(plan), "schema": run_events.SCHEMA + 1}
     (run / "train_log.jsonl").write_text(json.dumps(newer) + "\n" + legacy)
     report = build_report(run)
