@@ -51,8 +51,11 @@ def create_key(data_dir: Path, name: str, admin: bool = False, **limits) -> str:
 class ServiceProcess:
     """``textft service --data-dir DIR`` on a free loopback port."""
 
-    def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None):
+    def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None, memory_cap: int | None = None):
+        """``memory_cap``: bytes of address space the service and everything it starts may map (a
+        hostile probe that gets past its bound then kills the service, not the machine)."""
         self.data_dir, self.args, self.env = Path(data_dir), list(args), env or {}
+        self.memory_cap = memory_cap
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -63,7 +66,8 @@ class ServiceProcess:
         with open(self.log, "a") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "textft", "service", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                 *self.args], stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env})
+                 *self.args], stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env},
+                preexec_fn=None if self.memory_cap is None else self._cap)
 
         def up():
             assert self.proc.poll() is None, f"the service exited:\n{self.tail()}"
@@ -74,6 +78,11 @@ class ServiceProcess:
 
         wait_for(up, timeout, f"the service to start:\n{self.tail()}")
         return self
+
+    def _cap(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_cap, self.memory_cap))
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text()[-n:] if self.log.exists() else ""

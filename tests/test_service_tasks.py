@@ -86,10 +86,11 @@ def test_recipe_of_a_dataset_stored_before_tasks_were_recorded_reads_the_file_on
 
 
 def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
-    from textft.service.store import SCHEMA, Store
+    from textft.service.store import SCHEMA, SCHEMA_VERSION, Store
 
-    old = SCHEMA.replace(",\n    task TEXT,\n    text_pair_column TEXT\n", "\n")
-    assert "text_pair_column" not in old
+    old = SCHEMA.replace(",\n    task TEXT,\n    text_pair_column TEXT\n", "\n").replace(
+        ",\n    max_steps INTEGER,\n    max_job_seconds REAL,\n    max_storage_bytes INTEGER\n", "\n")
+    assert "text_pair_column" not in old and "max_storage_bytes" not in old
     with sqlite3.connect(tmp_path / "old.db") as db:
         db.executescript(old + "PRAGMA user_version = 1;")
         db.execute("INSERT INTO keys (id, name, salt, hash, created_at) VALUES ('k', 'k', x'00', x'00', 0)")
@@ -99,7 +100,9 @@ def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     store = Store(tmp_path / "old.db")
     row = store.row("SELECT * FROM datasets WHERE id = 'd'")
     assert row["task"] is None and row["text_pair_column"] is None and row["text_column"] == "text"
-    assert store.row("PRAGMA user_version")["user_version"] == 2
+    assert store.row("PRAGMA user_version")["user_version"] == SCHEMA_VERSION
+    key = store.row("SELECT * FROM keys WHERE id = 'k'")
+    assert key["max_storage_bytes"] is None and key["max_steps"] is None and key["max_job_seconds"] is None
     store.close()
 
 

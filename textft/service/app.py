@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from textft.service import datasets as uploads
 from textft.service import routes_datasets, routes_jobs, routes_models, routes_service
 from textft.service.jobs import Problems
+from textft.service.limits import Refused
 from textft.service.routes_shared import error
 from textft.service.core import Service
 from textft.service.textft_api import UserError
@@ -78,12 +79,17 @@ async def user_error(request: Request, exc: UserError):
     return error(422, "; ".join(exc.problems), [("body", p) for p in exc.problems])
 
 
+async def refused(request: Request, exc: Refused):
+    return error(exc.status, str(exc), exc.problems)
+
+
 async def upload_error(request: Request, exc: uploads.UploadError):
     return error(exc.status, str(exc), exc.problems, headers={"Connection": "close"} if exc.close else None)
 
 
 EXCEPTION_HANDLERS = {RequestValidationError: invalid_request, StarletteHTTPException: http_error,
-                      Problems: problems_error, UserError: user_error, uploads.UploadError: upload_error}
+                      Problems: problems_error, UserError: user_error, uploads.UploadError: upload_error,
+                      Refused: refused}
 
 
 def create_app(service: Service) -> FastAPI:

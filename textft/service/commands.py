@@ -32,6 +32,49 @@ def _gpus(value: str | None) -> list[str] | None:
     return [] if value.strip().lower() in ("", "none", "cpu") else [v.strip() for v in value.split(",") if v.strip()]
 
 
+LIMIT_ARGS = (
+    ("--max-steps", int, "max_steps", 1, "optimizer steps of one job (default 1,000,000; per key: keys create)"),
+    ("--max-epochs", float, "max_epochs", 1, "passes over the data of one job (default 1,000)"),
+    ("--max-batch-size", int, "max_batch_size", 1, "train.batch_size, eval_batch_size, grad_accum_steps (default 1,024)"),
+    ("--max-evaluations", int, "max_evaluations", 1, "validation passes of one job (default 1,000)"),
+    ("--max-log-entries", int, "max_log_entries", 1, "training-log lines of one job (default 100,000)"),
+    ("--max-keep-checkpoints", int, "max_keep_checkpoints", 1, "train.keep_checkpoints (default 5)"),
+    ("--job-hours", float, "job_seconds", 3600, "wall-clock time of one job, attempts together (default 24;"
+                                                " per key: keys create --max-job-hours)"),
+    ("--job-memory-gb", float, "job_memory_bytes", 1e9, "memory of one job's processes together (default: 60%% of"
+                                                        " the machine's, shared by the jobs run at once)"),
+    ("--max-storage-gb", float, "max_storage_bytes", 1e9, "datasets and job models one key stores (default: a"
+                                                          " quarter of the data directory's disk; per key: keys create)"),
+    ("--max-upload-columns", int, "upload_columns", 1, "columns of an uploaded file (default 1,000)"),
+    ("--max-upload-row-mb", float, "upload_row_bytes", 1e6, "bytes of one row of an uploaded file (default 1)"),
+    ("--max-upload-cells", int, "upload_cells", 1, "rows x columns of an uploaded file (default 50,000,000)"),
+)
+"""Flags of the limits of textft.service.limits.Limits: (flag, type, field, unit, help)."""
+
+
+def _limit_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits", "what one job or upload may ask for (a 422 names the limit)")
+    for flag, kind, _, _, text in LIMIT_ARGS:
+        group.add_argument(flag, type=kind, help=text)
+    group.add_argument("--check-workers", type=int, default=2,
+                       help="processes that check uploads; each key has one at a time (default 2)")
+    group.add_argument("--check-memory-gb", type=float,
+                       help="memory of one upload check (default: 15%% of the machine's, at most 4)")
+    group.add_argument("--check-seconds", type=float, default=300.0, help="time of one upload check (default 300)")
+    group.add_argument("--max-retries", type=int, default=3,
+                       help="times a killed job (its executor or process killed) runs again before it fails (default 3)")
+
+
+def _limits_of(args) -> dict:
+    """The limits given on the command line, in Limits' units (bytes, seconds)."""
+    out = {}
+    for flag, kind, name, unit, _ in LIMIT_ARGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out[name] = value * unit if name == "job_seconds" else kind(value) if unit == 1 else int(value * unit)
+    return out
+
+
 def _check_service_args(args) -> None:
     problems = []
     if not 0 <= args.port <= 65535:
@@ -39,7 +82,14 @@ def _check_service_args(args) -> None:
     for name in ("max_upload_mb", "max_loaded_models", "predict_threads"):
         if getattr(args, name) <= 0:
             problems.append(f"'--{name.replace('_', '-')}' must be > 0, got {getattr(args, name)}")
-    for name in ("workers", "max_queued", "save_every_steps", "grace"):
+    for flag, *_ in LIMIT_ARGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value <= 0:
+            problems.append(f"'{flag}' must be > 0, got {value}")
+    for name in ("check_workers", "check_seconds", "check_memory_gb"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            problems.append(f"'--{name.replace('_', '-')}' must be > 0, got {getattr(args, name)}")
+    for name in ("workers", "max_queued", "save_every_steps", "grace", "max_retries"):
         value = getattr(args, name)
         if value is not None and value < 0:
             problems.append(f"'--{name.replace('_', '-')}' must be >= 0, got {value}")
@@ -83,6 +133,7 @@ def service_main(argv: list[str]) -> int:
     parser.add_argument("--grace", type=float, default=60.0,
                         help="seconds a stopped or cancelled job gets before SIGKILL")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _limit_args(parser)
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
     _check_service_args(args)
@@ -106,7 +157,10 @@ def service_main(argv: list[str]) -> int:
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
                    max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
-                   gpus=_gpus(args.gpus), log_level=args.log_level)
+                   gpus=_gpus(args.gpus), log_level=args.log_level, limits=_limits_of(args),
+                   check_workers=args.check_workers, check_seconds=args.check_seconds,
+                   check_memory_bytes=None if args.check_memory_gb is None else int(args.check_memory_gb * 1e9),
+                   max_retries=args.max_retries)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: use TLS (a reverse proxy) so that keys do not cross the"
               " network in clear", file=sys.stderr)
@@ -127,6 +181,11 @@ def keys_main(argv: list[str]) -> int:
     create.add_argument("--admin", action="store_true", help="sees and manages every key's datasets, jobs, models")
     create.add_argument("--max-queued", type=int, help="queued jobs allowed (default: the service's --max-queued)")
     create.add_argument("--max-upload-mb", type=float, help="largest upload (default: the service's --max-upload-mb)")
+    create.add_argument("--max-storage-mb", type=float, help="datasets and job models stored (default: the service's"
+                                                             " --max-storage-gb)")
+    create.add_argument("--max-steps", type=int, help="optimizer steps of one job (default: the service's --max-steps)")
+    create.add_argument("--max-job-hours", type=float, help="wall-clock time of one job (default: the service's"
+                                                            " --job-hours)")
     listing = sub.add_parser("list", help="list keys (never their secrets)")
     _data_dir(listing)
     listing.add_argument("--json", action="store_true")
@@ -135,15 +194,17 @@ def keys_main(argv: list[str]) -> int:
     revoke.add_argument("key", help="key id or name")
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
-    from textft.service.keys import create_key, list_keys, revoke_key
+    from textft.service.keys import LIMIT_FLAGS, create_key, list_keys, revoke_key
     from textft.service.layout import DataDir
     from textft.service.store import Store
 
     data = DataDir(data_dir).create()
     store = Store(data.db)
     if args.action == "create":
-        key, record = create_key(store, args.name, args.admin, args.max_queued,
-                                 None if args.max_upload_mb is None else int(args.max_upload_mb * 1e6))
+        given = {limit: getattr(args, flag[2:].replace("-", "_")) for limit, (flag, _) in LIMIT_FLAGS.items()}
+        key, record = create_key(store, args.name, args.admin, **{
+            limit: None if value is None else value * LIMIT_FLAGS[limit][1] if limit == "max_job_seconds"
+            else round(value * LIMIT_FLAGS[limit][1]) for limit, value in given.items()})
         print(key)
         print(f"created {'admin ' if record['admin'] else ''}key '{record['name']}' (id {record['id']});"
               " it is shown only this once", file=sys.stderr)
@@ -154,9 +215,8 @@ def keys_main(argv: list[str]) -> int:
         else:
             print(f"{'id':<14}{'name':<20}{'admin':<7}{'created':<18}{'revoked':<18}limits")
             for k in keys:
-                limits = ", ".join(f"{n} {v}" for n, v in (("queued", k["max_queued"]),
-                                                           ("upload MB", k["max_upload_bytes"] and k["max_upload_bytes"] / 1e6))
-                                   if v is not None) or "service defaults"
+                limits = ", ".join(f"{flag[6:]} {k[limit] / unit:g}" for limit, (flag, unit) in LIMIT_FLAGS.items()
+                                   if k[limit] is not None) or "service defaults"
                 print(f"{k['id']:<14}{k['name']:<20}{'yes' if k['admin'] else 'no':<7}{_when(k['created_at']):<18}"
                       f"{_when(k['revoked_at']):<18}{limits}")
     else:
@@ -174,9 +234,14 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, help="jobs run at once (default: one per GPU, else 1)")
     parser.add_argument("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
     parser.add_argument("--grace", type=float, default=60.0, help="seconds a stopped job gets before SIGKILL")
+    parser.add_argument("--job-memory-gb", type=float, help="memory of one job's processes together (default: 60%% of"
+                                                             " this machine's, shared by the jobs run at once)")
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
+    if args.job_memory_gb is not None and args.job_memory_gb <= 0:
+        raise UserError(f"'--job-memory-gb' must be > 0, got {args.job_memory_gb}")
     from textft.service.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    return run_worker(str(data_dir), args.broker, args.workers, _gpus(args.gpus), args.grace)
+    return run_worker(str(data_dir), args.broker, args.workers, _gpus(args.gpus), args.grace,
+                      None if args.job_memory_gb is None else int(args.job_memory_gb * 1e9))

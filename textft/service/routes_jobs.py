@@ -14,8 +14,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, write_job_dir
+from textft.service.jobs import RUN_DIR, JobRequest, Problems, check_request, split_sizes, write_job_dir
 from textft.service.keys import Principal
+from textft.service.limits import Refused, storage_message
 from textft.service.routes_shared import accepting, auth, current_service, iso, key_names, max_queued, new_id, owned, scope
 from textft.service.scheduler import read_new_lines
 from textft.service.core import Service
@@ -70,7 +71,7 @@ def job_request(service: Service, body: JobBody, who: Principal):
     req = JobRequest(dataset=body.dataset, config=body.config, validation_dataset=body.validation_dataset,
                      test_dataset=body.test_dataset, overrides=body.overrides,
                      accelerate_config=body.accelerate_config, num_processes=body.num_processes)
-    cfg, launch = check_request(req, records, service.catalog, service.settings)
+    cfg, launch = check_request(req, records, service.catalog, service.settings, service.limits.for_key(who))
     return req, cfg, launch, records
 
 
@@ -80,16 +81,20 @@ def create_job(body: JobBody, who: Principal = Depends(auth), service: Service =
     accepting(service)
     store = service.store
     req, cfg, launch, _ = job_request(service, body, who)
+    limits = service.limits.for_key(who)
+    if limits.max_storage_bytes is not None and (used := service.storage.used(who.id)) >= limits.max_storage_bytes:
+        raise Refused(507, [("body", storage_message(used, limits.max_storage_bytes))])
     limit = max_queued(service, who)
-    queued = store.row("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state = 'queued'", who.id)["n"]
-    if queued >= limit:
-        raise HTTPException(429, f"this key has {queued} queued job(s), its limit; wait until some start or"
-                                 " cancel one")
     job_id = new_id("job")
     accel = service.catalog.accelerate_configs().get(req.accelerate_config) if req.accelerate_config else None
-    write_job_dir(service.data, job_id, cfg, launch, accel)
+    write_job_dir(service.data, job_id, cfg, launch, accel, time_limit_s=limits.job_seconds)
     try:
+        # The count and the insert are one transaction: concurrent requests cannot all pass the check.
         with store.transaction() as db:
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'", (who.id,)).fetchone()[0]
+            if queued >= limit:
+                raise HTTPException(429, f"this key has {queued} queued job(s), its limit; wait until some start or"
+                                         " cancel one")
             db.execute("INSERT INTO jobs (id, owner, state, config, overrides, accelerate_config, dataset,"
                        " validation_dataset, test_dataset, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                        (job_id, who.id, req.config, dumps(req.overrides), req.accelerate_config, req.dataset,
@@ -215,22 +220,8 @@ async def delete_job(job_id: str, who: Principal = Depends(auth), service: Servi
     await run_in_threadpool(remove)
     await service.models.evict(job_id)
     await run_in_threadpool(shutil.rmtree, service.data.job(job_id), True)
+    service.storage.forget(job_id)
     return Response(status_code=204)
-
-
-def split_sizes(cfg, train: dict, val: dict | None) -> tuple[int, int]:
-    """Training and validation examples of a job, as the run will split and cap them."""
-    n = train["rows"]
-    if val is not None:
-        n_train, n_val = n, val["rows"]
-    else:
-        n_val = max(1, round(cfg.data.validation_split * n))
-        n_train = n - n_val
-    if cfg.data.max_train_samples:
-        n_train = min(n_train, cfg.data.max_train_samples)
-    if cfg.data.max_eval_samples:
-        n_val = min(n_val, cfg.data.max_eval_samples)
-    return n_train, n_val
 
 
 @router.post("/v1/recipe")
@@ -238,14 +229,19 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     """The values the auto recipe would choose for this job, each with its reason (nothing is queued)."""
     req, cfg, launch, records = await run_in_threadpool(job_request, service, body, who)
     train = records[req.dataset]
-    labels = list(train["labels"])
     # the task the run will train: the one the job names, else what the loader found in the upload
-    task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train)
-    labels = task_outputs(task, labels)
+    task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train, who.id)
+    # the model, the plan and the answer off the event loop: building them takes a while
+    return await run_in_threadpool(recipe_answer, req, cfg, launch, records, task)
+
+
+def recipe_answer(req: JobRequest, cfg, launch: dict, records: dict, task: str) -> dict:
+    train = records[req.dataset]
+    labels = task_outputs(task, list(train["labels"]))
     n_train, n_val = split_sizes(cfg, train, records.get(req.validation_dataset) if req.validation_dataset else None)
     global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * launch["num_processes"]
     try:
-        params, fresh = await run_in_threadpool(backbone_facts, cfg.model, labels)
+        params, fresh = backbone_facts(cfg.model, labels)
     except UserError as e:
         raise Problems([(("overrides.model.name_or_path" if "model.name_or_path" in req.overrides else "config"), p)
                         for p in e.problems]) from None
@@ -264,14 +260,14 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
                          for k, v in values.items() if f"{section}.{k}" not in HIDDEN}}
 
 
-async def dataset_task(service: Service, record: dict) -> str:
+async def dataset_task(service: Service, record: dict, key: str = "") -> str:
     """The task the loader found in a dataset; datasets stored before the task was recorded are read
     again (once) with the loader, and the answer kept."""
     if record.get("task"):
         return record["task"]
     found = await service.checker.inspect(str(service.data.root / record["path"]), record["filename"],
                                           record["text_column"], record["label_column"], bool(record["drop_empty"]),
-                                          text_pair_column=record.get("text_pair_column"))
+                                          text_pair_column=record.get("text_pair_column"), key=key)
     if not found.get("task"):  # the file no longer reads (problems): training would say so
         return DEFAULT_TASK
     with service.store.transaction() as db:

@@ -21,12 +21,14 @@ def health(service: Service = Depends(current_service)) -> dict:
 
 @router.get("/v1/me", tags=["service"])
 def me(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
-    opts = service.opts
+    opts, limits = service.opts, service.limits.for_key(who)
     queued = service.store.row("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state = 'queued'", who.id)["n"]
     return {"id": who.id, "name": who.name, "admin": who.admin,
             "limits": {"max_queued_jobs": max_queued(service, who), "max_upload_bytes": max_upload(service, who),
+                       "max_storage_bytes": limits.max_storage_bytes, "max_steps_per_job": limits.max_steps,
+                       "max_job_seconds": limits.job_seconds, "job_memory_bytes": limits.job_memory_bytes,
                        "max_texts_per_prediction": opts.max_texts, "max_chars_per_text": opts.max_chars},
-            "queued_jobs": queued}
+            "queued_jobs": queued, "storage_bytes": service.storage.used(who.id)}
 
 
 @router.get("/v1/tasks", tags=["service"], response_model=list[TaskInfo])

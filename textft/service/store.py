@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 2
-MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT")}
+SCHEMA_VERSION = 3
+MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
+              3: ("ALTER TABLE keys ADD COLUMN max_steps INTEGER", "ALTER TABLE keys ADD COLUMN max_job_seconds REAL",
+                  "ALTER TABLE keys ADD COLUMN max_storage_bytes INTEGER")}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -33,7 +35,10 @@ CREATE TABLE keys (
     max_queued INTEGER,
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    max_steps INTEGER,
+    max_job_seconds REAL,
+    max_storage_bytes INTEGER
 );
 CREATE TABLE datasets (
     id TEXT PRIMARY KEY,
