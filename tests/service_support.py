@@ -19,6 +19,29 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
            "TOKENIZERS_PARALLELISM": "false"}
 
 
+SERVICE_CAP = 10 << 30
+"""Address space a service under hostile tests (and whatever it starts) may map: far above what it
+needs, far below the machine, so that a bound that fails kills the service instead of the machine."""
+
+
+def tiny_overrides(tiny_model_dir, **overrides) -> dict:
+    """Overrides that make the ``tiny`` preset train the tiny test BERT on the toy task in seconds."""
+    return {"model.name_or_path": str(tiny_model_dir), "model.random_init": False, "data.max_length": 32,
+            "train.epochs": 2, "train.lr": 3e-3, "train.batch_size": 16, "train.mixed_precision": "fp32",
+            "train.logging_steps": 5, **overrides}
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of a process (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

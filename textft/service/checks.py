@@ -226,7 +226,7 @@ def _serve(conn, parent: int, memory: int | None, scratch: str) -> None:
     """A checking process: run the checks the pipe sends, one at a time, until the pipe closes."""
     datasets.exit_with_parent(parent)
     rlimits(memory, None)()
-    datasets.warm_up(scratch)
+    datasets.warm_up()
     conn.send("ready")
     while True:
         try:

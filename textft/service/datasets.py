@@ -430,12 +430,11 @@ def exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="textft-parent-watch", daemon=True).start()
 
 
-def warm_up(scratch: str) -> bool:
+def warm_up() -> bool:
     """Check a small file: the loader's modules and builders load now rather than on the first
-    upload (seconds a first check would otherwise spend, and count against its time limit)."""
-    path = Path(scratch) / "warm-up.jsonl"
-    path.write_text('{"text": "good", "label": "a"}\n{"text": "bad", "label": "b"}\n' * 10)
-    try:
+    upload (seconds a first check would otherwise spend, and count against its time limit). The
+    file is made up, so it lives in the system's temporary directory, not among the uploads."""
+    with tempfile.TemporaryDirectory(prefix="textft-warm-up-") as scratch:
+        path = Path(scratch) / "warm-up.jsonl"
+        path.write_text('{"text": "good", "label": "a"}\n{"text": "bad", "label": "b"}\n' * 10)
         return "rows" in inspect(str(path), path.name, "text", "label", False, scratch)
-    finally:
-        path.unlink(missing_ok=True)

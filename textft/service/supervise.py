@@ -88,7 +88,7 @@ def stop_group(pgid: int, grace: float, already_sent: float | None = None) -> No
             time.sleep(0.05)
 
 
-class Limits:
+class AttemptLimits:
     """The attempt's memory and time limits, and what stopped it if one of them did (``limit-N.json``)."""
 
     def __init__(self, job_dir: Path, attempt: int, memory: int, seconds: float, limit_s: float, gpu: bool):
@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    limits = Limits(job_dir, attempt, memory, seconds, limit_s, gpu=os.environ.get("ACCELERATE_USE_CPU") != "1")
+    limits = AttemptLimits(job_dir, attempt, memory, seconds, limit_s, gpu=os.environ.get("ACCELERATE_USE_CPU") != "1")
     with open(job_dir / "job.log", "ab") as log:
         launcher = subprocess.Popen(command, cwd=job_dir, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, process_group=0, preexec_fn=limits.preexec)
