@@ -3,7 +3,7 @@
     python benchmarks/predict_throughput.py --model DIR                  # 2,000 IMDB reviews, batch 32
     python benchmarks/predict_throughput.py --model DIR --data ../shared/data/imdb/train.jsonl  # see the end
     python benchmarks/predict_throughput.py --model DIR --data FILE.jsonl --n 500 --threads 2 --json-out r.json
-    python benchmarks/predict_throughput.py --quick                      # trains configs/tiny.yaml, ~60 short texts
+    python benchmarks/predict_throughput.py --quick                      # trains the tiny preset, ~60 short texts
 
 The first ``--n`` texts of ``--data`` (jsonl with "text" and, optionally, "label") after a seeded
 shuffle are labelled, on the CPU, by every side, each after one small warm-up call; the texts are cut
@@ -145,7 +145,7 @@ def train_tiny(workdir: Path) -> Path:
 
     out = workdir / "tiny-run"
     # 40 steps: the script is what --quick checks, not how well the model learns
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={out}", "train.max_steps=40"])
+    cfg = load_config("tiny", [f"output.dir={out}", "train.max_steps=40"])
     with contextlib.redirect_stdout(sys.stderr):  # keeps the training report out of the benchmark's output
         train(cfg)
     return out
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the shuffle that picks the texts")
     parser.add_argument("--quick", action="store_true",
-                        help="without --model, train configs/tiny.yaml first; a few dozen texts: checks that"
+                        help="without --model, train the tiny preset first; a few dozen texts: checks that"
                              " everything runs")
     parser.add_argument("--json-out", help="write every number to this file")
     parser.add_argument("--force-fp32", action="store_true",
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             start = time.perf_counter()
             model_dir = train_tiny(Path(tmp))
-            print(f"quick: trained configs/tiny.yaml in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            print(f"quick: trained the tiny preset in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
         rows = read_jsonl(data)
         total = len(rows)

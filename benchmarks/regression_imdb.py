@@ -1,4 +1,4 @@
-"""IMDB star ratings as regression: textft (MiniLM, configs/imdb-rating-minilm.yaml) against a TF-IDF +
+"""IMDB star ratings as regression: textft (MiniLM, the imdb-rating-minilm preset) against a TF-IDF +
 ridge baseline (scikit-learn), trained and scored on the same reviews in one run.
 
     python benchmarks/regression_imdb.py                     # 2,000 train / 500 validation / 1,000 test reviews
@@ -116,7 +116,7 @@ def textft_run(paths: dict[str, Path], out_dir: Path, quick: bool) -> dict:
         overrides += ["model.name_or_path=builtin:tiny-bert", "model.random_init=true", "data.max_length=64",
                       "train.max_steps=10", "train.mixed_precision=fp32"]
     start = time.perf_counter()
-    reports = train(load_config(ROOT / "configs/imdb-rating-minilm.yaml", overrides))
+    reports = train(load_config("imdb-rating-minilm", overrides))
     wall = time.perf_counter() - start
     report = json.loads((out_dir / "eval_report.json").read_text())
     test = reports["test"]

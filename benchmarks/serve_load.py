@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py --model runs/quickstart                  # starts textft serve itself
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid PID    # a server already running
-    python benchmarks/serve_load.py --quick                                   # trains configs/tiny.yaml first
+    python benchmarks/serve_load.py --quick                                   # trains the tiny preset first
 
 ``--clients`` threads, each with its own keep-alive connection, send ``--requests`` POST /predict
 calls in all (one text each, round-robin from ``--data``), one after another. Every
@@ -158,7 +158,7 @@ def train_tiny(workdir: Path) -> Path:
 
     out = workdir / "tiny-run"
     with contextlib.redirect_stdout(sys.stderr):
-        train(load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={out}", "train.epochs=2"]))
+        train(load_config("tiny", [f"output.dir={out}", "train.epochs=2"]))
     return out
 
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", help="jsonl of textft predict on the same --data (rows in order): count"
                                          " answers whose label differs")
     parser.add_argument("--quick", action="store_true",
-                        help="without --model/--url, train configs/tiny.yaml first; 16 clients, 400 requests")
+                        help="without --model/--url, train the tiny preset first; 16 clients, 400 requests")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.requests = min(args.clients, 16), min(args.requests, 400)

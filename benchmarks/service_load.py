@@ -58,7 +58,7 @@ def percentile(values: list[float], q: float) -> float:
 def reference(args, work: Path, name: str, overrides: dict) -> Path:
     """``textft train`` alone, with the overrides the service gives the measured job."""
     out = work / name
-    cmd = [sys.executable, "-m", "textft", "train", "--config", str(ROOT / "configs" / f"{args.config}.yaml"),
+    cmd = [sys.executable, "-m", "textft", "train", "--config", args.config,
            "data.dataset=null", f"data.train_file={args.data}", f"output.dir={out}",
            f"train.save_every_steps={args.save_every_steps}", *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]]
     started = time.monotonic()

@@ -198,7 +198,7 @@ def run_textft(args, data: dict, workdir: Path, padding_free: bool = False, froz
     counter = TokenCounter()
     counter.install(BertModel)
     out = workdir / "textft-run"
-    cfg = load_config(str(ROOT / "configs/quickstart.yaml"), [
+    cfg = load_config("quickstart", [
         "data.dataset=null", f"data.train_file={data['train']}", f"data.validation_file={data['validation']}",
         f"data.max_length={args.max_length}", f"model.name_or_path={args.model or 'builtin:minilm'}",
         f"model.random_init={str(args.random_init).lower()}", f"train.padding_free={str(padding_free).lower()}",

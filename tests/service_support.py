@@ -74,10 +74,13 @@ def create_key(data_dir: Path, name: str, admin: bool = False, **limits) -> str:
 class ServiceProcess:
     """``textft service --data-dir DIR`` on a free loopback port."""
 
-    def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None, memory_cap: int | None = None):
+    def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None, command: list[str] | None = None,
+                 cwd: Path | None = None, memory_cap: int | None = None):
         """``memory_cap``: bytes of address space the service and everything it starts may map (a
         hostile probe that gets past its bound then kills the service, not the machine)."""
         self.data_dir, self.args, self.env = Path(data_dir), list(args), env or {}
+        self.command = command or [sys.executable, "-m", "textft"]  # or another installation's textft script
+        self.cwd = cwd
         self.memory_cap = memory_cap
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -88,8 +91,8 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "textft", "service", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                 *self.args], stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env},
+                [*self.command, "service", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],
+                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env}, cwd=self.cwd,
                 preexec_fn=None if self.memory_cap is None else self._cap)
 
         def up():

@@ -3,6 +3,7 @@ bounded size, public names across modules, no unused dependency, and textft's me
 Hugging Face code."""
 
 import ast
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -194,6 +195,19 @@ def test_install_hints_name_extras_that_exist():
     assert hinted and hinted <= extras, hinted - extras
 
 
+def test_the_readme_contents_list_every_section_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # headings inside code blocks are not headings
+    headings = re.findall(r"^#{2,3} (.+)$", prose, re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    contents = prose[prose.index("## Contents"):]
+    contents = contents[:contents.index("\n## ", 1)]
+    listed = re.findall(r"\]\(#([\w-]+)\)", contents)
+    assert sorted(listed) == sorted(anchors - {"contents"})  # every section once, nothing else
+    linked = set(re.findall(r"\]\(#([\w-]+)\)", prose))
+    assert linked <= anchors, linked - anchors
+
+
 def test_the_classification_metric_loads_by_path_like_any_evaluate_module():
     import evaluate
 
@@ -222,4 +236,124 @@ def test_the_classification_metric_loads_by_path_like_any_evaluate_module():
 def test_the_package_ships_its_metric_modules():
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["textft"]
     assert "metrics/**/*" in package_data
+    assert "service/static/**/*" in package_data  # the page's modules live in subfolders (js/, js/views/)
     assert (PACKAGE / "metrics" / "classification" / "classification.py").is_file()
+
+
+# --- the web page's script -----------------------------------------------------------------------
+
+STATIC = PACKAGE / "service" / "static"
+JS_IMPORT = re.compile(r'^import\s+(?:[\w$*{}\s,]+?\s+from\s+)?"([^"]+)";', re.M)
+
+
+def js_modules() -> dict[str, Path]:
+    """The page's ES modules by their path under ``static/js``."""
+    return {p.relative_to(STATIC / "js").as_posix(): p for p in sorted((STATIC / "js").rglob("*.js"))}
+
+
+def js_import_graph() -> dict[str, dict[str, int]]:
+    """module → {imported module: line}; an import of something that is no module of the page is kept as
+    written, so that the test below names it."""
+    graph = {}
+    for name, path in js_modules().items():
+        text = path.read_text(encoding="utf-8")
+        graph[name] = {}
+        for m in JS_IMPORT.finditer(text):
+            target = (Path(name).parent / m.group(1)).as_posix() if m.group(1).startswith(".") else m.group(1)
+            graph[name][os.path.normpath(target)] = text.count("\n", 0, m.start()) + 1
+    return graph
+
+
+def test_the_page_script_is_small_modules_of_small_functions():
+    from js_functions import functions
+
+    modules = sorted((len(p.read_text().splitlines()), name) for name, p in js_modules().items())
+    found = sorted(((f.lines, f"{name}:{f.line}:{f.name}") for name, p in js_modules().items()
+                    for f in functions(p.read_text(encoding="utf-8"))), reverse=True)
+    assert len(modules) >= 10 and len(found) > 100  # the checker reads the page, not an empty folder
+    assert [m for m in modules if m[0] > MAX_MODULE_LINES] == []
+    assert [f for f in found if f[0] > MAX_FUNCTION_LINES] == []
+
+
+def test_the_page_script_is_one_module_graph_without_circles_or_html_strings():
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r"<script[^>]*>", page) == ['<script type="module" src="/static/js/main.js">']
+    graph = js_import_graph()
+    assert {(m, t) for m, targets in graph.items() for t in targets if t not in graph} == set()  # no CDN, no typo
+    assert circles(graph) == []
+    reached, todo = set(), ["main.js"]
+    while todo:
+        reached.add(module := todo.pop())
+        todo += [t for t in graph[module] if t not in reached]
+    assert sorted(set(graph) - reached) == []  # no module left behind
+    # the element builder puts data in as text: no markup parsed from strings anywhere
+    unsafe = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|import\(")
+    assert [n for n, p in js_modules().items() if unsafe.search(p.read_text(encoding="utf-8"))] == []
+
+
+def test_the_page_keeps_no_copy_of_the_tasks_metrics():
+    from textft.tasks import DEFAULT_TASK, METRIC_NAMES, describe_tasks
+
+    # records that name no task are the default task's, which GET /v1/tasks lists first (tasks.js)
+    assert describe_tasks()[0]["name"] == DEFAULT_TASK
+
+    # the training loss is every task's; the rest is named, directed and chosen by GET /v1/tasks
+    names = {k for k in METRIC_NAMES if k != "loss"} | {v for k, v in METRIC_NAMES.items() if k != "loss"}
+    copies = {n: sorted(set(re.findall(r"""["'`](?:%s)["'`]""" % "|".join(map(re.escape, names)), p.read_text())))
+              for n, p in js_modules().items()}
+    assert {n: c for n, c in copies.items() if c} == {}
+
+
+JS_SNIPPET = r"""
+// function hidden() { in a comment }
+export function quoting(s) {
+  const a = "}}{", b = '{\'}', c = `}${"{"}${ { x: 1 }.x }${`${`{`}`}{`;  /* } */
+  const re = /[}{/]+\/{2}/g, ratio = (a.length + 1) / 2 / b.length;
+  if (re.test(s)) { return a; }
+  return /}/.test(c) ? ratio : b;
+}
+class Chart {
+  constructor(box) {
+    this.box = box;
+  }
+  get width() { return this.box.clientWidth; }
+  async draw(points) {
+    for (const p of points) { this.box.append(p); }
+  }
+}
+const view = {
+  render(job) {
+    return job;
+  },
+  title: function () {
+    return "t";
+  },
+};
+const onLog = async (entry) => {
+  entry.points.forEach((p) => {
+    p.seen = true;
+  });
+};
+const pick = (x) => ({ x });
+"""
+
+
+def test_the_js_function_checker_reads_functions_past_strings_regexes_and_comments():
+    from js_functions import functions, tokenize
+
+    found = [(f.name, f.line, f.lines) for f in functions(JS_SNIPPET)]
+    assert found == [("quoting", 3, 6), ("constructor", 10, 3), ("width", 13, 1), ("draw", 14, 3),
+                     ("render", 19, 3), ("title", 22, 3), ("onLog", 26, 5), ("<anonymous>", 27, 3)]
+    assert [t.kind for t in tokenize("x = a / b / c; y = /a\\/b[/]/gi.test(s);")].count("regex") == 1
+    # a template's text is a token; its ${...} parts are code, a template inside one included
+    assert [t.text for t in tokenize("z = `a${`b${c}`}d`;")] == ["z", "=", "`a${", "`b${", "c", "}", "`", "}", "d`", ";"]
+    assert [t.text for t in tokenize("return /=}/.source")][:2] == ["return", "/=}/"]
+
+
+@pytest.mark.parametrize("body", [79, 80])
+def test_the_js_function_checker_counts_every_line_of_a_function(body):
+    from js_functions import functions
+
+    source = "export function long(a) {\n" + "  a += 1;\n" * (body - 2) + "  return a;\n}\n"
+    (f,) = functions(source)
+    assert (f.name, f.lines, f.lines > MAX_FUNCTION_LINES) == ("long", body + 1, body + 1 > 80)

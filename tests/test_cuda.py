@@ -169,7 +169,7 @@ def test_accelerate_launch_on_one_gpu(tiny_args, tmp_path):
     args = [a for a in gpu_args(tiny_args, "bf16") if not a.startswith("train.mixed_precision")]
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "configs" / "accelerate" / "single_gpu.yaml"), str(ROOT / "textft" / "train.py"), *args],
+         str(ROOT / "textft" / "configs" / "accelerate" / "single_gpu.yaml"), str(ROOT / "textft" / "train.py"), *args],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = Path(tiny_args[-1].split("=", 1)[1])

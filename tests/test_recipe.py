@@ -110,7 +110,8 @@ def test_an_explicit_length_turns_off_the_length_dependent_choices():
 
 def test_every_override_wins_and_is_not_explained():
     explicit = ["train.lr=3e-5", "train.head_lr=7e-4", "train.epochs=2.5", "train.eval_every_steps=40",
-                "train.early_stopping_patience=5", "train.early_stopping_min_steps=11", "train.metric_for_best=macro_f1"]
+                "train.early_stopping_patience=5", "train.early_stopping_min_steps=11", "train.metric_for_best=macro_f1",
+                "model.transfer=full"]
     cfg, why = auto(*explicit)
     t = cfg.train
     assert (t.lr, t.head_lr, t.epochs, t.eval_every_steps, t.early_stopping_patience,
@@ -120,16 +121,18 @@ def test_every_override_wins_and_is_not_explained():
     for item in explicit:
         key, value = item.split("=")
         cfg, why = auto(item)
-        got = getattr(cfg.train, key.split(".")[1])
-        assert (got == value) if key == "train.metric_for_best" else float(got) == float(value)
+        section, name = key.split(".")
+        got = getattr(getattr(cfg, section), name)
+        assert (got == value) if key in ("train.metric_for_best", "model.transfer") else float(got) == float(value)
         assert key not in why and len(why) == len(explicit) - 1
 
 
 def test_nothing_is_left_auto():
     cfg, why = auto()
     for key in why:
-        assert getattr(cfg.train, key.split(".")[1]) != "auto"
-    assert set(why) == {"train.lr", "train.head_lr", "train.epochs", "train.eval_every_steps",
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) != "auto"
+    assert set(why) == {"model.transfer", "train.lr", "train.head_lr", "train.epochs", "train.eval_every_steps",
                         "train.early_stopping_patience", "train.early_stopping_min_steps", "train.metric_for_best"}
 
 
@@ -172,5 +175,5 @@ def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
 
 @pytest.mark.parametrize("name", ["banking77-minilm", "imdb-minilm", "sst2-minilm"])
 def test_shipped_task_recipes_leave_the_adaptive_settings_auto(name):
-    t = load_config(f"configs/{name}.yaml").train
+    t = load_config(name).train
     assert (t.lr, t.head_lr, t.epochs, t.eval_every_steps, t.early_stopping_patience) == ("auto",) * 5

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import textft
+from textft.presets import presets
 from conftest import toy_rows, write_jsonl
 from service_support import (ServiceProcess, create_key, read_events, upload, wait_for, wait_state)
 
@@ -34,8 +35,12 @@ def tiny_job(tiny_model_dir, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("service")
+    team = root / "team-configs"  # a team's own presets, beside the packaged ones
+    (team / "accelerate").mkdir(parents=True)
+    (team / "team-tiny.yaml").write_text("# The team's debugging preset.\n" + presets()["tiny"].path.read_text())
+    (team / "accelerate" / "team_cpu.yaml").write_text(presets()["accelerate/cpu_2proc"].path.read_text())
     svc = ServiceProcess(root / "data", ["--local-models", str(tiny_model_dir), "--save-every-steps", "0",
-                                         "--grace", "10"], env={"HF_TOKEN": TOKEN}).start()
+                                         "--grace", "10", "--configs", str(team)], env={"HF_TOKEN": TOKEN}).start()
     yield svc
     assert svc.stop() in (0, -15), svc.tail()  # uvicorn ends a graceful stop by re-raising the signal
 
@@ -394,19 +399,49 @@ def test_recipe_endpoint_shows_auto_values_with_reasons(service, alice, toy_sets
     assert out["settings"]["train.batch_size"] == 16 and "output.dir" not in out["settings"]
     bad = alice.post("/v1/recipe", json={**body, "overrides": {"train.lr": "fast"}})
     assert bad.status_code == 422 and "'train.lr' must be" in bad.json()["error"]
+    # Which recipe an upload gets, and why: full for 200 examples per class, few-shot for 8.
+    assert out["auto"]["model.transfer"] == {"value": "full", "reason": "200 training examples per class (median) > 16:"
+                                                                      " enough for ordinary fine-tuning"}
+    assert out["settings"]["model.transfer"] == "full"
+
+
+def test_recipe_endpoint_says_an_upload_with_few_examples_per_class_gets_the_few_shot_recipe(
+        service, alice, toy_sets, tiny_model_dir, tmp_path):
+    few = upload(alice, write_jsonl(tmp_path / "few.jsonl", toy_rows(18, 5)))
+    assert few.status_code == 201, few.text
+    body = {"dataset": few.json()["id"], "config": "tiny",
+            "overrides": {"model.name_or_path": str(tiny_model_dir), "model.random_init": False}}
+    out = alice.post("/v1/recipe", json=body).json()
+    # 9 per class; 2 of the 18 rows carved for validation leave 16 to train on: 8 per class
+    assert out["facts"]["examples_per_class"] == 8.0
+    assert out["auto"]["model.transfer"]["value"] == "few_shot"
+    assert out["auto"]["model.transfer"]["reason"].startswith("8 training examples per class (median) <= 16")
+    forced = alice.post("/v1/recipe", json={**body, "overrides": {**body["overrides"], "data.task": "multi_label",
+                                                                 "model.transfer": "few_shot"}})
+    assert forced.status_code == 422
+    assert forced.json()["problems"][0]["field"] == "overrides.model.transfer"
+    assert "few_shot cannot train this data" in forced.json()["error"]
 
 
 def test_presets_accelerate_configs_and_openapi(service, alice):
-    presets = {p["name"]: p for p in alice.get("/v1/presets").json()}
-    shipped = {p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
-    assert set(presets) == shipped
-    assert presets["quickstart"]["model"] == "builtin:minilm" and presets["quickstart"]["description"]
+    listed = {p["name"]: p for p in alice.get("/v1/presets").json()}
+    assert set(listed) == {*presets("train"), "team-tiny"}  # the packaged presets and the team's own
+    assert listed["quickstart"]["model"] == "builtin:minilm" and listed["quickstart"]["description"]
+    assert listed["quickstart"]["summary"] == presets()["quickstart"].summary
+    assert listed["team-tiny"]["summary"] == "The team's debugging preset."
     accel = {a["name"]: a for a in alice.get("/v1/accelerate-configs").json()}
+    assert set(accel) == {p.path.stem for p in presets("accelerate").values()} | {"team_cpu"}
     assert accel["cpu_2proc"]["gpus"] == 0 and accel["cpu_2proc"]["num_processes"] == 2
+    assert accel["team_cpu"]["num_processes"] == 2
     assert accel["multi_node"]["num_machines"] == 2
     spec = httpx.get(service.url + "/openapi.json").json()
     assert {"/v1/jobs", "/v1/datasets", "/v1/models/{model_id}/predict", "/v1/jobs/{job_id}/events"} <= set(spec["paths"])
-    assert httpx.get(service.url + "/docs").status_code == 404  # no page that would load assets from a CDN
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"  # /docs can send a key
+    assert spec["paths"]["/v1/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
+    docs = httpx.get(service.url + "/docs")
+    assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text  # no CDN
+    assert "cdn" not in docs.text.lower()
+    assert httpx.get(service.url + "/docs/assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_tasks_endpoint_serves_every_tasks_metrics_as_the_task_classes_define_them(service, alice):

@@ -9,6 +9,7 @@ import signal
 
 import pytest
 
+from textft.errors import UserError
 from textft.service.keys import AuthError, Verifier, create_key, revoke_key
 from textft.service.layout import DataDir
 from textft.service.queue import JobQueue, JsonSerializer
@@ -245,3 +246,68 @@ def test_peeking_at_a_delimited_file_reads_its_header_and_first_rows_as_strings(
         (problem,) = look(name, data)["problems"]
         assert problem[0] == "file" and problem[1].startswith("'file': could not read it as csv: ")
         assert reason in problem[1] and "\n" not in problem[1]
+
+
+def test_service_settings_come_from_flags_then_the_environment_then_defaults(monkeypatch, capsys):
+    from textft.service.env_options import EnvParser, label
+
+    def parser():
+        p = EnvParser(prog="t")
+        p.option("--data-dir", required=True, help="d")
+        p.option("--port", type=int, default=8080, help="p")
+        p.option("--configs", action="append", default=[], many=True, help="c")
+        p.option("--log-level", default="info", choices=["info", "debug"], help="l")
+        return p
+
+    args, sources = parser().parse(["--data-dir", "d"])
+    assert (args.port, args.configs, args.log_level, sources) == (8080, [], "info", {})
+    monkeypatch.setenv("TEXTFT_PORT", "9000")
+    monkeypatch.setenv("TEXTFT_CONFIGS", "/a:/b")
+    monkeypatch.setenv("TEXTFT_DATA_DIR", "/srv/x")
+    args, sources = parser().parse([])
+    assert (args.data_dir, args.port, args.configs) == ("/srv/x", 9000, ["/a", "/b"])
+    assert label("port", sources) == "TEXTFT_PORT" and label("log_level", sources) == "'--log-level'"
+    args, sources = parser().parse(["--port", "1", "--configs", "/c", "--data-dir", "e"])  # flags win
+    assert (args.port, args.configs, args.data_dir) == (1, ["/c"], "e") and sources == {}
+    monkeypatch.setenv("TEXTFT_PORT", "eighty")
+    monkeypatch.setenv("TEXTFT_LOG_LEVEL", "debgu")
+    with pytest.raises(UserError) as e:  # every problem at once, each naming its variable
+        parser().parse([], check=lambda args, sources: [f"checked port {args.port}"])
+    assert e.value.problems == ["TEXTFT_PORT must be a whole number, got 'eighty'",
+                                "TEXTFT_LOG_LEVEL must be one of info, debug, got 'debgu' (did you mean 'debug'?)",
+                                "checked port 8080"]
+    parser().print_help()
+    out = capsys.readouterr().out
+    assert "[env TEXTFT_PORT]" in out and "[env TEXTFT_DATA_DIR]" in out and "a flag wins over" in out
+
+
+def test_broker_passwords_never_reach_logs_or_messages(tmp_path):
+    from textft.service.queue import public_url
+
+    assert public_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert public_url("redis://user:s3cret@redis/0") == "redis://user:***@redis/0"
+    assert public_url("redis://redis:6379/0") == "redis://redis:6379/0" and public_url(None) is None
+    with pytest.raises(ValueError) as e:
+        JobQueue(DataDir(tmp_path).create(), "http://:s3cret@host/0")
+    assert "s3cret" not in str(e.value) and "***" in str(e.value)
+
+
+def test_a_database_of_a_newer_textft_is_refused_in_one_line_and_left_untouched(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    db_path = DataDir(tmp_path).create().db
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(UserError, match="newer textft .database schema 99.*upgrade textft"):
+        Store(db_path)
+    proc = subprocess.run([sys.executable, "-m", "textft", "service", "keys", "list", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    db = sqlite3.connect(db_path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 99  # not migrated down, nothing created
+    assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    db.close()

@@ -167,7 +167,10 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     assert auto.count() >= 1 and all(len(t) > 10 for t in auto.locator(".why").all_inner_texts())
     page.get_by_label("Other settings").fill("train.lrr=0.1")
     expect(page.locator("#overrides-error")).to_contain_text("did you mean 'train.lr'")
-    expect(page.get_by_label("Transfer mode")).to_have_value("full")
+    expect(page.get_by_label("Transfer mode")).to_have_value("auto")
+    # which recipe the upload gets, and why (the tiny preset starts from random weights: the ordinary one)
+    expect(page.locator('#recipe .recipe-row[data-field="overrides.model.transfer"] .why')).to_contain_text(
+        "the encoder starts from random weights")
     page.get_by_label("Other settings").fill("model.random_init=false\ndata.max_length=32\n"
                                            "train.epochs=6\ntrain.lr=0.003\ntrain.batch_size=16\n"
                                            "train.mixed_precision=no\ntrain.logging_steps=5")
@@ -374,12 +377,48 @@ def test_the_page_and_its_files_are_served_without_a_key_and_without_outside_ass
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert "http://" not in page.text and "https://" not in page.text
-    for name in ("app.js", "app.css", "favicon.svg"):
+    static = Path(__file__).resolve().parent.parent / "textft" / "service" / "static"
+    names = sorted(str(p.relative_to(static)) for p in static.rglob("*") if p.is_file())
+    assert {"js/main.js", "app.css", "favicon.svg"} <= set(names) and len([n for n in names if n.endswith(".js")]) > 10
+    for name in names:  # every module of the script, the style sheet and the icon
         resp = httpx.get(f"{web_service.url}/static/{name}")
         assert resp.status_code == 200 and resp.headers["x-content-type-options"] == "nosniff", name
         assert "https://" not in resp.text and "http://" not in resp.text.replace("http://www.w3.org/", ""), name
+        if name.endswith(".js"):  # a module script runs only with a JavaScript type, nosniff holds browsers to it
+            assert resp.headers["content-type"] == "text/javascript; charset=utf-8", name
+            assert resp.headers["cache-control"] == "no-cache", name
+    assert '<script type="module" src="/static/js/main.js"></script>' in page.text
     assert httpx.get(web_service.url + "/static/../app.py").status_code == 404
     assert httpx.get(web_service.url + "/v1/jobs").status_code == 401  # the API still wants its key
     spec = httpx.get(web_service.url + "/openapi.json").json()
     assert "/" not in spec["paths"]
     assert json.loads(httpx.get(web_service.url + "/health").text)["status"] == "ok"
+
+
+@needs_chromium
+def test_the_api_docs_render_offline_and_try_a_request_with_a_key(web_service, browser, tmp_path):
+    """/docs in a browser that may reach nothing but the service: the operations of the OpenAPI 3.1
+    schema are listed, Authorize takes a key, and "Try it out" calls the API with it."""
+    key = create_key(web_service.data_dir, "docs-reader")
+    page = browser.new_page(viewport=DESKTOP)
+    outside = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(web_service.url)
+               else (outside.append(route.request.url), route.abort()))
+    page.goto(web_service.url + "/docs")
+    page.wait_for_selector('.opblock-summary-path[data-path="/v1/me"]', timeout=30_000)
+    assert "Unable to render" not in page.content()
+    assert page.locator(".opblock").count() >= 20
+    page.locator("button.authorize").first.click()
+    page.locator(".modal-ux input").fill(key)
+    page.locator(".modal-ux button.authorize").click()
+    page.locator(".modal-ux button.btn-done").click()
+    page.locator('.opblock-summary-path[data-path="/v1/me"]').click()
+    page.locator("button.try-out__btn").first.click()
+    page.locator("button.execute").first.click()
+    page.wait_for_selector(".live-responses-table tbody .response-col_status", timeout=30_000)
+    status = page.locator(".live-responses-table tbody .response-col_status").first.inner_text().strip()
+    body = page.locator(".live-responses-table .microlight").first.inner_text()
+    page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+    assert status == "200" and '"docs-reader"' in body, (status, body)
+    assert outside == []  # nothing fetched from anywhere but the service
+    page.close()

@@ -177,3 +177,37 @@ def test_the_try_page_shows_the_predicted_value(page, task_jobs, task_files, tmp
     assert list(rows[0]) == ["text", "value", "tokens"] and len(rows) == 80
     assert [float(r["value"]) for r in rows] == pytest.approx(got, abs=1e-3)
     shots("regression-file")
+
+
+@needs_chromium
+@pytest.mark.parametrize("held,first", [("/v1/tasks", "#/jobs"), ("/v1/presets", "#/new")])
+def test_a_view_left_while_it_loads_is_not_drawn_into_the_next(service, http, browser, held, first):  # noqa: F811
+    """An answer is held back until the user has moved on from the first view (the tasks every view waits
+    for, or the presets of the new-job form): only the second view is drawn, and the first leaves no error
+    behind (it once drew into the second's page: a toast every 5 s, or "Something went wrong" over it)."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    errors, routes = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.add_init_script(f"sessionStorage.setItem('textft.key', {json.dumps(http.headers['Authorization'][7:])});"
+                         """window.toasts = [];
+                         document.addEventListener("DOMContentLoaded", () => {
+                           const t = document.getElementById("toast");
+                           new MutationObserver(() => { if (t.classList.contains("error")) toasts.push(t.textContent); })
+                             .observe(t, { attributes: true, childList: true, characterData: true, subtree: true });
+                         });""")
+    page.route(f"**{held}", lambda route: routes.append(route))
+    page.goto(f"{service.url}/{first}")
+    while not routes:
+        page.wait_for_timeout(50)
+    page.evaluate("location.hash = '#/datasets'")
+    page.wait_for_timeout(500)  # drawn by now, unless it waits for the same answer
+    for route in routes:
+        route.continue_()
+    page.wait_for_timeout(1500)  # the first view's answer has arrived
+    expect(page.get_by_role("heading", name="Upload a dataset")).to_be_visible()
+    assert page.locator("#main h1").all_inner_texts() == ["Datasets"]
+    assert page.evaluate("toasts") == [] and errors == []
+    context.close()

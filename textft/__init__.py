@@ -4,7 +4,8 @@ from textft.version import __version__  # noqa: F401
 
 
 def train(config_path=None, overrides=None):
-    """Train from a YAML config plus ``section.key=value`` overrides; returns the final reports."""
+    """Train from a preset name (``textft configs list``) or a YAML file plus ``section.key=value`` overrides;
+    returns the final reports."""
     from textft.config import load_config
     from textft.train import train as train_config
 

@@ -119,10 +119,11 @@ def sweep_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="textft sweep", description="Hyper-parameter search with Optuna (TPE sampling, median pruning).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=sweep.__doc__.split("\n", 2)[2])
-    parser.add_argument("--config", required=True, help="YAML config; may hold the sweep section")
+    parser.add_argument("--config", required=True, help="preset name or YAML config; may hold the sweep section")
     parser.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (all sessions)")
     parser.add_argument("--output", help="sweep directory (default: the config's output.dir + '-sweep')")
-    parser.add_argument("--sweep", dest="sweep_file", help="YAML file with the sweep section (instead of the config's)")
+    parser.add_argument("--sweep", dest="sweep_file", help="YAML file or preset (sweeps/default) with the sweep section"
+                                                          " (instead of the config's)")
     parser.add_argument("overrides", nargs="*", help="section.key=value pairs applied to every trial")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     try:
@@ -227,7 +228,7 @@ def is_loopback(host: str) -> bool:
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="textft serve", description="Serve a classifier over HTTP: POST /predict,"
                                      " GET /health, GET /metadata, GET /openapi.json (and /docs with"
-                                     " the swagger-ui-bundle package).")
+                                     " the fastapi-offline package).")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
@@ -303,6 +304,12 @@ def push_main(argv: list[str]) -> int:
 
 # --- dispatch -------------------------------------------------------------------------------------
 
+def configs_main(argv: list[str]) -> int:
+    from textft import configs_cli
+
+    return configs_cli.configs_main(argv)
+
+
 def service_main(argv: list[str]) -> int:
     from textft.service import commands
 
@@ -317,7 +324,7 @@ def worker_main(argv: list[str]) -> int:
 
 COMMANDS = {"train": train_main, "evaluate": evaluate_main, "predict": predict_main, "calibrate": calibrate_main,
             "serve": serve_main, "push": push_main, "compare": compare_main, "sweep": sweep_main,
-            "report": report_main, "service": service_main, "worker": worker_main}
+            "report": report_main, "configs": configs_main, "service": service_main, "worker": worker_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from textft.config_schema import (AUTO, BACKENDS, INFERENCE_PRECISIONS, LONG_TEX
                                   PRECISIONS, SECTION_TYPES, TASKS, TRUNCATIONS, VALUE_ALIASES, Config, DataConfig,
                                   ModelConfig, OutputConfig, TrainConfig)
 from textft.errors import UserError, closest
+from textft.presets import resolve as resolve_preset
 
 log = logging.getLogger("textft")
 
@@ -108,7 +109,7 @@ def _env_references(node) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 values: dict[str, Any] | None = None, interpolate: bool = True) -> Config:
-    """Config from an optional YAML file plus ``section.key=value`` overrides, fully validated.
+    """Config from an optional YAML file or preset name plus ``section.key=value`` overrides, fully validated.
 
     ``values`` ({"section.key": value}) are settings given as values rather than text (a JSON
     request): they win over the file and the overrides and are neither parsed nor interpolated.
@@ -120,7 +121,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     merged: dict[str, Any] = {}
     references: dict[str, Any] = {}
     if path is not None:
-        merged, references = _read_file(Path(path), interpolate)
+        merged, references = _read_file(resolve_preset(path), interpolate)
     for item in overrides or []:
         if "=" not in item or item.startswith("="):
             problems.append(f"override '{item}' must look like section.key=value")
@@ -159,8 +160,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _read_file(path: Path, interpolate: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings of a YAML file, and the environment references among them."""
-    if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist")
     references: dict[str, Any] = {}
     try:
         if interpolate:

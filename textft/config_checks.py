@@ -38,6 +38,9 @@ def _check_train_values(t: TrainConfig, need: Callable[[bool, str], None], probl
     need(t.huber_delta > 0, f"'train.huber_delta' must be > 0, got {t.huber_delta}")
     need(t.max_grad_norm >= 0, f"'train.max_grad_norm' must be >= 0, got {t.max_grad_norm}")
     need(0 <= t.label_smoothing < 1, f"'train.label_smoothing' must be in [0, 1), got {t.label_smoothing}")
+    need(t.contrastive_weight >= 0, f"'train.contrastive_weight' must be >= 0, got {t.contrastive_weight}")
+    need(t.contrastive_temperature > 0,
+         f"'train.contrastive_temperature' must be > 0, got {t.contrastive_temperature}")
     need(non_negative(t.eval_every_steps), f"'train.eval_every_steps' must be >= 0, got {t.eval_every_steps}")
     need(t.logging_steps >= 1, f"'train.logging_steps' must be >= 1, got {t.logging_steps}")
     need(t.num_workers >= 0, f"'train.num_workers' must be >= 0, got {t.num_workers}")

@@ -27,7 +27,9 @@ VALUE_ALIASES = {"train.mixed_precision": {"no": "fp32"}}
 """Old names of values, still read: saved configs hold them."""
 Auto = Literal["auto"]
 Truncation = Literal[TRUNCATIONS]
-Transfer = Literal["full", "feature_extraction", "top_k", "gradual"]
+TRANSFERS = ("auto", "full", "few_shot", "feature_extraction", "top_k", "gradual")
+"""What a run trains; auto is resolved by textft.recipe (few_shot for few examples per class, else full)."""
+Transfer = Literal[TRANSFERS]
 TASKS = ("auto", "single_label", "multi_label", "regression")
 """What a label is: one class, a set of classes (multi_label) or a number (regression); auto detects it."""
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
@@ -106,10 +108,15 @@ class ModelConfig:
     ``builtin:tiny-bert`` (2-layer random BERT for tests)."""
     random_init: bool = False
     """Build the model from its config with random weights instead of loading weights."""
-    transfer: Transfer = "full"
-    """full: train everything; feature_extraction: freeze the encoder, train the head;
-    top_k: train the head and the top ``unfreeze_top_k`` layers; gradual: start with the head and
-    unfreeze one more layer (top down, embeddings last) every ``unfreeze_every_epochs`` (ULMFiT)."""
+    transfer: Transfer = "auto"
+    """full: train everything; few_shot: train everything with the few-shot method (the head starts
+    from the class means of the encoder's features, batches hold several examples of each class, a
+    supervised contrastive loss pulls them together, ``train.contrastive_weight``; the whole plan runs,
+    without early stopping); feature_extraction: freeze the encoder, train the head; top_k: train the
+    head and the top ``unfreeze_top_k`` layers; gradual: start with the head and unfreeze one more
+    layer (top down, embeddings last) every ``unfreeze_every_epochs`` (ULMFiT). auto: few_shot for
+    single-label training data with at most 16 examples per class (median) on a pretrained encoder,
+    else full."""
     unfreeze_top_k: int = 2
     """Encoder layers trained under ``transfer: top_k``."""
     unfreeze_every_epochs: float = 1.0
@@ -160,6 +167,12 @@ class TrainConfig:
     """Gradient-norm clipping threshold (0 disables clipping)."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy loss (multi_label: targets move eps/2 towards 0.5)."""
+    contrastive_weight: float = 1.0
+    """Under ``model.transfer: few_shot``: weight of the supervised contrastive loss (Khosla et al. 2020)
+    on the features the classification head reads, added to the cross-entropy (0: cross-entropy alone,
+    and batches are not grouped by class)."""
+    contrastive_temperature: float = 0.1
+    """Temperature of that contrastive loss: lower values weigh the hardest negatives more."""
     class_weights: Any = "none"
     """Loss weights per class: none, balanced, or a mapping {label: weight}; for multi_label they are
     the positive-class weights (pos_weight) of each label, balanced = negatives / positives."""

@@ -8,6 +8,8 @@ taken from the training split (or from a ClassLabel / ``data.label_names``).
 from __future__ import annotations
 
 import logging
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,6 +276,12 @@ def stratified_split(ds: Dataset, fraction: float, seed: int, strata: list | Non
                         " or the split is smaller than the number of classes")
     train_idx, val_idx = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return ds.select(sorted(train_idx)), ds.select(sorted(val_idx))
+
+
+def examples_per_class(labels: list[int]) -> float:
+    """Median number of examples of the classes present in ``labels`` (class ids)."""
+    counts = sorted(Counter(labels).values())
+    return float(statistics.median(counts)) if counts else 0.0
 
 
 def task_of(cfg: DataConfig) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("foundation", "files, errors and config: what every other module may use",
      ("errors", "files", "run_dir", "interrupts", "coerce", "config_schema", "config_checks", "config",
-      "config_help", "hub_download", "version", "layers")),
+      "config_help", "hub_download", "version", "layers", "presets")),
     ("data", "data, tokenization and tasks: what a label is, how texts become model inputs",
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
       "out_of_scope")),
     ("model", "modeling, the training loop, checkpoints, the recipe and the inference backends",
-     ("modeling", "loop", "checkpoint", "recipe", "precision", "onnx_export", "onnx_backend")),
+     ("modeling", "loop", "checkpoint", "recipe", "few_shot", "precision", "onnx_export", "onnx_backend")),
     ("train", "one training run (setup, fit, export) and the saved classifier",
      ("training", "classifier", "calibration", "prediction_files", "sweep_space")),
     ("reports", "run reports, comparisons, evaluation of a saved model, the model card and the Hub",
@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("serving", "textft serve and the fine-tuning service",
      ("serving", "micro_batching", "service", "service.*")),
     ("cli", "the commands, their entry points and the package's public API",
-     ("textft", "__main__", "command_line", "cli", "predict_cli", "train", "sweep")),
+     ("textft", "__main__", "command_line", "cli", "predict_cli", "configs_cli", "train", "sweep")),
 )
 """(name, what it holds, modules) per layer, bottom first; modules are named without ``textft.``
 (the package itself is ``textft``), and ``pkg.*`` stands for every module of a subpackage."""

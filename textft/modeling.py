@@ -182,7 +182,7 @@ def apply_transfer(model: nn.Module, cfg: ModelConfig) -> dict[str, int]:
     n_layers = max(depths.values()) - 1
     # Gradual unfreezing keeps every parameter trainable and drops frozen gradients each step
     # (see frozen_by_schedule): changing requires_grad mid-run would desynchronise DDP.
-    lowest_trained = {"full": 0, "gradual": 0, "feature_extraction": n_layers + 1,
+    lowest_trained = {"full": 0, "few_shot": 0, "gradual": 0, "feature_extraction": n_layers + 1,
                       "top_k": n_layers + 1 - min(cfg.unfreeze_top_k, n_layers)}[cfg.transfer]
     for name, p in model.named_parameters():
         p.requires_grad_(depths[name] >= lowest_trained)

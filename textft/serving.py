@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -136,12 +137,12 @@ def metadata(classifier, limits: dict[str, Any]) -> dict[str, Any]:
 
 
 def _swagger_assets() -> Path | None:
-    """Swagger UI's files as shipped by the swagger-ui-bundle package, or None without it."""
+    """Swagger UI's files as shipped by the fastapi-offline package (Swagger UI 5, which reads the OpenAPI
+    3.1 that FastAPI writes; the swagger-ui-bundle package's Swagger UI 4 cannot), or None without it."""
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        path = Path(str(resources.files("fastapi_offline") / "static"))
     except ImportError:
         return None
-    path = Path(str(swagger_ui_path))
     return path if (path / "swagger-ui-bundle.js").is_file() else None
 
 
@@ -154,7 +155,7 @@ async def _client_gone(request: "Request") -> None:
 
 
 def serve_local_docs(app: "FastAPI") -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package's files; without it, no /docs page."""
+    """Swagger UI at /docs from the fastapi-offline package's files; without it, no /docs page."""
     assets = _swagger_assets()
     if assets is None:
         return
@@ -168,7 +169,7 @@ def serve_local_docs(app: "FastAPI") -> None:
         return get_swagger_ui_html(openapi_url=app.openapi_url, title=app.title + " - docs",
                                    swagger_js_url="/docs/assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs/assets/favicon.png")
 
 
 def add_error_handlers(app: "FastAPI") -> None:

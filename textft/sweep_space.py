@@ -19,6 +19,7 @@ import yaml
 from textft.config import METRICS as CONFIG_METRICS
 from textft.config import config_keys, load_config, suggest_key
 from textft.errors import UserError, closest
+from textft.presets import resolve as resolve_preset
 from textft.tasks import LOWER_IS_BETTER
 
 METRICS = ("auto", *CONFIG_METRICS)
@@ -231,11 +232,11 @@ def override(key: str, value: Any) -> str:
 def split_config(config_path: str, sweep_path: str | None) -> tuple[str, Any, str]:
     """The config file without its ``sweep`` section (YAML text for load_config), the sweep section, and
     the file it came from: load_config refuses sections it does not know."""
-    raw = read_yaml(config_path, "config file")
+    raw = read_yaml(resolve_preset(config_path), "config file")
     inline = raw.pop("sweep", None)
     base_text = yaml.safe_dump(raw, sort_keys=False)
     if sweep_path is not None:
-        extra = read_yaml(sweep_path, "sweep file")
+        extra = read_yaml(resolve_preset(sweep_path, "sweep", "sweep file"), "sweep file")
         return base_text, extra.get("sweep", extra), sweep_path
     if inline is None:
         raise UserError(f"no search space: '{config_path}' has no 'sweep' section and no --sweep file was given;"

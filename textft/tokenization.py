@@ -3,6 +3,9 @@ collator and batch order."""
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
+
 import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader, Sampler
@@ -171,6 +174,22 @@ def tokenize_splits(splits: DatasetDict, tokenizer: PreTrainedTokenizerBase, max
     })
 
 
+def class_grouped_order(labels: list[int], per_class: int, seed: int) -> list[int]:
+    """Every index once: each class's examples shuffled and cut into groups of ``per_class``, the groups
+    shuffled. Consecutive batches then hold several examples of each class they meet."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    groups = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        rng.shuffle(members)
+        groups += [members[j:j + per_class] for j in range(0, len(members), per_class)]
+    rng.shuffle(groups)
+    return [i for group in groups for i in group]
+
+
 class EpochSampler(Sampler[int]):
     """Seeded per-epoch order; with ``group_by_length`` each batch holds texts of similar length.
 
@@ -182,6 +201,12 @@ class EpochSampler(Sampler[int]):
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_by_length, self.epoch = group_by_length, 0
+        self.classes: tuple[list[int], int] | None = None
+
+    def group_classes(self, labels: list[int], per_class: int) -> None:
+        """From now on, draw the order as groups of ``per_class`` examples of one class (the few-shot
+        method's batches: each example meets others of its class); lengths are no longer grouped."""
+        self.classes = (list(labels), per_class)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -190,6 +215,8 @@ class EpochSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self):
+        if self.classes is not None:
+            return iter(class_grouped_order(*self.classes, seed=self.seed + self.epoch))
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         if not self.group_by_length:
             return iter(torch.randperm(len(self.lengths), generator=g).tolist())

@@ -2,7 +2,7 @@
 (``textft.training``), the run report rendered into the run directory as it is written, and with
 ``output.push_to_hub`` the model shared on the Hub.
 
-Also the entry point of ``accelerate launch -m textft.train --config configs/NAME.yaml [section.key=value ...]``
+Also the entry point of ``accelerate launch -m textft.train --config PRESET|FILE [section.key=value ...]``
 (or ``accelerate launch textft/train.py ...`` from a checkout), which the service runs for every job.
 """
 
@@ -37,11 +37,12 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
 
 
 def train_command(argv: list[str]) -> int:
-    """``textft train [--config FILE] [section.key=value ...]``."""
+    """``textft train [--config PRESET|FILE] [section.key=value ...]``."""
     parser = argparse.ArgumentParser(
         prog="textft train", description="Fine-tune a text classifier.", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="overrides (section.key=value):\n" + describe_keys())
-    parser.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    parser.add_argument("--config", help="preset name (textft configs list) or YAML file; a file wins over a preset"
+                                         " of the same name")
     parser.add_argument("--no-interpolation", action="store_true",
                         help="read the file and the overrides as plain values: ${...} stays as written instead of"
                              " reading the environment or other settings (the service runs its jobs so)")

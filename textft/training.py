@@ -23,7 +23,8 @@ import torch
 from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
                                latest_checkpoint, load_best, save_best, save_model)
 from textft.config import Config, save_config
-from textft.data import TaskData, check_files, data_files, load_splits
+from textft import few_shot
+from textft.data import TaskData, check_files, data_files, examples_per_class, load_splits
 from textft.errors import UserError
 from textft.run_dir import write_predictions, write_reports
 from textft.files import write_atomically
@@ -194,9 +195,11 @@ def load_inputs(cfg: Config, accelerator, precision: str):
                   global_batch=t.batch_size * t.grad_accum_steps * accelerator.num_processes,
                   steps_per_epoch=steps_per_epoch(batches, t.grad_accum_steps), task=data.task.name,
                   default_metric=data.task.default_metric, pairs="text_pair" in tokenized["train"].column_names)
+    if data.task.one_class_per_text:
+        facts.examples_per_class = examples_per_class(tokenized["train"]["labels"])
     texts = {split: ds["text"] for split, ds in eval_sets.items()}
     pairs = {split: ds["text_pair"] if "text_pair" in ds.column_names else None for split, ds in eval_sets.items()}
-    return data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, tokenized["train"]["labels"]
+    return data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, tokenized["train"]
 
 
 def prepare(cfg: Config, accelerator, model, train_dl, eval_dls: dict, plan: Plan):
@@ -232,14 +235,20 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
     t = cfg.train
     check_checkpointing_supported(accelerator, t.save_every_steps, t.save_every_epoch, t.resume_from)
     set_seed(t.seed)
-    data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, train_labels = \
+    data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, train_set = \
         load_inputs(cfg, accelerator, precision)
     cfg, recipe, plan = resolve(cfg, facts)
     data.task.configure(cfg.train, cfg.train.metric_for_best)
-    loss_fn = data.task.loss_fn(cfg.train, train_labels)
+    loss_fn = data.task.loss_fn(cfg.train, train_set["labels"])
     for key, why in recipe.items():
-        log.info("auto %s = %s: %s", key, getattr(cfg.train, key.split(".", 1)[1]), why)
+        section, name = key.split(".", 1)
+        log.info("auto %s = %s: %s", key, getattr(getattr(cfg, section), name), why)
     params = apply_transfer(model, cfg.model)
+    if cfg.model.transfer == "few_shot":
+        prototypes = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
+                                 precision != "fp32")
+        loss_fn = few_shot.start(model, cfg.train, len(data.label_names), train_set["labels"], train_dl, prototypes,
+                                 loss_fn, accelerator)
     if cfg.train.padding_free:
         from textft import packing
 

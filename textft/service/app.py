@@ -24,7 +24,7 @@ from textft.service.jobs import Problems
 from textft.service.limits import Refused
 from textft.service.routes_shared import error
 from textft.service.core import Service
-from textft.service.textft_api import UserError
+from textft.service.textft_api import UserError, serve_local_docs
 from textft.service.web import mount_page
 
 JSON_BODY_LIMIT = 1 << 20
@@ -109,6 +109,7 @@ def create_app(service: Service) -> FastAPI:
     for routes in (routes_service, routes_datasets, routes_jobs, routes_models):
         app.include_router(routes.router)
     mount_page(app)
+    serve_local_docs(app)
     opts = service.opts
     app.add_middleware(JsonBodyLimit, max_bytes=max(JSON_BODY_LIMIT, 6 * opts.max_texts * opts.max_chars + 65_536))
     return app

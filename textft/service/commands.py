@@ -10,6 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from textft.service.env_options import EnvParser, label
 from textft.service.textft_api import UserError
 
 ENV_DATA_DIR = "TEXTFT_DATA_DIR"
@@ -49,24 +50,23 @@ LIMIT_ARGS = (
     ("--max-upload-row-mb", float, "upload_row_bytes", 1e6, "bytes of one row of an uploaded file (default 1)"),
     ("--max-upload-cells", int, "upload_cells", 1, "rows x columns of an uploaded file (default 50,000,000)"),
 )
-"""Flags of the limits of textft.service.limits.Limits: (flag, type, field, unit, help)."""
+"""Options of the limits of textft.service.limits.Limits: (flag, type, field, unit, help); a 422 names the limit."""
 
 
-def _limit_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("limits", "what one job or upload may ask for (a 422 names the limit)")
+def _limit_options(parser: EnvParser) -> None:
     for flag, kind, _, _, text in LIMIT_ARGS:
-        group.add_argument(flag, type=kind, help=text)
-    group.add_argument("--check-workers", type=int, default=2,
-                       help="processes that check uploads; each key has one at a time (default 2)")
-    group.add_argument("--check-memory-gb", type=float,
-                       help="memory of one upload check (default: 15%% of the machine's, at most 4)")
-    group.add_argument("--check-seconds", type=float, default=300.0, help="time of one upload check (default 300)")
-    group.add_argument("--max-retries", type=int, default=3,
-                       help="times a killed job (its executor or process killed) runs again before it fails (default 3)")
+        parser.option(flag, type=kind, help=text)
+    parser.option("--check-workers", type=int, default=2,
+                  help="processes that check uploads; each key has one at a time (default 2)")
+    parser.option("--check-memory-gb", type=float, help="memory of one upload check (default: 15%% of the machine's,"
+                                                        " at most 4)")
+    parser.option("--check-seconds", type=float, default=300.0, help="time of one upload check (default 300)")
+    parser.option("--max-retries", type=int, default=3,
+                  help="times a killed job (its executor or process killed) runs again before it fails (default 3)")
 
 
 def _limits_of(args) -> dict:
-    """The limits given on the command line, in Limits' units (bytes, seconds)."""
+    """The limits given on the command line or in the environment, in Limits' units (bytes, seconds)."""
     out = {}
     for flag, kind, name, unit, _ in LIMIT_ARGS:
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -75,68 +75,63 @@ def _limits_of(args) -> dict:
     return out
 
 
-def _check_service_args(args) -> None:
+def _service_problems(args, sources: dict[str, str]) -> list[str]:
     problems = []
     if not 0 <= args.port <= 65535:
-        problems.append(f"'--port' must be in 0..65535, got {args.port}")
+        problems.append(f"{label('port', sources)} must be in 0..65535, got {args.port}")
     for name in ("max_upload_mb", "max_loaded_models", "predict_threads"):
         if getattr(args, name) <= 0:
-            problems.append(f"'--{name.replace('_', '-')}' must be > 0, got {getattr(args, name)}")
-    for flag, *_ in LIMIT_ARGS:
-        value = getattr(args, flag[2:].replace("-", "_"))
+            problems.append(f"{label(name, sources)} must be > 0, got {getattr(args, name)}")
+    for dest in [flag[2:].replace("-", "_") for flag, *_ in LIMIT_ARGS] + ["check_workers", "check_seconds",
+                                                                          "check_memory_gb"]:
+        value = getattr(args, dest)
         if value is not None and value <= 0:
-            problems.append(f"'{flag}' must be > 0, got {value}")
-    for name in ("check_workers", "check_seconds", "check_memory_gb"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            problems.append(f"'--{name.replace('_', '-')}' must be > 0, got {getattr(args, name)}")
+            problems.append(f"{label(dest, sources)} must be > 0, got {value}")
     for name in ("workers", "max_queued", "save_every_steps", "grace", "max_retries"):
         value = getattr(args, name)
         if value is not None and value < 0:
-            problems.append(f"'--{name.replace('_', '-')}' must be >= 0, got {value}")
-    if args.configs is not None and not Path(args.configs).is_dir():
-        problems.append(f"'--configs': directory '{args.configs}' does not exist")
-    for path in args.local_models:
-        if not Path(path).is_dir():
-            problems.append(f"'--local-models': directory '{path}' does not exist")
-    if problems:
-        raise UserError(problems)
+            problems.append(f"{label(name, sources)} must be >= 0, got {value}")
+    for name in ("configs", "local_models"):
+        for path in getattr(args, name):
+            if not Path(path).is_dir():
+                problems.append(f"{label(name, sources)}: directory '{path}' does not exist")
+    return problems
 
 
 def service_main(argv: list[str]) -> int:
     if argv and argv[0] == "keys":
         return keys_main(argv[1:])
-    from textft.service.core import DEFAULT_CONFIGS
-
-    parser = argparse.ArgumentParser(
+    parser = EnvParser(
         prog="textft service", description="Fine-tuning as a service: an HTTP API (/v1, OpenAPI at /openapi.json)"
         " with API keys, a persistent job queue and executors. Keys: textft service keys --help.")
-    _data_dir(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--workers", type=int, help="jobs this process runs at once (default: one per GPU, else 1;"
-                                                    " 0: leave every job to textft worker processes)")
-    parser.add_argument("--broker", help="redis://HOST:PORT/DB: share the queue with textft worker processes on"
-                                         " other machines (default: an SQLite queue in the data directory)")
-    parser.add_argument("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
-    parser.add_argument("--configs", default=str(DEFAULT_CONFIGS) if DEFAULT_CONFIGS.is_dir() else None,
-                        help="directory of preset configs (NAME.yaml) and accelerate/ launch configs")
-    parser.add_argument("--local-models", nargs="*", default=[], metavar="DIR",
-                        help="directories whose models jobs may name as model.name_or_path")
-    parser.add_argument("--save-every-steps", type=int, default=100,
-                        help="checkpoint cadence of jobs that do not set train.save_every_steps (0: none;"
-                             " interrupted jobs resume from their latest checkpoint)")
-    parser.add_argument("--max-upload-mb", type=float, default=200, help="default per-key upload limit")
-    parser.add_argument("--max-queued", type=int, default=10, help="default per-key limit of queued jobs")
-    parser.add_argument("--max-loaded-models", type=int, default=2, help="models kept in memory for predictions")
-    parser.add_argument("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
-    parser.add_argument("--predict-threads", type=int, default=1, help="CPU threads for predictions")
-    parser.add_argument("--grace", type=float, default=60.0,
-                        help="seconds a stopped or cancelled job gets before SIGKILL")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    _limit_args(parser)
-    args = parser.parse_args(argv)
-    data_dir = _need_data_dir(args)
-    _check_service_args(args)
+    parser.option("--data-dir", required=True, help="the service's state: database, uploads, jobs")
+    parser.option("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.option("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.option("--workers", type=int, help="jobs this process runs at once (default: one per GPU, else 1;"
+                                              " 0: leave every job to textft worker processes)")
+    parser.option("--broker", help="redis://[:PASSWORD@]HOST:PORT/DB: share the queue with textft worker processes"
+                                   " (default: an SQLite queue in the data directory)")
+    parser.option("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
+    parser.option("--configs", action="append", default=[], many=True, metavar="DIR",
+                  help="the team's own presets (NAME.yaml, accelerate/NAME.yaml) on top of the packaged ones"
+                       " (textft configs list); a preset of the same name replaces the packaged one;"
+                       " may be given more than once")
+    parser.option("--local-models", nargs="*", default=[], many=True, metavar="DIR",
+                  help="directories whose models jobs may name as model.name_or_path")
+    parser.option("--save-every-steps", type=int, default=100,
+                  help="checkpoint cadence of jobs that do not set train.save_every_steps (0: none;"
+                       " interrupted jobs resume from their latest checkpoint)")
+    parser.option("--max-upload-mb", type=float, default=200, help="default per-key upload limit")
+    parser.option("--max-queued", type=int, default=10, help="default per-key limit of queued jobs")
+    parser.option("--max-loaded-models", type=int, default=2, help="models kept in memory for predictions")
+    parser.option("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
+    parser.option("--predict-threads", type=int, default=1, help="CPU threads for predictions")
+    parser.option("--grace", type=float, default=60.0, help="seconds a stopped or cancelled job gets before SIGKILL")
+    parser.option("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                  help="how much the service logs")
+    _limit_options(parser)
+    args, _ = parser.parse(argv, _service_problems)
+    data_dir = Path(args.data_dir)
     try:
         import fastapi  # noqa: F401
         import huey  # noqa: F401
@@ -152,7 +147,7 @@ def service_main(argv: list[str]) -> int:
                         datefmt="%H:%M:%S")
     logging.getLogger("textft.service").setLevel(getattr(logging, args.log_level.upper()))
     opts = Options(data_dir=data_dir, host=args.host, port=args.port, workers=args.workers, broker=args.broker,
-                   configs_dir=Path(args.configs) if args.configs else None,
+                   configs_dirs=tuple(Path(p) for p in args.configs),
                    local_models=tuple(Path(p).resolve() for p in args.local_models),
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
                    max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
@@ -226,22 +221,21 @@ def keys_main(argv: list[str]) -> int:
 
 
 def worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = EnvParser(
         prog="textft worker", description="Run jobs of a textft service from its Redis queue, on this machine."
         " The data directory is shared with the service (e.g. over NFS).")
-    _data_dir(parser)
-    parser.add_argument("--broker", required=True, help="the service's --broker, e.g. redis://queue-host:6379/0")
-    parser.add_argument("--workers", type=int, help="jobs run at once (default: one per GPU, else 1)")
-    parser.add_argument("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
-    parser.add_argument("--grace", type=float, default=60.0, help="seconds a stopped job gets before SIGKILL")
-    parser.add_argument("--job-memory-gb", type=float, help="memory of one job's processes together (default: 60%% of"
-                                                             " this machine's, shared by the jobs run at once)")
-    args = parser.parse_args(argv)
-    data_dir = _need_data_dir(args)
+    parser.option("--data-dir", required=True, help="the service's data directory, as this machine sees it")
+    parser.option("--broker", required=True, help="the service's --broker, e.g. redis://:PASSWORD@queue-host:6379/0")
+    parser.option("--workers", type=int, help="jobs run at once (default: one per GPU, else 1)")
+    parser.option("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
+    parser.option("--grace", type=float, default=60.0, help="seconds a stopped job gets before SIGKILL")
+    parser.option("--job-memory-gb", type=float, help="memory of one job's processes together (default: 60%% of"
+                                                      " this machine's, shared by the jobs run at once)")
+    args, sources = parser.parse(argv)
     if args.job_memory_gb is not None and args.job_memory_gb <= 0:
-        raise UserError(f"'--job-memory-gb' must be > 0, got {args.job_memory_gb}")
+        raise UserError(f"{label('job_memory_gb', sources)} must be > 0, got {args.job_memory_gb}")
     from textft.service.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    return run_worker(str(data_dir), args.broker, args.workers, _gpus(args.gpus), args.grace,
+    return run_worker(args.data_dir, args.broker, args.workers, _gpus(args.gpus), args.grace,
                       None if args.job_memory_gb is None else int(args.job_memory_gb * 1e9))

@@ -25,13 +25,12 @@ from textft.service.keys import Verifier
 from textft.service.layout import DataDir
 from textft.service.limits import Storage, default_limits, machine_memory
 from textft.service.models import ModelCache
-from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, start_consumer, stop_consumer
+from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
+                                  stop_consumer)
 from textft.service.scheduler import Monitor
 from textft.service.store import Store
 
 log = logging.getLogger("textft.service")
-
-DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
@@ -42,7 +41,8 @@ class Options:
     workers: int | None = None
     """Jobs run at once by this process (default: one per GPU, else 1); 0 leaves all jobs to workers."""
     broker: str | None = None
-    configs_dir: Path | None = DEFAULT_CONFIGS
+    configs_dirs: tuple[Path, ...] = ()
+    """The team's own preset directories, on top of the packaged presets."""
     local_models: tuple[Path, ...] = ()
     save_every_steps: int = 100
     max_upload_bytes: int = 200_000_000
@@ -105,7 +105,7 @@ class Service:
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()
         self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify, max_retries=opts.max_retries)
-        self.catalog = Catalog(opts.configs_dir)
+        self.catalog = Catalog(tuple(opts.configs_dirs))
         self.settings = Settings(save_every_steps=opts.save_every_steps, local_models=tuple(opts.local_models))
         self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads)
         gpus = detect_gpus() if opts.gpus is None else opts.gpus
@@ -131,7 +131,7 @@ class Service:
         self.monitor.start()
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
-                 self.opts.broker or self.data.queue_db, self.runtime.slots, where)
+                 public_url(self.opts.broker) or self.data.queue_db, self.runtime.slots, where)
 
     def upload_bounds(self) -> dict:
         """The bounds of an uploaded file's shape, as upload_bounds.shape_problems takes them."""

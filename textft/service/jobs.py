@@ -1,6 +1,6 @@
 """Jobs: from a request to a job directory that ``textft train`` runs as it is.
 
-A request names uploaded datasets, a preset config (``configs/NAME.yaml``), ``section.key``
+A request names uploaded datasets, a preset config (``textft configs list``), ``section.key``
 overrides and optionally an Accelerate launch config. It is checked by the same config loader as
 ``textft train``, with every problem reported at once, and becomes ``job.yaml`` (the full,
 validated config) plus ``job.json`` (what an executor needs to launch it).
@@ -21,7 +21,7 @@ import yaml
 
 from textft.service.layout import DataDir, write_json
 from textft.service.limits import Limits, Refused, job_problems
-from textft.service.textft_api import UserError, closest, config_yaml, load_config, model_positions
+from textft.service.textft_api import UserError, closest, config_yaml, load_config, model_positions, presets
 
 RUN_DIR = "run"
 """output.dir of every job, relative to the job's directory."""
@@ -64,15 +64,6 @@ def field_of(message: str, overrides: dict) -> str:
 # --- presets ----------------------------------------------------------------------------------
 
 
-def _description(path: Path) -> str:
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("#").strip())
-    return " ".join(lines)
-
-
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in d.items():
@@ -85,36 +76,34 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class Catalog:
-    """The preset configs and Accelerate launch configs jobs may name."""
+    """The preset configs and Accelerate launch configs jobs may name: the ones textft ships, and
+    those of the team's own directories (laid out like ``textft/configs``; a name they share with a
+    packaged preset replaces it)."""
 
-    configs_dir: Path | None
+    extra_dirs: tuple[Path, ...] = ()
 
     def presets(self) -> dict[str, Path]:
-        if self.configs_dir is None or not self.configs_dir.is_dir():
-            return {}
-        return {p.stem: p for p in sorted(self.configs_dir.glob("*.yaml"))}
+        return {name: p.path for name, p in presets("train", self.extra_dirs).items()}
 
     def accelerate_configs(self) -> dict[str, Path]:
-        root = None if self.configs_dir is None else self.configs_dir / "accelerate"
-        if root is None or not root.is_dir():
-            return {}
-        return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+        return {p.path.stem: p.path for p in presets("accelerate", self.extra_dirs).values()}
 
     def describe_presets(self) -> list[dict]:
         out = []
-        for name, path in self.presets().items():
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for name, preset in presets("train", self.extra_dirs).items():
+            raw = yaml.safe_load(preset.path.read_text(encoding="utf-8")) or {}
             settings = _flat(raw)
-            out.append({"name": name, "description": _description(path),
+            out.append({"name": name, "summary": preset.summary, "description": preset.description,
                         "model": settings.get("model.name_or_path"),
                         "settings": {k: v for k, v in settings.items() if k not in SERVICE_KEYS}})
         return out
 
     def describe_accelerate(self) -> list[dict]:
         out = []
-        for name, path in self.accelerate_configs().items():
-            launch = launch_settings(path)
-            out.append({"name": name, "description": _description(path), **launch})
+        for preset in presets("accelerate", self.extra_dirs).values():
+            launch = launch_settings(preset.path)
+            out.append({"name": preset.path.stem, "summary": preset.summary, "description": preset.description,
+                        **launch})
         return out
 
 

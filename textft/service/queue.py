@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from huey import PriorityRedisHuey, SqliteHuey
 from huey.consumer import Consumer
@@ -64,6 +65,18 @@ class JsonSerializer(Serializer):
         return Message(**fields)
 
 
+def public_url(url: str | None) -> str | None:
+    """A broker URL as logs and messages may show it: its password replaced by ***."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class JobQueue:
     """The queue: embedded SQLite by default, Redis when a broker URL is given."""
 
@@ -71,7 +84,7 @@ class JobQueue:
         common = {"results": False, "utc": True, "serializer": JsonSerializer()}
         if broker:
             if not broker.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(f"'--broker' must be a redis:// URL, got '{broker}'")
+                raise ValueError(f"'--broker' must be a redis:// URL, got '{public_url(broker)}'")
             self.huey = PriorityRedisHuey(QUEUE_NAME, url=broker, **common)
         else:
             self.huey = SqliteHuey(QUEUE_NAME, filename=str(data.queue_db), **common)

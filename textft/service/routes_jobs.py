@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from textft.service.scheduler import read_new_lines
 from textft.service.core import Service
 from textft.service.store import ACTIVE, FINISHED, add_event, dumps
 from textft.service.textft_api import (DEFAULT_TASK, UserError, closest, recipe_facts, resolve_recipe,
-                                      task_default_metric, task_outputs)
+                                      task_default_metric, task_one_class_per_text, task_outputs)
 
 router = APIRouter(tags=["jobs"])
 EVENTS = {200: {"content": {"text/event-stream": {}},
@@ -249,15 +250,29 @@ def recipe_answer(req: JobRequest, cfg, launch: dict, records: dict, task: str) 
     facts = {"non_embedding_params": params, "fresh_head": fresh, "pretrained_encoder": not cfg.model.random_init,
              "n_train": n_train, "n_validation": n_val, "num_labels": len(labels), "global_batch": global_batch,
              "steps_per_epoch": per_epoch, "task": task, "default_metric": task_default_metric(task),
-             "pairs": cfg.data.text_pair_column is not None}
-    resolved, why = resolve_recipe(cfg, **facts)
-    auto = {key: {"value": getattr(resolved.train, key.split(".", 1)[1]), "reason": reason}
+             "pairs": cfg.data.text_pair_column is not None,
+             "examples_per_class": per_class_median(train, n_train) if task_one_class_per_text(task) else None}
+    try:
+        resolved, why = resolve_recipe(cfg, **facts)
+    except UserError as e:  # an explicit transfer mode the upload cannot use
+        raise Problems([("overrides.model.transfer" if "model.transfer" in req.overrides else "config", p)
+                        for p in e.problems]) from None
+    auto = {key: {"value": resolved.to_dict()[key.split(".", 1)[0]][key.split(".", 1)[1]], "reason": reason}
             for key, reason in why.items()}
     total = resolved.train.max_steps or max(1, round(resolved.train.epochs * per_epoch))
     return {"config": req.config, "auto": auto, "facts": facts,
             "plan": {"total_steps": total, "steps_per_epoch": per_epoch},
             "settings": {f"{section}.{k}": v for section, values in resolved.to_dict().items()
                          for k, v in values.items() if f"{section}.{k}" not in HIDDEN}}
+
+
+def per_class_median(train: dict, n_train: int) -> float:
+    """Median training examples per class of an upload, scaled to the rows the run trains on (a carved
+    validation split and data.max_train_samples take their share of every class)."""
+    counts = sorted(n for n in (train.get("labels") or {}).values() if n > 0)
+    if not counts:
+        return 0.0
+    return round(statistics.median(counts) * n_train / max(1, sum(counts)), 1)
 
 
 async def dataset_task(service: Service, record: dict, key: str = "") -> str:

@@ -7,8 +7,9 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from textft.service.keys import AuthError, Principal
 from textft.service.core import Service
@@ -20,7 +21,11 @@ async def current_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def auth(request: Request) -> Principal:
+BEARER = HTTPBearer(auto_error=False, description="an API key (textft service keys create)")
+"""Declares the key in the OpenAPI schema, so that /docs has an Authorize button; ``auth`` checks it."""
+
+
+def auth(request: Request, _: HTTPAuthorizationCredentials | None = Security(BEARER)) -> Principal:
     """The key of ``Authorization: Bearer KEY``, or 401."""
     try:
         return request.app.state.service.verifier.principal(request.headers.get("authorization"))

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from textft.service.textft_api import UserError, __version__
+
 SCHEMA_VERSION = 3
 MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
               3: ("ALTER TABLE keys ADD COLUMN max_steps INTEGER", "ALTER TABLE keys ADD COLUMN max_job_seconds REAL",
@@ -129,8 +131,9 @@ class Store:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer textft (schema {version});"
-                                   f" this one reads schema {SCHEMA_VERSION}")
+                raise UserError(f"'{self.path}' was written by a newer textft (database schema {version}); this"
+                                f" textft {__version__} reads schema {SCHEMA_VERSION} and leaves it as it is: upgrade"
+                                " textft, or restore the backup taken before the upgrade")
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from textft.version import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, config_yaml, load_config, save_config
+from textft.presets import presets
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
 from textft.tasks.multi_label import THRESHOLDS_KEY
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "config_yaml", "load_config", "save_config",
+           "presets", "serve_local_docs",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts", "count_evaluations", "model_positions", "task_default_metric", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
+           "recipe_facts", "count_evaluations", "model_positions", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY"]
 
@@ -75,6 +77,13 @@ async def batched_logits(batcher, items: list):
     return await run(batcher, items)
 
 
+def serve_local_docs(app) -> None:
+    """``textft serve``'s /docs: Swagger UI from the fastapi-offline package's files, never a CDN."""
+    from textft.serving import serve_local_docs as serve
+
+    serve(app)
+
+
 def micro_batcher(classifier, max_batch_size: int, max_wait_s: float):
     """``textft serve``'s micro-batcher over ``classifier``: submit (text, text_pair) items, get logits."""
     from textft.micro_batching import MicroBatcher
@@ -112,6 +121,13 @@ def task_default_metric(task: str) -> str:
     from textft.tasks import task_class
 
     return task_class(task).default_metric
+
+
+def task_one_class_per_text(task: str) -> bool:
+    """Whether each text of ``task`` has exactly one class (examples per class can be counted)."""
+    from textft.tasks import task_class
+
+    return task_class(task).one_class_per_text
 
 
 def task_headline(task: str | None) -> tuple[str, ...]:

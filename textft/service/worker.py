@@ -14,7 +14,7 @@ import threading
 from textft.service.containment import Cgroups
 from textft.service.layout import DataDir
 from textft.service.limits import machine_memory
-from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, start_consumer, stop_consumer
+from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer, stop_consumer
 from textft.service.textft_api import UserError
 
 log = logging.getLogger("textft.service")
@@ -32,7 +32,7 @@ def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] 
     except ValueError as e:
         raise UserError(str(e)) from None
     except Exception as e:  # redis raises connection, auth and URL errors alike
-        raise UserError(f"'--broker': cannot reach {broker}: {e}") from None
+        raise UserError(f"'--broker': cannot reach {public_url(broker)}: {e}") from None
     gpus = detect_gpus() if gpus is None else gpus
     slots = workers if workers is not None else max(1, len(gpus))
     if slots < 1:
@@ -48,7 +48,7 @@ def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] 
     signal.signal(signal.SIGINT, on_signal)
     consumer = start_consumer(queue.huey, runtime)
     where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
-    print(f"textft worker: {slots} executor(s) on {where}, queue {broker}, data {data.root}", flush=True)
+    print(f"textft worker: {slots} executor(s) on {where}, queue {public_url(broker)}, data {data.root}", flush=True)
     while not stop.wait(1.0):
         pass
     print("textft worker: stopping; running jobs stop after their current step and go back to the queue", flush=True)

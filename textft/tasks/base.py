@@ -59,6 +59,9 @@ class Task:
     """Answers are labels, which can stay exactly equal across precisions (int8 is then measured by how
     many stay equal); False for values, which always move a little."""
 
+    one_class_per_text: ClassVar[bool] = False
+    """Each text has exactly one class: examples per class can be counted, and the few-shot method
+    (prototype head, class-grouped batches) applies."""
     out_of_scope: ClassVar[bool] = False
     """Whether ``textft calibrate`` can give this task an out-of-scope threshold."""
     calibration: ClassVar[str | None] = None

@@ -23,6 +23,7 @@ class SingleLabel(Task):
     default_metric = "macro_f1"
     loss_name = "cross-entropy loss"
     answer_fields = ("label", "score", "out_of_scope", "model_label", "top_k", "scores")
+    one_class_per_text = True
     out_of_scope = True
     calibration = "out_of_scope"
 
