@@ -32,7 +32,7 @@ def front(tmp_path_factory, tiny_model_dir):
     """A service that queues but runs no jobs: every probe here is answered at the door."""
     root = tmp_path_factory.mktemp("hostile")
     svc = ServiceProcess(root / "data", ["--local-models", str(tiny_model_dir), "--workers", "0",
-                                         "--max-steps", "200000", "--job-hours", "2"],
+                                         "--max-steps", "200000", "--job-hours", "2", "--max-upload-cells", "100000"],
                          env={"HF_TOKEN": SECRET, "TEXTFT_PROBE_SECRET": SECRET}, memory_cap=SERVICE_CAP).start()
     yield svc
     svc.stop()
@@ -247,4 +247,12 @@ def test_uploads_too_wide_too_long_a_row_or_too_many_cells_are_refused_cheaply(f
         assert "20,000 columns" in resp.text and "at most 1,000" in resp.text and len(resp.content) < 4096
     resp = upload(mallory, long_row)
     assert resp.status_code == 422 and "row" in resp.text and "1 MB" in resp.text, resp.text
+    many = tmp_path / "many.csv"  # 4 columns x 30,000 rows: 120,000 cells, the service reads 100,000
+    many.write_text("text,label,a,b\n" + "good film,pos,1,2\nbad film,neg,3,4\n" * 15_000)
+    resp = upload(mallory, many)
+    assert resp.status_code == 422, resp.text
+    assert "25,001 rows x 4 columns is more than the 100,000 cells" in resp.text, resp.text
+    rows = write_jsonl(tmp_path / "many.jsonl", [{"text": "good film", "label": "pos"}] * 60_000)
+    resp = upload(mallory, rows)
+    assert resp.status_code == 422 and "100,000 cells" in resp.text, resp.text
     assert set((front.data_dir / "datasets").iterdir()) == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from textft.version import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, config_yaml, load_config, save_config
+from textft.files import DATA_FORMATS
 from textft.presets import presets
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
@@ -24,9 +25,7 @@ __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "c
 
 def data_formats() -> tuple[str, ...]:
     """File extensions ``textft train`` reads."""
-    from textft.data import FORMATS
-
-    return tuple(FORMATS)
+    return tuple(DATA_FORMATS)
 
 
 def load_splits(cfg: DataConfig, seed: int = 42):
