@@ -132,6 +132,35 @@ def test_architecture_md_shows_the_layers_of_the_code():
     assert table in text
 
 
+# --- the service's parts -------------------------------------------------------------------------
+
+SQL = re.compile(r"\b(SELECT\s.*?\bFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX)|ALTER\s+TABLE"
+                 r"|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE|COMMIT|ROLLBACK)\b", re.S)  # a statement may span lines
+
+
+def test_sql_lives_in_the_store_and_huey_in_the_queue():
+    """Every SQL statement of the service is in ``service.store`` (and sqlite3 is imported there only);
+    huey's names (imports, attributes, variables) only in ``service.queue``: the other modules ask those two."""
+    sql, huey = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod, tree = module_name(path), ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if mod != "service.store" and isinstance(node, (ast.Import, ast.ImportFrom)) and "sqlite3" in (
+                    [a.name.split(".")[0] for a in node.names] if isinstance(node, ast.Import)
+                    else [(node.module or "").split(".")[0]]):
+                sql.append(f"{mod}:{node.lineno}: imports sqlite3")
+            if mod != "service.store" and isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and SQL.search(node.value):
+                sql.append(f"{mod}:{node.lineno}: {node.value[:60]!r}")
+            if mod == "service.queue":
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute) else []
+            huey += [f"{mod}:{node.lineno}: {n}" for n in names if n == "huey" or n.startswith("huey.")]
+    assert sql == [] and huey == []
+
+
 # --- size and names ------------------------------------------------------------------------------
 
 

@@ -65,6 +65,16 @@ def test_an_early_stop_ends_the_plan_without_a_checkpoint(tiny_args, tmp_path):
     report = json.loads((out / "eval_report.json").read_text())
     assert report["stop_reason"] == "early_stopping" and report["optimizer_steps"] == 8
     assert report["best"]["step"] == 4
+    # The log says the same as data: the plan first, the loop's best (the second evaluation improves the
+    # loss, but not by min_delta: no best record), how it ended.
+    log = records(out)
+    plan, end = log[0], log[-1]
+    assert (plan["event"], plan["total_steps"], plan["steps_per_epoch"], plan["global_batch"], plan["eval_every_steps"],
+            plan["metric"], plan["lower_is_better"], plan["task"], plan["min_delta"]) == \
+        ("plan", 32, 13, 32, 4, "loss", True, "single_label", 10)
+    assert [(r["step"], r["metric"], r["value"]) for r in log if r["event"] == "best"] == \
+        [(4, "loss", report["best"]["value"])]
+    assert (end["event"], end["stop_reason"], end["step"], end["best_step"]) == ("end", "early_stopping", 8, 4)
 
 
 def test_resuming_a_finished_run_without_checkpoints_starts_a_fresh_log(tiny_args, tmp_path):

@@ -334,14 +334,18 @@ def test_a_job_trains_reports_events_and_its_model_downloads_and_predicts(servic
     assert events == read_events(alice, job["id"])  # and saw what a client reading all at once sees
     states = [e["data"]["state"] for e in events if e["event"] == "state"]
     assert states == ["queued", "running", "succeeded"]
-    logs = [e["data"] for e in events if e["event"] == "log"]
-    train_log = [json.loads(line) for line in (service.data_dir / "jobs" / job["id"] / "run" / "train_log.jsonl")
-                 .read_text().splitlines()]
-    assert logs == train_log  # every train_log.jsonl entry, once, in order
+    records = [json.loads(line) for line in (service.data_dir / "jobs" / job["id"] / "run" / "train_log.jsonl")
+               .read_text().splitlines()]
+    as_event = {"plan": "plan", "train": "log", "eval": "log", "best": "best", "end": "end"}
+    followed = [(e["event"], e["data"]) for e in events if e["event"] in ("plan", "log", "best", "end")]
+    assert followed == [(as_event[r["event"]], r) for r in records]  # every train_log.jsonl record, once, in order
     plan = next(e["data"] for e in events if e["event"] == "plan")
     p = job["progress"]
     assert p["step"] == p["total_steps"] == plan["total_steps"] == 150 and p["epoch"] == 6.0
     assert p["best"]["metric"] == "macro_f1" and p["samples_per_s"] > 0 and p["eta_s"] == 0
+    # the best the job shows is the loop's own decision: the step whose weights were exported
+    best = [r for r in records if r["event"] == "best"][-1]
+    assert p["best"]["step"] == best["step"] == job["metrics"]["best"]["step"] and records[-1]["event"] == "end"
     assert job["metrics"]["splits"]["test"]["accuracy"] > 0.8 and job["stop_reason"] == "completed"
     report = alice.get(f"/v1/jobs/{job['id']}/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")

@@ -1,4 +1,5 @@
-"""Pieces of the service that need no server: keys, queue messages, failure reasons, log tailing, uploads."""
+"""Pieces of the service that need no server: keys, queue messages, run records and failure reasons, log
+tailing, uploads."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import pickle
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,9 @@ from textft.errors import UserError
 from textft.service.keys import AuthError, Verifier, create_key, revoke_key
 from textft.service.layout import DataDir
 from textft.service.queue import JobQueue, JsonSerializer
-from textft.service.scheduler import failure_reason, read_new_lines
+from textft import run_events
+from textft.run_events import BestRecord, EndRecord, ErrorRecord, EvalRecord, PlanRecord, TrainRecord, to_line
+from textft.service.scheduler import failure_reason, follow_record, read_new_lines, run_summary
 from textft.service.store import Store
 
 
@@ -60,33 +64,66 @@ def test_queue_messages_are_json_and_pickles_are_refused(tmp_path):
         JsonSerializer().deserialize(evil)
 
 
-LAUNCHER_TRACE = """Traceback (most recent call last):
-  File "accelerate/commands/launch.py", line 1000, in simple_launcher
-subprocess.CalledProcessError: Command '['python', '-m', 'textft.train']' {how}.
-"""
+def log_of(tmp_path, *records) -> Path:
+    path = tmp_path / "train_log.jsonl"
+    path.write_text("".join(to_line(r) for r in records))
+    return path
 
 
-@pytest.mark.parametrize("log,rc,reason,killed", [
-    ("08:00:01 INFO data ...\nerror: 'data.train_file': file 'x.csv' does not exist\nerror: 'train.lr' must be > 0\n"
-     + LAUNCHER_TRACE.format(how="returned non-zero exit status 2"), 1,
+PLAN = PlanRecord(total_steps=40, steps_per_epoch=20, global_batch=16, task="single_label", metric="macro_f1",
+                  lower_is_better=False, eval_every_steps=0)
+
+
+@pytest.mark.parametrize("records,rc,reason,killed", [
+    # problems the training process found, each recorded with its field: reported together, not resumed
+    ([ErrorRecord("not_found", "'data.train_file': file 'x.csv' does not exist", "data.train_file"),
+      ErrorRecord("invalid", "'train.lr' must be > 0", "train.lr")], 1,
      "'data.train_file': file 'x.csv' does not exist; 'train.lr' must be > 0", False),
-    (LAUNCHER_TRACE.format(how="died with <Signals.SIGKILL: 9>"), 1,
-     "the training process was killed by SIGKILL (out of memory?)", True),
-    ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\nSignal 9 (SIGKILL) received by PID 42\n", 1,
-     "the training process was killed by SIGKILL (out of memory?)", True),
-    ("", 128 + signal.SIGTERM, "the training process was killed by SIGTERM", True),
-    ("Traceback (most recent call last):\n  File \"x.py\", line 1\ntorch.OutOfMemoryError: CUDA out of memory. Tried to"
-     " allocate 2.00 GiB\n" + LAUNCHER_TRACE.format(how="returned non-zero exit status 1"), 1,
+    ([PLAN, TrainRecord(10, 0.5, 0.7, 1e-4), ErrorRecord("internal", "torch.OutOfMemoryError: CUDA out of memory."
+                                                         " Tried to allocate 2.00 GiB", None, 10)], 1,
      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", False),
-    ("nothing useful\n", 3, "training exited with status 3", False),
+    ([PLAN, ErrorRecord("interrupted", "stopped by SIGTERM after step 3; the checkpoints ...", None, 3)], 1,
+     "stopped by SIGTERM after step 3; the checkpoints ...", True),  # a stop the service did not ask for
+    # no record of why: killed by a signal the process cannot catch (the launcher exits 1 then)
+    ([PLAN, TrainRecord(10, 0.5, 0.7, 1e-4)], 1,
+     "the training process was killed by SIGKILL (out of memory?) or crashed before it could record why", True),
+    ([], 1, "the training process was killed by SIGKILL (out of memory?) or crashed before it could record why", True),
+    ([PLAN], 128 + signal.SIGTERM, "the training process was killed by SIGTERM", True),
+    ([PLAN], 128 + signal.SIGKILL, "the training process was killed by SIGKILL (out of memory?)", True),
+    ([PLAN, EndRecord(40, 2.0, "completed", 3.5)], 0, "training exited without writing its model or an error record",
+     False),
 ])
-def test_failure_reasons_are_the_line_the_cli_printed(tmp_path, log, rc, reason, killed):
-    path = tmp_path / "job.log"
-    path.write_text("--- attempt 1 ---\nerror: from an earlier attempt\n")
-    start = path.stat().st_size
-    with open(path, "a") as f:
-        f.write(log)
-    assert failure_reason(path, start, rc) == (reason, killed)
+def test_failure_reasons_are_the_error_records_of_the_run(tmp_path, records, rc, reason, killed):
+    path = log_of(tmp_path, *records)
+    assert failure_reason(run_summary(path), rc) == (reason, killed)
+
+
+def test_a_log_of_a_newer_schema_is_refused_gracefully(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    path.write_text(json.dumps({**run_events.to_dict(PLAN), "schema": run_events.SCHEMA + 1}) + "\n"
+                    + to_line(ErrorRecord("invalid", "'train.lr' must be > 0")))
+    assert run_summary(path) is None
+    reason, killed = failure_reason(None, 1)
+    assert "newer textft" in reason and not killed
+
+
+def test_the_monitor_follows_the_loops_records_never_recomputing_the_best(tmp_path):
+    """The loop's best records (which honour early_stopping_min_delta) are what the job reports: an
+    evaluation that scores higher without beating the best by min_delta is not the best."""
+    progress, tail = {}, {}
+    evals = [EvalRecord(20, 1.0, {"macro_f1": 0.80}), BestRecord(20, 1.0, "macro_f1", 0.80, False),
+             EvalRecord(40, 2.0, {"macro_f1": 0.805})]  # higher, but within min_delta: no best record
+    events = [e for r in (PLAN, TrainRecord(10, 0.5, 0.7, 1e-4, 32.0), *evals, EndRecord(40, 2.0, "completed", 9.0, 20))
+              for e in follow_record(r, run_events.to_dict(r), progress, tail)]
+    assert [kind for kind, _ in events] == ["plan", "log", "log", "best", "log", "end"]
+    assert progress["best"] == {"metric": "macro_f1", "value": 0.80, "step": 20, "epoch": 1.0, "lower_is_better": False}
+    assert (progress["total_steps"], progress["global_batch"], progress["metric"]) == (40, 16, "macro_f1")
+    assert progress["step"] == 40 and progress["loss"] == 0.7 and progress["samples_per_s"] == 32.0
+    # A resumed attempt rewrites its log from the checkpoint (step 20): nothing is reported twice, but
+    # the best is the resumed loop's.
+    replay = [PLAN, TrainRecord(10, 0.5, 0.7, 1e-4), BestRecord(10, 0.5, "macro_f1", 0.5, False)]
+    again = [e for r in replay for e in follow_record(r, run_events.to_dict(r), progress, tail)]
+    assert again == [] and progress["best"]["step"] == 10
 
 
 def test_log_tailing_reads_whole_lines_and_restarts_on_a_shorter_file(tmp_path):
@@ -246,6 +283,108 @@ def test_peeking_at_a_delimited_file_reads_its_header_and_first_rows_as_strings(
         (problem,) = look(name, data)["problems"]
         assert problem[0] == "file" and problem[1].startswith("'file': could not read it as csv: ")
         assert reason in problem[1] and "\n" not in problem[1]
+
+
+# --- the API's shape --------------------------------------------------------------------------
+
+OPERATIONS = {
+    ("get", "/health"), ("get", "/v1/me"), ("get", "/v1/tasks"), ("get", "/v1/presets"),
+    ("get", "/v1/accelerate-configs"), ("get", "/v1/datasets"), ("post", "/v1/datasets"),
+    ("post", "/v1/datasets/columns"), ("get", "/v1/datasets/{dataset_id}"), ("delete", "/v1/datasets/{dataset_id}"),
+    ("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/jobs/{job_id}"), ("delete", "/v1/jobs/{job_id}"),
+    ("get", "/v1/jobs/{job_id}/events"), ("get", "/v1/jobs/{job_id}/log"), ("post", "/v1/jobs/{job_id}/cancel"),
+    ("get", "/v1/jobs/{job_id}/report"), ("post", "/v1/recipe"), ("get", "/v1/models"),
+    ("get", "/v1/models/{model_id}"), ("get", "/v1/models/{model_id}/download"),
+    ("post", "/v1/models/{model_id}/predict"), ("post", "/v1/models/{model_id}/push")}
+"""Every operation of the API, as clients (the page, scripts) call them."""
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    """The service's app, not started (no executors, monitor or checking process), and a key."""
+    from fastapi.testclient import TestClient
+
+    from textft.service.app import create_app
+    from textft.service.core import Options, Service
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))  # the service would set it for jobs
+    service = Service(Options(data_dir=tmp_path / "data", workers=0))
+    key, _ = create_key(service.store, "alice")
+    yield TestClient(create_app(service), headers={"Authorization": f"Bearer {key}"})
+    service.store.close()
+
+
+def resolve(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def test_openapi_describes_a_typed_answer_of_every_operation_and_one_error_shape(api):
+    spec = api.get("/openapi.json").json()
+    operations = {(method, path): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+    assert set(operations) == OPERATIONS  # no path lost, none added unnoticed
+    untyped = []
+    for (method, path), op in sorted(operations.items()):
+        answers = {status: r for status, r in op["responses"].items() if status.startswith("2")}
+        assert answers, (method, path)
+        if method == "post" and not path.endswith("/cancel"):  # every body is declared (cancel takes none)
+            bodies = op["requestBody"]["content"]
+            assert all(resolve(spec, c["schema"]).get("properties") for c in bodies.values()), (method, path)
+        for status, answer in answers.items():
+            if status == "204":
+                assert "content" not in answer  # no content, by definition
+                continue
+            for media, content in answer["content"].items():
+                schema = resolve(spec, content.get("schema") or {})
+                typed = schema.get("properties") or schema.get("items") or schema.get("type") == "string"
+                if not typed:
+                    untyped.append(f"{method.upper()} {path} {status} {media}")
+        for errors in ("4XX", "5XX"):
+            assert op["responses"][errors]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorOut"}, (method, path)
+    assert untyped == []
+    job = resolve(spec, {"$ref": "#/components/schemas/JobOut"})
+    progress = resolve(spec, job["properties"]["progress"])
+    assert {"total_steps", "step", "best", "eta_s"} <= set(progress["properties"])
+
+
+def test_errors_are_typed_problems_with_the_status_of_their_kind(api):
+    from fastapi.testclient import TestClient
+
+    anonymous = TestClient(api.app)
+    refused = anonymous.get("/v1/me")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json()["problems"] == [{"field": "authorization", "kind": "unauthorized",
+                                           "message": refused.json()["error"]}]
+    missing = api.get("/v1/jobs/job_nope")
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "no job 'job_nope'", "problems": [{"field": None, "message": "no job 'job_nope'", "kind": "not_found"}]}
+    body = {"dataset": "ds_nope", "config": "tiny", "overrides": {"train.lr": -1, "trian.epochs": 2,
+                                                                   "model.transfer": "topk"}}
+    invalid = api.post("/v1/jobs", json=body)
+    fields = {p["field"]: p for p in invalid.json()["problems"]}
+    assert invalid.status_code == 422 and {p["kind"] for p in fields.values()} == {"invalid"}
+    assert "'train.lr' must be > 0" in fields["overrides.train.lr"]["message"]
+    assert "did you mean 'top_k'" in fields["overrides.model.transfer"]["message"]
+    assert "unknown section 'trian'" in fields["overrides.trian.epochs"]["message"]  # the override that named it
+    assert "no dataset 'ds_nope'" in fields["dataset"]["message"]
+    assert api.get("/v1/jobs", params={"state": "done"}).json()["problems"][0]["field"] == "state"
+    malformed = api.post("/v1/jobs", content=b"{", headers={"content-type": "application/json"})
+    assert malformed.status_code == 400 and malformed.json()["problems"][0]["kind"] == "malformed"
+    unknown = api.get("/v1/nothing-here")
+    assert unknown.status_code == 404 and unknown.json()["problems"][0]["kind"] == "not_found"
+    not_multipart = api.post("/v1/datasets", content=b"text,label\n", headers={"content-type": "text/csv"})
+    assert not_multipart.status_code == 415 and not_multipart.json()["problems"][0] == {
+        "field": "file", "kind": "unsupported", "message": not_multipart.json()["error"]}
+
+
+def test_every_problem_kind_has_its_status():
+    from textft.errors import KINDS
+    from textft.service.problems import STATUS
+
+    assert set(STATUS) == set(KINDS)
+    assert STATUS["invalid"] == 422 and STATUS["not_found"] == 404 and STATUS["quota"] == 429
 
 
 def test_service_settings_come_from_flags_then_the_environment_then_defaults(monkeypatch, capsys):

@@ -107,6 +107,10 @@ def test_early_stopping_exports_the_best_model(tiny_args, tmp_path):
     assert report["stop_reason"] == "early_stopping" and report["optimizer_steps"] == 9
     evals = [r for r in log_records(out) if "eval" in r]
     assert [r["step"] for r in evals] == [3, 6, 9] and report["best"]["step"] == 3
+    # the log's best records name that step: the one whose weights are exported (checked below)
+    log = log_records(out)
+    assert [r["step"] for r in log if r.get("event") == "best"] == [3]
+    assert [(r["stop_reason"], r["best_step"]) for r in log if r.get("event") == "end"] == [("early_stopping", 3)]
     # The exported weights are the best ones, not the last ones (which score differently).
     assert reports["validation"]["loss"] == pytest.approx(evals[0]["eval"]["loss"], rel=1e-5)
     assert evals[-1]["eval"]["loss"] != pytest.approx(evals[0]["eval"]["loss"], rel=1e-3)

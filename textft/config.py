@@ -22,7 +22,7 @@ from textft.config_checks import check_values
 from textft.config_schema import (AUTO, BACKENDS, INFERENCE_PRECISIONS, LONG_TEXT, METRICS,  # noqa: F401 (the names of textft.config)
                                   PRECISIONS, SECTION_TYPES, TASKS, TRUNCATIONS, VALUE_ALIASES, Config, DataConfig,
                                   ModelConfig, OutputConfig, TrainConfig)
-from textft.errors import UserError, closest
+from textft.errors import Problem, UserError, closest
 from textft.presets import resolve as resolve_preset
 
 log = logging.getLogger("textft")
@@ -66,17 +66,17 @@ def suggest_key(key: str) -> str:
     return closest(key, [k for k in keys if k.startswith(section + ".")]) or closest(key, keys)
 
 
-def _build_section(name: str, cls, values: Any, problems: list[str]):
+def _build_section(name: str, cls, values: Any, problems: list[Problem]):
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        problems.append(f"'{name}' must be a mapping of keys, got {values!r}")
+        problems.append(Problem(f"'{name}' must be a mapping of keys, got {values!r}", name))
         return cls()
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
-            problems.append(f"unknown key '{name}.{key}'{suggest_key(f'{name}.{key}')}")
+            problems.append(Problem(f"unknown key '{name}.{key}'{suggest_key(f'{name}.{key}')}", f"{name}.{key}"))
             continue
         old = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
         new = VALUE_ALIASES.get(f"{name}.{key}", {}).get(old) if isinstance(old, str) else None
@@ -90,7 +90,7 @@ def _build_section(name: str, cls, values: Any, problems: list[str]):
             hint = closest(value, choices(hints[key])) if isinstance(value, str) else ""
             if f"{name}.{key}" == "data.truncation" and value in LONG_TEXT:
                 hint = f"; {value} is a prediction mode (textft.load, --long-text)"
-            problems.append(f"'{name}.{key}' must be {e}, got {value!r}{hint}")
+            problems.append(Problem(f"'{name}.{key}' must be {e}, got {value!r}{hint}", f"{name}.{key}"))
     return cls(**kwargs)
 
 
@@ -117,38 +117,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     the text it is, so settings that come from someone else (the service's users) never read this
     process's environment or other settings.
     """
-    problems: list[str] = []
+    problems: list[Problem] = []
     merged: dict[str, Any] = {}
     references: dict[str, Any] = {}
     if path is not None:
         merged, references = _read_file(resolve_preset(path), interpolate)
     for item in overrides or []:
+        key = item.split("=", 1)[0]
         if "=" not in item or item.startswith("="):
-            problems.append(f"override '{item}' must look like section.key=value")
+            problems.append(Problem(f"override '{item}' must look like section.key=value", key or None))
             continue
-        key, text = item.split("=", 1)
+        text = item.split("=", 1)[1]
         if "." not in key:
-            problems.append(f"override '{item}' must name a section and a key, like train.lr=3e-5"
-                            + suggest_key(key))
+            problems.append(Problem(f"override '{item}' must name a section and a key, like train.lr=3e-5"
+                                    + suggest_key(key), key))
             continue
         try:
             parsed, found = _parse_override(item, key, text, interpolate)
         except (OmegaConfBaseException, yaml.YAMLError) as e:
-            problems.append(f"override '{item}' could not be parsed: {' '.join(str(e).split())}")
+            problems.append(Problem(f"override '{item}' could not be parsed: {' '.join(str(e).split())}", key))
             continue
         _deep_merge(merged, parsed)
         references.pop(".".join(key.split(".")[:2]), None)
         references.update(found)
     for key, value in (values or {}).items():
         if "." not in key:
-            problems.append(f"'{key}' must name a section and a key, like train.lr{suggest_key(key)}")
+            problems.append(Problem(f"'{key}' must name a section and a key, like train.lr{suggest_key(key)}", key))
             continue
         _deep_merge(merged, _nested(key, value))
         references.pop(".".join(key.split(".")[:2]), None)
     for section in merged:
         if section not in SECTION_TYPES:
-            problems.append(f"unknown section '{section}'"
-                            + (suggest_key(section) if section in TRAINER_NAMES else closest(section, SECTION_TYPES)))
+            problems.append(Problem(f"unknown section '{section}'" + (
+                suggest_key(section) if section in TRAINER_NAMES else closest(section, SECTION_TYPES)), section))
     sections = {name: _build_section(name, cls, merged.get(name), problems) for name, cls in SECTION_TYPES.items()}
     cfg = Config(**sections, env_references={k: v for k, v in references.items() if k in config_keys()})
     # Keys that failed their type check kept their defaults, so range checks stay meaningful.

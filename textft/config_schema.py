@@ -242,6 +242,10 @@ class OutputConfig:
     """Hub repository (``user/name``) that ``push_to_hub`` uploads to."""
     hub_private: bool = False
     """Create the Hub repository as private."""
+    log_errors: bool = False
+    """Record a failure in ``dir/train_log.jsonl`` also when it happens before training starts (the
+    directory is then created). A failure during training or export is always recorded in the run's
+    log; the fine-tuning service sets this for its jobs, whose directories are their own."""
 
 
 @dataclass

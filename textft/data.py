@@ -18,6 +18,7 @@ from datasets import Dataset, DatasetDict
 
 from textft import tasks
 from textft.config import DataConfig, UserError, closest
+from textft.errors import Problem, renamed
 from textft.errors import row_list
 from textft.files import DATA_FORMATS
 from textft.tasks import Task, is_missing
@@ -50,21 +51,21 @@ def data_files(cfg: DataConfig) -> dict[str, Path]:
         name = cfg.dataset.split(":", 1)[1]
         if name not in BUILTIN_DATASETS:
             raise UserError(f"'data.dataset': unknown builtin dataset '{name}'{closest(name, BUILTIN_DATASETS)};"
-                            f" available: {', '.join('builtin:' + n for n in BUILTIN_DATASETS)}")
+                            f" available: {', '.join('builtin:' + n for n in BUILTIN_DATASETS)}", "data.dataset")
         root = BUILTIN_DATASETS[name]
         files = {split: root / f"{split}.jsonl" for split in ("train", "validation", "test")} | files
     return files
 
 
-def check_files(files: dict[str, Path]) -> list[str]:
+def check_files(files: dict[str, Path]) -> list[Problem]:
     problems = []
     for split, path in files.items():
         key = f"data.{split}_file"
         if not path.is_file():
-            problems.append(f"'{key}': file '{path}' does not exist")
+            problems.append(Problem(f"'{key}': file '{path}' does not exist", key, "not_found"))
         elif path.suffix.lower() not in DATA_FORMATS:
-            problems.append(f"'{key}': unsupported extension '{path.suffix}' of '{path}';"
-                            f" expected one of {', '.join(DATA_FORMATS)}{closest(path.suffix.lower(), DATA_FORMATS)}")
+            problems.append(Problem(f"'{key}': unsupported extension '{path.suffix}' of '{path}'; expected one of"
+                                    f" {', '.join(DATA_FORMATS)}{closest(path.suffix.lower(), DATA_FORMATS)}", key))
     return problems
 
 
@@ -105,10 +106,11 @@ def _load_file(split: str, path: Path) -> Dataset:
         return datasets.load_dataset(fmt, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as e:  # the loaders raise many types for one cause: a malformed file
         if "corresponds to no data" in str(e) or path.stat().st_size == 0:
-            raise UserError(f"'data.{split}_file': '{path}' is empty (no data rows)") from None
+            raise UserError(f"'data.{split}_file': '{path}' is empty (no data rows)", f"data.{split}_file") from None
         cause = _root_cause(e)
         detail = str(e) if cause is e else f"{e} ({cause})"
-        raise UserError(f"'data.{split}_file': could not read '{path}' as {fmt}: {' '.join(detail.split())[:300]}") from None
+        raise UserError(f"'data.{split}_file': could not read '{path}' as {fmt}: {' '.join(detail.split())[:300]}",
+                        f"data.{split}_file") from None
     finally:
         library_log.setLevel(level)
 
@@ -121,13 +123,14 @@ def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
             raw = datasets.load_dataset(cfg.dataset, cfg.dataset_config)
         except Exception as e:  # hub errors come as many types; the message says which
             raise UserError(f"'data.dataset': could not load '{cfg.dataset}' from the Hugging Face Hub:"
-                            f" {' '.join(str(e).split())[:300]}") from None
+                            f" {' '.join(str(e).split())[:300]}", "data.dataset") from None
         if not isinstance(raw, DatasetDict):
             raw = DatasetDict({"train": raw})
         out = DatasetDict()
         out["train"] = raw["train"] if "train" in raw else None
         if out["train"] is None:
-            raise UserError(f"'data.dataset': '{cfg.dataset}' has no 'train' split; found {', '.join(raw)}")
+            raise UserError(f"'data.dataset': '{cfg.dataset}' has no 'train' split; found {', '.join(raw)}",
+                            "data.dataset")
         for name in VALIDATION_NAMES:
             if name in raw:
                 out["validation"] = raw[name]
@@ -149,14 +152,15 @@ def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
     return out, cfg.dataset or str(files["train"])
 
 
-def _check_columns(raw: DatasetDict, cfg: DataConfig) -> list[str]:
+def _check_columns(raw: DatasetDict, cfg: DataConfig) -> list[Problem]:
     problems = []
     for split, ds in raw.items():
         for key, col in (("text_column", cfg.text_column), ("text_pair_column", cfg.text_pair_column),
                          ("label_column", cfg.label_column)):
             if col is not None and col not in ds.column_names:
-                problems.append(f"'data.{key}': column '{col}' not found in the {split} split; columns found:"
-                                f" {', '.join(ds.column_names)}{closest(col, ds.column_names)}")
+                problems.append(Problem(f"'data.{key}': column '{col}' not found in the {split} split; columns"
+                                        f" found: {', '.join(ds.column_names)}{closest(col, ds.column_names)}",
+                                        f"data.{key}"))
     return problems
 
 
@@ -341,7 +345,7 @@ def load_eval_split(source: str, split: str | None, text_column: str, label_colu
     if path.suffix.lower() in DATA_FORMATS or path.is_file():
         problems = check_files({"test": path})
         if problems:
-            raise UserError([p.replace("'data.test_file'", "'--data'") for p in problems])
+            raise UserError(renamed(problems, {"data.test_file": "--data"}))
         ds, name = _load_file("test", path), str(path)
     else:
         try:
@@ -358,8 +362,8 @@ def load_eval_split(source: str, split: str | None, text_column: str, label_colu
     cfg = DataConfig(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column)
     problems = _check_columns(DatasetDict({"evaluation": ds}), cfg)
     if problems:
-        raise UserError([p.replace("'data.text_column'", "'--text-column'").replace("'data.label_column'", "'--label-column'")
-                         .replace("'data.text_pair_column'", "'--text-pair-column'") for p in problems])
+        raise UserError(renamed(problems, {"data.text_column": "--text-column", "data.label_column": "--label-column",
+                                           "data.text_pair_column": "--text-pair-column"}))
     ds = class_names_as_labels(ds, label_column)
     if problems := _check_value_types(DatasetDict({"evaluation": ds}), cfg):
         raise UserError(problems)

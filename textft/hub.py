@@ -22,7 +22,7 @@ from typing import Iterator
 from huggingface_hub import HfApi, get_token
 
 from textft.classifier import check_model_dir
-from textft.errors import UserError
+from textft.errors import Problem, UserError
 from textft.files import link_or_copy, replace_file
 from textft.hub_download import hub_error
 from textft.model_card import local_paths, model_card, without_local_paths
@@ -36,14 +36,16 @@ log = logging.getLogger("textft")
 IGNORE_PATTERNS = ["checkpoints/*", "predictions/*", "onnx/*", ".*", "**/.*"]
 
 
-def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[str]:
+def push_problems(repo_id: str | None, key: str = "--repo-id") -> list[Problem]:
     """What would stop a push, found without contacting the Hub (training checks this before it starts)."""
     problems = []
     rid = repo_id or ""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+|[\w.-]+", rid) or "--" in rid or ".." in rid:
-        problems.append(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got '{repo_id}'")
+        problems.append(Problem(f"'{key}' must look like owner/name (letters, digits, '-', '_', '.'), got"
+                                f" '{repo_id}'", key))
     if get_token() is None:  # only asks whether one exists; its value stays inside huggingface_hub
-        problems.append("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`")
+        problems.append(Problem("no Hugging Face token: set HF_TOKEN in the environment or run `hf auth login`",
+                                kind="unavailable"))
     return problems
 
 
@@ -98,7 +100,8 @@ def publishable_copy(model_dir: Path, include_examples: bool = False) -> Iterato
 
 
 def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None,
-                write_card: bool = True, license: str | None = None, include_examples: bool = False) -> str:
+                write_card: bool = True, license: str | None = None, include_examples: bool = False,
+                repo_key: str = "--repo-id") -> str:
     """Create ``repo_id`` on the Hub if needed and upload the model directory; returns the commit URL.
 
     README.md (the model card) is written into the directory first unless ``write_card`` is False.
@@ -106,7 +109,7 @@ def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, comm
     text (see ``publishable_copy``).
     """
     path, _, _ = check_model_dir(model_dir, allow_pickle=True)
-    problems = push_problems(repo_id)
+    problems = push_problems(repo_id, key=repo_key)
     if problems:
         raise UserError(problems)
     if write_card:

@@ -36,15 +36,17 @@ def download_model(repo_id: str, allow_pickle: bool = False, trust_remote_code: 
         if hub_constants.is_offline_mode():
             raise UserError(f"'{key}': '{repo_id}' is not a local directory and not in the Hugging Face cache,"
                             " and HF_HUB_OFFLINE=1 forbids downloading it from the Hub; unset HF_HUB_OFFLINE"
-                            " (or download it where the Hub is reachable) or pass a model directory") from None
+                            " (or download it where the Hub is reachable) or pass a model directory", key,
+                            "unavailable") from None
         raise UserError(f"'{key}': '{repo_id}' is not a local directory, and the Hugging Face Hub could not be"
-                        f" reached to download it: {one_line(e)}") from None
+                        f" reached to download it: {one_line(e)}", key, "upstream") from None
     except Exception as e:  # huggingface_hub raises HTTP, validation and repository errors alike
         raise hub_error(f"download '{repo_id}' (not a local directory) from the Hugging Face Hub", e,
-                         prefix=f"'{key}': ") from None
+                         prefix=f"'{key}': ", field=key) from None
 
 
-def hub_error(action: str, e: Exception, prefix: str = "") -> UserError:
+def hub_error(action: str, e: Exception, prefix: str = "", field: str | None = None) -> UserError:
+    """A failure of the Hub (``upstream``), worded as what could not be done."""
     # A library error message could quote a request header; never let a token reach the terminal.
     message = re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", one_line(e))
-    return UserError(f"{prefix}could not {action}: {message}")
+    return UserError(f"{prefix}could not {action}: {message}", field, "upstream")

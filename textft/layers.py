@@ -13,7 +13,7 @@ from __future__ import annotations
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("foundation", "files, errors and config: what every other module may use",
      ("errors", "files", "run_dir", "interrupts", "coerce", "config_schema", "config_checks", "config",
-      "config_help", "hub_download", "version", "layers", "presets")),
+      "config_help", "hub_download", "version", "layers", "presets", "run_events")),
     ("data", "data, tokenization and tasks: what a label is, how texts become model inputs",
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
       "out_of_scope")),

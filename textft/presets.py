@@ -89,7 +89,8 @@ def find(name: str, kind: str | None = None) -> Preset:
     for candidate in (name, f"{folder}/{name}" if folder else name):
         if candidate in known:
             return known[candidate]
-    raise UserError(f"no preset '{name}'{suggestion(name, known)}; `textft configs list` shows them all")
+    raise UserError(f"no preset '{name}'{suggestion(name, known)}; `textft configs list` shows them all",
+                    kind="not_found")
 
 
 def suggestion(name: str, known) -> str:
@@ -130,4 +131,4 @@ def resolve(value: str | Path, kind: str = "train", what: str = "config") -> Pat
     if hint and (match := other[hint.split("'")[1]]).kind != kind:
         raise UserError(f"{what} '{text}': '{match.name}' is {ARTICLES[match.kind]}, not {ARTICLES[kind]}")
     raise UserError(f"{what} '{text}' does not exist as a file and is not a preset{suggestion(text, known)};"
-                    f" `textft configs list` shows the presets")
+                    f" `textft configs list` shows the presets", kind="not_found")

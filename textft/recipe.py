@@ -18,6 +18,7 @@ from torch import nn
 
 from textft.config import AUTO, Config, TrainConfig
 from textft.errors import UserError
+from textft.run_events import PlanRecord
 from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, TASKS, task_class
 
 REFERENCE_LR = 2e-4
@@ -115,6 +116,15 @@ class Plan:
     @property
     def lower_is_better(self) -> bool:
         return self.metric in LOWER_IS_BETTER
+
+    def record(self, global_batch: int, task: str, step: int = 0) -> PlanRecord:
+        """The plan as the first record of ``train_log.jsonl``, with the run's global batch and task
+        (``step``: where a resumed run starts)."""
+        return PlanRecord(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                          global_batch=global_batch, task=task, metric=self.metric,
+                          lower_is_better=self.lower_is_better, eval_every_steps=self.eval_every_steps,
+                          patience=self.patience, min_delta=self.min_delta, time_budget_s=self.time_budget_s,
+                          step=step)
 
     def epoch_ends_at(self, step: int) -> bool:
         return step % self.steps_per_epoch == 0
@@ -300,7 +310,7 @@ def resolve_transfer(cfg: Config, facts: Facts, why: dict[str, str]) -> Config:
     explicit few_shot the data cannot use is refused."""
     transfer, problem = cfg.model.transfer, few_shot_problem(facts)
     if transfer == "few_shot" and problem:
-        raise UserError(f"'model.transfer': few_shot cannot train this data: {problem}; use full")
+        raise UserError(f"'model.transfer': few_shot cannot train this data: {problem}; use full", "model.transfer")
     if transfer != AUTO:
         return cfg
     per_class = facts.examples_per_class

@@ -2,7 +2,7 @@
 content of ``report.json``, the single machine-readable summary of a run (the comparison table and
 the model card read it).
 
-Everything is derived from what the directory already holds (eval_report.json, train_log.jsonl,
+Everything is derived from what the directory already holds (eval_report.json, the records of train_log.jsonl,
 predictions/<split>.jsonl, textft_config.yaml), so a report can be rebuilt at any time.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from textft import task_reports, tasks
+from textft import run_events, task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
 
@@ -43,7 +43,12 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     evaluation = read_json(run_dir / "eval_report.json")
     if not isinstance(evaluation, dict) or not isinstance(evaluation.get("splits"), dict):
         raise UserError(f"'{run_dir / 'eval_report.json'}' has no 'splits' mapping: not written by textft")
-    records = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
+    rows = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
+    warnings = []
+    try:
+        records = run_events.read(rows)
+    except run_events.NewerSchema as e:  # the numbers of eval_report.json are still reported
+        records, warnings = [], [f"{e}; the learning curves are left out"]
     predictions = {}
     for split in evaluation["splits"]:
         path = run_dir / "predictions" / f"{split}.jsonl"
@@ -56,7 +61,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         except yaml.YAMLError:
             pass  # eval_report.json carries the same resolved config
     return {"dir": run_dir, "evaluation": evaluation, "records": records, "predictions": predictions,
-            "config": config if isinstance(config, dict) else None}
+            "config": config if isinstance(config, dict) else None, "warnings": warnings}
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -92,10 +97,17 @@ def run_name(run_dir: str | Path, cfg: dict) -> str:
     return name
 
 
-def best_evaluation(ev: dict, eval_records: list[dict], metric: str) -> dict | None:
-    """The best validation result: as training recorded it, else the best ``metric`` in the log."""
+def best_evaluation(ev: dict, records: list, eval_records: list[dict], metric: str) -> dict | None:
+    """The best validation result: as training recorded it (eval_report.json, else the loop's last
+    ``best`` record), else, for a log from before those records, the best ``metric`` in it."""
     if isinstance(ev.get("best"), dict):
         return {**ev["best"], "source": "eval_report.json"}
+    summary = run_events.summarize(records)
+    if summary.best is not None:
+        b = summary.best
+        return {"step": b.step, "epoch": b.epoch, "metric": b.metric, "value": b.value, "source": "train_log.jsonl"}
+    if summary.plan is not None:  # the loop recorded its decisions: none was a best model
+        return None
     scored = [r for r in eval_records if isinstance(r.get(metric), (int, float))]
     if not scored:
         return None
@@ -112,15 +124,15 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     label_names = ev.get("label_names") or next(iter(ev["splits"].values()), {}).get("labels", [])
     model_cfg, data_cfg = cfg.get("model", {}), cfg.get("data", {})
     task = tasks.task_class(ev.get("task") or tasks.DEFAULT_TASK)
-    warnings: list[str] = []
+    warnings: list[str] = list(run["warnings"])
     sections = task_reports.sections(task.name)
     splits = {split: sections.split_entry(m, label_names, run["predictions"].get(split), split, mistakes, warnings)
               for split, m in ev["splits"].items()}
-    train_records = [r for r in run["records"] if "loss" in r and "eval" not in r and "step" in r]
+    train_records = [run_events.to_dict(r) for r in run["records"] if isinstance(r, run_events.TrainRecord)]
     summary = [k for k in (*task.headline, "num_examples") if k != "ece"]
-    eval_records = [{"step": r.get("step"), "epoch": r.get("epoch"), **{k: r["eval"].get(k) for k in summary}}
-                    for r in run["records"] if isinstance(r.get("eval"), dict)]
-    best = best_evaluation(ev, eval_records, task.default_metric)
+    eval_records = [{"step": r.step, "epoch": r.epoch, **{k: r.eval.get(k) for k in summary}}
+                    for r in run["records"] if isinstance(r, run_events.EvalRecord)]
+    best = best_evaluation(ev, run["records"], eval_records, task.default_metric)
 
     steps = ev.get("optimizer_steps")
     seconds = ev.get("train_seconds")

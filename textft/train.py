@@ -17,7 +17,7 @@ from textft.config import Config, load_config
 from textft.config_help import describe_keys
 from textft.hub import push_problems, push_to_hub
 from textft.report import write_run_report
-from textft.training import export, fit_run, setup
+from textft.training import export, fit_run, record_failure, setup
 
 
 def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = None) -> dict:
@@ -27,12 +27,17 @@ def train(cfg: Config, on_evaluate: Callable[[int, float, dict], None] | None = 
     (e.g. a pruned hyper-parameter trial) ends the run.
     """
     # The push comes after the whole run: what would stop it is checked with everything else, before any work.
-    publish = push_problems(cfg.output.hub_repo_id, key="output.hub_repo_id") if cfg.output.push_to_hub else []
-    run = setup(cfg, publish)
-    fit_run(run, on_evaluate)
-    reports = export(run, render=write_run_report)
-    if cfg.output.push_to_hub and run.accelerator.is_main_process:
-        print(f"pushed to {push_to_hub(run.out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
+    run = None
+    try:
+        publish = push_problems(cfg.output.hub_repo_id, key="output.hub_repo_id") if cfg.output.push_to_hub else []
+        run = setup(cfg, publish)
+        fit_run(run, on_evaluate)
+        reports = export(run, render=write_run_report)
+        if cfg.output.push_to_hub and run.accelerator.is_main_process:
+            print(f"pushed to {push_to_hub(run.out_dir, cfg.output.hub_repo_id, private=cfg.output.hub_private)}")
+    except BaseException as e:
+        record_failure(cfg, run, e)
+        raise
     return reports
 
 

@@ -9,8 +9,10 @@ predictions) atomically. Rendering the run report and sharing the model on the H
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import shutil
 import sys
 import warnings
@@ -36,6 +38,7 @@ from textft.modeling import (apply_transfer, build_model, check_max_length, chec
 from textft.precision import ACCELERATE_NAMES, training_precision
 from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
 from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir
+from textft.run_events import error_records, to_line
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
 log = logging.getLogger("textft")
@@ -153,6 +156,8 @@ class Run:
     state: LoopState
     ckpt: Checkpointer | None = None
     resume: Path | None = None
+    train_log: TrainLog | None = None
+    """The run's log, once fit has started it (from then on a failure is recorded in it)."""
 
     @property
     def task(self):
@@ -300,18 +305,44 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
     """The loop of ``textft.loop.fit`` with this run's evaluation, best-model saving, checkpoints and log."""
     accelerator, cfg, state, plan = run.accelerator, run.cfg, run.state, run.plan
     t, m = cfg.train, cfg.model
-    train_log = TrainLog(accelerator, state, len(run.train_dl), run.out_dir / "train_log.jsonl")
-    train_log.restart()
+    train_log = run.train_log = TrainLog(accelerator, state, len(run.train_dl), run.out_dir / "train_log.jsonl")
+    global_batch = t.batch_size * t.grad_accum_steps * accelerator.num_processes
+    train_log.restart(plan.record(global_batch, run.task.name, step=state.step))
     unfreeze = GradualUnfreezing(accelerator.unwrap_model(run.model), m.unfreeze_every_epochs, len(run.train_dl)) \
         if m.transfer == "gradual" else None
     best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
     log.info("training: %d optimizer steps (%d per epoch), global batch %d, best model by %s", plan.total_steps,
-             plan.steps_per_epoch, t.batch_size * t.grad_accum_steps * accelerator.num_processes, plan.metric)
+             plan.steps_per_epoch, global_batch, plan.metric)
     with stop_on_sigterm(accelerator) as stop:
         fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
             loss_fn=run.loss_fn, evaluate=run.evaluator, best=best,
             checkpoint=lambda: run.ckpt.save(state.step), train_log=train_log, unfreeze=unfreeze,
             on_evaluate=on_evaluate, stop=stop, describe=run.task.log_line)
+
+
+def record_failure(cfg: Config, run: Run | None, e: BaseException) -> None:
+    """Append how the run failed to its ``train_log.jsonl`` (``textft.run_events`` error records), from
+    the main process: once fit has started the log, or from the start with ``output.log_errors`` (the
+    service's jobs, whose output directory is their own). Nothing else of the directory changes; a
+    resumed run rewrites its log from the checkpoint, without them."""
+    if run is not None and not run.accelerator.is_main_process:
+        return
+    if run is None and os.environ.get("RANK", "0") != "0":  # Accelerate not set up yet: the launcher's rank
+        return
+    started = run is not None and run.train_log is not None
+    # Before the log starts, only into a directory this run may write (never a protected or foreign one).
+    if not started and (not cfg.output.log_errors or check_output_dir(
+            cfg.output.dir, cfg.output.overwrite, resuming=cfg.train.resume_from is not None)):
+        return
+    path = Path(cfg.output.dir) / "train_log.jsonl"
+    try:
+        if not path.parent.is_dir():  # made here: marked as textft's, so that output.overwrite may replace it
+            path.parent.mkdir(parents=True)
+            (path.parent / RUN_MARKER).write_text(json.dumps({"created_by": "textft train"}) + "\n")
+        with open(path, "a") as f:
+            f.writelines(to_line(r) for r in error_records(e, run.state.step if started else None))
+    except OSError as err:  # the run already failed; the error is printed whatever happens here
+        log.warning("could not record the failure in %s: %s", path, err)
 
 
 # --- export ----------------------------------------------------------------------------------

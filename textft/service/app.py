@@ -1,8 +1,10 @@
 """The HTTP API of ``textft service``, versioned under ``/v1`` (OpenAPI at ``/openapi.json``).
 
 Every route but ``/health`` needs ``Authorization: Bearer KEY``. A key sees its own datasets, jobs
-and models (another key's are answered 404, as if absent); an admin key sees all. Errors are JSON
-``{"error": "...", "problems": [{"field": ..., "message": ...}]}`` with one entry per problem.
+and models (another key's are answered 404, as if absent); an admin key sees all. Every route declares
+its request and response models (``schemas``); errors are JSON ``{"error": "...", "problems":
+[{"field": ..., "message": ..., "kind": ...}]}`` with one entry per problem, the status from the kind
+(``problems``).
 
 The routes live in one module per resource (``routes_*``); this module builds the app around them:
 lifespan, error handlers, the JSON body limit and the web page.
@@ -18,13 +20,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textft.service import datasets as uploads
 from textft.service import routes_datasets, routes_jobs, routes_models, routes_service
-from textft.service.jobs import Problems
-from textft.service.limits import Refused
-from textft.service.routes_shared import error
 from textft.service.core import Service
-from textft.service.textft_api import UserError, serve_local_docs
+from textft.service.problems import error_response, problem_of_status, refusal
+from textft.service.textft_api import Problem, UserError, serve_local_docs
 from textft.service.web import mount_page
 
 JSON_BODY_LIMIT = 1 << 20
@@ -41,7 +40,8 @@ class JsonBodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            response = error(413, f"request body larger than {self.max_bytes:,} bytes", headers={"Connection": "close"})
+            response = error_response([Problem(f"request body larger than {self.max_bytes:,} bytes", "body",
+                                               "too_large")], headers={"Connection": "close"})
             return await response(scope, receive, send)
         seen = 0
 
@@ -58,38 +58,28 @@ class JsonBodyLimit:
 
 async def invalid_request(request: Request, exc: RequestValidationError):
     if any(e.get("type") == "json_invalid" for e in exc.errors()):
-        return error(400, "the request body is not valid JSON")
+        return error_response([Problem("the request body is not valid JSON", "body", "malformed")])
     problems = []
     for e in exc.errors():
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        problems.append((where, f"'{where}': {e.get('msg')}"))
-    return error(422, "; ".join(m for _, m in problems), problems)
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")) or "body"
+        problems.append(Problem(f"'{where}': {e.get('msg')}", where))
+    return error_response(problems)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException):
-    headers = getattr(exc, "headers", None)
-    return error(exc.status_code, str(exc.detail), headers=headers)
-
-
-async def problems_error(request: Request, exc: Problems):
-    return error(422, "; ".join(exc.problems), exc.items)
+    """The framework's own refusals (an unknown path, a method not allowed, a body over the limit)
+    and ``textft serve``'s answers, which come as a status."""
+    return error_response([problem_of_status(exc.status_code, str(exc.detail))],
+                          headers=getattr(exc, "headers", None), status=exc.status_code)
 
 
 async def user_error(request: Request, exc: UserError):
-    return error(422, "; ".join(exc.problems), [("body", p) for p in exc.problems])
-
-
-async def refused(request: Request, exc: Refused):
-    return error(exc.status, str(exc), exc.problems)
-
-
-async def upload_error(request: Request, exc: uploads.UploadError):
-    return error(exc.status, str(exc), exc.problems, headers={"Connection": "close"} if exc.close else None)
+    """Every problem raised by the service and by textft: the status comes from its kind."""
+    return refusal(exc, {"Connection": "close"} if getattr(exc, "close", False) else None)
 
 
 EXCEPTION_HANDLERS = {RequestValidationError: invalid_request, StarletteHTTPException: http_error,
-                      Problems: problems_error, UserError: user_error, uploads.UploadError: upload_error,
-                      Refused: refused}
+                      UserError: user_error}
 
 
 def create_app(service: Service) -> FastAPI:

@@ -78,7 +78,7 @@ class _Slot:
             if not parent.poll(STARTUP_S) or parent.recv() != "ready":
                 self.proc.kill()
                 self.proc.join(10)
-                raise UploadError(503, [("file", "the service could not start a checking process; try again")])
+                raise UploadError("the service could not start a checking process; try again", kind="unavailable")
 
     def stop(self, restart: bool = True) -> None:
         """End the process (its scratch files go with it) and, unless told otherwise, start the next
@@ -136,9 +136,9 @@ class _Slot:
         if kind == "memory":
             raise _limit("memory", f"reading the file needed more memory than the check may use{_what(self.memory)}")
         if kind == "disk":
-            raise UploadError(507, [("file", "the service's disk is full; nothing was stored. Try again later or"
-                                             " ask the operator to free space")])
-        raise UploadError(422, [("file", f"'file' could not be read: {value}")])
+            raise UploadError("the service's disk is full; nothing was stored. Try again later or ask the operator to"
+                              " free space", kind="storage")
+        raise UploadError(f"'file' could not be read: {value}")
 
 
 def _what(memory: int | None) -> str:
@@ -146,7 +146,7 @@ def _what(memory: int | None) -> str:
 
 
 def _limit(which: str, message: str) -> UploadError:
-    return UploadError(413, [("file", f"'file': {message}; nothing was stored. Upload a smaller file or split it")])
+    return UploadError(f"'file': {message}; nothing was stored. Upload a smaller file or split it", kind="too_large")
 
 
 class Checker:

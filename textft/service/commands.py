@@ -134,9 +134,10 @@ def service_main(argv: list[str]) -> int:
     data_dir = Path(args.data_dir)
     try:
         import fastapi  # noqa: F401
-        import huey  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
+
+        from textft.service import queue  # noqa: F401 (the queue's own dependencies)
     except ImportError as e:
         raise UserError(f"textft service needs the service extra ({e.name} is missing): pip install 'textft[service]'") \
             from None

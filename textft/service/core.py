@@ -127,7 +127,7 @@ class Service:
         self.checker = Checker(self.data.cache / "uploads", workers=self.opts.check_workers, memory_bytes=memory,
                                seconds=self.opts.check_seconds, cgroups=self.cgroups)
         self.checker.warm_up()
-        self.consumer = start_consumer(self.queue.huey, self.runtime)
+        self.consumer = start_consumer(self.queue, self.runtime)
         self.monitor.start()
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,

@@ -26,6 +26,8 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from textft.service.containment import ALLOCATION_FAILURES
+from textft.service.problems import STATUS
+from textft.service.textft_api import Problem, UserError, closest
 from textft.service.upload_bounds import shape_problems
 
 TEXT_FORMATS = {".csv", ".tsv", ".json", ".jsonl"}
@@ -37,12 +39,16 @@ PREVIEW_ROWS = 5
 PREVIEW_CHARS = 300
 
 
-class UploadError(Exception):
-    """An upload refused with an HTTP status; ``problems`` are (field, message) pairs."""
+class UploadError(UserError):
+    """An upload refused; ``close``: the rest of the body is not read, so the connection closes."""
 
-    def __init__(self, status: int, problems: list[tuple[str, str]], close: bool = False):
-        self.status, self.problems, self.close = status, problems, close
-        super().__init__("; ".join(m for _, m in problems))
+    def __init__(self, message: str, field: str | None = "file", kind: str = "invalid", close: bool = False):
+        super().__init__(message, field, kind)
+        self.close = close
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.kind]
 
 
 @dataclass
@@ -93,16 +99,12 @@ class _Receiver:
         self.part_name = options.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" in options:
             if self.part_name != "file" or self.upload.filename is not None:
-                raise UploadError(422, [(self.part_name, f"'{self.part_name}': send one file, in the field"
-                                                         " named 'file'")])
+                raise UploadError(f"'{self.part_name}': send one file, in the field named 'file'", self.part_name)
             filename = safe_name(options[b"filename"].decode("utf-8", "replace"))
             suffix = Path(filename).suffix.lower()
             if suffix not in self.formats:
-                from textft.service.textft_api import closest
-
-                raise UploadError(422, [("file", f"'file': unsupported extension '{Path(filename).suffix}' of"
-                                                 f" '{filename}'; expected one of {', '.join(self.formats)}"
-                                                 f"{closest(suffix, self.formats)}")])
+                raise UploadError(f"'file': unsupported extension '{Path(filename).suffix}' of '{filename}';"
+                                  f" expected one of {', '.join(self.formats)}{closest(suffix, self.formats)}")
             self.upload.filename = filename
             self.in_file = True
             self.upload.path = self.dest / f"data{suffix}"
@@ -115,14 +117,14 @@ class _Receiver:
         chunk = data[start:end]
         if not self.in_file:
             if len(self.buffer) + len(chunk) > FIELD_LIMIT:
-                raise UploadError(422, [(self.part_name or "form", f"'{self.part_name}': form field longer than"
-                                                                   f" {FIELD_LIMIT} bytes")])
+                raise UploadError(f"'{self.part_name}': form field longer than {FIELD_LIMIT} bytes",
+                                  self.part_name or "form")
             self.buffer += chunk
             return
         self.upload.size += len(chunk)
         if self.upload.size > self.max_bytes:
-            raise UploadError(413, [("file", f"'file': larger than this key's upload limit of"
-                                             f" {self.max_bytes / 1e6:g} MB")], close=True)
+            raise UploadError(f"'file': larger than this key's upload limit of {self.max_bytes / 1e6:g} MB",
+                              kind="too_large", close=True)
         if self.decoder is not None and self.utf8_error is None:
             self._check_utf8(chunk)
         self.pending.append(bytes(chunk))
@@ -163,7 +165,7 @@ class _Receiver:
                 except UnicodeDecodeError:
                     self.utf8_error = f"'file': '{self.upload.filename}' ends inside a UTF-8 character; save it as UTF-8"
         if self.utf8_error:
-            raise UploadError(422, [("file", self.utf8_error)])
+            raise UploadError(self.utf8_error)
         return self.upload
 
     def close(self) -> None:
@@ -173,21 +175,21 @@ class _Receiver:
 
 def _disk_error(e: OSError) -> UploadError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UploadError(507, [("file", "the service's disk is full; nothing was stored. Try again later or"
-                                          " ask the operator to free space")], close=True)
-    return UploadError(500, [("file", f"could not store the upload: {e.strerror or e}")], close=True)
+        return UploadError("the service's disk is full; nothing was stored. Try again later or ask the operator to"
+                           " free space", kind="storage", close=True)
+    return UploadError(f"could not store the upload: {e.strerror or e}", kind="internal", close=True)
 
 
 async def receive(request, dest: Path, max_bytes: int, formats: tuple[str, ...]) -> Upload:
     """Stream a multipart upload into ``dest``; on any error ``dest`` is removed and UploadError raised."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise UploadError(415, [("file", "send the file as multipart/form-data, e.g."
-                                         " curl -F file=@train.csv -F text_column=text -F label_column=label")])
+        raise UploadError("send the file as multipart/form-data, e.g. curl -F file=@train.csv -F text_column=text"
+                          " -F label_column=label", kind="unsupported")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + BODY_SLACK:
-        raise UploadError(413, [("file", f"'file': the request has {int(declared) / 1e6:.1f} MB; this key's upload"
-                                         f" limit is {max_bytes / 1e6:g} MB")], close=True)
+        raise UploadError(f"'file': the request has {int(declared) / 1e6:.1f} MB; this key's upload limit is"
+                          f" {max_bytes / 1e6:g} MB", kind="too_large", close=True)
     receiver = _Receiver(dest, max_bytes, formats)
     parser = MultipartParser(params[b"boundary"], {
         "on_part_begin": receiver.on_part_begin, "on_part_data": receiver.on_part_data,
@@ -199,14 +201,14 @@ async def receive(request, dest: Path, max_bytes: int, formats: tuple[str, ...])
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes + BODY_SLACK:
-                raise UploadError(413, [("file", f"'file': larger than this key's upload limit of"
-                                                 f" {max_bytes / 1e6:g} MB")], close=True)
+                raise UploadError(f"'file': larger than this key's upload limit of {max_bytes / 1e6:g} MB",
+                                  kind="too_large", close=True)
             try:
                 parser.write(chunk)
             except UploadError:
                 raise
             except Exception as e:  # python_multipart raises its own errors for malformed bodies
-                raise UploadError(400, [("file", f"malformed multipart body: {e}")]) from None
+                raise UploadError(f"malformed multipart body: {e}", kind="malformed") from None
             receiver.flush()
         parser.finalize()
         upload = receiver.finish()
@@ -216,7 +218,7 @@ async def receive(request, dest: Path, max_bytes: int, formats: tuple[str, ...])
         raise
     if upload.path is None:
         shutil.rmtree(dest, ignore_errors=True)
-        raise UploadError(422, [("file", "no file: send it in the form field 'file' (curl -F file=@train.csv)")])
+        raise UploadError("no file: send it in the form field 'file' (curl -F file=@train.csv)")
     return upload
 
 
@@ -231,21 +233,29 @@ def _release_memory() -> None:
         pass
 
 
-COLUMN_FIELDS = ("text_column", "text_pair_column", "label_column")
-"""Upload form fields that name a column, each the ``data.`` key of the same name."""
+FORM_FIELD_OF_KEY = {"data.train_file": "file", "data.text_column": "text_column",
+                     "data.text_pair_column": "text_pair_column", "data.label_column": "label_column",
+                     "data.drop_empty": "drop_empty"}
+"""The upload form field of each config key a check of the file can name; any other problem is the file's."""
 
 
-def _rewrite(problem: str, path: str, filename: str) -> str:
-    problem = problem.replace(path, filename).replace("'data.train_file'", "'file'")
-    for name in COLUMN_FIELDS:
-        problem = problem.replace(f"data.{name}", name)
-    return problem
+def as_upload_problem(problem: Problem, path: str, filename: str) -> Problem:
+    """A problem of ``textft train`` in the terms of the upload: the file's name for the server path,
+    the form field for the config key, in the message and as its field."""
+    message = str(problem).replace(path, filename).replace("'data.train_file'", "'file'")
+    for key, name in FORM_FIELD_OF_KEY.items():
+        message = message.replace(key, name) if name != "file" else message
+    return Problem(message, FORM_FIELD_OF_KEY.get(problem.field, "file"), problem.kind)
 
 
-def field_of(problem: str) -> str:
-    """The form field a (rewritten) problem concerns."""
-    return next((name for name in COLUMN_FIELDS if problem.startswith(f"'{name}'")),
-                next((name for name in COLUMN_FIELDS if f" {name} must" in problem), "file"))
+def problems_of(result: dict) -> list[Problem]:
+    """The problems a check in the checking process returned, as (field, message, kind) to cross the
+    process boundary as plain values."""
+    return [Problem(message, field, kind) for field, message, kind in result.get("problems") or ()]
+
+
+def as_tuple(problem: Problem) -> tuple[str | None, str, str]:
+    return problem.field, str(problem), problem.kind
 
 
 def inspect(path: str, filename: str, text_column: str, label_column: str, drop_empty: bool,
@@ -255,7 +265,7 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
     ``bounds`` (upload_bounds.shape_problems' limits) are checked first, reading the file as a stream."""
     import datasets
 
-    from textft.service.textft_api import DataConfig, UserError, load_splits
+    from textft.service.textft_api import DataConfig, load_splits
 
     if bounds and (problems := shape_problems(path, Path(filename).suffix.lower(), **bounds)):
         return {"problems": problems}
@@ -269,8 +279,7 @@ def inspect(path: str, filename: str, text_column: str, label_column: str, drop_
                                           text_pair_column=text_pair_column, drop_empty=drop_empty))
         except UserError as e:
             resource_failure(e.problems)
-            problems = [_rewrite(p, path, filename) for p in e.problems]
-            return {"problems": [(field_of(p), p) for p in problems]}
+            return {"problems": [as_tuple(as_upload_problem(p, path, filename)) for p in e.problems]}
         try:
             return _summary(data, text_pair_column)
         finally:
@@ -324,7 +333,8 @@ def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS, bounds: dict | None =
     except MemoryError:
         raise
     except Exception as e:  # readers raise many types for one cause: an unreadable file
-        return {"problems": [("file", f"'file': could not read it as {suffix[1:]}: {' '.join(str(e).split())[:300]}")]}
+        return {"problems": [("file", f"'file': could not read it as {suffix[1:]}: {' '.join(str(e).split())[:300]}",
+                              "invalid")]}
     finally:
         _release_memory()
     records = [{k: (v[:PREVIEW_CHARS] if isinstance(v, str) else v) for k, v in r.items()} for r in records[:rows]]

@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from textft.service.layout import DataDir, write_json
-from textft.service.limits import Limits, Refused, job_problems
-from textft.service.textft_api import UserError, closest, config_yaml, load_config, model_positions, presets
+from textft.service.limits import Limits, job_problems
+from textft.service.textft_api import (Problem, UserError, closest, config_yaml, load_config, model_positions,
+                                       presets)
 
 RUN_DIR = "run"
 """output.dir of every job, relative to the job's directory."""
@@ -40,25 +41,19 @@ SERVICE_KEYS = {
     "output.push_to_hub": "push a finished model with POST /v1/models/{id}/push",
     "output.hub_repo_id": "push a finished model with POST /v1/models/{id}/push",
     "output.hub_private": "push a finished model with POST /v1/models/{id}/push",
+    "output.log_errors": "the service records every job's failure itself",
     "train.resume_from": "the service resumes interrupted jobs itself",
 }
 """Keys a job may not set, and why."""
 
 
-class Problems(UserError):
-    """Several problems, each tied to the request field it concerns (for 422 answers)."""
-
-    def __init__(self, items: list[tuple[str, str]]):
-        self.items = items
-        super().__init__([message for _, message in items])
-
-
-def field_of(message: str, overrides: dict) -> str:
-    """The request field a config problem concerns: the override it names, else the preset."""
-    for key in re.findall(r"'(\w+\.\w+)'", message):
-        if key in overrides:
-            return f"overrides.{key}"
-    return "config"
+def request_field(key: str | None, overrides: dict) -> str:
+    """The request field of a problem with config key ``key`` (or section): the override that set it,
+    else the preset."""
+    if key in overrides:
+        return f"overrides.{key}"
+    within = [k for k in overrides if key and k.startswith(f"{key}.")]  # a problem with a whole section
+    return f"overrides.{within[0]}" if within else "config"
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -157,37 +152,38 @@ def _model_problem(name: Any, settings: Settings) -> str | None:
 
 def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Catalog,
                   settings: Settings, limits: Limits | None = None) -> tuple[Any, dict]:
-    """The validated training config and the launch settings, or Problems listing everything wrong.
+    """The validated training config and the launch settings, or a UserError listing everything wrong, each
+    problem with its request field.
 
     ``datasets`` maps each named dataset id to its record, or None when the caller may not see it.
     ``limits`` (the key's) bound what the job may ask for; they are checked once the config is valid.
     """
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     for fieldname in ("dataset", "validation_dataset", "test_dataset"):
         ds_id = getattr(req, fieldname)
         if ds_id is not None and datasets.get(ds_id) is None:
             visible = [i for i, d in datasets.items() if d is not None]
-            problems.append((fieldname, f"'{fieldname}': no dataset '{ds_id}'{closest(ds_id, visible)}"))
+            problems.append(Problem(f"'{fieldname}': no dataset '{ds_id}'{closest(ds_id, visible)}", fieldname))
     presets = catalog.presets()
     if req.config not in presets:
-        problems.append(("config", f"'config': unknown preset '{req.config}'{closest(req.config, presets)};"
-                                   f" presets: {', '.join(presets) or 'none'}"))
+        problems.append(Problem(f"'config': unknown preset '{req.config}'{closest(req.config, presets)};"
+                                f" presets: {', '.join(presets) or 'none'}", "config"))
     launch = {"distributed_type": "NO", "num_processes": 1, "num_machines": 1, "gpus": None}
     if req.accelerate_config is not None:
         accel = catalog.accelerate_configs()
         if req.accelerate_config not in accel:
-            problems.append(("accelerate_config", f"'accelerate_config': unknown launch config"
-                                                  f" '{req.accelerate_config}'{closest(req.accelerate_config, accel)};"
-                                                  f" available: {', '.join(accel) or 'none'}"))
+            problems.append(Problem(f"'accelerate_config': unknown launch config '{req.accelerate_config}'"
+                                    f"{closest(req.accelerate_config, accel)}; available: {', '.join(accel) or 'none'}",
+                                    "accelerate_config"))
         else:
             launch = launch_settings(accel[req.accelerate_config])
             if launch["num_machines"] > 1:
-                problems.append(("accelerate_config", f"'accelerate_config': '{req.accelerate_config}' spans"
-                                 f" {launch['num_machines']} machines; a job runs on one machine (several GPUs"
-                                 " are fine). Launch multi-node runs with accelerate launch on every node"))
+                problems.append(Problem(f"'accelerate_config': '{req.accelerate_config}' spans {launch['num_machines']}"
+                                        " machines; a job runs on one machine (several GPUs are fine). Launch"
+                                        " multi-node runs with accelerate launch on every node", "accelerate_config"))
     if req.num_processes is not None:
         if req.num_processes < 1:
-            problems.append(("num_processes", f"'num_processes' must be >= 1, got {req.num_processes}"))
+            problems.append(Problem(f"'num_processes' must be >= 1, got {req.num_processes}", "num_processes"))
         launch["num_processes"] = req.num_processes
         if launch["gpus"]:
             launch["gpus"] = req.num_processes
@@ -200,18 +196,18 @@ def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Ca
         try:
             cfg = load_config(presets[req.config], values={**values, **service})
         except UserError as e:
-            problems += [(field_of(p, req.overrides), p) for p in e.problems]
+            problems += [Problem(p, request_field(p.field, req.overrides), p.kind) for p in e.problems]
         if cfg is not None and (problem := _model_problem(cfg.model.name_or_path, settings)):
-            problems.append(("config", problem))
+            problems.append(Problem(problem, "config"))
     if problems:
-        raise Problems(problems)
+        raise UserError(problems)
     if limits is not None:
         validation = datasets.get(req.validation_dataset) if req.validation_dataset else None
         n_train, _ = split_sizes(cfg, train, validation)
-        problems = job_problems(cfg, launch, req.overrides, limits, n_train, positions(cfg.model),
-                                "num_processes" if req.num_processes is not None else "accelerate_config")
-        if problems:
-            raise Problems(problems)
+        bounds = job_problems(cfg, launch, req.overrides, limits, n_train, positions(cfg.model),
+                              "num_processes" if req.num_processes is not None else "accelerate_config")
+        if bounds:
+            raise UserError([Problem(message, field) for field, message in bounds])
     return cfg, launch
 
 
@@ -248,16 +244,16 @@ def _override_values(req: JobRequest, settings: Settings, problems: list) -> dic
     values: dict[str, Any] = {}
     for key, value in req.overrides.items():
         if key in SERVICE_KEYS:
-            problems.append((f"overrides.{key}", f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}"))
+            problems.append(Problem(f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}", f"overrides.{key}"))
         elif key == "model.trust_remote_code" and value is not False:
-            problems.append((f"overrides.{key}", "'model.trust_remote_code' cannot be set on a job: model code"
-                                                 " from the Hub never runs on the service"))
+            problems.append(Problem("'model.trust_remote_code' cannot be set on a job: model code from the Hub never"
+                                    " runs on the service", f"overrides.{key}"))
         elif has_interpolation(value):
-            problems.append((f"overrides.{key}", f"'{key}': ${{...}} is not interpolated on the service (settings"
-                                                 " are plain values, never read from the server's environment or"
-                                                 " other settings); give the value itself"))
+            problems.append(Problem(f"'{key}': ${{...}} is not interpolated on the service (settings are plain"
+                                    " values, never read from the server's environment or other settings); give"
+                                    " the value itself", f"overrides.{key}"))
         elif key == "model.name_or_path" and (problem := _model_problem(value, settings)):
-            problems.append((f"overrides.{key}", problem))
+            problems.append(Problem(problem, f"overrides.{key}"))
         else:
             values[key] = value
     return values
@@ -267,7 +263,7 @@ def _service_values(req: JobRequest, datasets: dict, train: dict | None, setting
                     problems: list) -> dict[str, Any]:
     """The settings the service chooses for every job: its data files and columns, its directory."""
     service: dict[str, Any] = {"data.dataset": None, "data.dataset_config": None, "output.dir": RUN_DIR,
-                               "output.overwrite": True, "output.push_to_hub": False}
+                               "output.overwrite": True, "output.push_to_hub": False, "output.log_errors": True}
     if train is not None:
         service.update({"data.train_file": rel_dataset(train), "data.text_column": train["text_column"],
                         "data.text_pair_column": train.get("text_pair_column"),
@@ -300,7 +296,7 @@ def rel_dataset(record: dict) -> str:
     return f"../../datasets/{record['id']}/{Path(record['path']).name}"
 
 
-def _compatible(fieldname: str, other: dict, train: dict) -> list[tuple[str, str]]:
+def _compatible(fieldname: str, other: dict, train: dict) -> list[Problem]:
     """Problems ``textft train`` would find when reading ``other`` as a split next to ``train``."""
     split = fieldname.split("_")[0]
     problems = []
@@ -310,29 +306,29 @@ def _compatible(fieldname: str, other: dict, train: dict) -> list[tuple[str, str
             continue
         what = key.replace("_", " ")
         if theirs is None:  # the training texts are single, these are pairs
-            problems.append((fieldname, f"'{fieldname}': it was uploaded with {key}={mine} (text pairs) but the"
-                                        f" training dataset has single texts; upload it without {key}"))
+            problems.append(Problem(f"'{fieldname}': it was uploaded with {key}={mine} (text pairs) but the training"
+                                    f" dataset has single texts; upload it without {key}", fieldname))
         elif mine is None:
-            problems.append((fieldname, f"'{fieldname}': it has no {what} but the training dataset reads text pairs"
-                                        f" (its {key} is '{theirs}'); upload it with {key}={theirs}"))
+            problems.append(Problem(f"'{fieldname}': it has no {what} but the training dataset reads text pairs (its"
+                                    f" {key} is '{theirs}'); upload it with {key}={theirs}", fieldname))
         else:
-            problems.append((fieldname, f"'{fieldname}': its {what} is '{mine}' but the training dataset's is"
-                                        f" '{theirs}'; upload it with {key}={theirs}"))
+            problems.append(Problem(f"'{fieldname}': its {what} is '{mine}' but the training dataset's is"
+                                    f" '{theirs}'; upload it with {key}={theirs}", fieldname))
     if problems:
         return problems
     unseen = sorted(set(other["labels"]) - set(train["labels"]))
     if unseen:
         names = sorted(train["labels"])
-        problems.append((fieldname, f"'{fieldname}': the {split} split has label(s) never seen in training:"
-                                    f" {', '.join(unseen[:10])}{closest(unseen[0], names)}; training labels:"
-                                    f" {', '.join(names[:20])}"))
+        problems.append(Problem(f"'{fieldname}': the {split} split has label(s) never seen in training:"
+                                f" {', '.join(unseen[:10])}{closest(unseen[0], names)}; training labels:"
+                                f" {', '.join(names[:20])}", fieldname))
     return problems
 
 
 def write_job_dir(data: DataDir, job_id: str, cfg, launch: dict, accelerate_path: Path | None,
                   time_limit_s: float | None = None) -> Path:
     """The job's directory, complete before it becomes visible (built aside, then renamed); a full
-    disk is Refused (507) with nothing left behind."""
+    disk is a UserError of kind storage (507) with nothing left behind."""
     final = data.job(job_id)
     tmp = None
     try:
@@ -346,13 +342,13 @@ def write_job_dir(data: DataDir, job_id: str, cfg, launch: dict, accelerate_path
             "id": job_id, "attempt": 1, "resume": False, "mixed_precision": cfg.train.mixed_precision,
             "accelerate_config": "accelerate.yaml" if accelerate_path is not None else None,
             "num_processes": launch["num_processes"], "gpus": launch["gpus"],
-            "metric_for_best": cfg.train.metric_for_best, "time_limit_s": time_limit_s, "time_used_s": 0.0})
+            "time_limit_s": time_limit_s, "time_used_s": 0.0})
         tmp.rename(final)
     except BaseException as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Refused(507, [("body", "the service's disk is full; nothing was queued. Try again later or ask the"
-                                         " operator to free space")]) from None
+            raise UserError("the service's disk is full; nothing was queued. Try again later or ask the operator to"
+                            " free space", None, "storage") from None
         raise
     return final

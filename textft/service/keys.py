@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 
 from textft.service.store import Store
@@ -75,14 +74,11 @@ def create_key(store: Store, name: str, admin: bool = False, **limits) -> tuple[
         raise UserError(problems)
     key_id, secret = secrets.token_hex(ID_HEX // 2), secrets.token_urlsafe(32)
     salt = os.urandom(16)
-    with store.transaction() as db:
-        if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
-            raise UserError(f"'--name': a key named '{name}' already exists; revoke it or choose another name")
-        db.execute(f"INSERT INTO keys (id, name, salt, hash, admin, created_at, {', '.join(LIMITS)})"
-                   f" VALUES (?, ?, ?, ?, ?, ?{', ?' * len(LIMITS)})",
-                   (key_id, name, salt, _hash(secret, salt), int(admin), time.time(),
-                    *(limits.get(limit) for limit in LIMITS)))
-    return f"{PREFIX}{key_id}_{secret}", describe(store.row("SELECT * FROM keys WHERE id = ?", key_id))
+    if not store.insert_key(key_id, name, salt, _hash(secret, salt), admin,
+                            {limit: limits.get(limit) for limit in LIMITS}):
+        raise UserError(f"'--name': a key named '{name}' already exists; revoke it or choose another name", "--name",
+                        "conflict")
+    return f"{PREFIX}{key_id}_{secret}", describe(store.key(key_id))
 
 
 def describe(row: dict) -> dict:
@@ -92,18 +88,15 @@ def describe(row: dict) -> dict:
 
 
 def list_keys(store: Store) -> list[dict]:
-    return [describe(r) for r in store.rows("SELECT * FROM keys ORDER BY created_at")]
+    return [describe(r) for r in store.keys()]
 
 
 def revoke_key(store: Store, id_or_name: str) -> dict:
-    with store.transaction() as db:
-        row = db.execute("SELECT * FROM keys WHERE id = ? OR name = ?", (id_or_name, id_or_name)).fetchone()
-        if row is None:
-            names = [r[0] for r in db.execute("SELECT name FROM keys").fetchall()]
-            raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}")
-        if row["revoked_at"] is None:
-            db.execute("UPDATE keys SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))
-    return describe(store.row("SELECT * FROM keys WHERE id = ?", row["id"]))
+    row = store.revoke_key(id_or_name)
+    if row is None:
+        names = list(store.key_names().values())
+        raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}", kind="not_found")
+    return describe(row)
 
 
 class Verifier:
@@ -123,7 +116,7 @@ class Verifier:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("the Authorization header must be 'Bearer KEY'")
         match = KEY.match(token.strip())
-        row = self.store.row("SELECT * FROM keys WHERE id = ?", match.group(1)) if match else None
+        row = self.store.key(match.group(1)) if match else None
         if row is None:
             raise AuthError("invalid API key")
         secret = match.group(2)

@@ -210,10 +210,8 @@ class Storage:
 
     def used(self, owner: str, db=None) -> int:
         """Bytes ``owner`` stores now; ``db``: read inside the caller's transaction."""
-        query = (db.execute if db is not None else self.store.connection().execute)
-        datasets = query("SELECT COALESCE(SUM(size_bytes), 0) FROM datasets WHERE owner = ?", (owner,)).fetchone()[0]
-        jobs = query("SELECT id, state FROM jobs WHERE owner = ?", (owner,)).fetchall()
-        return int(datasets) + sum(self._job_bytes(job_id, state) for job_id, state in jobs)
+        datasets, jobs = self.store.usage(owner, db)
+        return datasets + sum(self._job_bytes(job_id, state) for job_id, state in jobs)
 
     def _job_bytes(self, job_id: str, state: str) -> int:
         with self._lock:

@@ -98,6 +98,11 @@ class JobQueue:
         """(job id, attempt) of every message still waiting in the queue."""
         return {(t.args[0], t.args[1]) for t in self.huey.pending()}
 
+    def ping(self) -> None:
+        """Raises when the broker cannot be reached (a worker checks this before it starts)."""
+        if self.broker:
+            self.huey.storage.conn.ping()
+
 
 # --- executors --------------------------------------------------------------------------------
 
@@ -350,13 +355,14 @@ class EmbeddedConsumer(Consumer):
         pass
 
 
-def start_consumer(huey, runtime: Runtime) -> EmbeddedConsumer | None:
+def start_consumer(queue: JobQueue, runtime: Runtime) -> EmbeddedConsumer | None:
+    """Executors of this process taking jobs from ``queue`` (none when ``runtime.slots`` is 0)."""
     global RUNTIME
     RUNTIME = runtime
     if runtime.slots < 1:
         return None
     logging.getLogger("huey").setLevel(logging.WARNING)
-    consumer = EmbeddedConsumer(huey, workers=runtime.slots, worker_type="thread", periodic=False,
+    consumer = EmbeddedConsumer(queue.huey, workers=runtime.slots, worker_type="thread", periodic=False,
                                 initial_delay=0.1, backoff=1.15, max_delay=1.0, check_worker_health=False)
     consumer.start()
     return consumer

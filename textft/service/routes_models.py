@@ -4,37 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from textft.service.jobs import RUN_DIR
 from textft.service.keys import Principal
 from textft.service.models import (decision_thresholds, input_lengths, model_files, out_of_scope_settings,
                                    saved_config, tar_stream)
-from textft.service.routes_shared import auth, current_service, iso, key_names, scope
+from textft.service.problems import ERROR_RESPONSES
+from textft.service.routes_shared import auth, current_service, iso, owner_scope
 from textft.service.core import Service
+from textft.service.schemas import InputLength, ModelOut, PushBody, PushOut
 from textft.service.store import Store
-from textft.service.textft_api import (UserError, batched_logits, check_answer_options, hub_token, lower_is_better,
-                                      model_task, predict_schemas, public_model_name, push_model, request_items,
-                                      task_headline)
+from textft.service.textft_api import (Problem, UserError, batched_logits, check_answer_options, hub_token,
+                                      lower_is_better, model_task, predict_schemas, prediction_schema,
+                                      public_model_name, push_model, request_items, task_headline)
 
-router = APIRouter(tags=["models"])
-PredictRequest, PredictResponse = predict_schemas()
-DOWNLOAD = {200: {"content": {"application/gzip": {}}, "description": "the save_pretrained directory"}}
+router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
+PredictRequest, _ = predict_schemas()
+DOWNLOAD = {200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the save_pretrained directory as a .tar.gz"}}
 
 
-class PushBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    repo_id: StrictStr = Field(description="owner/name on the Hugging Face Hub (created if missing)")
-    private: StrictBool = False
+class ExplainedPrediction(prediction_schema()):
+    input: InputLength | None = None
+    """How its text was read (``?explain=true``)."""
+
+
+class PredictOut(BaseModel):
+    """The answer of `textft serve`'s POST /predict; with ``?explain=true`` each prediction has ``input``."""
+
+    predictions: list[ExplainedPrediction]
 
 
 def model_row(store: Store, model_id: str, who: Principal) -> dict:
-    row = store.row("SELECT * FROM jobs WHERE id = ?", model_id)
+    row = store.job(model_id)
     if row is None or not (who.admin or row["owner"] == who.id) or row["state"] != "succeeded":
-        raise HTTPException(404, f"no model '{model_id}' (models are the jobs that succeeded)")
+        raise UserError(f"no model '{model_id}' (models are the jobs that succeeded)", kind="not_found")
     return row
 
 
@@ -69,23 +77,21 @@ def model_out(service: Service, row: dict, names: dict[str, str] | None = None) 
             "headline": headline, "lower_is_better": [k for k in headline if lower_is_better(k)],
             "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
             "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
-            "owner": (names or key_names(service.store)).get(row["owner"])}
+            "owner": (names or service.store.key_names()).get(row["owner"])}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=list[ModelOut])
 def list_models(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
-    where, args = scope(who)
-    names = key_names(service.store)
-    return [model_out(service, r, names) for r in
-            service.store.rows(f"SELECT * FROM jobs WHERE state = 'succeeded'{where} ORDER BY finished_at", *args)]
+    names = service.store.key_names()
+    return [model_out(service, r, names) for r in service.store.models(owner_scope(who))]
 
 
-@router.get("/v1/models/{model_id}")
+@router.get("/v1/models/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
     return model_out(service, model_row(service.store, model_id, who))
 
 
-@router.get("/v1/models/{model_id}/download", responses=DOWNLOAD)
+@router.get("/v1/models/{model_id}/download", responses=DOWNLOAD, response_class=StreamingResponse)
 def download_model(model_id: str, who: Principal = Depends(auth),
                    service: Service = Depends(current_service)) -> StreamingResponse:
     """The model directory (weights, tokenizer, config, reports) as a streamed .tar.gz."""
@@ -95,7 +101,7 @@ def download_model(model_id: str, who: Principal = Depends(auth),
                              headers={"Content-Disposition": f'attachment; filename="{model_id}.tar.gz"'})
 
 
-@router.post("/v1/models/{model_id}/predict", response_model=PredictResponse, response_model_exclude_none=True)
+@router.post("/v1/models/{model_id}/predict", response_model=PredictOut, response_model_exclude_none=True)
 async def predict(model_id: str, req: PredictRequest, explain: bool = False, who: Principal = Depends(auth),
                   service: Service = Depends(current_service)):
     """Same request and response as `textft serve`'s POST /predict. With `?explain=true` each
@@ -111,20 +117,18 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     if not explain:
         return {"predictions": predictions}
     lengths = await run_in_threadpool(input_lengths, loaded.classifier, items)
-    return JSONResponse({"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]})
+    return {"predictions": [{**p, "input": n} for p, n in zip(predictions, lengths)]}
 
 
-@router.post("/v1/models/{model_id}/push")
+@router.post("/v1/models/{model_id}/push", response_model=PushOut)
 def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
     """Upload the model with a model card to the Hub, with the service's own token (HF_TOKEN)."""
     model_row(service.store, model_id, who)
     token = hub_token()
     if not token:
-        raise HTTPException(503, "the service has no Hugging Face token; its operator sets HF_TOKEN")
+        raise UserError("the service has no Hugging Face token; its operator sets HF_TOKEN", kind="unavailable")
     try:
         url = push_model(service.data.job(model_id) / RUN_DIR, body.repo_id, body.private)
-    except UserError as e:
-        problems = [p.replace(token, "***") for p in e.problems]
-        status = 422 if any("must look like" in p for p in problems) else 502
-        raise HTTPException(status, "; ".join(problems)) from None
+    except UserError as e:  # the token never reaches an answer, whatever a library put in its message
+        raise UserError([Problem(p.replace(token, "***"), p.field, p.kind) for p in e.problems]) from None
     return {"url": url, "repo_id": body.repo_id}

@@ -1,19 +1,17 @@
 """What every route module of the service API shares: the service behind the app, the key of a
-request, what that key may see, its limits, and the one JSON error shape."""
+request, what that key may see and its limits."""
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime, timezone
-from typing import Any
 
-from fastapi import HTTPException, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from textft.service.keys import AuthError, Principal
 from textft.service.core import Service
-from textft.service.store import Store
+from textft.service.textft_api import UserError
 
 
 async def current_service(request: Request) -> Service:
@@ -30,29 +28,24 @@ def auth(request: Request, _: HTTPAuthorizationCredentials | None = Security(BEA
     try:
         return request.app.state.service.verifier.principal(request.headers.get("authorization"))
     except AuthError as e:
-        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        raise UserError(str(e), "authorization", "unauthorized") from None
 
 
-def owned(store: Store, table: str, what: str, item_id: str, who: Principal) -> dict:
+def visible(row: dict | None, who: Principal, what: str, item_id: str) -> dict:
     """The row, if this key may see it; another key's rows are answered 404, as if absent."""
-    row = store.row(f"SELECT * FROM {table} WHERE id = ?", item_id)
     if row is None or not (who.admin or row["owner"] == who.id):
-        raise HTTPException(404, f"no {what} '{item_id}'")
+        raise UserError(f"no {what} '{item_id}'", kind="not_found")
     return row
 
 
-def key_names(store: Store) -> dict[str, str]:
-    return {r["id"]: r["name"] for r in store.rows("SELECT id, name FROM keys")}
-
-
-def scope(who: Principal) -> tuple[str, tuple]:
-    """A WHERE clause suffix and its arguments: the rows this key may see."""
-    return ("", ()) if who.admin else (" AND owner = ?", (who.id,))
+def owner_scope(who: Principal) -> str | None:
+    """The ``owner`` of the rows this key may see: its own id, None (every row) for an admin key."""
+    return None if who.admin else who.id
 
 
 def accepting(service: Service) -> None:
     if not service.accepting:
-        raise HTTPException(503, "the service is stopping; try again once it is back")
+        raise UserError("the service is stopping; try again once it is back", kind="unavailable")
 
 
 def max_queued(service: Service, who: Principal) -> int:
@@ -72,10 +65,3 @@ def iso(ts: float | None) -> str | None:
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(5)}"
 
-
-def error(status: int, message: str, problems: list[tuple[str, str]] | None = None,
-          headers: dict | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
-    if problems:
-        body["problems"] = [{"field": f, "message": m} for f, m in problems]
-    return JSONResponse(body, status_code=status, headers=headers)

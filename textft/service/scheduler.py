@@ -3,12 +3,12 @@
 It is the only writer of job progress. Every half second it looks at each queued or running job:
 
 - a claim (``attempt-N.json``) moves a queued job to running;
-- new lines of the run's ``train_log.jsonl`` become ``log`` events and the job's progress
-  (step of total, epoch, loss, samples/s, ETA, best validation metric); the plan line of the job
-  log (``training: N optimizer steps ...``) gives the total;
+- new records of the run's ``train_log.jsonl`` (``textft.run_events``) become events and the job's
+  progress: the plan (``plan``: step total, metric), training and evaluation (``log``: step, epoch,
+  loss, samples/s, ETA), the loop's best model (``best``) and its stop (``end``);
 - an exit record (``exit-N.json``) ends the attempt: succeeded, cancelled, failed with the
-  one-line reason the CLI printed, or interrupted (killed by a signal, the service stopping),
-  which re-queues the job to resume from its latest checkpoint;
+  ``error`` records the training process wrote, or interrupted (killed by a signal, the service
+  stopping), which re-queues the job to resume from its latest checkpoint;
 - a claim whose executor is gone (the service or a worker was killed) is an orphan: its process
   group is stopped if it still runs, and the job is re-queued the same way.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import threading
@@ -31,9 +30,10 @@ from typing import Callable
 from textft.service.jobs import RUN_DIR
 from textft.service.layout import DataDir, is_local, process_alive, read_json, write_json
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
-from textft.service.store import ACTIVE, Store, add_event, dumps
+from textft.service.store import Store
 from textft.service.supervise import group_alive, stop_group
-from textft.service.textft_api import DEFAULT_TASK, lower_is_better, task_headline
+from textft.service.textft_api import (DEFAULT_TASK, BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record,
+                                      RunSummary, TrainRecord, lower_is_better, run_events, summarize, task_headline)
 
 log = logging.getLogger("textft.service")
 
@@ -45,11 +45,6 @@ MAX_INTERRUPTIONS = 3
 """Times a job may be killed (out of memory, a stray kill, its executor killed) and resumed before it is
 marked failed (textft service --max-retries)."""
 MAX_READ = 1 << 20
-
-PLAN = re.compile(r"training: (\d+) optimizer steps \((\d+) per epoch\), global batch (\d+)(?:, best model by (\w+))?")
-SIGNALLED = re.compile(r"died with <Signals\.(SIG\w+): \d+>|Signal \d+ \((SIG\w+)\) received")
-LAUNCHER_ERRORS = ("subprocess.CalledProcessError", "torch.distributed.elastic.multiprocessing.errors.ChildFailedError")
-EXCEPTION = re.compile(r"^([\w.]+(?:Error|Exception)|KeyboardInterrupt)\b(:.*)?$")
 
 
 def read_new_lines(path: Path, offset: int, limit: int = MAX_READ) -> tuple[list[str], int]:
@@ -69,33 +64,79 @@ def read_new_lines(path: Path, offset: int, limit: int = MAX_READ) -> tuple[list
     return chunk[:end].decode("utf-8", "replace").split("\n"), offset + end + 1
 
 
-def failure_reason(log_path: Path, start: int, rc: int | None) -> tuple[str, bool]:
-    """The one-line reason an attempt failed, and whether it was killed (worth resuming) rather than wrong."""
+def run_summary(log_path: Path, limit: int = MAX_READ) -> RunSummary | None:
+    """The plan, best, end and error records of a run's log (its last ``limit`` bytes: errors come last)."""
     try:
         with open(log_path, "rb") as f:
-            f.seek(max(start, os.fstat(f.fileno()).st_size - 256 * 1024))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
             text = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
-        text = ""
-    lines = [line.rstrip() for line in text.splitlines()]
-    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
-    if errors:
-        return "; ".join(dict.fromkeys(errors)), False
-    killed = SIGNALLED.search(text)
-    name = (killed.group(1) or killed.group(2)) if killed else None
-    if name is None and rc is not None and rc > 128:
+        return RunSummary()
+    try:
+        return summarize(run_events.read(text.splitlines()))
+    except NewerSchema:
+        return None
+
+
+def failure_reason(summary: RunSummary | None, rc: int | None) -> tuple[str, bool]:
+    """The one-line reason an attempt failed, and whether it was killed (worth resuming) rather than wrong.
+
+    The training process records every failure it sees (``error`` records: a problem of the config or
+    the data, an exception, a stop signal, which is resumed like a kill); a process that ended without
+    one was killed by a signal it cannot catch (SIGKILL: out of memory, most likely) or crashed in
+    native code. ``summary`` is None when the log is of a newer schema than this service reads.
+    """
+    if summary is not None and summary.errors:
+        # a stop signal the service did not send (it cancels and shuts down by itself) is an
+        # interruption like a kill: the run resumes from its checkpoint
+        stopped = all(e.kind == "interrupted" for e in summary.errors)
+        return "; ".join(dict.fromkeys(e.message for e in summary.errors)), stopped
+    if rc is not None and rc > 128:
         try:
             name = signal.Signals(rc - 128).name
         except ValueError:
             name = f"signal {rc - 128}"
-    if name is not None:
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"the training process was killed by {name}{hint}", True
-    # The launcher's own error (CalledProcessError, ChildFailedError) only says that training failed.
-    exceptions = [line for line in lines if EXCEPTION.match(line) and not line.startswith(LAUNCHER_ERRORS)]
-    if exceptions:
-        return exceptions[-1][:500], False
-    return f"training exited with status {rc}", False
+        return f"the training process was killed by {name}{' (out of memory?)' if name == 'SIGKILL' else ''}", True
+    if summary is None:
+        return f"training exited with status {rc} (its log is of a newer textft; upgrade the service)", False
+    if rc == 0:
+        return "training exited without writing its model or an error record", False
+    return "the training process was killed by SIGKILL (out of memory?) or crashed before it could record why", True
+
+
+RANK = {TrainRecord: 0, EvalRecord: 1, BestRecord: 2, EndRecord: 3}
+"""Order of the records of one step, for telling a record already reported from a new one."""
+EVENT = {TrainRecord: "log", EvalRecord: "log", BestRecord: "best", EndRecord: "end"}
+"""The event a record becomes (``log``: training and evaluation records, as before the other kinds)."""
+
+
+def follow_record(record: Record, entry: dict, progress: dict, tail: dict) -> list[tuple[str, dict]]:
+    """What one record of the run's log changes in the job's progress, and the events it becomes.
+
+    The plan gives the total and the metric; the loop's own ``best`` records the best model (the one
+    exported), never recomputed here. A resumed attempt rewrites the log from its checkpoint: records
+    up to what was already reported are not reported again, but its best records still set the best.
+    """
+    if isinstance(record, PlanRecord):
+        plan = {k: entry.get(k) for k in ("total_steps", "steps_per_epoch", "global_batch", "metric",
+                                          "lower_is_better", "task", "eval_every_steps")}
+        changed = any(progress.get(k) != v for k, v in plan.items())
+        progress.update(plan)
+        return [("plan", entry)] if changed else []
+    if isinstance(record, BestRecord):
+        progress["best"] = {"metric": record.metric, "value": record.value, "step": record.step,
+                            "epoch": record.epoch, "lower_is_better": record.lower_is_better}
+    if type(record) not in RANK:
+        return []  # error records: the attempt's outcome reads them when it ends
+    key = [record.step, RANK[type(record)]]
+    if tail.get("last") is not None and key <= tail["last"]:
+        return []  # already reported before a resume rewound the log
+    tail["last"] = key
+    if isinstance(record, (TrainRecord, EvalRecord)):
+        progress["step"], progress["epoch"] = record.step, record.epoch
+    if isinstance(record, TrainRecord):
+        progress.update(loss=record.loss, lr=record.lr, samples_per_s=record.samples_per_s)
+    return [(EVENT[type(record)], entry)]
 
 
 def headline_metrics(run: Path) -> dict | None:
@@ -133,11 +174,11 @@ class Monitor:
 
     def recover(self) -> None:
         """On start: drop half-built directories, settle every active job, refill the queue."""
-        known_jobs = {r["id"] for r in self.store.rows("SELECT id FROM jobs")}
+        known_jobs = self.store.job_ids()
         for path in self.data.jobs.iterdir():
             if path.name not in known_jobs:
                 shutil.rmtree(path, ignore_errors=True)
-        known_sets = {r["id"] for r in self.store.rows("SELECT id FROM datasets")}
+        known_sets = self.store.dataset_ids()
         for path in self.data.datasets.iterdir():
             if path.name not in known_sets:
                 shutil.rmtree(path, ignore_errors=True)
@@ -163,7 +204,7 @@ class Monitor:
     def tick(self, startup: bool = False) -> None:
         with self._lock:
             changed = False
-            for job in self.store.rows(f"SELECT * FROM jobs WHERE state IN {ACTIVE} ORDER BY seq"):
+            for job in self.store.active_jobs():
                 changed |= self._advance(job)
             if startup or time.monotonic() - self._last_reconcile > RECONCILE_S:
                 changed |= self._reconcile(immediate=startup and self.queue.broker is None)
@@ -181,15 +222,8 @@ class Monitor:
             return False
         changed = False
         if job["state"] == "queued":
-            with self.store.transaction() as db:
-                started = db.execute("UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?),"
-                                     " worker = ? WHERE id = ? AND state = 'queued'",
-                                     (claim["claimed_at"], f"{claim['host']}:{claim['pid']}", job["id"])).rowcount
-                if started:  # not cancelled meanwhile
-                    add_event(db, job["id"], "state", {"state": "running", "attempt": n,
-                                                       "worker": f"{claim['host']}:{claim['pid']}"})
-            if not started:
-                return False
+            if not self.store.start_job(job["id"], n, claim["claimed_at"], f"{claim['host']}:{claim['pid']}"):
+                return False  # cancelled meanwhile
             job["state"] = "running"
             changed = True
         changed |= self._follow(job, job_dir, claim)
@@ -203,58 +237,32 @@ class Monitor:
         return changed
 
     def _follow(self, job: dict, job_dir: Path, claim: dict) -> bool:
-        """Turn new training-log lines into events and progress; True if anything was recorded."""
+        """Turn new records of the run's log into events and progress; True if anything was recorded."""
         tail = job["tail"] or {}
         if tail.get("attempt") != job["attempt"]:
-            tail = {"attempt": job["attempt"], "offset": 0, "log_offset": claim.get("log_offset", 0),
-                    "last": tail.get("last")}
+            tail = {"attempt": job["attempt"], "offset": 0, "last": tail.get("last")}
         progress = dict(job["progress"] or {})
         events: list[tuple[str, dict]] = []
-        lines, log_offset = read_new_lines(job_dir / "job.log", tail["log_offset"], 256 * 1024)
-        for line in lines:
-            if (m := PLAN.search(line)) and progress.get("total_steps") != int(m.group(1)):
-                plan = {"total_steps": int(m.group(1)), "steps_per_epoch": int(m.group(2)),
-                        "global_batch": int(m.group(3)), **({"metric": m.group(4)} if m.group(4) else {})}
-                progress.update(plan)
-                events.append(("plan", plan))
         lines, offset = read_new_lines(job_dir / RUN_DIR / "train_log.jsonl", tail["offset"])
-        spec = read_json(job_dir / "job.json") or {}
-        # an explicit train.metric_for_best, else the one the run resolved (its plan line names it)
-        metric = spec.get("metric_for_best", "auto")
-        metric = progress.get("metric", "macro_f1") if metric == "auto" else metric
-        for line in lines:
+        for line in lines if not tail.get("newer_schema") else ():
             try:
                 entry = json.loads(line)
-            except ValueError:
+                record = run_events.parse(entry)
+            except ValueError as e:  # not JSON, or NewerSchema: what follows is not ours to read
+                if isinstance(e, NewerSchema):
+                    log.warning("job %s: %s; its progress is not followed", job["id"], e)
+                    tail["newer_schema"] = e.schema
+                    break
                 continue
-            key = [entry.get("step", 0), 1 if "eval" in entry else 0]
-            if tail.get("last") is not None and key <= tail["last"]:
-                continue  # already reported before a resume rewound the log
-            tail["last"] = key
-            events.append(("log", entry))
-            progress["step"], progress["epoch"] = entry.get("step"), entry.get("epoch")
-            if "eval" in entry:
-                value = entry["eval"].get(metric)
-                best = progress.get("best")
-                better = value is not None and (
-                    best is None or (value < best["value"] if lower_is_better(metric) else value > best["value"]))
-                if better:
-                    progress["best"] = {"metric": metric, "value": value, "step": entry.get("step"),
-                                        "lower_is_better": lower_is_better(metric)}
-            else:
-                for k in ("loss", "lr", "samples_per_s"):
-                    if k in entry:
-                        progress[k] = entry[k]
+            if record is not None:
+                events += follow_record(record, entry, progress, tail)
         if progress.get("total_steps") and progress.get("samples_per_s") and progress.get("global_batch"):
             left = max(0, progress["total_steps"] - (progress.get("step") or 0))
             progress["eta_s"] = round(left * progress["global_batch"] / progress["samples_per_s"], 1)
-        tail.update(offset=offset, log_offset=log_offset)
-        if not events and tail == job["tail"]:
+        tail["offset"] = offset
+        if not events and tail == job["tail"] and progress == job["progress"]:
             return False
-        with self.store.transaction() as db:
-            db.execute("UPDATE jobs SET progress = ?, tail = ? WHERE id = ?", (dumps(progress), dumps(tail), job["id"]))
-            for kind, data in events:
-                add_event(db, job["id"], kind, data)
+        self.store.record_progress(job["id"], progress, tail, events)
         job["tail"], job["progress"] = tail, progress
         return bool(events)
 
@@ -302,7 +310,6 @@ class Monitor:
             return self._succeed(job, run)  # exported (the final directory appears whole or not at all)
         if reason == "limit":  # past its memory or time: running it again would end the same way
             return self._end(job, "failed", error=outcome.get("error"))
-        claim = read_json(job_dir / f"attempt-{job['attempt']}.json") or {}
         if reason == "shutdown":  # a graceful stop is no fault of the job's
             return self._requeue(job, "interrupted: the service stopped; it resumes from its latest checkpoint",
                                  count=False)
@@ -311,7 +318,7 @@ class Monitor:
             # otherwise run again at every start.
             why, killed = "its executor stopped (service or worker killed)", True
         else:
-            why, killed = failure_reason(job_dir / "job.log", claim.get("log_offset", 0), rc)
+            why, killed = failure_reason(run_summary(run / "train_log.jsonl"), rc)
         if killed and job["interruptions"] < self.max_retries:
             return self._requeue(job, f"interrupted: {why}; it resumes from its latest checkpoint", count=True)
         if killed:
@@ -325,14 +332,7 @@ class Monitor:
 
     def _end(self, job: dict, state: str, error: str | None = None, metrics: dict | None = None,
              stop_reason: str | None = None) -> None:
-        with self.store.transaction() as db:
-            ended = db.execute(f"UPDATE jobs SET state = ?, finished_at = ?, error = ?, metrics = ?, stop_reason = ?"
-                               f" WHERE id = ? AND state IN {ACTIVE}",
-                               (state, time.time(), error, dumps(metrics) if metrics else None, stop_reason,
-                                job["id"])).rowcount
-            if ended:
-                add_event(db, job["id"], "state", {"state": state, "error": error, "stop_reason": stop_reason,
-                                                   "metrics": metrics})
+        self.store.end_job(job["id"], state, error, metrics, stop_reason)
         log.info("job %s %s%s", job["id"], state, f": {error}" if error else "")
 
     def _requeue(self, job: dict, why: str, count: bool) -> None:
@@ -341,13 +341,7 @@ class Monitor:
         spec = read_json(job_dir / "job.json")
         spec.update(attempt=attempt, resume=True, time_used_s=(spec.get("time_used_s") or 0.0) + self._spent(job))
         write_json(job_dir / "job.json", spec)
-        with self.store.transaction() as db:
-            requeued = db.execute(f"UPDATE jobs SET state = 'queued', attempt = ?, priority = ?,"
-                                  f" interruptions = interruptions + ? WHERE id = ? AND state IN {ACTIVE}",
-                                  (attempt, PRIORITY_RESUMED, int(count), job["id"])).rowcount
-            if requeued:
-                add_event(db, job["id"], "state", {"state": "queued", "attempt": attempt, "reason": why})
-        if not requeued:
+        if not self.store.requeue_job(job["id"], attempt, PRIORITY_RESUMED, count, why):
             return
         self.queue.enqueue(job["id"], attempt, PRIORITY_RESUMED)
         log.info("job %s re-queued (attempt %d): %s", job["id"], attempt, why)
@@ -367,7 +361,7 @@ class Monitor:
     # -- the queue ----------------------------------------------------------------------------
 
     def _reconcile(self, immediate: bool) -> bool:
-        queued = self.store.rows("SELECT id, attempt, priority FROM jobs WHERE state = 'queued' ORDER BY seq")
+        queued = self.store.queued_jobs()
         if not queued:
             self._missing.clear()
             return False

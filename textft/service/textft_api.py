@@ -14,13 +14,18 @@ from textft.presets import presets
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
 from textft.tasks.multi_label import THRESHOLDS_KEY
+from textft import run_events
+from textft.errors import KINDS, Problem
+from textft.run_events import (BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record, RunSummary,
+                               TrainRecord, summarize, to_dict)
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "config_yaml", "load_config", "save_config",
            "presets", "serve_local_docs",
-           "data_formats", "load_splits", "load_classifier", "predict_schemas", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
+           "data_formats", "load_splits", "load_classifier", "predict_schemas", "prediction_schema", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "count_evaluations", "model_positions", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
-           "THRESHOLDS_KEY"]
+           "THRESHOLDS_KEY", "run_events", "KINDS", "Problem", "BestRecord", "EndRecord", "EvalRecord", "NewerSchema",
+           "PlanRecord", "Record", "RunSummary", "TrainRecord", "summarize"]
 
 
 def data_formats() -> tuple[str, ...]:
@@ -53,6 +58,13 @@ def predict_schemas():
     from textft.serving import PredictRequest, PredictResponse
 
     return PredictRequest, PredictResponse
+
+
+def prediction_schema():
+    """The model of one prediction of ``textft serve``'s POST /predict."""
+    from textft.serving import Prediction
+
+    return Prediction
 
 
 def request_items(inputs, max_texts: int, max_chars: int, model_pairs: bool | None) -> list[tuple[str, str | None]]:
@@ -154,11 +166,14 @@ def model_task(config: dict) -> str | None:
         return None
 
 
-def resolve_recipe(cfg: Config, **facts) -> tuple[Config, dict[str, str]]:
+def resolve_recipe(cfg: Config, **facts) -> tuple[Config, dict[str, str], dict]:
+    """The config ``textft train`` would run with these facts, why each auto value was chosen, and the
+    plan record its train_log.jsonl would open with."""
     from textft.recipe import Facts, resolve
 
-    resolved, why, _ = resolve(cfg, Facts(**facts))
-    return resolved, why
+    facts = Facts(**facts)
+    resolved, why, plan = resolve(cfg, facts)
+    return resolved, why, to_dict(plan.record(facts.global_batch, facts.task))
 
 
 def launch_precision(requested: str) -> str:
@@ -171,9 +186,10 @@ def launch_precision(requested: str) -> str:
 
 
 def push_model(model_dir, repo_id: str, private: bool) -> str:
+    """``textft push``: problems name the request field ``repo_id``."""
     from textft.hub import push_to_hub
 
-    return push_to_hub(model_dir, repo_id, private=private)
+    return push_to_hub(model_dir, repo_id, private=private, repo_key="repo_id")
 
 
 def hub_token() -> str | None:

@@ -18,7 +18,7 @@ JSON_ARRAY_BYTES = 50 << 20
 
 def shape_problems(path: str, suffix: str, columns: int, row_bytes: int, cells: int,
                    header_only: bool = False) -> list[tuple[str, str]]:
-    """(field, message) for the first bound the file passes, or []; ``header_only``: the columns and
+    """(field, message, kind) for the first bound the file passes, or []; ``header_only``: the columns and
     the first rows alone (enough to show them)."""
     try:
         if suffix in (".csv", ".tsv"):
@@ -31,7 +31,7 @@ def shape_problems(path: str, suffix: str, columns: int, row_bytes: int, cells: 
             problem = None
     except (OSError, ValueError, csv.Error):
         problem = None  # unreadable: the loader says why, with its own message
-    return [("file", f"'file': {problem}")] if problem else []
+    return [("file", f"'file': {problem}", "invalid")] if problem else []
 
 
 def _too_many_columns(n: int, columns: int, at_least: bool = False) -> str:

@@ -28,7 +28,7 @@ def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] 
                         " service (shared with this machine, e.g. over NFS)")
     try:
         queue = JobQueue(data, broker)
-        queue.huey.storage.conn.ping()
+        queue.ping()
     except ValueError as e:
         raise UserError(str(e)) from None
     except Exception as e:  # redis raises connection, auth and URL errors alike
@@ -46,7 +46,7 @@ def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    consumer = start_consumer(queue.huey, runtime)
+    consumer = start_consumer(queue, runtime)
     where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     print(f"textft worker: {slots} executor(s) on {where}, queue {public_url(broker)}, data {data.root}", flush=True)
     while not stop.wait(1.0):
