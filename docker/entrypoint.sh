@@ -2,7 +2,8 @@
 # The images' entry point. The first word picks what runs; the rest are that command's options.
 #
 #   service [...]       textft service on 0.0.0.0:$TEXTFT_PORT (data in $TEXTFT_DATA_DIR, i.e. /data)
-#   keys create|list|revoke [...]   textft service keys ... (docker compose run --rm service keys create --name alice)
+#   keys create|list|revoke|webhook-secret [...]   textft service keys ... (docker compose run --rm service keys create --name alice)
+#   backup --to FILE | restore --from FILE   textft service backup|restore of $TEXTFT_DATA_DIR
 #   worker [...]        textft worker (the service's queue: --broker or $TEXTFT_BROKER)
 #   serve --model DIR   textft serve on 0.0.0.0:$TEXTFT_PORT
 #   train [...]         textft train through accelerate launch (every visible GPU)
@@ -23,6 +24,7 @@ port=${TEXTFT_PORT:-8080}
 case "$role" in
     service) exec textft service --host 0.0.0.0 --port "$port" "$@" ;;
     keys) exec textft service keys "$@" ;;
+    backup|restore) exec textft service "$role" "$@" ;;
     worker) exec textft worker "$@" ;;
     serve) exec textft serve --host 0.0.0.0 --port "$port" "$@" ;;
     train) exec accelerate launch -m textft.train "$@" ;;

@@ -2,7 +2,8 @@
 
 Training stays what ``textft train`` does; the service only schedules it. Modules:
 
-- store: the SQLite database (keys, datasets, jobs, events), one transaction per state change
+- store (a package): the SQLite database (keys, datasets, jobs, events, webhook deliveries), one transaction per
+  state change, and every SQL statement of the service
 - keys: API keys (salted scrypt hashes) and their verification
 - datasets: streamed uploads under a size limit, checked like ``textft train`` checks its data
 - upload_bounds: an upload's columns, row width and cells, bounded before a loader reads it
@@ -15,7 +16,11 @@ Training stays what ``textft train`` does; the service only schedules it. Module
 - scheduler: the monitor that turns executors' files and training logs into states and events
 - models: prediction LRU, model tarballs
 - core: the running service (its options and parts), which routes reach through ``app.state``
-- routes_*: the FastAPI routes, one module per resource; app: the app around them
+- routes_*: the FastAPI routes, one module per resource (routes_ops: metrics, deliveries, webhook
+  secrets); app: the app around them
 - server: the service process; worker: ``textft worker``
+- webhooks: signed deliveries of job state changes (address checks, retries, the dispatcher thread)
+- metrics: ``/metrics`` (Prometheus); beacons: heartbeats of the processes that run jobs
+- estimates: a job's expected time from the jobs already run; backup, backup_cli: backup and restore
 - textft_api: every name taken from the rest of textft
 """

@@ -20,8 +20,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textft.service import routes_datasets, routes_jobs, routes_models, routes_service
+from textft.service import routes_datasets, routes_jobs, routes_models, routes_ops, routes_service
 from textft.service.core import Service
+from textft.service.metrics import RequestMetrics
 from textft.service.problems import error_response, problem_of_status, refusal
 from textft.service.textft_api import Problem, UserError, serve_local_docs
 from textft.service.web import mount_page
@@ -96,10 +97,11 @@ def create_app(service: Service) -> FastAPI:
                   description="Fine-tuning jobs over HTTP: upload datasets, start jobs from preset configs,"
                               " follow them live, download, query and push the resulting models.")
     app.state.service = service
-    for routes in (routes_service, routes_datasets, routes_jobs, routes_models):
+    for routes in (routes_service, routes_datasets, routes_jobs, routes_models, routes_ops):
         app.include_router(routes.router)
     mount_page(app)
     serve_local_docs(app)
     opts = service.opts
     app.add_middleware(JsonBodyLimit, max_bytes=max(JSON_BODY_LIMIT, 6 * opts.max_texts * opts.max_chars + 65_536))
+    app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: it also counts what the limit refuses
     return app

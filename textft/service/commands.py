@@ -10,7 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from textft.service.env_options import EnvParser, label
+from textft.service.env_options import EnvParser, label, yes_no
 from textft.service.textft_api import UserError
 
 ENV_DATA_DIR = "TEXTFT_DATA_DIR"
@@ -65,6 +65,18 @@ def _limit_options(parser: EnvParser) -> None:
                   help="times a killed job (its executor or process killed) runs again before it fails (default 3)")
 
 
+def _ops_options(parser: EnvParser) -> None:
+    parser.option("--metrics-port", type=int, help="serve GET /metrics without a key on this port too (the API"
+                                                    " port's /metrics needs an admin key)")
+    parser.option("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default loopback: bind"
+                                                               " it only where Prometheus, not users, reaches)")
+    parser.option("--allow-private-webhooks", type=yes_no, nargs="?", const=True, default=False, metavar="yes|no",
+                  help="let jobs send webhooks to loopback and private addresses (default: public addresses only)")
+    parser.option("--webhook-timeout", type=float, default=10.0, help="seconds a webhook receiver gets to answer")
+    parser.option("--webhook-attempts", type=int, default=8,
+                  help="attempts of a webhook delivery (waits double from 1 s between them) before it is given up")
+
+
 def _limits_of(args) -> dict:
     """The limits given on the command line or in the environment, in Limits' units (bytes, seconds)."""
     out = {}
@@ -79,7 +91,9 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
     problems = []
     if not 0 <= args.port <= 65535:
         problems.append(f"{label('port', sources)} must be in 0..65535, got {args.port}")
-    for name in ("max_upload_mb", "max_loaded_models", "predict_threads"):
+    if args.metrics_port is not None and not 0 < args.metrics_port <= 65535:
+        problems.append(f"{label('metrics_port', sources)} must be in 1..65535, got {args.metrics_port}")
+    for name in ("max_upload_mb", "max_loaded_models", "predict_threads", "webhook_timeout", "webhook_attempts"):
         if getattr(args, name) <= 0:
             problems.append(f"{label(name, sources)} must be > 0, got {getattr(args, name)}")
     for dest in [flag[2:].replace("-", "_") for flag, *_ in LIMIT_ARGS] + ["check_workers", "check_seconds",
@@ -101,6 +115,10 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
 def service_main(argv: list[str]) -> int:
     if argv and argv[0] == "keys":
         return keys_main(argv[1:])
+    if argv and argv[0] in ("backup", "restore"):
+        from textft.service.backup_cli import backup_main, restore_main
+
+        return (backup_main if argv[0] == "backup" else restore_main)(argv[1:])
     parser = EnvParser(
         prog="textft service", description="Fine-tuning as a service: an HTTP API (/v1, OpenAPI at /openapi.json)"
         " with API keys, a persistent job queue and executors. Keys: textft service keys --help.")
@@ -130,10 +148,12 @@ def service_main(argv: list[str]) -> int:
     parser.option("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                   help="how much the service logs")
     _limit_options(parser)
+    _ops_options(parser)
     args, _ = parser.parse(argv, _service_problems)
     data_dir = Path(args.data_dir)
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
 
@@ -143,6 +163,7 @@ def service_main(argv: list[str]) -> int:
             from None
     from textft.service.core import Options
     from textft.service.server import serve
+    from textft.service.webhooks import WebhookSettings
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -156,7 +177,9 @@ def service_main(argv: list[str]) -> int:
                    gpus=_gpus(args.gpus), log_level=args.log_level, limits=_limits_of(args),
                    check_workers=args.check_workers, check_seconds=args.check_seconds,
                    check_memory_bytes=None if args.check_memory_gb is None else int(args.check_memory_gb * 1e9),
-                   max_retries=args.max_retries)
+                   max_retries=args.max_retries, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                   webhooks=WebhookSettings(allow_private=args.allow_private_webhooks, timeout_s=args.webhook_timeout,
+                                            max_attempts=args.webhook_attempts))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: use TLS (a reverse proxy) so that keys do not cross the"
               " network in clear", file=sys.stderr)
@@ -185,12 +208,16 @@ def keys_main(argv: list[str]) -> int:
     listing = sub.add_parser("list", help="list keys (never their secrets)")
     _data_dir(listing)
     listing.add_argument("--json", action="store_true")
+    secret = sub.add_parser("webhook-secret", help="give a key a new webhook secret and print it (the only time it"
+                                                   " is shown); the old one stops signing at once")
+    _data_dir(secret)
+    secret.add_argument("key", help="key id or name")
     revoke = sub.add_parser("revoke", help="revoke a key at once (by id or name)")
     _data_dir(revoke)
     revoke.add_argument("key", help="key id or name")
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
-    from textft.service.keys import LIMIT_FLAGS, create_key, list_keys, revoke_key
+    from textft.service.keys import LIMIT_FLAGS, create_key, list_keys, revoke_key, rotate_webhook_secret
     from textft.service.layout import DataDir
     from textft.service.store import Store
 
@@ -204,6 +231,8 @@ def keys_main(argv: list[str]) -> int:
         print(key)
         print(f"created {'admin ' if record['admin'] else ''}key '{record['name']}' (id {record['id']});"
               " it is shown only this once", file=sys.stderr)
+        print(f"webhook secret (signs this key's webhooks; shown only this once): {record['webhook_secret']}",
+              file=sys.stderr)
     elif args.action == "list":
         keys = list_keys(store)
         if args.json:
@@ -215,6 +244,11 @@ def keys_main(argv: list[str]) -> int:
                                    if k[limit] is not None) or "service defaults"
                 print(f"{k['id']:<14}{k['name']:<20}{'yes' if k['admin'] else 'no':<7}{_when(k['created_at']):<18}"
                       f"{_when(k['revoked_at']):<18}{limits}")
+    elif args.action == "webhook-secret":
+        record, secret = rotate_webhook_secret(store, args.key)
+        print(secret)
+        print(f"new webhook secret of key '{record['name']}' (id {record['id']}); it is shown only this once",
+              file=sys.stderr)
     else:
         record = revoke_key(store, args.key)
         print(f"revoked key '{record['name']}' (id {record['id']})")

@@ -18,17 +18,20 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from textft.service.containment import Cgroups
+from textft.service.beacons import Beacon
 from textft.service.checks import Checker
+from textft.service.containment import Cgroups
 from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
 from textft.service.layout import DataDir
 from textft.service.limits import Storage, default_limits, machine_memory
+from textft.service.metrics import Metrics
 from textft.service.models import ModelCache
 from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
                                   stop_consumer)
 from textft.service.scheduler import Monitor
 from textft.service.store import Store
+from textft.service.webhooks import Dispatcher, WebhookSettings
 
 log = logging.getLogger("textft.service")
 
@@ -65,6 +68,10 @@ class Options:
     """Time of one upload check."""
     max_retries: int = 3
     """Times a killed job (its executor or its process killed) runs again before it fails."""
+    metrics_port: int | None = None
+    """Serve /metrics without a key on this port too (bound to metrics_host)."""
+    metrics_host: str = "127.0.0.1"
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     extra: dict = field(default_factory=dict)
 
 
@@ -116,6 +123,9 @@ class Service:
         self.cgroups = Cgroups.take()
         self.runtime = Runtime(self.data, Devices(gpus), slots, grace_s=opts.grace_s,
                                job_memory_bytes=self.limits.job_memory_bytes, cgroups=self.cgroups)
+        self.metrics = Metrics(self)
+        self.webhooks = Dispatcher(self.store, opts.webhooks)
+        self.beacon: Beacon | None = None
         self.checker: Checker | None = None
         self.consumer = None
         self.accepting = True
@@ -129,6 +139,12 @@ class Service:
         self.checker.warm_up()
         self.consumer = start_consumer(self.queue, self.runtime)
         self.monitor.start()
+        self.webhooks.start()
+        if self.runtime.slots:
+            self.beacon = Beacon(self.data, "service", self.runtime.slots, self.runtime.devices.gpus,
+                                 lambda: len(self.runtime.running)).start()
+        if self.opts.metrics_port:
+            self.metrics.serve(self.opts.metrics_host, self.opts.metrics_port)
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
                  public_url(self.opts.broker) or self.data.queue_db, self.runtime.slots, where)
@@ -153,6 +169,10 @@ class Service:
         if self._stopper is not None:
             self._stopper.join()
         self.monitor.stop()
+        self.webhooks.stop()  # after the monitor: the deliveries of its last changes are in the store
+        self.metrics.close()
+        if self.beacon is not None:
+            self.beacon.stop()
         if self.checker is not None:
             self.checker.close()
         self.store.close()

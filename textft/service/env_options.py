@@ -15,7 +15,18 @@ from typing import Any, Callable
 from textft.service.textft_api import UserError, closest
 
 PREFIX = "TEXTFT_"
-KINDS = {int: "a whole number", float: "a number"}
+
+
+def yes_no(value: str) -> bool:
+    """An on/off option's value: 1/true/yes/on or 0/false/no/off."""
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+KINDS = {int: "a whole number", float: "a number", yes_no: "yes or no (1/true/on, 0/false/off)"}
 
 
 def variable(flag: str) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from textft.service.store import Store
 from textft.service.textft_api import UserError, closest
+from textft.service.webhooks import new_secret
 
 PREFIX = "tft_"
 ID_HEX = 12
@@ -78,13 +79,16 @@ def create_key(store: Store, name: str, admin: bool = False, **limits) -> tuple[
                             {limit: limits.get(limit) for limit in LIMITS}):
         raise UserError(f"'--name': a key named '{name}' already exists; revoke it or choose another name", "--name",
                         "conflict")
-    return f"{PREFIX}{key_id}_{secret}", describe(store.key(key_id))
+    webhook_secret = new_secret()
+    store.set_webhook_secret(key_id, webhook_secret)
+    return f"{PREFIX}{key_id}_{secret}", {**describe(store.key(key_id)), "webhook_secret": webhook_secret}
 
 
 def describe(row: dict) -> dict:
     """A key's record without its salt and hash."""
     return {"id": row["id"], "name": row["name"], "admin": bool(row["admin"]),
-            **{limit: row[limit] for limit in LIMITS}, "created_at": row["created_at"], "revoked_at": row["revoked_at"]}
+            **{limit: row[limit] for limit in LIMITS}, "created_at": row["created_at"], "revoked_at": row["revoked_at"],
+            "has_webhook_secret": bool(row.get("webhook_secret"))}
 
 
 def list_keys(store: Store) -> list[dict]:
@@ -97,6 +101,19 @@ def revoke_key(store: Store, id_or_name: str) -> dict:
         names = list(store.key_names().values())
         raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}", kind="not_found")
     return describe(row)
+
+
+def rotate_webhook_secret(store: Store, id_or_name: str) -> tuple[dict, str]:
+    """A new webhook secret for a key (the old one no longer signs): its record and the secret."""
+    row = store.key_by_id_or_name(id_or_name)
+    if row is None:
+        names = list(store.key_names().values())
+        raise UserError(f"no key with id or name '{id_or_name}'{closest(id_or_name, names)}", kind="not_found")
+    if row["revoked_at"] is not None:
+        raise UserError(f"key '{row['name']}' is revoked; create a new key instead", kind="conflict")
+    secret = new_secret()
+    store.set_webhook_secret(row["id"], secret)
+    return describe(row), secret
 
 
 class Verifier:

@@ -15,6 +15,7 @@ DATA_DIR/
   jobs/ID/cancel            present once a cancel was requested
   jobs/ID/run/              output.dir of the training: checkpoints, then the model and reports
   cache/                    the datasets library's cache, shared by uploads checks and jobs
+  workers/HOST-PID.json     heartbeat of each process that runs jobs (service executors, textft worker)
 ```
 Paths inside job.yaml are relative to the job's directory (the training runs there), so a worker
 on another machine may mount the data directory anywhere.

@@ -156,6 +156,8 @@ class Runtime:
     cgroups: Cgroups | None = None
     """Where job cgroups go, when the service manages cgroup v2 (else rlimits and a watchdog)."""
     stopping: threading.Event = field(default_factory=threading.Event)
+    running: set = field(default_factory=set)
+    """Ids of the jobs this process runs now (its heartbeat reports how many)."""
 
 
 RUNTIME: Runtime | None = None
@@ -264,11 +266,13 @@ def run_job(job_id: str, attempt: int) -> None:
             outcome["reason"] = "cancelled" if cancel.exists() else "shutdown"
             return
         gpus = taken
+        rt.running.add(job_id)
         outcome.update(_supervise(rt, job_dir, spec, attempt, gpus, heartbeat))
     except Exception as e:
         outcome.update(reason="error", error=f"the executor could not run the job: {e}")
         raise
     finally:
+        rt.running.discard(job_id)
         rt.devices.release(gpus)
         write_json(job_dir / f"exit-{attempt}.json", {**outcome, "finished_at": time.time()})
         _wait_until_settled(rt, job_dir, attempt)

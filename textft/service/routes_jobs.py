@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from textft.service.estimates import recipe_estimate
 from textft.service.jobs import RUN_DIR, JobRequest, check_request, split_sizes, write_job_dir
 from textft.service.keys import Principal
 from textft.service.limits import storage_message
@@ -22,6 +23,7 @@ from textft.service.scheduler import read_new_lines
 from textft.service.core import Service
 from textft.service.schemas import JobBody, JobOut, RecipeOut
 from textft.service.store import ACTIVE, FINISHED
+from textft.service.webhooks import url_problem
 from textft.service.textft_api import (DEFAULT_TASK, Problem, UserError, closest, recipe_facts, resolve_recipe,
                                       task_default_metric, task_one_class_per_text, task_outputs)
 
@@ -46,7 +48,9 @@ def job_out(service: Service, row: dict, names: dict[str, str] | None = None) ->
     out.update(created_at=iso(row["created_at"]), started_at=iso(row["started_at"]),
                finished_at=iso(row["finished_at"]), cancel_requested=bool(row["cancel_requested"]),
                progress=row["progress"], metrics=row["metrics"],
-               owner=(names or service.store.key_names()).get(row["owner"]))
+               owner=(names or service.store.key_names()).get(row["owner"]), webhook_url=row.get("webhook_url"))
+    if row.get("webhook_url"):
+        out["webhook_deliveries"] = service.store.delivery_counts(row["id"])
     if row["state"] == "queued":
         out["queue_position"] = service.store.queue_position(row)
     return out
@@ -72,7 +76,13 @@ def create_job(body: JobBody, who: Principal = Depends(auth), service: Service =
     """Queue a fine-tuning job: `textft train` with the preset, the overrides and the uploaded data."""
     accepting(service)
     store = service.store
-    req, cfg, launch, _ = job_request(service, body, who)
+    hook = webhook_problems(service, body, who)
+    try:
+        req, cfg, launch, _ = job_request(service, body, who)
+    except UserError as e:  # every problem at once
+        raise UserError(e.problems + hook) from None
+    if hook:
+        raise UserError(hook)
     limits = service.limits.for_key(who)
     if limits.max_storage_bytes is not None and (used := service.storage.used(who.id)) >= limits.max_storage_bytes:
         raise UserError(storage_message(used, limits.max_storage_bytes), None, "storage")
@@ -89,9 +99,22 @@ def create_job(body: JobBody, who: Principal = Depends(auth), service: Service =
     except BaseException:
         shutil.rmtree(service.data.job(job_id), ignore_errors=True)
         raise
+    if body.webhook_url:
+        store.set_webhook(job_id, body.webhook_url)
     service.queue.enqueue(job_id, 1)
     service.notifier.notify()
     return job_out(service, store.job(job_id))
+
+
+def webhook_problems(service: Service, body: JobBody, who: Principal) -> list[Problem]:
+    """What is wrong with a job's webhook: a URL the service will not send to, or a key that cannot sign."""
+    if body.webhook_url is None:
+        return []
+    problem = url_problem(body.webhook_url, service.opts.webhooks.allow_private)
+    if problem is None and not (service.store.key(who.id) or {}).get("webhook_secret"):
+        problem = ("'webhook_url': this key has no webhook secret to sign with; get one with POST"
+                   " /v1/me/webhook-secret (or textft service keys webhook-secret NAME)")
+    return [Problem(problem, "webhook_url")] if problem else []
 
 
 @router.get("/v1/jobs", response_model=list[JobOut])
@@ -201,10 +224,10 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     # the task the run will train: the one the job names, else what the loader found in the upload
     task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train, who.id)
     # the model, the plan and the answer off the event loop: building them takes a while
-    return await run_in_threadpool(recipe_answer, req, cfg, launch, records, task)
+    return await run_in_threadpool(recipe_answer, service, req, cfg, launch, records, task)
 
 
-def recipe_answer(req: JobRequest, cfg, launch: dict, records: dict, task: str) -> dict:
+def recipe_answer(service: Service, req: JobRequest, cfg, launch: dict, records: dict, task: str) -> dict:
     train = records[req.dataset]
     labels = task_outputs(task, list(train["labels"]))
     n_train, n_val = split_sizes(cfg, train, records.get(req.validation_dataset) if req.validation_dataset else None)
@@ -227,7 +250,8 @@ def recipe_answer(req: JobRequest, cfg, launch: dict, records: dict, task: str) 
         raise UserError([Problem(p, where, p.kind) for p in e.problems]) from None
     auto = {key: {"value": resolved.to_dict()[key.split(".", 1)[0]][key.split(".", 1)[1]], "reason": reason}
             for key, reason in why.items()}
-    return {"config": req.config, "auto": auto, "facts": facts, "plan": plan,
+    estimate = recipe_estimate(service, resolved, plan["total_steps"], plan.get("global_batch") or global_batch)
+    return {"config": req.config, "auto": auto, "facts": facts, "plan": plan, "estimate": estimate,
             "settings": {f"{section}.{k}": v for section, values in resolved.to_dict().items()
                          for k, v in values.items() if f"{section}.{k}" not in HIDDEN}}
 

@@ -114,6 +114,7 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     check_answer_options(loaded.classifier, req.top_k, req.return_all_scores)
     logits = await batched_logits(loaded.batcher, items)
     predictions = loaded.classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)
+    service.metrics.predicted(len(items))
     if not explain:
         return {"predictions": predictions}
     lengths = await run_in_threadpool(input_lengths, loaded.classifier, items)

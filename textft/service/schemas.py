@@ -117,6 +117,8 @@ class JobBody(BaseModel):
                                             description='section.key settings, e.g. {"train.lr": 3e-5}')
     accelerate_config: StrictStr | None = Field(None, description="launch config (GET /v1/accelerate-configs)")
     num_processes: StrictInt | None = Field(None, description="processes (GPUs) for an accelerate_config")
+    webhook_url: StrictStr | None = Field(None, description="POST every state change of the job here, signed with"
+                                          " the key's webhook secret (header X-Textft-Signature-256)")
 
 
 class BestOut(Sparse):
@@ -187,6 +189,9 @@ class JobOut(Sparse):
     metrics: JobMetricsOut | None
     owner: str | None
     queue_position: int | None = Field(None, description="1 for the next job to start (queued jobs only)")
+    webhook_url: str | None = Field(None, description="where the job's state changes are POSTed")
+    webhook_deliveries: dict[str, int] | None = Field(None, description="its webhook deliveries by state: pending,"
+                                                      " delivered, failed (GET /v1/jobs/{id}/deliveries)")
 
 
 class AutoSetting(Answer):
@@ -210,6 +215,18 @@ class RecipeFactsOut(Answer):
                                                                 " one class per text), which decides the transfer")
 
 
+class EstimateOut(Answer):
+    seconds: float | None = Field(description="expected time from the job's start to its model on this service;"
+                                              " None until a job with this backbone has run here")
+    training_s: float | None = None
+    overhead_s: float | None = Field(None, description="start, tokenization, final evaluation and export")
+    samples_per_s: float | None = None
+    method: str = Field(description="measured (same backbone and max_length), scaled (same backbone, another"
+                                    " max_length) or none")
+    jobs: list[str] = Field(description="the earlier jobs it comes from")
+    how: str = Field(description="how it was estimated, in words")
+
+
 class RecipeOut(Answer):
     config: str
     auto: dict[str, AutoSetting] = Field(description="each setting the recipe chose, with its value and reason")
@@ -217,6 +234,7 @@ class RecipeOut(Answer):
     plan: dict[str, Any] = Field(description="the plan record the run will open its train_log.jsonl with"
                                              " (total_steps, steps_per_epoch, global_batch, metric, ...)")
     settings: dict[str, Any] = Field(description="every section.key setting the job would run with")
+    estimate: EstimateOut = Field(description="the expected training time on this service, and how it was estimated")
 
 
 # --- models -----------------------------------------------------------------------------------

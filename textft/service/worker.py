@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 
+from textft.service.beacons import Beacon
 from textft.service.containment import Cgroups
 from textft.service.layout import DataDir
 from textft.service.limits import machine_memory
@@ -47,10 +48,12 @@ def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     consumer = start_consumer(queue, runtime)
+    beacon = Beacon(data, "worker", slots, gpus, lambda: len(runtime.running)).start()
     where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     print(f"textft worker: {slots} executor(s) on {where}, queue {public_url(broker)}, data {data.root}", flush=True)
     while not stop.wait(1.0):
         pass
     print("textft worker: stopping; running jobs stop after their current step and go back to the queue", flush=True)
     stop_consumer(consumer, runtime, grace_s + 15)
+    beacon.stop()
     return 0

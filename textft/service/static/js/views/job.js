@@ -8,6 +8,7 @@ import { onLeave } from "../lifecycle.js";
 import { bestText, metricsTable } from "../metrics.js";
 import { badge, progressBar } from "../widgets.js";
 import { Curves } from "./job-curves.js";
+import { Deliveries } from "./job-webhooks.js";
 
 function metaText(job) {
   const parts = [`preset ${job.config}`, `data ${datasetName(job.dataset)}`];
@@ -43,7 +44,9 @@ class JobPage {
     this.reportShown = false;
     this.logTimer = this.refreshTimer = null;
     this.drawPending = false;
-    onLeave(() => { clearTimeout(this.logTimer); clearTimeout(this.refreshTimer); });
+    this.deliveries = new Deliveries(main, this.path, abort.signal);
+    this.deliveriesFor = null;  // the state whose deliveries were last fetched
+    onLeave(() => { clearTimeout(this.logTimer); clearTimeout(this.refreshTimer); this.deliveries.stop(); });
   }
 
   get active() { return ACTIVE.includes(this.job.state); }
@@ -68,6 +71,7 @@ class JobPage {
     const m = job.metrics;
     $("#job-metrics", main).replaceChildren(m && m.splits ? metricsTable(m.splits, m.headline, m.lower_is_better, m.task) : "");
     this.renderActions();
+    if (this.deliveriesFor !== job.state) { this.deliveriesFor = job.state; this.deliveries.refresh(job); }
     if (!this.active && !this.reportShown && job.state !== "queued") this.showReport();
   }
 

@@ -2,11 +2,12 @@
 // the form changes; the job started with exactly the settings shown.
 import { ApiError, api, loadDatasets, problem } from "../api.js";
 import { $, el, toast } from "../dom.js";
+import { fmt } from "../format.js";
 import { clearProblems, showProblems } from "../forms.js";
 import { onLeave } from "../lifecycle.js";
 import { parseExtra, renderRecipe, typedValue } from "./recipe.js";
 
-const OPTIONAL = ["validation_dataset", "test_dataset", "accelerate_config"];
+const OPTIONAL = ["validation_dataset", "test_dataset", "accelerate_config", "webhook_url"];
 
 function fillChoices(main, datasets, presets, launches) {
   const dsOptions = (blank) => [el("option", { value: "", text: blank }),
@@ -81,7 +82,7 @@ class JobForm {
   async refreshRecipe() {
     const { body, extraProblems } = this.request();
     const status = this.field("recipe-status");
-    if (!body.dataset) { this.field("recipe").replaceChildren(); this.field("plan").textContent = ""; return; }
+    if (!body.dataset) { this.field("recipe").replaceChildren(); this.field("plan").textContent = ""; this.field("estimate").hidden = true; return; }
     if (extraProblems.length) { this.extraProblems(extraProblems); return; }
     const call = ++this.recipeCall;
     status.textContent = "Asking the service for its recipe…";
@@ -92,7 +93,12 @@ class JobForm {
       Object.assign(this.recipeValues, renderRecipe(this.field("recipe"), r, { edited: this.edited, overrides: body.overrides,
         onEdit: (key) => { this.edited.add(key); this.schedule(); } }));
       status.textContent = "Values textft chose for this data and backbone, with why. Change any of them to override it.";
-      this.field("plan").textContent = `${r.plan.total_steps} steps, ${r.plan.steps_per_epoch} per epoch · ${r.facts.n_train} training and ${r.facts.n_validation} validation examples`;
+      const e = r.estimate;
+      const time = e.seconds === null ? "" : ` · about ${fmt.duration(e.seconds)} on this service`;
+      this.field("plan").textContent = `${r.plan.total_steps} steps, ${r.plan.steps_per_epoch} per epoch · ${r.facts.n_train} training and ${r.facts.n_validation} validation examples${time}`;
+      this.field("estimate").hidden = false;
+      this.field("estimate").textContent = e.seconds === null ? `No time estimate: ${e.how}`
+        : `Expected time: about ${fmt.duration(e.seconds)} once it starts, ${e.how.replace(/^from/, "estimated from")}`;
     } catch (e) {
       if (call !== this.recipeCall) return;
       status.textContent = "The service refused these settings:";
