@@ -11,12 +11,12 @@ from textft.service.store.connection import Database, database_contents, snapsho
 from textft.service.store.jobs import JobRows
 from textft.service.store.keys import KeyRows
 from textft.service.store.outbox import Outbox, add_event, queue_delivery
-from textft.service.store.schema import (ACTIVE, FINISHED, HISTORY, JSON_COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION,
-                                         STATES, decode, dumps)
+from textft.service.store.schema import (ACTIVE, DELIVERIES_INDEX, DELIVERIES_TABLE, FINISHED, HISTORY, JSON_COLUMNS,
+                                         MIGRATIONS, OWNED, SCHEMA, SCHEMA_VERSION, STATES, decode, dumps)
 
-__all__ = ["ACTIVE", "FINISHED", "HISTORY", "JSON_COLUMNS", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "STATES",
-           "Database", "Store", "add_event", "database_contents", "decode", "dumps", "queue_delivery",
-           "snapshot_database"]
+__all__ = ["ACTIVE", "DELIVERIES_INDEX", "DELIVERIES_TABLE", "FINISHED", "HISTORY", "JSON_COLUMNS", "MIGRATIONS", "OWNED",
+           "SCHEMA", "SCHEMA_VERSION", "STATES", "Database", "Store", "add_event", "database_contents", "decode",
+           "dumps", "queue_delivery", "snapshot_database"]
 
 
 class Store(KeyRows, JobRows, Outbox):
