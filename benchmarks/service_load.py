@@ -156,7 +156,9 @@ def main() -> int:
         args.config, predict_steps = "banking77-minilm", 10
     common = {"train.logging_steps": LOG_STEPS}
     work = Path(tempfile.mkdtemp(prefix="textft-service-load-"))
-    svc = ServiceProcess(work / "data", ["--workers", "1", "--save-every-steps", str(args.save_every_steps)]).start()
+    # every simulated client connects from 127.0.0.1: the per-address connection cap would count them as one
+    svc = ServiceProcess(work / "data", ["--workers", "1", "--save-every-steps", str(args.save_every_steps),
+                                         "--max-connections-per-client", "0"]).start()
     refs, quiet, loaded, requests = [], [], [], []
     try:
         key = create_key(work / "data", "bench")

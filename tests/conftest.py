@@ -163,3 +163,23 @@ def textft_log_to_this_tests_stderr():
         if isinstance(handler, logging.StreamHandler):
             handler.stream = sys.stderr  # not setStream(): it flushes the old, possibly closed, stream
     yield
+
+
+# The fast tier (``python -m pytest -m "not slow"``, <= 90 s on 2 cores) is opt-in: the modules below
+# hold unit-sized tests, and test_modules_import reaches every module of the package; a test in them
+# that trains, starts a server or waits on a subprocess carries ``@pytest.mark.slow`` itself. Every
+# other module (services, browsers, the wheel, training runs, benchmarks) is slow as a whole, so a new
+# test module joins the full suite without slowing the tier anyone runs on every change.
+FAST_MODULES = {
+    "test_architecture.py", "test_bad_input.py", "test_compare.py", "test_config.py", "test_data.py",
+    "test_deploy.py", "test_few_shot.py", "test_hf_stack.py", "test_inference.py", "test_loop.py",
+    "test_modeling.py", "test_modules_import.py", "test_packing.py", "test_predict_cli.py", "test_presets.py",
+    "test_recipe.py", "test_report_escaping.py", "test_run_events.py", "test_service_units.py",
+    "test_tasks.py", "test_tokenization.py", "test_web_api.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in FAST_MODULES:
+            item.add_marker(pytest.mark.slow)

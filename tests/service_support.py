@@ -75,12 +75,12 @@ class ServiceProcess:
     """``textft service --data-dir DIR`` on a free loopback port."""
 
     def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None, command: list[str] | None = None,
-                 cwd: Path | None = None, memory_cap: int | None = None):
+                 cwd: Path | None = None, memory_cap: int | None = None, umask: int | None = None):
         """``memory_cap``: bytes of address space the service and everything it starts may map (a
         hostile probe that gets past its bound then kills the service, not the machine)."""
         self.data_dir, self.args, self.env = Path(data_dir), list(args), env or {}
         self.command = command or [sys.executable, "-m", "textft"]  # or another installation's textft script
-        self.cwd = cwd
+        self.cwd, self.umask = cwd, umask
         self.memory_cap = memory_cap
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -93,7 +93,7 @@ class ServiceProcess:
             self.proc = subprocess.Popen(
                 [*self.command, "service", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],
                 stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env}, cwd=self.cwd,
-                preexec_fn=None if self.memory_cap is None else self._cap)
+                preexec_fn=None if self.memory_cap is None and self.umask is None else self._before_exec)
 
         def up():
             assert self.proc.poll() is None, f"the service exited:\n{self.tail()}"
@@ -105,10 +105,13 @@ class ServiceProcess:
         wait_for(up, timeout, f"the service to start:\n{self.tail()}")
         return self
 
-    def _cap(self) -> None:
-        import resource
+    def _before_exec(self) -> None:
+        if self.memory_cap is not None:
+            import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory_cap, self.memory_cap))
+            resource.setrlimit(resource.RLIMIT_AS, (self.memory_cap, self.memory_cap))
+        if self.umask is not None:
+            os.umask(self.umask)
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text()[-n:] if self.log.exists() else ""

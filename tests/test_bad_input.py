@@ -251,6 +251,7 @@ def test_bad_input_is_one_clear_error(case, tiny_args, tmp_path, capsys):
         assert not (tmp_path / "run").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config", "tiny",
                            "train.lr=-1", "model.transfer=topk", f"output.dir={tmp_path / 'out'}"],

@@ -24,6 +24,7 @@ def two_runs(tiny_model_dir, toy_files, tmp_path_factory):
     return root / "full", root / "frozen"
 
 
+@pytest.mark.slow
 def test_compare_lists_both_runs(two_runs, tmp_path, capsys):
     full, frozen = two_runs
     assert cli(["compare", str(full), str(frozen), "--output", str(tmp_path / "cmp")]) == 0

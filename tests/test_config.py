@@ -183,6 +183,7 @@ def test_environment_values_are_used_but_saved_as_references(tmp_path, monkeypat
         load_config(config)
 
 
+@pytest.mark.slow
 def test_an_environment_secret_is_never_written(tiny_args, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTFT_TEST_SECRET", "s3cr3t-value-1234")
     config = tmp_path / "secret.yaml"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -84,3 +85,28 @@ def test_two_processes_resume_exactly_from_their_own_checkpoint(tiny_args, tmp_p
 
     assert main([*args, f"output.dir={resumed}", f"train.resume_from={step}"]) == 2
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
+
+
+def test_two_processes_train_the_same_lora_adapter_as_one(tiny_args, tmp_path):
+    """DDP over a peft model: only the adapters and the head have gradients to synchronise, and the
+    main process alone writes the merged model and the adapter."""
+    pytest.importorskip("peft")
+    args = [*[a for a in tiny_args[:-1] if not a.startswith("train.batch_size")], *SAME, "model.transfer=lora",
+            "model.lora_dropout=0", "train.max_steps=12", "train.lr=1e-2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "train.batch_size=16", f"output.dir={one}"]) == 0
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29535",
+         str(ROOT / "textft" / "train.py"), *args, "train.batch_size=8", f"output.dir={two}"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("adapter saved to") == 1
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        w1, w2 = load_file(one / name), load_file(two / name)
+        assert w1.keys() == w2.keys()
+        for k in w1:
+            torch.testing.assert_close(w1[k], w2[k], atol=1e-3, rtol=1e-3, msg=k)
+    lora_b = [k for k in w2 if "lora_B" in k]
+    assert lora_b and all(w2[k].abs().sum() > 0 for k in lora_b)  # the adapters trained on both ranks

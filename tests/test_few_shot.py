@@ -159,6 +159,7 @@ def test_a_few_shot_run_end_to_end_gives_a_plain_classifier(tiny_model_dir, toy_
     assert json.loads((out / "eval_report.json").read_text())["splits"]["test"]["accuracy"] >= 0.8
 
 
+@pytest.mark.slow
 def test_a_sweep_searches_the_few_shot_settings(tiny_model_dir, few_rows, tmp_path):
     import optuna
     import yaml

@@ -62,6 +62,7 @@ def tail_run(run, toy_files, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_tail_model_reports_tail_and_a_plain_pipeline_reproduces_it(tail_run, long_texts):
     clf = textft.load(tail_run, precision="fp32")
     assert clf.long_text == "tail" and clf.describe()["long_text"] == "tail" and clf.max_length == 16

@@ -112,6 +112,7 @@ def test_head_tail_and_sliding_window_on_a_long_text(run, clf):
         textft.load(run, long_text="sliding_window", max_length=16, stride=14)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_long_texts_the_way_predict_does(run, tmp_path, capsys):
     # Verdict words only at the end of long reviews: the windows see them, a 16-token head does not.
     fillers = " ".join(["the movie was quite long and the plot really"] * 6)
@@ -258,7 +259,7 @@ def test_calibrate_writes_threshold_and_predict_answers_out_of_scope(run, tmp_pa
     rows = toy_rows(60, 7) + [{"text": t, "label": "unknown"} for t in _gibberish(30, 0)]
     data = write_jsonl(tmp_path / "calibration.jsonl", rows)
     assert cli(["calibrate", "--model", str(model), "--data", str(data), "--target-rejection", "0.1",
-                "--precision", "fp32"]) == 0
+                "--method", "msp", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "threshold" in out and "out-of-scope recall" in out
     settings = json.loads((model / "config.json").read_text())[OOS_KEY]

@@ -83,6 +83,7 @@ def test_model_path_errors(tmp_path):
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"  # a hub name passes through
 
 
+@pytest.mark.slow
 def test_frozen_word_embeddings_stay_as_loaded(tiny_args, tmp_path):
     import json
 

@@ -90,6 +90,7 @@ def test_plain_text_lines_and_parquet(run, rows, expected, tmp_path):
     assert [o["label"] for o in out] == expected and set(out[0]["scores"]) == {"neg", "pos"}
 
 
+@pytest.mark.slow
 def test_stdin_to_stdout(run, rows, expected):
     text = "".join(r["text"] + "\n" for r in rows)
     proc = subprocess.run([sys.executable, "-m", "textft", "predict", "--model", str(run), "--input", "-",
@@ -191,6 +192,7 @@ def test_output_problems(run, tmp_path, capsys):
     assert "must not be the input" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_terminated_run_leaves_no_partial_output(run, tmp_path):
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "textft", "predict", "--model", str(run), "--input", "-",

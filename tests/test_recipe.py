@@ -149,6 +149,7 @@ def test_fresh_head_detection(tiny_model_dir):
     assert head_is_fresh(model, new)
 
 
+@pytest.mark.slow
 def test_a_run_records_its_auto_settings(tiny_args, tmp_path):
     out = tmp_path / "auto"
     args = [a for a in tiny_args if not a.startswith(("train.epochs", "train.lr", "output.dir"))]

@@ -47,7 +47,7 @@ def service(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def alice(service):
-    return service.client(create_key(service.data_dir, "alice"))
+    return service.client(create_key(service.data_dir, "alice", hub_namespaces=["textft-tests"]))
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,7 @@ def test_bad_uploads_are_refused_clearly_and_nothing_is_stored(service, name, fi
 
 def test_uploads_over_the_limit_are_413_declared_or_streamed(service):
     http = service.client(create_key(service.data_dir, "small", max_upload_bytes=100_000))
+    before_dirs = set((service.data_dir / "datasets").iterdir())  # other tests' datasets
     big = _csv(GOOD_ROWS * 200)
     assert len(big) > 300_000
     resp = http.post("/v1/datasets", files={"file": ("big.csv", big)})
@@ -207,7 +208,10 @@ def test_uploads_over_the_limit_are_413_declared_or_streamed(service):
     except httpx.HTTPError:
         pass  # the service answered and closed the connection while the client was still sending
     assert http.get("/v1/datasets").json() == []
-    assert not list((service.data_dir / "datasets").glob("*/data.csv.partial"))
+    # nothing of either refused upload is left: no dataset directory, nothing of it being checked
+    assert set((service.data_dir / "datasets").iterdir()) == before_dirs
+    uploads = service.data_dir / "cache" / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
     assert http.get("/v1/me").json()["limits"]["max_upload_bytes"] == 100_000
 
 

@@ -92,6 +92,7 @@ def serving(run: Path, **limits):
 # --- multi-label ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_multi_label_learns_and_saves_its_thresholds(multi_label_run):
     cfg, rep = config(multi_label_run), report(multi_label_run)
     assert cfg["problem_type"] == "multi_label_classification" and cfg["id2label"] == {"0": "acting", "1": "ending",
@@ -145,6 +146,7 @@ def pipe_thresholds(run):
     return AutoConfig.from_pretrained(run).textft_thresholds["values"]
 
 
+@pytest.mark.slow
 def test_multi_label_predict_serve_and_evaluate(multi_label_run, tmp_path, capsys):
     rows = multi_label_rows(30, 9)
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -168,6 +170,7 @@ def test_multi_label_predict_serve_and_evaluate(multi_label_run, tmp_path, capsy
     assert "evaluation: macro-F1" in printed and "stored with the model" in (tmp_path / "eval" / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_multi_label_from_a_csv_with_a_label_delimiter(tiny_model_dir, tmp_path):
     def csv_file(name, rows):
         with open(tmp_path / name, "w", newline="") as f:
@@ -204,6 +207,7 @@ def test_calibrate_chooses_multi_label_thresholds_again(multi_label_run, tmp_pat
 # --- text pairs ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pairs_are_read_together(pair_run):
     rep = report(pair_run)
     # the answer is in the second text and the first holds the opposite word: only a model that reads
@@ -221,6 +225,7 @@ def test_pairs_are_read_together(pair_run):
         clf.predict(["a single text"])
 
 
+@pytest.mark.slow
 def test_pairs_through_predict_serve_and_evaluate(pair_run, tmp_path, capsys):
     rows = pair_rows(20, 6)
     src = tmp_path / "in.csv"
@@ -261,12 +266,13 @@ def test_report_examples_show_both_texts_of_a_pair():
     html = "".join(single_label_report.html_split("test", {
         "per_class": {}, "top_confusions": [], "most_confident_mistakes": [mistake]}, {}))
     assert "first &lt;b&gt;<div class='pair'>&#8644; second &amp; more</div>" in html
-    assert example_markdown(mistake) == "first <b> ‖ second & more"
+    assert example_markdown(mistake) == "first \\<b> ‖ second \\& more"  # Markdown shows both as written
 
 
 # --- regression ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_regression_learns_in_label_units(regression_run):
     cfg, rep = config(regression_run), report(regression_run)
     assert cfg["problem_type"] == "regression" and cfg["id2label"] == {"0": "score"}  # one output
@@ -482,6 +488,7 @@ sweep: {{space: {{train.lr: {{type: log_uniform, low: 1.0e-4, high: 1.0e-2}}}}}}
         checked_inputs(str(config), 2, None, None, [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["multi_label_run", "pair_run", "regression_run"])
 def test_onnx_backend_gives_torch_logits_and_answers_for_every_task(fixture, request, tmp_path):
     """One exported graph serves every head; pairs feed their token_type_ids; int8 is measured with

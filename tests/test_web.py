@@ -199,10 +199,12 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     assert download.value.suggested_filename == f"{job_id}.tar.gz" and gzip.open(saved).read(512)
     shots("job-succeeded")
 
-    # -- try the model, with an out-of-scope threshold calibrated on the validation file
+    # -- try the model, with an out-of-scope threshold calibrated on the validation file (the softmax
+    # score: the feature scores reject texts unlike the toy rows, such as the two-adjective one below)
     calibrate = subprocess.run([sys.executable, "-m", "textft", "calibrate", "--model",
                                 str(svc.data_dir / "jobs" / job_id / "run"), "--data", str(toy_files["validation"]),
-                                "--target-rejection", "0.3"], capture_output=True, text=True, timeout=120)
+                                "--target-rejection", "0.3", "--method", "msp"], capture_output=True, text=True,
+                               timeout=300)
     assert calibrate.returncode == 0, calibrate.stderr
     page.get_by_role("link", name="Try the model").click()
     expect(page.locator("#model-meta")).to_contain_text("out-of-scope threshold")
@@ -211,7 +213,7 @@ def test_the_web_page_end_to_end(web_service, browser, tiny_model_dir, toy_files
     prediction = page.locator("#prediction .prediction")
     expect(prediction.locator(".label-name")).to_have_text(["pos"], timeout=60_000)
     expect(prediction.locator(".topk li")).to_have_count(2)
-    expect(prediction.locator(".verdict")).to_contain_text("scope: confidence")
+    expect(prediction.locator(".verdict")).to_contain_text("scope: its ")
     expect(prediction.locator(".long-text")).to_contain_text("tokens: read whole")
     page.get_by_label("Text", exact=True).fill(" ".join(["the movie was boring and the plot was poor"] * 12))
     page.get_by_role("button", name="Predict", exact=True).click()

@@ -16,6 +16,7 @@ from typing import Any
 
 from textft.errors import UserError
 from textft.files import disk_error, link_or_copy, normal_modes, write_atomically
+from textft.lora import ADAPTER_WEIGHTS, adapter_state, is_peft_model, load_adapter_state
 
 log = logging.getLogger("textft")
 
@@ -386,13 +387,20 @@ def _safetensor_error() -> tuple[type, ...]:
 
 
 def save_best(accelerator, model, root: Path, info: dict) -> None:
-    """The best weights so far, in ``root/best`` (swapped in atomically), with what made them best."""
+    """The best weights so far, in ``root/best`` (swapped in atomically), with what made them best;
+    of a LoRA model only what trains (the adapter and the head): the rest never changes."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
 
         def write(tmp: Path) -> None:
-            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            if is_peft_model(unwrapped):
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in adapter_state(unwrapped, state_dict).items()},
+                          str(tmp / ADAPTER_WEIGHTS))
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             (tmp / "best.json").write_text(json.dumps(info))
 
         write_atomically(root / BEST, write)
@@ -407,6 +415,9 @@ def load_best(accelerator, model, root: Path) -> dict | None:
     if not (best / "best.json").is_file():
         return None
     unwrapped = accelerator.unwrap_model(model)
+    if is_peft_model(unwrapped):
+        load_adapter_state(unwrapped, load_file(best / ADAPTER_WEIGHTS))
+        return json.loads((best / "best.json").read_text())
     missing, unexpected = unwrapped.load_state_dict(load_file(best / "model.safetensors"), strict=False)
     if unexpected or [k for k in missing if k in dict(unwrapped.named_parameters())]:
         raise RuntimeError(f"best checkpoint does not match the model: missing {missing}, unexpected {unexpected}")

@@ -10,76 +10,28 @@ run through it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from textft import tasks
+from textft import oos_features, tasks
 from textft.config import LONG_TEXT
 from textft.errors import UserError, closest, one_line
-from textft.hub_download import download_model, is_hub_id
-from textft.out_of_scope import OOS_KEY, check_settings
+from textft.model_dir import check_model_dir, training_config  # noqa: F401  (part of the classifier API)
+from textft.lora import is_adapter_dir, load_adapter_model
+from textft.out_of_scope import OOS_KEY, check_settings, in_scope_scores, load_statistics
+from textft.shared_base import SharedBase, attach_adapter
+from textft.texts import check_pairs, check_texts, split_inputs, unreadable_inputs
 
 log = logging.getLogger("textft")
 
 POOLING = ("mean", "max")
 LONG_TEXT_ALIASES = {"truncate": "head"}
 """``truncate`` was the name of ``head`` before prediction and training shared one vocabulary."""
-
-
-def check_model_dir(model: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
-                    key: str = "--model") -> tuple[Path, dict, bool]:
-    """The model directory (a hub id is downloaded first), its config.json and whether its weights
-    are safetensors; refuses anything that is not a sequence classifier, and pickle weights unless
-    ``allow_pickle``."""
-    path = Path(model).expanduser()
-    if not path.exists() and is_hub_id(str(model)):
-        path = download_model(str(model), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, key=key)
-    if not path.exists():
-        raise UserError(f"'{key}': directory '{model}' does not exist")
-    if not path.is_dir():
-        raise UserError(f"'{key}': '{model}' is a file, not a model directory")
-    if not (path / "config.json").is_file():
-        raise UserError(f"'{key}': '{model}' is not a saved model directory (no config.json);"
-                        " pass the output.dir of a textft train run")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"'{key}': '{path / 'config.json'}' is not valid JSON: {one_line(e)}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"'{key}': '{path / 'config.json'}' must hold a JSON object")
-    archs = [str(a) for a in config.get("architectures") or []]
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise UserError(f"'{key}': '{model}' is not a text classifier (architectures: {', '.join(archs) or 'none'});"
-                        " expected a *ForSequenceClassification checkpoint such as textft train writes")
-    safetensors = any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
-    pickled = any((path / n).is_file() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
-    if not safetensors and not pickled:
-        raise UserError(f"'{key}': '{model}' has no weights (model.safetensors)")
-    if not safetensors and not allow_pickle:
-        raise UserError(f"'{key}': '{model}' holds only pickle-format weights (pytorch_model.bin), which can"
-                        " run arbitrary code when loaded; convert them to safetensors, or pass --allow-pickle"
-                        " (allow_pickle=True) if you trust where they came from")
-    return path, config, safetensors
-
-
-def training_config(path: Path) -> dict:
-    """The resolved config a textft run saved next to the model ({} for other checkpoints)."""
-    import yaml
-
-    file = path / "textft_config.yaml"
-    if not file.is_file():
-        return {}
-    try:
-        cfg = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        log.warning("ignoring unreadable %s: %s", file, one_line(e))
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
 
 
 def position_limit(model) -> int:
@@ -136,9 +88,14 @@ def _load_weights(path: Path, name: str, safetensors: bool, trust_remote_code: b
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a loading bar per model is noise in a service's log
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+        if is_adapter_dir(path):  # the base model with the adapter merged in
+            model, tokenizer = load_adapter_model(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=trust_remote_code, use_safetensors=safetensors)
+    except UserError:
+        raise
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"'--model': could not load '{name}': {one_line(e)}{hint}") from None
     finally:
@@ -182,18 +139,61 @@ def _window_stride(tokenizer, max_length: int, stride: int | None) -> int:
     return stride
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What the model gives for each input row: its logits, the features the out-of-scope scores read
+    (when asked for), and the in-scope score of the stored out-of-scope method (when there is one).
+    Slicing selects rows of all three, so a micro-batch's outputs split among its requests."""
+
+    logits: np.ndarray
+    features: np.ndarray | None = None
+    in_scope: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, rows) -> "Outputs":
+        return Outputs(self.logits[rows], None if self.features is None else self.features[rows],
+                       None if self.in_scope is None else self.in_scope[rows])
+
+    @staticmethod
+    def concat(parts: list["Outputs"]) -> "Outputs":
+        def join(name):
+            values = [getattr(p, name) for p in parts if len(p)]
+            return None if not values or any(v is None for v in values) else np.concatenate(values)
+
+        return Outputs(np.concatenate([p.logits for p in parts]), join("features"), join("in_scope"))
+
+
+def pool_rows(values: np.ndarray, owner: np.ndarray, n: int, how: str) -> np.ndarray:
+    """Rows of ``values`` pooled per ``owner`` (a text's windows): their mean or their maximum."""
+    if how == "max":
+        pooled = np.full((n, values.shape[1]), -np.inf, dtype=np.float32)
+        np.maximum.at(pooled, owner, values)
+        return pooled
+    pooled = np.zeros((n, values.shape[1]), dtype=np.float32)
+    np.add.at(pooled, owner, values)
+    return pooled / np.bincount(owner, minlength=n).astype(np.float32)[:, None]
+
+
 class Classifier:
     """A sequence classifier with its tokenizer, precision and long-text handling (see the module)."""
 
     def __init__(self, model, tokenizer, *, device, precision: str, long_text: str, max_length: int,
                  stride: int = 0, head_fraction: float = 0.25, pooling: str = "mean",
                  out_of_scope: dict | None = None, model_dir: Path | None = None, training_config: dict | None = None,
-                 task=None, backend: str = "torch", runner=None, backend_info: dict | None = None):
+                 task=None, backend: str = "torch", runner=None, backend_info: dict | None = None,
+                 oos_statistics: oos_features.FeatureStatistics | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.backend, self.runner, self.backend_info = backend, runner, backend_info or {}
         """torch or onnx; on onnx, ``runner`` maps a collated batch to logits (textft.onnx_export)."""
         self.long_text, self.max_length, self.stride, self.pooling = long_text, max_length, stride, pooling
         self.head_fraction, self.out_of_scope = head_fraction, out_of_scope
+        self.oos_statistics = oos_statistics
+        """Training-feature statistics of a feature-based out-of-scope score (textft.oos_features)."""
+        statistics = (out_of_scope or {}).get("statistics") or {}
+        self.representation = statistics.get("representation", oos_features.DEFAULT_REPRESENTATION)
+        """Which features ``outputs(features=True)`` reads (textft.oos_features.REPRESENTATIONS)."""
         self.model_dir, self.training_config = model_dir, training_config or {}
         self.task = task or tasks.from_model_config(model.config.to_dict())
         """What the outputs mean and how they become answers (textft.tasks)."""
@@ -226,7 +226,8 @@ class Classifier:
     def from_pretrained(cls, model_dir: str | Path, device: str | None = None, precision: str = "auto",
                         long_text: str | None = None, stride: int | None = None, max_length: int | None = None,
                         pooling: str = "mean", allow_pickle: bool = False, trust_remote_code: bool = False,
-                        out_of_scope: bool = True, backend: str = "auto") -> "Classifier":
+                        out_of_scope: bool = True, backend: str = "auto",
+                        shared: tuple[SharedBase, str] | None = None) -> "Classifier":
         """Load a classifier directory (a textft run or any ``*ForSequenceClassification`` checkpoint),
         or a hub id (downloaded to the Hugging Face cache).
 
@@ -239,6 +240,8 @@ class Classifier:
         out_of_scope: apply the threshold stored by ``textft calibrate``, if any.
         backend: torch, onnx (ONNX Runtime on CPU, exported once and cached next to the model), or
         auto: ONNX Runtime only where it keeps every answer (see ``textft.onnx_backend``).
+        shared: (a SharedBase, a name) to run an adapter directory on that one copy of its base model
+        under that name (unmerged, in fp32 or CPU bf16 autocast) instead of loading and merging its own.
         """
         from textft.onnx_backend import choose_backend, select_onnx
         from textft.precision import inference_precision
@@ -249,12 +252,25 @@ class Classifier:
         task = tasks.from_model_config(raw_config, where)
         oos = check_settings(raw_config.get(OOS_KEY), where) \
             if out_of_scope and task.out_of_scope else None
+        statistics = load_statistics(path, oos, task.num_outputs, where)
+        if statistics is not None and backend != "torch":
+            if backend == "onnx":
+                raise UserError(f"'--backend': the out-of-scope score of '{model_dir}' ({oos['method']}) reads the"
+                                " encoder's features, which the ONNX export does not give; use --backend torch")
+            backend = "torch"
         trained = training_config(path)
         data_cfg = trained.get("data") if isinstance(trained.get("data"), dict) else {}
         task.delimiter = data_cfg.get("label_delimiter")
         device_t = _device(device)
         requested, precision = precision, inference_precision(precision, device_t)
-        model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
+        # A feature-based out-of-scope score reads the adapter model's own features, which the shared
+        # base's runner does not give: such an adapter loads merged, on its own.
+        shared = shared if shared is not None and is_adapter_dir(path) and statistics is None else None
+        if shared is not None:
+            model, tokenizer = attach_adapter(*shared, path)
+            precision = "bf16" if precision == "bf16" and device_t.type == "cpu" else "fp32"
+        else:
+            model, tokenizer = _load_weights(path, str(model_dir), safetensors, trust_remote_code)
 
         trained_length = data_cfg.get("max_length") if isinstance(data_cfg.get("max_length"), int) else None
         # A textft run stores its training length as the tokenizer's limit (for plain pipelines);
@@ -270,7 +286,11 @@ class Classifier:
         stride = _window_stride(tokenizer, max_length, stride) if long_text == "sliding_window" else 0
         settings = dict(device=device_t, long_text=long_text, max_length=max_length, stride=stride,
                         head_fraction=data_cfg.get("head_fraction", 0.25), pooling=pooling, out_of_scope=oos,
-                        model_dir=path, training_config=trained, task=task)
+                        model_dir=path, training_config=trained, task=task, oos_statistics=statistics)
+        if shared is not None:
+            base, name = shared
+            return cls(model, tokenizer, precision=precision, runner=lambda batch: base.run(name, batch).float().cpu()
+                       .numpy(), **settings)
         parameters = sum(p.numel() for p in model.parameters())
         if choose_backend(backend, requested, device_t, parameters) == "onnx":
             onnx = select_onnx(cls(model, tokenizer, precision="fp32", backend="onnx", **settings), requested,
@@ -316,26 +336,47 @@ class Classifier:
     def logits(self, texts: Sequence[str], batch_size: int = 32, pairs: Sequence[str | None] | None = None) -> np.ndarray:
         """Logits of each text or (text, pairs[i]) pair (pooled over its windows with ``sliding_window``),
         float32, in input order. A None in ``pairs`` marks a single text among pairs."""
-        import torch
+        return self.outputs(texts, batch_size, pairs, features=False).logits
 
+    def outputs(self, texts: Sequence[str], batch_size: int = 32, pairs: Sequence[str | None] | None = None,
+                features: bool | None = None) -> Outputs:
+        """``logits`` of each input with, when ``features`` (by default: when the stored out-of-scope score
+        reads them), the features the out-of-scope scores read (mean over a long text's windows), and
+        the stored out-of-scope score's in-scope score of each input."""
         texts = check_texts(texts)
         if batch_size < 1:
             raise UserError(f"'--batch-size' must be >= 1, got {batch_size}")
-        n_labels = self.task.num_outputs
+        want = self.needs_features if features is None else features
+        if want and self.runner is not None:
+            raise UserError("the out-of-scope score reads the encoder's features, which the ONNX export does not"
+                            " give; use --backend torch")
         if not texts:
-            return np.zeros((0, n_labels), dtype=np.float32)
+            return self.scored(np.zeros((0, self.task.num_outputs), dtype=np.float32),
+                               np.zeros((0, 0), dtype=np.float32) if want else None)
         if pairs is not None:
             pairs = check_pairs(texts, pairs, self.pairs)
             if any(p is None for p in pairs):  # singles and pairs are encoded (and batched) apart
-                return self.mixed_logits(texts, pairs, batch_size)
+                return self.mixed_outputs(texts, pairs, batch_size, want)
         elif self.pairs:
             raise UserError("this model was trained on text pairs: give each input as"
                             " {\"text\": ..., \"text_pair\": ...} (a second text column for files)")
         feats, owner = self.features(texts, pairs)
+        logits, hidden = self.forward(feats, batch_size, want)
+        if self.long_text != "sliding_window":
+            return self.scored(logits, hidden)
+        pooled = pool_rows(logits, owner, len(texts), self.pooling)
+        return self.scored(pooled, pool_rows(hidden, owner, len(texts), "mean") if want else None)
+
+    def forward(self, feats: list[dict], batch_size: int, want_features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (and the features the out-of-scope scores read) of encoded inputs, in their order."""
+        import torch
+
         # Longest first: padding stays small, and the peak memory shows up in the first batch.
         order = sorted(range(len(feats)), key=lambda i: -len(feats[i]["input_ids"]))
-        out = np.empty((len(feats), n_labels), dtype=np.float32)
-        with torch.inference_mode(), self._autocast():
+        out = np.empty((len(feats), self.task.num_outputs), dtype=np.float32)
+        hidden = None
+        representation = self.representation if want_features else None
+        with torch.inference_mode(), self._autocast(), oos_features.tap(self.model, representation) as read:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 collated = self._collate([feats[i] for i in idx])
@@ -343,32 +384,44 @@ class Classifier:
                     out[idx] = self.runner(collated)
                     continue
                 batch = {k: v.to(self.device) for k, v in collated.items()}
-                out[idx] = self.model(**batch).logits.float().cpu().numpy()
-        if self.long_text != "sliding_window":
-            return out
-        if self.pooling == "max":
-            pooled = np.full((len(texts), n_labels), -np.inf, dtype=np.float32)
-            np.maximum.at(pooled, owner, out)
-            return pooled
-        pooled = np.zeros((len(texts), n_labels), dtype=np.float32)
-        np.add.at(pooled, owner, out)
-        return pooled / np.bincount(owner, minlength=len(texts)).astype(np.float32)[:, None]
+                result = self.model(**batch, output_hidden_states=representation == "mean_pooled")
+                out[idx] = result.logits.float().cpu().numpy()
+                if read is not None:
+                    rows = read(result, batch)
+                    hidden = np.empty((len(feats), rows.shape[1]), dtype=np.float32) if hidden is None else hidden
+                    hidden[idx] = rows
+        return out, hidden
 
-    def mixed_logits(self, texts: list[str], pairs: list[str | None], batch_size: int) -> np.ndarray:
-        out = np.empty((len(texts), self.task.num_outputs), dtype=np.float32)
+    def mixed_outputs(self, texts: list[str], pairs: list[str | None], batch_size: int, want: bool) -> Outputs:
         single = [i for i, p in enumerate(pairs) if p is None]
         paired = [i for i, p in enumerate(pairs) if p is not None]
-        out[single] = self.logits([texts[i] for i in single], batch_size)
-        out[paired] = self.logits([texts[i] for i in paired], batch_size, [pairs[i] for i in paired])
-        return out
+        a = self.outputs([texts[i] for i in single], batch_size, features=want)
+        b = self.outputs([texts[i] for i in paired], batch_size, [pairs[i] for i in paired], features=want)
+        order = np.argsort(np.array(single + paired), kind="stable")
+        return Outputs.concat([a, b])[order]
+
+    def scored(self, logits: np.ndarray, features: np.ndarray | None) -> Outputs:
+        """The outputs with the stored out-of-scope score of each row (None without a threshold, or for a
+        feature score when the features were not read)."""
+        if self.needs_features and features is None:
+            return Outputs(logits)
+        return Outputs(logits, features, in_scope_scores(self.out_of_scope, self.oos_statistics, logits,
+                                                                    features))
+
+    @property
+    def needs_features(self) -> bool:
+        return self.out_of_scope is not None and self.out_of_scope["method"] in oos_features.FEATURE_METHODS
 
     # -- results ---------------------------------------------------------------------------------
 
-    def results(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False) -> list[dict]:
-        """One answer per row of ``logits``, shaped by the task: ``label`` and ``score`` (single-label,
-        with ``out_of_scope`` once calibrated), ``labels`` above their thresholds (multi-label), or
-        ``value`` (regression); see ``decode`` in textft.tasks."""
-        return self.task.decode(logits, top_k, return_all_scores, self.out_of_scope)
+    def results(self, outputs: Outputs | np.ndarray, top_k: int = 1, return_all_scores: bool = False) -> list[dict]:
+        """One answer per row of ``outputs`` (or of bare logits when the out-of-scope score, if any, reads
+        only them), shaped by the task: ``label`` and ``score`` (single-label, with ``out_of_scope`` once
+        calibrated), ``labels`` above their thresholds (multi-label), or ``value`` (regression); see
+        ``decode`` in textft.tasks."""
+        if not isinstance(outputs, Outputs):
+            outputs = self.scored(np.asarray(outputs), None)
+        return self.task.decode(outputs.logits, top_k, return_all_scores, self.out_of_scope, outputs.in_scope)
 
     def predict(self, texts: str | dict | Sequence[str | dict], batch_size: int = 32, top_k: int = 1,
                 return_all_scores: bool = False) -> dict | list[dict]:
@@ -380,7 +433,7 @@ class Classifier:
         singles, pairs = split_inputs(texts)
         if problems := unreadable_inputs(singles, pairs):
             raise UserError(problems)
-        return self.results(self.logits(singles, batch_size, pairs), top_k, return_all_scores)
+        return self.results(self.outputs(singles, batch_size, pairs), top_k, return_all_scores)
 
     def describe(self) -> dict:
         """What a caller may want to know about the loaded model (for logs and /metadata)."""
@@ -397,61 +450,3 @@ class Classifier:
                 "stride": self.stride if window else None, "pooling": self.pooling,
                 "precision": self.precision, "device": str(self.device), "out_of_scope": self.out_of_scope,
                 "backend": self.backend, **({"onnx": self.backend_info} if self.backend == "onnx" else {})}
-
-
-def check_texts(texts) -> list[str]:
-    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
-    return texts
-
-
-def unreadable_inputs(texts: list[str], pairs: list[str | None] | None) -> list[str]:
-    """``texts[i]: why`` for every input a tokenizer cannot read (textft.texts), as serve reports them;
-    TypeError for an input that is not a string at all."""
-    from textft.texts import text_problem
-
-    wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if wrong:  # a programming error rather than bad data: Python's own exception for it
-        raise TypeError(f"texts must be strings; item {wrong[0]} is {type(texts[wrong[0]]).__name__}")
-    problems = []
-    for i, text in enumerate(texts):
-        for where, value in ((f"texts[{i}]", text), (f"texts[{i}].text_pair", pairs[i] if pairs else None)):
-            if value is not None and (problem := text_problem(value)):
-                problems.append(f"{where}: {problem}")
-    return problems
-
-
-def split_inputs(inputs) -> tuple[list[str], list[str | None] | None]:
-    """Texts and, when any input is a pair ``{"text", "text_pair"}``, the second texts (None for singles)."""
-    if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__iter__"):
-        raise TypeError(f"texts must be a list of strings or pairs, got {type(inputs).__name__}")
-    texts, pairs = [], []
-    for i, item in enumerate(inputs):
-        if isinstance(item, dict):
-            unknown = set(item) - {"text", "text_pair"}
-            if unknown or not isinstance(item.get("text"), str) or not isinstance(item.get("text_pair"), str):
-                raise TypeError(f"item {i} must be {{'text': str, 'text_pair': str}}, got keys {sorted(item)}")
-            texts.append(item["text"])
-            pairs.append(item["text_pair"])
-        else:
-            texts.append(item)
-            pairs.append(None)
-    return texts, (pairs if any(p is not None for p in pairs) else None)
-
-
-def check_pairs(texts: list[str], pairs, model_pairs: bool | None) -> list[str | None]:
-    pairs = list(pairs)
-    if len(pairs) != len(texts):
-        raise UserError(f"{len(texts)} texts but {len(pairs)} second texts: every pair needs both")
-    bad = [i for i, p in enumerate(pairs) if p is not None and not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"second texts must be strings; item {bad[0]} is {type(pairs[bad[0]]).__name__}")
-    if model_pairs is False and any(p is not None for p in pairs):
-        raise UserError("this model was trained on single texts, not pairs: give each input as one text")
-    if model_pairs and any(p is None for p in pairs):
-        raise UserError("this model was trained on text pairs: give each input as {\"text\": ..., \"text_pair\": ...}")
-    return pairs

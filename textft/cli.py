@@ -60,6 +60,10 @@ def evaluate_main(argv: list[str]) -> int:
     window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
     print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; {s['backend']} {s['precision']}")
     print(task.summary_line("evaluation", metrics))
+    if metrics.get("out_of_scope"):
+        from textft.calibration import rejection_lines
+
+        print("out of scope: " + "; ".join(rejection_lines(metrics["out_of_scope"], metrics["settings"]["out_of_scope"])))
     if args.output:
         print(f"report written: {Path(args.output) / 'report.html'} (also report.md, report.json,"
               " eval_report.json, predictions/evaluation.jsonl)")
@@ -155,65 +159,10 @@ def predict_main(argv: list[str]) -> int:
     return predict_cli.predict_main(argv)
 
 
-def print_lines(lines: list[str]) -> int:
-    print("\n".join(lines))
-    return 0
-
-
 def calibrate_main(argv: list[str]) -> int:
-    from textft import calibration
+    from textft import calibrate_cli
 
-    parser = argparse.ArgumentParser(
-        prog="textft calibrate",
-        description="Choose the confidence threshold below which predictions are answered with an out-of-scope"
-                    " label, on labelled validation data, and store it in the model's config.json. For a"
-                    " multi-label model: choose its decision thresholds again on new labelled data.",
-        epilog="Rows whose label is not one of the model's labels count as out of scope. Default target:"
-               " --target-rejection 0.05 (5%% of in-scope examples rejected). A regression model has nothing"
-               " to calibrate.")
-    parser.add_argument("--data", required=True, help="labelled validation file (csv, tsv, jsonl, parquet)")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--method", choices=calibration.OOS_METHODS, default="msp",
-                        help="msp: maximum softmax probability; energy: logsumexp of the logits")
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--target-precision", type=float, help="answered predictions at least this precise")
-    target.add_argument("--target-rejection", type=float, help="reject this fraction of in-scope examples")
-    parser.add_argument("--label", default=calibration.DEFAULT_OOS_LABEL, help="label answered below the threshold")
-    parser.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="only measure the threshold already stored in the model on --data (e.g. a test file)")
-    parser.add_argument("--thresholds", choices=("per_label", "global"),
-                        help="multi-label: one threshold per label (best macro-F1) or one for all (default: as stored)")
-    parser.add_argument("--text-pair-column", help="multi-label: column of the second text of a pair model")
-    add_model_args(parser)
-    args = parser.parse_args(argv)
-    if problems := check_positive(args, ["batch_size", "threads"]):
-        raise UserError(problems)
-    from textft.classifier import check_model_dir
-    from textft.prediction_files import read_labelled
-
-    _, raw_config, _ = check_model_dir(args.model, args.allow_pickle, args.trust_remote_code)
-    if calibration.check_calibration(args, raw_config) == "thresholds":
-        return print_lines(calibration.calibrate_thresholds(load_classifier(args), args))
-    if args.target_precision is None and args.target_rejection is None:
-        args.target_rejection = 0.05
-    if args.evaluate and raw_config.get(calibration.OOS_KEY) is None:
-        raise UserError(f"'--evaluate': '{args.model}' has no out-of-scope threshold yet; run textft calibrate first")
-    texts, labels = read_labelled(args.data, args.text_column, args.label_column)
-    clf = load_classifier(args, out_of_scope=args.evaluate)
-    if args.evaluate:
-        return print_lines(calibration.rejection_lines(calibration.measure_threshold(clf, texts, labels, args.batch_size),
-                                                       clf.out_of_scope["method"]))
-    settings = calibration.calibrate(clf, texts, labels, args.method, args.target_precision, args.target_rejection,
-                                     args.label, args.batch_size)
-    print_lines(calibration.rejection_lines(settings["calibration"], args.method))
-    if args.dry_run:
-        return 0
-    calibration.write_settings(clf.model_dir, settings)
-    print(f"wrote '{calibration.OOS_KEY}' to {clf.model_dir / 'config.json'}: predict and serve now answer"
-          f" '{args.label}' below the threshold")
-    return 0
+    return calibrate_cli.calibrate_main(argv)
 
 
 def is_loopback(host: str) -> bool:
@@ -287,17 +236,23 @@ def push_main(argv: list[str]) -> int:
     parser.add_argument("--include-examples", action="store_true",
                         help="publish the report's most confident mistakes, which quote evaluation texts (only if"
                              " the data's licence allows redistributing them)")
+    parser.add_argument("--adapter", action="store_true",
+                        help="push the LoRA adapter (MODEL/adapter) instead of the merged model: a few MB that peft"
+                             " loads on top of the base model (a MODEL that is an adapter directory is pushed so)")
     args = parser.parse_args(argv)
-    from textft.classifier import check_model_dir
-    from textft.hub import push_to_hub, write_model_card
+    from textft.model_dir import check_model_dir
+    from textft.hub import adapter_to_push, push_to_hub, write_model_card
+    from textft.lora import is_adapter_dir
 
     if args.card_only:
         path, _, _ = check_model_dir(args.model, allow_pickle=True)
+        path = adapter_to_push(path) if args.adapter or is_adapter_dir(path) else path
         print(write_model_card(path, license=args.license, repo_id=args.repo_id,
                                include_examples=args.include_examples))
         return 0
     url = push_to_hub(args.model, args.repo_id, private=args.private, commit_message=args.commit_message,
-                      write_card=not args.no_card, license=args.license, include_examples=args.include_examples)
+                      write_card=not args.no_card, license=args.license, include_examples=args.include_examples,
+                      adapter=args.adapter)
     print(f"pushed {args.model} to https://huggingface.co/{args.repo_id} ({url})")
     return 0
 

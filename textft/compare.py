@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import csv
-import html
 import io
 import os
 from pathlib import Path
@@ -16,11 +15,14 @@ from typing import Any
 from textft.errors import UserError, closest
 from textft.files import replace_file
 from textft.plots import figure, png
-from textft.report import CSS, duration, img_tag
+from textft.report import duration
 from textft.report_data import build_report, check_run_dir
-from textft.report_parts import METRIC_NAMES, fmt
+from textft.report_parts import METRIC_NAMES, fmt, md_cell
 from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
+from textft.templating import render
 
+HTML_TEMPLATE = "compare.html.j2"
+"""The template of comparison.html (``textft/templates``)."""
 METRICS = tuple(METRIC_NAMES)
 """Every metric a comparison can rank by; each task's runs show and rank by their own (its headline)."""
 HYPER = (("lr", "train", "lr"), ("head_lr", "train", "head_lr"), ("epochs", "train", "epochs"),
@@ -51,7 +53,8 @@ def comparison_row(report: dict, name: str, run_dir: str, split: str, metrics: t
     m = report["splits"][split]
     params = report.get("parameters") or {}
     row: dict[str, Any] = {"run": name, "run_dir": str(run_dir), "model": _model_name(report.get("model")),
-                           "transfer": report.get("transfer"), "unfreeze_top_k": report.get("unfreeze_top_k")}
+                           "transfer": report.get("transfer"), "unfreeze_top_k": report.get("unfreeze_top_k"),
+                           "lora_rank": (report.get("lora") or {}).get("rank")}
     for key, section, field in HYPER:
         row[key] = (cfg.get(section) or {}).get(field)
     row["trainable_params"] = params.get("trainable")
@@ -80,6 +83,8 @@ def _params(row: dict) -> str:
 
 def _transfer(row: dict) -> str:
     transfer = row.get("transfer") or "-"
+    if transfer == "lora" and row.get("lora_rank"):
+        return f"lora (rank {row['lora_rank']})"
     return f"top_k ({row['unfreeze_top_k']})" if transfer == "top_k" and row.get("unfreeze_top_k") else transfer
 
 
@@ -130,12 +135,13 @@ def markdown_table(rows: list[dict], metric: str) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if h in ("run", "model", "transfer") else "---:" for h in header) + "|"]
     for i, row in enumerate(cells):
-        row = list(row)
+        # the names are the user's (escaped to read as written); the numbers and marks are textft's
+        row = [md_cell(c) if header[j] in ("run", "model") else c.replace("|", "\\|") for j, c in enumerate(row)]
         if i == best:
             row[col] = f"**{row[col]}**"
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
     if shared:
-        lines += ["", _shared_line(shared)]
+        lines += ["", md_cell(_shared_line(shared))]
     return "\n".join(lines) + "\n"
 
 
@@ -178,32 +184,19 @@ def plot_comparison(rows: list[dict], metric: str) -> bytes | None:
     return png(fig)
 
 
+def _report_link(run_dir: str, out_dir: Path) -> str | None:
+    """The run's report.html relative to the comparison's directory, when the run has one."""
+    page = Path(run_dir).resolve() / "report.html"
+    return os.path.relpath(page, out_dir.resolve()) if page.is_file() else None
+
+
 def render_html(rows: list[dict], metric: str, plot: bytes | None, out_dir: Path) -> str:
     header, cells, best, shared = display_table(rows, metric)
-    col = header.index(METRIC_NAMES[metric])
-    numeric = {j for j, h in enumerate(header) if h not in ("run", "model", "transfer")}
-    th = "".join(f"<th class='n'>{html.escape(h)}</th>" if i in numeric else f"<th>{html.escape(h)}</th>"
-                 for i, h in enumerate(header))
-    body = []
-    for i, (row, r) in enumerate(zip(cells, rows)):
-        tds = []
-        for j, c in enumerate(row):
-            text = html.escape(c)
-            if j == 0 and (Path(r["run_dir"]) / "report.html").is_file():
-                link = os.path.relpath(Path(r["run_dir"]).resolve() / "report.html", out_dir.resolve())
-                text = f"<a href='{html.escape(link)}'>{text}</a>"
-            if j == col and i == best:
-                text = f"<b>{text}</b>"
-            tds.append(f"<td class='n'>{text}</td>" if j in numeric else f"<td>{text}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    split = rows[0]["split"] if rows else "-"
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>textft comparison</title>"
-            f"<style>{CSS}</style></head><body><main><h1>Comparison of {len(rows)} runs</h1>"
-            f"<p class='note'>Metrics on the {html.escape(split)} split; best {html.escape(METRIC_NAMES[metric])}"
-            f" in bold; run names link to each run's report.</p>"
-            f"<div style='overflow-x:auto'><table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody>"
-            f"</table></div><p class='note'>{html.escape(_shared_line(shared))}</p>"
-            f"{img_tag(plot, 'comparison plot')}</main></body></html>\n")
+    page = render(HTML_TEMPLATE, header=header, rows=cells, best=best, column=header.index(METRIC_NAMES[metric]),
+                  numeric={j for j, h in enumerate(header) if h not in ("run", "model", "transfer")},
+                  links=[_report_link(r["run_dir"], out_dir) for r in rows], split=rows[0]["split"] if rows else "-",
+                  metric=METRIC_NAMES[metric], shared=_shared_line(shared), plot=plot)
+    return str(page)
 
 
 def write_csv(rows: list[dict]) -> str:

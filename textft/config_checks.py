@@ -35,6 +35,8 @@ def _check_train_values(t: TrainConfig, need: Callable[[bool, str, str], None], 
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+    need(0 <= t.oos_target_rejection < 1, "train.oos_target_rejection",
+         f"must be in [0, 1), got {t.oos_target_rejection}")
     need(t.huber_delta > 0, "train.huber_delta", f"must be > 0, got {t.huber_delta}")
     need(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0, got {t.max_grad_norm}")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
@@ -83,6 +85,10 @@ def _check_data_values(cfg: Config, need: Callable[[bool, str, str], None], prob
     need(bool(d.label_column), "data.label_column", "must not be empty")
     need(d.label_delimiter != "", "data.label_delimiter", "must not be empty (null: labels are not split); YAML reads"
          " a bare | or > as an empty block, so quote the separator: data.label_delimiter='|'")
+    need(d.oos_label is None or bool(str(d.oos_label).strip()), "data.oos_label", "must not be empty (null: no known"
+         " out-of-scope examples)")
+    need(d.oos_label is None or d.task in ("auto", "single_label"),
+         "data.oos_label", f"names out-of-scope examples of a single_label task, got data.task {d.task}")
     need(d.text_pair_column != "", "data.text_pair_column", "must not be empty (null: single texts)")
     need(d.text_pair_column is None or d.text_pair_column != d.text_column,
          "data.text_pair_column", f"must name another column than 'data.text_column' ({d.text_column!r})")
@@ -101,7 +107,38 @@ def _check_data_values(cfg: Config, need: Callable[[bool, str, str], None], prob
     need(m.unfreeze_every_epochs > 0, "model.unfreeze_every_epochs", f"must be > 0, got {m.unfreeze_every_epochs}")
     need(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     need(0 < m.layer_lr_decay <= 1, "model.layer_lr_decay", f"must be in (0, 1], got {m.layer_lr_decay}")
+    _check_lora_values(cfg, need)
     need(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     need(bool(cfg.output.dir), "output.dir", "must not be empty")
     need(not cfg.output.push_to_hub or bool(cfg.output.hub_repo_id),
          "output.push_to_hub", "needs 'output.hub_repo_id' (e.g. your-name/imdb-bert)")
+
+
+LORA_ALL_LINEAR = "all-linear"
+"""``model.lora_target_modules`` value for every linear layer of the encoder."""
+
+
+def lora_targets(value: list[str] | str) -> list[str] | str:
+    """``model.lora_target_modules`` as peft takes it: ``all-linear``, or a list of layer names (a
+    string of names separated by commas, as a sweep's categorical choice gives them, is split)."""
+    if isinstance(value, str):
+        if value.strip() == LORA_ALL_LINEAR:
+            return LORA_ALL_LINEAR
+        value = value.split(",")
+    return [str(v).strip() for v in value]
+
+
+def _check_lora_values(cfg: Config, need: Callable[[bool, str, str], None]) -> None:
+    m = cfg.model
+    need(m.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {m.lora_rank}")
+    need(m.lora_alpha > 0, "model.lora_alpha", f"must be > 0, got {m.lora_alpha}")
+    need(0 <= m.lora_dropout < 1, "model.lora_dropout", f"must be in [0, 1), got {m.lora_dropout}")
+    targets = lora_targets(m.lora_target_modules)
+    if targets != LORA_ALL_LINEAR:
+        need(bool(targets) and all(targets), "model.lora_target_modules", "must name linear layers of the encoder"
+             f" (e.g. query,value) or be {LORA_ALL_LINEAR}, got {m.lora_target_modules!r}")
+        need(LORA_ALL_LINEAR not in targets, "model.lora_target_modules", f"{LORA_ALL_LINEAR} stands alone, not"
+             " in a list of layer names")
+    need(cfg.output.save_adapter is not True or m.transfer == "lora", "output.save_adapter",
+         f"writes the LoRA adapter, and model.transfer is {m.transfer}: set model.transfer=lora, or leave"
+         " output.save_adapter at auto")

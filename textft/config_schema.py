@@ -27,8 +27,9 @@ VALUE_ALIASES = {"train.mixed_precision": {"no": "fp32"}}
 """Old names of values, still read: saved configs hold them."""
 Auto = Literal["auto"]
 Truncation = Literal[TRUNCATIONS]
-TRANSFERS = ("auto", "full", "few_shot", "feature_extraction", "top_k", "gradual")
-"""What a run trains; auto is resolved by textft.recipe (few_shot for few examples per class, else full)."""
+TRANSFERS = ("auto", "full", "few_shot", "feature_extraction", "top_k", "gradual", "lora")
+"""What a run trains; auto is resolved by textft.recipe (few_shot for few examples per class, else full;
+lora only when asked for)."""
 Transfer = Literal[TRANSFERS]
 TASKS = ("auto", "single_label", "multi_label", "regression")
 """What a label is: one class, a set of classes (multi_label) or a number (regression); auto detects it."""
@@ -70,6 +71,12 @@ class DataConfig:
     regression (a number per text) or auto: list-valued labels, or strings split by
     ``label_delimiter``, are multi_label; numbers that are not all whole are regression (with a
     warning); anything else is single_label."""
+    oos_label: str | None = None
+    """single_label: the label of known out-of-scope examples (e.g. ``oos``). Its training rows teach the
+    model to reject (outlier exposure: their softmax is pushed towards uniform) and it never becomes a
+    class; validation and test rows with it count as out of scope. After training, the out-of-scope
+    score and threshold are chosen on validation as ``textft calibrate`` does
+    (``train.oos_target_rejection``) and saved with the model: predict and serve answer this label."""
     label_delimiter: str | None = None
     """Separator of several labels in one string (e.g. ``|`` for ``joy|love`` in a CSV): multi_label."""
     text_pair_column: str | None = None
@@ -114,13 +121,30 @@ class ModelConfig:
     supervised contrastive loss pulls them together, ``train.contrastive_weight``; the whole plan runs,
     without early stopping); feature_extraction: freeze the encoder, train the head; top_k: train the
     head and the top ``unfreeze_top_k`` layers; gradual: start with the head and unfreeze one more
-    layer (top down, embeddings last) every ``unfreeze_every_epochs`` (ULMFiT). auto: few_shot for
-    single-label training data with at most 16 examples per class (median) on a pretrained encoder,
-    else full."""
+    layer (top down, embeddings last) every ``unfreeze_every_epochs`` (ULMFiT); lora: freeze the encoder
+    and train low-rank adapters in it (``lora_*`` keys, needs the ``lora`` extra) and the head in full;
+    the saved model has the adapters merged in. auto: few_shot for single-label training data with at
+    most 16 examples per class (median) on a pretrained encoder, else full."""
     unfreeze_top_k: int = 2
     """Encoder layers trained under ``transfer: top_k``."""
     unfreeze_every_epochs: float = 1.0
     """Under ``transfer: gradual``: epochs (fractions allowed) between two unfreezing steps."""
+    lora_rank: int = 8
+    """Under ``transfer: lora``: rank r of each adapter (the update of a weight is B @ A, with A r x in
+    and B out x r)."""
+    lora_alpha: float = 16.0
+    """Under ``transfer: lora``: the adapter's output is scaled by lora_alpha / lora_rank. Kept fixed
+    when the rank changes (as the LoRA authors do), so a higher rank needs no other learning rate."""
+    lora_dropout: float = 0.1
+    """Under ``transfer: lora``: dropout on the input of each adapter."""
+    lora_target_modules: list[str] | str = "all-linear"
+    """Under ``transfer: lora``: the linear layers of the encoder that get adapters: all-linear (every
+    one), or names of layers, as a list or separated by commas (BERT: query, key, value, dense,
+    attention.output.dense, intermediate.dense, output.dense); a name matches each layer whose
+    name ends with it."""
+    lora_train_pooler: bool = True
+    """Under ``transfer: lora``: also train the encoder's pooler (BERT's dense layer over [CLS]) in
+    full, like the head; the head itself always is."""
     dropout: float | None = None
     """Override the checkpoint's hidden, attention and classifier dropout (e.g. 0.0)."""
     freeze_word_embeddings: bool = False
@@ -184,6 +208,9 @@ class TrainConfig:
     """multi_label decision thresholds, chosen on the validation split and saved with the model:
     per_label (one each, best macro-F1), global (one for all labels, best micro-F1 or the chosen
     metric), none (0.5); auto: per_label when selecting by macro_f1, else global."""
+    oos_target_rejection: float = 0.05
+    """With ``data.oos_label``: the share of in-scope validation examples the out-of-scope threshold
+    chosen after training may reject (``textft calibrate --target-rejection``)."""
     mixed_precision: Precision = "auto"
     """auto, fp32, bf16 or fp16; auto: bf16 where the hardware supports it (GPU or AVX-512/AMX CPU),
     else fp32 (``no``, the old name of fp32, is still read)."""
@@ -242,6 +269,10 @@ class OutputConfig:
     """Hub repository (``user/name``) that ``push_to_hub`` uploads to."""
     hub_private: bool = False
     """Create the Hub repository as private."""
+    save_adapter: bool | Auto = AUTO
+    """With ``model.transfer: lora``, also write the adapter alone in peft's format to ``dir/adapter``
+    (adapter_config.json, adapter_model.safetensors with the head, tokenizer, textft_adapter.json):
+    a few MB that load on top of the base model. auto: true under lora (other modes have no adapter)."""
     log_errors: bool = False
     """Record a failure in ``dir/train_log.jsonl`` also when it happens before training starts (the
     directory is then created). A failure during training or export is always recorded in the run's

@@ -325,6 +325,11 @@ def load_splits(cfg: DataConfig, seed: int = 42) -> TaskData:
         raise UserError(problems)
     if problem := task.train_problem(splits["train"]["labels"]):
         raise UserError(f"{problem} (column '{cfg.label_column}')")
+    if cfg.oos_label is not None:
+        only = [where[s] for s in ("validation", "test") if s in splits and all(y < 0 for y in splits[s]["labels"])]
+        if only:
+            raise UserError([f"{w} holds only out-of-scope rows ('{cfg.oos_label}' in column '{cfg.label_column}');"
+                             " it needs in-scope ones to be evaluated on" for w in only])
     if "validation" not in splits:
         strata = task.strata(splits["train"]["labels"])
         splits["train"], splits["validation"] = stratified_split(splits["train"], cfg.validation_split, seed, strata)

@@ -12,13 +12,13 @@ import difflib
 from typing import Iterable
 
 KINDS = ("invalid", "malformed", "unsupported", "not_found", "conflict", "too_large", "quota", "unavailable",
-         "unauthorized", "upstream", "storage", "interrupted", "internal")
+         "unauthorized", "forbidden", "upstream", "storage", "interrupted", "internal")
 """What went wrong, by what the user can do about it: fix the input (invalid), send something that
 parses (malformed) or of a supported type (unsupported), name something that exists (not_found),
 wait or undo something (conflict), send less (too_large), wait for the limit (quota), try later
-(unavailable), send a valid key (unauthorized); or nothing, because a service this one relies on
-failed (upstream), the disk is full (storage), the run was stopped (interrupted) or textft itself
-failed (internal)."""
+(unavailable), send a valid key (unauthorized) or use one allowed to do it (forbidden); or nothing,
+because a service this one relies on failed (upstream), the disk is full (storage), the run was
+stopped (interrupted) or textft itself failed (internal)."""
 
 
 class Problem(str):

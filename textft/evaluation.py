@@ -34,7 +34,7 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
         raise UserError(f"'--output': '{output}' holds a saved model, whose reports this evaluation would"
                         " replace; pass a new directory, such as runs/NAME-eval")
     started = time.perf_counter()
-    clf = Classifier.from_pretrained(model, out_of_scope=False, **load_options)
+    clf = Classifier.from_pretrained(model, **load_options)
     task = clf.task
     if label_delimiter is not None:
         task.delimiter = label_delimiter
@@ -43,14 +43,19 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
     texts, labels = ds["text"], np.asarray(ds["labels"])
     pairs = ds["text_pair"] if text_pair_column else None
     predict_started = time.perf_counter()
-    logits = clf.logits(texts, batch_size=batch_size, pairs=pairs)
+    outputs = clf.outputs(texts, batch_size=batch_size, pairs=pairs)
+    logits = outputs.logits
     predict_s = time.perf_counter() - predict_started
     metrics = task.evaluate(logits, labels)
+    if clf.out_of_scope is not None:  # the model's own answers: its out-of-scope threshold applied
+        from textft.calibration import measure_outputs
+
+        metrics["out_of_scope"] = measure_outputs(outputs, labels, clf.out_of_scope["threshold"])
     window = clf.long_text == "sliding_window"
     settings = {"model": str(clf.model_dir), "task": task.name, "data_source": source, "max_length": clf.max_length,
                 "long_text": clf.long_text, "stride": clf.stride if window else None,
                 "pooling": clf.pooling if window else None, "precision": clf.precision, "backend": clf.backend,
-                "device": str(clf.device)}
+                "device": str(clf.device), "out_of_scope": (clf.out_of_scope or {}).get("method")}
     metrics["settings"] = settings
     if output:
         out = Path(output)

@@ -31,6 +31,14 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def set_umask(mask: int) -> None:
+    """Set this process's umask, and the modes given here to what it writes from now on (a service that
+    keeps its files private sets 077 after this module was imported)."""
+    global _UMASK
+    os.umask(mask)
+    _UMASK = mask
+
+
 def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~_UMASK
 

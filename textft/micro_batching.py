@@ -59,12 +59,17 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textft-model")
         self.task: asyncio.Task | None = None
         self.waiting = 0  # texts in the queue, not yet taken into a batch
+        self.in_flight = 0  # requests submitted and not yet answered
+        self.running: list[_Pending] = []  # the requests of the batch the model runs now
+        self.stopped = False
         self.batches = self.texts = self.dropped = self.rejected = self.timed_out = self.failed = 0
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop at once: requests still queued fail (PredictionFailed), none is left waiting forever."""
+        self.stopped = True
         if self.task is not None:
             self.task.cancel()
             try:
@@ -72,6 +77,17 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self.executor.shutdown(wait=False, cancel_futures=True)
+        left = self.running + [self.queue.get_nowait() for _ in range(self.queue.qsize())]
+        for item in left:
+            if not item.future.done():
+                item.future.set_exception(PredictionFailed(item.tag))
+
+    async def retire(self, poll_s: float = 0.05) -> None:
+        """Stop once every request submitted so far has its answer (a model evicted from a cache while
+        clients wait for it answers them first)."""
+        while self.in_flight and not self.stopped:
+            await asyncio.sleep(poll_s)
+        await self.stop()
 
     def stats(self) -> dict[str, int]:
         return {"batches": self.batches, "texts": self.texts, "waiting": self.waiting, "rejected_queue_full":
@@ -86,6 +102,15 @@ class MicroBatcher:
         awaitable ``gone`` finishes first (the client disconnected), PredictionFailed when the model
         fails on these texts alone.
         """
+        if self.stopped:
+            raise PredictionFailed(tag)
+        self.in_flight += 1
+        try:
+            return await self._submit(texts, timeout_s, gone, tag)
+        finally:
+            self.in_flight -= 1
+
+    async def _submit(self, texts: list[str], timeout_s: float | None, gone: Awaitable | None, tag: str) -> np.ndarray:
         if self.waiting + len(texts) > self.max_queue:
             self.rejected += 1
             if gone is not None and hasattr(gone, "close"):
@@ -147,7 +172,7 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         while True:
-            items = [item for item in await self._collect() if not item.future.done()]
+            items = self.running = [item for item in await self._collect() if not item.future.done()]
             if not items:
                 continue
             texts = [t for item in items for t in item.texts]

@@ -13,11 +13,14 @@ from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from markupsafe import escape
 
 from textft.errors import UserError
 from textft.hub_download import is_hub_id
 from textft import task_reports
+from textft.lora import ADAPTER_CONFIG, ADAPTER_DIR, RECORD
 from textft.report import render_markdown, without_examples
+from textft.report_parts import md_cell, md_code
 from textft.tasks import DEFAULT_TASK, METRIC_NAMES, from_model_config, task_class
 
 log = logging.getLogger("textft")
@@ -113,19 +116,31 @@ def local_paths(model_dir: Path) -> list[str]:
 
 def without_local_paths(text: str, paths: list[str]) -> str:
     """``text`` with each of ``paths`` (``local_paths``) replaced by its last part, wherever it
-    stands as a path of its own (not inside a URL or a longer name)."""
+    stands as a path of its own (not inside a URL or a longer name), as written or as the reports
+    write it (escaped for HTML in report.html, for Markdown in report.md and the card)."""
     for p in paths:
         name = Path(p).name
-        text = re.sub(rf"(?<![\w./:~-]){re.escape(p)}(?![\w-]|\.\w)", lambda _: name, text)
+        for shown, short in dict.fromkeys(((p, name), (md_cell(p), md_cell(name)), (str(escape(p)), str(escape(name))))):
+            text = re.sub(rf"(?<![\w./:~-]){re.escape(shown)}(?![\w-]|\.\w)", lambda _, short=short: short, text)
     return text
+
+
+def run_of(path: Path) -> Path:
+    """The run directory whose report describes ``path``: the run itself for the adapter a run wrote
+    into its ``adapter/`` subdirectory, else ``path``."""
+    parent = path.parent
+    if path.name == ADAPTER_DIR and (path / ADAPTER_CONFIG).is_file() and run_report(parent)[0] is not None:
+        return parent
+    return path
 
 
 def _run(path: Path, include_examples: bool = False) -> dict[str, Any]:
     """What the card is made of: the saved configs, the report and the names it may publish."""
     trained = _training_config(path)
-    config = _read_json(path / "config.json") or {}
+    record = _read_json(path / RECORD) or {}  # a LoRA adapter directory: the classifier's config is here
+    config = _read_json(path / "config.json") or record.get("classifier_config") or {}
     data_cfg = trained.get("data") or {}
-    report, report_md = run_report(path)
+    report, report_md = run_report(run_of(path))
     if report and not include_examples and any(isinstance(m, dict) and m.get("most_confident_mistakes")
                                                for m in report["splits"].values()):
         report_md = render_markdown(without_examples(report))
@@ -148,7 +163,7 @@ def _run(path: Path, include_examples: bool = False) -> dict[str, Any]:
     }
 
 
-def card_data(run: dict, name: str, license: str | None) -> ModelCardData:
+def card_data(run: dict, name: str, license: str | None, adapter: bool = False) -> ModelCardData:
     """The card's metadata; the model-index holds the test metrics (validation without a test split)."""
     splits, hub_dataset = run["splits"], run["hub_dataset"]
     split = "test" if "test" in splits else "validation" if "validation" in splits else next(iter(splits), None)
@@ -161,9 +176,11 @@ def card_data(run: dict, name: str, license: str | None) -> ModelCardData:
                               dataset_config=dataset_config, dataset_split=split, metric_type=kind,
                               metric_value=round(float(m[key]), 4), metric_name=label, metric_args=args)
                    for key, kind, label, args in task_reports.sections(run["task"].name).CARD_METRICS if isinstance(m.get(key), (int, float))]
-    return ModelCardData(license=license or _base_license(run["base_name"]) or "other", library_name="transformers",
+    return ModelCardData(license=license or _base_license(run["base_name"]) or "other",
+                         library_name="peft" if adapter else "transformers",
                          base_model=run["base"], datasets=[hub_dataset] if hub_dataset else None,
-                         pipeline_tag="text-classification", tags=["text-classification", "textft"],
+                         pipeline_tag="text-classification",
+                         tags=["text-classification", "textft", *(["lora", "peft"] if adapter else [])],
                          model_name=name, eval_results=results or None)
 
 
@@ -173,6 +190,21 @@ def from_config(config: dict) -> str:
         return from_model_config(config).name
     except UserError:
         return DEFAULT_TASK
+
+
+def _adapter_usage(run: dict, repo: str) -> list[str]:
+    """How peft loads the adapter: on its base model, with the classifier's labels (the base has none)."""
+    id2label = {int(k): v for k, v in (run["config"].get("id2label") or {}).items()}
+    labels = f"num_labels={len(id2label)}, id2label={id2label!r}, label2id={ {v: k for k, v in id2label.items()}!r}"
+    return ["## Usage", "", f"A LoRA adapter: it loads on top of its base model (`{run['shown_base']}`) with"
+            " [peft](https://github.com/huggingface/peft). The base has no classification head of these labels,"
+            " so they are passed along:", "", "```python",
+            "from peft import AutoPeftModelForSequenceClassification", "from transformers import AutoTokenizer", "",
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{repo}", {labels})',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")', "```", "",
+            "`model.merge_and_unload()` gives a plain transformers classifier. textft finds the base and the"
+            " labels itself, and merges the adapter in:", "", "```python", "import textft", "",
+            f'model = textft.load("{repo}")', 'print(model.predict(["Replace me by any text you like."]))', "```", ""]
 
 
 def _usage(run: dict, repo: str) -> list[str]:
@@ -193,7 +225,10 @@ def _usage(run: dict, repo: str) -> list[str]:
 def _training_table(run: dict, path: Path) -> list[str]:
     t = run["trained"]
     data_cfg, model_cfg, train_cfg, report = t.get("data") or {}, t.get("model") or {}, t.get("train") or {}, run["report"]
+    lora = model_cfg.get("transfer") == "lora"
     hp = [("base model", run["shown_base"]), ("transfer", model_cfg.get("transfer")),
+          *[(f"LoRA {k}", model_cfg.get(f"lora_{k}")) for k in ("rank", "alpha", "dropout", "target_modules",
+                                                                 "train_pooler") if lora],
           ("max_length", data_cfg.get("max_length")), ("truncation", data_cfg.get("truncation")),
           ("epochs", train_cfg.get("epochs")), ("batch_size", train_cfg.get("batch_size")), ("lr", train_cfg.get("lr")),
           ("head_lr", train_cfg.get("head_lr")), ("warmup_ratio", train_cfg.get("warmup_ratio")),
@@ -203,7 +238,7 @@ def _training_table(run: dict, path: Path) -> list[str]:
     hp = [(k, v) for k, v in hp if v is not None]
     if not hp:
         return []
-    lines = ["## Training", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in hp], ""]
+    lines = ["## Training", "", "| setting | value |", "|---|---|", *[f"| {k} | {md_cell(v)} |" for k, v in hp], ""]
     if (path / "textft_config.yaml").is_file():
         lines += ["The full resolved configuration is in `textft_config.yaml`.", ""]
     return lines
@@ -213,13 +248,18 @@ def _out_of_scope(config: dict) -> list[str]:
     oos = config.get("textft_out_of_scope")
     if not isinstance(oos, dict):
         return []
+    from textft.out_of_scope import METHOD_NAMES
+
     cal = oos.get("calibration") or {}
+    score = METHOD_NAMES.get(oos.get("method"), "score")
+    needs = (f" The score reads the training features saved in {md_code(oos['statistics']['file'])}."
+             if isinstance(oos.get("statistics"), dict) and oos["statistics"].get("file") else "")
     return ["## Out-of-scope rejection", "",
-            f"Predictions whose {'maximum softmax probability' if oos.get('method') == 'msp' else 'energy score'}"
-            f" is below {_fmt(oos.get('threshold'))} are answered `{oos.get('label')}`"
+            f"Predictions whose {score} score"
+            f" is below {_fmt(oos.get('threshold'))} are answered {md_code(oos.get('label'))}"
             f" (calibrated for {json.dumps(oos.get('target'))}). On the calibration data: in-scope accuracy"
             f" {_fmt(cal.get('in_scope_accuracy'))}, out-of-scope recall {_fmt(cal.get('out_of_scope_recall'))}."
-            " `textft.load` and `textft serve` apply it; plain `transformers.pipeline` does not.", ""]
+            f"{needs} `textft.load` and `textft serve` apply it; plain `transformers.pipeline` does not.", ""]
 
 
 def _report_section(run: dict, path: Path) -> list[str]:
@@ -234,28 +274,34 @@ def _report_section(run: dict, path: Path) -> list[str]:
 def model_card(model_dir: str | Path, license: str | None = None, repo_id: str | None = None,
                include_examples: bool = False) -> ModelCard:
     """README.md for the Hub: metadata (see ``card_data``), results, usage, training settings and the
-    run report, without local paths, and without quoted evaluation texts unless ``include_examples``."""
+    run report, without local paths, and without quoted evaluation texts unless ``include_examples``.
+    For a LoRA adapter directory, the card of the adapter: peft's metadata and usage."""
     path = Path(model_dir)
+    adapter = (path / ADAPTER_CONFIG).is_file()
     run = _run(path, include_examples)
-    name = (repo_id or path.resolve().name).split("/")[-1]
+    name = (repo_id or (run_of(path) if adapter else path).resolve().name).split("/")[-1]
     base, hub_dataset, labels = run["base"], run["hub_dataset"], run["labels"]
     what = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else \
-        f"fine-tuned from `{run['shown_base']}`" if run["base_name"] else "fine-tuned"
-    on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else f"`{run['source']}`"
+        f"fine-tuned from {md_code(run['shown_base'])}" if run["base_name"] else "fine-tuned"
+    on = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else md_code(run["source"])
     sections = task_reports.sections(run["task"].name)
     pairs = " It reads pairs of texts." if run["pairs"] else ""
-    lines = [f"# {name}", "", f"A {sections.CARD_KIND} {what} on {on} with textft.{pairs} {sections.card_summary(labels)}", ""]
+    lines = [f"# {md_cell(name)}", "", f"A {sections.CARD_KIND} {what} on {on} with textft.{pairs} {sections.card_summary(labels)}", ""]
+    if adapter:
+        lines[2] = (f"A LoRA adapter (peft) that makes {md_code(run['shown_base'])} a {sections.CARD_KIND}, trained on"
+                    f" {on} with textft.{pairs} {sections.card_summary(labels)}")
     if run["splits"]:
         keys = [key for key, *_ in sections.CARD_METRICS]
         lines += ["## Results", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
                   "|---|---:|" + "---:|" * len(keys)]
-        lines += [f"| {s} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
+        lines += [f"| {md_cell(s)} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
                   for s, m in run["splits"].items()]
         lines.append("")
-    lines += _out_of_scope(run["config"]) + _usage(run, repo_id or f"<user>/{name}") + _training_table(run, path)
+    usage = _adapter_usage if adapter else _usage
+    lines += _out_of_scope(run["config"]) + usage(run, repo_id or f"<user>/{name}") + _training_table(run, path)
     lines += _report_section(run, path)
     lines += ["## Limitations", "",
               "The scores above hold for data like the evaluation splits; check the model on your own data"
               " before relying on it, and keep in mind the licences of the base model and the training data.", ""]
-    text = f"---\n{card_data(run, name, license).to_yaml()}\n---\n\n" + "\n".join(lines)
-    return ModelCard(without_local_paths(text, local_paths(path)))
+    text = f"---\n{card_data(run, name, license, adapter).to_yaml()}\n---\n\n" + "\n".join(lines)
+    return ModelCard(without_local_paths(text, local_paths(path) + local_paths(run_of(path))))

@@ -152,8 +152,14 @@ def check_tokenizer_fits(model, tokenizer, name: str) -> None:
                         f" model only {rows:,} embeddings; the tokenizer belongs to another model", "model.name_or_path")
 
 
+def core_model(model: nn.Module) -> nn.Module:
+    """The transformers model itself, also inside a peft (LoRA) wrapper."""
+    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+
+
 def encoder_parts(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]]:
     """The embeddings and the stack of transformer layers (bottom first) of any encoder classifier."""
+    model = core_model(model)
     base = model.base_model
     n_layers = getattr(model.config, "num_hidden_layers", None)
     layers = next((m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers), None)
@@ -177,7 +183,10 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
 
 
 def apply_transfer(model: nn.Module, cfg: ModelConfig) -> dict[str, int]:
-    """Freeze what the transfer mode keeps fixed; return trainable and total parameter counts."""
+    """Freeze what the transfer mode keeps fixed; return trainable and total parameter counts. Under
+    lora, peft has frozen all but the adapters and the head (textft.lora.wrap)."""
+    if cfg.transfer == "lora":
+        return count_parameters(model)
     depths = layer_depths(model)
     n_layers = max(depths.values()) - 1
     # Gradual unfreezing keeps every parameter trainable and drops frozen gradients each step
@@ -203,7 +212,8 @@ def frozen_by_schedule(model: nn.Module, lowest: int) -> list[torch.Tensor]:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    params = list(model.parameters())
+    # peft keeps an untrained copy of each module it trains in full (LoRA's head): not the model's own
+    params = [p for name, p in model.named_parameters() if "original_module" not in name.split(".")]
     return {"trainable": sum(p.numel() for p in params if p.requires_grad),
             "total": sum(p.numel() for p in params)}
 

@@ -1,18 +1,18 @@
 """The report's figures, drawn with matplotlib's object-oriented API (no pyplot state, no display)
-into PNG bytes: confusion matrix, per-class F1, learning curves, calibration (single-label), label
+into PNG bytes: confusion matrix, per-class F1, learning curves, calibration and out-of-scope score
+histograms (single-label), label
 co-occurrence (multi-label), predicted against true values and residuals (regression), and the
 ``<img>`` tag that embeds one in a page. Each task's report sections (``textft.task_reports``) say
 which of them its splits get."""
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
 
 import numpy as np
 
-from textft.report_parts import METRIC_NAMES, escape, fmt, sorted_classes
+from textft.report_parts import METRIC_NAMES, fmt, sorted_classes
 from textft.tasks import LOWER_IS_BETTER
 
 MANY_CLASSES = 20
@@ -29,7 +29,7 @@ def figure(width: float, height: float):
 
 
 def png(fig) -> bytes:
-    # Twice the pixels the page shows (see report.img_tag), so that zooming in on 77 tick labels stays sharp.
+    # Twice the pixels the page shows (see css_width), so that zooming in on 77 tick labels stays sharp.
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white", dpi=PIXEL_DENSITY * 100)
     return buf.getvalue()
@@ -210,6 +210,39 @@ def plot_calibration(cal: dict) -> bytes:
     return png(fig)
 
 
+def plot_score_histograms(entry: dict) -> bytes:
+    """One panel per data the out-of-scope score was measured on: the scores of in-scope and of
+    out-of-scope examples, and the threshold between rejected and answered."""
+    measured = {name: m for name, m in entry["measured"].items() if m.get("histogram")}
+    fig = figure(6.2 * max(1, len(measured)), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(measured))))
+    for ax, (name, m) in zip(axes, measured.items()):
+        hist = m["histogram"]
+        edges = np.asarray(hist["edges"])
+        # Each kind as a share of its own examples: out-of-scope ones are often far fewer.
+        for key, color, label in (("in_scope", "#1f77b4", "in scope"), ("out_of_scope", "#d62728", "out of scope")):
+            counts = np.asarray(hist[key], dtype=float)
+            if counts.sum():
+                ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=color,
+                          label=f"{label} ({int(counts.sum())})")
+        ax.axvline(hist["threshold"], color="#222222", linestyle="--", linewidth=1.4)
+        ax.annotate("rejected  ", (hist["threshold"], 0.97), xycoords=("data", "axes fraction"), ha="right",
+                    va="top", fontsize=9)
+        ax.annotate("  answered", (hist["threshold"], 0.97), xycoords=("data", "axes fraction"), ha="left",
+                    va="top", fontsize=9)
+        recall = m.get("out_of_scope_recall")
+        shown = f"; out-of-scope recall {recall:.3f}" if recall is not None else ""
+        # Two lines: one line of data name and rates ran past a single panel's edge.
+        ax.set_title(f"{name}\nin-scope rejected {fmt(m.get('in_scope_rejection_rate'), 3)}{shown}", loc="left",
+                     fontsize=10)
+        below = f"\nthe first bar also holds {hist['below']} lower scores" if hist.get("below") else ""
+        ax.set_xlabel(f"{entry['method']} score (higher: more in scope){below}")
+        ax.set_ylabel("share of examples")
+        ax.legend(loc="upper left", fontsize=9, bbox_to_anchor=(0, 0.9))
+        ax.grid(axis="y", alpha=0.3)
+    return png(fig)
+
+
 def plot_cooccurrence(labels: list[str], counts) -> bytes:
     """Row i, column j: the share of texts carrying label i that also carry label j (the diagonal,
     always 1, shows each label's support instead)."""
@@ -292,10 +325,6 @@ def plot_residuals(points: dict, target: str) -> bytes:
     return png(fig)
 
 
-def img_tag(image: bytes | None, alt: str) -> str:
-    """An ``<img>`` with the PNG inside (a page that travels as one file), at its CSS size."""
-    if not image:
-        return ""
-    width = png_size(image)[0] // PIXEL_DENSITY
-    return (f'<img alt="{escape(alt)}" width="{width}"'
-            f' src="data:image/png;base64,{base64.b64encode(image).decode("ascii")}">')
+def css_width(image: bytes) -> int:
+    """The width in CSS pixels at which a page shows a figure (``PIXEL_DENSITY`` image pixels each)."""
+    return png_size(image)[0] // PIXEL_DENSITY

@@ -34,6 +34,13 @@ LR_RANGE = (1e-5, 1e-3)
 HEAD_LR_MULTIPLIER = 10.0
 """A freshly initialised head needs bigger steps than the pretrained encoder under it (Banking77,
 MiniLM, lr 1e-4, 2 epochs: head at 3x 0.876, 10x 0.922 validation accuracy; benchmarks/recipes.md)."""
+LORA_LR_MULTIPLIER = 10.0
+"""LoRA adapters' lr over the full fine-tuning lr of the same encoder (MiniLM, Banking77 and IMDB grids,
+benchmarks/recipes.md)."""
+LORA_MAX_LR = 1e-2
+LORA_STEPS_FACTOR = 1.5
+"""An auto-length LoRA run takes this many times the steps of full fine-tuning (Banking77, MiniLM, lr 2e-3:
+564 steps 0.925, 846 steps 0.931 validation accuracy; full fine-tuning gained nothing from a third pass)."""
 MIN_STEPS = 150
 """Fewest optimizer steps an auto-length run takes, whatever the dataset size."""
 STEPS_PER_CLASS = 8
@@ -195,19 +202,37 @@ def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:
     return t.max_steps or max(1, round(t.epochs * steps_per_epoch))
 
 
-def _learning_rates(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
-    lr = t.lr
-    if lr == AUTO:
-        raw = REFERENCE_LR * (REFERENCE_PARAMS / max(1, facts.non_embedding_params)) ** LR_EXPONENT
-        lr = float(f"{min(max(raw, LR_RANGE[0]), LR_RANGE[1]):.2g}")
-        why["train.lr"] = (f"{_count(facts.non_embedding_params)} non-embedding parameters, on the line through"
-                           f" MiniLM ({REFERENCE_PARAMS / 1e6:.1f}M: {_fmt(REFERENCE_LR)}, measured) and bert-base"
-                           f" ({LARGE_PARAMS / 1e6:.0f}M: {_fmt(LARGE_LR)}); lr ~ params^-{LR_EXPONENT:.2f}"
-                           + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
-                              if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
+def full_fine_tuning_lr(non_embedding: int) -> tuple[float, str]:
+    """The encoder lr of full fine-tuning for an encoder of this size, and why."""
+    raw = REFERENCE_LR * (REFERENCE_PARAMS / max(1, non_embedding)) ** LR_EXPONENT
+    lr = float(f"{min(max(raw, LR_RANGE[0]), LR_RANGE[1]):.2g}")
+    return lr, (f"{_count(non_embedding)} non-embedding parameters, on the line through MiniLM"
+                f" ({REFERENCE_PARAMS / 1e6:.1f}M: {_fmt(REFERENCE_LR)}, measured) and bert-base"
+                f" ({LARGE_PARAMS / 1e6:.0f}M: {_fmt(LARGE_LR)}); lr ~ params^-{LR_EXPONENT:.2f}"
+                + (f", clipped to [{_fmt(LR_RANGE[0])}, {_fmt(LR_RANGE[1])}]"
+                   if not LR_RANGE[0] <= raw <= LR_RANGE[1] else ""))
+
+
+def _learning_rates(t: TrainConfig, facts: Facts, lora: bool, values: dict, why: dict) -> None:
+    lr, full_why = full_fine_tuning_lr(facts.non_embedding_params)
+    full_lr = lr
+    if t.lr == AUTO:
+        why["train.lr"] = full_why
+        if lora:
+            lr = float(f"{min(LORA_LR_MULTIPLIER * full_lr, LORA_MAX_LR):.2g}")
+            why["train.lr"] = (f"LoRA: {LORA_LR_MULTIPLIER:g} x {_fmt(full_lr)}, the full fine-tuning lr of this"
+                               f" encoder ({full_why}); the adapters start at zero and move the weights through"
+                               " a low-rank product, so they need larger steps (benchmarks/recipes.md)")
         values["lr"] = lr
+    else:
+        lr = t.lr
     if t.head_lr == AUTO:
-        if facts.fresh_head and facts.pretrained_encoder:
+        if facts.fresh_head and facts.pretrained_encoder and lora:
+            values["head_lr"] = float(f"{HEAD_LR_MULTIPLIER * full_lr:.2g}")
+            why["train.head_lr"] = (f"{HEAD_LR_MULTIPLIER:g} x {_fmt(full_lr)} (the full fine-tuning lr): the"
+                                    f" {facts.num_labels}-way head is freshly initialised and trained in full, as"
+                                    " under full fine-tuning")
+        elif facts.fresh_head and facts.pretrained_encoder:
             values["head_lr"] = float(f"{HEAD_LR_MULTIPLIER * lr:.2g}")
             why["train.head_lr"] = (f"{HEAD_LR_MULTIPLIER:g} x lr: the {facts.num_labels}-way head is freshly"
                                     " initialised on a pretrained encoder")
@@ -217,7 +242,7 @@ def _learning_rates(t: TrainConfig, facts: Facts, values: dict, why: dict) -> No
                                     else "= lr: the whole model starts from random weights")
 
 
-def _length(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
+def _length(t: TrainConfig, facts: Facts, lora: bool, values: dict, why: dict) -> None:
     per_epoch = facts.steps_per_epoch
     if t.max_steps is not None:
         values["epochs"] = round(t.max_steps / per_epoch, 3)
@@ -226,15 +251,21 @@ def _length(t: TrainConfig, facts: Facts, values: dict, why: dict) -> None:
     # Every output row of the head needs its share of steps: a class, or a label of a multi-label
     # task (each a binary decision of its own); a regression head has one.
     steps = max(MIN_STEPS, STEPS_PER_CLASS * facts.num_labels)
+    base_steps = steps
+    if lora:
+        steps = round(LORA_STEPS_FACTOR * steps)
     min_epochs, min_reason = min_passes(facts)
     epochs = min(max(steps / per_epoch, min_epochs), MAX_EPOCHS)
     values["epochs"] = round(epochs, 3)
     bound = (f" (at least {min_reason})" if epochs == min_epochs and steps < min_epochs * per_epoch
              else f" (capped at {MAX_EPOCHS:g})" if epochs == MAX_EPOCHS else "")
     outputs = task_class(facts.task).output_noun
-    why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} {outputs}) ="
-                           f" {steps} optimizer steps; {facts.n_train:,} examples / global batch"
-                           f" {facts.global_batch} = {per_epoch} steps per epoch{bound}")
+    lora_why = (f" x {LORA_STEPS_FACTOR:g} under LoRA (the adapters start at zero and learn more slowly"
+                f" than full fine-tuning)" if lora else "")
+    why["train.epochs"] = (f"at least max({MIN_STEPS}, {STEPS_PER_CLASS} x {facts.num_labels} {outputs})"
+                           f"{' = ' + str(base_steps) if lora else ''}{lora_why} = {steps} optimizer steps;"
+                           f" {facts.n_train:,} examples / global batch {facts.global_batch} = {per_epoch} steps"
+                           f" per epoch{bound}")
 
 
 def min_passes(facts: Facts) -> tuple[float, str]:
@@ -343,10 +374,11 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, dict[str, str], Plan]:
         lower = "lower" if t.metric_for_best in LOWER_IS_BETTER else "higher"
         why["train.metric_for_best"] = f"the {facts.task} default ({lower} is better)"
         values["metric_for_best"] = t.metric_for_best
-    _learning_rates(t, facts, values, why)
+    lora = cfg.model.transfer == "lora"
+    _learning_rates(t, facts, lora, values, why)
     length_is_auto = t.epochs == AUTO and t.max_steps is None
     if t.epochs == AUTO:
-        _length(t, facts, values, why)
+        _length(t, facts, lora, values, why)
     total = total_steps(dataclasses.replace(t, epochs=values.get("epochs", t.epochs)), facts.steps_per_epoch)
     if t.eval_every_steps == AUTO:
         if length_is_auto:

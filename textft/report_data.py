@@ -16,6 +16,7 @@ import yaml
 from textft import run_events, task_reports, tasks
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl
+from textft.out_of_scope import METHOD_NAMES, OOS_KEY
 
 REPORT_VERSION = 1
 DEFAULT_MISTAKES = 10
@@ -153,6 +154,8 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
         "model": model_name,
         "transfer": model_cfg.get("transfer"),
         "unfreeze_top_k": model_cfg.get("unfreeze_top_k") if model_cfg.get("transfer") == "top_k" else None,
+        "lora": {k: model_cfg.get(f"lora_{k}") for k in ("rank", "alpha", "dropout", "target_modules", "train_pooler")}
+        if model_cfg.get("transfer") == "lora" else None,
         "data_source": source,
         "task": task.name,
         "headline": list(task.headline),
@@ -178,8 +181,30 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
                     "eval": eval_records},
         "config": cfg or None,
         "recipe": recipe_rows(ev.get("recipe"), cfg),
+        "out_of_scope": out_of_scope_entry(Path(run_dir)),
         "warnings": warnings,
     }
+
+
+def out_of_scope_entry(run_dir: Path) -> dict[str, Any] | None:
+    """The model's out-of-scope settings (``textft calibrate``, or training with data.oos_label) as the
+    report shows them: the score and threshold, why that score, every score measured, and the
+    histograms of in-scope and out-of-scope scores on each data it was measured on."""
+    path = run_dir / "config.json"
+    try:
+        settings = read_json(path).get(OOS_KEY) if path.is_file() else None
+    except (UserError, AttributeError):
+        return None
+    if not isinstance(settings, dict) or not isinstance(settings.get("calibration"), dict):
+        return None
+    cal = settings["calibration"]
+    measured = {f"calibration ({cal.get('data') or 'labelled data'})": cal,
+                **{split: m for split, m in (settings.get("evaluations") or {}).items() if isinstance(m, dict)}}
+    return {"method": settings.get("method"), "description": METHOD_NAMES.get(settings.get("method"), ""),
+            "threshold": settings.get("threshold"), "label": settings.get("label"), "target": settings.get("target"),
+            "chosen_because": cal.get("chosen_because"), "methods": cal.get("methods") or {},
+            "measured": {name: {k: v for k, v in m.items() if k != "methods"} for name, m in measured.items()}}
+
 
 
 def recipe_rows(recipe: Any, cfg: dict) -> list[dict[str, Any]]:

@@ -1,11 +1,11 @@
-"""The pieces every report shares: metric names, numbers and texts as shown, Markdown cells, HTML
-tables and the example cells that quote an evaluated text (with its pair). The generic report
-(``textft.report``), the task sections (``textft.task_reports``) and the comparison use them."""
+"""The pieces every report shares: metric names, numbers and texts as shown, Markdown cells and the
+examples that quote an evaluated text (with its pair). The generic report (``textft.report``), the task
+sections (``textft.task_reports``) and the comparison use them; the HTML pages lay them out in
+templates (``textft.templating``)."""
 
 from __future__ import annotations
 
-import html
-from typing import Any
+import re
 
 from textft.tasks import METRIC_NAMES  # noqa: F401 (how each metric is written, for every report module)
 
@@ -44,30 +44,27 @@ def check_rows(rows: list[dict], m: dict, split: str, warnings: list[str]) -> No
                         f" {m.get('num_examples')} examples")
 
 
-def escape(v) -> str:
-    return html.escape(str(v))
+MARKDOWN_MARKUP = re.compile(r"([\\`*<&|]|\[(?=[^\]]*\][(\[]))")
+"""What Markdown (or the HTML inside it) reads as markup: escapes, code, emphasis, tags, entities, table
+cells, and a bracket that opens a link (``[text](url)``; an interval's ``[0.71, 0.90]`` stays as it is)."""
 
 
-def md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def md_cell(value) -> str:
+    """A value (a label, an evaluated text, a name) as Markdown shows it as written, in a table cell or in
+    a line: a backslash before each character Markdown or HTML would read, so ``<script>`` or ``R&amp;D``
+    stays text on the Hub and on GitHub. Underscores stay: inside a word they never emphasise."""
+    return MARKDOWN_MARKUP.sub(r"\\\1", str(value))
 
 
-def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
-    th = "".join(f'<th class="n">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(header))
-    body = []
-    for row in rows:
-        cells = "".join(f'<td class="n">{escape(v)}</td>' if i in numeric else f"<td>{escape(v)}</td>"
-                        for i, v in enumerate(row))
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def md_code(value) -> str:
+    """A value as inline code (shown as written: Markdown reads nothing inside), fenced by more backticks
+    than it holds in a row."""
+    text = str(value)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def example_markdown(r: dict) -> str:
     """A text of the report's example tables, with its pair."""
     return md_cell(r["text"] + (f" ‖ {r['text_pair']}" if r.get("text_pair") is not None else ""))
-
-
-def example_html(r: dict) -> str:
-    """A text of the report's example tables, with its pair below it."""
-    pair = f"<div class='pair'>&#8644; {escape(r['text_pair'])}</div>" if r.get("text_pair") is not None else ""
-    return f"<td class='text'>{escape(r['text'])}{pair}</td>"

@@ -242,10 +242,11 @@ def check_answer_options(classifier, top_k, return_all_scores) -> None:
 
 
 async def batched_logits(batcher: MicroBatcher, items: list, *, timeout_s: float | None = None,
-                         gone: Awaitable | None = None) -> np.ndarray:
-    """Logits of ``items`` through the micro-batcher, its refusals as HTTP answers: 503 with Retry-After
-    when the queue is full or the request ran out of time, 500 with a request id (never a trace) when
-    the forward pass failed. ClientGone passes through: there is nobody to answer."""
+                         gone: Awaitable | None = None):
+    """The classifier's outputs (logits and out-of-scope scores) of ``items`` through the micro-batcher,
+    its refusals as HTTP answers: 503 with Retry-After when the queue is full or the request ran out of
+    time, 500 with a request id (never a trace) when the forward pass failed. ClientGone passes through:
+    there is nobody to answer."""
     tag = uuid.uuid4().hex[:12]
     retry_after = {"Retry-After": str(max(1, round((timeout_s or 10) / 10)))}
     try:
@@ -260,22 +261,23 @@ async def batched_logits(batcher: MicroBatcher, items: list, *, timeout_s: float
                                  " the details") from None
 
 
-def model_runner(classifier, max_batch_size: int) -> Callable[[list[tuple[str, str | None]]], np.ndarray]:
-    """The function the micro-batcher calls with a batch of (text, text_pair) items: their logits."""
+def model_runner(classifier, max_batch_size: int) -> Callable[[list[tuple[str, str | None]]], Any]:
+    """The function the micro-batcher calls with a batch of (text, text_pair) items: their outputs
+    (``Classifier.outputs``: logits, and the in-scope score of a calibrated model's out-of-scope method)."""
     from textft.tokenization import bounded_text
 
     # head, tail or head+tail; sliding windows read the whole text, which is not cut
     truncation = classifier.long_text
 
-    def run(items: list[tuple[str, str | None]]) -> np.ndarray:
+    def run(items: list[tuple[str, str | None]]):
         # Cut to what truncation keeps before tokenising: tokenizers cost more than linear time in
         # the length, and a maximum-size request would otherwise spend most of its time there.
         # Pairs are truncated by the tokenizer's pair strategy, so only single texts are cut here.
         if classifier.pairs:
-            return classifier.logits([t for t, _ in items], batch_size=max_batch_size, pairs=[p for _, p in items])
+            return classifier.outputs([t for t, _ in items], batch_size=max_batch_size, pairs=[p for _, p in items])
         texts = [bounded_text(t, classifier.tokenizer, classifier.max_length, truncation, classifier.head_fraction)
                  for t, _ in items]
-        return classifier.logits(texts, batch_size=max_batch_size)
+        return classifier.outputs(texts, batch_size=max_batch_size)
 
     return run
 
@@ -330,10 +332,10 @@ def create_app(classifier, *, max_batch_size: int = 32, max_wait_ms: float = 5.0
         items = request_items(req.inputs, max_texts, max_chars, classifier.pairs)
         check_answer_options(classifier, req.top_k, req.return_all_scores)
         try:
-            logits = await batched_logits(batcher, items, timeout_s=request_timeout_s, gone=_client_gone(request))
+            outputs = await batched_logits(batcher, items, timeout_s=request_timeout_s, gone=_client_gone(request))
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        return {"predictions": classifier.results(logits, top_k=req.top_k, return_all_scores=req.return_all_scores)}
+        return {"predictions": classifier.results(outputs, top_k=req.top_k, return_all_scores=req.return_all_scores)}
 
     # JSON escapes (\uXXXX) take up to 6 bytes a character; anything larger cannot pass the limits.
     app.add_middleware(BodyLimit, max_bytes=6 * max_texts * max_chars + 65_536)

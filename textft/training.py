@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from textft import lora
 from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
                                latest_checkpoint, load_best, save_best, save_model)
 from textft.config import Config, save_config
@@ -32,7 +33,7 @@ from textft.run_dir import write_predictions, write_reports
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
 from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, check_max_length, check_tokenizer_fits,
+from textft.modeling import (apply_transfer, build_model, check_max_length, check_tokenizer_fits, core_model,
                              enable_activation_checkpointing, load_tokenizer, model_positions, param_groups,
                              position_limit, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
@@ -248,6 +249,8 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
     for key, why in recipe.items():
         section, name = key.split(".", 1)
         log.info("auto %s = %s: %s", key, getattr(getattr(cfg, section), name), why)
+    if cfg.model.transfer == "lora":
+        model = lora.wrap(model, cfg.model, resolve_model_path(cfg.model.name_or_path))
     params = apply_transfer(model, cfg.model)
     if cfg.model.transfer == "few_shot":
         prototypes = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
@@ -257,9 +260,9 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
     if cfg.train.padding_free:
         from textft import packing
 
-        if problem := packing.unavailable_reason(model, accelerator.device):
+        if problem := packing.unavailable_reason(core_model(model), accelerator.device):
             raise UserError(f"'train.padding_free': {problem}")
-        packing.enable(model)
+        packing.enable(core_model(model))
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     log.info("data %s: %s; %s, %d label(s)%s", data.source, ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()),
@@ -379,8 +382,14 @@ def write_run(run: Run, reports: dict, predictions: dict, best: dict | None,
              "config": cfg.to_dict(), "recipe": run.recipe}
 
     def write(tmp: Path) -> None:
-        save_model(tmp, model, run.tokenizer)
+        if lora.is_peft_model(model) and cfg.output.save_adapter is not False:
+            lora.write_adapter(model, tmp / lora.ADAPTER_DIR, run.tokenizer,
+                               base={"name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision})
+            save_config(cfg, tmp / lora.ADAPTER_DIR / "textft_config.yaml", run.recipe)
+        save_model(tmp, lora.merge(model), run.tokenizer)
         save_config(cfg, tmp / "textft_config.yaml", run.recipe)
+        if d.oos_label is not None:  # through textft.load, which reads the config saved above
+            calibrate_out_of_scope(run, tmp, predictions)
         write_reports(tmp, reports, run.task, extra, title=f"textft: {cfg.model.name_or_path} on {run.data.source}")
         write_predictions(tmp / "predictions", predictions)
         if (out_dir / "train_log.jsonl").exists():  # the report's learning curves read it
@@ -394,12 +403,53 @@ def write_run(run: Run, reports: dict, predictions: dict, best: dict | None,
         run.checkpoints.rmdir()
 
 
+def calibrate_out_of_scope(run: Run, model_dir: Path, predictions: dict) -> None:
+    """With ``data.oos_label``: the out-of-scope score and threshold chosen on validation as ``textft
+    calibrate`` does (fitted on the training split, at ``train.oos_target_rejection``), measured on
+    every evaluation split and saved with the model in ``model_dir``; each prediction record says
+    whether its text was rejected, and the answer given."""
+    from textft import calibration
+    from textft.classifier import Classifier
+
+    oos, names = run.cfg.data.oos_label, run.data.label_names
+    train = run.data.splits["train"]
+    clf = Classifier.from_pretrained(model_dir, device=str(run.accelerator.device), out_of_scope=False,
+                                     backend="torch")
+    batch = run.cfg.train.eval_batch_size or 2 * run.cfg.train.batch_size
+
+    def labelled(split: str) -> tuple[list[str], list[str]]:
+        return run.eval_texts[split], [r["label"] for r in predictions[split]]
+
+    settings, statistics = calibration.calibrate(
+        clf, *labelled("validation"), target_rejection=run.cfg.train.oos_target_rejection, oos_label=oos,
+        batch_size=batch, train=(list(train["text"]), [names[i] if i >= 0 else oos for i in train["labels"]]),
+        source="validation split")
+    clf = clf.replace(out_of_scope=settings, oos_statistics=statistics)
+    settings["evaluations"] = {}
+    for split in run.eval_texts:  # validation is measured again for its prediction records
+        texts, labels = labelled(split)
+        outputs = clf.outputs(texts, batch)
+        truth = calibration.class_ids(labels, names)
+        if split != "validation":
+            settings["evaluations"][split] = calibration.measure_outputs(outputs, truth, settings["threshold"])
+        for row, score in zip(predictions[split], outputs.in_scope):
+            row["out_of_scope"] = bool(score < settings["threshold"])
+            row["pred"] = oos if row["out_of_scope"] else row["pred"]
+    settings = calibration.write_settings(model_dir, settings, statistics)
+    log.info("out of scope: %s, threshold %.6g (%s); test out-of-scope recall %s", settings["method"],
+             settings["threshold"], settings["calibration"]["chosen_because"],
+             (settings["evaluations"].get("test") or {}).get("out_of_scope_recall"))
+
+
 def export(run: Run, render: Callable[[Path], None] | None = None) -> dict:
     """The best weights, evaluated on every split and written as the run directory (with what ``render``
     adds, inside the same atomic swap); returns the reports."""
     accelerator, cfg, state = run.accelerator, run.cfg, run.state
     best = load_best(accelerator, run.model, run.checkpoints)
     run.task.export(accelerator.unwrap_model(run.model))
+    if lora.is_peft_model(accelerator.unwrap_model(run.model)):
+        # the adapters added into the weights, so the final evaluation scores the model as exported
+        accelerator.unwrap_model(run.model).merge_adapter()
     reports, predictions = final_evaluation(run)
     if accelerator.is_main_process:
         write_run(run, reports, predictions, best, render)
@@ -413,6 +463,8 @@ def export(run: Run, render: Callable[[Path], None] | None = None) -> dict:
                   f" (epoch {best['epoch']}); stopped: {state.stop_reason}")
         rendered = f"; report: {run.out_dir / 'report.html'}" if render is not None else ""
         print(f"model saved to {run.out_dir} ({state.step} steps in {state.seconds:.0f} s){rendered}")
+        if (run.out_dir / lora.ADAPTER_DIR).is_dir():
+            print(f"adapter saved to {run.out_dir / lora.ADAPTER_DIR} (peft format, on top of {cfg.model.name_or_path})")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and, on several processes, the process group
     return reports

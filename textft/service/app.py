@@ -13,6 +13,7 @@ lifespan, error handlers, the JSON body limit and the web page.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
@@ -26,6 +27,8 @@ from textft.service.metrics import RequestMetrics
 from textft.service.problems import error_response, problem_of_status, refusal
 from textft.service.textft_api import Problem, UserError, serve_local_docs
 from textft.service.web import mount_page
+
+log = logging.getLogger("textft.service")
 
 JSON_BODY_LIMIT = 1 << 20
 
@@ -79,8 +82,17 @@ async def user_error(request: Request, exc: UserError):
     return refusal(exc, {"Connection": "close"} if getattr(exc, "close", False) else None)
 
 
+async def internal_error(request: Request, exc: Exception):
+    """A fault of the service's own: the client learns nothing of the server (the log has the traceback)."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    # uvicorn closes the connection after a fault: the client must not send its next request on it
+    return error_response([Problem("the service failed to answer this request; its operator's log has the details",
+                                   None, "internal")], headers={"Connection": "close"})
+
+
 EXCEPTION_HANDLERS = {RequestValidationError: invalid_request, StarletteHTTPException: http_error,
-                      UserError: user_error}
+                      UserError: user_error,
+                      Exception: internal_error}
 
 
 def create_app(service: Service) -> FastAPI:

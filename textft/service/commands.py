@@ -93,7 +93,8 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
         problems.append(f"{label('port', sources)} must be in 0..65535, got {args.port}")
     if args.metrics_port is not None and not 0 < args.metrics_port <= 65535:
         problems.append(f"{label('metrics_port', sources)} must be in 1..65535, got {args.metrics_port}")
-    for name in ("max_upload_mb", "max_loaded_models", "predict_threads", "webhook_timeout", "webhook_attempts"):
+    for name in ("max_upload_mb", "max_loaded_models", "max_loaded_adapters", "predict_threads", "webhook_timeout",
+                 "webhook_attempts", "header_timeout", "body_timeout"):
         if getattr(args, name) <= 0:
             problems.append(f"{label(name, sources)} must be > 0, got {getattr(args, name)}")
     for dest in [flag[2:].replace("-", "_") for flag, *_ in LIMIT_ARGS] + ["check_workers", "check_seconds",
@@ -101,7 +102,8 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
         value = getattr(args, dest)
         if value is not None and value <= 0:
             problems.append(f"{label(dest, sources)} must be > 0, got {value}")
-    for name in ("workers", "max_queued", "save_every_steps", "grace", "max_retries"):
+    for name in ("workers", "max_queued", "save_every_steps", "grace", "max_retries", "max_auth_failures",
+                 "max_connections_per_client"):
         value = getattr(args, name)
         if value is not None and value < 0:
             problems.append(f"{label(name, sources)} must be >= 0, got {value}")
@@ -110,6 +112,27 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
             if not Path(path).is_dir():
                 problems.append(f"{label(name, sources)}: directory '{path}' does not exist")
     return problems
+
+
+def _client_limits(parser: EnvParser) -> None:
+    """What one client (address) may hold or try: a shared service meets careless and hostile ones."""
+    parser.option("--max-auth-failures", type=int, default=20,
+                  help="failed key checks a client address may make a minute before it is refused (0: no limit)")
+    parser.option("--header-timeout", type=float, default=10.0,
+                  help="seconds a client has to send a request's headers; also how long an idle connection stays open")
+    parser.option("--body-timeout", type=float, default=30.0,
+                  help="longest pause, in seconds, while a client sends a request's body")
+    parser.option("--max-connections-per-client", type=int, default=32,
+                  help="open connections one client address may hold at once (0: no cap)")
+    parser.add_argument("--adopt-orphans", action="store_true",
+                        help="start although the database is missing or empty while the data directory holds"
+                             " datasets and jobs: a new database, and those directories kept aside in quarantine/")
+
+
+def _client_options(args) -> dict:
+    return {"adopt_orphans": args.adopt_orphans, "max_auth_failures": args.max_auth_failures,
+            "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
+            "max_connections_per_client": args.max_connections_per_client}
 
 
 def service_main(argv: list[str]) -> int:
@@ -141,7 +164,8 @@ def service_main(argv: list[str]) -> int:
                        " interrupted jobs resume from their latest checkpoint)")
     parser.option("--max-upload-mb", type=float, default=200, help="default per-key upload limit")
     parser.option("--max-queued", type=int, default=10, help="default per-key limit of queued jobs")
-    parser.option("--max-loaded-models", type=int, default=2, help="models kept in memory for predictions")
+    parser.option("--max-loaded-models", type=int, default=2, help="full models and shared LoRA bases kept in memory")
+    parser.option("--max-loaded-adapters", type=int, default=64, help="LoRA models kept on the loaded bases")
     parser.option("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
     parser.option("--predict-threads", type=int, default=1, help="CPU threads for predictions")
     parser.option("--grace", type=float, default=60.0, help="seconds a stopped or cancelled job gets before SIGKILL")
@@ -149,6 +173,7 @@ def service_main(argv: list[str]) -> int:
                   help="how much the service logs")
     _limit_options(parser)
     _ops_options(parser)
+    _client_limits(parser)
     args, _ = parser.parse(argv, _service_problems)
     data_dir = Path(args.data_dir)
     try:
@@ -172,14 +197,14 @@ def service_main(argv: list[str]) -> int:
                    configs_dirs=tuple(Path(p) for p in args.configs),
                    local_models=tuple(Path(p).resolve() for p in args.local_models),
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
-                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models,
+                   max_queued=args.max_queued, max_loaded_models=args.max_loaded_models, max_loaded_adapters=args.max_loaded_adapters,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
                    gpus=_gpus(args.gpus), log_level=args.log_level, limits=_limits_of(args),
                    check_workers=args.check_workers, check_seconds=args.check_seconds,
                    check_memory_bytes=None if args.check_memory_gb is None else int(args.check_memory_gb * 1e9),
                    max_retries=args.max_retries, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                    webhooks=WebhookSettings(allow_private=args.allow_private_webhooks, timeout_s=args.webhook_timeout,
-                                            max_attempts=args.webhook_attempts))
+                                            max_attempts=args.webhook_attempts), **_client_options(args))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: use TLS (a reverse proxy) so that keys do not cross the"
               " network in clear", file=sys.stderr)
@@ -205,6 +230,9 @@ def keys_main(argv: list[str]) -> int:
     create.add_argument("--max-steps", type=int, help="optimizer steps of one job (default: the service's --max-steps)")
     create.add_argument("--max-job-hours", type=float, help="wall-clock time of one job (default: the service's"
                                                             " --job-hours)")
+    create.add_argument("--hub-namespace", action="append", default=[], metavar="ORG",
+                        help="a Hub user or organization the key may push into with the service's token (repeat for"
+                             " more; without it, a push needs the key holder's own token)")
     listing = sub.add_parser("list", help="list keys (never their secrets)")
     _data_dir(listing)
     listing.add_argument("--json", action="store_true")
@@ -218,14 +246,15 @@ def keys_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
     from textft.service.keys import LIMIT_FLAGS, create_key, list_keys, revoke_key, rotate_webhook_secret
-    from textft.service.layout import DataDir
-    from textft.service.store import Store
+    from textft.service.layout import DataDir, private_files
+    from textft.service.safekeeping import open_store
 
+    private_files()
     data = DataDir(data_dir).create()
-    store = Store(data.db)
+    store = open_store(data, how_to_start="run textft service once with")
     if args.action == "create":
         given = {limit: getattr(args, flag[2:].replace("-", "_")) for limit, (flag, _) in LIMIT_FLAGS.items()}
-        key, record = create_key(store, args.name, args.admin, **{
+        key, record = create_key(store, args.name, args.admin, args.hub_namespace, **{
             limit: None if value is None else value * LIMIT_FLAGS[limit][1] if limit == "max_job_seconds"
             else round(value * LIMIT_FLAGS[limit][1]) for limit, value in given.items()})
         print(key)
@@ -242,8 +271,9 @@ def keys_main(argv: list[str]) -> int:
             for k in keys:
                 limits = ", ".join(f"{flag[6:]} {k[limit] / unit:g}" for limit, (flag, unit) in LIMIT_FLAGS.items()
                                    if k[limit] is not None) or "service defaults"
+                hub = f"; pushes into {', '.join(k['hub_namespaces'])}" if k["hub_namespaces"] else ""
                 print(f"{k['id']:<14}{k['name']:<20}{'yes' if k['admin'] else 'no':<7}{_when(k['created_at']):<18}"
-                      f"{_when(k['revoked_at']):<18}{limits}")
+                      f"{_when(k['revoked_at']):<18}{limits}{hub}")
     elif args.action == "webhook-secret":
         record, secret = rotate_webhook_secret(store, args.key)
         print(secret)
@@ -269,8 +299,10 @@ def worker_main(argv: list[str]) -> int:
     args, sources = parser.parse(argv)
     if args.job_memory_gb is not None and args.job_memory_gb <= 0:
         raise UserError(f"{label('job_memory_gb', sources)} must be > 0, got {args.job_memory_gb}")
+    from textft.service.layout import private_files
     from textft.service.worker import run_worker
 
+    private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     return run_worker(args.data_dir, args.broker, args.workers, _gpus(args.gpus), args.grace,
                       None if args.job_memory_gb is None else int(args.job_memory_gb * 1e9))

@@ -23,14 +23,14 @@ from textft.service.checks import Checker
 from textft.service.containment import Cgroups
 from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
-from textft.service.layout import DataDir
+from textft.service.layout import DataDir, private_files
 from textft.service.limits import Storage, default_limits, machine_memory
 from textft.service.metrics import Metrics
 from textft.service.models import ModelCache
 from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
                                   stop_consumer)
+from textft.service.safekeeping import open_store
 from textft.service.scheduler import Monitor
-from textft.service.store import Store
 from textft.service.webhooks import Dispatcher, WebhookSettings
 
 log = logging.getLogger("textft.service")
@@ -51,6 +51,9 @@ class Options:
     max_upload_bytes: int = 200_000_000
     max_queued: int = 10
     max_loaded_models: int = 2
+    """Models with their own weights in memory for prediction: full models and shared base models."""
+    max_loaded_adapters: int = 64
+    """LoRA models in memory on their (shared) base models."""
     predict_device: str = "cpu"
     predict_threads: int = 1
     max_texts: int = 64
@@ -72,6 +75,16 @@ class Options:
     """Serve /metrics without a key on this port too (bound to metrics_host)."""
     metrics_host: str = "127.0.0.1"
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    max_auth_failures: int = 20
+    """Failed key checks a client address may make per minute before it is refused (429); 0: no limit."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send a request's headers (and an idle connection stays open)."""
+    body_timeout_s: float = 30.0
+    """Longest pause, in seconds, while a client sends a request's body."""
+    max_connections_per_client: int = 32
+    """Open connections one client address may hold at once (0: no cap)."""
+    adopt_orphans: bool = False
+    """Start even without a database over a data directory with datasets and jobs (they are kept aside)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -104,17 +117,19 @@ class Notifier:
 class Service:
     def __init__(self, opts: Options):
         self.opts = opts
+        private_files()
         self.data = DataDir(opts.data_dir).create()
         # Jobs inherit this: the datasets cache stays with the service's files.
         os.environ.setdefault("HF_DATASETS_CACHE", str(self.data.cache / "datasets"))
-        self.store = Store(self.data.db)
-        self.verifier = Verifier(self.store)
+        self.store = open_store(self.data, opts.adopt_orphans)
+        self.verifier = Verifier(self.store, max_failures=opts.max_auth_failures)
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()
         self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify, max_retries=opts.max_retries)
         self.catalog = Catalog(tuple(opts.configs_dirs))
         self.settings = Settings(save_every_steps=opts.save_every_steps, local_models=tuple(opts.local_models))
-        self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads)
+        self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads,
+                                 adapter_capacity=opts.max_loaded_adapters)
         gpus = detect_gpus() if opts.gpus is None else opts.gpus
         slots = opts.workers if opts.workers is not None else max(1, len(gpus))
         self.limits = default_limits(self.data.root, slots, len(gpus), remote=bool(opts.broker), **opts.limits)

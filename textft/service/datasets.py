@@ -59,9 +59,16 @@ class Upload:
     size: int = 0
 
 
+MAX_NAME = 200
+
+
 def safe_name(filename: str) -> str:
+    """The file's own name in safe characters, at most MAX_NAME of them; a cut keeps the extension."""
     name = re.sub(r"[^\w.\- ]", "_", Path(filename.replace("\\", "/")).name).strip() or "upload"
-    return name[:200]
+    if len(name) <= MAX_NAME:
+        return name
+    suffix = Path(name).suffix[:16]
+    return name[:MAX_NAME - len(suffix)].rstrip() + suffix
 
 
 class _Receiver:

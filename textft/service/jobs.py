@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import re
 import shutil
 import tempfile
@@ -135,19 +136,34 @@ class Settings:
     """Directories under which model.name_or_path may name a local model."""
 
 
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+"""A Hub repository id: NAME or ORG/NAME."""
+
+
 def _model_problem(name: Any, settings: Settings) -> str | None:
+    """Why ``name`` may not be a job's model: a local path must be absolute and under --local-models; any
+    other name must be a Hub id that is not also a path from the service's working directory, which
+    transformers would load first. The answer names none of the server's directories."""
     if not isinstance(name, str) or name.startswith("builtin:"):
         return None
+    use = "use a hub name (NAME or ORG/NAME), builtin:minilm or builtin:tiny-bert"
     local = name.startswith((".", "/", "~")) or name.count("/") > 1
     if not local:
-        return None  # a hub name
+        if not HUB_NAME.match(name) or ".." in name or name.endswith("."):
+            return f"'model.name_or_path': '{name[:100]}' is not a hub name; {use}"
+        if Path(name).exists():
+            return (f"'model.name_or_path': '{name}' also names a file beside the service, which it will not load;"
+                    f" name local models by their absolute path under the directories the operator allows"
+                    f" (textft service --local-models), or {use}")
+        return None
     path = Path(name).expanduser()
     resolved = path.resolve()
     if path.is_absolute() and any(resolved.is_relative_to(root.resolve()) for root in settings.local_models):
         return None
-    where = (", ".join(str(r) for r in settings.local_models) or "none configured (textft service --local-models DIR)")
-    return (f"'model.name_or_path': local model '{name}' is not under a directory the service allows"
-            f" ({where}); use a hub name, builtin:minilm or builtin:tiny-bert")
+    allowed = (f"{len(settings.local_models)} director{'y' if len(settings.local_models) == 1 else 'ies'} the operator"
+               " chose" if settings.local_models else "none (the operator allows them with textft service --local-models)")
+    return (f"'model.name_or_path': local model '{name[:100]}' is not under a directory the service allows ({allowed},"
+            f" named by absolute paths); {use}")
 
 
 def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Catalog,

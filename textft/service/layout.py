@@ -16,9 +16,14 @@ DATA_DIR/
   jobs/ID/run/              output.dir of the training: checkpoints, then the model and reports
   cache/                    the datasets library's cache, shared by uploads checks and jobs
   workers/HOST-PID.json     heartbeat of each process that runs jobs (service executors, textft worker)
+  quarantine/STAMP/         directories the database had no row for at a start, kept aside (never deleted)
 ```
 Paths inside job.yaml are relative to the job's directory (the training runs there), so a worker
 on another machine may mount the data directory anywhere.
+
+Everything here is private to the service's user: the directories are 0700 and the processes that
+write into them (the service, its jobs, ``textft worker``, the key commands) run under umask 077,
+so files are 0600 whatever umask the operator's shell had.
 """
 
 from __future__ import annotations
@@ -30,6 +35,29 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from textft.service.textft_api import set_umask
+
+
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """Files and directories this process (and the jobs it starts) creates are its user's alone."""
+    set_umask(PRIVATE_UMASK)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as the database's JSON columns hold it."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def unreadable_database(path: Path, why) -> str:
+    """One line: the damaged database, and what the operator can do (nothing was changed)."""
+    return (f"{path} is not a readable textft database ({' '.join(str(why).split())[:200]}); nothing was changed."
+            f" Restore it from a backup (sqlite3's .recover may save its rows), or move it aside and start textft"
+            f" service with --adopt-orphans to begin a new one (the datasets and jobs it knew are then kept aside in"
+            f" quarantine/, never deleted)")
+
 
 class DataDir:
     def __init__(self, root: str | Path):
@@ -39,11 +67,22 @@ class DataDir:
         self.datasets = self.root / "datasets"
         self.jobs = self.root / "jobs"
         self.cache = self.root / "cache"
+        self.quarantine = self.root / "quarantine"
 
     def create(self) -> "DataDir":
+        """The directories, 0700; the databases of an older data directory made 0600."""
         for path in (self.root, self.datasets, self.jobs, self.cache):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.chmod(0o700)  # also when it existed, or was made under another umask
+        for db in (self.db, self.queue_db):
+            for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                if path.is_file():
+                    path.chmod(0o600)
         return self
+
+    def tenant_dirs(self) -> list[Path]:
+        """Every entry under datasets/ and jobs/: what the database must account for."""
+        return sorted(p for top in (self.datasets, self.jobs) if top.is_dir() for p in top.iterdir())
 
     def job(self, job_id: str) -> Path:
         return self.jobs / job_id
@@ -76,7 +115,7 @@ def read_json(path: Path) -> Any | None:
 def create_exclusively(path: Path, data: Any) -> bool:
     """Write ``path`` only if it does not exist yet (O_EXCL, atomic also on NFS v3+); False if it did."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:

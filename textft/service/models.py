@@ -12,7 +12,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
-from textft.service.textft_api import OOS_KEY, THRESHOLDS_KEY, load_classifier, micro_batcher
+from textft.service.textft_api import (OOS_KEY, THRESHOLDS_KEY, adapter_base, adapter_subdir, is_adapter_dir,
+                                      load_classifier, micro_batcher, shared_base)
 
 EXCLUDED = {"checkpoints", "logs"}
 """Run subdirectories that are not part of the model: resume states and tracker logs."""
@@ -20,6 +21,32 @@ EXCLUDED = {"checkpoints", "logs"}
 
 def model_files(run: Path) -> list[Path]:
     return sorted(p for p in run.rglob("*") if p.is_file() and p.relative_to(run).parts[0] not in EXCLUDED)
+
+
+MERGED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+"""Files of a run directory that hold the merged model's weights (with shards named by the index)."""
+
+
+def stored_adapter(run: Path) -> Path | None:
+    """The adapter directory of a LoRA job whose model is stored as its adapter alone, else None."""
+    adapter = adapter_subdir(run)
+    return adapter if is_adapter_dir(adapter) and not any((run / n).is_file() for n in MERGED_WEIGHTS) else None
+
+
+def keep_adapter_only(run: Path) -> bool:
+    """A finished LoRA job keeps its adapter (and reports, tokenizer, config.json) and drops the merged
+    weights, which its base model and the adapter rebuild on download. Returns whether it did."""
+    if not is_adapter_dir(adapter_subdir(run)):
+        return False
+    for path in run.iterdir():
+        if path.name in MERGED_WEIGHTS or (path.name.startswith("model-") and path.suffix == ".safetensors"):
+            path.unlink()
+    return True
+
+
+def predict_path(run: Path) -> Path:
+    """What prediction loads: the adapter of an adapter-only model (onto its shared base), else the run."""
+    return stored_adapter(run) or run
 
 
 def saved_config(run: Path) -> dict | None:
@@ -128,33 +155,48 @@ def tar_stream(run: Path, root: str) -> Iterator[bytes]:
 
 
 class Loaded:
-    def __init__(self, classifier, batcher):
+    def __init__(self, classifier, batcher, base: tuple | None = None):
         self.classifier, self.batcher = classifier, batcher
+        self.base = base
+        """The key of the shared base model this adapter runs on (None: a model with its own weights)."""
 
 
 class ModelCache:
-    """At most ``capacity`` classifiers in memory, least recently used evicted first; each has its
-    own micro-batcher, so concurrent predictions share forward passes."""
+    """Models in memory for prediction, least recently used evicted first; each has its own
+    micro-batcher, so concurrent predictions of one model share forward passes (and a batch is always
+    one model's).
+
+    ``capacity`` counts what holds a whole set of weights: a full model, or a base model that LoRA
+    adapters share. The adapters on the loaded bases (each a few MB) count against
+    ``adapter_capacity``. An adapter's forward passes run on its base under the base's lock, so two
+    adapters of one base never mix (textft.shared_base)."""
 
     def __init__(self, capacity: int = 2, device: str = "cpu", threads: int | None = 1,
-                 max_batch_size: int = 32, max_wait_ms: float = 5.0):
-        self.capacity, self.device, self.threads = capacity, device, threads
+                 max_batch_size: int = 32, max_wait_ms: float = 5.0, adapter_capacity: int = 64):
+        self.capacity, self.adapter_capacity, self.device, self.threads = capacity, adapter_capacity, device, threads
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.loading: dict[str, asyncio.Future] = {}
+        self.bases: dict[tuple, object] = {}
+        self.retiring: set[asyncio.Task] = set()
         self._threads_set = False
 
-    def _load(self, path: Path):
+    def _load(self, model_id: str, path: Path, base: tuple | None):
         if self.threads and not self._threads_set:
             import torch
 
             # Predictions share the machine with training jobs: keep them to a few cores.
             torch.set_num_threads(self.threads)
             self._threads_set = True
-        classifier = load_classifier(path, device=self.device)
+        shared = (self.bases[base], model_id) if base is not None else None
+        classifier = load_classifier(path, device=self.device, shared=shared)
         # the first forward pass allocates; keep it off a client's clock
         classifier.logits(["warm up"], pairs=["warm up"] if classifier.pairs else None)
         return classifier
+
+    def weights_loaded(self) -> int:
+        """Full models and shared bases in memory: what ``capacity`` bounds."""
+        return sum(e.base is None for e in self.loaded.values()) + len({e.base for e in self.loaded.values()} - {None})
 
     async def get(self, model_id: str, path: Path) -> Loaded:
         if model_id in self.loaded:
@@ -165,14 +207,15 @@ class ModelCache:
         future = asyncio.get_running_loop().create_future()
         self.loading[model_id] = future
         try:
-            classifier = await asyncio.to_thread(self._load, path)
+            base = await asyncio.to_thread(adapter_base, path) if is_adapter_dir(path) else None
+            if base is not None and base not in self.bases:
+                self.bases[base] = shared_base(base, self.device)
+            classifier = await asyncio.to_thread(self._load, model_id, path, base)
             batcher = micro_batcher(classifier, self.max_batch_size, self.max_wait_s)
             batcher.start()
-            entry = Loaded(classifier, batcher)
+            entry = Loaded(classifier, batcher, base)
             self.loaded[model_id] = entry
-            while len(self.loaded) > self.capacity:
-                _, old = self.loaded.popitem(last=False)
-                await old.batcher.stop()
+            await self._shrink()
             future.set_result(entry)
             return entry
         except BaseException as e:
@@ -181,12 +224,47 @@ class ModelCache:
             raise
         finally:
             del self.loading[model_id]
+            self._drop_unused_bases()
 
-    async def evict(self, model_id: str) -> None:
+    async def _shrink(self) -> None:
+        while len(self.loaded) > 1 and (self.weights_loaded() > self.capacity or sum(
+                e.base is not None for e in self.loaded.values()) > self.adapter_capacity):
+            await self.evict(next(iter(self.loaded)))
+
+    def _drop_unused_bases(self) -> None:
+        """Forget bases no loaded adapter uses (nor one being loaded): their model is freed."""
+        used = {e.base for e in self.loaded.values()} | {None}
+        if not self.loading:
+            for key in set(self.bases) - used:
+                del self.bases[key]
+
+    async def evict(self, model_id: str, wait: bool = False) -> None:
+        """Take a model out of the cache. Requests already waiting for it are answered first, in the
+        background (``wait``: before returning); its adapter leaves its base after them."""
         entry = self.loaded.pop(model_id, None)
-        if entry is not None:
-            await entry.batcher.stop()
+        if entry is None:
+            return self._drop_unused_bases()
+        base = self.bases.get(entry.base) if entry.base is not None else None
+        self._drop_unused_bases()
+
+        async def retire() -> None:
+            try:
+                await entry.batcher.retire()
+            finally:
+                if not entry.batcher.stopped:  # cancelled by close()
+                    await entry.batcher.stop()
+            if base is not None and not (model_id in self.loaded and self.loaded[model_id].base == entry.base):
+                await asyncio.to_thread(base.remove, model_id)
+
+        task = asyncio.ensure_future(retire())
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
+        if wait:
+            await task
 
     async def close(self) -> None:
         for model_id in list(self.loaded):
             await self.evict(model_id)
+        for task in list(self.retiring):
+            task.cancel()
+        await asyncio.gather(*self.retiring, return_exceptions=True)

@@ -16,12 +16,12 @@ from pydantic import BaseModel, Field
 
 from textft.service.textft_api import KINDS, Problem, UserError
 
-STATUS = {"malformed": 400, "unauthorized": 401, "not_found": 404, "conflict": 409, "too_large": 413,
-          "unsupported": 415, "invalid": 422, "quota": 429, "internal": 500, "upstream": 502,
+STATUS = {"malformed": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "conflict": 409,
+          "too_large": 413, "unsupported": 415, "invalid": 422, "quota": 429, "internal": 500, "upstream": 502,
           "unavailable": 503, "interrupted": 503, "storage": 507}
 """HTTP status of each kind of problem."""
-KIND_OF_STATUS = {400: "malformed", 401: "unauthorized", 404: "not_found", 405: "invalid", 409: "conflict",
-                  413: "too_large", 415: "unsupported", 422: "invalid", 429: "quota", 500: "internal",
+KIND_OF_STATUS = {400: "malformed", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "invalid",
+                  409: "conflict", 413: "too_large", 415: "unsupported", 422: "invalid", 429: "quota", 500: "internal",
                   502: "upstream", 503: "unavailable", 507: "storage"}
 """The kind of an error that arrives as a status alone (the framework's 404 and 405, ``textft serve``'s answers)."""
 assert set(STATUS) == set(KINDS), "every kind of problem has its status"

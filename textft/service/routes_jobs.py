@@ -132,13 +132,28 @@ def get_job(job_id: str, who: Principal = Depends(auth), service: Service = Depe
     return job_out(service, visible_job(service, job_id, who))
 
 
+MAX_EVENT_ID = 2 ** 63 - 1
+"""SQLite's largest integer: an event id past it cannot exist."""
+
+
+def event_cursor(name: str, value: str | None) -> int:
+    """The event id a client has seen (0: none), or 400 naming the header or parameter."""
+    if value is None or not value.strip():
+        return 0
+    text = value.strip()
+    if not text.isdecimal() or not text.isascii() or len(text) > 19 or int(text) > MAX_EVENT_ID:
+        raise UserError(f"'{name}' must be an event id, a whole number from 0 to {MAX_EVENT_ID}, got {value[:40]!r}",
+                        name, "malformed")
+    return int(text)
+
+
 @router.get("/v1/jobs/{job_id}/events", responses=EVENTS, response_class=StreamingResponse)
-async def job_events(job_id: str, request: Request, after: int | None = None, who: Principal = Depends(auth),
+async def job_events(job_id: str, request: Request, after: str | None = None, who: Principal = Depends(auth),
                      service: Service = Depends(current_service)) -> StreamingResponse:
     store = service.store
     await run_in_threadpool(visible_job, service, job_id, who)
-    header = request.headers.get("last-event-id", "")
-    last = int(header) if header.strip().isdigit() else (after or 0)
+    header = request.headers.get("last-event-id")
+    last = event_cursor("Last-Event-ID", header) if header is not None else event_cursor("after", after)
 
     async def stream():
         nonlocal last

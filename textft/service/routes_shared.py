@@ -6,10 +6,10 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 
-from fastapi import Request, Security
+from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from textft.service.keys import AuthError, Principal
+from textft.service.keys import AuthError, Principal, Throttled
 from textft.service.core import Service
 from textft.service.textft_api import UserError
 
@@ -25,8 +25,11 @@ BEARER = HTTPBearer(auto_error=False, description="an API key (textft service ke
 
 def auth(request: Request, _: HTTPAuthorizationCredentials | None = Security(BEARER)) -> Principal:
     """The key of ``Authorization: Bearer KEY``, or 401."""
+    address = request.client.host if request.client else None
     try:
-        return request.app.state.service.verifier.principal(request.headers.get("authorization"))
+        return request.app.state.service.verifier.principal(request.headers.get("authorization"), address)
+    except Throttled as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
     except AuthError as e:
         raise UserError(str(e), "authorization", "unauthorized") from None
 

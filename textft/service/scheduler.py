@@ -29,7 +29,9 @@ from typing import Callable
 
 from textft.service.jobs import RUN_DIR
 from textft.service.layout import DataDir, is_local, process_alive, read_json, write_json
+from textft.service.models import keep_adapter_only
 from textft.service.queue import PRIORITY_RESUMED, JobQueue
+from textft.service.safekeeping import keep_aside
 from textft.service.store import Store
 from textft.service.supervise import group_alive, stop_group
 from textft.service.textft_api import (DEFAULT_TASK, BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record,
@@ -173,15 +175,9 @@ class Monitor:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """On start: drop half-built directories, settle every active job, refill the queue."""
-        known_jobs = self.store.job_ids()
-        for path in self.data.jobs.iterdir():
-            if path.name not in known_jobs:
-                shutil.rmtree(path, ignore_errors=True)
-        known_sets = self.store.dataset_ids()
-        for path in self.data.datasets.iterdir():
-            if path.name not in known_sets:
-                shutil.rmtree(path, ignore_errors=True)
+        """On start: keep aside what the database has no row for, settle every active job, refill the queue."""
+        keep_aside(self.data, known_datasets=self.store.dataset_ids(),
+                   known_jobs=self.store.job_ids())
         self.tick(startup=True)
 
     def start(self) -> None:
@@ -328,6 +324,7 @@ class Monitor:
     def _succeed(self, job: dict, run: Path) -> None:
         metrics = headline_metrics(run)
         shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the model is final: resume states are dead weight
+        keep_adapter_only(run)  # a LoRA model is stored as its adapter; its base is shared
         self._end(job, "succeeded", metrics=metrics, stop_reason=(metrics or {}).get("stop_reason"))
 
     def _end(self, job: dict, state: str, error: str | None = None, metrics: dict | None = None,

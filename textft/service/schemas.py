@@ -4,7 +4,7 @@ whose keys the task defines (``GET /v1/tasks``). The error answer is ``problems.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_serializer
 
@@ -49,6 +49,8 @@ class MeOut(Answer):
     id: str
     name: str
     admin: bool
+    hub_namespaces: list[str] = Field(description="Hub users or organizations this key pushes into with the"
+                                                  " service's token (keys create --hub-namespace)")
     limits: LimitsOut
     queued_jobs: int
     storage_bytes: int = Field(description="bytes of datasets and job models the key stores now")
@@ -240,6 +242,30 @@ class RecipeOut(Answer):
 # --- models -----------------------------------------------------------------------------------
 
 
+class AdapterOut(Answer):
+    """A LoRA adapter as the service stores it."""
+
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    target_modules: list[str] | str | None = Field(None, description="the layers of each encoder layer with adapters")
+    trained_in_full: list[str] | None = Field(None, description="modules trained in full (the head, the pooler)")
+    size_bytes: int = Field(description="bytes on disk of the adapter directory")
+
+
+class LoraKeyOut(Answer):
+    key: str
+    default: Any
+    type: str
+    help: str
+
+
+class TransferOptionsOut(Answer):
+    transfers: list[str] = Field(description="model.transfer's choices")
+    help: str = Field(description="what each choice trains")
+    lora: list[LoraKeyOut] = Field(description="the keys of model.transfer=lora")
+
+
 class ModelOut(Answer):
     id: str
     job: str
@@ -261,14 +287,21 @@ class ModelOut(Answer):
     lower_is_better: list[str]
     stop_reason: str | None
     created_at: str | None
-    size_bytes: int
+    size_bytes: int = Field(description="bytes on disk of everything the service keeps of the model")
     owner: str | None
+    stored_as: Literal["model", "adapter"] = Field(
+        description="model: its full weights; adapter: a LoRA adapter on its base model (base_model)")
+    adapter: AdapterOut | None = Field(description="the LoRA adapter of a model stored as one")
+    downloads: dict[str, str] = Field(description="format of GET .../download?format= → what the archive holds")
 
 
 class PushBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     repo_id: StrictStr = Field(description="owner/name on the Hugging Face Hub (created if missing)")
     private: StrictBool = False
+    token: StrictStr | None = Field(None, description="your own Hugging Face token: the push is made as you, into"
+                                    " any repository it may write (used for this push only, never stored). Without"
+                                    " it the service's token pushes, only into the namespaces of your key")
 
 
 class PushOut(Answer):

@@ -16,16 +16,19 @@ from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, a
 from textft.tasks.multi_label import THRESHOLDS_KEY
 from textft import run_events
 from textft.errors import KINDS, Problem
+from textft.files import set_umask
 from textft.run_events import (BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record, RunSummary,
                                TrainRecord, summarize, to_dict)
 
 __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "config_yaml", "load_config", "save_config",
-           "presets", "serve_local_docs",
+           "presets", "serve_local_docs", "set_umask",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "prediction_schema", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "count_evaluations", "model_positions", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
-           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "hub_token", "OOS_KEY",
+           "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "repo_id_problems", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY", "run_events", "KINDS", "Problem", "BestRecord", "EndRecord", "EvalRecord", "NewerSchema",
-           "PlanRecord", "Record", "RunSummary", "TrainRecord", "summarize"]
+           "PlanRecord", "Record", "RunSummary", "TrainRecord", "summarize",
+           "is_adapter_dir", "adapter_subdir", "adapter_base", "adapter_summary", "shared_base",
+           "write_merged_weights", "transfer_options"]
 
 
 def data_formats() -> tuple[str, ...]:
@@ -40,10 +43,86 @@ def load_splits(cfg: DataConfig, seed: int = 42):
     return load(cfg, seed)
 
 
-def load_classifier(model_dir, device: str, precision: str = "auto"):
+def load_classifier(model_dir, device: str, precision: str = "auto", shared=None):
+    """textft.load; ``shared``: (shared_base(...), name) runs an adapter directory on that base."""
     from textft.classifier import Classifier
 
-    return Classifier.from_pretrained(model_dir, device=device, precision=precision)
+    return Classifier.from_pretrained(model_dir, device=device, precision=precision, shared=shared)
+
+
+def is_adapter_dir(path) -> bool:
+    """Whether ``path`` holds a LoRA adapter in peft's format (adapter_config.json)."""
+    from textft.lora import is_adapter_dir as check
+
+    return check(path)
+
+
+def adapter_subdir(run):
+    """Where a LoRA run directory keeps its adapter alone (output.save_adapter)."""
+    from textft.lora import ADAPTER_DIR
+
+    return run / ADAPTER_DIR
+
+
+def adapter_base(path) -> tuple[str, str | None]:
+    """(location, revision) of the base model an adapter directory belongs on."""
+    from textft.shared_base import base_key
+
+    return base_key(path)
+
+
+def shared_base(key: tuple[str, str | None], device: str):
+    """One copy of a base model that adapters attach to (textft.shared_base), loaded with its first adapter."""
+    import torch
+
+    from textft.shared_base import SharedBase
+
+    return SharedBase(key[0], key[1], torch.device(device))
+
+
+def adapter_summary(path) -> dict:
+    """What a client shows of an adapter: rank, alpha, dropout, target layers."""
+    import json
+
+    from textft.lora import ADAPTER_CONFIG
+
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    targets = config.get("target_modules") or []
+    layers = sorted({t.rsplit(".layer.", 1)[-1].split(".", 1)[-1] for t in targets}) if isinstance(targets, list) else targets
+    return {"rank": config.get("r"), "alpha": config.get("lora_alpha"), "dropout": config.get("lora_dropout"),
+            "target_modules": layers, "trained_in_full": sorted(set(config.get("modules_to_save") or []))}
+
+
+def write_merged_weights(adapter, dst) -> None:
+    """The merged classifier's weights (model.safetensors) of an adapter directory, written into ``dst``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from textft.lora import load_adapter_model
+
+    model, _ = load_adapter_model(adapter)
+    with tempfile.TemporaryDirectory(dir=dst) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for file in Path(tmp).iterdir():
+            if file.name.startswith("model") and file.name.endswith((".safetensors", ".json")):
+                shutil.move(str(file), Path(dst) / file.name)
+
+
+def transfer_options() -> dict:
+    """model.transfer's choices, and the LoRA keys (model.lora_*) with their defaults, types and meaning."""
+    import dataclasses
+
+    from textft.config_help import field_docs
+    from textft.config_schema import TRANSFERS
+
+    docs = field_docs(ModelConfig)
+    lora = [{"key": f"model.{f.name}", "default": f.default, "type": type(f.default).__name__,
+             "help": docs.get(f.name, "")} for f in dataclasses.fields(ModelConfig) if f.name.startswith("lora_")]
+    return {"transfers": list(TRANSFERS), "help": docs.get("transfer", ""), "lora": lora}
 
 
 def task_schema():
@@ -185,11 +264,17 @@ def launch_precision(requested: str) -> str:
     return ACCELERATE_NAMES.get(chosen, chosen)
 
 
-def push_model(model_dir, repo_id: str, private: bool) -> str:
-    """``textft push``: problems name the request field ``repo_id``."""
+def push_model(model_dir, repo_id: str, private: bool, token: str | None = None) -> str:
+    """``textft push``: problems name the request field ``repo_id``; ``token`` pushes as its holder."""
     from textft.hub import push_to_hub
 
-    return push_to_hub(model_dir, repo_id, private=private, repo_key="repo_id")
+    return push_to_hub(model_dir, repo_id, private=private, repo_key="repo_id", token=token)
+
+
+def repo_id_problems(repo_id: str) -> list[Problem]:
+    from textft.hub import repo_id_problems as problems
+
+    return problems(repo_id, "repo_id")
 
 
 def hub_token() -> str | None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from textft.plots import img_tag, plot_cooccurrence, plot_per_class_f1
-from textft.report_parts import METRIC_NAMES, check_rows, escape, example, example_html, example_markdown, html_table
+from textft.plots import plot_cooccurrence, plot_per_class_f1
+from textft.report_parts import METRIC_NAMES, check_rows, example, example_markdown, md_cell, md_code
 from textft.tasks.multi_label import SCORE_KEYS as SCORES, MultiLabel
+from textft.templating import render
 
 TASK = MultiLabel.name
+HTML_TEMPLATE = "multi_label.html.j2"
+"""The template of a split's section in report.html (``textft/templates``)."""
 
 
 def _f(v) -> str:
@@ -83,46 +86,32 @@ LABEL_HEADER = ["label", "threshold", "precision", "recall", "F1", "F1 at 0.5", 
 def markdown_split(split: str, m: dict) -> list[str]:
     lines = ["", "### Scores at the chosen thresholds and at 0.5", "",
              "| thresholds | " + " | ".join(METRIC_NAMES[k] for k in SCORES) + " |", "|---|" + "---:|" * len(SCORES)]
-    lines += ["| " + " | ".join(row) + " |" for row in score_rows(m)]
+    lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in score_rows(m)]
     lines += ["", "### Per label (worst F1 first)", "", "| " + " | ".join(LABEL_HEADER) + " |",
               "|---|" + "---:|" * (len(LABEL_HEADER) - 1)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in label_rows(m)]
+    lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in label_rows(m)]
     if m.get("top_cooccurrences"):
         lines += ["", "### Labels that go together (true labels)", "", "| labels | texts | share of the rarer |",
                   "|---|---:|---:|"]
-        lines += [f"| {' + '.join(p['labels'])} | {p['count']} | {100 * p['share']:.1f}% |" for p in m["top_cooccurrences"]]
+        lines += [f"| {md_cell(' + '.join(p['labels']))} | {p['count']} | {100 * p['share']:.1f}% |" for p in m["top_cooccurrences"]]
     if m.get("most_wrong"):
         lines += ["", "### Texts with the most wrong labels", "", "| wrong | true (score) | predicted (score) | text |",
                   "|---:|---|---|---|"]
-        lines += [f"| {r['errors']} | {_labels_text(r['labels'], r['scores'])} | {_labels_text(r['pred'], r['scores'])}"
+        lines += [f"| {r['errors']} | {md_cell(_labels_text(r['labels'], r['scores']))} | {md_cell(_labels_text(r['pred'], r['scores']))}"
                   f" | {example_markdown(r)} |" for r in m["most_wrong"]]
     return lines
 
 
-def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    tuning = m["threshold_tuning"]
-    out = ["<h3>Scores at the chosen thresholds and at 0.5</h3>",
-           f"<p class='note'>Thresholds: {escape(tuning['tuning'])}, {escape(tuning['source'])}; predictions"
-           " list every label whose score reaches its threshold.</p>",
-           html_table(["thresholds", *(METRIC_NAMES[k] for k in SCORES)], score_rows(m),
-                      numeric=set(range(1, len(SCORES) + 1))),
-           "<h3>Per label</h3>", img_tag(figures.get(f"{split}/per_class_f1"), f"{split} F1 per label")]
-    rows = label_rows(m)
-    out.append(f"<details open><summary>threshold, precision, recall, F1 and support of {len(rows)} labels (worst F1"
-               f" first)</summary>{html_table(LABEL_HEADER, rows, numeric=set(range(1, 7)))}</details>")
-    out += ["<h3>Label co-occurrence</h3>", img_tag(figures.get(f"{split}/cooccurrence"), f"{split} co-occurrence")]
-    if m.get("top_cooccurrences"):
-        out.append(html_table(["labels", "texts", "share of the rarer"],
-                              [[" + ".join(p["labels"]), p["count"], f"{100 * p['share']:.1f}%"]
-                               for p in m["top_cooccurrences"]], numeric={1, 2}))
-    if m.get("most_wrong"):
-        out.append(f"<h3>The {len(m['most_wrong'])} texts with the most wrong labels</h3>")
-        body = "".join(f"<tr><td class='n'>{r['errors']}</td><td>{escape(_labels_text(r['labels'], r['scores']))}</td>"
-                       f"<td>{escape(_labels_text(r['pred'], r['scores']))}</td>{example_html(r)}</tr>"
-                       for r in m["most_wrong"])
-        out.append("<table><thead><tr><th class='n'>wrong</th><th>true (score)</th><th>predicted (score)</th>"
-                   f"<th>text</th></tr></thead><tbody>{body}</tbody></table>")
-    return out
+def html_split(split: str, m: dict, figures: dict[str, bytes]) -> str:
+    """The split's section of report.html (``HTML_TEMPLATE``)."""
+    scores = {"header": ["thresholds", *(METRIC_NAMES[k] for k in SCORES)], "rows": score_rows(m),
+              "numeric": range(1, len(SCORES) + 1)}
+    labels = {"header": LABEL_HEADER, "rows": label_rows(m), "numeric": range(1, len(LABEL_HEADER))}
+    pairs = [[" + ".join(p["labels"]), p["count"], f"{100 * p['share']:.1f}%"] for p in m.get("top_cooccurrences") or []]
+    wrong = [{**r, "true": _labels_text(r["labels"], r["scores"]), "predicted": _labels_text(r["pred"], r["scores"])}
+             for r in m.get("most_wrong") or []]
+    return render(HTML_TEMPLATE, split=split, figures=figures, tuning=m["threshold_tuning"], scores=scores,
+                  labels=labels, pairs=pairs, wrong=wrong)
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
@@ -142,7 +131,7 @@ CARD_METRICS = (("macro_f1", "f1", "Macro F1", {"average": "macro"}), ("micro_f1
 
 
 def card_summary(labels: list[str]) -> str:
-    shown = ", ".join(f"`{x}`" for x in labels[:30])
+    shown = ", ".join(md_code(x) for x in labels[:30])
     return (f"It tags a text with any of {len(labels)} labels (none, one or several)"
             + (f": {shown}." if len(labels) <= 30 else f" (first 30: {shown}, ...)."))
 

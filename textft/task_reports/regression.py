@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from textft.plots import img_tag, plot_predicted_vs_true, plot_residuals
-from textft.report_parts import check_rows, escape, example, example_html, example_markdown, html_table
+from textft.plots import plot_predicted_vs_true, plot_residuals
+from textft.report_parts import check_rows, example, example_markdown, md_code
 from textft.tasks.regression import Regression
+from textft.templating import render
 
 TASK = Regression.name
+HTML_TEMPLATE = "regression.html.j2"
+"""The template of a split's section in report.html (``textft/templates``)."""
 
 
 # --- report.json / report.md / report.html --------------------------------------------------------
@@ -63,24 +66,11 @@ def markdown_split(split: str, m: dict) -> list[str]:
     return lines
 
 
-def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    target = m.get("target") or "value"
-    out = ["<h3>Predicted against true</h3>",
-           f"<p class='note'>Values in the units of '{escape(target)}'; the dashed line is a perfect answer.</p>",
-           img_tag(figures.get(f"{split}/predicted_vs_true"), f"{split} predicted against true"),
-           "<h3>Residuals</h3>", img_tag(figures.get(f"{split}/residuals"), f"{split} residuals")]
-    if m.get("by_target"):
-        out += ["<h3>By true value</h3>", html_table(
-            ["true", "examples", "mean predicted", "MAE"],
-            [[f"{g['true']:g}", g["count"], f"{g['mean_pred']:.3f}", f"{g['mae']:.3f}"] for g in m["by_target"]],
-            numeric={0, 1, 2, 3})]
-    if m.get("largest_errors"):
-        out.append(f"<h3>The {len(m['largest_errors'])} largest errors</h3>")
-        body = "".join(f"<tr><td class='n'>{r['label']:g}</td><td class='n'>{r['pred']:.3f}</td>"
-                       f"<td class='n'>{r['error']:+.3f}</td>{example_html(r)}</tr>" for r in m["largest_errors"])
-        out.append("<table><thead><tr><th class='n'>true</th><th class='n'>predicted</th><th class='n'>error</th>"
-                   f"<th>text</th></tr></thead><tbody>{body}</tbody></table>")
-    return out
+def html_split(split: str, m: dict, figures: dict[str, bytes]) -> str:
+    """The split's section of report.html (``HTML_TEMPLATE``)."""
+    by_target = [[f"{g['true']:g}", g["count"], f"{g['mean_pred']:.3f}", f"{g['mae']:.3f}"] for g in m.get("by_target") or []]
+    return render(HTML_TEMPLATE, split=split, figures=figures, target=m.get("target") or "value", by_target=by_target,
+                  largest=m.get("largest_errors"))
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
@@ -101,7 +91,7 @@ CARD_METRICS = (("mae", "mae", "MAE", None), ("rmse", "rmse", "RMSE", None), ("r
 
 
 def card_summary(labels: list[str]) -> str:
-    return f"It predicts `{labels[0] if labels else 'value'}`, a number, in the units of the training labels."
+    return f"It predicts {md_code(labels[0] if labels else 'value')}, a number, in the units of the training labels."
 
 
 def card_usage(repo: str, example: str) -> list[str]:

@@ -1,5 +1,6 @@
 """The single-label sections of the reports: per-class tables, the confusion matrix
-(and the most confused pairs), calibration of the softmax confidence, the most confident mistakes."""
+(and the most confused pairs), calibration of the softmax confidence, the most confident mistakes, and
+the out-of-scope score and threshold with the histograms of in-scope and out-of-scope scores."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from textft.plots import MANY_CLASSES, img_tag, plot_calibration, plot_confusion, plot_per_class_f1
-from textft.report_parts import (check_rows, escape, example, example_html, example_markdown, fmt, html_table,
-                                 sorted_classes)
+from textft.out_of_scope import OOS_METHODS
+from textft.plots import (MANY_CLASSES, plot_calibration, plot_confusion, plot_per_class_f1,
+                          plot_score_histograms)
+from textft.report_parts import check_rows, example, example_markdown, fmt, md_cell, md_code, sorted_classes
 from textft.tasks.single_label import SingleLabel
+from textft.templating import render
 
 TASK = SingleLabel.name
+HTML_TEMPLATE = "single_label.html.j2"
+"""The template of a split's section in report.html (``textft/templates``)."""
+OOS_TEMPLATE = "single_label_out_of_scope.html.j2"
+"""The template of the out-of-scope section of report.html."""
 CALIBRATION_BINS = 15
 HISTOGRAM_BINS = 20
 TOP_CONFUSIONS = 20
@@ -94,12 +101,12 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
 def markdown_split(split: str, m: dict) -> list[str]:
     lines = ["", "### Per class (worst F1 first)", "", "| label | precision | recall | F1 | support |",
              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+    lines += [f"| {md_cell(name)} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
               for name, c in sorted_classes(m)]
     if m["top_confusions"]:
         lines += ["", "### Most confused pairs", "", "| true | predicted | count | share of true class |",
                   "|---|---|---:|---:|"]
-        lines += [f"| {c['true']} | {c['pred']} | {c['count']} | {100 * c['share']:.1f}% |" for c in m["top_confusions"]]
+        lines += [f"| {md_cell(c['true'])} | {md_cell(c['pred'])} | {c['count']} | {100 * c['share']:.1f}% |" for c in m["top_confusions"]]
     if m.get("calibration"):
         cal = m["calibration"]
         lines += ["", f"### Calibration: ECE {cal['ece']:.4f} ({cal['num_bins']} bins; mean confidence"
@@ -109,42 +116,20 @@ def markdown_split(split: str, m: dict) -> list[str]:
                   f" {fmt(b['confidence'])} |" for b in cal["bins"] if b["count"]]
     if m.get("most_confident_mistakes"):
         lines += ["", "### Most confident mistakes", "", "| confidence | true | predicted | text |", "|---:|---|---|---|"]
-        lines += [f"| {r['confidence']:.3f} | {r['label']} | {r['pred']} | {example_markdown(r)} |"
+        lines += [f"| {r['confidence']:.3f} | {md_cell(r['label'])} | {md_cell(r['pred'])} | {example_markdown(r)} |"
                   for r in m["most_confident_mistakes"]]
     elif "predictions_file" not in m:
         lines += ["", f"(no predictions/{split}.jsonl: calibration and mistakes are not available)"]
     return lines
 
 
-def html_split(split: str, m: dict, figures: dict[str, bytes]) -> list[str]:
-    many = len(m["per_class"]) > MANY_CLASSES
-    out = ["<h3>Confusion matrix</h3><p class='note'>Rows are true labels, columns predictions; each row is"
-           " divided by its total, so the diagonal is the recall of each class.</p>",
-           img_tag(figures.get(f"{split}/confusion"), f"{split} confusion matrix")]
-    if m["top_confusions"] and len(m["per_class"]) > 2:
-        out.append(f"<h3>Most confused pairs (top {len(m['top_confusions'])})</h3>")
-        out.append(html_table(["true label", "predicted as", "count", "share of true class"],
-                              [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"]
-                               for c in m["top_confusions"]], numeric={2, 3}))
-    out += ["<h3>Per class</h3>", img_tag(figures.get(f"{split}/per_class_f1"), f"{split} F1 per class")]
-    rows = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
-    table = html_table(["label", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4})
-    out.append(f"<details{'' if many else ' open'}><summary>precision, recall, F1 and support of"
-               f" {len(rows)} classes (worst F1 first)</summary>{table}</details>")
-    if m.get("calibration"):
-        cal = m["calibration"]
-        out.append(f"<h3>Calibration</h3><p class='note'>Expected calibration error {cal['ece']:.4f}: the"
-                   f" mean confidence is {cal['mean_confidence']:.3f} for an accuracy of {cal['accuracy']:.3f}"
-                   f" ({cal['num_bins']} equal-width confidence bins).</p>")
-        out.append(img_tag(figures.get(f"{split}/calibration"), f"{split} calibration"))
-    mistakes = m.get("most_confident_mistakes")
-    if mistakes:
-        out.append(f"<h3>The {len(mistakes)} most confident mistakes</h3>")
-        body = "".join(f"<tr><td class='n'>{r['confidence']:.3f}</td><td>{escape(r['label'])}</td>"
-                       f"<td>{escape(r['pred'])}</td>{example_html(r)}</tr>" for r in mistakes)
-        out.append("<table><thead><tr><th class='n'>confidence</th><th>true label</th><th>predicted</th>"
-                   f"<th>text</th></tr></thead><tbody>{body}</tbody></table>")
-    return out
+def html_split(split: str, m: dict, figures: dict[str, bytes]) -> str:
+    """The split's section of report.html (``HTML_TEMPLATE``)."""
+    confusions = [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"] for c in m["top_confusions"]]
+    classes = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
+    return render(HTML_TEMPLATE, split=split, figures=figures, many=len(m["per_class"]) > MANY_CLASSES,
+                  confusions=confusions if len(m["per_class"]) > 2 else [], classes=classes,
+                  cal=m.get("calibration"), mistakes=m.get("most_confident_mistakes"))
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:
@@ -152,6 +137,54 @@ def figures(split: str, m: dict) -> dict[str, bytes]:
     if m.get("calibration"):
         out[f"{split}/calibration"] = plot_calibration(m["calibration"])
     return out
+
+
+# --- out of scope --------------------------------------------------------------------------------
+
+OOS_COLUMNS = (("in_scope_rejection_rate", "in-scope rejected"), ("out_of_scope_recall", "out-of-scope recall"),
+               ("auroc", "AUROC"), ("in_scope_accuracy", "in-scope accuracy"),
+               ("in_scope_accuracy_without_rejection", "without rejection"))
+
+
+def out_of_scope_rows(entry: dict) -> tuple[list[list], list[list]]:
+    """(the chosen score on each data it was measured on, every score on the calibration data)."""
+    measured = [[name, m.get("num_in_scope"), m.get("num_out_of_scope"), *(fmt(m.get(k)) for k, _ in OOS_COLUMNS)]
+                for name, m in entry["measured"].items()]
+    methods = [[name + (" (chosen)" if name == entry["method"] else ""), f"{m['threshold']:.6g}",
+                *(fmt(m.get(k)) for k, _ in OOS_COLUMNS[:4])]
+               for name, m in sorted(entry["methods"].items(), key=lambda kv: OOS_METHODS.index(kv[0]))]
+    return measured, methods
+
+
+def out_of_scope_summary(entry: dict) -> str:
+    target = entry.get("target") or {}
+    goal = (f"in-scope precision {target['precision']}" if "precision" in target
+            else f"{target.get('rejection', 0):.1%} of in-scope examples rejected")
+    why = f"; this score was chosen because {entry['chosen_because']}" if entry.get("chosen_because") else ""
+    return (f"Predictions whose {entry['method']} score ({entry['description']}) is below {entry['threshold']:.6g}"
+            f" are answered '{entry['label']}'. The threshold was set for {goal} on the calibration data{why}.")
+
+
+def markdown_out_of_scope(entry: dict) -> list[str]:
+    measured, methods = out_of_scope_rows(entry)
+    lines = ["", "## Out of scope", "", md_cell(out_of_scope_summary(entry)), "",
+             "| data | in scope | out of scope | " + " | ".join(n for _, n in OOS_COLUMNS) + " |",
+             "|---|---:|---:|" + "---:|" * len(OOS_COLUMNS)]
+    lines += ["| " + " | ".join(md_cell(str(v)) for v in row) + " |" for row in measured]
+    lines += ["", "Every score on the calibration data, each at its own threshold for the same target:", "",
+              "| score | threshold | " + " | ".join(n for _, n in OOS_COLUMNS[:4]) + " |", "|---|---:|" + "---:|" * 4]
+    return lines + ["| " + " | ".join(md_cell(str(v)) for v in row) + " |" for row in methods]
+
+
+def out_of_scope_figure(entry: dict) -> bytes:
+    return plot_score_histograms(entry)
+
+
+def html_out_of_scope(entry: dict, figure: bytes | None) -> str:
+    """The out-of-scope section of report.html (``OOS_TEMPLATE``)."""
+    measured, methods = out_of_scope_rows(entry)
+    return render(OOS_TEMPLATE, summary=out_of_scope_summary(entry), figure=figure, measured=measured,
+                  methods=methods, names=[n for _, n in OOS_COLUMNS])
 
 
 # --- model card ------------------------------------------------------------------------------------
@@ -164,7 +197,7 @@ CARD_METRICS = (("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "
 
 
 def card_summary(labels: list[str]) -> str:
-    shown = ", ".join(f"`{x}`" for x in labels[:20])
+    shown = ", ".join(md_code(x) for x in labels[:20])
     return f"It predicts one of {len(labels)} labels" + (f": {shown}." if len(labels) <= 20 else f" (first 20: {shown}, ...).")
 
 

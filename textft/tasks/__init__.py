@@ -68,6 +68,9 @@ def for_training(cfg, values: list, feature, where: str, problems: list[str]) ->
     """The task of a training label column, with its label names (or target scale) read from it;
     problems found on the way are appended to ``problems``."""
     kind = detect(cfg, values, feature, cfg.label_column)
+    if getattr(cfg, "oos_label", None) is not None and kind != SingleLabel.name:
+        problems.append(f"'data.oos_label' names out-of-scope examples of a single_label task; column"
+                        f" '{cfg.label_column}' of {where} makes this a {kind} task")
     return task_class(kind).from_training(cfg, values, feature, where, problems)
 
 

@@ -163,8 +163,9 @@ class Task:
     # -- prediction -------------------------------------------------------------------------------
 
     def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
-               out_of_scope: dict | None = None) -> list[dict]:
-        """One answer per row of logits, as predict, serve and ``textft.load`` return it."""
+               out_of_scope: dict | None = None, in_scope: np.ndarray | None = None) -> list[dict]:
+        """One answer per row of logits, as predict, serve and ``textft.load`` return it (``in_scope``:
+        each row's out-of-scope score, for a task that answers out of scope)."""
         raise NotImplementedError
 
     def prediction_rows(self, texts: list[str], labels, logits: np.ndarray, pairs: list[str] | None = None,

@@ -288,7 +288,7 @@ class MultiLabel(Task):
         return self.thresholds if self.thresholds is not None else np.full(len(self.label_names), 0.5)
 
     def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
-               out_of_scope: dict | None = None) -> list[dict]:
+               out_of_scope: dict | None = None, in_scope: np.ndarray | None = None) -> list[dict]:
         """``labels``: every label whose sigmoid score reaches its threshold, best first, with scores (an
         empty list: none of them); ``top_k`` ranks the k best whatever the thresholds; ``scores`` has
         every label's score on request."""

@@ -39,7 +39,10 @@ def output_layer(model):
     """The linear layer that produces the model's single output (the last one with one output)."""
     from torch import nn
 
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+    # peft's modules_to_save (LoRA) keeps an untrained copy of the head as "original_module": the
+    # trained one is the copy the forward pass uses.
+    layers = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == 1
+              and "original_module" not in name.split(".")]
     if not layers:
         raise RuntimeError(f"{type(model).__name__} has no linear layer with one output to rescale")
     return layers[-1]
@@ -197,7 +200,7 @@ class Regression(Task):
     # -- prediction -------------------------------------------------------------------------------
 
     def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
-               out_of_scope: dict | None = None) -> list[dict]:
+               out_of_scope: dict | None = None, in_scope: np.ndarray | None = None) -> list[dict]:
         """``value``: the predicted number."""
         if check_top_k(top_k) > 1 or return_all_scores:
             raise UserError("'--top-k' and '--all-scores' rank classes; a regression model answers one value")

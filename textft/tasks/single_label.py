@@ -10,8 +10,13 @@ import numpy as np
 
 from textft.errors import closest, row_list
 from textft.metric_modules import compute_metrics
-from textft.out_of_scope import rejected, softmax
+from textft.out_of_scope import OOS_KEY, rejected, softmax
 from textft.tasks.base import Task, check_top_k, example_text, is_list, is_missing, weights_by_name
+
+
+OE_WEIGHT = 1.0
+"""Weight of an out-of-scope training row's outlier-exposure loss against an in-scope row's
+cross-entropy (Hendrycks et al. 2019 use 0.5 for images, 1.0 for text)."""
 
 
 class SingleLabel(Task):
@@ -27,14 +32,20 @@ class SingleLabel(Task):
     out_of_scope = True
     calibration = "out_of_scope"
 
-    def __init__(self, label_names: list[str], int_ids: bool = False):
+    def __init__(self, label_names: list[str], int_ids: bool = False, oos_label: str | None = None,
+                 id_names: list[str] | None = None):
         super().__init__(label_names)
         self.int_ids = int_ids
         """Integer labels are class ids (a ClassLabel, or integers named by data.label_names)."""
+        self.oos_label = oos_label
+        """The label of known out-of-scope examples (``data.oos_label``): encoded as -1, never a class."""
+        self.id_names = id_names or list(label_names)
+        """With ``int_ids``: the name of each integer label, the out-of-scope one included."""
 
     @classmethod
     def from_training(cls, cfg, values: list, feature, where: str, problems: list[str]) -> "SingleLabel":
-        """Class names in id order: ClassLabel names, ``data.label_names``, or the sorted training labels."""
+        """Class names in id order: ClassLabel names, ``data.label_names``, or the sorted training labels;
+        without ``data.oos_label``, which is not a class."""
         from datasets import ClassLabel
 
         present = [v for v in values if not is_missing(v) and not is_list(v)]
@@ -46,19 +57,28 @@ class SingleLabel(Task):
         else:
             names, int_ids = ([str(v) for v in sorted(set(present))] if ints else sorted({str(v) for v in present}),
                               False)
-        distinct = {str(v) for v in present}
-        if len(distinct) == 1:
-            problems.append(f"{where} has only one class ('{distinct.pop()}' in column '{cfg.label_column}');"
+        distinct = {names[v] if int_ids and isinstance(v, int) and 0 <= v < len(names) else str(v) for v in present}
+        oos = cfg.oos_label
+        if oos is not None and oos not in distinct:
+            choices = sorted(distinct)
+            problems.append(f"'data.oos_label': '{oos}' is not a label of {where} (column '{cfg.label_column}')"
+                            f"{closest(oos, choices)}; labels: {', '.join(choices[:20])}")
+        classes = distinct - {oos}
+        if len(classes) == 1:
+            problems.append(f"{where} has only one class ('{classes.pop()}' in column '{cfg.label_column}');"
                             " a classifier needs at least two")
         if cfg.label_names and not int_ids:
-            extra = sorted(distinct - set(cfg.label_names))
+            extra = sorted(distinct - set(cfg.label_names) - {oos})
             if extra:
                 problems.append(f"'data.label_names' lacks training label(s): {', '.join(extra[:10])}")
-        return cls(names, int_ids)
+        return cls([n for n in names if n != oos], int_ids, oos, names)
 
     @classmethod
     def from_model_config(cls, names: list[str], config: dict, where: str) -> "SingleLabel":
-        return cls(names)
+        """With out-of-scope settings, their label reads as out of scope in labelled data (evaluate)."""
+        stored = config.get(OOS_KEY)
+        label = stored.get("label") if isinstance(stored, dict) else None
+        return cls(names, oos_label=label if isinstance(label, str) and label not in names else None)
 
     def check(self, where: str, column: str, values: list) -> list[str]:
         problems = []
@@ -71,13 +91,13 @@ class SingleLabel(Task):
                             " per text need data.task=multi_label (or data.task=auto)")
             return problems
         if self.int_ids:
-            n = len(self.label_names)
+            n = len(self.id_names)
             bad = sorted({v for v in values if not is_missing(v) and not (isinstance(v, int) and 0 <= v < n)}, key=str)
             if bad:
                 problems.append(f"{where} has label(s) {bad[:10]} in column '{column}' outside 0..{n - 1} of"
                                 " data.label_names / the ClassLabel")
         else:
-            unseen = sorted({str(v) for v in values if not is_missing(v)} - set(self.label_names))
+            unseen = sorted({str(v) for v in values if not is_missing(v)} - set(self.label_names) - {self.oos_label})
             if unseen:
                 problems.append(f"{where} has label(s) never seen in training: {', '.join(unseen[:10])}"
                                 f"{closest(unseen[0], self.label_names)}; training labels:"
@@ -85,14 +105,17 @@ class SingleLabel(Task):
         return problems
 
     def encode(self, values: list) -> list[int]:
-        # Integer labels with given names keep their value as the id; everything else maps by name.
-        if self.int_ids:
+        """Class ids; -1 for the out-of-scope label. Integer labels with given names keep their value as
+        the id unless an out-of-scope name among them shifts the ids; everything else maps by name."""
+        if self.int_ids and self.oos_label is None:
             return [int(v) for v in values]
         label2id = {n: i for i, n in enumerate(self.label_names)}
-        return [label2id[str(v)] for v in values]
+        if self.int_ids:
+            return [label2id.get(self.id_names[int(v)], -1) for v in values]
+        return [label2id.get(str(v), -1) for v in values]
 
     def train_problem(self, labels: list) -> str | None:
-        if len(set(labels)) < 2:  # possible once empty texts are dropped
+        if len(set(labels) - {-1}) < 2:  # possible once empty texts are dropped
             return "the train split has fewer than two classes"
         return None
 
@@ -100,11 +123,11 @@ class SingleLabel(Task):
         return list(labels)
 
     def label_counts(self, labels: list) -> dict[str, int]:
-        names = self.label_names
-        return {name: 0 for name in names} | {names[i]: n for i, n in Counter(labels).items()}
+        names = [*self.label_names, self.oos_label]  # id -1: known out of scope
+        return {name: 0 for name in self.label_names} | {names[i]: n for i, n in Counter(labels).items()}
 
     def describe_label(self, label) -> str:
-        return self.label_names[label]
+        return [*self.label_names, self.oos_label][label]
 
     # -- training and evaluation ------------------------------------------------------------------
 
@@ -116,43 +139,69 @@ class SingleLabel(Task):
             return None
         k = len(self.label_names)
         if spec == "balanced":
+            labels = [y for y in labels if y >= 0]  # known out-of-scope rows are in no class
             counts = np.bincount(labels, minlength=k).astype(float)
             return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
         return torch.tensor(weights_by_name(spec, self.label_names), dtype=torch.float32)
 
     def loss_fn(self, train_cfg, train_labels: list) -> Callable:
+        """Cross-entropy; with ``data.oos_label``, the out-of-scope rows (-1) add outlier exposure
+        (Hendrycks et al. 2019): the KL divergence of the uniform distribution from their softmax, with
+        weight ``OE_WEIGHT`` per row, so the model learns to spread its belief on what no class covers."""
+        import math
+
+        import torch
         import torch.nn.functional as F
 
         weights = self.class_weights(train_cfg.class_weights, train_labels)
         smoothing = train_cfg.label_smoothing
+        log_k = math.log(len(self.label_names))
 
         def loss(logits, labels):
             weight = weights.to(logits.device) if weights is not None else None
-            return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=smoothing)
+            logits = logits.float()
+            outside = labels < 0
+            if self.oos_label is None or not bool(outside.any()):
+                return F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+            inside = ~outside
+            n_in = int(inside.sum())
+            known = F.cross_entropy(logits[inside], labels[inside], weight=weight, label_smoothing=smoothing) * n_in \
+                if n_in else logits.sum() * 0
+            z = logits[outside]
+            uniform = (torch.logsumexp(z, -1) - z.mean(-1) - log_k).sum()
+            return (known + OE_WEIGHT * uniform) / len(labels)
         return loss
 
     def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """Accuracy, macro/weighted F1, per-class scores, confusion matrix and the mean cross-entropy."""
+        """Accuracy, macro/weighted F1, per-class scores, confusion matrix and the mean cross-entropy of
+        the in-scope examples; known out-of-scope ones (label -1) are counted (``num_out_of_scope``),
+        and judged by the out-of-scope threshold (textft.calibration)."""
         import torch
         import torch.nn.functional as F
 
-        metrics = compute_metrics(labels, np.asarray(logits).argmax(-1), self.label_names)
-        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
-                                                torch.from_numpy(np.asarray(labels, dtype=np.int64))))
+        labels = np.asarray(labels, dtype=np.int64)
+        inside = labels >= 0
+        logits = np.asarray(logits, dtype=np.float32)[inside]
+        metrics = compute_metrics(labels[inside], logits.argmax(-1), self.label_names)
+        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels[inside])))
+        if not inside.all():
+            metrics.update(num_examples=len(labels), num_in_scope=int(inside.sum()),
+                           num_out_of_scope=int((~inside).sum()))
         return metrics
 
     # -- prediction -------------------------------------------------------------------------------
 
     def decode(self, logits: np.ndarray, top_k: int = 1, return_all_scores: bool = False,
-               out_of_scope: dict | None = None) -> list[dict]:
+               out_of_scope: dict | None = None, in_scope: np.ndarray | None = None) -> list[dict]:
         """Label and score (max softmax probability), the ``top_k`` labels when top_k > 1, every label's
-        probability on request, and whether the answer was rejected as out of scope (then ``label`` is
-        the out-of-scope label and ``model_label`` the class the model would have answered)."""
+        probability on request, and whether the answer was rejected as out of scope: its ``in_scope``
+        score (by default the stored logit score's) is below the threshold of ``out_of_scope`` (then
+        ``label`` is the out-of-scope label and ``model_label`` the class the model would have answered)."""
         check_top_k(top_k)
         probs = softmax(np.asarray(logits, dtype=np.float64))
         k = min(top_k, len(self.label_names))
         ranked = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-        rejected_rows = rejected(logits, out_of_scope) if out_of_scope is not None else None
+        rejected_rows = rejected(logits, out_of_scope, in_scope) if out_of_scope is not None else None
         records = []
         for i in range(len(probs)):
             best = int(ranked[i, 0])
@@ -175,7 +224,7 @@ class SingleLabel(Task):
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         pred = probs.argmax(-1)
-        names = self.label_names
+        names = [*self.label_names, self.oos_label]  # id -1: known out of scope
         return [{**example_text(texts, pairs, i, max_chars), "label": names[int(y)], "pred": names[int(p)],
                  "confidence": round(float(probs[i, p]), 6)} for i, (y, p) in enumerate(zip(labels, pred))]
 

@@ -7,7 +7,7 @@ the service runs. Large things (uploads, runs, logs) live in files; rows point a
 depend on who asks take ``owner``: a key's id, or None for an admin key (every row).
 """
 
-from textft.service.store.connection import Database, database_contents, snapshot_database
+from textft.service.store.connection import Database, database_contents, inspect, snapshot_database
 from textft.service.store.jobs import JobRows
 from textft.service.store.keys import KeyRows
 from textft.service.store.outbox import Outbox, add_event, queue_delivery
@@ -16,7 +16,7 @@ from textft.service.store.schema import (ACTIVE, DELIVERIES_INDEX, DELIVERIES_TA
 
 __all__ = ["ACTIVE", "DELIVERIES_INDEX", "DELIVERIES_TABLE", "FINISHED", "HISTORY", "JSON_COLUMNS", "MIGRATIONS", "OWNED",
            "SCHEMA", "SCHEMA_VERSION", "STATES", "Database", "Store", "add_event", "database_contents", "decode",
-           "dumps", "queue_delivery", "snapshot_database"]
+           "dumps", "inspect", "queue_delivery", "snapshot_database"]
 
 
 class Store(KeyRows, JobRows, Outbox):

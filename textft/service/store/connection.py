@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from textft.service.layout import unreadable_database
 from textft.service.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, decode
 from textft.service.textft_api import UserError, __version__
 
@@ -19,6 +20,8 @@ class Database:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()
+        if self.path.is_file() and self.path.stat().st_size:
+            inspect(self.path)  # a damaged file is one line naming it, and nothing is written to it
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -77,6 +80,17 @@ class Database:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def inspect(path: Path) -> int:
+    """The schema version of the database at ``path`` (0: none yet), read-only; UserError (one line) if damaged."""
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            if (found := [r[0] for r in db.execute("PRAGMA quick_check(3)")]) == ["ok"]:
+                return db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        found = [str(e)]
+    raise UserError(unreadable_database(path, "; ".join(" ".join(f.split()) for f in found)))
 
 
 def snapshot_database(source: Path, dest: Path) -> dict[str, Any]:

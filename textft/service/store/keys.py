@@ -26,15 +26,16 @@ class KeyRows(Database):
         return {r["id"]: r["name"] for r in self.rows("SELECT id, name FROM keys")}
 
     def insert_key(self, key_id: str, name: str, salt: bytes, hashed: bytes, admin: bool,
-                   limits: dict[str, Any]) -> bool:
+                   limits: dict[str, Any], hub_namespaces: list[str] = ()) -> bool:
         """False when a key of that name exists; ``limits``: the key's own limits (columns of keys)."""
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
                 return False
             columns = "".join(f", {column}" for column in limits)
-            db.execute(f"INSERT INTO keys (id, name, salt, hash, admin, created_at{columns})"
-                       f" VALUES (?, ?, ?, ?, ?, ?{', ?' * len(limits)})",
-                       (key_id, name, salt, hashed, int(admin), time.time(), *limits.values()))
+            db.execute(f"INSERT INTO keys (id, name, salt, hash, admin, created_at, hub_namespaces{columns})"
+                       f" VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(limits)})",
+                       (key_id, name, salt, hashed, int(admin), time.time(), dumps(list(hub_namespaces)),
+                        *limits.values()))
         return True
 
     def revoke_key(self, id_or_name: str) -> dict | None:

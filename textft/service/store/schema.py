@@ -6,6 +6,8 @@ import json
 import sqlite3
 from typing import Any
 
+from textft.service.layout import dumps
+
 DELIVERIES_TABLE = """CREATE TABLE deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -25,11 +27,12 @@ DELIVERIES_TABLE = """CREATE TABLE deliveries (
 DELIVERIES_INDEX = "CREATE INDEX deliveries_due ON deliveries(state, next_at)"
 HISTORY = 20
 """Attempts a delivery keeps (the first and the latest)."""
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS = {2: ("ALTER TABLE datasets ADD COLUMN task TEXT", "ALTER TABLE datasets ADD COLUMN text_pair_column TEXT"),
               3: ("ALTER TABLE keys ADD COLUMN webhook_secret TEXT", "ALTER TABLE jobs ADD COLUMN webhook_url TEXT",
                   DELIVERIES_TABLE, DELIVERIES_INDEX),
-              4: ("ALTER TABLE keys ADD COLUMN max_steps INTEGER", "ALTER TABLE keys ADD COLUMN max_job_seconds REAL",
+              4: ("ALTER TABLE keys ADD COLUMN hub_namespaces TEXT",),
+              5: ("ALTER TABLE keys ADD COLUMN max_steps INTEGER", "ALTER TABLE keys ADD COLUMN max_job_seconds REAL",
                   "ALTER TABLE keys ADD COLUMN max_storage_bytes INTEGER")}
 """Statements that bring a database written with schema N-1 to schema N (older rows keep NULL)."""
 
@@ -48,7 +51,7 @@ CREATE TABLE keys (
     max_upload_bytes INTEGER,
     created_at REAL NOT NULL,
     revoked_at REAL,
-    webhook_secret TEXT,
+    webhook_secret TEXT, hub_namespaces TEXT,
     max_steps INTEGER,
     max_job_seconds REAL,
     max_storage_bytes INTEGER
@@ -112,7 +115,7 @@ CREATE TABLE events (
 {DELIVERIES_INDEX};
 """
 
-JSON_COLUMNS = {"history", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
+JSON_COLUMNS = {"history", "hub_namespaces", "labels", "preview", "overrides", "progress", "metrics", "tail", "data"}
 
 
 def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -129,7 +132,3 @@ def decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
 
 OWNED = "(? IS NULL OR owner = ?)"
 """The rows a key may see: its own, or every row for an admin (owner None)."""
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

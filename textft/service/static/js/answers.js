@@ -31,14 +31,22 @@ export function longTextNote(input, model) {
 
 // -- one label per text, possibly out of scope
 
+// What each out-of-scope score measures, in the words of a verdict.
+const OOS_SCORES = {
+  msp: "confidence (highest softmax probability)", energy: "energy score (logsumexp of the logits)",
+  mahalanobis: "closeness to the training intents (Mahalanobis score)", knn: "similarity to the nearest training examples",
+};
+
 function singleLabelView(p, model) {
   const oos = model.out_of_scope;
-  const rule = `the threshold ${fmt.num(oos && oos.threshold)} (${(oos && oos.method) || "msp"})`;
+  const method = (oos && oos.method) || "msp";
+  const score = OOS_SCORES[method] || `${method} score`;
+  const threshold = `the threshold ${fmt.num(oos && oos.threshold)}`;
   const rows = p.top_k || [{ label: p.model_label || p.label, score: p.score }];
   const verdict = p.out_of_scope === undefined ? null
     : p.out_of_scope
-      ? el("p", { class: "verdict out", text: `Out of scope: confidence below ${rule}; the model would have said '${p.model_label}'.` })
-      : el("p", { class: "verdict in", text: `In scope: confidence above ${rule}.` });
+      ? el("p", { class: "verdict out", text: `Out of scope: its ${score} is below ${threshold}; the model would have said '${p.model_label}'.` })
+      : el("p", { class: "verdict in", text: `In scope: its ${score} reaches ${threshold}.` });
   return [el("p", { class: "answer" }, el("span", { class: "label-name", text: p.label }), el("span", { class: "score", text: fmt.pct(p.score) })),
     verdict,
     el("ol", { class: "topk", "aria-label": "Most likely labels" }, rows.map((r) => scoreRow(r.label, r.score)))];

@@ -22,6 +22,18 @@ function fillChoices(main, datasets, presets, launches) {
   if (!datasets.length) $("#recipe-status", main).replaceChildren("No datasets yet: ", el("a", { href: "#/datasets", text: "upload one first" }), ".");
 }
 
+// One box per LoRA key (model.lora_*), from GET /v1/transfer-options: empty means its default.
+function loraFields(box, options) {
+  box.replaceChildren(el("p", { class: "hint", text: "LoRA settings: leave a box empty for its default." }),
+    ...options.lora.map((o) => el("div", { class: "field", "data-field": `overrides.${o.key}` },
+      el("label", { for: `lora-${o.key}`, text: o.key.replace("model.lora_", "") }),
+      el("input", { id: `lora-${o.key}`, type: "text", spellcheck: "false", "data-lora-key": o.key,
+        placeholder: `default: ${Array.isArray(o.default) ? o.default.join(",") : o.default}`,
+        "aria-describedby": `lora-${o.key}-help` }),
+      el("p", { class: "hint", id: `lora-${o.key}-help`, text: o.help.replace(/``/g, "").replace(/^Under transfer: lora: /, "") }),
+      el("p", { class: "field-error", id: `overrides.${o.key}-error`, role: "alert" }))));
+}
+
 class JobForm {
   constructor(main, presets) {
     this.main = main;
@@ -45,6 +57,11 @@ class JobForm {
     if (!this.edited.has("backbone")) this.field("backbone").value = p ? p.model : "";
     if (!this.edited.has("transfer")) this.field("transfer").value = transfer;
     this.field("transfer-help").textContent = `Preset default: ${transfer}`;
+    this.transferChanged();
+  }
+
+  transferChanged() {
+    this.field("lora-keys").hidden = this.field("transfer").value !== "lora";
   }
 
   // The job's request as the form stands: only what differs from the preset and the recipe.
@@ -55,6 +72,11 @@ class JobForm {
     if (backbone && (!p || backbone !== p.model)) overrides["model.name_or_path"] = backbone;
     const transfer = this.field("transfer").value;
     if (transfer !== ((p && p.settings["model.transfer"]) || "auto")) overrides["model.transfer"] = transfer;
+    if (transfer === "lora") {
+      for (const input of this.main.querySelectorAll("#lora-keys input[data-lora-key]")) {
+        if (input.value.trim()) overrides[input.dataset.loraKey] = typedValue(input.value.trim());
+      }
+    }
     const extra = parseExtra(this.field("extra").value);
     Object.assign(overrides, extra.overrides);
     for (const input of this.main.querySelectorAll("#recipe input[data-key]")) {
@@ -132,7 +154,8 @@ class JobForm {
   bind() {
     const schedule = () => this.schedule();
     this.field("backbone").addEventListener("input", () => { this.edited.add("backbone"); schedule(); });
-    this.field("transfer").addEventListener("change", () => { this.edited.add("transfer"); schedule(); });
+    this.field("transfer").addEventListener("change", () => { this.edited.add("transfer"); this.transferChanged(); schedule(); });
+    this.field("lora-keys").addEventListener("input", schedule);
     this.field("config").addEventListener("change", () => { this.presetChanged(); schedule(); });
     for (const id of ["dataset", ...OPTIONAL]) this.field(id).addEventListener("change", schedule);
     this.field("extra").addEventListener("input", schedule);
@@ -143,8 +166,10 @@ class JobForm {
 
 export async function viewNewJob(main, params) {
   document.title = "New job · textft";
-  const [datasets, presets, launches] = await Promise.all([loadDatasets(), api("/v1/presets"), api("/v1/accelerate-configs")]);
+  const [datasets, presets, launches, transfers] = await Promise.all([loadDatasets(), api("/v1/presets"),
+    api("/v1/accelerate-configs"), api("/v1/transfer-options")]);
   fillChoices(main, datasets, presets, launches);
+  loraFields($("#lora-keys", main), transfers);
   if (params.get("dataset")) $("#dataset", main).value = params.get("dataset");
   const form = new JobForm(main, presets);
   form.presetChanged();

@@ -1,0 +1,120 @@
+"""LoRA adapters on one shared base model (textft.shared_base) and the service's model cache over them:
+each adapter answers as its own merged model, whatever ran before it; evicted models answer the
+requests already waiting for them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+TEXTS = ["the movie was great", "awful boring plot", "it was quite bad and the ending poor"]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """Three adapters of the tiny BERT: two, three and two labels, each with its own random LoRA matrices."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from textft import lora
+    from textft.config_schema import ModelConfig
+
+    root = tmp_path_factory.mktemp("adapters")
+    out = []
+    for i, labels in enumerate((["neg", "pos"], ["bad", "good", "meh"], ["no", "yes"])):
+        torch.manual_seed(i)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            tiny_model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: k for k, name in enumerate(labels)}, ignore_mismatched_sizes=True)
+        wrapped = lora.wrap(model, ModelConfig(name_or_path=str(tiny_model_dir), transfer="lora"), str(tiny_model_dir))
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)  # trained adapters are not zero: make each one matter
+        lora.write_adapter(wrapped, root / f"a{i}", AutoTokenizer.from_pretrained(tiny_model_dir),
+                           {"name_or_path": str(tiny_model_dir)})
+        out.append(root / f"a{i}")
+    return out
+
+
+def merged_logits(path) -> np.ndarray:
+    import textft
+
+    return textft.load(path, precision="fp32").logits(TEXTS)
+
+
+def test_adapters_of_one_base_each_answer_as_their_merged_model_in_any_order(adapters):
+    import textft
+    from textft.shared_base import SharedBase, base_key
+
+    base = SharedBase(*base_key(adapters[0]), torch.device("cpu"))
+    shared = [textft.load(a, precision="fp32", shared=(base, f"m{i}")) for i, a in enumerate(adapters)]
+    expected = [merged_logits(a) for a in adapters]
+    assert [s.labels for s in shared] == [["neg", "pos"], ["bad", "good", "meh"], ["no", "yes"]]
+    assert len({id(s.tokenizer) for s in shared}) == 1  # one tokenizer for identical tokenizer files
+    for i in (0, 1, 2, 1, 0, 2, 2):
+        np.testing.assert_allclose(shared[i].logits(TEXTS), expected[i], atol=1e-5)
+    assert not np.allclose(expected[0], expected[2], atol=1e-3)  # the adapters do differ
+    base.remove("m0")
+    np.testing.assert_allclose(shared[1].logits(TEXTS), expected[1], atol=1e-5)
+    assert sorted(base.model.peft_config) == ["adapter_m1", "adapter_m2"]
+
+
+def test_a_stopped_batcher_fails_what_it_holds_and_a_retired_one_answers_first():
+    from textft.micro_batching import MicroBatcher, PredictionFailed
+
+    def slow(texts):
+        import time
+
+        time.sleep(0.2)
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    async def main():
+        retired = MicroBatcher(slow, max_batch_size=1, max_wait_s=0.0)
+        retired.start()
+        waiting = [asyncio.ensure_future(retired.submit([f"t{i}"])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await retired.retire()
+        assert [w.result().shape for w in waiting] == [(1, 2)] * 3
+        stopped = MicroBatcher(slow, max_batch_size=1, max_wait_s=0.0)
+        stopped.start()
+        waiting = [asyncio.ensure_future(stopped.submit([f"t{i}"])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await stopped.stop()
+        results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        assert any(isinstance(r, PredictionFailed) for r in results)  # failed, not left waiting
+        with pytest.raises(PredictionFailed):
+            await stopped.submit(["late"])
+
+    asyncio.run(main())
+
+
+def test_the_cache_keeps_one_base_for_its_adapters_and_evicts_without_leaving_requests_waiting(adapters, tmp_path):
+    from textft.service.models import ModelCache
+
+    paths = []
+    for i in range(6):  # more adapters than the cache keeps: evictions while other clients wait
+        paths.append(tmp_path / f"c{i}")
+        shutil.copytree(adapters[i % 3], paths[-1])
+    outputs = [2, 3, 2]
+
+    async def main():
+        cache = ModelCache(capacity=1, adapter_capacity=3, threads=None)
+
+        async def client(k: int) -> None:
+            for j in range(6):
+                i = (2 * k + j) % len(paths)
+                entry = await cache.get(f"m{i}", paths[i])
+                logits = await asyncio.wait_for(entry.batcher.submit([(TEXTS[0], None)]), 120)
+                assert logits.shape == (1, outputs[i % 3])
+
+        await asyncio.gather(*(client(k) for k in range(4)))
+        assert cache.weights_loaded() == 1 and len(cache.bases) == 1 and len(cache.loaded) <= 3
+        await cache.close()
+        assert cache.bases == {} and not cache.retiring
+
+    asyncio.run(main())
