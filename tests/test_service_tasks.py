@@ -236,8 +236,11 @@ def assert_task_metrics(metrics: dict, task: str) -> None:
     assert metrics["headline"] == HEADLINES[task] and metrics["lower_is_better"] == LOWER[task]
     assert set(metrics["splits"]) == {"validation", "test"}
     for m in metrics["splits"].values():
-        assert set(m) == {*HEADLINES[task], "num_examples"} and m["num_examples"] == 80
+        assert set(m) == {*HEADLINES[task], "num_examples", "intervals"} and m["num_examples"] == 80
         assert all(isinstance(m[k], float) for k in HEADLINES[task]), m
+        # each headline metric's 95% interval (the loss has none: it needs the model's scores)
+        assert set(m["intervals"]) == set(HEADLINES[task]) - {"loss"}
+        assert all(low <= high for low, high in m["intervals"].values()), m
 
 
 @pytest.mark.parametrize("task", ["multi_label", "regression"])

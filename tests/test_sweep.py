@@ -69,7 +69,15 @@ def test_sweep_finishes_resumes_and_writes_a_trainable_best_config(tiny_model_di
     assert cfg.train.lr == pytest.approx(best.params["train.lr"])
     assert cfg.train.batch_size == best.params["train.batch_size"]
     assert cfg.output.dir == str(out / "best") and cfg.data.max_length == 32
-    assert (out / "summary.md").read_text().count("\n") == 6
+    summary_md = (out / "summary.md").read_text()
+    assert sum(line.startswith("|") for line in summary_md.splitlines()) == 6 and summary_md.count("\n") == 8
+    # whether the best trial is separable from the runner-up, from their validation predictions
+    second = sorted((t for t in trials if t.value is not None), key=lambda t: (-t.value, t.number))[1]
+    line = summary_md.splitlines()[-1]
+    assert line.startswith(f"best trial {best.number} vs runner-up trial {second.number}: validation macro_f1"
+                           f" {best.value:.4f} vs {second.value:.4f} on the same 80 examples, p ")
+    assert "(paired bootstrap): " in line and ("not separable at 5%" in line or "separable at 5%" in line)
+    assert line in printed
 
     # Asking for no more than the study holds runs nothing, and the trials compare side by side.
     assert cli(["sweep", "--config", str(config), "--trials", "2", "--output", str(out)]) == 0

@@ -86,8 +86,12 @@ def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):
     assert metric_headers(table) == ["split", "examples", "MAE ↓", "RMSE ↓", "R² ↑", "Pearson ↑", "Spearman ↑", "loss ↓"]
     rmse = task_jobs["regression"]["metrics"]["splits"]["test"]["rmse"]
     test_row = table.locator("tbody tr", has_text="test")
-    assert float(test_row.locator('td[data-label="RMSE ↓"]').inner_text()) == pytest.approx(rmse, abs=1e-3)
+    value_text, interval_text = test_row.locator('td[data-label="RMSE ↓"]').inner_text().split(" ", 1)
+    assert float(value_text) == pytest.approx(rmse, abs=1e-3)
+    low, high = task_jobs["regression"]["metrics"]["splits"]["test"]["intervals"]["rmse"]
+    assert interval_text.startswith("[") and float(interval_text[1:].split(",")[0]) == pytest.approx(low, abs=1e-2)
     expect(page.locator("#job-metrics")).to_contain_text("↓ lower is better")
+    expect(page.locator("#job-metrics")).to_contain_text("[low, high]: 95% bootstrap interval")
     expect(page.locator("#metric-title")).to_contain_text("lower is better")
     wait_for_points(page, "RMSE", 6)
     assert page.locator('#metric-chart path[data-series="accuracy"]').count() == 0

@@ -59,7 +59,7 @@ def evaluate_main(argv: list[str]) -> int:
     s = metrics["settings"]
     window = f", stride {s['stride']}, {s['pooling']} pooling" if s["long_text"] == "sliding_window" else ""
     print(f"long texts: {s['long_text']} at {s['max_length']} tokens{window}; {s['backend']} {s['precision']}")
-    print(task.summary_line("evaluation", metrics))
+    print("\n".join(task.summary({"evaluation": metrics})))
     if metrics.get("out_of_scope"):
         from textft.calibration import rejection_lines
 
@@ -73,6 +73,7 @@ def evaluate_main(argv: list[str]) -> int:
 def report_main(argv: list[str]) -> int:
     from textft.report_data import DEFAULT_MISTAKES, check_run_dir
     from textft.tasks import METRIC_NAMES
+    from textft.tasks.base import shown as with_interval
 
     parser = argparse.ArgumentParser(
         prog="textft report", description="(Re-)render report.json, report.md and report.html of finished runs.")
@@ -92,7 +93,7 @@ def report_main(argv: list[str]) -> int:
         report = json.loads((Path(run_dir) / "report.json").read_text())
         shown = [k for k in report["headline"] if k != "loss"][:2] + ["ece"]
         for split, m in report["splits"].items():
-            print(f"{run_dir} {split}: " + "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in shown
+            print(f"{run_dir} {split}: " + "  ".join(f"{METRIC_NAMES[k]} {with_interval(m, k)}" for k in shown
                                                       if isinstance(m.get(k), (int, float))))
         print(f"report written: {Path(run_dir) / 'report.html'} (also report.md, report.json)")
     return 0
@@ -143,6 +144,8 @@ def sweep_main(argv: list[str]) -> int:
         print("no trial finished; nothing to recommend")
         return 1
     print(f"best: trial {best.number}, validation {run.spec.metric} {best.value:.4f}")
+    if separable := sweep.runner_up_line(study, run.spec):
+        print(separable)
     print(f"best configuration: {best_path}  (train it: textft train --config {best_path})")
     complete = [r["trial"] for r in rows if r["state"] == "complete"]
     print("compare the trials: textft compare " + " ".join(str(run.out_dir / "trials" / f"trial-{n}")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from textft.errors import UserError, closest
-from textft.files import replace_file
+from textft.files import read_jsonl, replace_file
 from textft.plots import figure, png
 from textft.report import duration
 from textft.report_data import build_report, check_run_dir
 from textft.report_parts import METRIC_NAMES, fmt, md_cell
+from textft.significance import ALPHA, PAIRED_RESAMPLES, paired_test
 from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, task_class
 from textft.templating import render
 
@@ -60,8 +61,12 @@ def comparison_row(report: dict, name: str, run_dir: str, split: str, metrics: t
     row["trainable_params"] = params.get("trainable")
     row["total_params"] = params.get("total")
     row["split"] = split
+    intervals = m.get("intervals") or {}
     for key in metrics:
         row[key] = m.get(key)
+        ci = intervals.get(key)
+        if ci:
+            row[f"{key}_low"], row[f"{key}_high"] = ci
     row["train_seconds"] = report["timings"].get("train_seconds")
     row["samples_per_s"] = report["throughput"].get("samples_per_s")
     best = report.get("best") or {}
@@ -101,13 +106,15 @@ def display_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[s
     A setting that is the same for every run moves out of the table into the shared line, so the
     columns left are the ones that explain the differences.
     """
-    metrics = metric_columns(rows)
-    header = ["run", *SETTINGS, "trainable", *(METRIC_NAMES[k] for k in metrics), "train time", "samples/s"]
+    metrics, tested = metric_columns(rows), tested_metrics(rows)
+    header = ["run", *SETTINGS, "trainable", *(METRIC_NAMES[k] for k in metrics),
+              *(f"{METRIC_NAMES[k]} vs best" for k in tested), "train time", "samples/s"]
     cells = []
     for r in rows:
         cells.append([r["run"], r["model"], _transfer(r), _sci(r["lr"]), _sci(r["head_lr"]), fmt(r["epochs"], 1),
                       fmt(r["batch_size"]), fmt(r["max_length"]), fmt(r["layer_lr_decay"], 2), _params(r),
-                      *(fmt(r[k]) for k in metrics), duration(r["train_seconds"]), fmt(r["samples_per_s"], 1)])
+                      *(_metric_cell(r, k, k == metric) for k in metrics), *(_test_cell(r, k) for k in tested),
+                      duration(r["train_seconds"]), fmt(r["samples_per_s"], 1)])
     shared = {}
     if len(rows) > 1:
         for name in SETTINGS:
@@ -117,12 +124,90 @@ def display_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[s
         keep = [j for j, h in enumerate(header) if h not in shared]
         header = [header[j] for j in keep]
         cells = [[row[j] for j in keep] for row in cells]
+    return header, cells, best_run(rows, metric), shared
+
+
+def best_run(rows: list[dict], metric: str) -> int | None:
+    """Index of the best run on ``metric`` (the first of equals), None if no run has it."""
     scored = [i for i, r in enumerate(rows) if isinstance(r.get(metric), (int, float))]
-    best = None
-    if scored:
-        pick = min if metric in LOWER_IS_BETTER else max
-        best = pick(scored, key=lambda i: rows[i][metric])
-    return header, cells, best, shared
+    if not scored:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    return pick(scored, key=lambda i: rows[i][metric])
+
+
+def _metric_cell(row: dict, key: str, with_interval: bool) -> str:
+    """The value, and for the ranking metric its 95% interval."""
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    if not with_interval or low is None or row.get(key) is None:
+        return fmt(row.get(key))
+    return f"{fmt(row[key])} [{low:.2f}, {high:.2f}]"
+
+
+def tested_metrics(rows: list[dict]) -> list[str]:
+    """The metrics each run was tested on against the best run, in order."""
+    return list(next((r["vs_best"] for r in rows if r.get("vs_best")), {}))
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p {p:.3f}"
+
+
+def _test_cell(row: dict, key: str) -> str:
+    if "vs_best" not in row:
+        return "-"
+    test = row["vs_best"].get(key)
+    if test is None:
+        return "best"
+    if test["p_value"] is None:
+        return "not tested"
+    return f"{test['difference']:+.4f} ({_p(test['p_value'])}){' *' if test['significant'] else ''}"
+
+
+def significance_notes(rows: list[dict], metric: str) -> list[str]:
+    """What the "vs best" columns mean, and why a run was not tested."""
+    tested = tested_metrics(rows)
+    best = best_run(rows, metric)
+    if not tested or best is None:
+        return []
+    tests = [t for r in rows for t in (r.get("vs_best") or {}).values() if t["p_value"] is not None]
+    used = {t["metric"]: t["test"] for t in tests}
+    named = {"McNemar exact": "McNemar's exact test",
+             "paired bootstrap": f"a paired bootstrap ({PAIRED_RESAMPLES:,} resamples)"}
+    how = ", ".join(f"{named[used[k]]} for {METRIC_NAMES[k]}" for k in tested if k in used)
+    notes = []
+    if tests:
+        examples = tests[0]["examples"]
+        notes.append(f"vs best: difference to {rows[best]['run']} (best {METRIC_NAMES[metric]}) on the same"
+                     f" {examples:,} examples and its two-sided p-value ({how}); * significant at"
+                     f" {100 * ALPHA:.0f}%, otherwise the runs are not separable on this split.")
+    interval = any(r.get(f"{metric}_low") is not None for r in rows)
+    if interval:
+        notes.append(f"[low, high]: 95% bootstrap interval of {METRIC_NAMES[metric]} over the examples.")
+    for r in rows:
+        reasons = {t["reason"] for t in (r.get("vs_best") or {}).values() if t["p_value"] is None and t["reason"]}
+        if reasons:
+            notes.append(f"{r['run']}: not tested against {rows[best]['run']}: {'; '.join(sorted(reasons))}.")
+    return notes
+
+
+def tests_against_best(rows: list[dict], split: str, task, metric: str) -> None:
+    """Each run's paired test against the best one on ``metric`` (and on the task's right-or-wrong
+    metric) over the saved predictions of ``split``, as ``row["vs_best"]`` ({} for the best run)."""
+    best = best_run(rows, metric)
+    if best is None or len(rows) < 2:
+        return
+    tested = [metric] + ([task.exact_test] if task.exact_test not in (None, metric) and task.exact_test in rows[0]
+                         else [])
+    predictions = [_predictions(r["run_dir"], split) for r in rows]
+    for i, r in enumerate(rows):
+        r["vs_best"] = {} if i == best else {
+            k: paired_test(task, k, predictions[best], predictions[i]).to_dict() for k in tested}
+
+
+def _predictions(run_dir: str, split: str) -> list[dict] | None:
+    path = Path(run_dir) / "predictions" / f"{split}.jsonl"
+    return read_jsonl(path) if path.is_file() else None
 
 
 def _shared_line(shared: dict[str, str]) -> str:
@@ -142,6 +227,9 @@ def markdown_table(rows: list[dict], metric: str) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if shared:
         lines += ["", md_cell(_shared_line(shared))]
+    notes = significance_notes([{**r, "run": md_cell(r["run"])} for r in rows], metric)  # names as written
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -195,15 +283,26 @@ def render_html(rows: list[dict], metric: str, plot: bytes | None, out_dir: Path
     page = render(HTML_TEMPLATE, header=header, rows=cells, best=best, column=header.index(METRIC_NAMES[metric]),
                   numeric={j for j, h in enumerate(header) if h not in ("run", "model", "transfer")},
                   links=[_report_link(r["run_dir"], out_dir) for r in rows], split=rows[0]["split"] if rows else "-",
-                  metric=METRIC_NAMES[metric], shared=_shared_line(shared), plot=plot)
+                  metric=METRIC_NAMES[metric], shared=_shared_line(shared), notes=significance_notes(rows, metric),
+                  plot=plot)
     return str(page)
 
 
 def write_csv(rows: list[dict]) -> str:
+    """One line per run; each test against the best run as flat columns (``<metric>_vs_best_p`` ...)."""
+    flat = []
+    for r in rows:
+        row = {k: v for k, v in r.items() if k != "vs_best"}
+        for key in tested_metrics(rows):
+            test = (r.get("vs_best") or {}).get(key) or {}
+            for field in ("difference", "p_value", "significant", "test", "reason"):
+                row[f"{key}_vs_best_{field}"] = test.get(field)
+        flat.append(row)
+    fields = list(dict.fromkeys(k for row in flat for k in row))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(flat)
     return buf.getvalue()
 
 
@@ -256,6 +355,7 @@ def compare(run_dirs: list[str], metric: str | None = None, split: str | None = 
     metrics, metric = run_task(reports, names, metric)
     split = pick_split(reports, names, split)
     rows = [comparison_row(r, n, d, split, metrics) for r, n, d in zip(reports, names, run_dirs)]
+    tests_against_best(rows, split, task_class(reports[0].get("task") or DEFAULT_TASK), metric)
     table = markdown_table(rows, metric)
     written = []
     if output:

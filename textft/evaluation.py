@@ -46,7 +46,7 @@ def evaluate_checkpoint(model: str, data: str, *, split: str | None = None, data
     outputs = clf.outputs(texts, batch_size=batch_size, pairs=pairs)
     logits = outputs.logits
     predict_s = time.perf_counter() - predict_started
-    metrics = task.evaluate(logits, labels)
+    metrics = task.evaluate(logits, labels, intervals=True)
     if clf.out_of_scope is not None:  # the model's own answers: its out-of-scope threshold applied
         from textft.calibration import measure_outputs
 

@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "config_help", "hub_download", "version", "layers", "presets", "run_events")),
     ("data", "data, tokenization and tasks: what a label is, how texts become model inputs",
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
-      "oos_features", "out_of_scope")),
+      "intervals", "significance", "oos_features", "out_of_scope")),
     ("model", "modeling, the training loop, checkpoints, the recipe and the inference backends",
      ("modeling", "lora", "model_dir", "shared_base", "loop", "checkpoint", "recipe", "few_shot", "precision", "onnx_export",
       "onnx_backend")),

@@ -20,7 +20,7 @@ from textft.hub_download import is_hub_id
 from textft import task_reports
 from textft.lora import ADAPTER_CONFIG, ADAPTER_DIR, RECORD
 from textft.report import render_markdown, without_examples
-from textft.report_parts import md_cell, md_code
+from textft.report_parts import INTERVAL_NOTE, md_cell, md_code, shown
 from textft.tasks import DEFAULT_TASK, METRIC_NAMES, from_model_config, task_class
 
 log = logging.getLogger("textft")
@@ -294,8 +294,11 @@ def model_card(model_dir: str | Path, license: str | None = None, repo_id: str |
         keys = [key for key, *_ in sections.CARD_METRICS]
         lines += ["## Results", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
                   "|---|---:|" + "---:|" * len(keys)]
-        lines += [f"| {md_cell(s)} | {_fmt(m.get('num_examples'))} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
-                  for s, m in run["splits"].items()]
+        lines += [f"| {md_cell(s)} | {_fmt(m.get('num_examples'))} | " + " | ".join(
+            shown(m, k) if (m.get("intervals") or {}).get(k) else _fmt(m.get(k)) for k in keys) + " |"
+            for s, m in run["splits"].items()]
+        if any(m.get("intervals") for m in run["splits"].values()):
+            lines += ["", INTERVAL_NOTE]
         lines.append("")
     usage = _adapter_usage if adapter else _usage
     lines += _out_of_scope(run["config"]) + usage(run, repo_id or f"<user>/{name}") + _training_table(run, path)

@@ -89,7 +89,9 @@ def plot_per_class_f1(split: dict, macro_f1: float | None) -> bytes:
     """
     from matplotlib import colormaps
 
-    items = sorted_classes(split)[::-1]  # rows are drawn bottom-up: the worst class ends on top
+    ranked = sorted_classes(split)
+    items = [kv for kv in ranked if kv[1].get("in_macro", True)][::-1]  # bottom-up: the worst class on top
+    left_out = len(ranked) - len(items)
     n = len(items)
     many = n > MANY_CLASSES
     fig = figure(10 if many else 8, max(2.6, 0.18 * n + 1.4))
@@ -123,7 +125,9 @@ def plot_per_class_f1(split: dict, macro_f1: float | None) -> bytes:
     ax.spines[["top", "right"]].set_visible(False)
     # Above the rows: inside the axes it covers the best classes' points at the bottom.
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=9, ncols=4, frameon=False, borderaxespad=0.2)
-    ax.set_title("Per class, worst F1 at the top (F1 and support at the right)", loc="left", fontsize=11, pad=24)
+    title = (f"Per class, worst F1 at the top ({left_out} with no example not shown)" if left_out
+             else "Per class, worst F1 at the top (F1 and support at the right)")
+    ax.set_title(title, loc="left", fontsize=11, pad=24)
     return png(fig)
 
 

@@ -15,7 +15,7 @@ from textft import task_reports
 from textft.files import replace_file
 from textft.plots import plot_learning_curves
 from textft.report_data import DEFAULT_MISTAKES, build_report
-from textft.report_parts import METRIC_NAMES, fmt, md_cell
+from textft.report_parts import INTERVAL_NOTE, METRIC_NAMES, fmt, md_cell, shown
 from textft.tasks import DEFAULT_TASK
 from textft.templating import render
 
@@ -90,7 +90,9 @@ def render_markdown(report: dict) -> str:
     lines = [f"# {md_cell(report['title'])}", "", "| split | examples | " + " | ".join(headline_names(report)) + " |",
              "|---|---:|" + "---:|" * len(keys)]
     for split, m in report["splits"].items():
-        lines.append(f"| {md_cell(split)} | {m.get('num_examples')} | " + " | ".join(fmt(m.get(k)) for k in keys) + " |")
+        lines.append(f"| {md_cell(split)} | {m.get('num_examples')} | " + " | ".join(shown(m, k) for k in keys) + " |")
+    if any(m.get("intervals") for m in report["splits"].values()):
+        lines += ["", INTERVAL_NOTE]
     lines += ["", "## Run", ""] + [f"- {k}: {md_cell(v)}" for k, v in run_facts(report)]
     for w in report["warnings"]:
         lines.append(f"- warning: {md_cell(w)}")
@@ -136,10 +138,17 @@ def _summary(report: dict) -> dict:
     cards = []
     if primary:
         m = splits[primary]
-        cards = [(f"{primary} {METRIC_NAMES[k]}", fmt(m.get(k))) for k in keys if m.get(k) is not None]
+        cards = [{"name": f"{primary} {METRIC_NAMES[k]}", "value": fmt(m.get(k)), "interval": _card_interval(m, k)}
+                 for k in keys if m.get(k) is not None]
     return {"cards": cards, "summary": {
         "header": ["split", "examples", *headline_names(report)], "numeric": range(1, len(keys) + 2),
-        "rows": [[s, m.get("num_examples"), *(fmt(m.get(k)) for k in keys)] for s, m in splits.items()]}}
+        "rows": [[s, m.get("num_examples"), *(shown(m, k) for k in keys)] for s, m in splits.items()],
+        "note": INTERVAL_NOTE if any(m.get("intervals") for m in splits.values()) else None}}
+
+
+def _card_interval(m: dict, key: str) -> str | None:
+    """A headline card's 95% interval, '[low, high]', when the split has one."""
+    return shown(m, key).split(" ", 1)[1] if (m.get("intervals") or {}).get(key) else None
 
 
 def _evals(report: dict) -> dict:

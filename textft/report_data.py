@@ -118,6 +118,18 @@ def best_evaluation(ev: dict, records: list, eval_records: list[dict], metric: s
             "source": "train_log.jsonl"}
 
 
+def with_intervals(task, m: dict, rows: list[dict] | None, label_names: list[str]) -> dict:
+    """A split's metrics with their 95% intervals: as evaluated, or for a run from before intervals
+    were stored, rescored the same way from its saved predictions (``Task.rescored``)."""
+    if m.get("intervals") is not None or not rows or len(rows) != m.get("num_examples"):
+        return m
+    try:
+        truth, (pred,) = task.row_outcomes([rows], m.get("labels") or label_names)
+    except (KeyError, TypeError, ValueError):
+        return m  # records of another shape: the report goes on without intervals
+    return task.rescored(m, truth, pred)
+
+
 def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[str, Any]:
     """The content of ``report.json`` for a finished run directory (nothing is written)."""
     run = load_run(run_dir)
@@ -127,7 +139,8 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     task = tasks.task_class(ev.get("task") or tasks.DEFAULT_TASK)
     warnings: list[str] = list(run["warnings"])
     sections = task_reports.sections(task.name)
-    splits = {split: sections.split_entry(m, label_names, run["predictions"].get(split), split, mistakes, warnings)
+    splits = {split: sections.split_entry(with_intervals(task, m, run["predictions"].get(split), label_names), label_names,
+                                        run["predictions"].get(split), split, mistakes, warnings)
               for split, m in ev["splits"].items()}
     train_records = [run_events.to_dict(r) for r in run["records"] if isinstance(r, run_events.TrainRecord)]
     summary = [k for k in (*task.headline, "num_examples") if k != "ece"]
@@ -147,6 +160,11 @@ def build_report(run_dir: str | Path, mistakes: int = DEFAULT_MISTAKES) -> dict[
     primary = "test" if "test" in splits else next(iter(splits), None)
     if primary:
         splits = {primary: splits[primary], **{k: v for k, v in splits.items() if k != primary}}
+    warnings += [line for split, m in splits.items() if (line := task.wide_interval(split, m))]
+    if rescored := [split for split, m in splits.items() if m.get("rescored_from_predictions")]:
+        warnings.append(f"{', '.join(rescored)}: rescored from the saved predictions of a run from an older textft"
+                        " (macro averages over the classes present, and intervals); the validation during training"
+                        " and the best validation are as the run recorded them")
     return {
         "report_version": REPORT_VERSION,
         "run": run_name(run_dir, cfg),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from textft.tasks import METRIC_NAMES  # noqa: F401 (how each metric is written, for every report module)
+from textft.tasks.base import class_cells, coverage_note, shown  # noqa: F401 (intervals, classes without examples)
 
 SHORT_TEXT = 180
 """Characters of an evaluated text a report quotes."""
@@ -22,7 +23,8 @@ def fmt(v, digits: int = 4) -> str:
 
 
 def sorted_classes(split: dict) -> list[tuple[str, dict]]:
-    return sorted(split["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
+    """Worst F1 first; the classes without an example in the split (out of the averages) last."""
+    return sorted(split["per_class"].items(), key=lambda kv: (not kv[1].get("in_macro", True), kv[1]["f1"], kv[0]))
 
 
 def shorten(text: str, limit: int = SHORT_TEXT) -> str:
@@ -68,3 +70,6 @@ def md_code(value) -> str:
 def example_markdown(r: dict) -> str:
     """A text of the report's example tables, with its pair."""
     return md_cell(r["text"] + (f" ‖ {r['text_pair']}" if r.get("text_pair") is not None else ""))
+
+
+INTERVAL_NOTE = "[low, high]: 95% bootstrap interval over the split's examples."

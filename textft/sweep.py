@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from textft.config import Config, load_config
-from textft.errors import UserError
-from textft.files import replace_file
 from textft.data import task_of
+from textft.errors import UserError
+from textft.files import read_json, read_jsonl, replace_file
+from textft.significance import ALPHA, paired_test
 from textft.sweep_space import SweepSpec, check_space_values, override, parse_sweep, resolve_metric, split_config
-from textft.tasks import task_class
+from textft.tasks import DEFAULT_TASK, task_class
 
 log = logging.getLogger("textft")
 
@@ -180,13 +181,41 @@ def summary_rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def best_trial(study):
+    ranked = ranked_trials(study)
+    return ranked[0] if ranked else None
+
+
+def ranked_trials(study) -> list:
+    """Complete trials, best first (the earlier of equal values first)."""
     import optuna
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-    if not complete:
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(complete, key=lambda t: (sign * t.value, t.number))
+
+
+def runner_up_line(study, spec: SweepSpec) -> str | None:
+    """Whether the best trial is separable from the runner-up: a paired test of the sweep metric over
+    both trials' validation predictions, in one line (None with fewer than two complete trials)."""
+    ranked = ranked_trials(study)
+    if len(ranked) < 2:
         return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(complete, key=lambda t: (t.value, -t.number))
+    best, second = ranked[:2]
+    head = (f"best trial {best.number} vs runner-up trial {second.number}: validation {spec.metric}"
+            f" {best.value:.4f} vs {second.value:.4f}")
+    runs = [Path(t.user_attrs.get("run_dir", "")) for t in (best, second)]
+    files = [r / "predictions" / "validation.jsonl" for r in runs]
+    rows = [read_jsonl(f) if f.is_file() else None for f in files]
+    try:
+        task = task_class(read_json(runs[0] / "eval_report.json").get("task") or DEFAULT_TASK)
+    except UserError:
+        return f"{head}; not tested: trial {best.number} left no readable eval_report.json"
+    test = paired_test(task, spec.metric, rows[0], rows[1])
+    if test.p_value is None:
+        return f"{head}; not tested: {test.reason}"
+    verdict = (f"separable at {100 * ALPHA:.0f}%" if test.significant else
+               f"not separable at {100 * ALPHA:.0f}%: on this validation split the runner-up is as good a choice")
+    return f"{head} on the same {test.examples:,} examples, p {test.p_value:.3f} ({test.test}): {verdict}"
 
 
 def markdown_summary(rows: list[dict], spec: SweepSpec) -> str:
@@ -215,7 +244,9 @@ def write_outputs(sweep: Sweep, study) -> Path | None:
     from textft.config import config_yaml
 
     rows = summary_rows(study, sweep.spec)
-    replace_file(sweep.out_dir / "summary.md", markdown_summary(rows, sweep.spec))
+    separable = runner_up_line(study, sweep.spec)
+    replace_file(sweep.out_dir / "summary.md",
+                 markdown_summary(rows, sweep.spec) + (f"\n{separable}\n" if separable else ""))
     if rows:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")

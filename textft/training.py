@@ -304,6 +304,27 @@ def start(run: Run) -> None:
 # --- fit -------------------------------------------------------------------------------------
 
 
+def thin_validation(task, labels: list, metric: str, early_stopping: bool) -> str | None:
+    """One line when the validation split misses classes or has fewer than two examples of most of
+    them: what it does to early stopping and to the choice of the best model."""
+    counts = list(task.label_counts(labels).values())
+    if len(counts) < 2:  # one output (regression): no classes to miss
+        return None
+    missing, thin = sum(c == 0 for c in counts), sum(c < 2 for c in counts)
+    if not missing and thin <= len(counts) / 2:
+        return None
+    kind = task.output_noun
+    gaps = ", ".join(part for part in (f"{missing} with no example" if missing else "",
+                                       f"{thin} with fewer than 2" if thin else "") if part)
+    uses, follow, them = (("early stopping and the choice of the best model", "follow", "them") if early_stopping
+                          else ("the choice of the best model", "follows", "it"))
+    absent = f" and leaves out the {missing} it has none of" if missing and metric.startswith("macro") else ""
+    return (f"validation split: {len(labels)} examples for {len(counts)} {kind} ({gaps}): validation {metric} rests"
+            f" on one or two examples per class{absent}, so {uses} {follow} noise as much as the model; more"
+            " validation examples per class (a larger data.validation_split, or a data.validation_file) make"
+            f" {them} reliable")
+
+
 def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = None) -> None:
     """The loop of ``textft.loop.fit`` with this run's evaluation, best-model saving, checkpoints and log."""
     accelerator, cfg, state, plan = run.accelerator, run.cfg, run.state, run.plan
@@ -316,6 +337,8 @@ def fit_run(run: Run, on_evaluate: Callable[[int, float, dict], None] | None = N
     best = BestModel(plan, state, lambda info: save_best(accelerator, run.model, run.checkpoints, info))
     log.info("training: %d optimizer steps (%d per epoch), global batch %d, best model by %s", plan.total_steps,
              plan.steps_per_epoch, global_batch, plan.metric)
+    if warning := thin_validation(run.task, run.data.splits["validation"]["labels"], plan.metric, plan.patience > 0):
+        log.warning(warning)
     with stop_on_sigterm(accelerator) as stop:
         fit(accelerator, run.model, run.optimizer, run.scheduler, run.train_dl, state, plan,
             loss_fn=run.loss_fn, evaluate=run.evaluator, best=best,
@@ -358,7 +381,7 @@ def final_evaluation(run: Run) -> tuple[dict, dict]:
     outputs = {split: run.evaluator.logits(split) for split in run.eval_texts}
     task.choose_decision(*outputs["validation"])
     for split, (logits, labels) in outputs.items():
-        reports[split] = task.evaluate(logits, labels)
+        reports[split] = task.evaluate(logits, labels, intervals=True)
         predictions[split] = task.prediction_rows(run.eval_texts[split], labels, logits, run.eval_pairs[split])
     return reports, predictions
 
@@ -456,8 +479,8 @@ def export(run: Run, render: Callable[[Path], None] | None = None) -> dict:
         name = f"{cfg.model.name_or_path} on {run.data.source}"
         if len(run.data.label_names) <= 10:  # small enough to read on a terminal
             print(run.task.markdown_report(reports, title=name))
-        for split, metrics in reports.items():
-            print(run.task.summary_line(split, metrics))
+        for line in run.task.summary(reports):
+            print(line)
         if best:
             print(f"best {cfg.train.metric_for_best} {best['value']:.4f} at step {best['step']}"
                   f" (epoch {best['epoch']}); stopped: {state.stop_reason}")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import queue
 import tarfile
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from textft.service.textft_api import (OOS_KEY, THRESHOLDS_KEY, adapter_base, adapter_subdir, is_adapter_dir,
-                                      load_classifier, micro_batcher, shared_base)
+                                      load_classifier, lower_is_better, micro_batcher, shared_base,
+                                      task_default_metric, versus_best)
 
 EXCLUDED = {"checkpoints", "logs"}
 """Run subdirectories that are not part of the model: resume states and tracker logs."""
@@ -268,3 +270,44 @@ class ModelCache:
         for task in list(self.retiring):
             task.cancel()
         await asyncio.gather(*self.retiring, return_exceptions=True)
+
+
+# --- models scored on the same test set --------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _versus(task: str, metric: str, best: str, best_mtime: float, other: str, other_mtime: float) -> dict:
+    # keyed on the files' times too: a run directory replaced under the same job id is tested anew
+    return versus_best(task, metric, Path(best), Path(other))
+
+
+def tests_on_shared_test_sets(models: list[dict], run_of: Callable[[str], Path]) -> None:
+    """``vs_best`` of every listed model whose test set another model shares: the best of them on the
+    task's default metric, and for the others ``textft compare``'s paired test against it (difference,
+    p-value, significant at 5%); None for a model alone on its test set."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for m in models:
+        m["vs_best"] = None
+        if m.get("test_set") and m.get("task") and (m.get("metrics") or {}).get("test"):
+            groups[(m["task"], m["test_set"])].append(m)
+    for (task, _), group in groups.items():
+        metric = task_default_metric(task)
+        scored = [m for m in group if isinstance(m["metrics"]["test"].get(metric), (int, float))]
+        if len(scored) < 2:
+            continue
+        lower = lower_is_better(metric)
+        best = sorted(scored, key=lambda m: (m["metrics"]["test"][metric] * (1 if lower else -1), m["created_at"]))[0]
+        best_file = run_of(best["id"]) / "predictions" / "test.jsonl"
+        for m in scored:
+            if m is best:
+                m["vs_best"] = {"metric": metric, "best": True, "models": len(scored)}
+                continue
+            other_file = run_of(m["id"]) / "predictions" / "test.jsonl"
+            try:
+                test = _versus(task, metric, str(best_file.parent.parent), best_file.stat().st_mtime,
+                               str(other_file.parent.parent), other_file.stat().st_mtime)
+            except OSError:  # a run directory deleted meanwhile
+                continue
+            m["vs_best"] = {"metric": metric, "best": False, "model": best["id"], "models": len(scored),
+                            **{k: test[k] for k in ("test", "difference", "p_value", "significant", "examples",
+                                                    "reason")}}

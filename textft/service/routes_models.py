@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from textft.service.jobs import RUN_DIR
 from textft.service.keys import Principal
 from textft.service.models import (decision_thresholds, input_lengths, model_files, out_of_scope_settings,
-                                   predict_path, saved_config, stored_adapter, tar_stream)
+                                   predict_path, saved_config, stored_adapter, tar_stream,
+                                   tests_on_shared_test_sets)
 from textft.service.problems import ERROR_RESPONSES
 from textft.service.routes_shared import auth, current_service, iso, owner_scope
 from textft.service.core import Service
@@ -86,7 +87,8 @@ def model_out(service: Service, row: dict, names: dict[str, str] | None = None) 
             "thresholds": decision_thresholds(config),
             "labels": metrics.get("labels"), "metrics": metrics.get("splits"), "best": metrics.get("best"),
             "headline": headline, "lower_is_better": [k for k in headline if lower_is_better(k)],
-            "stop_reason": row["stop_reason"], "created_at": iso(row["finished_at"]),
+            "test_set": metrics.get("test_set"), "stop_reason": row["stop_reason"],
+            "created_at": iso(row["finished_at"]),
             "size_bytes": sum(p.stat().st_size for p in model_files(run)) if run.is_dir() else 0,
             "owner": (names or service.store.key_names()).get(row["owner"]), **storage(run)}
 
@@ -108,12 +110,16 @@ def storage(run: Path) -> dict:
 @router.get("/v1/models", response_model=list[ModelOut])
 def list_models(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> list[dict]:
     names = service.store.key_names()
-    return [model_out(service, r, names) for r in service.store.models(owner_scope(who))]
+    models = [model_out(service, r, names) for r in service.store.models(owner_scope(who))]
+    tests_on_shared_test_sets(models, lambda job: service.data.job(job) / RUN_DIR)
+    return models
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
-    return model_out(service, model_row(service.store, model_id, who))
+    model_row(service.store, model_id, who)  # 404 unless it is a model this key may see
+    # as listed: its comparison with the other models on the same test set is part of it
+    return next(m for m in list_models(who, service) if m["id"] == model_id)
 
 
 @router.get("/v1/models/{model_id}/download", responses=DOWNLOAD, response_class=StreamingResponse)

@@ -35,7 +35,8 @@ from textft.service.safekeeping import keep_aside
 from textft.service.store import Store
 from textft.service.supervise import group_alive, stop_group
 from textft.service.textft_api import (DEFAULT_TASK, BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record,
-                                      RunSummary, TrainRecord, lower_is_better, run_events, summarize, task_headline)
+                                      RunSummary, TrainRecord, lower_is_better, run_events, summarize, task_headline,
+                                      test_set_key)
 
 log = logging.getLogger("textft.service")
 
@@ -141,6 +142,13 @@ def follow_record(record: Record, entry: dict, progress: dict, tail: dict) -> li
     return [(EVENT[type(record)], entry)]
 
 
+def intervals_of(m: dict, keys: tuple[str, ...]) -> dict:
+    """``{"intervals": {metric: [low, high]}}`` of the headline metrics the split has intervals for."""
+    intervals = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
+    kept = {k: intervals[k] for k in keys if isinstance(intervals.get(k), list) and len(intervals[k]) == 2}
+    return {"intervals": kept} if kept else {}
+
+
 def headline_metrics(run: Path) -> dict | None:
     """What a finished job keeps of its evaluation: its task, each split's numbers of the task's own
     headline metrics, which of them are lower-is-better, and the best validation result."""
@@ -149,7 +157,7 @@ def headline_metrics(run: Path) -> dict | None:
         return None
     task = report.get("task") or DEFAULT_TASK
     keys = task_headline(task)
-    splits = {split: {k: m.get(k) for k in (*keys, "num_examples")}
+    splits = {split: {**{k: m.get(k) for k in (*keys, "num_examples")}, **intervals_of(m, keys)}
               for split, m in (report.get("splits") or {}).items() if isinstance(m, dict)}
     best = report.get("best")
     if isinstance(best, dict) and best.get("metric"):
@@ -157,7 +165,7 @@ def headline_metrics(run: Path) -> dict | None:
     return {"task": task, "headline": list(keys), "lower_is_better": [k for k in keys if lower_is_better(k)],
             "splits": splits, "best": best, "stop_reason": report.get("stop_reason"),
             "optimizer_steps": report.get("optimizer_steps"), "train_seconds": report.get("train_seconds"),
-            "labels": report.get("label_names")}
+            "labels": report.get("label_names"), "test_set": test_set_key(run)}
 
 
 class Monitor:

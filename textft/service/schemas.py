@@ -281,10 +281,16 @@ class ModelOut(Answer):
     out_of_scope: dict[str, Any] | None = Field(description="the calibrated out-of-scope threshold, if any")
     thresholds: dict[str, Any] | None = Field(description="a multi-label model's tuned decision thresholds")
     labels: list[str] | None
-    metrics: dict[str, dict[str, Any]] | None = Field(description="split → headline metric → value")
+    metrics: dict[str, dict[str, Any]] | None = Field(
+        description="split → headline metric → value, and `intervals`: metric → its 95% bootstrap interval [low, high]")
     best: BestOut | None
     headline: list[str]
     lower_is_better: list[str]
+    test_set: str | None = Field(None, description="a key of the rows the model was tested on: models with the same"
+                                 " key are compared with a paired test")
+    vs_best: dict[str, Any] | None = Field(None, description="against the best model on the same test set: `best`, or"
+                                           " `model`, `difference`, `p_value`, `significant`, `test`, `examples`,"
+                                           " `reason`; null for a model alone on its test set")
     stop_reason: str | None
     created_at: str | None
     size_bytes: int = Field(description="bytes on disk of everything the service keeps of the model")

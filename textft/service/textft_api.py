@@ -24,6 +24,7 @@ __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "c
            "presets", "serve_local_docs", "set_umask",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "prediction_schema", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
            "recipe_facts", "count_evaluations", "model_positions", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
+           "test_set_key", "versus_best",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "repo_id_problems", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY", "run_events", "KINDS", "Problem", "BestRecord", "EndRecord", "EvalRecord", "NewerSchema",
            "PlanRecord", "Record", "RunSummary", "TrainRecord", "summarize",
@@ -233,6 +234,26 @@ def task_outputs(task: str, label_names: list[str]) -> list[str]:
     from textft.tasks import task_class
 
     return task_class(task).output_names(label_names)
+
+
+def test_set_key(run) -> str | None:
+    """The fingerprint of the examples a run's test split holds (from predictions/test.jsonl), None
+    without one: models with equal keys were scored on the same test set."""
+    from textft.files import read_jsonl
+    from textft.significance import examples_key
+
+    path = run / "predictions" / "test.jsonl"
+    return examples_key(read_jsonl(path)) if path.is_file() else None
+
+
+def versus_best(task: str, metric: str, best_run, other_run) -> dict:
+    """``textft compare``'s paired test of ``metric`` between two runs' test predictions (other minus best)."""
+    from textft.files import read_jsonl
+    from textft.significance import paired_test
+    from textft.tasks import task_class
+
+    rows = [read_jsonl(r / "predictions" / "test.jsonl") for r in (best_run, other_run)]
+    return paired_test(task_class(task), metric, *rows).to_dict()
 
 
 def model_task(config: dict) -> str | None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from textft.plots import plot_cooccurrence, plot_per_class_f1
-from textft.report_parts import METRIC_NAMES, check_rows, example, example_markdown, md_cell, md_code
+from textft.report_parts import (METRIC_NAMES, check_rows, class_cells, coverage_note, example, example_markdown, md_cell,
+                                 md_code, shown, sorted_classes)
 from textft.tasks.multi_label import SCORE_KEYS as SCORES, MultiLabel
 from textft.templating import render
 
@@ -69,15 +70,14 @@ def _labels_text(names: list[str], scores: dict) -> str:
 def score_rows(m: dict) -> list[list[str]]:
     tuning = m["threshold_tuning"]
     chosen = f"{tuning['tuning']} ({tuning['source']})"
-    return [[chosen, *(_f(m.get(k)) for k in SCORES)], ["0.5", *(_f(m["at_0.5"].get(k)) for k in SCORES)]]
+    return [[chosen, *(shown(m, k) for k in SCORES)], ["0.5", *(_f(m["at_0.5"].get(k)) for k in SCORES)]]
 
 
 def label_rows(m: dict) -> list[list]:
     """Per label, worst F1 first: threshold, precision, recall, F1, F1 at 0.5, support."""
     half = m["at_0.5"]["per_class"]
-    items = sorted(m["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
-    return [[name, f"{m['thresholds'][name]:.2f}", _f(c["precision"]), _f(c["recall"]), _f(c["f1"]),
-             _f(half[name]["f1"]), c["support"]] for name, c in items]
+    return [[name, f"{m['thresholds'][name]:.2f}", *class_cells(c), _f(half[name]["f1"]), c["support"]]
+            for name, c in sorted_classes(m)]
 
 
 LABEL_HEADER = ["label", "threshold", "precision", "recall", "F1", "F1 at 0.5", "support"]
@@ -90,6 +90,8 @@ def markdown_split(split: str, m: dict) -> list[str]:
     lines += ["", "### Per label (worst F1 first)", "", "| " + " | ".join(LABEL_HEADER) + " |",
               "|---|" + "---:|" * (len(LABEL_HEADER) - 1)]
     lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in label_rows(m)]
+    if note := coverage_note(m):
+        lines += ["", md_cell(note)]
     if m.get("top_cooccurrences"):
         lines += ["", "### Labels that go together (true labels)", "", "| labels | texts | share of the rarer |",
                   "|---|---:|---:|"]
@@ -111,7 +113,7 @@ def html_split(split: str, m: dict, figures: dict[str, bytes]) -> str:
     wrong = [{**r, "true": _labels_text(r["labels"], r["scores"]), "predicted": _labels_text(r["pred"], r["scores"])}
              for r in m.get("most_wrong") or []]
     return render(HTML_TEMPLATE, split=split, figures=figures, tuning=m["threshold_tuning"], scores=scores,
-                  labels=labels, pairs=pairs, wrong=wrong)
+                  labels=labels, coverage=coverage_note(m), pairs=pairs, wrong=wrong)
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:

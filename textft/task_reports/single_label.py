@@ -11,7 +11,8 @@ import numpy as np
 from textft.out_of_scope import OOS_METHODS
 from textft.plots import (MANY_CLASSES, plot_calibration, plot_confusion, plot_per_class_f1,
                           plot_score_histograms)
-from textft.report_parts import check_rows, example, example_markdown, fmt, md_cell, md_code, sorted_classes
+from textft.report_parts import (check_rows, class_cells, coverage_note, example, example_markdown, fmt, md_cell, md_code,
+                                 sorted_classes)
 from textft.tasks.single_label import SingleLabel
 from textft.templating import render
 
@@ -101,8 +102,9 @@ def split_entry(m: dict, labels: list[str], rows: list[dict] | None, split: str,
 def markdown_split(split: str, m: dict) -> list[str]:
     lines = ["", "### Per class (worst F1 first)", "", "| label | precision | recall | F1 | support |",
              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {md_cell(name)} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
-              for name, c in sorted_classes(m)]
+    lines += [f"| {md_cell(name)} | {' | '.join(class_cells(c))} | {c['support']} |" for name, c in sorted_classes(m)]
+    if note := coverage_note(m):
+        lines += ["", md_cell(note)]
     if m["top_confusions"]:
         lines += ["", "### Most confused pairs", "", "| true | predicted | count | share of true class |",
                   "|---|---|---:|---:|"]
@@ -126,10 +128,10 @@ def markdown_split(split: str, m: dict) -> list[str]:
 def html_split(split: str, m: dict, figures: dict[str, bytes]) -> str:
     """The split's section of report.html (``HTML_TEMPLATE``)."""
     confusions = [[c["true"], c["pred"], c["count"], f"{100 * c['share']:.1f}%"] for c in m["top_confusions"]]
-    classes = [[name, fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]), c["support"]] for name, c in sorted_classes(m)]
+    classes = [[name, *class_cells(c), c["support"]] for name, c in sorted_classes(m)]
     return render(HTML_TEMPLATE, split=split, figures=figures, many=len(m["per_class"]) > MANY_CLASSES,
                   confusions=confusions if len(m["per_class"]) > 2 else [], classes=classes,
-                  cal=m.get("calibration"), mistakes=m.get("most_confident_mistakes"))
+                  coverage=coverage_note(m), cal=m.get("calibration"), mistakes=m.get("most_confident_mistakes"))
 
 
 def figures(split: str, m: dict) -> dict[str, bytes]:

@@ -9,6 +9,8 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from textft.errors import UserError, closest
+from textft.intervals import (METHOD as INTERVAL_METHOD, exact_proportion_interval, split_intervals, statistics,
+                              wide_interval)
 
 LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "hamming_loss", "ece"})
 """Metrics where a smaller value is better (model selection, early stopping, sweeps, comparisons)."""
@@ -42,6 +44,16 @@ class Task:
     """Validation metrics ``train.metric_for_best`` may name."""
     headline: ClassVar[tuple[str, ...]]
     """The metrics of the report's summary table, the comparison and the model card, in order."""
+    exact_test: ClassVar[str | None] = None
+    """The right-or-wrong-per-example metric McNemar's exact test compares (others: a paired bootstrap)."""
+    resampled: ClassVar[Callable]
+    """``textft.intervals``' function that scores this task's headline metrics on bootstrap resamples."""
+    resampled_metrics: ClassVar[tuple[str, ...]]
+    """The headline metrics it computes: those a prediction record determines (the loss and the
+    calibration need the model's scores), which get intervals and paired tests."""
+    noise_metric: ClassVar[str]
+    """The 0-1 metric whose interval, when wider than 10 points, flags a split as too small to tell
+    models apart."""
     curves: ClassVar[tuple[str, ...]]
     """Validation metrics drawn in the learning curves."""
     default_metric: ClassVar[str]
@@ -149,8 +161,75 @@ class Task:
     def loss_fn(self, train_cfg, train_labels: list) -> Callable:
         raise NotImplementedError
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
+        """This task's metrics of a split; with ``intervals`` also the 95% interval of each headline
+        metric (``intervals``: {metric: [low, high]}) and how it was made (``interval_method``)."""
         raise NotImplementedError
+
+    @classmethod
+    def statistics(cls, truth, pred):
+        """A split's outcomes (``row_outcomes`` or what ``evaluate`` scores) as ``textft.intervals`` resamples them."""
+        return statistics(cls.resampled, truth, pred)
+
+    @classmethod
+    def intervals(cls, truth, pred, stats=None) -> dict[str, list[float] | None]:
+        """The 95% interval of each resampled metric of a split; for the right-or-wrong metric of a split
+        where every example is right (or every one wrong), the exact binomial interval instead of the
+        bootstrap's zero-width one."""
+        stats = stats or cls.statistics(truth, pred)
+        out = split_intervals(stats)
+        ci, n = out.get(cls.exact_test), int(stats.counts.sum())
+        if ci and ci[0] == ci[1] and n:
+            out[cls.exact_test] = exact_proportion_interval(round(stats.point()[cls.exact_test] * n), n)
+        return out
+
+    @classmethod
+    def add_intervals(cls, metrics: dict[str, Any], truth, pred) -> dict[str, Any]:
+        """``metrics`` with the 95% interval of each resampled metric and how they were made."""
+        metrics["intervals"] = cls.intervals(truth, pred)
+        metrics["interval_method"] = dict(INTERVAL_METHOD)
+        return metrics
+
+    @classmethod
+    def rescored(cls, m: dict[str, Any], truth, pred) -> dict[str, Any]:
+        """A split of a run from before the intervals, brought to today's definitions from its saved
+        predictions: its resampled metrics recomputed (macro averages over the classes present, where the
+        older run counted absent classes as zero), their intervals, and which classes the averages cover.
+        The loss and the calibration need the model's scores and stay as the run stored them."""
+        stats = cls.statistics(truth, pred)
+        out = {**m, **stats.point(), "intervals": cls.intervals(truth, pred, stats),
+               "interval_method": dict(INTERVAL_METHOD), "rescored_from_predictions": True}
+        per_class = m.get("per_class")
+        counts = cls.class_counts(truth, pred, len(per_class)) if per_class else None
+        if counts is not None:
+            support, predicted = counts
+            out["per_class"] = {name: {**c, "support": int(support[i]), "predicted": int(predicted[i]),
+                                       "in_macro": bool(support[i] or predicted[i])}
+                                for i, (name, c) in enumerate(per_class.items())}
+            out["macro_classes"] = int(((support > 0) | (predicted > 0)).sum())
+            out["classes_without_examples"] = [name for i, name in enumerate(per_class) if not support[i]]
+        return out
+
+    @staticmethod
+    def class_counts(truth, pred, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(examples of each of the k classes, predictions of each) from ``row_outcomes``; None for a
+        task without classes."""
+        return None
+
+    @classmethod
+    def wide_interval(cls, split: str, m: dict) -> str | None:
+        """One line when the split is too small to tell models apart (see ``noise_metric``)."""
+        return wide_interval(split, cls.noise_metric, METRIC_NAMES[cls.noise_metric], m)
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """True outcomes and each run's predicted ones, as ``textft.intervals.statistics`` takes them,
+        from prediction records (``prediction_rows``) of the same examples in the same order. Classes
+        are numbered in the order of ``label_names`` (the model's, so that the intervals come out as
+        the evaluation computed them), then any other name the records hold."""
+        raise NotImplementedError
+
 
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
         """Decision settings chosen on validation data and kept for prediction (thresholds); None if
@@ -191,9 +270,19 @@ class Task:
 
     @classmethod
     def summary_line(cls, split: str, m: dict) -> str:
-        shown = "  ".join(f"{METRIC_NAMES[k]} {m[k]:.4f}" for k in cls.headline
-                          if isinstance(m.get(k), (int, float)))
-        return f"{split}: {shown}  ({m.get('num_examples')} examples)"
+        """``test: accuracy 0.8167 [0.72, 0.90]  ...  (60 examples)``: each headline metric with its 95%
+        interval."""
+        values = "  ".join(f"{METRIC_NAMES[k]} {shown(m, k)}" for k in cls.headline
+                           if isinstance(m.get(k), (int, float)))
+        return f"{split}: {values}  ({m.get('num_examples')} examples)"
+
+    @classmethod
+    def summary(cls, reports: dict[str, dict]) -> list[str]:
+        """The terminal summary of a run or an evaluation: a line per split, then a line for each split
+        too small to tell models apart and for each that lacks classes."""
+        lines = [cls.summary_line(split, m) for split, m in reports.items()]
+        lines += [line for split, m in reports.items() if (line := cls.wide_interval(split, m))]
+        return lines + [f"{split}: {note}" for split, m in reports.items() if (note := coverage_note(m))]
 
     @classmethod
     def log_line(cls, m: dict) -> str:
@@ -205,6 +294,48 @@ class Task:
         """``eval_report.md`` (and what train and evaluate print): the headline table of every split,
         then the task's own tables."""
         raise NotImplementedError
+
+def class_index(label_names: list[str] | None, seen: set[str]) -> dict[str, int]:
+    """Class ids of ``label_names`` in their order, then the other names ``seen``, sorted."""
+    names = list(label_names or [])
+    names += sorted(seen - set(names))
+    return {n: i for i, n in enumerate(names)}
+
+
+def shown(m: dict, key: str, digits: int = 4) -> str:
+    """A split's metric as tables and summaries write it: the value, then its 95% interval when the
+    split has one (2 decimals; 3 when it is narrower than 5 points)."""
+    v = m.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "-"
+    ci = (m.get("intervals") or {}).get(key)
+    if not ci:
+        return f"{v:.{digits}f}"
+    d = 3 if ci[1] - ci[0] < 0.05 else 2
+    return f"{v:.{digits}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def class_cells(c: dict) -> list[str]:
+    """Precision, recall and F1 of one class as the per-class tables show them: a class with no example
+    in the split reads "no examples" (out of the macro averages), or, when the model predicted it
+    anyway, F1 0 with how often (those wrong predictions stay in the averages)."""
+    if c.get("support") == 0 and "in_macro" in c:
+        if not c.get("predicted"):
+            return ["-", "-", "no examples"]
+        return [f"{c['precision']:.4f}", "-", f"{c['f1']:.4f} (no examples, predicted {c['predicted']}x)"]
+    return [f"{c[k]:.4f}" for k in ("precision", "recall", "f1")]
+
+
+def coverage_note(m: dict) -> str | None:
+    """How many classes of the model the split has no example of, and what the macro averages cover."""
+    absent, per_class = m.get("classes_without_examples"), m.get("per_class") or {}
+    if not absent or not per_class:
+        return None
+    kind = "labels" if "cooccurrence" in m else "classes"
+    predicted = sum(1 for name in absent if (per_class.get(name) or {}).get("predicted"))
+    wrongly = f" ({predicted} of them predicted, wrongly)" if predicted else ""
+    return (f"{len(absent)} of {len(per_class)} {kind} have no example here{wrongly}; macro averages cover the"
+            f" {m.get('macro_classes', len(per_class) - len(absent))} {kind} present (true or predicted)")
 
 
 def shorten_text(text: str, max_chars: int) -> str:

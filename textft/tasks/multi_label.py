@@ -9,9 +9,10 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import UserError, closest, row_list
+from textft.intervals import multi_label_values
 from textft.metric_modules import load_metric
-from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, example_text, is_list, is_sequence_feature,
-                               weights_by_name)
+from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, class_cells, class_index, coverage_note, example_text,
+                               is_list, is_sequence_feature, shown, weights_by_name)
 
 THRESHOLDS_KEY = "textft_thresholds"
 """config.json entry holding the decision thresholds of a multi-label model."""
@@ -36,8 +37,9 @@ def f1_counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def grid_score(pred: np.ndarray, truth: np.ndarray, metric: str) -> float:
     """One of SCORE_KEYS for boolean predictions, higher is better (Hamming loss is negated)."""
-    if metric == "macro_f1":
-        return float(f1_counts(pred, truth).mean())
+    if metric == "macro_f1":  # over the labels present (a true or predicted positive), as the reports
+        present = pred.any(0) | truth.any(0)
+        return float(f1_counts(pred, truth)[present].mean()) if present.any() else 0.0
     if metric == "micro_f1":
         tp = (pred & truth).sum()
         return float(2 * tp / max(1, pred.sum() + truth.sum()))
@@ -82,6 +84,10 @@ class MultiLabel(Task):
     headline = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "loss")
     curves = ("macro_f1", "micro_f1")
     default_metric = "macro_f1"
+    exact_test = "subset_accuracy"
+    resampled = staticmethod(multi_label_values)
+    resampled_metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+    noise_metric = "micro_f1"
     loss_name = "binary cross-entropy loss"
     output_noun = "labels"
     min_epochs = 3.0
@@ -250,7 +256,7 @@ class MultiLabel(Task):
                                                   references=truth.astype(np.int8).tolist(),
                                                   label_names=list(self.label_names))
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
         """Scores at the model's thresholds (tuned on this split while training), the same at 0.5, the
         thresholds, and the mean binary cross-entropy."""
         import torch
@@ -268,7 +274,24 @@ class MultiLabel(Task):
         metrics["threshold_tuning"] = {"tuning": self.tuning, "metric": self.tune_metric, "source": source}
         metrics["loss"] = float(F.binary_cross_entropy_with_logits(
             torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(truth.astype(np.float32))))
-        return metrics
+        return self.add_intervals(metrics, truth, probs >= thresholds) if intervals else metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        index = class_index(label_names, {str(x) for rows in runs for r in rows for key in ("labels", "pred")
+                                          for x in r.get(key) or []})
+
+        def hot(rows: list[dict], key: str) -> np.ndarray:
+            out = np.zeros((len(rows), len(index)), dtype=bool)
+            for i, r in enumerate(rows):
+                out[i, [index[str(x)] for x in r.get(key) or []]] = True
+            return out
+        return hot(runs[0], "labels"), [hot(rows, "pred") for rows in runs]
+
+    @staticmethod
+    def class_counts(truth, pred, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(truth).sum(0)[:k], np.asarray(pred).sum(0)[:k]
 
     def choose_decision(self, logits: np.ndarray, labels: np.ndarray) -> dict | None:
         self.thresholds = tune_thresholds(sigmoid(logits), np.asarray(labels) > 0.5, self.tuning, self.tune_metric)
@@ -342,14 +365,17 @@ class MultiLabel(Task):
                  "|---|---:|---|" + "---:|" * (len(SCORE_KEYS) + 1)]
         for split, m in reports.items():
             lines.append(f"| {split} | {m['num_examples']} | {m['threshold_tuning']['tuning']} | "
-                         + " | ".join(number(m.get(k)) for k in SCORE_KEYS) + f" | {number(m.get('loss'))} |")
-            lines.append(f"| {split} | {m['num_examples']} | 0.5 | " + " | ".join(number(m["at_0.5"].get(k)) for k in SCORE_KEYS)
-                         + " | |")
+                         + " | ".join(shown(m, k) for k in SCORE_KEYS) + f" | {number(m.get('loss'))} |")
+            lines.append(f"| {split} | {m['num_examples']} | 0.5 | "
+                         + " | ".join(number(m["at_0.5"].get(k)) for k in SCORE_KEYS) + " | |")
+        if any(m.get("intervals") for m in reports.values()):
+            lines += ["", "[low, high]: 95% bootstrap interval over the split's examples, at the model's thresholds."]
         for split, m in reports.items():
-            lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 | support |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 |"
+                      " support |", "|---|---:|---:|---:|---:|---:|---:|"]
             half = m["at_0.5"]["per_class"]
-            for name, c in m["per_class"].items():
-                lines.append(f"| {name} | {m['thresholds'][name]:.2f} | {c['precision']:.4f} | {c['recall']:.4f} |"
-                             f" {c['f1']:.4f} | {half[name]['f1']:.4f} | {c['support']} |")
+            lines += [f"| {name} | {m['thresholds'][name]:.2f} | {' | '.join(class_cells(c))} |"
+                      f" {half[name]['f1']:.4f} | {c['support']} |" for name, c in m["per_class"].items()]
+            if note := coverage_note(m):
+                lines += ["", note]
         return "\n".join(lines) + "\n"

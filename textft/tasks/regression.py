@@ -10,8 +10,9 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import UserError, row_list
+from textft.intervals import regression_values
 from textft.metric_modules import load_metric
-from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number
+from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number, shown
 
 SETTINGS_KEY = "textft_regression"
 """config.json entry describing the target (its name and the scale it was trained on)."""
@@ -55,6 +56,9 @@ class Regression(Task):
     headline = ("mae", "rmse", "r2", "pearson", "spearman", "loss")
     curves = ("rmse", "mae")
     default_metric = "rmse"
+    resampled = staticmethod(regression_values)
+    resampled_metrics = ("mae", "rmse", "r2", "pearson", "spearman")
+    noise_metric = "r2"
     loss_name = "regression loss (MSE or Huber, standardised targets)"
     output_noun = "output"
     answer_fields = ("value",)
@@ -167,7 +171,7 @@ class Regression(Task):
             return base(logits.float().squeeze(-1), self.standardised(labels.float()))
         return loss
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
         """MAE, RMSE, R², Pearson and Spearman in label units; the loss on the training scale."""
         import torch
 
@@ -176,7 +180,13 @@ class Regression(Task):
         metrics["loss"] = float(self.base_loss()(torch.from_numpy(self.standardised(pred)),
                                                  torch.from_numpy(self.standardised(y))))
         metrics["target"] = self.label_names[0]
-        return metrics
+        return self.add_intervals(metrics, y, pred) if intervals else metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        truth = np.array([float(r["label"]) for r in runs[0]], dtype=np.float64)
+        return truth, [np.array([float(r["pred"]) for r in rows], dtype=np.float64) for rows in runs]
 
     def export(self, model) -> None:
         """Fold the target scale into the output layer, so the saved model answers in label units."""
@@ -225,6 +235,8 @@ class Regression(Task):
         lines = [f"# {title}", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in cls.headline)
                  + " | mean true | mean predicted |", "|---|---:|" + "---:|" * (len(cls.headline) + 2)]
         for split, m in reports.items():
-            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(number(m.get(k)) for k in cls.headline)
+            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(shown(m, k) for k in cls.headline)
                          + f" | {number(m.get('mean_reference'))} | {number(m.get('mean_prediction'))} |")
+        if any(m.get("intervals") for m in reports.values()):
+            lines += ["", "[low, high]: 95% bootstrap interval over the split's examples."]
         return "\n".join(lines) + "\n"

@@ -9,9 +9,11 @@ from typing import Any, Callable
 import numpy as np
 
 from textft.errors import closest, row_list
+from textft.intervals import single_label_values
 from textft.metric_modules import compute_metrics
 from textft.out_of_scope import OOS_KEY, rejected, softmax
-from textft.tasks.base import Task, check_top_k, example_text, is_list, is_missing, weights_by_name
+from textft.tasks.base import (Task, check_top_k, class_cells, class_index, coverage_note, example_text, is_list,
+                               is_missing, shown, weights_by_name)
 
 
 OE_WEIGHT = 1.0
@@ -26,6 +28,10 @@ class SingleLabel(Task):
     headline = ("accuracy", "macro_f1", "weighted_f1", "loss", "ece")
     curves = ("accuracy", "macro_f1")
     default_metric = "macro_f1"
+    exact_test = "accuracy"
+    resampled = staticmethod(single_label_values)
+    resampled_metrics = ("accuracy", "macro_f1", "weighted_f1")
+    noise_metric = "accuracy"
     loss_name = "cross-entropy loss"
     answer_fields = ("label", "score", "out_of_scope", "model_label", "top_k", "scores")
     one_class_per_text = True
@@ -172,22 +178,36 @@ class SingleLabel(Task):
             return (known + OE_WEIGHT * uniform) / len(labels)
         return loss
 
-    def evaluate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray, intervals: bool = False) -> dict[str, Any]:
         """Accuracy, macro/weighted F1, per-class scores, confusion matrix and the mean cross-entropy of
-        the in-scope examples; known out-of-scope ones (label -1) are counted (``num_out_of_scope``),
-        and judged by the out-of-scope threshold (textft.calibration)."""
+        the in-scope examples (with their intervals when asked); known out-of-scope ones (label -1) are
+        counted (``num_out_of_scope``), and judged by the out-of-scope threshold (textft.calibration)."""
         import torch
         import torch.nn.functional as F
 
         labels = np.asarray(labels, dtype=np.int64)
         inside = labels >= 0
         logits = np.asarray(logits, dtype=np.float32)[inside]
-        metrics = compute_metrics(labels[inside], logits.argmax(-1), self.label_names)
+        pred = logits.argmax(-1)
+        metrics = compute_metrics(labels[inside], pred, self.label_names)
         metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels[inside])))
+        if intervals:
+            metrics = self.add_intervals(metrics, labels[inside], pred)
         if not inside.all():
             metrics.update(num_examples=len(labels), num_in_scope=int(inside.sum()),
                            num_out_of_scope=int((~inside).sum()))
         return metrics
+
+    @classmethod
+    def row_outcomes(cls, runs: list[list[dict]], label_names: list[str] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        index = class_index(label_names, {str(r.get(key)) for rows in runs for r in rows for key in ("label", "pred")})
+        truth = np.array([index[str(r.get("label"))] for r in runs[0]], dtype=np.int64)
+        return truth, [np.array([index[str(r.get("pred"))] for r in rows], dtype=np.int64) for rows in runs]
+
+    @staticmethod
+    def class_counts(truth, pred, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.bincount(truth, minlength=k)[:k], np.bincount(pred, minlength=k)[:k]
 
     # -- prediction -------------------------------------------------------------------------------
 
@@ -242,12 +262,6 @@ class SingleLabel(Task):
         return f"accuracy {correct / len(pairs):.4f} on {len(pairs):,} labelled rows"
 
     @classmethod
-    def summary_line(cls, split: str, m: dict) -> str:
-        loss = f" loss {m['loss']:.4f}" if m.get("loss") is not None else ""
-        return (f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
-                f"  weighted-F1 {m['weighted_f1']:.4f}{loss}  ({m['num_examples']} examples)")
-
-    @classmethod
     def log_line(cls, m: dict) -> str:
         return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}"
 
@@ -257,14 +271,17 @@ class SingleLabel(Task):
         lines = [f"# {title}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
                  "|---|---:|---:|---:|---:|---:|"]
         for split, m in reports.items():
-            loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "-"
-            lines.append(f"| {split} | {m['num_examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |"
-                         f" {m['weighted_f1']:.4f} | {loss} |")
+            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(
+                shown(m, k) for k in ("accuracy", "macro_f1", "weighted_f1", "loss")) + " |")
+        if any(m.get("intervals") for m in reports.values()):
+            lines += ["", "[low, high]: 95% bootstrap interval over the split's examples."]
         for split, m in reports.items():
             lines += ["", f"## {split}: per class", "", "| label | precision | recall | F1 | support |",
                       "|---|---:|---:|---:|---:|"]
-            for name, c in m["per_class"].items():
-                lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+            lines += [f"| {name} | {' | '.join(class_cells(c))} | {c['support']} |"
+                      for name, c in m["per_class"].items()]
+            if note := coverage_note(m):
+                lines += ["", note]
             if len(m["labels"]) <= 20:
                 names = m["labels"]
                 lines += ["", f"## {split}: confusion matrix (rows: true, columns: predicted)", "",

@@ -25,7 +25,9 @@ Args:
     label_names (list of str, optional): the name of each label column; default its index.
 Returns:
     micro_f1, macro_f1, samples_f1, subset_accuracy, hamming_loss, micro_precision, micro_recall (float),
-    num_examples (int), per_class ({name: {precision, recall, f1, support}}), cooccurrence (L x L counts of
+    num_examples (int), per_class ({name: {precision, recall, f1, support, predicted, in_macro}}: texts
+    predicted to carry the label, and whether it is present and so in the macro average), macro_classes
+    (how many are), classes_without_examples (labels no text of the split carries), cooccurrence (L x L counts of
     texts carrying both labels, the diagonal is each label's support), label_cardinality (mean true labels
     per text), label_cardinality_pred, empty_true / empty_pred (texts with no label), labels (the names).
 """
@@ -47,9 +49,12 @@ class MultiLabel(evaluate.Metric):
         label_names = list(label_names) if label_names is not None else [str(i) for i in range(n_labels)]
         p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
         micro = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+        predicted = y_pred.sum(0)
+        present = np.flatnonzero((s > 0) | (predicted > 0))
+        macro = f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0) if len(present) else 0.0
         return {
             "micro_f1": float(micro[2]),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "macro_f1": float(macro),
             # a text with no true and no predicted label is answered right: its F1 counts as 1
             "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)),
             "subset_accuracy": float(accuracy_score(y_true, y_pred)),
@@ -58,7 +63,10 @@ class MultiLabel(evaluate.Metric):
             "micro_recall": float(micro[1]),
             "num_examples": len(y_true),
             "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                                 "support": int(s[i])} for i, name in enumerate(label_names)},
+                                 "support": int(s[i]), "predicted": int(predicted[i]), "in_macro": bool(i in present)}
+                          for i, name in enumerate(label_names)},
+            "macro_classes": len(present),
+            "classes_without_examples": [name for i, name in enumerate(label_names) if s[i] == 0],
             "cooccurrence": (y_true.T @ y_true).tolist(),
             "label_cardinality": float(y_true.sum(1).mean()),
             "label_cardinality_pred": float(y_pred.sum(1).mean()),

@@ -3,7 +3,7 @@ import { api, datasetName, loadDatasets, saveBlob } from "../api.js";
 import { answersText } from "../answers.js";
 import { $, el, toast } from "../dom.js";
 import { fmt } from "../format.js";
-import { metricsTable } from "../metrics.js";
+import { metricsTable, versusBest } from "../metrics.js";
 
 // How the model is stored: a LoRA adapter on its base (rank, size) or a full model, and its size on disk.
 function storageText(m) {
@@ -39,7 +39,7 @@ function modelCard(m) {
         el("a", { class: "button quiet", href: `#/jobs/${m.id}`, text: "Job" }))),
     el("p", { class: "meta", text: facts.join(" · ") }),
     el("p", { class: "meta storage", text: storageText(m) }),
-    metricsTable(m.metrics, m.headline, m.lower_is_better, m.task), downloads(m));
+    metricsTable(m.metrics, m.headline, m.lower_is_better, m.task), versusBest(m), downloads(m));
 }
 
 export async function viewModels(main) {
