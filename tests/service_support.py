@@ -19,6 +19,29 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
            "TOKENIZERS_PARALLELISM": "false"}
 
 
+SERVICE_CAP = 10 << 30
+"""Address space a service under hostile tests (and whatever it starts) may map: far above what it
+needs, far below the machine, so that a bound that fails kills the service instead of the machine."""
+
+
+def tiny_overrides(tiny_model_dir, **overrides) -> dict:
+    """Overrides that make the ``tiny`` preset train the tiny test BERT on the toy task in seconds."""
+    return {"model.name_or_path": str(tiny_model_dir), "model.random_init": False, "data.max_length": 32,
+            "train.epochs": 2, "train.lr": 3e-3, "train.batch_size": 16, "train.mixed_precision": "fp32",
+            "train.logging_steps": 5, **overrides}
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of a process (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,10 +75,13 @@ class ServiceProcess:
     """``textft service --data-dir DIR`` on a free loopback port."""
 
     def __init__(self, data_dir: Path, args: list[str] = (), env: dict | None = None, command: list[str] | None = None,
-                 cwd: Path | None = None, umask: int | None = None):
+                 cwd: Path | None = None, memory_cap: int | None = None, umask: int | None = None):
+        """``memory_cap``: bytes of address space the service and everything it starts may map (a
+        hostile probe that gets past its bound then kills the service, not the machine)."""
         self.data_dir, self.args, self.env = Path(data_dir), list(args), env or {}
         self.command = command or [sys.executable, "-m", "textft"]  # or another installation's textft script
         self.cwd, self.umask = cwd, umask
+        self.memory_cap = memory_cap
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -67,7 +93,7 @@ class ServiceProcess:
             self.proc = subprocess.Popen(
                 [*self.command, "service", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],
                 stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE, **self.env}, cwd=self.cwd,
-                preexec_fn=None if self.umask is None else (lambda: os.umask(self.umask)))
+                preexec_fn=None if self.memory_cap is None and self.umask is None else self._before_exec)
 
         def up():
             assert self.proc.poll() is None, f"the service exited:\n{self.tail()}"
@@ -78,6 +104,14 @@ class ServiceProcess:
 
         wait_for(up, timeout, f"the service to start:\n{self.tail()}")
         return self
+
+    def _before_exec(self) -> None:
+        if self.memory_cap is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (self.memory_cap, self.memory_cap))
+        if self.umask is not None:
+            os.umask(self.umask)
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text()[-n:] if self.log.exists() else ""

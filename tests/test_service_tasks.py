@@ -89,11 +89,14 @@ def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     from textft.service.store import DELIVERIES_INDEX, DELIVERIES_TABLE, SCHEMA, SCHEMA_VERSION, Store
 
     old = SCHEMA.replace(",\n    task TEXT,\n    text_pair_column TEXT\n", "\n")
+    # without what schema 5 added: the keys' own limits
+    old = old.replace(",\n    max_steps INTEGER,\n    max_job_seconds REAL,\n    max_storage_bytes INTEGER\n", "\n")
     # and without what schemas 3 and 4 added: the keys' webhook secrets, the jobs' webhooks and their
     # deliveries; the keys' Hub namespaces
     old = old.replace(", hub_namespaces TEXT", "").replace(",\n    webhook_secret TEXT\n", "\n").replace(",\n    webhook_url TEXT\n", "\n")
     old = old.replace(DELIVERIES_TABLE + ";", "").replace(DELIVERIES_INDEX + ";", "")
     assert "text_pair_column" not in old and "webhook" not in old and "deliveries" not in old and "hub_" not in old
+    assert "max_storage_bytes" not in old and "max_steps" not in old
     with sqlite3.connect(tmp_path / "old.db") as db:
         db.executescript(old + "PRAGMA user_version = 1;")
         db.execute("INSERT INTO keys (id, name, salt, hash, created_at) VALUES ('k', 'k', x'00', x'00', 0)")
@@ -103,8 +106,30 @@ def test_a_schema_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     store = Store(tmp_path / "old.db")
     row = store.row("SELECT * FROM datasets WHERE id = 'd'")
     assert row["task"] is None and row["text_pair_column"] is None and row["text_column"] == "text"
-    assert store.row("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 4
+    assert store.row("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 5
     assert store.key_by_id_or_name("k")["webhook_secret"] is None and store.key("k")["hub_namespaces"] is None and store.delivery_counts()["pending"] == 0
+    key = store.row("SELECT * FROM keys WHERE id = 'k'")
+    assert key["max_storage_bytes"] is None and key["max_steps"] is None and key["max_job_seconds"] is None
+    store.close()
+
+
+def test_a_schema_3_database_keeps_its_webhooks_and_gains_the_hub_namespaces_and_the_keys_limits(tmp_path):
+    """Schemas 3 (webhooks) and 4 (Hub namespaces) are in deployed databases: schema 5 adds the keys' own
+    limits on top of them."""
+    from textft.service.store import SCHEMA, Store
+
+    old = SCHEMA.replace(",\n    max_steps INTEGER,\n    max_job_seconds REAL,\n    max_storage_bytes INTEGER\n", "\n")
+    old = old.replace(", hub_namespaces TEXT", "")
+    assert "max_steps" not in old and "hub_namespaces" not in old and "webhook_secret" in old
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.executescript(old + "PRAGMA user_version = 3;")
+        db.execute("INSERT INTO keys (id, name, salt, hash, created_at, webhook_secret, max_queued)"
+                   " VALUES ('k', 'k', x'00', x'00', 0, 's3cret', 2)")
+    store = Store(tmp_path / "old.db")
+    key = store.key("k")
+    assert store.row("PRAGMA user_version")["user_version"] == 5
+    assert key["webhook_secret"] == "s3cret" and key["max_queued"] == 2 and key["hub_namespaces"] is None
+    assert key["max_steps"] is None and key["max_job_seconds"] is None and key["max_storage_bytes"] is None
     store.close()
 
 

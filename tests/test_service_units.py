@@ -217,8 +217,9 @@ def test_launch_commands_and_gpu_allocation(tmp_path, monkeypatch):
     cmd = launch_command(tmp_path, plain, [], slots=2)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))
-    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and cmd[-3:] == ["textft.train", "--config",
-                                                                               str(tmp_path / "job.yaml")]
+    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and cmd[-4:] == ["textft.train", "--config",
+                                                                               str(tmp_path / "job.yaml"),
+                                                                               "--no-interpolation"]
     resumed = launch_command(tmp_path, {**plain, "resume": True}, ["0"])
     assert resumed[-1] == "train.resume_from=latest" and "--num_cpu_threads_per_process" not in resumed
     multi = launch_command(tmp_path, {**plain, "accelerate_config": "accelerate.yaml", "num_processes": 2}, ["2", "3"])
@@ -244,7 +245,7 @@ def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
     import threading
     import time
 
-    from textft.service.datasets import Checker
+    from textft.service.checks import Checker
 
     checker = Checker(tmp_path / "scratch")
     try:

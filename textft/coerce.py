@@ -3,6 +3,7 @@ and converted to it; the error names what was expected (``a number or 'auto'``).
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -41,7 +42,8 @@ def coerce(value: Any, tp) -> Any:
                 return coerce(value, arg)
             except TypeError:
                 pass
-        raise TypeError(type_name(tp))
+        expected = type_name(tp)
+        raise TypeError(expected.replace("a number", "a finite number", 1) if _infinite(value) else expected)
     if origin is Literal:
         if not isinstance(value, bool) and value in typing.get_args(tp):
             return value
@@ -61,6 +63,8 @@ def coerce(value: Any, tp) -> Any:
             return int(value)
         raise TypeError("an integer")
     if tp is float:
+        if _infinite(value):  # inf epochs or a NaN rate would pass every range check
+            raise TypeError("a finite number")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
@@ -76,6 +80,16 @@ def coerce(value: Any, tp) -> Any:
             return str(value)
         raise TypeError("a string")
     raise TypeError(type_name(tp))
+
+
+def _infinite(value: Any) -> bool:
+    """Whether ``value`` reads as a number that is not finite (inf, -inf, nan), text included."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def choices(tp) -> list:

@@ -107,42 +107,45 @@ def _env_references(node) -> dict[str, Any]:
             for key, value in values.items() if "oc.env" in str(value)}
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from an optional YAML file or preset name plus ``section.key=value`` overrides, fully validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None, interpolate: bool = True) -> Config:
+    """Config from an optional YAML file or preset name plus ``section.key=value`` overrides, fully validated.
+
+    ``values`` ({"section.key": value}) are settings given as values rather than text (a JSON
+    request): they win over the file and the overrides and are neither parsed nor interpolated.
+    With ``interpolate=False`` the file and the overrides are plain YAML as well: a ``${...}`` stays
+    the text it is, so settings that come from someone else (the service's users) never read this
+    process's environment or other settings.
+    """
     problems: list[Problem] = []
     merged: dict[str, Any] = {}
     references: dict[str, Any] = {}
     if path is not None:
-        path = resolve_preset(path)
-        try:
-            raw = OmegaConf.load(path)
-        except (OmegaConfBaseException, yaml.YAMLError) as e:
-            raise UserError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
-        try:
-            merged = _plain(raw) or {}
-        except OmegaConfBaseException as e:  # e.g. ${oc.env:NAME} of a variable that is not set
-            raise UserError(f"config file '{path}': {' '.join(str(e).split())}") from None
-        references = _env_references(raw)
-        if not isinstance(merged, dict):
-            raise UserError(f"config file '{path}' must hold a mapping of sections, got {type(merged).__name__}")
+        merged, references = _read_file(resolve_preset(path), interpolate)
     for item in overrides or []:
         key = item.split("=", 1)[0]
         if "=" not in item or item.startswith("="):
             problems.append(Problem(f"override '{item}' must look like section.key=value", key or None))
             continue
+        text = item.split("=", 1)[1]
         if "." not in key:
             problems.append(Problem(f"override '{item}' must name a section and a key, like train.lr=3e-5"
                                     + suggest_key(key), key))
             continue
         try:
-            node = OmegaConf.from_dotlist([item])
-            parsed = _plain(node)
-        except OmegaConfBaseException as e:
+            parsed, found = _parse_override(item, key, text, interpolate)
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
             problems.append(Problem(f"override '{item}' could not be parsed: {' '.join(str(e).split())}", key))
             continue
         _deep_merge(merged, parsed)
         references.pop(".".join(key.split(".")[:2]), None)
-        references.update(_env_references(node))
+        references.update(found)
+    for key, value in (values or {}).items():
+        if "." not in key:
+            problems.append(Problem(f"'{key}' must name a section and a key, like train.lr{suggest_key(key)}", key))
+            continue
+        _deep_merge(merged, _nested(key, value))
+        references.pop(".".join(key.split(".")[:2]), None)
     for section in merged:
         if section not in SECTION_TYPES:
             problems.append(Problem(f"unknown section '{section}'" + (
@@ -154,6 +157,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if problems:
         raise UserError(problems)
     return cfg
+
+
+def _read_file(path: Path, interpolate: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings of a YAML file, and the environment references among them."""
+    references: dict[str, Any] = {}
+    try:
+        if interpolate:
+            raw = OmegaConf.load(path)
+        else:
+            merged = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+    if interpolate:
+        try:
+            merged = _plain(raw) or {}
+        except OmegaConfBaseException as e:  # e.g. ${oc.env:NAME} of a variable that is not set
+            raise UserError(f"config file '{path}': {' '.join(str(e).split())}") from None
+        references = _env_references(raw)
+    if not isinstance(merged, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of sections, got {type(merged).__name__}")
+    return merged, references
+
+
+def _parse_override(item: str, key: str, text: str, interpolate: bool) -> tuple[dict, dict[str, Any]]:
+    """One ``section.key=value`` override as nested settings, and its environment references."""
+    if not interpolate:
+        return _nested(key, yaml.safe_load(text) if text.strip() else None), {}
+    node = OmegaConf.from_dotlist([item])
+    return _plain(node), _env_references(node)
+
+
+def _nested(key: str, value: Any) -> dict:
+    """``a.b.c`` = v as {a: {b: {c: v}}}."""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
 
 
 def _deep_merge(base: dict, update: dict) -> None:

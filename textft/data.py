@@ -20,6 +20,7 @@ from textft import tasks
 from textft.config import DataConfig, UserError, closest
 from textft.errors import Problem, renamed
 from textft.errors import row_list
+from textft.files import DATA_FORMATS
 from textft.tasks import Task, is_missing
 from textft.texts import text_problem
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_DATASETS = {"quickstart": ASSETS / "quickstart"}
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
 
 
@@ -63,9 +63,9 @@ def check_files(files: dict[str, Path]) -> list[Problem]:
         key = f"data.{split}_file"
         if not path.is_file():
             problems.append(Problem(f"'{key}': file '{path}' does not exist", key, "not_found"))
-        elif path.suffix.lower() not in FORMATS:
+        elif path.suffix.lower() not in DATA_FORMATS:
             problems.append(Problem(f"'{key}': unsupported extension '{path.suffix}' of '{path}'; expected one of"
-                                    f" {', '.join(FORMATS)}{closest(path.suffix.lower(), FORMATS)}", key))
+                                    f" {', '.join(DATA_FORMATS)}{closest(path.suffix.lower(), DATA_FORMATS)}", key))
     return problems
 
 
@@ -95,7 +95,7 @@ def duplicate_header_problem(split: str, path: Path) -> str | None:
 
 
 def _load_file(split: str, path: Path) -> Dataset:
-    fmt = FORMATS[path.suffix.lower()]
+    fmt = DATA_FORMATS[path.suffix.lower()]
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     if problem := duplicate_header_problem(split, path):
         raise UserError(problem)
@@ -347,7 +347,7 @@ def load_eval_split(source: str, split: str | None, text_column: str, label_colu
     """One labelled split of a local file or of a dataset (a hub name, or a directory laid out as a
     hub dataset) in configuration ``dataset_config``, labels encoded by a trained model's task."""
     path = Path(source)
-    if path.suffix.lower() in FORMATS or path.is_file():
+    if path.suffix.lower() in DATA_FORMATS or path.is_file():
         problems = check_files({"test": path})
         if problems:
             raise UserError(renamed(problems, {"data.test_file": "--data"}))

@@ -18,6 +18,9 @@ from typing import Any, Callable, Iterator
 
 from textft.errors import UserError, one_line
 
+DATA_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+"""Extensions of the labelled files ``textft train`` reads, and the ``datasets`` builder of each. Here,
+not in textft.data, so that a process that only checks a file name (the service) needs no loader."""
 
 
 # --- the atomic writer ---------------------------------------------------------------------------

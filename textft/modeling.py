@@ -63,6 +63,38 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "longformer", "xmod", "roberta-prelayernorm")
+"""Model types whose position ids start after the padding index, so two of their positions are never used."""
+
+
+def position_limit(config) -> int | None:
+    """Tokens per text a model reads (its absolute position embeddings), or None when it has no such bound."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0 or getattr(config, "position_biased_input", True) is False:
+        return None
+    if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 1) + 1
+    return positions
+
+
+def model_positions(cfg: ModelConfig) -> int | None:
+    """``position_limit`` of the model ``cfg`` names, read from its config alone; None if that cannot be read
+    here (a hub model not in the cache): the run checks again once the model is built."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(cfg.name_or_path), revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code)
+    except Exception:  # missing, offline or unreadable: build_model reports it with its own message
+        return None
+    return position_limit(config)
+
+
+def check_max_length(max_length: int, limit: int | None, name: str) -> None:
+    """Texts longer than the model's positions would index past its position embeddings mid-run."""
+    if limit is not None and max_length > limit:
+        raise UserError(f"'data.max_length': {max_length:,} tokens is more than the {limit:,} positions the model"
+                        f" '{name}' reads; at most {limit:,}")
+
+
 def build_model(cfg: ModelConfig, label_names: list[str]):
     """A sequence classifier with one output per label and the label names in its config, and the
     names of the parameters initialised here rather than loaded (all of them under random_init)."""

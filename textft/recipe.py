@@ -177,7 +177,16 @@ def head_is_fresh(model: nn.Module, initialised_here: set[str]) -> bool:
 
 
 def count_evaluations(total_steps: int, every: int, per_epoch: int) -> int:
-    return len(Plan(total_steps=total_steps, steps_per_epoch=per_epoch, eval_every_steps=every).evaluation_steps())
+    """``len(Plan(...).evaluation_steps())``, counted rather than listed: the multiples of the epoch
+    length and of ``every`` below the last step (those of both once), plus the last step. Nothing
+    here grows with the step count, however large a request makes it."""
+    def below(m: int) -> int:
+        return (total_steps - 1) // m
+
+    count = below(per_epoch) + 1
+    if every:
+        count += below(every) - below(math.lcm(every, per_epoch))
+    return count
 
 
 def _count(n: int) -> str:

@@ -48,9 +48,12 @@ def train_command(argv: list[str]) -> int:
         epilog="overrides (section.key=value):\n" + describe_keys())
     parser.add_argument("--config", help="preset name (textft configs list) or YAML file; a file wins over a preset"
                                          " of the same name")
+    parser.add_argument("--no-interpolation", action="store_true",
+                        help="read the file and the overrides as plain values: ${...} stays as written instead of"
+                             " reading the environment or other settings (the service runs its jobs so)")
     parser.add_argument("overrides", nargs="*", help="section.key=value pairs that win over the file")
     args = parser.parse_args(argv)
-    train(load_config(args.config, args.overrides))
+    train(load_config(args.config, args.overrides, interpolate=not args.no_interpolation))
     return 0
 
 

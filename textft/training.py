@@ -33,8 +33,9 @@ from textft.run_dir import write_predictions, write_reports
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
 from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, check_tokenizer_fits, core_model,
-                             enable_activation_checkpointing, load_tokenizer, param_groups, resolve_model_path)
+from textft.modeling import (apply_transfer, build_model, check_max_length, check_tokenizer_fits, core_model,
+                             enable_activation_checkpointing, load_tokenizer, model_positions, param_groups,
+                             position_limit, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
 from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
 from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir
@@ -56,6 +57,7 @@ def preflight(cfg: Config, more_problems: Iterable[str] = ()) -> None:
         problems.append(problem)
     try:
         resolve_model_path(cfg.model.name_or_path)
+        check_max_length(cfg.data.max_length, model_positions(cfg.model), cfg.model.name_or_path)
     except UserError as e:
         problems += e.problems
     try:
@@ -182,6 +184,7 @@ def load_inputs(cfg: Config, accelerator, precision: str):
     data.task.check_metric(t.metric_for_best)  # an explicit metric the task does not compute stops here
     model, initialised_here = build_model(m, data.label_names)
     check_tokenizer_fits(model, tokenizer, m.name_or_path)
+    check_max_length(d.max_length, position_limit(model.config), m.name_or_path)
     model.config.update(data.task.model_config())
     amp = precision != "fp32"
     train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers,

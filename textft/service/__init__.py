@@ -2,10 +2,14 @@
 
 Training stays what ``textft train`` does; the service only schedules it. Modules:
 
-- store: the SQLite database (keys, datasets, jobs, events, webhook deliveries), one transaction per
+- store (a package): the SQLite database (keys, datasets, jobs, events, webhook deliveries), one transaction per
   state change, and every SQL statement of the service
 - keys: API keys (salted scrypt hashes) and their verification
 - datasets: streamed uploads under a size limit, checked like ``textft train`` checks its data
+- upload_bounds: an upload's columns, row width and cells, bounded before a loader reads it
+- checks: the pool of checking processes (memory and time limits, keys take turns)
+- limits: bounds on what a job or an upload may ask for, per service and per key; storage per key
+- containment: memory and time limits of the processes the service starts (cgroup v2 or rlimits)
 - jobs: presets, request checks, the job directory (job.yaml = a ``textft train`` config)
 - queue: the huey queue (SQLite or Redis) and the executors that run job attempts
 - supervise: the per-attempt process that owns a job's process group

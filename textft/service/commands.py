@@ -33,6 +33,60 @@ def _gpus(value: str | None) -> list[str] | None:
     return [] if value.strip().lower() in ("", "none", "cpu") else [v.strip() for v in value.split(",") if v.strip()]
 
 
+LIMIT_ARGS = (
+    ("--max-steps", int, "max_steps", 1, "optimizer steps of one job (default 1,000,000; per key: keys create)"),
+    ("--max-epochs", float, "max_epochs", 1, "passes over the data of one job (default 1,000)"),
+    ("--max-batch-size", int, "max_batch_size", 1, "train.batch_size, eval_batch_size, grad_accum_steps (default 1,024)"),
+    ("--max-evaluations", int, "max_evaluations", 1, "validation passes of one job (default 1,000)"),
+    ("--max-log-entries", int, "max_log_entries", 1, "training-log lines of one job (default 100,000)"),
+    ("--max-keep-checkpoints", int, "max_keep_checkpoints", 1, "train.keep_checkpoints (default 5)"),
+    ("--job-hours", float, "job_seconds", 3600, "wall-clock time of one job, attempts together (default 24;"
+                                                " per key: keys create --max-job-hours)"),
+    ("--job-memory-gb", float, "job_memory_bytes", 1e9, "memory of one job's processes together (default: 60%% of"
+                                                        " the machine's, shared by the jobs run at once)"),
+    ("--max-storage-gb", float, "max_storage_bytes", 1e9, "datasets and job models one key stores (default: a"
+                                                          " quarter of the data directory's disk; per key: keys create)"),
+    ("--max-upload-columns", int, "upload_columns", 1, "columns of an uploaded file (default 1,000)"),
+    ("--max-upload-row-mb", float, "upload_row_bytes", 1e6, "bytes of one row of an uploaded file (default 1)"),
+    ("--max-upload-cells", int, "upload_cells", 1, "rows x columns of an uploaded file (default 50,000,000)"),
+)
+"""Options of the limits of textft.service.limits.Limits: (flag, type, field, unit, help); a 422 names the limit."""
+
+
+def _limit_options(parser: EnvParser) -> None:
+    for flag, kind, _, _, text in LIMIT_ARGS:
+        parser.option(flag, type=kind, help=text)
+    parser.option("--check-workers", type=int, default=2,
+                  help="processes that check uploads; each key has one at a time (default 2)")
+    parser.option("--check-memory-gb", type=float, help="memory of one upload check (default: 15%% of the machine's,"
+                                                        " at most 4)")
+    parser.option("--check-seconds", type=float, default=300.0, help="time of one upload check (default 300)")
+    parser.option("--max-retries", type=int, default=3,
+                  help="times a killed job (its executor or process killed) runs again before it fails (default 3)")
+
+
+def _ops_options(parser: EnvParser) -> None:
+    parser.option("--metrics-port", type=int, help="serve GET /metrics without a key on this port too (the API"
+                                                    " port's /metrics needs an admin key)")
+    parser.option("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default loopback: bind"
+                                                               " it only where Prometheus, not users, reaches)")
+    parser.option("--allow-private-webhooks", type=yes_no, nargs="?", const=True, default=False, metavar="yes|no",
+                  help="let jobs send webhooks to loopback and private addresses (default: public addresses only)")
+    parser.option("--webhook-timeout", type=float, default=10.0, help="seconds a webhook receiver gets to answer")
+    parser.option("--webhook-attempts", type=int, default=8,
+                  help="attempts of a webhook delivery (waits double from 1 s between them) before it is given up")
+
+
+def _limits_of(args) -> dict:
+    """The limits given on the command line or in the environment, in Limits' units (bytes, seconds)."""
+    out = {}
+    for flag, kind, name, unit, _ in LIMIT_ARGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out[name] = value * unit if name == "job_seconds" else kind(value) if unit == 1 else int(value * unit)
+    return out
+
+
 def _service_problems(args, sources: dict[str, str]) -> list[str]:
     problems = []
     if not 0 <= args.port <= 65535:
@@ -43,7 +97,12 @@ def _service_problems(args, sources: dict[str, str]) -> list[str]:
                  "webhook_attempts", "header_timeout", "body_timeout"):
         if getattr(args, name) <= 0:
             problems.append(f"{label(name, sources)} must be > 0, got {getattr(args, name)}")
-    for name in ("workers", "max_queued", "save_every_steps", "grace", "max_auth_failures",
+    for dest in [flag[2:].replace("-", "_") for flag, *_ in LIMIT_ARGS] + ["check_workers", "check_seconds",
+                                                                          "check_memory_gb"]:
+        value = getattr(args, dest)
+        if value is not None and value <= 0:
+            problems.append(f"{label(dest, sources)} must be > 0, got {value}")
+    for name in ("workers", "max_queued", "save_every_steps", "grace", "max_retries", "max_auth_failures",
                  "max_connections_per_client"):
         value = getattr(args, name)
         if value is not None and value < 0:
@@ -110,17 +169,10 @@ def service_main(argv: list[str]) -> int:
     parser.option("--predict-device", default="cpu", help="device for predictions (cpu, cuda, cuda:1)")
     parser.option("--predict-threads", type=int, default=1, help="CPU threads for predictions")
     parser.option("--grace", type=float, default=60.0, help="seconds a stopped or cancelled job gets before SIGKILL")
-    parser.option("--metrics-port", type=int, help="serve GET /metrics without a key on this port too (the API"
-                                                    " port's /metrics needs an admin key)")
-    parser.option("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default loopback: bind"
-                                                               " it only where Prometheus, not users, reaches)")
-    parser.option("--allow-private-webhooks", type=yes_no, nargs="?", const=True, default=False, metavar="yes|no",
-                  help="let jobs send webhooks to loopback and private addresses (default: public addresses only)")
-    parser.option("--webhook-timeout", type=float, default=10.0, help="seconds a webhook receiver gets to answer")
-    parser.option("--webhook-attempts", type=int, default=8,
-                  help="attempts of a webhook delivery (waits double from 1 s between them) before it is given up")
     parser.option("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                   help="how much the service logs")
+    _limit_options(parser)
+    _ops_options(parser)
     _client_limits(parser)
     args, _ = parser.parse(argv, _service_problems)
     data_dir = Path(args.data_dir)
@@ -147,8 +199,10 @@ def service_main(argv: list[str]) -> int:
                    save_every_steps=args.save_every_steps, max_upload_bytes=int(args.max_upload_mb * 1e6),
                    max_queued=args.max_queued, max_loaded_models=args.max_loaded_models, max_loaded_adapters=args.max_loaded_adapters,
                    predict_device=args.predict_device, predict_threads=args.predict_threads, grace_s=args.grace,
-                   gpus=_gpus(args.gpus), log_level=args.log_level, metrics_port=args.metrics_port,
-                   metrics_host=args.metrics_host,
+                   gpus=_gpus(args.gpus), log_level=args.log_level, limits=_limits_of(args),
+                   check_workers=args.check_workers, check_seconds=args.check_seconds,
+                   check_memory_bytes=None if args.check_memory_gb is None else int(args.check_memory_gb * 1e9),
+                   max_retries=args.max_retries, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                    webhooks=WebhookSettings(allow_private=args.allow_private_webhooks, timeout_s=args.webhook_timeout,
                                             max_attempts=args.webhook_attempts), **_client_options(args))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -171,6 +225,11 @@ def keys_main(argv: list[str]) -> int:
     create.add_argument("--admin", action="store_true", help="sees and manages every key's datasets, jobs, models")
     create.add_argument("--max-queued", type=int, help="queued jobs allowed (default: the service's --max-queued)")
     create.add_argument("--max-upload-mb", type=float, help="largest upload (default: the service's --max-upload-mb)")
+    create.add_argument("--max-storage-mb", type=float, help="datasets and job models stored (default: the service's"
+                                                             " --max-storage-gb)")
+    create.add_argument("--max-steps", type=int, help="optimizer steps of one job (default: the service's --max-steps)")
+    create.add_argument("--max-job-hours", type=float, help="wall-clock time of one job (default: the service's"
+                                                            " --job-hours)")
     create.add_argument("--hub-namespace", action="append", default=[], metavar="ORG",
                         help="a Hub user or organization the key may push into with the service's token (repeat for"
                              " more; without it, a push needs the key holder's own token)")
@@ -186,7 +245,7 @@ def keys_main(argv: list[str]) -> int:
     revoke.add_argument("key", help="key id or name")
     args = parser.parse_args(argv)
     data_dir = _need_data_dir(args)
-    from textft.service.keys import create_key, list_keys, revoke_key, rotate_webhook_secret
+    from textft.service.keys import LIMIT_FLAGS, create_key, list_keys, revoke_key, rotate_webhook_secret
     from textft.service.layout import DataDir, private_files
     from textft.service.safekeeping import open_store
 
@@ -194,9 +253,10 @@ def keys_main(argv: list[str]) -> int:
     data = DataDir(data_dir).create()
     store = open_store(data, how_to_start="run textft service once with")
     if args.action == "create":
-        key, record = create_key(store, args.name, args.admin, args.max_queued,
-                                 None if args.max_upload_mb is None else int(args.max_upload_mb * 1e6),
-                                 args.hub_namespace)
+        given = {limit: getattr(args, flag[2:].replace("-", "_")) for limit, (flag, _) in LIMIT_FLAGS.items()}
+        key, record = create_key(store, args.name, args.admin, args.hub_namespace, **{
+            limit: None if value is None else value * LIMIT_FLAGS[limit][1] if limit == "max_job_seconds"
+            else round(value * LIMIT_FLAGS[limit][1]) for limit, value in given.items()})
         print(key)
         print(f"created {'admin ' if record['admin'] else ''}key '{record['name']}' (id {record['id']});"
               " it is shown only this once", file=sys.stderr)
@@ -209,9 +269,8 @@ def keys_main(argv: list[str]) -> int:
         else:
             print(f"{'id':<14}{'name':<20}{'admin':<7}{'created':<18}{'revoked':<18}limits")
             for k in keys:
-                limits = ", ".join(f"{n} {v}" for n, v in (("queued", k["max_queued"]),
-                                                           ("upload MB", k["max_upload_bytes"] and k["max_upload_bytes"] / 1e6))
-                                   if v is not None) or "service defaults"
+                limits = ", ".join(f"{flag[6:]} {k[limit] / unit:g}" for limit, (flag, unit) in LIMIT_FLAGS.items()
+                                   if k[limit] is not None) or "service defaults"
                 hub = f"; pushes into {', '.join(k['hub_namespaces'])}" if k["hub_namespaces"] else ""
                 print(f"{k['id']:<14}{k['name']:<20}{'yes' if k['admin'] else 'no':<7}{_when(k['created_at']):<18}"
                       f"{_when(k['revoked_at']):<18}{limits}{hub}")
@@ -235,10 +294,15 @@ def worker_main(argv: list[str]) -> int:
     parser.option("--workers", type=int, help="jobs run at once (default: one per GPU, else 1)")
     parser.option("--gpus", help="GPU ids jobs may use, e.g. 0,1 (default: all visible; 'none': CPU only)")
     parser.option("--grace", type=float, default=60.0, help="seconds a stopped job gets before SIGKILL")
-    args, _ = parser.parse(argv)
+    parser.option("--job-memory-gb", type=float, help="memory of one job's processes together (default: 60%% of"
+                                                      " this machine's, shared by the jobs run at once)")
+    args, sources = parser.parse(argv)
+    if args.job_memory_gb is not None and args.job_memory_gb <= 0:
+        raise UserError(f"{label('job_memory_gb', sources)} must be > 0, got {args.job_memory_gb}")
     from textft.service.layout import private_files
     from textft.service.worker import run_worker
 
     private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    return run_worker(args.data_dir, args.broker, args.workers, _gpus(args.gpus), args.grace)
+    return run_worker(args.data_dir, args.broker, args.workers, _gpus(args.gpus), args.grace,
+                      None if args.job_memory_gb is None else int(args.job_memory_gb * 1e9))

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textft.service.beacons import Beacon
-from textft.service.datasets import Checker
+from textft.service.checks import Checker
+from textft.service.containment import Cgroups
 from textft.service.jobs import Catalog, Settings
 from textft.service.keys import Verifier
 from textft.service.layout import DataDir, private_files
+from textft.service.limits import Storage, default_limits, machine_memory
 from textft.service.metrics import Metrics
 from textft.service.models import ModelCache
 from textft.service.queue import (Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer,
@@ -59,6 +61,16 @@ class Options:
     grace_s: float = 60.0
     gpus: list[str] | None = None
     log_level: str = "info"
+    limits: dict = field(default_factory=dict)
+    """Limits given explicitly (textft.service.limits.Limits fields); the others come from the machine."""
+    check_workers: int = 2
+    """Processes that check uploads (each key has at most one of them at a time)."""
+    check_memory_bytes: int | None = None
+    """Memory of one upload check (default: 15% of the machine's, at most 4 GB)."""
+    check_seconds: float = 300.0
+    """Time of one upload check."""
+    max_retries: int = 3
+    """Times a killed job (its executor or its process killed) runs again before it fails."""
     metrics_port: int | None = None
     """Serve /metrics without a key on this port too (bound to metrics_host)."""
     metrics_host: str = "127.0.0.1"
@@ -113,14 +125,19 @@ class Service:
         self.verifier = Verifier(self.store, max_failures=opts.max_auth_failures)
         self.queue = JobQueue(self.data, opts.broker)
         self.notifier = Notifier()
-        self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify)
+        self.monitor = Monitor(self.store, self.data, self.queue, self.notifier.notify, max_retries=opts.max_retries)
         self.catalog = Catalog(tuple(opts.configs_dirs))
         self.settings = Settings(save_every_steps=opts.save_every_steps, local_models=tuple(opts.local_models))
         self.models = ModelCache(opts.max_loaded_models, opts.predict_device, opts.predict_threads,
                                  adapter_capacity=opts.max_loaded_adapters)
         gpus = detect_gpus() if opts.gpus is None else opts.gpus
         slots = opts.workers if opts.workers is not None else max(1, len(gpus))
-        self.runtime = Runtime(self.data, Devices(gpus), slots, grace_s=opts.grace_s)
+        self.limits = default_limits(self.data.root, slots, len(gpus), remote=bool(opts.broker), **opts.limits)
+        self.storage = Storage(self.store, self.data.jobs)
+        # cgroup v2 where this service may manage it (each job and each checker gets one), else rlimits
+        self.cgroups = Cgroups.take()
+        self.runtime = Runtime(self.data, Devices(gpus), slots, grace_s=opts.grace_s,
+                               job_memory_bytes=self.limits.job_memory_bytes, cgroups=self.cgroups)
         self.metrics = Metrics(self)
         self.webhooks = Dispatcher(self.store, opts.webhooks)
         self.beacon: Beacon | None = None
@@ -131,7 +148,9 @@ class Service:
 
     def start(self) -> None:
         self.monitor.recover()
-        self.checker = Checker(self.data.cache / "uploads")
+        memory = self.opts.check_memory_bytes or int(min(4e9, 0.15 * machine_memory()))
+        self.checker = Checker(self.data.cache / "uploads", workers=self.opts.check_workers, memory_bytes=memory,
+                               seconds=self.opts.check_seconds, cgroups=self.cgroups)
         self.checker.warm_up()
         self.consumer = start_consumer(self.queue, self.runtime)
         self.monitor.start()
@@ -144,6 +163,11 @@ class Service:
         where = f"GPUs {','.join(self.runtime.devices.gpus)}" if self.runtime.devices.gpus else "CPU"
         log.info("textft service: data in %s; queue %s; %d executor(s) on %s", self.data.root,
                  public_url(self.opts.broker) or self.data.queue_db, self.runtime.slots, where)
+
+    def upload_bounds(self) -> dict:
+        """The bounds of an uploaded file's shape, as upload_bounds.shape_problems takes them."""
+        return {"columns": self.limits.upload_columns, "row_bytes": self.limits.upload_row_bytes,
+                "cells": self.limits.upload_cells}
 
     def begin_shutdown(self) -> None:
         """Refuse new work and start stopping the running jobs (returns at once)."""

@@ -16,19 +16,19 @@ import ctypes
 import errno
 import gc
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from textft.service.containment import ALLOCATION_FAILURES
 from textft.service.problems import STATUS
 from textft.service.textft_api import Problem, UserError, closest
+from textft.service.upload_bounds import shape_problems
 
 TEXT_FORMATS = {".csv", ".tsv", ".json", ".jsonl"}
 FIELD_LIMIT = 4096
@@ -266,42 +266,64 @@ def as_tuple(problem: Problem) -> tuple[str | None, str, str]:
 
 
 def inspect(path: str, filename: str, text_column: str, label_column: str, drop_empty: bool,
-            scratch: str, text_pair_column: str | None = None) -> dict:
+            scratch: str, text_pair_column: str | None = None, bounds: dict | None = None) -> dict:
     """Row count, task, label distribution and preview of an upload (text pairs when
-    ``text_pair_column`` names the second text), or the problems ``textft train`` would report."""
+    ``text_pair_column`` names the second text), or the problems ``textft train`` would report.
+    ``bounds`` (upload_bounds.shape_problems' limits) are checked first, reading the file as a stream."""
     import datasets
 
     from textft.service.textft_api import DataConfig, load_splits
 
+    if bounds and (problems := shape_problems(path, Path(filename).suffix.lower(), **bounds)):
+        return {"problems": problems}
     cache = tempfile.mkdtemp(prefix="check-", dir=scratch)
     saved = datasets.config.HF_DATASETS_CACHE
     datasets.config.HF_DATASETS_CACHE = Path(cache)  # this process checks one file at a time
     datasets.disable_progress_bars()
     try:
-        data = load_splits(DataConfig(train_file=path, text_column=text_column, label_column=label_column,
-                                      text_pair_column=text_pair_column, drop_empty=drop_empty))
-    except UserError as e:
-        return {"problems": [as_tuple(as_upload_problem(p, path, filename)) for p in e.problems]}
+        try:
+            data = load_splits(DataConfig(train_file=path, text_column=text_column, label_column=label_column,
+                                          text_pair_column=text_pair_column, drop_empty=drop_empty))
+        except UserError as e:
+            resource_failure(e.problems)
+            return {"problems": [as_tuple(as_upload_problem(p, path, filename)) for p in e.problems]}
+        try:
+            return _summary(data, text_pair_column)
+        finally:
+            del data  # its Arrow files are closed here, before the cache holding them is deleted
+            _release_memory()
     finally:
         datasets.config.HF_DATASETS_CACHE = saved
         shutil.rmtree(cache, ignore_errors=True)
-    try:
-        task, train = data.task, data.splits["train"]
-        labels = [y for split in data.splits.values() for y in split["labels"][:]]
-        counts = task.label_counts(labels)
-        head = train.select(range(min(PREVIEW_ROWS, len(train))))
-        seconds = head["text_pair"][:] if text_pair_column else [None] * len(head)
-        preview = [{"text": t[:PREVIEW_CHARS], **({"text_pair": p[:PREVIEW_CHARS]} if p is not None else {}),
-                    "label": task.describe_label(y)}
-                   for t, p, y in zip(head["text"][:], seconds, head["labels"][:])]
-        return {"rows": len(labels), "task": task.name, "labels": counts, "preview": preview}
-    finally:
-        del data
-        _release_memory()
 
 
-def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS) -> dict:
-    """Column names and the first rows of a file, to choose the text and label columns."""
+def resource_failure(problems: list[str]) -> None:
+    """The loader reports a full disk or a failed allocation as a file it could not read: raise them
+    as what they are, so that the upload is answered 507 or 413 rather than blamed on the file."""
+    text = " ".join(problems)
+    if "No space left on device" in text or "[Errno 28]" in text or "Disk quota exceeded" in text:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if any(marker in text for marker in ALLOCATION_FAILURES):
+        raise MemoryError(text[:200])
+
+
+def _summary(data, text_pair_column: str | None) -> dict:
+    task, train = data.task, data.splits["train"]
+    labels = [y for split in data.splits.values() for y in split["labels"][:]]
+    counts = task.label_counts(labels)
+    head = train.select(range(min(PREVIEW_ROWS, len(train))))
+    seconds = head["text_pair"][:] if text_pair_column else [None] * len(head)
+    preview = [{"text": t[:PREVIEW_CHARS], **({"text_pair": p[:PREVIEW_CHARS]} if p is not None else {}),
+                "label": task.describe_label(y)}
+               for t, p, y in zip(head["text"][:], seconds, head["labels"][:])]
+    return {"rows": len(labels), "task": task.name, "labels": counts, "preview": preview}
+
+
+def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS, bounds: dict | None = None) -> dict:
+    """Column names and the first rows of a file, to choose the text and label columns; ``bounds`` as
+    for ``inspect``, on the columns and the rows read."""
+    if bounds and (problems := shape_problems(path, suffix, **{**bounds, "header_only": True})):
+        return {"problems": problems}
     try:
         if suffix in (".csv", ".tsv"):
             columns, records = _delimited_records(path, "\t" if suffix == ".tsv" else ",", rows)
@@ -315,6 +337,8 @@ def peek(path: str, suffix: str, rows: int = PREVIEW_ROWS) -> dict:
         else:
             records = _json_records(path, rows)
             columns = list(dict.fromkeys(k for r in records for k in r))
+    except MemoryError:
+        raise
     except Exception as e:  # readers raise many types for one cause: an unreadable file
         return {"problems": [("file", f"'file': could not read it as {suffix[1:]}: {' '.join(str(e).split())[:300]}",
                               "invalid")]}
@@ -406,49 +430,11 @@ def suggest_columns(columns: list[str], records: list[dict]) -> dict:
     return {"text_column": text, "label_column": label, **({"text_pair_column": pair} if pair else {})}
 
 
-class Checker:
-    """One process that reads uploads with the training loader, started once and reused (and
-    started again if it dies, e.g. killed for memory by a pathological file)."""
-
-    def __init__(self, scratch: Path):
-        self.scratch = scratch
-        scratch.mkdir(parents=True, exist_ok=True)
-        self.pool = self._pool()
-
-    @staticmethod
-    def _pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
-
-    def warm_up(self):
-        return self.pool.submit(_warm_up)
-
-    async def _run(self, fn, *args, **kwargs) -> dict:
-        import asyncio
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            return await asyncio.wrap_future(self.pool.submit(fn, *args, **kwargs))
-        except BrokenProcessPool:
-            self.pool = self._pool()
-            raise UploadError("reading the file stopped the checking process (out of memory?); nothing was stored") \
-                from None
-
-    async def inspect(self, *args, text_pair_column: str | None = None) -> dict:
-        return await self._run(inspect, *args, str(self.scratch), text_pair_column=text_pair_column)
-
-    async def peek(self, path: Path, suffix: str) -> dict:
-        return await self._run(peek, str(path), suffix)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """The checking process ends with the service, also when the service is killed with SIGKILL.
+def exit_with_parent(parent: int) -> None:
+    """A checking process ends with the service, also when the service is killed with SIGKILL.
 
     A watcher thread rather than prctl(PR_SET_PDEATHSIG): that signal fires when the *thread* that
-    started the process ends, and the pool starts its process from whichever thread submits first.
+    started the process ends, and the pool starts its processes from whichever thread needs one.
     """
     import threading
     import time
@@ -461,8 +447,11 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="textft-parent-watch", daemon=True).start()
 
 
-def _warm_up() -> bool:
-    from textft.service.textft_api import data_formats
-
-    data_formats()  # imports the data loader (datasets) now rather than on the first upload
-    return True
+def warm_up() -> bool:
+    """Check a small file: the loader's modules and builders load now rather than on the first
+    upload (seconds a first check would otherwise spend, and count against its time limit). The
+    file is made up, so it lives in the system's temporary directory, not among the uploads."""
+    with tempfile.TemporaryDirectory(prefix="textft-warm-up-") as scratch:
+        path = Path(scratch) / "warm-up.jsonl"
+        path.write_text('{"text": "good", "label": "a"}\n{"text": "bad", "label": "b"}\n' * 10)
+        return "rows" in inspect(str(path), path.name, "text", "label", False, scratch)

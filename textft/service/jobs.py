@@ -8,6 +8,8 @@ validated config) plus ``job.json`` (what an executor needs to launch it).
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import re
 import shutil
@@ -19,7 +21,9 @@ from typing import Any
 import yaml
 
 from textft.service.layout import DataDir, write_json
-from textft.service.textft_api import Problem, UserError, closest, load_config, presets, save_config
+from textft.service.limits import Limits, job_problems
+from textft.service.textft_api import (Problem, UserError, closest, config_yaml, load_config, model_positions,
+                                       presets)
 
 RUN_DIR = "run"
 """output.dir of every job, relative to the job's directory."""
@@ -163,11 +167,12 @@ def _model_problem(name: Any, settings: Settings) -> str | None:
 
 
 def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Catalog,
-                  settings: Settings) -> tuple[Any, dict]:
+                  settings: Settings, limits: Limits | None = None) -> tuple[Any, dict]:
     """The validated training config and the launch settings, or a UserError listing everything wrong, each
     problem with its request field.
 
     ``datasets`` maps each named dataset id to its record, or None when the caller may not see it.
+    ``limits`` (the key's) bound what the job may ask for; they are checked once the config is valid.
     """
     problems: list[Problem] = []
     for fieldname in ("dataset", "validation_dataset", "test_dataset"):
@@ -199,47 +204,107 @@ def check_request(req: JobRequest, datasets: dict[str, dict | None], catalog: Ca
         if launch["gpus"]:
             launch["gpus"] = req.num_processes
 
-    dotlist = []
-    for key, value in req.overrides.items():
-        if key in SERVICE_KEYS:
-            problems.append(Problem(f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}", f"overrides.{key}"))
-        elif key == "model.trust_remote_code" and value is not False:
-            problems.append(Problem("'model.trust_remote_code' cannot be set on a job: model code from the Hub never"
-                                    " runs on the service", f"overrides.{key}"))
-        elif key == "model.name_or_path" and (problem := _model_problem(value, settings)):
-            problems.append(Problem(problem, f"overrides.{key}"))
-        else:
-            dotlist.append(f"{key}={json.dumps(value)}")
-
+    values = _override_values(req, settings, problems)
     train = datasets.get(req.dataset)
-    service = ["data.dataset=null", "data.dataset_config=null", f"output.dir={RUN_DIR}", "output.overwrite=true",
-               "output.push_to_hub=false", "output.log_errors=true"]
-    if train is not None:
-        service += [f"data.train_file={json.dumps(rel_dataset(train))}",
-                    f"data.text_column={json.dumps(train['text_column'])}",
-                    f"data.text_pair_column={json.dumps(train.get('text_pair_column'))}",
-                    f"data.label_column={json.dumps(train['label_column'])}"]
-        if train["drop_empty"] and "data.drop_empty" not in req.overrides:
-            service.append("data.drop_empty=true")
-        for fieldname, key in (("validation_dataset", "validation_file"), ("test_dataset", "test_file")):
-            other = datasets.get(getattr(req, fieldname)) if getattr(req, fieldname) else None
-            service.append(f"data.{key}={json.dumps(rel_dataset(other)) if other else 'null'}")
-            if other is not None:
-                problems += _compatible(fieldname, other, train)
-    if "train.save_every_steps" not in req.overrides and settings.save_every_steps:
-        service.append(f"train.save_every_steps={settings.save_every_steps}")
-
+    service = _service_values(req, datasets, train, settings, problems)
     cfg = None
     if req.config in presets:
         try:
-            cfg = load_config(presets[req.config], dotlist + service)
+            cfg = load_config(presets[req.config], values={**values, **service})
         except UserError as e:
             problems += [Problem(p, request_field(p.field, req.overrides), p.kind) for p in e.problems]
         if cfg is not None and (problem := _model_problem(cfg.model.name_or_path, settings)):
             problems.append(Problem(problem, "config"))
     if problems:
         raise UserError(problems)
+    if limits is not None:
+        validation = datasets.get(req.validation_dataset) if req.validation_dataset else None
+        n_train, _ = split_sizes(cfg, train, validation)
+        bounds = job_problems(cfg, launch, req.overrides, limits, n_train, positions(cfg.model),
+                              "num_processes" if req.num_processes is not None else "accelerate_config")
+        if bounds:
+            raise UserError([Problem(message, field) for field, message in bounds])
     return cfg, launch
+
+
+_POSITIONS: dict[tuple, int | None] = {}
+
+
+def positions(model) -> int | None:
+    """Tokens per text the job's model reads, read once per model."""
+    key = (model.name_or_path, model.revision)
+    if key not in _POSITIONS:
+        if len(_POSITIONS) >= 64:
+            _POSITIONS.pop(next(iter(_POSITIONS)))
+        _POSITIONS[key] = model_positions(model)
+    return _POSITIONS[key]
+
+
+def split_sizes(cfg, train: dict, val: dict | None) -> tuple[int, int]:
+    """Training and validation examples of a job, as the run will split and cap them."""
+    n = train["rows"]
+    if val is not None:
+        n_train, n_val = n, val["rows"]
+    else:
+        n_val = max(1, round(cfg.data.validation_split * n))
+        n_train = n - n_val
+    if cfg.data.max_train_samples:
+        n_train = min(n_train, cfg.data.max_train_samples)
+    if cfg.data.max_eval_samples:
+        n_val = min(n_val, cfg.data.max_eval_samples)
+    return n_train, n_val
+
+
+def _override_values(req: JobRequest, settings: Settings, problems: list) -> dict[str, Any]:
+    """The request's overrides a job may set, as plain values; a problem for each it may not."""
+    values: dict[str, Any] = {}
+    for key, value in req.overrides.items():
+        if key in SERVICE_KEYS:
+            problems.append(Problem(f"'{key}' cannot be set on a job: {SERVICE_KEYS[key]}", f"overrides.{key}"))
+        elif key == "model.trust_remote_code" and value is not False:
+            problems.append(Problem("'model.trust_remote_code' cannot be set on a job: model code from the Hub never"
+                                    " runs on the service", f"overrides.{key}"))
+        elif has_interpolation(value):
+            problems.append(Problem(f"'{key}': ${{...}} is not interpolated on the service (settings are plain"
+                                    " values, never read from the server's environment or other settings); give"
+                                    " the value itself", f"overrides.{key}"))
+        elif key == "model.name_or_path" and (problem := _model_problem(value, settings)):
+            problems.append(Problem(problem, f"overrides.{key}"))
+        else:
+            values[key] = value
+    return values
+
+
+def _service_values(req: JobRequest, datasets: dict, train: dict | None, settings: Settings,
+                    problems: list) -> dict[str, Any]:
+    """The settings the service chooses for every job: its data files and columns, its directory."""
+    service: dict[str, Any] = {"data.dataset": None, "data.dataset_config": None, "output.dir": RUN_DIR,
+                               "output.overwrite": True, "output.push_to_hub": False, "output.log_errors": True}
+    if train is not None:
+        service.update({"data.train_file": rel_dataset(train), "data.text_column": train["text_column"],
+                        "data.text_pair_column": train.get("text_pair_column"),
+                        "data.label_column": train["label_column"]})
+        if train["drop_empty"] and "data.drop_empty" not in req.overrides:
+            service["data.drop_empty"] = True
+        for fieldname, key in (("validation_dataset", "validation_file"), ("test_dataset", "test_file")):
+            other = datasets.get(getattr(req, fieldname)) if getattr(req, fieldname) else None
+            service[f"data.{key}"] = rel_dataset(other) if other else None
+            if other is not None:
+                problems += _compatible(fieldname, other, train)
+    if "train.save_every_steps" not in req.overrides and settings.save_every_steps:
+        service["train.save_every_steps"] = settings.save_every_steps
+    return service
+
+
+def has_interpolation(value: Any) -> bool:
+    """Whether a request value (or a key or item inside it) holds ``${``, which OmegaConf would resolve."""
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, dict):
+        return any(has_interpolation(k) or has_interpolation(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_interpolation(v) for v in value)
+    return False
 
 
 def rel_dataset(record: dict) -> str:
@@ -276,20 +341,30 @@ def _compatible(fieldname: str, other: dict, train: dict) -> list[Problem]:
     return problems
 
 
-def write_job_dir(data: DataDir, job_id: str, cfg, launch: dict, accelerate_path: Path | None) -> Path:
-    """The job's directory, complete before it becomes visible (built aside, then renamed)."""
+def write_job_dir(data: DataDir, job_id: str, cfg, launch: dict, accelerate_path: Path | None,
+                  time_limit_s: float | None = None) -> Path:
+    """The job's directory, complete before it becomes visible (built aside, then renamed); a full
+    disk is a UserError of kind storage (507) with nothing left behind."""
     final = data.job(job_id)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{job_id}.tmp-", dir=data.jobs))
+    tmp = None
     try:
-        save_config(cfg, tmp / "job.yaml")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{job_id}.tmp-", dir=data.jobs))
+        # Resolved values only: the job reads this file without interpolation, so a preset's
+        # ${oc.env:...} is written as the value the service read.
+        (tmp / "job.yaml").write_text(config_yaml(dataclasses.replace(cfg, env_references={})), encoding="utf-8")
         if accelerate_path is not None:
             shutil.copyfile(accelerate_path, tmp / "accelerate.yaml")
         write_json(tmp / "job.json", {
             "id": job_id, "attempt": 1, "resume": False, "mixed_precision": cfg.train.mixed_precision,
             "accelerate_config": "accelerate.yaml" if accelerate_path is not None else None,
-            "num_processes": launch["num_processes"], "gpus": launch["gpus"]})
+            "num_processes": launch["num_processes"], "gpus": launch["gpus"],
+            "time_limit_s": time_limit_s, "time_used_s": 0.0})
         tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError("the service's disk is full; nothing was queued. Try again later or ask the operator to"
+                            " free space", None, "storage") from None
         raise
     return final

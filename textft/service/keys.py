@@ -45,8 +45,19 @@ class Principal:
     admin: bool
     max_queued: int | None
     max_upload_bytes: int | None
+    max_steps: int | None = None
+    max_job_seconds: float | None = None
+    max_storage_bytes: int | None = None
     hub_namespaces: tuple[str, ...] = ()
     """Hub users or organizations this key may push into with the service's own token."""
+
+
+LIMITS = ("max_queued", "max_upload_bytes", "max_steps", "max_job_seconds", "max_storage_bytes")
+"""A key's own limits (None: the service's)."""
+LIMIT_FLAGS = {"max_queued": ("--max-queued", 1), "max_upload_bytes": ("--max-upload-mb", 1e6),
+               "max_steps": ("--max-steps", 1), "max_job_seconds": ("--max-job-hours", 3600),
+               "max_storage_bytes": ("--max-storage-mb", 1e6)}
+"""The ``keys create`` flag of each limit and the unit it is given in."""
 
 
 class AuthError(Exception):
@@ -98,16 +109,20 @@ def _hash(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT)
 
 
-def create_key(store: Store, name: str, admin: bool = False, max_queued: int | None = None,
-               max_upload_bytes: int | None = None, hub_namespaces: list[str] | None = None) -> tuple[str, dict]:
-    """A new key (the only time its secret exists outside the caller) and its stored record."""
+def create_key(store: Store, name: str, admin: bool = False, hub_namespaces: list[str] | None = None,
+               **limits) -> tuple[str, dict]:
+    """A new key (the only time its secret exists outside the caller) and its stored record;
+    ``limits``: its own values of LIMITS (the others stay the service's)."""
     problems = []
     if not NAME.match(name or ""):
         problems.append(f"'--name' must be 1-64 letters, digits or _.@- (starting with a letter or digit), got {name!r}")
-    if max_queued is not None and max_queued < 0:
-        problems.append(f"'--max-queued' must be >= 0, got {max_queued}")
-    if max_upload_bytes is not None and max_upload_bytes < 1:
-        problems.append(f"'--max-upload-mb' must be > 0, got {max_upload_bytes / 1e6:g}")
+    unknown = sorted(set(limits) - set(LIMITS))
+    if unknown:
+        raise TypeError(f"create_key() got unknown limit(s) {', '.join(unknown)}")
+    for limit, value in limits.items():
+        flag, unit = LIMIT_FLAGS[limit]
+        if value is not None and (value < 0 if limit == "max_queued" else value <= 0):
+            problems.append(f"'{flag}' must be {'>= 0' if limit == 'max_queued' else '> 0'}, got {value / unit:g}")
     for namespace in hub_namespaces or ():
         if not HUB_NAMESPACE.match(namespace):
             problems.append(f"'--hub-namespace' must be a Hub user or organization name (letters, digits, _.-),"
@@ -116,8 +131,8 @@ def create_key(store: Store, name: str, admin: bool = False, max_queued: int | N
         raise UserError(problems)
     key_id, secret = secrets.token_hex(ID_HEX // 2), secrets.token_urlsafe(32)
     salt = os.urandom(16)
-    if not store.insert_key(key_id, name, salt, _hash(secret, salt), admin, max_queued, max_upload_bytes,
-                            list(dict.fromkeys(hub_namespaces or ()))):
+    if not store.insert_key(key_id, name, salt, _hash(secret, salt), admin,
+                            {limit: limits.get(limit) for limit in LIMITS}, list(dict.fromkeys(hub_namespaces or ()))):
         raise UserError(f"'--name': a key named '{name}' already exists; revoke it or choose another name", "--name",
                         "conflict")
     webhook_secret = new_secret()
@@ -127,8 +142,8 @@ def create_key(store: Store, name: str, admin: bool = False, max_queued: int | N
 
 def describe(row: dict) -> dict:
     """A key's record without its salt and hash."""
-    return {"id": row["id"], "name": row["name"], "admin": bool(row["admin"]), "max_queued": row["max_queued"],
-            "max_upload_bytes": row["max_upload_bytes"], "hub_namespaces": row.get("hub_namespaces") or [],
+    return {"id": row["id"], "name": row["name"], "admin": bool(row["admin"]),
+            **{limit: row[limit] for limit in LIMITS}, "hub_namespaces": row.get("hub_namespaces") or [],
             "created_at": row["created_at"], "revoked_at": row["revoked_at"],
             "has_webhook_secret": bool(row.get("webhook_secret"))}
 
@@ -206,5 +221,5 @@ class Verifier:
                 self._verified[row["id"]] = fast
         if row["revoked_at"] is not None:
             raise AuthError(f"API key '{row['name']}' was revoked")
-        return Principal(row["id"], row["name"], bool(row["admin"]), row["max_queued"], row["max_upload_bytes"],
-                         tuple(row.get("hub_namespaces") or ()))
+        return Principal(row["id"], row["name"], bool(row["admin"]), **{limit: row[limit] for limit in LIMITS},
+                         hub_namespaces=tuple(row.get("hub_namespaces") or ()))

@@ -32,6 +32,7 @@ from huey.consumer import Consumer
 from huey.registry import Message
 from huey.serializer import Serializer
 
+from textft.service.containment import CGROUP_ENV, Cgroups, duration
 from textft.service.jobs import RUN_DIR
 from textft.service.layout import DataDir, create_exclusively, read_json, this_process, write_json
 from textft.service.supervise import group_alive, stop_group
@@ -150,6 +151,10 @@ class Runtime:
     """Jobs that may run at the same time in this process."""
     grace_s: float = 60.0
     """Seconds a stopped job gets to finish its step before SIGKILL."""
+    job_memory_bytes: int | None = None
+    """Memory of one job's processes together on this machine (None: no limit)."""
+    cgroups: Cgroups | None = None
+    """Where job cgroups go, when the service manages cgroup v2 (else rlimits and a watchdog)."""
     stopping: threading.Event = field(default_factory=threading.Event)
     running: set = field(default_factory=set)
     """Ids of the jobs this process runs now (its heartbeat reports how many)."""
@@ -187,7 +192,8 @@ def launch_command(job_dir: Path, spec: dict, gpus: list[str], slots: int = 1) -
         # `mixed_precision: auto` resolves as `textft train` would on this machine.
         cmd += ["--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
                 "--mixed_precision", precision(spec["mixed_precision"])]
-    cmd += ["-m", "textft.train", "--config", str(job_dir / "job.yaml")]
+    # The job's settings come from a user of the service: read as plain values, never interpolated.
+    cmd += ["-m", "textft.train", "--config", str(job_dir / "job.yaml"), "--no-interpolation"]
     if spec.get("resume"):
         cmd.append("train.resume_from=latest")
     return cmd
@@ -210,8 +216,10 @@ def precision(requested: str) -> str:
                 os.environ["ACCELERATE_MIXED_PRECISION"] = saved
 
 
-def job_env(gpus: list[str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+def job_env(gpus: list[str], cgroups: Cgroups | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", CGROUP_ENV)}
+    if cgroups is not None:
+        env[CGROUP_ENV] = str(cgroups.base)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if gpus:
@@ -296,9 +304,14 @@ def _supervise(rt: Runtime, job_dir: Path, spec: dict, attempt: int, gpus: list[
         where = f"GPU {','.join(gpus)}" if gpus else "CPU"
         f.write(f"--- attempt {attempt} on {socket.gethostname()} ({where})"
                 f"{', resuming from the latest checkpoint' if spec.get('resume') else ''} ---\n")
-    cmd = [sys.executable, "-m", "textft.service.supervise", str(job_dir), str(attempt), str(rt.grace_s), "--",
+    seconds = time_left(spec)
+    if seconds is not None and seconds <= 0:
+        return {"rc": None, "reason": "limit", "error": f"the job used up its time limit of"
+                                                        f" {duration(spec['time_limit_s'])} in earlier attempts"}
+    cmd = [sys.executable, "-m", "textft.service.supervise", str(job_dir), str(attempt), str(rt.grace_s),
+           str(rt.job_memory_bytes or 0), str(seconds or 0), str(spec.get("time_limit_s") or 0), "--",
            *launch_command(job_dir, spec, gpus, rt.slots)]
-    proc = subprocess.Popen(cmd, cwd=job_dir, env=job_env(gpus), start_new_session=True,
+    proc = subprocess.Popen(cmd, cwd=job_dir, env=job_env(gpus, rt.cgroups), start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reason, beats, last_beat = "exited", 0, time.monotonic()
     while True:
@@ -322,7 +335,17 @@ def _supervise(rt: Runtime, job_dir: Path, spec: dict, attempt: int, gpus: list[
     group = read_json(job_dir / f"proc-{attempt}.json")
     if group is not None and group_alive(group["pgid"]):
         stop_group(group["pgid"], 5.0)
+    hit = read_json(job_dir / f"limit-{attempt}.json")
+    if hit is not None and reason == "exited":  # stopped by its memory or time limit: it would only fail again
+        return {"rc": rc, "reason": "limit", "limit": hit.get("limit"), "error": hit.get("error")}
     return {"rc": rc, "reason": reason}
+
+
+def time_left(spec: dict) -> float | None:
+    """Seconds of its time limit a job has left for this attempt (None: no limit)."""
+    if not spec.get("time_limit_s"):
+        return None
+    return spec["time_limit_s"] - (spec.get("time_used_s") or 0.0)
 
 
 # --- the consumer -----------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import time
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from textft.service import datasets as uploads
 from textft.service.keys import Principal
+from textft.service.limits import storage_message
 from textft.service.problems import ERROR_RESPONSES
 from textft.service.routes_shared import (accepting, auth, current_service, iso, max_upload, new_id, owner_scope,
                                           visible)
@@ -64,7 +67,8 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
     store = service.store
     dataset_id = new_id("ds")
     dest = service.data.dataset(dataset_id)
-    upload = await uploads.receive(request, dest, max_upload(service, who), data_formats())
+    quota = service.limits.for_key(who).max_storage_bytes
+    upload = await receive_within_quota(request, service, who, dest, quota)
     fields = upload.fields
     problems = form_problems(fields)
     drop = fields.get("drop_empty", "false").strip().lower() in ("true", "1", "yes")
@@ -73,8 +77,9 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
     pair_column = fields.get("text_pair_column", "").strip() or None
     if not problems:
         try:
-            result = await service.checker.inspect(str(upload.path), upload.filename, text_column, label_column, drop,
-                                                   text_pair_column=pair_column)
+            result = await while_connected(request, service.checker.inspect(
+                str(upload.path), upload.filename, text_column, label_column, drop, text_pair_column=pair_column,
+                key=who.id, bounds=service.upload_bounds()))
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -84,16 +89,61 @@ async def upload_dataset(request: Request, who: Principal = Depends(auth),
         raise UserError(problems)
     name = fields.get("name", "").strip()[:200] or upload.filename
     try:
+        if await request.is_disconnected():  # nobody would learn this dataset's id
+            raise uploads.UploadError("the client went away while its upload was checked; nothing was stored",
+                                      kind="interrupted")
+
+        def within_quota(db) -> None:
+            # Checked again with the insert, in one transaction: concurrent uploads cannot all fit.
+            if quota is not None and (now := service.storage.used(who.id, db)) + upload.size > quota:
+                raise uploads.UploadError(storage_message(now, quota, upload.size), kind="storage")
+
         store.insert_dataset({
             "id": dataset_id, "owner": who.id, "name": name, "filename": upload.filename,
             "path": str(upload.path.relative_to(service.data.root)), "format": upload.path.suffix.lstrip("."),
             "size_bytes": upload.size, "rows": result["rows"], "text_column": text_column, "label_column": label_column,
             "drop_empty": int(drop), "labels": result["labels"], "preview": result["preview"],
-            "created_at": time.time(), "task": result["task"], "text_pair_column": pair_column})
+            "created_at": time.time(), "task": result["task"], "text_pair_column": pair_column}, check=within_quota)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return dataset_out(service, store.dataset(dataset_id))
+
+
+async def receive_within_quota(request: Request, service: Service, who: Principal, dest, quota: int | None):
+    """The upload streamed into ``dest`` under the key's upload limit and what is left of its storage
+    (507 naming what it stores when the storage is the tighter of the two)."""
+    max_bytes = max_upload(service, who)
+    used = 0
+    if quota is not None:
+        used = await run_in_threadpool(service.storage.used, who.id)
+        declared = request.headers.get("content-length", "")
+        if used >= quota or declared.isdigit() and used + int(declared) > quota + uploads.BODY_SLACK:
+            raise uploads.UploadError(storage_message(used, quota, int(declared or 0)), kind="storage", close=True)
+    room = max_bytes if quota is None else min(max_bytes, quota - used)
+    try:
+        return await uploads.receive(request, dest, room, data_formats())
+    except uploads.UploadError as e:
+        if e.kind == "too_large" and room < max_bytes:
+            raise uploads.UploadError(storage_message(used, quota), kind="storage", close=True) from None
+        raise
+
+
+async def while_connected(request: Request, awaitable):
+    """The result of ``awaitable``; once the client has gone away it is cancelled (an upload check
+    stops with its process): nothing is kept for a client that gave up."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise uploads.UploadError("the client went away while its upload was checked; nothing was stored",
+                                          kind="interrupted")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 @router.post("/v1/datasets/columns", openapi_extra=COLUMNS_FORM, response_model=ColumnsOut)
@@ -107,7 +157,8 @@ async def dataset_columns(request: Request, who: Principal = Depends(auth),
         if upload.fields:
             raise UserError([Problem(f"unknown form field(s) {', '.join(sorted(upload.fields))}; send only 'file'",
                                      sorted(upload.fields)[0])])
-        result = await service.checker.peek(upload.path, upload.path.suffix.lower())
+        result = await while_connected(request, service.checker.peek(
+            upload.path, upload.path.suffix.lower(), key=who.id, bounds=service.upload_bounds()))
     finally:
         shutil.rmtree(dest, ignore_errors=True)
     if problems := uploads.problems_of(result):

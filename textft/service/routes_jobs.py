@@ -13,8 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from textft.service.estimates import recipe_estimate
-from textft.service.jobs import RUN_DIR, JobRequest, check_request, write_job_dir
+from textft.service.jobs import RUN_DIR, JobRequest, check_request, split_sizes, write_job_dir
 from textft.service.keys import Principal
+from textft.service.limits import storage_message
 from textft.service.problems import ERROR_RESPONSES, JSON_ERRORS
 from textft.service.routes_shared import (accepting, auth, current_service, iso, max_queued, new_id, owner_scope,
                                           visible)
@@ -66,7 +67,7 @@ def job_request(service: Service, body: JobBody, who: Principal):
     req = JobRequest(dataset=body.dataset, config=body.config, validation_dataset=body.validation_dataset,
                      test_dataset=body.test_dataset, overrides=body.overrides,
                      accelerate_config=body.accelerate_config, num_processes=body.num_processes)
-    cfg, launch = check_request(req, records, service.catalog, service.settings)
+    cfg, launch = check_request(req, records, service.catalog, service.settings, service.limits.for_key(who))
     return req, cfg, launch, records
 
 
@@ -82,17 +83,19 @@ def create_job(body: JobBody, who: Principal = Depends(auth), service: Service =
         raise UserError(e.problems + hook) from None
     if hook:
         raise UserError(hook)
+    limits = service.limits.for_key(who)
+    if limits.max_storage_bytes is not None and (used := service.storage.used(who.id)) >= limits.max_storage_bytes:
+        raise UserError(storage_message(used, limits.max_storage_bytes), None, "storage")
     limit = max_queued(service, who)
-    queued = store.queued_count(who.id)
-    if queued >= limit:
-        raise UserError(f"this key has {queued} queued job(s), its limit; wait until some start or cancel one",
-                        kind="quota")
     job_id = new_id("job")
     accel = service.catalog.accelerate_configs().get(req.accelerate_config) if req.accelerate_config else None
-    write_job_dir(service.data, job_id, cfg, launch, accel)
+    write_job_dir(service.data, job_id, cfg, launch, accel, time_limit_s=limits.job_seconds)
     try:
-        store.insert_job(job_id, who.id, req.config, req.overrides, req.accelerate_config, req.dataset,
-                         req.validation_dataset, req.test_dataset)
+        queued = store.insert_job(job_id, who.id, req.config, req.overrides, req.accelerate_config, req.dataset,
+                                  req.validation_dataset, req.test_dataset, max_queued=limit)
+        if queued is not None:
+            raise UserError(f"this key has {queued} queued job(s), its limit; wait until some start or cancel one",
+                            kind="quota")
     except BaseException:
         shutil.rmtree(service.data.job(job_id), ignore_errors=True)
         raise
@@ -224,22 +227,8 @@ async def delete_job(job_id: str, who: Principal = Depends(auth), service: Servi
     await run_in_threadpool(remove)
     await service.models.evict(job_id)
     await run_in_threadpool(shutil.rmtree, service.data.job(job_id), True)
+    service.storage.forget(job_id)
     return Response(status_code=204)
-
-
-def split_sizes(cfg, train: dict, val: dict | None) -> tuple[int, int]:
-    """Training and validation examples of a job, as the run will split and cap them."""
-    n = train["rows"]
-    if val is not None:
-        n_train, n_val = n, val["rows"]
-    else:
-        n_val = max(1, round(cfg.data.validation_split * n))
-        n_train = n - n_val
-    if cfg.data.max_train_samples:
-        n_train = min(n_train, cfg.data.max_train_samples)
-    if cfg.data.max_eval_samples:
-        n_val = min(n_val, cfg.data.max_eval_samples)
-    return n_train, n_val
 
 
 @router.post("/v1/recipe", response_model=RecipeOut)
@@ -247,14 +236,19 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
     """The values the auto recipe would choose for this job, each with its reason (nothing is queued)."""
     req, cfg, launch, records = await run_in_threadpool(job_request, service, body, who)
     train = records[req.dataset]
-    labels = list(train["labels"])
     # the task the run will train: the one the job names, else what the loader found in the upload
-    task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train)
-    labels = task_outputs(task, labels)
+    task = cfg.data.task if cfg.data.task != "auto" else await dataset_task(service, train, who.id)
+    # the model, the plan and the answer off the event loop: building them takes a while
+    return await run_in_threadpool(recipe_answer, service, req, cfg, launch, records, task)
+
+
+def recipe_answer(service: Service, req: JobRequest, cfg, launch: dict, records: dict, task: str) -> dict:
+    train = records[req.dataset]
+    labels = task_outputs(task, list(train["labels"]))
     n_train, n_val = split_sizes(cfg, train, records.get(req.validation_dataset) if req.validation_dataset else None)
     global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * launch["num_processes"]
     try:
-        params, fresh = await run_in_threadpool(backbone_facts, cfg.model, labels)
+        params, fresh = backbone_facts(cfg.model, labels)
     except UserError as e:
         where = "overrides.model.name_or_path" if "model.name_or_path" in req.overrides else "config"
         raise UserError([Problem(p, where, p.kind) for p in e.problems]) from None
@@ -271,8 +265,7 @@ async def recipe(body: JobBody, who: Principal = Depends(auth), service: Service
         raise UserError([Problem(p, where, p.kind) for p in e.problems]) from None
     auto = {key: {"value": resolved.to_dict()[key.split(".", 1)[0]][key.split(".", 1)[1]], "reason": reason}
             for key, reason in why.items()}
-    estimate = await run_in_threadpool(recipe_estimate, service, resolved, plan["total_steps"],
-                                       plan.get("global_batch") or global_batch)
+    estimate = recipe_estimate(service, resolved, plan["total_steps"], plan.get("global_batch") or global_batch)
     return {"config": req.config, "auto": auto, "facts": facts, "plan": plan, "estimate": estimate,
             "settings": {f"{section}.{k}": v for section, values in resolved.to_dict().items()
                          for k, v in values.items() if f"{section}.{k}" not in HIDDEN}}
@@ -287,14 +280,14 @@ def per_class_median(train: dict, n_train: int) -> float:
     return round(statistics.median(counts) * n_train / max(1, sum(counts)), 1)
 
 
-async def dataset_task(service: Service, record: dict) -> str:
+async def dataset_task(service: Service, record: dict, key: str = "") -> str:
     """The task the loader found in a dataset; datasets stored before the task was recorded are read
     again (once) with the loader, and the answer kept."""
     if record.get("task"):
         return record["task"]
     found = await service.checker.inspect(str(service.data.root / record["path"]), record["filename"],
                                           record["text_column"], record["label_column"], bool(record["drop_empty"]),
-                                          text_pair_column=record.get("text_pair_column"))
+                                          text_pair_column=record.get("text_pair_column"), key=key)
     if not found.get("task"):  # the file no longer reads (problems): training would say so
         return DEFAULT_TASK
     service.store.set_dataset_task(record["id"], found["task"])

@@ -23,11 +23,13 @@ def health(service: Service = Depends(current_service)) -> dict:
 
 @router.get("/v1/me", tags=["service"], response_model=MeOut)
 def me(who: Principal = Depends(auth), service: Service = Depends(current_service)) -> dict:
-    opts = service.opts
+    opts, limits = service.opts, service.limits.for_key(who)
     return {"id": who.id, "name": who.name, "admin": who.admin, "hub_namespaces": list(who.hub_namespaces),
             "limits": {"max_queued_jobs": max_queued(service, who), "max_upload_bytes": max_upload(service, who),
+                       "max_storage_bytes": limits.max_storage_bytes, "max_steps_per_job": limits.max_steps,
+                       "max_job_seconds": limits.job_seconds, "job_memory_bytes": limits.job_memory_bytes,
                        "max_texts_per_prediction": opts.max_texts, "max_chars_per_text": opts.max_chars},
-            "queued_jobs": service.store.queued_count(who.id)}
+            "queued_jobs": service.store.queued_count(who.id), "storage_bytes": service.storage.used(who.id)}
 
 
 @router.get("/v1/tasks", tags=["service"], response_model=list[TaskInfo])

@@ -45,7 +45,8 @@ RECONCILE_S = 5.0
 STALE_S = 60.0
 """A remote executor whose heartbeat has not changed for this long (by this machine's clock) is gone."""
 MAX_INTERRUPTIONS = 3
-"""Times a job may be killed (out of memory, a stray kill) and resumed before it is marked failed."""
+"""Times a job may be killed (out of memory, a stray kill, its executor killed) and resumed before it is
+marked failed (textft service --max-retries)."""
 MAX_READ = 1 << 20
 
 
@@ -168,8 +169,10 @@ def headline_metrics(run: Path) -> dict | None:
 
 
 class Monitor:
-    def __init__(self, store: Store, data: DataDir, queue: JobQueue, notify: Callable[[], None] = lambda: None):
+    def __init__(self, store: Store, data: DataDir, queue: JobQueue, notify: Callable[[], None] = lambda: None,
+                 max_retries: int = MAX_INTERRUPTIONS):
         self.store, self.data, self.queue, self.notify = store, data, queue, notify
+        self.max_retries = max_retries
         self._heartbeats: dict[str, tuple[str, float]] = {}
         self._missing: dict[tuple[str, int], float] = {}
         self._last_reconcile = 0.0
@@ -309,12 +312,18 @@ class Monitor:
             return self._end(job, "failed", error=outcome.get("error"))
         if (run / "eval_report.json").is_file() and (run / "config.json").is_file():
             return self._succeed(job, run)  # exported (the final directory appears whole or not at all)
-        if reason in ("shutdown", "orphaned"):
-            why = ("the service stopped" if reason == "shutdown" else "its executor stopped (service or worker"
-                   " killed)")
-            return self._requeue(job, f"interrupted: {why}; it resumes from its latest checkpoint", count=False)
-        why, killed = failure_reason(run_summary(run / "train_log.jsonl"), rc)
-        if killed and job["interruptions"] < MAX_INTERRUPTIONS:
+        if reason == "limit":  # past its memory or time: running it again would end the same way
+            return self._end(job, "failed", error=outcome.get("error"))
+        if reason == "shutdown":  # a graceful stop is no fault of the job's
+            return self._requeue(job, "interrupted: the service stopped; it resumes from its latest checkpoint",
+                                 count=False)
+        if reason == "orphaned":
+            # Counted: a job that takes its executor down with it (the machine out of memory) would
+            # otherwise run again at every start.
+            why, killed = "its executor stopped (service or worker killed)", True
+        else:
+            why, killed = failure_reason(run_summary(run / "train_log.jsonl"), rc)
+        if killed and job["interruptions"] < self.max_retries:
             return self._requeue(job, f"interrupted: {why}; it resumes from its latest checkpoint", count=True)
         if killed:
             why += f" ({job['interruptions'] + 1} times)"
@@ -335,12 +344,24 @@ class Monitor:
         job_dir = self.data.job(job["id"])
         attempt = job["attempt"] + 1
         spec = read_json(job_dir / "job.json")
-        spec.update(attempt=attempt, resume=True)
+        spec.update(attempt=attempt, resume=True, time_used_s=(spec.get("time_used_s") or 0.0) + self._spent(job))
         write_json(job_dir / "job.json", spec)
         if not self.store.requeue_job(job["id"], attempt, PRIORITY_RESUMED, count, why):
             return
         self.queue.enqueue(job["id"], attempt, PRIORITY_RESUMED)
         log.info("job %s re-queued (attempt %d): %s", job["id"], attempt, why)
+
+    def _spent(self, job: dict) -> float:
+        """Wall-clock seconds the job's current attempt ran (they count toward its time limit)."""
+        job_dir = self.data.job(job["id"])
+        claim = read_json(job_dir / f"attempt-{job['attempt']}.json") or {}
+        ended = (read_json(job_dir / f"exit-{job['attempt']}.json") or {}).get("finished_at")
+        if ended is None:  # orphaned: its executor was last alive when it wrote its heartbeat
+            try:
+                ended = (job_dir / f"heartbeat-{job['attempt']}").stat().st_mtime
+            except OSError:
+                ended = claim.get("claimed_at", 0.0)
+        return max(0.0, ended - claim.get("claimed_at", ended))
 
     # -- the queue ----------------------------------------------------------------------------
 

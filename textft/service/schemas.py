@@ -37,6 +37,10 @@ class HealthOut(Answer):
 class LimitsOut(Answer):
     max_queued_jobs: int
     max_upload_bytes: int
+    max_storage_bytes: int | None = Field(description="bytes of datasets and job models the key may store")
+    max_steps_per_job: int = Field(description="optimizer steps one job may run")
+    max_job_seconds: float = Field(description="wall-clock seconds one job may run, its attempts together")
+    job_memory_bytes: int = Field(description="memory one job's processes may use together")
     max_texts_per_prediction: int
     max_chars_per_text: int
 
@@ -49,6 +53,7 @@ class MeOut(Answer):
                                                   " service's token (keys create --hub-namespace)")
     limits: LimitsOut
     queued_jobs: int
+    storage_bytes: int = Field(description="bytes of datasets and job models the key stores now")
 
 
 class PresetOut(Answer):

@@ -8,7 +8,8 @@ key commands and the HTTP front stay quick to start.
 from __future__ import annotations
 
 from textft.version import __version__
-from textft.config import Config, DataConfig, ModelConfig, UserError, closest, load_config, save_config
+from textft.config import Config, DataConfig, ModelConfig, UserError, closest, config_yaml, load_config, save_config
+from textft.files import DATA_FORMATS
 from textft.presets import presets
 from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
@@ -19,10 +20,10 @@ from textft.files import set_umask
 from textft.run_events import (BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record, RunSummary,
                                TrainRecord, summarize, to_dict)
 
-__all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "load_config", "save_config",
+__all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "closest", "config_yaml", "load_config", "save_config",
            "presets", "serve_local_docs", "set_umask",
            "data_formats", "load_splits", "load_classifier", "predict_schemas", "prediction_schema", "task_schema", "request_items", "check_answer_options", "batched_logits", "micro_batcher",
-           "recipe_facts", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
+           "recipe_facts", "count_evaluations", "model_positions", "task_default_metric", "task_one_class_per_text", "task_headline", "task_outputs", "model_task", "DEFAULT_TASK", "describe_tasks",
            "test_set_key", "versus_best",
            "resolve_recipe", "launch_precision", "lower_is_better", "public_model_name", "push_model", "repo_id_problems", "hub_token", "OOS_KEY",
            "THRESHOLDS_KEY", "run_events", "KINDS", "Problem", "BestRecord", "EndRecord", "EvalRecord", "NewerSchema",
@@ -33,9 +34,7 @@ __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "c
 
 def data_formats() -> tuple[str, ...]:
     """File extensions ``textft train`` reads."""
-    from textft.data import FORMATS
-
-    return tuple(FORMATS)
+    return tuple(DATA_FORMATS)
 
 
 def load_splits(cfg: DataConfig, seed: int = 42):
@@ -191,6 +190,20 @@ def recipe_facts(model: ModelConfig, label_names: list[str]) -> tuple[int, bool]
 
     built, initialised_here = build_model(model, label_names)
     return non_embedding_params(built), head_is_fresh(built, initialised_here)
+
+
+def count_evaluations(total_steps: int, every: int, per_epoch: int) -> int:
+    """Validation passes of a run of ``total_steps`` (counted, not listed: nothing grows with the steps)."""
+    from textft.recipe import count_evaluations as count
+
+    return count(total_steps, every, per_epoch)
+
+
+def model_positions(model: ModelConfig) -> int | None:
+    """Tokens per text the model reads (None when its config cannot be read here)."""
+    from textft.modeling import model_positions as positions
+
+    return positions(model)
 
 
 def task_default_metric(task: str) -> str:

@@ -12,14 +12,17 @@ import signal
 import threading
 
 from textft.service.beacons import Beacon
+from textft.service.containment import Cgroups
 from textft.service.layout import DataDir
+from textft.service.limits import machine_memory
 from textft.service.queue import Devices, JobQueue, Runtime, detect_gpus, public_url, start_consumer, stop_consumer
 from textft.service.textft_api import UserError
 
 log = logging.getLogger("textft.service")
 
 
-def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] | None, grace_s: float) -> int:
+def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] | None, grace_s: float,
+               job_memory_bytes: int | None = None) -> int:
     data = DataDir(data_dir)
     if not data.jobs.is_dir():
         raise UserError(f"'--data-dir': '{data.root}' has no jobs/ directory; give the data directory of the"
@@ -35,7 +38,8 @@ def run_worker(data_dir: str, broker: str, workers: int | None, gpus: list[str] 
     slots = workers if workers is not None else max(1, len(gpus))
     if slots < 1:
         raise UserError(f"'--workers' must be >= 1, got {slots}")
-    runtime = Runtime(data, Devices(gpus), slots, grace_s=grace_s)
+    memory = job_memory_bytes or int(0.6 * machine_memory() / slots)
+    runtime = Runtime(data, Devices(gpus), slots, grace_s=grace_s, job_memory_bytes=memory, cgroups=Cgroups.take())
     stop = threading.Event()
 
     def on_signal(signum, frame):
