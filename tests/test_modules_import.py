@@ -50,3 +50,13 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
                           env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                                "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_the_upload_checker_and_the_service_facade_load_without_torch():
+    # Each upload-checking process runs under a memory limit of its own: torch alone would take a
+    # large part of it before the first byte of the upload is read.
+    proc = subprocess.run([sys.executable, "-c", "import sys, textft.service.checks, textft.service.textft_api;"
+                           " print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ from textft.version import __version__
 from textft.config import Config, DataConfig, ModelConfig, UserError, closest, config_yaml, load_config, save_config
 from textft.files import DATA_FORMATS
 from textft.presets import presets
-from textft.calibration import OOS_KEY  # light: numpy only; torch and transformers load on first use
+from textft.out_of_scope import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
 from textft.tasks.multi_label import THRESHOLDS_KEY
 from textft import run_events
