@@ -286,7 +286,7 @@ def test_oos_label_is_checked_before_training(overrides, expected, tiny_model_di
     from textft.train import main as train_main
 
     assert train_main([f"model.name_or_path={tiny_model_dir}", f"data.train_file={oos_files['train']}",
-                       "train.mixed_precision=fp32", *overrides, f"output.dir={tmp_path / 'run'}"]) == 2
+                       "data.max_length=32", "train.mixed_precision=fp32", *overrides, f"output.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -297,7 +297,7 @@ def test_a_validation_split_of_only_out_of_scope_rows_is_refused(tiny_model_dir,
 
     only = write_jsonl(tmp_path / "validation.jsonl", [{"text": t, "label": "oos"} for t in gibberish(10, 4)])
     assert train_main([f"model.name_or_path={tiny_model_dir}", f"data.train_file={oos_files['train']}",
-                       f"data.validation_file={only}", "data.oos_label=oos", "train.mixed_precision=fp32",
+                       f"data.validation_file={only}", "data.oos_label=oos", "data.max_length=32", "train.mixed_precision=fp32",
                        f"output.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert "holds only out-of-scope rows ('oos' in column 'label')" in err and "Traceback" not in err
