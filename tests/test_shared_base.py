@@ -109,8 +109,8 @@ def test_the_cache_keeps_one_base_for_its_adapters_and_evicts_without_leaving_re
             for j in range(6):
                 i = (2 * k + j) % len(paths)
                 entry = await cache.get(f"m{i}", paths[i])
-                logits = await asyncio.wait_for(entry.batcher.submit([(TEXTS[0], None)]), 120)
-                assert logits.shape == (1, outputs[i % 3])
+                answer = await asyncio.wait_for(entry.batcher.submit([(TEXTS[0], None)]), 120)
+                assert answer.logits.shape == (1, outputs[i % 3])
 
         await asyncio.gather(*(client(k) for k in range(4)))
         assert cache.weights_loaded() == 1 and len(cache.bases) == 1 and len(cache.loaded) <= 3
