@@ -5,7 +5,7 @@ test split (3,080 queries), all three with the bundled MiniLM backbone, in one i
     python benchmarks/few_shot.py                                   # everything: 3 sizes x 3 seeds x 3 sides
     python benchmarks/few_shot.py --sizes 8 --seeds 0 --sides few_shot ordinary
     python benchmarks/few_shot.py --resume                          # continue an interrupted invocation
-    python benchmarks/few_shot.py --quick                           # 6 intents, 4 examples each, short runs
+    python benchmarks/few_shot.py --quick                           # 6 intents, 4 examples each, short runs in one process
 
 Sides:
 - ``few_shot``: ``textft train --config banking77-minilm`` on the drawn rows with
@@ -27,6 +27,7 @@ seeds, training seconds) and writes every run to ``--json`` as it goes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -77,9 +78,27 @@ def minilm_path() -> str:
 # --- the sides ---------------------------------------------------------------------------------
 
 
+def textft_train(argv: list[str], log: Path, in_process: bool) -> None:
+    """``textft train ARGV`` in a fresh process (as a user runs it), its output in ``log``; or, with
+    ``in_process`` (--quick), in this one (the process start is most of a 12-step run's time), its output
+    on stderr."""
+    if in_process:
+        from textft.cli import main as textft_main
+
+        with contextlib.redirect_stdout(sys.stderr):
+            code = textft_main(["train", *argv])
+        if code != 0:
+            raise RuntimeError(f"textft train failed (exit {code}; its output is above)")
+        return
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "textft", "train", *argv], cwd=ROOT, stdout=f, stderr=f)
+    if proc.returncode != 0:
+        raise RuntimeError(f"textft train failed (log: {log}):\n{log.read_text()[-3000:]}")
+
+
 def textft_side(side: str, train: Path, test: Path, out: Path, seed: int, quick: bool) -> dict:
-    """One ``textft train`` in a fresh process (as a user runs it); test accuracy and training time
-    from its eval_report.json, the transfer mode it used from its textft_config.yaml."""
+    """One ``textft train`` in a fresh process (as a user runs it; --quick: in this one); test accuracy
+    and training time from its eval_report.json, the transfer mode it used from its textft_config.yaml."""
     import yaml
 
     overrides = ["data.dataset=null", f"data.train_file={train}", f"data.test_file={test}", f"train.seed={seed}",
@@ -88,13 +107,8 @@ def textft_side(side: str, train: Path, test: Path, out: Path, seed: int, quick:
     if quick:
         overrides += ["train.max_steps=12", "train.eval_every_steps=6"]
     start = time.perf_counter()
-    log = out.with_suffix(".log")
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config",
-                               "banking77-minilm", *overrides], cwd=ROOT, stdout=f, stderr=f)
+    textft_train(["--config", "banking77-minilm", *overrides], out.with_suffix(".log"), in_process=quick)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"textft train failed (log: {log}):\n{log.read_text()[-3000:]}")
     report = json.loads((out / "eval_report.json").read_text())
     config = yaml.safe_load((out / "textft_config.yaml").read_text())
     splits = report["splits"]
@@ -212,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setfit-venv", default=str(Path.home() / ".cache/textft/setfit-venv"))
     parser.add_argument("--workdir", help="where drawn files and models go (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="6 intents, 4 examples each, seed 0, 120 test rows,"
-                        " 12 training steps, textft sides only unless --sides says otherwise")
+                        " 12 training steps, each textft run in this process; textft sides only unless --sides says"
+                        " otherwise")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.seeds = [4], [0]

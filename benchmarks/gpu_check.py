@@ -22,7 +22,9 @@ time limit (total <= 8 minutes on one H100):
    textft vs Trainer-group vs Trainer-max (and textft with padding-free batches where varlen
    attention runs), samples/s and MFU against a bf16 matmul peak measured in the same run;
 
-and writes ``gpu_check.json`` (every figure) into ``--out`` and a last machine-readable line:
+and writes ``gpu_check.json`` (every figure) into ``--out`` and a last machine-readable line (the
+``--cpu-dry-run`` takes the same steps at tiny shapes, its benchmark sides trained in one process with
+``train_throughput.py --in-process``):
 
     gpu_check tests_passed=N tests_failed=N ratio_vs_trainer_group=X ratio_vs_trainer_max=X mfu_textft=X ...
 """
@@ -191,7 +193,9 @@ def run_benchmark(out: Path, data_dir: Path, model: Path, timeout: float, dry: b
     if packing.unavailable_reason(device=torch.device("cuda" if torch.cuda.is_available() else "cpu")) is None:
         sides.insert(1, "textft_padfree")
     result_file = out / "train_throughput.json"
-    shape = (["--train-samples", "48", "--eval-samples", "16", "--max-length", "128", "--batch-size", "8"] if dry
+    # the dry run trains every side in one process: it checks the steps, not each side's peak memory
+    shape = (["--train-samples", "48", "--eval-samples", "16", "--max-length", "128", "--batch-size", "8",
+              "--in-process"] if dry
              else ["--train-samples", str(IMDB_TRAIN), "--eval-samples", str(IMDB_EVAL), "--max-length", "512",
                    "--batch-size", "32"])
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--task", "imdb", "--data-dir",

@@ -2,14 +2,15 @@
 
     python benchmarks/serve_load.py --model runs/quickstart                  # starts textft serve itself
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid PID    # a server already running
-    python benchmarks/serve_load.py --quick                                   # trains the tiny preset first
+    python benchmarks/serve_load.py --quick       # trains the tiny preset first (10 steps); 8 clients, 100 requests
 
 ``--clients`` threads, each with its own keep-alive connection, send ``--requests`` POST /predict
 calls in all (one text each, round-robin from ``--data``), one after another. Every
 ``1 / --invalid``-th request carries an invalid text instead (a lone surrogate, control
 characters only, zero-width characters only, whitespace only), sent as raw JSON as a hostile
-client would. A warm-up round at the same concurrency comes first; the server's resident memory
-is read after it and at the end.
+client would. A warm-up round at the same concurrency comes first (``--requests`` / 10 requests, at
+least 200, or 50 with ``--quick``); the server's resident memory is read after it and at the end.
+``--quick`` sends 100 requests from 8 clients, every 25th invalid: 4 invalid ones, as in a full run.
 
 The run passes when no valid request fails, every invalid one is answered 4xx, and the RSS at
 the end is within 10% of the RSS after warm-up. It prints requests/s, latency percentiles, the
@@ -158,7 +159,7 @@ def train_tiny(workdir: Path) -> Path:
 
     out = workdir / "tiny-run"
     with contextlib.redirect_stdout(sys.stderr):
-        train(load_config("tiny", [f"output.dir={out}", "train.epochs=2"]))
+        train(load_config("tiny", [f"output.dir={out}", "train.max_steps=10"]))
     return out
 
 
@@ -167,7 +168,8 @@ def measure(url: str, pid: int | None, texts: list[str], args) -> int:
     print(f"model: {meta.get('base_model')}, {len(meta['labels'])} labels, precision {meta['precision']}, device"
           f" {meta['device']}, max_length {meta['max_length']}; server max_batch_size"
           f" {meta['limits']['max_batch_size']}, max_wait_ms {meta['limits']['max_wait_ms']}")
-    warm = run(url, texts, args.clients, max(args.clients * 4, args.requests // 10, 200), args.invalid_every)
+    warm = run(url, texts, args.clients, max(args.clients * 4, args.requests // 10, 50 if args.quick else 200),
+               args.invalid_every)
     rss_warm = rss_bytes(pid) if pid else None
     result = run(url, texts, args.clients, args.requests, args.invalid_every)
     rss_end = rss_bytes(pid) if pid else None
@@ -213,15 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help=".jsonl with a 'text' field, or plain text")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=5000, help="requests in all")
-    parser.add_argument("--invalid-every", type=int, default=100, help="every Nth request is invalid (0: none)")
+    parser.add_argument("--invalid-every", type=int, help="every Nth request is invalid (0: none; default 100,"
+                                                              " 25 with --quick)")
     parser.add_argument("--texts", type=int, default=2000, help="distinct texts read from --data")
     parser.add_argument("--expect", help="jsonl of textft predict on the same --data (rows in order): count"
                                          " answers whose label differs")
     parser.add_argument("--quick", action="store_true",
-                        help="without --model/--url, train the tiny preset first; 16 clients, 400 requests")
+                        help="without --model/--url, train the tiny preset first; 8 clients, 100 requests")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.requests = min(args.clients, 16), min(args.requests, 400)
+        args.clients, args.requests = min(args.clients, 8), min(args.requests, 100)
+    if args.invalid_every is None:
+        args.invalid_every = 25 if args.quick else 100
     if not (args.model or args.url or args.quick):
         parser.error("give --model, --url, or --quick")
     data = Path(args.data)

@@ -3,7 +3,7 @@
     python benchmarks/service_load.py                  # MiniLM on Banking77, 64 clients, 5,000 requests
     python benchmarks/service_load.py --think-ms 0     # the same clients without pauses (a stress test)
     python benchmarks/service_load.py --mix status,list   # API calls only: what the service itself costs
-    python benchmarks/service_load.py --quick          # tiny random BERT, 8 clients, 300 requests: proves it runs
+    python benchmarks/service_load.py --quick          # tiny random BERT, 8 clients, 60 requests: proves it runs
 
 1. A ``textft service`` subprocess on loopback, one executor; a key; the training data uploaded.
 2. A model to predict with: a short job trained through the service (MiniLM, or the tiny BERT with --quick).
@@ -15,6 +15,9 @@
    short text), pausing ``--think-ms`` between two requests as a dashboard would; ``--requests`` in
    all, split over ``--phases`` load phases. Every answer must be a 200.
 5. ``textft train`` alone again (skipped with --quick).
+
+``--quick`` uses the bundled reviews and the tiny preset: 8 clients without pauses, 60 requests in one
+load phase between quiet phases of 5 steps, a 20-step reference run.
 
 The machine may be shared with other work, so the comparison that matters is paired and interleaved:
 the job's samples/s during load phases against its own samples/s during the quiet phases between
@@ -134,7 +137,7 @@ LOG_STEPS = 1
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, 8 clients, 300 requests")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 8 clients, 60 requests")
     parser.add_argument("--data", default="/work/shared/data/banking77/train.jsonl")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=5000)
@@ -149,8 +152,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.data = str(ROOT / "textft/assets/quickstart/train.jsonl")
-        args.clients, args.requests, args.think_ms, args.phases, args.quiet_steps = 8, 300, 0, 1, 10
-        args.max_steps, args.reference_steps = 3000, 100
+        args.clients, args.requests, args.think_ms, args.phases, args.quiet_steps = 8, 60, 0, 1, 5
+        args.max_steps, args.reference_steps = 3000, 20
         args.config, predict_steps = "tiny", 10
     else:
         args.config, predict_steps = "banking77-minilm", 10

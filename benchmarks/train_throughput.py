@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --task imdb        # 2,000 train / 1,000 validation, max_length 512
     python benchmarks/train_throughput.py --task banking77   # full train, official test as validation, max_length 64
     python benchmarks/train_throughput.py --quick            # a few dozen texts: proves the script runs
+    python benchmarks/train_throughput.py --quick --model DIR   # the same on a tiny checkpoint (the tests' BERT)
 
 Three sides run one after the other, each in a fresh process (so that peak RSS is its own), with the
 same backbone (the offline all-MiniLM-L6-v2), texts, epochs, learning rate, batch size, warmup,
@@ -28,11 +29,16 @@ scores and values, forward and backward). The last line is machine-readable:
     ratio_vs_trainer_max=X.XX ratio_vs_trainer_group=Y.YY acc_delta_pts=Z.Z
 
 acc_delta_pts is textft's validation accuracy minus the grouped Trainer's, in points.
+
+``--quick`` (64 train / 32 validation texts, max_length 64, batch 16, a 512^3 matmul peak) runs every
+side in this one process (``--in-process``) instead of a fresh one each: it proves the script runs,
+and its peak RSS is then the largest so far, not each side's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -131,7 +137,7 @@ class TokenCounter:
     def __init__(self):
         self.padded = self.real = self.squares = self.sequences = 0
 
-    def install(self, cls) -> None:
+    def install(self, cls):
         forward, counter = cls.forward, self
 
         @functools.wraps(forward)
@@ -152,6 +158,7 @@ class TokenCounter:
             return forward(model, *args, attention_mask=attention_mask, **kwargs)
 
         cls.forward = counted
+        return lambda: setattr(cls, "forward", forward)  # puts the class's own forward back
 
 
 def model_path(args=None) -> str:
@@ -196,7 +203,7 @@ def run_textft(args, data: dict, workdir: Path, padding_free: bool = False, froz
     from textft.train import train
 
     counter = TokenCounter()
-    counter.install(BertModel)
+    restore = counter.install(BertModel)
     out = workdir / "textft-run"
     cfg = load_config("quickstart", [
         "data.dataset=null", f"data.train_file={data['train']}", f"data.validation_file={data['validation']}",
@@ -207,7 +214,10 @@ def run_textft(args, data: dict, workdir: Path, padding_free: bool = False, froz
         f"train.head_lr={args.lr}", f"train.warmup_ratio={args.warmup}", f"train.weight_decay={args.weight_decay}",
         f"train.seed={args.seed}", "train.eval_every_steps=0", "train.logging_steps=1000000",
         f"output.dir={out}", "output.overwrite=true"])
-    reports = train(cfg)
+    try:
+        reports = train(cfg)
+    finally:
+        restore()
     report = json.loads((out / "eval_report.json").read_text())
     v = reports["validation"]
     return {"train_seconds": report["train_seconds"], "counter": vars(counter), "precision": report["precision"],
@@ -222,7 +232,7 @@ def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
                               DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed)
 
     counter = TokenCounter()
-    counter.install(BertModel)
+    restore = counter.install(BertModel)
     raw = load_dataset("json", data_files={"train": data["train"], "validation": data["validation"]})
     names = sorted(set(raw["train"]["label"]))
     label2id = {n: i for i, n in enumerate(names)}
@@ -252,27 +262,34 @@ def run_trainer(args, data: dict, workdir: Path, side: str) -> dict:
         train_sampling_strategy="random" if max_pad else "group_by_length")
     trainer = Trainer(model=model, args=targs, train_dataset=ds["train"],
                       data_collator=default_data_collator if max_pad else DataCollatorWithPadding(tokenizer))
-    metrics = trainer.train().metrics
+    try:
+        metrics = trainer.train().metrics
+    finally:
+        restore()
     pred = trainer.predict(ds["validation"])
     return {"train_seconds": metrics["train_runtime"], "counter": vars(counter), "precision": "bf16" if bf16 else "no",
             **scores(pred.label_ids, np.argmax(pred.predictions, -1))}
 
 
-def child(args) -> None:
+def run_side(args, side: str, workdir: Path) -> None:
+    """One side, in this process; its figures go to ``workdir/result-SIDE.json``."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir)
     data = json.loads((workdir / "data.json").read_text())
-    if args.side.startswith("textft"):
-        result = run_textft(args, data, workdir, padding_free=args.side == "textft_padfree",
-                            frozen=args.side == "textft_frozen")
+    if side.startswith("textft"):
+        result = run_textft(args, data, workdir, padding_free=side == "textft_padfree",
+                            frozen=side == "textft_frozen")
     else:
-        result = run_trainer(args, data, workdir, args.side)
+        result = run_trainer(args, data, workdir, side)
     result.update(peak_memory_mb())
     result["threads"] = torch.get_num_threads()
-    (workdir / f"result-{args.side}.json").write_text(json.dumps(result))
+    (workdir / f"result-{side}.json").write_text(json.dumps(result))
+
+
+def child(args) -> None:
+    run_side(args, args.side, Path(args.workdir))
 
 
 # --- the parent -------------------------------------------------------------------------------
@@ -344,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="random weights from the model's config.json (a bert-base shape needs no weights)")
     parser.add_argument("--textft-override", action="append", default=[],
                         help="extra section.key=value for the textft sides (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="a few dozen short texts: checks that everything runs")
+    parser.add_argument("--quick", action="store_true", help="a few dozen short texts, every side in this process"
+                                                             " (--in-process): checks that everything runs")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every side in this process, not a fresh one each (peak RSS is then the largest so far)")
     parser.add_argument("--json-out", help="write every number to this file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -353,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.train_samples, args.eval_samples = args.train_samples or 64, args.eval_samples or 32
         args.max_length, args.batch_size = args.max_length or 64, args.batch_size or 16
+        args.in_process = True
     args.max_length = args.max_length or task["max_length"]
     args.batch_size = args.batch_size or task["batch_size"]
     if args.side:
@@ -374,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "data.json").write_text(json.dumps(data))
         bf16 = native_bf16()
         dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
-        peak = {d: matmul_peak(d, seconds=0.5 if args.quick else 2.0) for d in dtypes}
+        peak = {d: matmul_peak(d, *((0.2, 512) if args.quick else (2.0, None))) for d in dtypes}
         shape = non_embedding_params(args)
         gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
         print(f"machine: {cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
@@ -393,7 +414,13 @@ def main(argv: list[str] | None = None) -> int:
                    "--train-samples", str(data["n_train"]), "--eval-samples", str(data["n_validation"])]
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
             started = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if args.in_process:
+                os.environ.update(env)
+                with contextlib.redirect_stdout(sys.stderr):  # what a side prints stays out of the table
+                    run_side(args, side, workdir)
+                proc = subprocess.CompletedProcess(cmd, 0)
+            else:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
                 print(f"error: side {side} failed (exit {proc.returncode})", file=sys.stderr)

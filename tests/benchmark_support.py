@@ -1,0 +1,19 @@
+"""Runs a benchmark script as a user does, in a fresh process, for the benchmark tests."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_quick(script: str, *extra: str) -> list[str]:
+    """The lines ``benchmarks/SCRIPT --quick EXTRA...`` prints (it must exit 0)."""
+    proc = run_script(script, "--quick", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
