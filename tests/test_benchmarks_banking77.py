@@ -3,12 +3,10 @@ small draws; speed is never asserted here."""
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from benchmark_support import ROOT, run_quick
+from benchmark_support import ROOT, run_quick, run_script
 
 
 def test_few_shot_quick(tmp_path):
@@ -18,8 +16,7 @@ def test_few_shot_quick(tmp_path):
     if not (data / "train.jsonl").is_file():
         pytest.skip(f"no Banking77 files in {data}")
     out = tmp_path / "few_shot.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "few_shot.py"), "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = run_script("few_shot.py", "--quick", "--json", str(out), timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     lines = proc.stdout.splitlines()
     assert any(line.startswith("| 4 | textft few-shot recipe (transfer auto) → few_shot |") for line in lines)
@@ -56,14 +53,13 @@ def test_few_shot_features_small(tmp_path):
     rows = [{"text": t, "label": label} for label, texts in intents.items() for t in texts]
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0::2] + rows[1::4]))
     (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[3::4]))
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "few_shot_features.py"), "--data", str(data), "--sizes", "2",
-           "--seeds", "0", "--cache", str(tmp_path / "cache.npz")]
-    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = ["--data", str(data), "--sizes", "2", "--seeds", "0", "--cache", str(tmp_path / "cache.npz")]
+    first = run_script("few_shot_features.py", *cmd)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "embedded 9 texts" in first.stdout  # 6 drawn + 3 test, each once
     results = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
     assert {r["feature"] for r in results} == {"mean", "pooler", "cls"}
     assert all(0 <= r["logreg"] <= 1 and 0 <= r["centroid"] <= 1 for r in results)
-    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    second = run_script("few_shot_features.py", *cmd)
     assert second.returncode == 0 and "embedded" not in second.stdout
     assert [json.loads(line) for line in second.stdout.splitlines() if line.startswith("{")] == results
