@@ -182,3 +182,58 @@ def test_a_model_asked_for_again_while_it_retires_keeps_its_adapter(adapters):
         await cache.close()
 
     asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def on_one_base(adapters):
+    """The three adapters (2, 3 and 2 labels) on one shared base in fp32, and each one's merged logits."""
+    import textft
+    from textft.shared_base import SharedBase, base_key
+
+    base = SharedBase(*base_key(adapters[0]), torch.device("cpu"))
+    shared = [textft.load(a, precision="fp32", shared=(base, f"m{i}")) for i, a in enumerate(adapters)]
+    return base, shared, [merged_logits(a) for a in adapters]
+
+
+def test_a_mixed_pass_gives_each_row_its_own_adapters_logits(on_one_base):
+    base, shared, expected = on_one_base
+    rows = [[0, 2], [1], [2, 0, 1]]  # batches of different lengths: padded to one length in the pass
+    batches = [(f"m{i}", shared[i]._collate(shared[i].features([TEXTS[r] for r in rows[i]])[0])) for i in range(3)]
+    assert len({b["input_ids"].shape[1] for _, b in batches}) > 1
+    passes = base.passes
+    answers = base.run_mixed(batches)
+    assert base.passes == passes + 1
+    assert [a.shape for a in answers] == [(2, 2), (1, 3), (3, 2)]
+    for i, answer in enumerate(answers):
+        np.testing.assert_allclose(answer.numpy(), expected[i][rows[i]], atol=1e-5)
+
+
+@pytest.mark.parametrize("mixed_fails", [False, True])
+def test_callers_waiting_for_the_base_share_one_pass_or_run_alone_when_it_fails(on_one_base, monkeypatch, mixed_fails):
+    """Batches of adapters that wait while a pass runs go through together, one pass for all; a mixed pass
+    that fails runs them one adapter at a time, each still with its own answer."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, shared, expected = on_one_base
+    if mixed_fails:
+        monkeypatch.setattr(base, "_forward_mixed", lambda calls: 1 / 0)
+    before, mixed_before = base.passes, base.mixed_passes
+
+    def hold_the_base():
+        with base.lock:
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold_the_base)
+    holder.start()
+    time.sleep(0.05)
+    with ThreadPoolExecutor(3) as pool:  # each waits for the lock: all three are pending when it frees
+        answers = list(pool.map(lambda i: shared[i].logits(TEXTS), range(3)))
+    holder.join()
+    for i, answer in enumerate(answers):
+        np.testing.assert_allclose(answer, expected[i], atol=1e-5)
+    if mixed_fails:
+        assert base.passes - before == 3 and base.mixed_passes == mixed_before
+    else:
+        assert base.passes - before == 1 and base.mixed_passes == mixed_before + 1

@@ -181,8 +181,9 @@ class ModelCache:
 
     ``capacity`` counts what holds a whole set of weights: a full model, or a base model that LoRA
     adapters share. The adapters on the loaded bases (each a few MB) count against
-    ``adapter_capacity``. An adapter's forward passes run on its base under the base's lock, so two
-    adapters of one base never mix (textft.shared_base)."""
+    ``adapter_capacity``. An adapter's batcher runs its batches on the shared base, where the batches
+    of several adapters that wait for the base at once share one forward pass, each row through its
+    own adapter and head (textft.shared_base)."""
 
     def __init__(self, capacity: int = 2, device: str = "cpu", threads: int | None = 1,
                  max_batch_size: int = 32, max_wait_ms: float = 5.0, adapter_capacity: int = 64):
