@@ -208,17 +208,20 @@ def test_a_mixed_pass_gives_each_row_its_own_adapters_logits(on_one_base):
         np.testing.assert_allclose(answer.numpy(), expected[i][rows[i]], atol=1e-5)
 
 
-@pytest.mark.parametrize("mixed_fails", [False, True])
-def test_callers_waiting_for_the_base_share_one_pass_or_run_alone_when_it_fails(on_one_base, monkeypatch, mixed_fails):
+@pytest.mark.parametrize("case", ["mixed", "mixed pass fails", "two tokenizers"])
+def test_callers_waiting_for_the_base_share_one_pass_or_run_alone_when_it_fails(on_one_base, monkeypatch, case):
     """Batches of adapters that wait while a pass runs go through together, one pass for all; a mixed pass
-    that fails runs them one adapter at a time, each still with its own answer."""
+    that fails runs them one adapter at a time, each still with its own answer; batches padded by
+    different tokenizers never share a pass."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     base, shared, expected = on_one_base
-    if mixed_fails:
+    if case == "mixed pass fails":
         monkeypatch.setattr(base, "_forward_mixed", lambda calls: 1 / 0)
+    if case == "two tokenizers":
+        monkeypatch.setitem(base.padding, "adapter_m2", (-1, *base.padding["adapter_m2"][1:]))
     before, mixed_before = base.passes, base.mixed_passes
 
     def hold_the_base():
@@ -233,7 +236,5 @@ def test_callers_waiting_for_the_base_share_one_pass_or_run_alone_when_it_fails(
     holder.join()
     for i, answer in enumerate(answers):
         np.testing.assert_allclose(answer, expected[i], atol=1e-5)
-    if mixed_fails:
-        assert base.passes - before == 3 and base.mixed_passes == mixed_before
-    else:
-        assert base.passes - before == 1 and base.mixed_passes == mixed_before + 1
+    passes, mixed = {"mixed": (1, 1), "mixed pass fails": (3, 0), "two tokenizers": (2, 1)}[case]
+    assert (base.passes - before, base.mixed_passes - mixed_before) == (passes, mixed)
