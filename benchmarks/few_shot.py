@@ -105,7 +105,7 @@ def textft_side(side: str, train: Path, test: Path, out: Path, seed: int, quick:
                  f"model.transfer={'auto' if side == 'few_shot' else 'full'}", f"output.dir={out}",
                  "output.overwrite=true"]
     if quick:
-        overrides += ["train.max_steps=8", "train.eval_every_steps=4"]
+        overrides += ["train.max_steps=4", "train.eval_every_steps=2"]
     start = time.perf_counter()
     textft_train(["--config", "banking77-minilm", *overrides], out.with_suffix(".log"), in_process=quick)
     wall = time.perf_counter() - start
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setfit-venv", default=str(Path.home() / ".cache/textft/setfit-venv"))
     parser.add_argument("--workdir", help="where drawn files and models go (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="4 intents, 4 examples each, seed 0, 120 test rows,"
-                        " 8 training steps, each textft run in this process; textft sides only unless --sides says"
+                        " 4 training steps, each textft run in this process; textft sides only unless --sides says"
                         " otherwise")
     args = parser.parse_args(argv)
     if args.quick:
