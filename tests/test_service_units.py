@@ -260,6 +260,21 @@ def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
         checker.close()
 
 
+def test_closing_the_checker_does_not_wait_for_a_process_still_importing_the_loader(tmp_path):
+    import time
+
+    from textft.service.checks import Checker
+
+    checker = Checker(tmp_path / "scratch", workers=2)
+    warming = checker.warm_up()
+    time.sleep(0.3)  # the processes are starting: importing the loader takes seconds
+    started = time.monotonic()
+    checker.close()
+    assert time.monotonic() - started < 3
+    assert all(slot.proc is None for slot in checker.slots) and not list((tmp_path / "scratch").glob("worker-*/*"))
+    assert warming.exception(timeout=30) is not None  # the warm-up gave up: no process starts after the close
+
+
 def test_uploads_of_every_task_count_their_labels_and_preview_them_readably(tmp_path):
     from conftest import multi_label_rows, regression_rows, write_jsonl
     from textft.service.datasets import inspect
