@@ -260,6 +260,30 @@ def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
         checker.close()
 
 
+def test_gpus_are_counted_by_torch_only_where_the_machine_has_a_gpu_driver(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from textft.service import queue
+
+    driver_files = queue.GPU_DEVICE_FILES
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(queue, "GPU_DEVICE_FILES", (str(tmp_path / "no-such-device"),))
+    assert queue.detect_gpus() == []
+    monkeypatch.setattr(queue, "GPU_DEVICE_FILES", (str(tmp_path),))  # a driver's file: torch counts them
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert queue.detect_gpus() == ["0", "1"]
+    if not any(Path(p).exists() for p in driver_files):
+        # on a machine without one, a service's start does not import torch to count none
+        code = ("import os, sys; os.environ.pop('CUDA_VISIBLE_DEVICES', None)\n"
+                "from textft.service.queue import detect_gpus\n"
+                "assert detect_gpus() == [] and 'torch' not in sys.modules, sorted(sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_closing_the_checker_does_not_wait_for_a_process_still_importing_the_loader(tmp_path):
     import time
 

@@ -130,9 +130,16 @@ class Devices:
             self.cond.notify_all()
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+"""What a machine whose GPUs torch could use has (NVIDIA's driver, ROCm, WSL's GPU): without any of
+them torch counts none, and the service need not import it (seconds of its start) to learn that."""
+
+
 def detect_gpus() -> list[str]:
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    if not any(os.path.exists(p) for p in GPU_DEVICE_FILES):
+        return []
     try:
         import torch
 
