@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
 
 from textft.config import AUTO, Config, TrainConfig
 from textft.errors import UserError
 from textft.run_events import PlanRecord
 from textft.tasks import DEFAULT_TASK, LOWER_IS_BETTER, TASKS, task_class
+
+if TYPE_CHECKING:  # the service reads Facts without loading torch
+    from torch import nn
 
 REFERENCE_LR = 2e-4
 """Best encoder lr measured for all-MiniLM-L6-v2 (Banking77 and IMDB grids, benchmarks/recipes.md)."""

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_serializer
 
+from textft.service.textft_api import Facts
+
 
 class Answer(BaseModel):
     """An answer of a fixed shape. A key the route returns that the model does not declare is an error
@@ -201,22 +203,6 @@ class AutoSetting(Answer):
     reason: str
 
 
-class RecipeFactsOut(Answer):
-    non_embedding_params: int
-    fresh_head: bool
-    pretrained_encoder: bool
-    n_train: int
-    n_validation: int
-    num_labels: int
-    global_batch: int
-    steps_per_epoch: int
-    task: str
-    default_metric: str
-    pairs: bool
-    examples_per_class: float | None = Field(None, description="median training examples per class (tasks with"
-                                                                " one class per text), which decides the transfer")
-
-
 class EstimateOut(Answer):
     seconds: float | None = Field(description="expected time from the job's start to its model on this service;"
                                               " None until a job with this backbone has run here")
@@ -232,7 +218,7 @@ class EstimateOut(Answer):
 class RecipeOut(Answer):
     config: str
     auto: dict[str, AutoSetting] = Field(description="each setting the recipe chose, with its value and reason")
-    facts: RecipeFactsOut = Field(description="what the recipe looked at")
+    facts: Facts = Field(description="what the recipe looked at (textft.recipe.Facts)")
     plan: dict[str, Any] = Field(description="the plan record the run will open its train_log.jsonl with"
                                              " (total_steps, steps_per_epoch, global_batch, metric, ...)")
     settings: dict[str, Any] = Field(description="every section.key setting the job would run with")

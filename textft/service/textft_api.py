@@ -14,6 +14,7 @@ from textft.presets import presets
 from textft.out_of_scope import OOS_KEY  # light: numpy only; torch and transformers load on first use
 from textft.tasks import DEFAULT_TASK, describe_tasks  # light as well: numpy, and torch on first use
 from textft.tasks.multi_label import THRESHOLDS_KEY
+from textft.recipe import Facts  # the recipe's inputs, as /v1/recipe answers them (torch loads on first use)
 from textft import run_events
 from textft.errors import KINDS, Problem
 from textft.files import set_umask
@@ -269,7 +270,7 @@ def model_task(config: dict) -> str | None:
 def resolve_recipe(cfg: Config, **facts) -> tuple[Config, dict[str, str], dict]:
     """The config ``textft train`` would run with these facts, why each auto value was chosen, and the
     plan record its train_log.jsonl would open with."""
-    from textft.recipe import Facts, resolve
+    from textft.recipe import resolve
 
     facts = Facts(**facts)
     resolved, why, plan = resolve(cfg, facts)
