@@ -251,6 +251,17 @@ def test_bad_input_is_one_clear_error(case, tiny_args, tmp_path, capsys):
         assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_a_length_past_the_models_positions_is_reported_with_the_datas_own_problems(tiny_args, tmp_path, capsys):
+    """Every problem at once: the tiny model reads 128 positions, and the data lacks its text column."""
+    rows = [{"review": r["text"], "label": r["label"]} for r in toy_rows(20, 0)]
+    rc = cli(["train", *tiny_args, f"data.train_file={files(tmp_path, 't.jsonl', rows)}", "data.max_length=512"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert rc == 2
+    assert any("'data.max_length': 512 tokens" in line for line in lines), lines
+    assert any("column 'text' not found" in line for line in lines), lines
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "textft", "train", "--config", "tiny",

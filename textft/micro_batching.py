@@ -31,6 +31,11 @@ class PredictionFailed(Exception):
     """The model failed on this request's texts (run alone); the log has the traceback."""
 
 
+class Retired(PredictionFailed):
+    """The batcher was stopped before it took this request into a batch (its model left a cache):
+    nothing ran, so asking the model's new batcher again is safe."""
+
+
 @dataclass
 class _Pending:
     texts: list[str]
@@ -68,7 +73,8 @@ class MicroBatcher:
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        """Stop at once: requests still queued fail (PredictionFailed), none is left waiting forever."""
+        """Stop at once, none left waiting forever: the batch the model runs now fails (PredictionFailed),
+        requests still queued were never taken (Retired)."""
         self.stopped = True
         if self.task is not None:
             self.task.cancel()
@@ -77,10 +83,10 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self.executor.shutdown(wait=False, cancel_futures=True)
-        left = self.running + [self.queue.get_nowait() for _ in range(self.queue.qsize())]
-        for item in left:
+        queued = [self.queue.get_nowait() for _ in range(self.queue.qsize())]
+        for item, error in [(i, PredictionFailed) for i in self.running] + [(i, Retired) for i in queued]:
             if not item.future.done():
-                item.future.set_exception(PredictionFailed(item.tag))
+                item.future.set_exception(error(item.tag))
 
     async def retire(self, poll_s: float = 0.05) -> None:
         """Stop once every request submitted so far has its answer (a model evicted from a cache while
@@ -100,10 +106,10 @@ class MicroBatcher:
 
         Raises QueueFull (nothing queued), RequestTimeout after ``timeout_s``, ClientGone when the
         awaitable ``gone`` finishes first (the client disconnected), PredictionFailed when the model
-        fails on these texts alone.
+        fails on these texts alone, Retired when the batcher was stopped before taking them.
         """
         if self.stopped:
-            raise PredictionFailed(tag)
+            raise Retired(tag)
         self.in_flight += 1
         try:
             return await self._submit(texts, timeout_s, gone, tag)

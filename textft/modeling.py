@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from textft.config import ModelConfig, UserError, closest
+from textft.errors import Problem
 from textft.tokenization import tokenizer_problem
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,17 @@ def model_positions(cfg: ModelConfig) -> int | None:
     return position_limit(config)
 
 
-def check_max_length(max_length: int, limit: int | None, name: str) -> None:
+def max_length_problems(max_length: int, limit: int | None, name: str) -> list[Problem]:
     """Texts longer than the model's positions would index past its position embeddings mid-run."""
-    if limit is not None and max_length > limit:
-        raise UserError(f"'data.max_length': {max_length:,} tokens is more than the {limit:,} positions the model"
-                        f" '{name}' reads; at most {limit:,}")
+    if limit is None or max_length <= limit:
+        return []
+    return [Problem(f"'data.max_length': {max_length:,} tokens is more than the {limit:,} positions the model"
+                    f" '{name}' reads; at most {limit:,}", "data.max_length", "invalid")]
+
+
+def check_max_length(max_length: int, limit: int | None, name: str) -> None:
+    if problems := max_length_problems(max_length, limit, name):
+        raise UserError(problems)
 
 
 def build_model(cfg: ModelConfig, label_names: list[str]):

@@ -2,17 +2,26 @@
 
 A ``SharedBase`` holds one base model wrapped by peft, with every adapter attached to it under its
 own name: its LoRA matrices, and its own copy of the modules it trained in full (the head, with that
-adapter's number of outputs, and the pooler). A forward pass runs one adapter: ``run(name, batch)``
-activates it and runs the model under the base's lock, so that concurrent callers for different
-adapters never see each other's weights. The adapters stay unmerged: switching is a pointer change,
-and an adapter costs its own tensors (MiniLM, rank 8 on all-linear: 2 MB) instead of a whole model.
+adapter's number of outputs, and the pooler). The adapters stay unmerged: an adapter costs its own
+tensors (MiniLM, rank 8 on all-linear: 2 MB) instead of a whole model.
+
+``run(name, batch)`` gives adapter ``name``'s logits. Forward passes run one at a time under the
+base's lock, and the batches of callers that arrive while a pass runs (each adapter's micro-batcher
+calls from its own thread) wait and then run together in ONE pass, each row through its own adapter:
+peft's mixed batches (``adapter_names``, one per row) for the LoRA layers, and each adapter's own head
+and pooler on its own rows (the heads' outputs padded to the widest; each caller gets its own
+columns). Only batches padded alike share a pass (same tokenizer, right padding, same autocast); if
+a mixed pass fails, its batches run one adapter at a time, so that only a failing batch fails.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from textft.errors import UserError, one_line
@@ -38,6 +47,14 @@ class SharedBase:
         self.active: str | None = None
         self.tokenizers: dict[str, object] = {}
         """Tokenizers by the digest of their files: adapters of one base nearly always share one."""
+        self.widths: dict[str, int] = {}
+        """Each adapter's number of outputs (its head's width)."""
+        self.padding: dict[str, tuple] = {}
+        """Each adapter's tokenizer as a mixed pass pads with it: (tokenizer object id, pad id, side)."""
+        self.pending: list[_Call] = []
+        self.pending_lock = threading.Lock()
+        self.passes = self.mixed_passes = 0
+        """Forward passes run, and those of them that mixed several callers' batches."""
 
     def _load_base(self, classifier: dict):
         from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -79,7 +96,9 @@ class SharedBase:
                 if unexpected := getattr(result, "unexpected_keys", None):
                     raise ValueError(f"tensors the model does not have: {unexpected[:3]}")
                 self.model = model.to(self.device).eval()  # moves only what is not there yet: the new adapter
+                _mix_full_modules(self.model)
                 self.names.add(name)
+                self.widths[name] = self._load_width(classifier)
                 self.active = None
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"could not attach the adapter '{path}' to its base model '{self.base}':"
@@ -92,21 +111,104 @@ class SharedBase:
             if name not in self.names:
                 return
             self.names.discard(name)
+            self.widths.pop(name, None)
+            self.padding.pop(name, None)
             if self.names:
                 self.model.delete_adapter(name)
             else:
                 self.model = None
             self.active = None
 
+    @staticmethod
+    def _load_width(classifier: dict) -> int:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(**classifier).num_labels
+
+    def use_tokenizer(self, name: str, tokenizer) -> None:
+        """Record the tokenizer adapter ``name``'s batches are padded with (what a mixed pass pads with)."""
+        self.padding[internal_name(name)] = (id(tokenizer), tokenizer.pad_token_id, tokenizer.padding_side)
+
     def run(self, name: str, batch: dict):
-        """The logits of adapter ``name`` on a collated batch (tensors on any device)."""
-        name = internal_name(name)
+        """The logits of adapter ``name`` on a collated batch (tensors on any device); batches of callers
+        that wait meanwhile share a forward pass (see the module)."""
+        call = _Call(internal_name(name), batch, _autocast_state())
+        with self.pending_lock:
+            self.pending.append(call)
         with self.lock:
-            if self.active != name:
-                self.model.set_adapter(name, inference_mode=True)
-                self.active = name
-            inputs = {k: v.to(self.device) for k, v in batch.items()}
+            if not call.done:  # else a pass that ran while this caller waited for the lock answered it
+                with self.pending_lock:
+                    calls, self.pending = self.pending, []
+                self._run_calls(calls)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def run_mixed(self, batches: list[tuple[str, dict]]) -> list:
+        """The logits of each (adapter name, collated batch) from one forward pass, each row through its
+        own adapter (the batches must pad alike: one tokenizer, right padding)."""
+        calls = [_Call(internal_name(name), batch, _autocast_state()) for name, batch in batches]
+        with self.lock:
+            return self._forward_mixed(calls)
+
+    def _run_calls(self, calls: list["_Call"]) -> None:
+        """Answer every call: those that pad alike in one mixed pass, one adapter at a time otherwise or
+        when that pass fails. Every call ends answered or failed, never left waiting."""
+        groups: dict[tuple, list[_Call]] = defaultdict(list)
+        for call in calls:
+            groups[(self.padding.get(call.name), call.autocast)].append(call)
+        try:
+            for (padding, _), group in groups.items():
+                if len(group) > 1 and padding is not None and padding[2] == "right":
+                    try:
+                        for call, logits in zip(group, self._forward_mixed(group)):
+                            call.result = logits
+                        continue
+                    except Exception:
+                        log.warning("a mixed forward pass of %d batches failed; running them one by one",
+                                    len(group), exc_info=True)
+                for call in group:
+                    try:
+                        call.result = self._forward_one(call)
+                    except Exception as e:
+                        call.error = e
+        finally:
+            for call in calls:
+                if call.result is None and call.error is None:
+                    call.error = RuntimeError("the shared base's forward pass did not answer this batch")
+                call.done = True
+
+    def _forward_one(self, call: "_Call"):
+        import torch
+
+        if self.active != call.name:
+            self.model.set_adapter(call.name, inference_mode=True)
+            self.active = call.name
+        inputs = {k: v.to(self.device) for k, v in call.batch.items()}
+        with torch.inference_mode(), _autocast(call.autocast):
+            self.passes += 1
             return self.model(**inputs).logits
+
+    def _forward_mixed(self, calls: list["_Call"]) -> list:
+        import torch
+        from torch.nn import functional
+
+        keys = set(calls[0].batch)
+        if any(set(c.batch) != keys or any(v.dim() != 2 for v in c.batch.values()) for c in calls):
+            raise ValueError("the batches do not have the same inputs")
+        pad_id = self.padding[calls[0].name][1] or 0
+        length = max(c.batch["input_ids"].shape[1] for c in calls)
+        joined = {key: torch.cat([functional.pad(c.batch[key], (0, length - c.batch[key].shape[1]),
+                                                 value=pad_id if key == "input_ids" else 0) for c in calls])
+                  .to(self.device) for key in keys}
+        rows = [len(c.batch["input_ids"]) for c in calls]
+        names = [c.name for c, n in zip(calls, rows) for _ in range(n)]
+        with torch.inference_mode(), _autocast(calls[0].autocast):
+            logits = self.model(**joined, adapter_names=names).logits
+        self.passes += 1
+        self.mixed_passes += len({c.name for c in calls}) > 1
+        starts = [sum(rows[:i]) for i in range(len(rows))]
+        return [logits[start:start + n, :self.widths[c.name]] for c, start, n in zip(calls, starts, rows)]
 
     def tokenizer(self, path: Path):
         """The tokenizer saved with the adapter in ``path`` (else its base's), one object per distinct files."""
@@ -127,6 +229,58 @@ class SharedBase:
     def base_model(self):
         """The underlying transformers model (its config and embeddings; not its head)."""
         return self.model.get_base_model()
+
+
+@dataclass
+class _Call:
+    """One caller's batch for adapter ``name`` (its internal name), and its answer once a pass ran."""
+
+    name: str
+    batch: dict
+    autocast: tuple
+    result: object = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _autocast_state() -> tuple:
+    """The calling thread's CPU autocast (the classifier's precision): a pass for several callers runs
+    in another's thread, under the autocast each of them asked for."""
+    import torch
+
+    return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+
+def _autocast(state: tuple):
+    import torch
+
+    enabled, dtype = state
+    return torch.autocast("cpu", dtype=dtype, enabled=enabled)
+
+
+def _rows_by_adapter(wrapper, *args, adapter_names: list[str], **kwargs):
+    """A fully trained module (head, pooler) in a mixed batch: each adapter's own copy on its own rows.
+    Heads differ in width: the outputs are padded to the widest (zeros), each row's own columns first."""
+    x, rest = args[0], args[1:]
+    parts = []
+    for name in dict.fromkeys(adapter_names):
+        rows = [i for i, n in enumerate(adapter_names) if n == name]
+        parts.append((rows, wrapper.modules_to_save[name](x[rows], *rest, **kwargs)))
+    first = parts[0][1]
+    out = first.new_zeros((len(x), *first.shape[1:-1], max(o.shape[-1] for _, o in parts)))
+    for rows, o in parts:
+        out[rows, ..., :o.shape[-1]] = o
+    return out
+
+
+def _mix_full_modules(model) -> None:
+    """Let the fully trained modules take mixed batches whatever their widths (peft's own mixed forward
+    for them stacks equal shapes, and takes only linear-like modules: not a pooler)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            module._mixed_batch_forward = functools.partial(_rows_by_adapter, module)
 
 
 def internal_name(name: str) -> str:
@@ -166,4 +320,5 @@ def attach_adapter(base: SharedBase, name: str, path: Path):
         base.remove(name)
         raise UserError(f"'--model': '{path}' cannot classify text: {problem}")
     tokenizer.truncation_side = "right"
+    base.use_tokenizer(name, tokenizer)
     return base.base_model(), tokenizer

@@ -29,16 +29,15 @@ from textft.config import Config, save_config
 from textft import few_shot
 from textft.data import TaskData, check_files, data_files, examples_per_class, load_splits
 from textft.errors import UserError
-from textft.run_dir import write_predictions, write_reports
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
 from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
 from textft.modeling import (apply_transfer, build_model, check_max_length, check_tokenizer_fits, core_model,
-                             enable_activation_checkpointing, load_tokenizer, model_positions, param_groups,
-                             position_limit, resolve_model_path)
+                             enable_activation_checkpointing, load_tokenizer, max_length_problems, model_positions,
+                             param_groups, position_limit, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
 from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
-from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir
+from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir, write_predictions, write_reports
 from textft.run_events import error_records, to_line
 from textft.tokenization import eval_loader, sort_by_length, tokenize_splits, train_loader
 
@@ -48,24 +47,26 @@ log = logging.getLogger("textft")
 # --- setup -----------------------------------------------------------------------------------
 
 
-def preflight(cfg: Config, more_problems: Iterable[str] = ()) -> None:
+def preflight(cfg: Config, more_problems: Iterable[str] = ()) -> list:
     """Cheap checks of everything the run will touch, all reported together before any work (with
-    ``more_problems`` the caller found, such as what would stop the push after the run)."""
-    problems = list(more_problems)
-    resuming = cfg.train.resume_from is not None
-    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite, resuming):
+    ``more_problems`` the caller found, such as what would stop the push after the run). Returns the
+    problems that wait for the data's own (found when it is read), to be reported with them."""
+    problems, later = list(more_problems), []
+    if problem := check_output_dir(cfg.output.dir, cfg.output.overwrite, cfg.train.resume_from is not None):
         problems.append(problem)
     try:
         resolve_model_path(cfg.model.name_or_path)
-        check_max_length(cfg.data.max_length, model_positions(cfg.model), cfg.model.name_or_path)
     except UserError as e:
         problems += e.problems
+    else:
+        later = max_length_problems(cfg.data.max_length, model_positions(cfg.model), cfg.model.name_or_path)
     try:
         problems += check_files(data_files(cfg.data))
     except UserError as e:
         problems += e.problems
     if problems:
-        raise UserError(problems)
+        raise UserError(problems + later)
+    return later
 
 
 class CurrentStderrHandler(logging.StreamHandler):
@@ -173,11 +174,17 @@ class Run:
         return self.out_dir / "checkpoints"
 
 
-def load_inputs(cfg: Config, accelerator, precision: str):
-    """Data, tokenizer and model; the loaders; the facts the recipe resolves ``auto`` settings from."""
+def load_inputs(cfg: Config, accelerator, precision: str, pending: list = ()):
+    """Data, tokenizer and model; the loaders; the facts the recipe resolves ``auto`` settings from
+    (``pending``: problems preflight found, reported with the data's own)."""
     t, d, m = cfg.train, cfg.data, cfg.model
     with accelerator.main_process_first():
-        data: TaskData = load_splits(d, t.seed)
+        try:
+            data: TaskData = load_splits(d, t.seed)
+        except UserError as e:
+            raise UserError([*pending, *e.problems]) from None
+        if pending:  # the data is fine: these alone
+            raise UserError(list(pending))
         tokenizer = load_tokenizer(m)
         tokenized = tokenize_splits(data.splits, tokenizer, d.max_length, d.truncation, d.head_fraction,
                                     d.pair_truncation)
@@ -236,13 +243,13 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
     optimizer, the output directory and, when resuming, the checkpoint's state."""
     from accelerate.utils import set_seed
 
-    preflight(cfg, more_problems)
+    pending = preflight(cfg, more_problems)
     accelerator, precision = setup_accelerator(cfg)
     t = cfg.train
     check_checkpointing_supported(accelerator, t.save_every_steps, t.save_every_epoch, t.resume_from)
     set_seed(t.seed)
     data, tokenizer, model, train_dl, eval_dls, (texts, pairs), facts, train_set = \
-        load_inputs(cfg, accelerator, precision)
+        load_inputs(cfg, accelerator, precision, pending)
     cfg, recipe, plan = resolve(cfg, facts)
     data.task.configure(cfg.train, cfg.train.metric_for_best)
     loss_fn = data.task.loss_fn(cfg.train, train_set["labels"])

@@ -13,7 +13,7 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Callable, Iterator
 
-from textft.service.textft_api import (OOS_KEY, THRESHOLDS_KEY, adapter_base, adapter_subdir, is_adapter_dir,
+from textft.service.textft_api import (OOS_KEY, THRESHOLDS_KEY, Retired, adapter_base, adapter_subdir, is_adapter_dir,
                                       load_classifier, lower_is_better, micro_batcher, shared_base,
                                       task_default_metric, versus_best)
 
@@ -163,6 +163,17 @@ class Loaded:
         """The key of the shared base model this adapter runs on (None: a model with its own weights)."""
 
 
+class CachedBatcher:
+    """A model's batcher as seen through the cache: ``submit`` finds the model again when it was evicted
+    between lookup and submit (``ModelCache.submit``)."""
+
+    def __init__(self, cache: "ModelCache", model_id: str, path: Path):
+        self.cache, self.model_id, self.path = cache, model_id, path
+
+    async def submit(self, items: list, **options):
+        return await self.cache.submit(self.model_id, self.path, items, **options)
+
+
 class ModelCache:
     """Models in memory for prediction, least recently used evicted first; each has its own
     micro-batcher, so concurrent predictions of one model share forward passes (and a batch is always
@@ -170,8 +181,9 @@ class ModelCache:
 
     ``capacity`` counts what holds a whole set of weights: a full model, or a base model that LoRA
     adapters share. The adapters on the loaded bases (each a few MB) count against
-    ``adapter_capacity``. An adapter's forward passes run on its base under the base's lock, so two
-    adapters of one base never mix (textft.shared_base)."""
+    ``adapter_capacity``. An adapter's batcher runs its batches on the shared base, where the batches
+    of several adapters that wait for the base at once share one forward pass, each row through its
+    own adapter and head (textft.shared_base)."""
 
     def __init__(self, capacity: int = 2, device: str = "cpu", threads: int | None = 1,
                  max_batch_size: int = 32, max_wait_ms: float = 5.0, adapter_capacity: int = 64):
@@ -180,7 +192,8 @@ class ModelCache:
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.loading: dict[str, asyncio.Future] = {}
         self.bases: dict[tuple, object] = {}
-        self.retiring: set[asyncio.Task] = set()
+        self.retiring: dict[str, asyncio.Task] = {}
+        """Evicted models whose batcher still answers what waited for it, then leaves (see ``evict``)."""
         self._threads_set = False
 
     def _load(self, model_id: str, path: Path, base: tuple | None):
@@ -201,11 +214,34 @@ class ModelCache:
         return sum(e.base is None for e in self.loaded.values()) + len({e.base for e in self.loaded.values()} - {None})
 
     async def get(self, model_id: str, path: Path) -> Loaded:
+        """The model's entry, loaded first if needed. A model still retiring (evicted, answering what
+        waited for it) finishes that first: its adapter leaves the base before it is attached again."""
+        while model_id not in self.loaded and model_id not in self.loading and model_id in self.retiring:
+            await asyncio.wait([self.retiring[model_id]])  # never raises, also when close() cancels it
         if model_id in self.loaded:
             self.loaded.move_to_end(model_id)
             return self.loaded[model_id]
         if model_id in self.loading:
             return await asyncio.shield(self.loading[model_id])
+        return await self._load_entry(model_id, path)
+
+    async def submit(self, model_id: str, path: Path, items: list, attempts: int = 3, **options):
+        """The outputs of ``items`` through the model's batcher (``options``: MicroBatcher.submit's). When
+        the model is evicted between finding its entry and submitting (its batcher stopped before
+        taking the request: Retired), it is asked for again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            entry = await self.get(model_id, path)
+            try:
+                return await entry.batcher.submit(items, **options)
+            except Retired:
+                if attempt == attempts - 1:
+                    raise
+
+    def batcher(self, model_id: str, path: Path) -> "CachedBatcher":
+        """What submits to the model through the cache (``submit`` as a MicroBatcher's, with ``submit``'s retries)."""
+        return CachedBatcher(self, model_id, path)
+
+    async def _load_entry(self, model_id: str, path: Path) -> Loaded:
         future = asyncio.get_running_loop().create_future()
         self.loading[model_id] = future
         try:
@@ -255,21 +291,24 @@ class ModelCache:
             finally:
                 if not entry.batcher.stopped:  # cancelled by close()
                     await entry.batcher.stop()
-            if base is not None and not (model_id in self.loaded and self.loaded[model_id].base == entry.base):
+            if base is not None:  # ``get`` loads this model again only once this is done
                 await asyncio.to_thread(base.remove, model_id)
 
-        task = asyncio.ensure_future(retire())
-        self.retiring.add(task)
-        task.add_done_callback(self.retiring.discard)
+        if model_id in self.retiring:  # evicted before, loaded again: that retire finished already
+            await asyncio.wait([self.retiring[model_id]])
+        task = self.retiring[model_id] = asyncio.ensure_future(retire())
+        task.add_done_callback(lambda done: self.retiring.pop(model_id, None) if self.retiring.get(model_id) is done
+                               else None)
         if wait:
-            await task
+            await asyncio.wait([task])
 
     async def close(self) -> None:
         for model_id in list(self.loaded):
             await self.evict(model_id)
-        for task in list(self.retiring):
+        tasks = list(self.retiring.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.retiring, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # --- models scored on the same test set --------------------------------------------------------------

@@ -169,10 +169,12 @@ async def predict(model_id: str, req: PredictRequest, explain: bool = False, who
     windows?}` (mode: head, tail, head+tail or window)."""
     opts = service.opts
     await run_in_threadpool(model_row, service.store, model_id, who)
-    loaded = await service.models.get(model_id, predict_path(service.data.job(model_id) / RUN_DIR))
+    path = predict_path(service.data.job(model_id) / RUN_DIR)
+    loaded = await service.models.get(model_id, path)
     items = request_items(req.inputs, opts.max_texts, opts.max_chars, loaded.classifier.pairs)
     check_answer_options(loaded.classifier, req.top_k, req.return_all_scores)
-    outputs = await batched_logits(loaded.batcher, items)
+    # through the cache: a model evicted by another request meanwhile is found again, not a 500
+    outputs = await batched_logits(service.models.batcher(model_id, path), items)
     predictions = loaded.classifier.results(outputs, top_k=req.top_k, return_all_scores=req.return_all_scores)
     service.metrics.predicted(len(items))
     if not explain:

@@ -18,6 +18,7 @@ from textft.recipe import Facts  # the recipe's inputs, as /v1/recipe answers th
 from textft import run_events
 from textft.errors import KINDS, Problem
 from textft.files import set_umask
+from textft.micro_batching import Retired  # light: asyncio and numpy
 from textft.run_events import (BestRecord, EndRecord, EvalRecord, NewerSchema, PlanRecord, Record, RunSummary,
                                TrainRecord, summarize, to_dict)
 
@@ -30,7 +31,7 @@ __all__ = ["__version__", "Config", "DataConfig", "ModelConfig", "UserError", "c
            "THRESHOLDS_KEY", "run_events", "KINDS", "Problem", "BestRecord", "EndRecord", "EvalRecord", "NewerSchema",
            "PlanRecord", "Record", "RunSummary", "TrainRecord", "summarize",
            "is_adapter_dir", "adapter_subdir", "adapter_base", "adapter_summary", "shared_base",
-           "write_merged_weights", "transfer_options"]
+           "write_merged_weights", "transfer_options", "Retired"]
 
 
 def data_formats() -> tuple[str, ...]:
