@@ -210,21 +210,24 @@ def test_streamed_upload_refuses_bad_bytes_and_excess_and_leaves_nothing(tmp_pat
 def test_launch_commands_and_gpu_allocation(tmp_path, monkeypatch):
     import threading
 
-    from textft.service.queue import Devices, job_env, launch_command
+    from textft.service.queue import Devices, job_env, launch_command, launch_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     plain = {"mixed_precision": "no", "accelerate_config": None, "num_processes": 1, "resume": False}
     cmd = launch_command(tmp_path, plain, [], slots=2)
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))
-    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and cmd[-4:] == ["textft.train", "--config",
-                                                                               str(tmp_path / "job.yaml"),
-                                                                               "--no-interpolation"]
+    # one process: the training module itself, with the settings accelerate launch would have given it
+    assert cmd[1:] == ["-m", "textft.train", "--config", str(tmp_path / "job.yaml"), "--no-interpolation"]
+    env = launch_env(plain, [], slots=2)
+    assert env == {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO",
+                   "OMP_NUM_THREADS": str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))}
     resumed = launch_command(tmp_path, {**plain, "resume": True}, ["0"])
-    assert resumed[-1] == "train.resume_from=latest" and "--num_cpu_threads_per_process" not in resumed
+    assert resumed[-1] == "train.resume_from=latest" and "OMP_NUM_THREADS" not in launch_env(plain, ["0"])
     multi = launch_command(tmp_path, {**plain, "accelerate_config": "accelerate.yaml", "num_processes": 2}, ["2", "3"])
+    assert multi[1:3] == ["-m", "accelerate.commands.launch"] and multi[-4:-1] == ["textft.train", "--config",
+                                                                                 str(tmp_path / "job.yaml")]
     assert multi[multi.index("--config_file") + 1] == "accelerate.yaml" and multi[multi.index("--num_processes") + 1] == "2"
     assert "--main_process_port" in multi  # two jobs on one machine must not share a rendezvous port
+    assert launch_env({**plain, "accelerate_config": "accelerate.yaml"}, ["2", "3"]) == {}
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     gpu = job_env(["2", "3"])
