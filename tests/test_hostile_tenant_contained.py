@@ -36,6 +36,12 @@ def long_rows(n: int, words: int = 150) -> list[dict]:
     return rows
 
 
+LIMIT_S = 8
+"""A job's time limit here: seconds past a training's start-up, far short of its 400 epochs."""
+CHECK_S = 5
+"""An upload check's time limit here: seconds past a small file's check, far short of reading slow_file."""
+
+
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory, tiny_model_dir):
     """A service that runs two jobs at once, each under a 1.6 GB memory limit."""
@@ -72,16 +78,16 @@ def test_a_job_past_its_memory_limit_fails_with_that_reason_while_the_service_an
 
 
 def test_a_job_past_its_time_limit_is_stopped_and_fails_saying_so(runner, toy_files, tiny_model_dir):
-    http = runner.client(create_key(runner.data_dir, "slow", max_job_seconds=30))
+    http = runner.client(create_key(runner.data_dir, "slow", max_job_seconds=LIMIT_S))
     toy = upload(http, toy_files["train"]).json()
     refused = http.post("/v1/jobs", json={"dataset": toy["id"], "config": "tiny", "overrides": tiny(
         tiny_model_dir, **{"train.time_budget_s": 60})})
-    assert refused.status_code == 422 and "job time limit of 30 s" in refused.text, refused.text
+    assert refused.status_code == 422 and f"job time limit of {LIMIT_S} s" in refused.text, refused.text
     resp = http.post("/v1/jobs", json={"dataset": toy["id"], "config": "tiny",
                                        "overrides": tiny(tiny_model_dir, **{"train.epochs": 400})})
     assert resp.status_code == 201, resp.text
     job = _wait_job(http, resp.json()["id"], ("failed", "succeeded"))
-    assert job["state"] == "failed" and "time limit of 30 s" in job["error"] and job["attempt"] == 1, job
+    assert job["state"] == "failed" and f"time limit of {LIMIT_S} s" in job["error"] and job["attempt"] == 1, job
     assert not runner.data_dir.joinpath("jobs", job["id"], "attempt-2.json").exists()
 
 
@@ -89,7 +95,7 @@ def _wait_job(http, job_id: str, states: tuple[str, ...], timeout: float = 300) 
     from service_support import wait_for
 
     return wait_for(lambda: (j := http.get(f"/v1/jobs/{job_id}").json())["state"] in states and j, timeout,
-                    f"job {job_id} to reach {states}", interval=0.5)
+                    f"job {job_id} to reach {states}", interval=0.2)
 
 
 def test_a_job_whose_executor_is_killed_counts_it_as_a_retry(tmp_path, toy_files, tiny_model_dir):
@@ -126,9 +132,9 @@ def test_a_job_whose_executor_is_killed_counts_it_as_a_retry(tmp_path, toy_files
 
 @pytest.fixture(scope="module")
 def checker_service(tmp_path_factory):
-    """Two checking processes, each check under 10 s and 0.5 GB."""
+    """Two checking processes, each check under CHECK_S seconds and 0.5 GB."""
     root = tmp_path_factory.mktemp("checks")
-    svc = ServiceProcess(root / "data", ["--workers", "0", "--check-workers", "2", "--check-seconds", "10",
+    svc = ServiceProcess(root / "data", ["--workers", "0", "--check-workers", "2", "--check-seconds", str(CHECK_S),
                                          "--check-memory-gb", "0.5"], memory_cap=SERVICE_CAP).start()
     yield svc
     svc.stop()
@@ -157,7 +163,7 @@ def test_an_upload_check_past_its_time_or_memory_answers_413_and_leaves_nothing(
     started = time.monotonic()
     resp = upload(http, slow_file)
     assert resp.status_code == 413, resp.text
-    assert "limit of 10 s" in resp.json()["error"] and "nothing was stored" in resp.json()["error"]
+    assert f"limit of {CHECK_S} s" in resp.json()["error"] and "nothing was stored" in resp.json()["error"]
     assert time.monotonic() - started < 90  # the check stopped at its limit (the file alone takes minutes)
     strings = tmp_path / "strings.json"
     strings.write_text("[" + ",".join(['"ab"'] * 9_000_000) + "]")  # 45 MB: ten times that as Python strings
@@ -187,7 +193,7 @@ def test_uploads_of_two_keys_do_not_wait_behind_each_other(checker_service, slow
     time.sleep(1.0)  # the big key's first check runs; its second waits for its turn
     send("small", small, path)
     assert finished["small"][1] == 201, finished["small"]
-    assert "big" not in finished  # answered while the big key's checks still run (each until its 10 s limit)
+    assert "big" not in finished  # answered while the big key's checks still run (each until its time limit)
     for t in threads:
         t.join()
     assert finished["big"][1] == 413
@@ -201,7 +207,7 @@ def test_a_client_that_gives_up_while_its_upload_is_checked_gets_no_dataset(chec
     from service_support import wait_for
 
     wait_for(lambda: _left_behind(checker_service) == [], 30, "the abandoned upload to be removed")
-    time.sleep(12)  # past the check's time limit: had the check gone on, its dataset would exist by now
+    time.sleep(CHECK_S + 2)  # past the check's time limit: had the check gone on, its dataset would exist by now
     with checker_service.client(key) as http:
         assert http.get("/v1/datasets").json() == []
     assert _left_behind(checker_service) == []

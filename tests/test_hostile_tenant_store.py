@@ -2,7 +2,9 @@
 database cannot account for, a missing or corrupt database stops the start with one line, and every
 file the service writes is private to its user whatever the umask.
 
-Each test runs its own ``textft service`` on loopback (``--workers 0`` where no job needs to run).
+Each test works on a data directory of its own (a copy of one populated once per module where it
+needs a service's files) and runs its own ``textft service`` on loopback (``--workers 0`` where no job
+needs to run).
 """
 
 from __future__ import annotations
@@ -50,14 +52,29 @@ def start_refused(data: Path, *args: str, command: tuple[str, ...] = ("service",
     return done
 
 
-def populated(data: Path, toy_files) -> tuple[ServiceProcess, dict]:
-    """A service with one key, one dataset and one queued job (no executor: nothing trains)."""
+@pytest.fixture(scope="module")
+def populated_once(tmp_path_factory, toy_files) -> tuple[Path, dict]:
+    """The data directory of a stopped service with one key, one dataset and one queued job (no
+    executor: nothing trains), made once for the module."""
+    data = tmp_path_factory.mktemp("populated") / "data"
     svc = ServiceProcess(data, ["--workers", "0"]).start()
-    http = svc.client(create_key(data, "alice"))
-    ds = upload(http, toy_files["train"]).json()
-    job = http.post("/v1/jobs", json={"dataset": ds["id"], **JOB})
-    assert job.status_code == 201, job.text
-    return svc, {"key": http.headers["authorization"], "dataset": ds["id"], "job": job.json()["id"]}
+    try:
+        http = svc.client(create_key(data, "alice"))
+        ds = upload(http, toy_files["train"]).json()
+        job = http.post("/v1/jobs", json={"dataset": ds["id"], **JOB})
+        assert job.status_code == 201, job.text
+    finally:
+        svc.stop()
+    return data, {"key": http.headers["authorization"], "dataset": ds["id"], "job": job.json()["id"]}
+
+
+@pytest.fixture
+def populated(populated_once, tmp_path) -> tuple[Path, dict]:
+    """A copy of that directory, for this test alone to damage (at ``tmp_path / "data"``)."""
+    template, made = populated_once
+    data = tmp_path / "data"
+    shutil.copytree(template, data, symlinks=True)
+    return data, made
 
 
 def remove_database(data: Path) -> None:
@@ -65,10 +82,8 @@ def remove_database(data: Path) -> None:
         (data / f"textft.db{suffix}").unlink(missing_ok=True)
 
 
-def test_a_missing_database_refuses_to_start_and_deletes_nothing(tmp_path, toy_files):
-    data = tmp_path / "data"
-    svc, made = populated(data, toy_files)
-    svc.stop()
+def test_a_missing_database_refuses_to_start_and_deletes_nothing(populated):
+    data, made = populated
     remove_database(data)
     before = tenant_files(data)
     assert len(before) >= 3
@@ -96,11 +111,9 @@ def test_a_missing_database_refuses_to_start_and_deletes_nothing(tmp_path, toy_f
     assert str(data / "quarantine") in log
 
 
-def test_directories_without_rows_are_quarantined_at_start(tmp_path, toy_files):
+def test_directories_without_rows_are_quarantined_at_start(populated, tmp_path, toy_files):
     """An older copy of the database put back: what was made since is kept aside, not deleted."""
-    data = tmp_path / "data"
-    svc, made = populated(data, toy_files)
-    svc.stop()
+    data, made = populated
     backup = tmp_path / "backup.db"
     with sqlite3.connect(data / "textft.db") as src, sqlite3.connect(backup) as dst:
         src.backup(dst)
@@ -127,10 +140,8 @@ def test_directories_without_rows_are_quarantined_at_start(tmp_path, toy_files):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "no tables"])
-def test_a_corrupt_database_is_one_line_naming_the_file(tmp_path, toy_files, damage):
-    data = tmp_path / "data"
-    svc, _ = populated(data, toy_files)
-    svc.stop()
+def test_a_corrupt_database_is_one_line_naming_the_file(populated, damage):
+    data, _ = populated
     db = data / "textft.db"
     with closing(sqlite3.connect(db)) as whole:  # every row in the file itself, none left in its -wal
         whole.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -173,7 +184,8 @@ def test_files_are_private_whatever_the_umask(tmp_path, toy_files):
     try:
         http = svc.client(create_key(data, "alice"))
         ds = upload(http, toy_files["train"]).json()
-        job = http.post("/v1/jobs", json={"dataset": ds["id"], **JOB}).json()
+        job = http.post("/v1/jobs", json={"dataset": ds["id"], "config": "tiny", "overrides": {
+            **JOB["overrides"], "train.batch_size": 64}}).json()  # a few steps: the files are what counts here
         done = wait_state(http, job["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded", http.get(f"/v1/jobs/{job['id']}/log").text
         assert http.post("/v1/datasets/columns", files={"file": toy_files["test"].open("rb")}).status_code == 200

@@ -210,21 +210,24 @@ def test_streamed_upload_refuses_bad_bytes_and_excess_and_leaves_nothing(tmp_pat
 def test_launch_commands_and_gpu_allocation(tmp_path, monkeypatch):
     import threading
 
-    from textft.service.queue import Devices, job_env, launch_command
+    from textft.service.queue import Devices, job_env, launch_command, launch_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     plain = {"mixed_precision": "no", "accelerate_config": None, "num_processes": 1, "resume": False}
     cmd = launch_command(tmp_path, plain, [], slots=2)
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))
-    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and cmd[-4:] == ["textft.train", "--config",
-                                                                               str(tmp_path / "job.yaml"),
-                                                                               "--no-interpolation"]
+    # one process: the training module itself, with the settings accelerate launch would have given it
+    assert cmd[1:] == ["-m", "textft.train", "--config", str(tmp_path / "job.yaml"), "--no-interpolation"]
+    env = launch_env(plain, [], slots=2)
+    assert env == {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO",
+                   "OMP_NUM_THREADS": str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))}
     resumed = launch_command(tmp_path, {**plain, "resume": True}, ["0"])
-    assert resumed[-1] == "train.resume_from=latest" and "--num_cpu_threads_per_process" not in resumed
+    assert resumed[-1] == "train.resume_from=latest" and "OMP_NUM_THREADS" not in launch_env(plain, ["0"])
     multi = launch_command(tmp_path, {**plain, "accelerate_config": "accelerate.yaml", "num_processes": 2}, ["2", "3"])
+    assert multi[1:3] == ["-m", "accelerate.commands.launch"] and multi[-4:-1] == ["textft.train", "--config",
+                                                                                 str(tmp_path / "job.yaml")]
     assert multi[multi.index("--config_file") + 1] == "accelerate.yaml" and multi[multi.index("--num_processes") + 1] == "2"
     assert "--main_process_port" in multi  # two jobs on one machine must not share a rendezvous port
+    assert launch_env({**plain, "accelerate_config": "accelerate.yaml"}, ["2", "3"]) == {}
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     gpu = job_env(["2", "3"])
@@ -258,6 +261,45 @@ def test_the_checking_process_outlives_the_thread_that_started_it(tmp_path):
         assert asyncio.run(checker.peek(path, ".csv"))["columns"] == ["text", "label"]
     finally:
         checker.close()
+
+
+def test_gpus_are_counted_by_torch_only_where_the_machine_has_a_gpu_driver(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from textft.service import queue
+
+    driver_files = queue.GPU_DEVICE_FILES
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(queue, "GPU_DEVICE_FILES", (str(tmp_path / "no-such-device"),))
+    assert queue.detect_gpus() == []
+    monkeypatch.setattr(queue, "GPU_DEVICE_FILES", (str(tmp_path),))  # a driver's file: torch counts them
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert queue.detect_gpus() == ["0", "1"]
+    if not any(Path(p).exists() for p in driver_files):
+        # on a machine without one, a service's start does not import torch to count none
+        code = ("import os, sys; os.environ.pop('CUDA_VISIBLE_DEVICES', None)\n"
+                "from textft.service.queue import detect_gpus\n"
+                "assert detect_gpus() == [] and 'torch' not in sys.modules, sorted(sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_closing_the_checker_does_not_wait_for_a_process_still_importing_the_loader(tmp_path):
+    import time
+
+    from textft.service.checks import Checker
+
+    checker = Checker(tmp_path / "scratch", workers=2)
+    warming = checker.warm_up()
+    time.sleep(0.3)  # the processes are starting: importing the loader takes seconds
+    started = time.monotonic()
+    checker.close()
+    assert time.monotonic() - started < 3
+    assert all(slot.proc is None for slot in checker.slots) and not list((tmp_path / "scratch").glob("worker-*/*"))
+    assert warming.exception(timeout=30) is not None  # the warm-up gave up: no process starts after the close
 
 
 def test_uploads_of_every_task_count_their_labels_and_preview_them_readably(tmp_path):

@@ -3,7 +3,8 @@
 ``output.push_to_hub`` the model shared on the Hub.
 
 Also the entry point of ``accelerate launch -m textft.train --config PRESET|FILE [section.key=value ...]``
-(or ``accelerate launch textft/train.py ...`` from a checkout), which the service runs for every job.
+(or ``accelerate launch textft/train.py ...`` from a checkout), which the service runs for every job
+(directly as ``python -m textft.train`` when the job has one process).
 """
 
 from __future__ import annotations

@@ -56,11 +56,14 @@ class _Slot:
         self.scratch = scratch / f"worker-{index}"
         self.proc = self.conn = None
         self.lock = threading.Lock()
+        self.closed = threading.Event()
 
     def ensure(self) -> None:
         with self.lock:
             if self.proc is not None and self.proc.is_alive():
                 return
+            if self.closed.is_set():
+                raise UploadError("the service is stopping; try again", kind="unavailable")
             self._clean()
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
@@ -74,11 +77,19 @@ class _Slot:
             self.conn = parent
             if cgroup is not None:
                 (cgroup / "cgroup.procs").write_text(str(self.proc.pid))
-            # Ready once the loader is imported: a check's time limit counts the check alone.
-            if not parent.poll(STARTUP_S) or parent.recv() != "ready":
+            if not self._ready(parent):
                 self.proc.kill()
                 self.proc.join(10)
                 raise UploadError("the service could not start a checking process; try again", kind="unavailable")
+
+    def _ready(self, conn) -> bool:
+        """Ready once the loader is imported: a check's time limit counts the check alone. Not ready
+        when the service closes meanwhile: its stop does not wait for an import it no longer needs."""
+        deadline = time.monotonic() + STARTUP_S
+        while not conn.poll(POLL_S):
+            if self.closed.is_set() or time.monotonic() > deadline:
+                return False
+        return conn.recv() == "ready"
 
     def stop(self, restart: bool = True) -> None:
         """End the process (its scratch files go with it) and, unless told otherwise, start the next
@@ -217,6 +228,8 @@ class Checker:
         self._dispatch()
 
     def close(self) -> None:
+        for slot in self.slots:
+            slot.closed.set()  # a process still importing the loader is not waited for
         for slot in self.slots:
             slot.stop(restart=False)
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -7,7 +7,8 @@ pickles, so a compromised broker cannot run code on the workers.
 
 An executor runs one attempt of one job: it claims the attempt (a file created exclusively, so an
 attempt never runs twice), waits for the GPUs it needs, starts the job's supervisor
-(textft.service.supervise) with ``accelerate launch -m textft.train --config job.yaml``, passes
+(textft.service.supervise) with ``python -m textft.train --config job.yaml`` (``accelerate launch`` for a
+job of several processes), passes
 on a cancel or a shutdown as SIGTERM, and records how the attempt ended in ``exit-N.json``. It
 never touches the database: the service reads these files (textft.service.scheduler).
 """
@@ -130,9 +131,16 @@ class Devices:
             self.cond.notify_all()
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+"""What a machine whose GPUs torch could use has (NVIDIA's driver, ROCm, WSL's GPU): without any of
+them torch counts none, and the service need not import it (seconds of its start) to learn that."""
+
+
 def detect_gpus() -> list[str]:
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    if not any(os.path.exists(p) for p in GPU_DEVICE_FILES):
+        return []
     try:
         import torch
 
@@ -179,24 +187,35 @@ def cpu_threads(slots: int) -> int:
 
 
 def launch_command(job_dir: Path, spec: dict, gpus: list[str], slots: int = 1) -> list[str]:
-    """``accelerate launch -m textft.train --config job.yaml`` with the job's launch settings."""
+    """``python -m textft.train --config job.yaml`` for a job of one process (its settings in
+    ``launch_env``), ``accelerate launch -m textft.train ...`` with its Accelerate config for several."""
+    # The job's settings come from a user of the service: read as plain values, never interpolated.
+    train = ["-m", "textft.train", "--config", str(job_dir / "job.yaml"), "--no-interpolation"]
+    if spec.get("resume"):
+        train.append("train.resume_from=latest")
+    if not spec.get("accelerate_config"):
+        # One process needs no launcher: `accelerate launch` would only set the environment launch_env
+        # sets, at the cost of a second interpreter importing torch (seconds, and memory, per attempt).
+        return [sys.executable, *train]
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if not gpus:  # accelerate launch would otherwise run a CPU job on one thread, unlike textft train
         cmd += ["--num_cpu_threads_per_process", str(cpu_threads(slots * int(spec.get("num_processes") or 1)))]
+    cmd += ["--config_file", spec["accelerate_config"], "--num_processes", str(spec["num_processes"])]
+    if spec["num_processes"] > 1:
+        cmd += ["--main_process_port", str(_free_port())]
+    return cmd + train
+
+
+def launch_env(spec: dict, gpus: list[str], slots: int = 1) -> dict[str, str]:
+    """What ``accelerate launch`` would set for a job of one process: its precision (so that
+    ``mixed_precision: auto`` resolves as ``textft train`` would on this machine, not by the service's
+    own environment), no compilation backend, and a CPU job's share of the cores."""
     if spec.get("accelerate_config"):
-        cmd += ["--config_file", spec["accelerate_config"], "--num_processes", str(spec["num_processes"])]
-        if spec["num_processes"] > 1:
-            cmd += ["--main_process_port", str(_free_port())]
-    else:
-        # Explicit values, so that no accelerate default config of the machine's user applies, and
-        # `mixed_precision: auto` resolves as `textft train` would on this machine.
-        cmd += ["--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
-                "--mixed_precision", precision(spec["mixed_precision"])]
-    # The job's settings come from a user of the service: read as plain values, never interpolated.
-    cmd += ["-m", "textft.train", "--config", str(job_dir / "job.yaml"), "--no-interpolation"]
-    if spec.get("resume"):
-        cmd.append("train.resume_from=latest")
-    return cmd
+        return {}
+    env = {"ACCELERATE_MIXED_PRECISION": precision(spec["mixed_precision"]), "ACCELERATE_DYNAMO_BACKEND": "NO"}
+    if not gpus:
+        env["OMP_NUM_THREADS"] = str(cpu_threads(slots))
+    return env
 
 
 _PRECISION_LOCK = threading.Lock()
@@ -311,7 +330,8 @@ def _supervise(rt: Runtime, job_dir: Path, spec: dict, attempt: int, gpus: list[
     cmd = [sys.executable, "-m", "textft.service.supervise", str(job_dir), str(attempt), str(rt.grace_s),
            str(rt.job_memory_bytes or 0), str(seconds or 0), str(spec.get("time_limit_s") or 0), "--",
            *launch_command(job_dir, spec, gpus, rt.slots)]
-    proc = subprocess.Popen(cmd, cwd=job_dir, env=job_env(gpus, rt.cgroups), start_new_session=True,
+    proc = subprocess.Popen(cmd, cwd=job_dir, env={**job_env(gpus, rt.cgroups), **launch_env(spec, gpus, rt.slots)},
+                            start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reason, beats, last_beat = "exited", 0, time.monotonic()
     while True:

@@ -2,7 +2,8 @@
 -- COMMAND...`` (MEMORY bytes and SECONDS of wall-clock time the attempt may use, of the job's LIMIT; 0: none).
 
 The executor (a thread of ``textft service`` or ``textft worker``) starts this small process in a
-session of its own; it starts COMMAND (``accelerate launch -m textft.train ...``) as a new process
+session of its own; it starts COMMAND (``python -m textft.train ...``, or ``accelerate launch`` for several
+processes) as a new process
 group and records that group in ``proc-ATTEMPT.json``. Then:
 
 - SIGTERM (a cancel, or the service stopping) is passed to the whole group, which gets GRACE
