@@ -1,13 +1,16 @@
 """LoRA jobs in a real ``textft service``: the model is stored as its adapter, both download formats
 load (the merged directory in a plain pipeline, the adapter in peft), and two LoRA models of one
-base, predicted interleaved and concurrently, each answer with their own labels."""
+base, predicted interleaved and concurrently, each answer with their own labels; a push sends the merged
+model."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 import textft
 from conftest import toy_rows, write_jsonl
 from service_support import ServiceProcess, create_key, upload, wait_state
+from test_hostile_tenant_access import FakeHub
 from test_lora import encoder_dir  # noqa: F401  (the tiny pretrained encoder, a fixture)
 
 pytest.importorskip("peft")
@@ -25,11 +29,15 @@ TEXTS = [r["text"] for r in toy_rows(24, 11)]
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, encoder_dir):  # noqa: F811
     root = tmp_path_factory.mktemp("lora-service")
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)  # a Hub that records who asks and refuses all
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
     # one loaded model with its own weights: the two adapters must share their base to stay loaded
     svc = ServiceProcess(root / "data", ["--local-models", str(encoder_dir), "--save-every-steps", "0",
-                                         "--max-loaded-models", "1"]).start()
+                                         "--max-loaded-models", "1"],
+                         env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}"}).start()
     yield svc
     assert svc.stop() in (0, -15), svc.tail()
+    hub.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +132,19 @@ def test_two_lora_models_of_one_base_interleaved_and_concurrent_each_give_their_
         assert got == expected[name][i:i + 3], name
     log = service.log.read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_a_lora_model_stored_as_its_adapter_is_pushed_as_its_merged_model(service, lora_models):
+    http, jobs = lora_models
+    job_id = jobs["goodbad"]
+    FakeHub.seen.clear()
+    resp = http.post(f"/v1/models/{job_id}/push", json={"repo_id": "bob/goodbad", "token": "hf_bob0token0only"})
+    # the test Hub refuses every request: the push got as far as the Hub, with the merged model it built
+    assert resp.status_code == 502, resp.text
+    assert ("POST", "/api/repos/create", "Bearer hf_bob0token0only") in FakeHub.seen
+    assert {auth for _, _, auth in FakeHub.seen if auth} == {"Bearer hf_bob0token0only"}
+    assert "hf_bob0token0only" not in resp.text and str(service.data_dir) not in resp.text
+    assert not list((service.data_dir / "cache").glob(f".{job_id}-merged-*"))  # the built directory is gone
 
 
 def test_the_adapter_format_of_a_model_without_one_is_404_and_a_bad_format_422(service, lora_models):

@@ -140,7 +140,15 @@ def download_model(model_id: str, format: Literal["model", "adapter"] = "model",
                                  headers=headers)
     if (adapter := stored_adapter(run)) is None:
         return StreamingResponse(tar_stream(run, model_id), media_type="application/gzip", headers=headers)
-    merged = Path(tempfile.mkdtemp(prefix=f".{model_id}-merged-", dir=service.data.cache))
+    merged = merged_copy(run, adapter, service.data.cache, model_id)
+    return StreamingResponse(removed_after(tar_stream(merged, model_id), merged), media_type="application/gzip",
+                             headers=headers)
+
+
+def merged_copy(run: Path, adapter: Path, cache: Path, model_id: str) -> Path:
+    """A LoRA model stored as its adapter, as the save_pretrained directory it was trained into: its files
+    copied into a new directory under ``cache`` with the merged weights rebuilt. The caller removes it."""
+    merged = Path(tempfile.mkdtemp(prefix=f".{model_id}-merged-", dir=cache))
     try:
         for path in model_files(run):
             (merged / path.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +157,7 @@ def download_model(model_id: str, format: Literal["model", "adapter"] = "model",
     except BaseException:
         shutil.rmtree(merged, ignore_errors=True)
         raise
-    return StreamingResponse(removed_after(tar_stream(merged, model_id), merged), media_type="application/gzip",
-                             headers=headers)
+    return merged
 
 
 def removed_after(chunks, directory: Path):
@@ -211,12 +218,18 @@ def push(model_id: str, body: PushBody, who: Principal = Depends(auth), service:
         raise UserError(problems)
     token = push_token(body, who)
     run = service.data.job(model_id) / RUN_DIR
-    hidden = {t: "***" for t in (token, hub_token()) if t} | {str(run): f"model {model_id}"}
+    # a LoRA model stored as its adapter is pushed as the merged model it downloads as
+    adapter = stored_adapter(run)
+    folder = merged_copy(run, adapter, service.data.cache, model_id) if adapter else run
+    hidden = {t: "***" for t in (token, hub_token()) if t} | {str(folder): f"model {model_id}", str(run): f"model {model_id}"}
     try:
-        url = push_model(run, body.repo_id, body.private, token=body.token and token)
+        url = push_model(folder, body.repo_id, body.private, token=body.token and token)
     except UserError as e:  # no token and no server path reaches an answer, whatever a library put in its message
         problems = list(e.problems)
         for secret, shown in hidden.items():
             problems = [Problem(p.replace(secret, shown), p.field, p.kind) for p in problems]
         raise UserError(problems) from None
+    finally:
+        if folder != run:
+            shutil.rmtree(folder, ignore_errors=True)
     return {"url": url, "repo_id": body.repo_id}
