@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from textft.service.containment import duration
 from textft.service.jobs import RUN_DIR
 from textft.service.layout import DataDir
 from textft.service.store import Store
@@ -71,14 +72,6 @@ def measurements(store: Store, data: DataDir) -> list[Measured]:
     return out
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def line_through(used: list[Measured]) -> tuple[float, float] | None:
     """(fixed seconds, seconds per sample) of the least-squares line through the wall times of jobs of
     different sizes: it also carries the costs inside the training loop that do not grow with the
@@ -104,7 +97,7 @@ def estimate(store: Store, data: DataDir, backbone: str, max_length: int, total_
         overhead, rate = line[0], 1 / line[1]
         basis = (f"a line through the times of {len(used)} earlier jobs with {backbone} at max_length {max_length}"
                  f" ({min(m.samples for m in used):,} to {max(m.samples for m in used):,} samples) on this service:"
-                 f" {_duration(overhead)} whatever the size (start, evaluation, export) plus {rate:,.1f} samples/s")
+                 f" {duration(overhead)} whatever the size (start, evaluation, export) plus {rate:,.1f} samples/s")
     elif same or history:
         method, used = ("measured", same) if same else ("scaled", history[:SAMPLE])
         rate = statistics.median(m.samples_per_s * m.max_length / max_length for m in used)
@@ -112,7 +105,7 @@ def estimate(store: Store, data: DataDir, backbone: str, max_length: int, total_
         lengths = ", ".join(str(n) for n in sorted({m.max_length for m in used}))
         basis = (f"{len(used)} earlier job(s) with {backbone} at max_length {lengths}"
                  f"{'' if same else f', scaled to {max_length}'} on this service: {rate:,.1f} samples/s (median),"
-                 f" plus {_duration(overhead)} to start, evaluate and export")
+                 f" plus {duration(overhead)} to start, evaluate and export")
     else:
         return {"seconds": None, "method": "none", "jobs": [], "how": f"no job with {backbone} has finished on this"
                 " service yet: the first one measures its speed here, and later jobs are estimated from it"}
@@ -120,7 +113,7 @@ def estimate(store: Store, data: DataDir, backbone: str, max_length: int, total_
     capped = bool(time_budget_s) and training > time_budget_s
     training = min(training, time_budget_s) if time_budget_s else training
     how = (f"from {basis}, for {samples:,} samples ({total_steps} steps of {global_batch})"
-           + (f"; train.time_budget_s stops it at {_duration(time_budget_s)}" if capped else "")
+           + (f"; train.time_budget_s stops it at {duration(time_budget_s)}" if capped else "")
            + ". Time in the queue is not included.")
     return {"seconds": round(training + overhead, 1), "training_s": round(training, 1), "overhead_s": round(overhead, 1),
             "samples_per_s": round(rate, 2), "method": method, "jobs": [m.job for m in used], "how": how}
