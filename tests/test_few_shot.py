@@ -1,8 +1,9 @@
-"""The few-shot method: what auto picks and why, the pieces (grouped batches, prototype head,
+"""The few-shot method: what auto picks and why, the pieces (grouped batches, logistic-regression head,
 contrastive loss) doing what they say, and a few-shot run end to end whose model a plain pipeline reads."""
 
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ import torch
 from conftest import toy_rows, write_jsonl
 from textft.config import load_config
 from textft.errors import UserError
-from textft.few_shot import FeatureTap, head_output_layer, init_head_from_prototypes, supervised_contrastive
+from textft.few_shot import (FeatureTap, head_features, head_output_layer, init_head_from_logistic_regression,
+                             supervised_contrastive)
 from textft.recipe import FEW_SHOT_MAX_PER_CLASS, Facts, resolve
 from textft.tokenization import EpochSampler, class_grouped_order
 from textft.train import main
@@ -98,29 +100,37 @@ def test_supervised_contrastive_loss_prefers_features_grouped_by_class():
     assert supervised_contrastive(grouped, torch.tensor([0, 1, 2, 3]), 0.1).item() == 0.0  # no positives
 
 
-def test_prototype_head_ranks_each_class_mean_first(tiny_model_dir):
+def test_the_head_starts_as_a_logistic_regression_on_the_frozen_features(tiny_model_dir):
     from accelerate import Accelerator
+    from sklearn.linear_model import LogisticRegression
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3,
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=4,
                                                                ignore_mismatched_sizes=True)
     torch.manual_seed(0)
+    # Class 3 has no example: it must never win before training.
     batches = [{"input_ids": torch.randint(5, 40, (6, 8)), "attention_mask": torch.ones(6, 8, dtype=torch.long),
                 "labels": torch.tensor([0, 1, 2, 0, 1, 2])} for _ in range(2)]
-    init_head_from_prototypes(model, batches, 3, 10.0, Accelerator(cpu=True))
-    layer = head_output_layer(model, 3)
-    tap = FeatureTap(layer)
+    init_head_from_logistic_regression(model, batches, 4, 1e4, Accelerator(cpu=True))
     model.eval()
-    feats, labels = [], []
     with torch.no_grad():
-        for b in batches:
-            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-            feats.append(tap.take())
-            labels.append(b["labels"])
-    tap.close()
-    z, y = torch.cat(feats), torch.cat(labels)
-    means = torch.stack([z[y == c].mean(0) for c in range(3)])
-    assert layer(means).argmax(-1).tolist() == [0, 1, 2]
+        logits = torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits for b in batches])
+    labels = torch.cat([b["labels"] for b in batches])
+    assert logits.argmax(-1).tolist() == labels.tolist()  # 12 points in 32 dimensions: separable, and fitted so
+    assert (logits[:, 3] < logits[:, :3].min(dim=-1).values).all()
+
+    # Two classes (scikit-learn fits them as one row of log-odds): each class gets its own row.
+    two = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    pairs = [{**b, "labels": b["labels"] % 2} for b in batches]
+    init_head_from_logistic_regression(two, pairs, 2, 1e4, Accelerator(cpu=True))
+    two.eval()
+    with torch.no_grad():
+        logits = torch.cat([two(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits for b in pairs])
+    z, y = head_features(two, pairs, 2, Accelerator(cpu=True))
+    fit = LogisticRegression(C=1e4, max_iter=1000).fit(z.numpy(), y.numpy())
+    assert torch.allclose(logits.double().softmax(-1)[:, 1], torch.from_numpy(fit.predict_proba(z.numpy())[:, 1]),
+                          atol=1e-4)
+    assert torch.allclose(head_output_layer(two, 2).weight[0], -head_output_layer(two, 2).weight[1])
 
 
 @pytest.fixture
@@ -139,7 +149,12 @@ def test_a_few_shot_run_end_to_end_gives_a_plain_classifier(tiny_model_dir, toy_
 
     # The backbone: the tiny classifier trained on the full toy set, an encoder whose features already
     # tell the sentiment words apart, as a pretrained encoder's tell topics apart.
-    backbone = trained_run(tiny_model_dir, toy_files, tmp_path_factory)
+    # It declares mean pooling as sentence-transformers models do, so the head reads the mean of its states.
+    trained = trained_run(tiny_model_dir, toy_files, tmp_path_factory)
+    backbone = tmp_path / "backbone"
+    shutil.copytree(trained, backbone)
+    (backbone / "1_Pooling").mkdir()
+    (backbone / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     out = tmp_path / "few"
     with caplog.at_level(logging.INFO, logger="textft"):
         assert main([f"model.name_or_path={backbone}", f"data.train_file={few_rows['train']}",
@@ -147,7 +162,10 @@ def test_a_few_shot_run_end_to_end_gives_a_plain_classifier(tiny_model_dir, toy_
                      "data.max_length=32", "train.batch_size=8", "train.epochs=6", "train.lr=2e-3", "train.mixed_precision=fp32",
                      f"output.dir={out}"]) == 0
     assert "auto model.transfer = few_shot: 8 training examples per class (median) <= 16" in caplog.text
-    assert "few-shot method: head from class prototypes" in caplog.text
+    assert ("few-shot method: the head reads the mean-pooled sentence embedding (the model's own pooling); head"
+            " fitted as a logistic regression") in caplog.text
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == \
+        json.loads((backbone / "config.json").read_text())["num_hidden_layers"] + 1
     saved = load_config(out / "textft_config.yaml")
     assert saved.model.transfer == "few_shot"
     report = json.loads((out / "report.json").read_text())

@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textft import sentence_pooling
+
 log = logging.getLogger("textft")
 
 PER_CLASS = 4
 """Examples of one class drawn together into a batch (batch 16: four classes of four), so that the
 contrastive loss has positives for every example."""
-PROTOTYPE_SCALE = 10.0
-"""Largest starting logit, roughly: a feature of average norm lying on its class's prototype direction."""
+HEAD_C = 10.0
+"""Inverse L2 strength of the logistic regression the head starts as (features of about unit length)."""
 
 
 def head_output_layer(model: nn.Module, num_labels: int) -> nn.Linear:
@@ -92,60 +94,74 @@ def contrastive_loss_fn(base: Callable, tap: FeatureTap, weight: float, temperat
 
 
 @torch.no_grad()
-def init_head_from_prototypes(model: nn.Module, loader, num_labels: int, scale: float, accelerator) -> None:
-    """Point each class's row of the head's last layer at its centred class mean.
-
-    The features are the input of that layer in eval mode. Row c becomes ``scale`` x the unit vector of
-    (mean of class c - mean of all), divided by the mean norm of the features, with a bias that centres
-    the input: a logit is then at most about ``scale`` times the feature's similarity to the class."""
-    layer = head_output_layer(model, num_labels)
-    tap = FeatureTap(layer)
+def head_features(model: nn.Module, loader, num_labels: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of every example of ``loader``: the input of the head's last layer in eval mode,
+    on the CPU in float64."""
+    tap = FeatureTap(head_output_layer(model, num_labels))
     was_training = model.training
     model.eval()
-    sums, counts, chunks = None, torch.zeros(num_labels, dtype=torch.float64), []
+    chunks, labels = [], []
     try:
         for batch in loader:
-            labels = batch["labels"]
+            labels.append(batch["labels"].cpu())
             inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
             with accelerator.autocast():
                 model(**inputs)
-            z = tap.take().double().cpu()
-            chunks.append(z)
-            sums = (torch.zeros(num_labels, z.shape[1], dtype=torch.float64) if sums is None else sums)
-            sums.index_add_(0, labels.cpu(), z)
-            counts += torch.bincount(labels.cpu(), minlength=num_labels).double()
+            chunks.append(tap.take().double().cpu())
     finally:
         tap.close()
         model.train(was_training)
-    if sums is None:
+    if not chunks:
+        return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    return torch.cat(chunks), torch.cat(labels)
+
+
+@torch.no_grad()
+def init_head_from_logistic_regression(model: nn.Module, loader, num_labels: int, c: float, accelerator) -> None:
+    """Set the head's last layer to a multinomial logistic regression (L2, inverse strength ``c``) fitted on
+    the frozen features of the training examples: the best a linear head can do before the encoder moves,
+    and the reading SetFit ends with. Classes without an example keep a zero row and a bias below every
+    other class's, so they are never predicted before training."""
+    from sklearn.linear_model import LogisticRegression
+
+    layer = head_output_layer(model, num_labels)
+    z, y = head_features(model, loader, num_labels, accelerator)
+    present = sorted(set(y.tolist()))
+    if len(present) < 2:
         return
-    z = torch.cat(chunks)
-    center = z.mean(dim=0)
-    means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], center)
-    # Divided by the mean norm of the features, not their spread around the centre: features that barely
-    # vary (an encoder that has not learnt anything yet) would otherwise get huge weights, and the
-    # dropout noise of training steps huge logits.
-    size = z.norm(dim=-1).mean().clamp(min=1e-6)
-    weight = F.normalize(means - center, dim=-1) * (scale / size)
+    fit = LogisticRegression(C=c, max_iter=1000).fit(z.numpy(), y.numpy())
+    weight = torch.zeros(num_labels, z.shape[1], dtype=torch.float64)
+    bias = torch.full((num_labels,), float(fit.intercept_.min()) - 10.0, dtype=torch.float64)
+    coef, intercept = torch.from_numpy(fit.coef_), torch.from_numpy(fit.intercept_)
+    if len(present) == 2:  # scikit-learn fits two classes as one row: the second class's log-odds
+        coef, intercept = torch.cat([-coef, coef]) / 2, torch.cat([-intercept, intercept]) / 2
+    weight[fit.classes_] = coef
+    bias[fit.classes_] = intercept
     layer.weight.copy_(weight.to(layer.weight.dtype))
     if layer.bias is not None:
-        layer.bias.copy_((-(weight @ center)).to(layer.bias.dtype))
+        layer.bias.copy_(bias.to(layer.bias.dtype))
 
 
-
-def start(model: nn.Module, train_cfg, num_labels: int, train_labels: list[int], train_loader, prototype_loader,
-          base_loss: Callable, accelerator) -> Callable:
-    """Set a few_shot run up before ``accelerator.prepare``: class-grouped batches, the prototype head
-    (computed on the device the run trains on) and the contrastive loss; returns the loss the loop uses."""
+def start(model: nn.Module, train_cfg, num_labels: int, train_labels: list[int], train_loader, feature_loader,
+          base_loss: Callable, accelerator, pooling: str | None) -> Callable:
+    """Set a few_shot run up before ``accelerator.prepare``: the head reads the encoder through its declared
+    sentence-transformers ``pooling`` (when it has one), class-grouped batches, the head fitted as a
+    logistic regression on the frozen features (computed on the device the run trains on) and the
+    contrastive loss; returns the loss the loop uses."""
     weight, temperature = train_cfg.contrastive_weight, train_cfg.contrastive_temperature
+    reason = sentence_pooling.unsupported_reason(model, pooling)
+    if reason is None:
+        sentence_pooling.apply(model, pooling)
+        reading = f"the head reads the {pooling}-pooled sentence embedding (the model's own pooling)"
+    else:
+        reading = f"the head reads the pooler ({reason})"
     if weight:  # the contrastive loss needs partners of each example's class in its batch
         train_loader.sampler.group_classes(train_labels, PER_CLASS)
     model.to(accelerator.device)
-    init_head_from_prototypes(model, prototype_loader, num_labels, PROTOTYPE_SCALE, accelerator)
+    init_head_from_logistic_regression(model, feature_loader, num_labels, HEAD_C, accelerator)
+    log.info("few-shot method: %s; head fitted as a logistic regression (C=%g) on the frozen features%s", reading,
+             HEAD_C, f", batches in groups of {PER_CLASS} examples of a class, supervised contrastive loss x {weight:g}"
+             f" (temperature {temperature:g})" if weight else "; no contrastive loss")
     if not weight:
-        log.info("few-shot method: head from class prototypes (scale %g); no contrastive loss", PROTOTYPE_SCALE)
         return base_loss
-    log.info("few-shot method: head from class prototypes (scale %g), batches in groups of %d examples of a"
-             " class, supervised contrastive loss x %g (temperature %g)", PROTOTYPE_SCALE, PER_CLASS, weight,
-             temperature)
     return contrastive_loss_fn(base_loss, FeatureTap(head_output_layer(model, num_labels)), weight, temperature)

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("data", "texts", "tokenization", "packing", "tasks", "tasks.*", "metric_modules", "metrics.*",
       "intervals", "significance", "oos_features", "out_of_scope")),
     ("model", "modeling, the training loop, checkpoints, the recipe and the inference backends",
-     ("modeling", "lora", "model_dir", "shared_base", "loop", "checkpoint", "recipe", "few_shot", "precision", "onnx_export",
+     ("modeling", "lora", "model_dir", "shared_base", "loop", "checkpoint", "recipe", "sentence_pooling", "few_shot", "precision", "onnx_export",
       "onnx_backend")),
     ("train", "one training run (setup, fit, export) and the saved classifier",
      ("training", "classifier", "calibration", "prediction_files", "sweep_space")),

@@ -26,13 +26,13 @@ from textft import lora
 from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
                                latest_checkpoint, load_best, save_best, save_model)
 from textft.config import Config, save_config
-from textft import few_shot
+from textft import few_shot, sentence_pooling
 from textft.data import TaskData, check_files, data_files, examples_per_class, load_splits
 from textft.errors import UserError
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
 from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, check_max_length, check_tokenizer_fits, core_model,
+from textft.modeling import (apply_transfer, build_model, count_parameters, check_max_length, check_tokenizer_fits, core_model,
                              enable_activation_checkpointing, load_tokenizer, max_length_problems, model_positions,
                              param_groups, position_limit, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
@@ -260,10 +260,12 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
         model = lora.wrap(model, cfg.model, resolve_model_path(cfg.model.name_or_path))
     params = apply_transfer(model, cfg.model)
     if cfg.model.transfer == "few_shot":
-        prototypes = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
-                                 precision != "fp32")
-        loss_fn = few_shot.start(model, cfg.train, len(data.label_names), train_set["labels"], train_dl, prototypes,
-                                 loss_fn, accelerator)
+        features = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
+                               precision != "fp32")
+        pooling = sentence_pooling.declared_pooling(resolve_model_path(cfg.model.name_or_path), cfg.model.revision)
+        loss_fn = few_shot.start(model, cfg.train, len(data.label_names), train_set["labels"], train_dl, features,
+                                 loss_fn, accelerator, pooling)
+        params = count_parameters(model)  # the method adds and freezes the layers that read the embedding
     if cfg.train.padding_free:
         from textft import packing
 
