@@ -73,7 +73,7 @@ class Task:
 
     one_class_per_text: ClassVar[bool] = False
     """Each text has exactly one class: examples per class can be counted, and the few-shot method
-    (prototype head, class-grouped batches) applies."""
+    (fitted head, class-grouped batches) applies."""
     out_of_scope: ClassVar[bool] = False
     """Whether ``textft calibrate`` can give this task an out-of-scope threshold."""
     calibration: ClassVar[str | None] = None
