@@ -26,8 +26,11 @@ def test_declared_pooling_reads_the_sentence_transformers_file(tmp_path):
     assert sentence_pooling.declared_pooling(str(tmp_path)) == "cls"
     declare(tmp_path, pooling_mode_mean_tokens=True, pooling_mode_max_tokens=True)  # concatenated: not one vector
     assert sentence_pooling.declared_pooling(str(tmp_path)) is None
-    (tmp_path / "1_Pooling" / "config.json").write_text("not json {")
+    declare(tmp_path, pooling_mode_lasttoken=True)  # a pooling a sequence classifier has no layer for
     assert sentence_pooling.declared_pooling(str(tmp_path)) is None
+    for junk in (b"not json {", b"[1, 2]", b"\xff\xfe\x00odd bytes"):
+        (tmp_path / "1_Pooling" / "config.json").write_bytes(junk)
+        assert sentence_pooling.declared_pooling(str(tmp_path)) is None
     assert sentence_pooling.declared_pooling(str(tmp_path / "missing")) is None  # nor a hub name reachable here
 
 

@@ -119,11 +119,12 @@ class ModelConfig:
     """full: train everything; few_shot: train everything with the few-shot method (the head reads the
     model's declared sentence-transformers pooling and starts as a logistic regression on the frozen
     features, batches hold several examples of each class, a supervised contrastive loss pulls them
-    together, ``train.contrastive_weight``; the whole plan runs, without early stopping); feature_extraction: freeze the encoder, train the head; top_k: train the
-    head and the top ``unfreeze_top_k`` layers; gradual: start with the head and unfreeze one more
-    layer (top down, embeddings last) every ``unfreeze_every_epochs`` (ULMFiT); lora: freeze the encoder
-    and train low-rank adapters in it (``lora_*`` keys, needs the ``lora`` extra) and the head in full;
-    the saved model has the adapters merged in. auto: few_shot for single-label training data with at
+    together, ``train.contrastive_weight``; the whole plan runs, without early stopping);
+    feature_extraction: freeze the encoder, train the head; top_k: train the head and the top
+    ``unfreeze_top_k`` layers; gradual: start with the head and unfreeze one more layer (top down,
+    embeddings last) every ``unfreeze_every_epochs`` (ULMFiT); lora: freeze the encoder and train
+    low-rank adapters in it (``lora_*`` keys, needs the ``lora`` extra) and the head in full; the saved
+    model has the adapters merged in. auto: few_shot for single-label training data with at
     most 16 examples per class (median) on a pretrained encoder, else full."""
     unfreeze_top_k: int = 2
     """Encoder layers trained under ``transfer: top_k``."""

@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
-
-log = logging.getLogger("textft")
 
 MEAN_SCALE = 1000.0
 """Weight of the mean against the [CLS] state's residual in the added layer."""
@@ -44,26 +41,23 @@ def declared_pooling(path: str, revision: str | None = None) -> str | None:
     """``mean`` or ``cls`` when the model at ``path`` (directory or hub name) is a sentence-transformers
     model pooled that way, else None (not one, another pooling, or its pooling file cannot be read)."""
     local = Path(path) / POOLING_FILE
-    if local.is_file():
-        text = local.read_text(encoding="utf-8")
-    elif Path(path).is_dir():
-        return None
-    else:
-        try:
+    try:
+        if local.is_file():
+            text = local.read_text(encoding="utf-8")
+        elif Path(path).is_dir():
+            return None
+        else:
             from huggingface_hub import hf_hub_download
 
             text = Path(hf_hub_download(path, POOLING_FILE, revision=revision)).read_text(encoding="utf-8")
-        except Exception:  # not on the hub, no such file, offline: the model has no declared pooling
-            return None
-    try:
         modes = json.loads(text)
-    except ValueError:
+    except Exception:  # unreadable, not JSON, not on the hub, offline: the model declares no pooling
         return None
     if not isinstance(modes, dict):
         return None
-    chosen = [m for m in ("mean", "cls", "max", "weightedmean", "lasttoken")
-              if modes.get(f"pooling_mode_{m}_tokens") or modes.get(f"pooling_mode_{m}_token")]
-    return chosen[0] if chosen in (["mean"], ["cls"]) else None
+    chosen = [key for key, on in modes.items() if key.startswith("pooling_mode_") and on]
+    return {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}.get(chosen[0]) \
+        if len(chosen) == 1 else None
 
 
 def _bert_parts(model: nn.Module):
