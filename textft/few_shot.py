@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from textft import sentence_pooling
+from textft.modeling import resolve_model_path
+from textft.tokenization import eval_loader, sort_by_length
 
 log = logging.getLogger("textft")
 
@@ -146,13 +148,14 @@ def init_head_from_logistic_regression(model: nn.Module, loader, num_labels: int
         layer.bias.copy_(bias.to(layer.bias.dtype))
 
 
-def start(model: nn.Module, train_cfg, num_labels: int, train_labels: list[int], train_loader, feature_loader,
-          base_loss: Callable, accelerator, pooling: str | None) -> Callable:
-    """Set a few_shot run up before ``accelerator.prepare``: the head reads the encoder through its declared
-    sentence-transformers ``pooling`` (when it has one), class-grouped batches, the head fitted as a
-    logistic regression on the frozen features (computed on the device the run trains on) and the
-    contrastive loss; returns the loss the loop uses."""
-    weight, temperature = train_cfg.contrastive_weight, train_cfg.contrastive_temperature
+def start(model: nn.Module, cfg, num_labels: int, train_set, tokenizer, train_loader, base_loss: Callable,
+          accelerator) -> Callable:
+    """Set a few_shot run up before ``accelerator.prepare``: the head reads the encoder through the
+    sentence-transformers pooling the backbone declares (when it does), class-grouped batches, the head
+    fitted as a logistic regression on the frozen features (computed on the device the run trains on) and
+    the contrastive loss; returns the loss the loop uses."""
+    weight, temperature = cfg.train.contrastive_weight, cfg.train.contrastive_temperature
+    pooling = sentence_pooling.declared_pooling(resolve_model_path(cfg.model.name_or_path), cfg.model.revision)
     reason = sentence_pooling.unsupported_reason(model, pooling)
     if reason is None:
         sentence_pooling.apply(model, pooling)
@@ -160,9 +163,11 @@ def start(model: nn.Module, train_cfg, num_labels: int, train_labels: list[int],
     else:
         reading = f"the head reads the pooler ({reason})"
     if weight:  # the contrastive loss needs partners of each example's class in its batch
-        train_loader.sampler.group_classes(train_labels, PER_CLASS)
+        train_loader.sampler.group_classes(train_set["labels"], PER_CLASS)
     model.to(accelerator.device)
-    init_head_from_logistic_regression(model, feature_loader, num_labels, HEAD_C, accelerator)
+    features = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
+                           accelerator.mixed_precision != "no")
+    init_head_from_logistic_regression(model, features, num_labels, HEAD_C, accelerator)
     log.info("few-shot method: %s; head fitted as a logistic regression (C=%g) on the frozen features%s", reading,
              HEAD_C, f", batches in groups of {PER_CLASS} examples of a class, supervised contrastive loss x {weight:g}"
              f" (temperature {temperature:g})" if weight else "; no contrastive loss")

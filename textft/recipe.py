@@ -355,8 +355,8 @@ def resolve_transfer(cfg: Config, facts: Facts, why: dict[str, str]) -> Config:
         transfer, reason = "few_shot", (f"{per_class:g} training examples per class (median) <="
                                         f" {FEW_SHOT_MAX_PER_CLASS}: the head reads the model's own sentence pooling,"
                                         " starts as a logistic regression on the frozen features, then class-grouped"
-                                        " batches and a contrastive loss (Banking77, 8 per intent, seed 0: 0.837 test"
-                                        " accuracy against 0.800 for full fine-tuning)")
+                                        " batches and a contrastive loss (Banking77, 8 per intent, 3 seeds: 0.830 test"
+                                        " accuracy against 0.807 for full fine-tuning)")
     else:
         transfer, reason = "full", (f"{per_class:g} training examples per class (median) >"
                                     f" {FEW_SHOT_MAX_PER_CLASS}: enough for ordinary fine-tuning"

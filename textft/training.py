@@ -26,7 +26,7 @@ from textft import lora
 from textft.checkpoint import (BEST, Checkpointer, check_checkpointing_supported, checkpoint_problem,
                                latest_checkpoint, load_best, save_best, save_model)
 from textft.config import Config, save_config
-from textft import few_shot, sentence_pooling
+from textft import few_shot
 from textft.data import TaskData, check_files, data_files, examples_per_class, load_splits
 from textft.errors import UserError
 from textft.files import write_atomically
@@ -260,11 +260,7 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
         model = lora.wrap(model, cfg.model, resolve_model_path(cfg.model.name_or_path))
     params = apply_transfer(model, cfg.model)
     if cfg.model.transfer == "few_shot":
-        features = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
-                               precision != "fp32")
-        pooling = sentence_pooling.declared_pooling(resolve_model_path(cfg.model.name_or_path), cfg.model.revision)
-        loss_fn = few_shot.start(model, cfg.train, len(data.label_names), train_set["labels"], train_dl, features,
-                                 loss_fn, accelerator, pooling)
+        loss_fn = few_shot.start(model, cfg, len(data.label_names), train_set, tokenizer, train_dl, loss_fn, accelerator)
         params = count_parameters(model)  # the method adds and freezes the layers that read the embedding
     if cfg.train.padding_free:
         from textft import packing
