@@ -174,7 +174,8 @@ FAST_MODULES = {
     "test_architecture.py", "test_bad_input.py", "test_compare.py", "test_config.py", "test_data.py",
     "test_deploy.py", "test_few_shot.py", "test_hf_stack.py", "test_inference.py", "test_loop.py",
     "test_modeling.py", "test_modules_import.py", "test_packing.py", "test_predict_cli.py", "test_presets.py",
-    "test_recipe.py", "test_report_escaping.py", "test_run_events.py", "test_sentence_pooling.py", "test_service_units.py",
+    "test_recipe.py", "test_report_escaping.py", "test_run_events.py", "test_sentence_pooling.py",
+    "test_service_units.py",
     "test_tasks.py", "test_tokenization.py", "test_web_api.py",
 }
 

@@ -114,7 +114,8 @@ def test_the_head_starts_as_a_logistic_regression_on_the_frozen_features(tiny_mo
     init_head_from_logistic_regression(model, batches, 4, 1e4, Accelerator(cpu=True))
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits for b in batches])
+        logits = torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                            for b in batches])
     labels = torch.cat([b["labels"] for b in batches])
     assert logits.argmax(-1).tolist() == labels.tolist()  # 12 points in 32 dimensions: separable, and fitted so
     assert (logits[:, 3] < logits[:, :3].min(dim=-1).values).all()

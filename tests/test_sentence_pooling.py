@@ -49,7 +49,8 @@ def test_the_mean_layer_gives_the_head_the_unit_mean_and_survives_save_and_load(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3, ignore_mismatched_sizes=True).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3,
+                                                               ignore_mismatched_sizes=True).eval()
     layers = model.config.num_hidden_layers
     texts = ["good great fine", "bad awful terrible movie and more words here", "ok"]
     enc = tok(texts, padding=True, return_tensors="pt")

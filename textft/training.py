@@ -32,9 +32,9 @@ from textft.errors import UserError
 from textft.files import write_atomically
 from textft.interrupts import stop_on_sigterm
 from textft.loop import BestModel, Evaluator, GradualUnfreezing, LoopState, TrainLog, fit, steps_per_epoch
-from textft.modeling import (apply_transfer, build_model, count_parameters, check_max_length, check_tokenizer_fits, core_model,
-                             enable_activation_checkpointing, load_tokenizer, max_length_problems, model_positions,
-                             param_groups, position_limit, resolve_model_path)
+from textft.modeling import (apply_transfer, build_model, check_max_length, check_tokenizer_fits, core_model,
+                             count_parameters, enable_activation_checkpointing, load_tokenizer, max_length_problems,
+                             model_positions, param_groups, position_limit, resolve_model_path)
 from textft.precision import ACCELERATE_NAMES, training_precision
 from textft.recipe import Facts, Plan, head_is_fresh, non_embedding_params, resolve
 from textft.run_dir import RUN_MARKER, check_output_dir, prepare_output_dir, write_predictions, write_reports
@@ -260,7 +260,8 @@ def setup(cfg: Config, more_problems: Iterable[str] = ()) -> Run:
         model = lora.wrap(model, cfg.model, resolve_model_path(cfg.model.name_or_path))
     params = apply_transfer(model, cfg.model)
     if cfg.model.transfer == "few_shot":
-        loss_fn = few_shot.start(model, cfg, len(data.label_names), train_set, tokenizer, train_dl, loss_fn, accelerator)
+        loss_fn = few_shot.start(model, cfg, len(data.label_names), train_set, tokenizer, train_dl, loss_fn,
+                                 accelerator)
         params = count_parameters(model)  # the method adds and freezes the layers that read the embedding
     if cfg.train.padding_free:
         from textft import packing
