@@ -11,7 +11,7 @@ import torch
 from conftest import toy_rows, write_jsonl
 from textft.config import load_config
 from textft.errors import UserError
-from textft.few_shot import (FeatureTap, head_features, head_output_layer, init_head_from_logistic_regression,
+from textft.few_shot import (head_features, head_output_layer, init_head_from_logistic_regression,
                              supervised_contrastive)
 from textft.recipe import FEW_SHOT_MAX_PER_CLASS, Facts, resolve
 from textft.tokenization import EpochSampler, class_grouped_order

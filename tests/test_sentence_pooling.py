@@ -4,7 +4,6 @@ token states, kept by save_pretrained and read alike by transformers."""
 
 import json
 import math
-import shutil
 
 import pytest
 import torch

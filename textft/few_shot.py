@@ -132,14 +132,13 @@ def init_head_from_logistic_regression(model: nn.Module, loader, num_labels: int
 
     layer = head_output_layer(model, num_labels)
     z, y = head_features(model, loader, num_labels, accelerator)
-    present = sorted(set(y.tolist()))
-    if len(present) < 2:
+    if len(torch.unique(y)) < 2:  # nothing to tell apart: the head keeps its starting weights
         return
     fit = LogisticRegression(C=c, max_iter=1000).fit(z.numpy(), y.numpy())
     weight = torch.zeros(num_labels, z.shape[1], dtype=torch.float64)
     bias = torch.full((num_labels,), float(fit.intercept_.min()) - 10.0, dtype=torch.float64)
     coef, intercept = torch.from_numpy(fit.coef_), torch.from_numpy(fit.intercept_)
-    if len(present) == 2:  # scikit-learn fits two classes as one row: the second class's log-odds
+    if len(fit.classes_) == 2:  # scikit-learn fits two classes as one row: the second class's log-odds
         coef, intercept = torch.cat([-coef, coef]) / 2, torch.cat([-intercept, intercept]) / 2
     weight[fit.classes_] = coef
     bias[fit.classes_] = intercept
