@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -33,8 +34,10 @@ def main() -> None:
 
     train, test = read_jsonl(args.train), read_jsonl(args.test)
     model = SetFitModel.from_pretrained(args.model)
-    training = TrainingArguments(batch_size=16, num_iterations=args.num_iterations, num_epochs=1,
-                                 body_learning_rate=2e-5, seed=args.seed, report_to="none", show_progress_bar=False)
+    # its checkpoints go beside the run's output, never into the directory the benchmark was started from
+    training = TrainingArguments(output_dir=str(Path(args.out).parent / "setfit-checkpoints"), batch_size=16,
+                                 num_iterations=args.num_iterations, num_epochs=1, body_learning_rate=2e-5,
+                                 seed=args.seed, report_to="none", show_progress_bar=False)
     trainer = Trainer(model=model, args=training,
                       train_dataset=Dataset.from_list([{"text": r["text"], "label": r["label"]} for r in train]))
     start = time.perf_counter()

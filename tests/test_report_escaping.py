@@ -163,3 +163,30 @@ def test_published_files_name_no_local_path_however_a_report_escapes_it(runs, ta
     card = str(model_card(run, include_examples=True))
     assert root not in card
     assert md_code(DATA) in card  # the data file by its name, as code
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label", "regression"])
+def test_eval_report_md_shows_labels_splits_and_title_as_written(runs, task):
+    """eval_report.md (what train and evaluate print, and what a Markdown viewer shows): a label holding
+    a table bar, code or emphasis stays one cell, read as written."""
+    markdown = (runs[task] / "eval_report.md").read_text()
+    page = markdown_elements(markdown)
+    assert not [t for t, _ in page.tags if t in ("script", "b", "i", "img", "em", "strong", "a", "code")], page.tags
+    text = "".join(page.text)
+    for s in [f"run {TEXT}"] + (LABELS if task != "regression" else []):
+        assert s in text, f"{s!r} is not shown as written"
+
+
+def test_sweep_summary_md_shows_a_searched_value_as_written():
+    """summary.md quotes the searched values (a model name or path can hold a bar or markup) as written."""
+    from types import SimpleNamespace
+
+    from textft.sweep import markdown_summary
+
+    value = "org/a|b <i>x</i> *y*"
+    rows = [{"trial": 0, "state": "complete", "accuracy": 0.5, "model.name_or_path": value, "test_accuracy": None,
+             "seconds": 1.0, "best": True}]
+    markdown = markdown_summary(rows, SimpleNamespace(metric="accuracy"))
+    page = markdown_elements(markdown)
+    assert [t for t, _ in page.tags if t not in ("table", "thead", "tbody", "tr", "th", "td")] == ["strong"]
+    assert value in "".join(page.text)

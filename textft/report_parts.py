@@ -5,10 +5,9 @@ templates (``textft.templating``)."""
 
 from __future__ import annotations
 
-import re
-
 from textft.tasks import METRIC_NAMES  # noqa: F401 (how each metric is written, for every report module)
-from textft.tasks.base import class_cells, coverage_note, shown  # noqa: F401 (intervals, classes without examples)
+# intervals, classes without examples and Markdown cells as written, for every report module
+from textft.tasks.base import class_cells, coverage_note, md_cell, md_code, shown  # noqa: F401
 
 SHORT_TEXT = 180
 """Characters of an evaluated text a report quotes."""
@@ -44,27 +43,6 @@ def check_rows(rows: list[dict], m: dict, split: str, warnings: list[str]) -> No
     if len(rows) != m.get("num_examples"):
         warnings.append(f"predictions/{split}.jsonl holds {len(rows)} rows but the {split} split has"
                         f" {m.get('num_examples')} examples")
-
-
-MARKDOWN_MARKUP = re.compile(r"([\\`*<&|]|\[(?=[^\]]*\][(\[]))")
-"""What Markdown (or the HTML inside it) reads as markup: escapes, code, emphasis, tags, entities, table
-cells, and a bracket that opens a link (``[text](url)``; an interval's ``[0.71, 0.90]`` stays as it is)."""
-
-
-def md_cell(value) -> str:
-    """A value (a label, an evaluated text, a name) as Markdown shows it as written, in a table cell or in
-    a line: a backslash before each character Markdown or HTML would read, so ``<script>`` or ``R&amp;D``
-    stays text on the Hub and on GitHub. Underscores stay: inside a word they never emphasise."""
-    return MARKDOWN_MARKUP.sub(r"\\\1", str(value))
-
-
-def md_code(value) -> str:
-    """A value as inline code (shown as written: Markdown reads nothing inside), fenced by more backticks
-    than it holds in a row."""
-    text = str(value)
-    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def example_markdown(r: dict) -> str:

@@ -37,6 +37,7 @@ from textft.config import Config, load_config
 from textft.data import task_of
 from textft.errors import UserError
 from textft.files import read_json, read_jsonl, replace_file
+from textft.report_parts import md_cell
 from textft.significance import ALPHA, paired_test
 from textft.sweep_space import SweepSpec, check_space_values, override, parse_sweep, resolve_metric, split_config
 from textft.tasks import DEFAULT_TASK, task_class
@@ -222,7 +223,7 @@ def markdown_summary(rows: list[dict], spec: SweepSpec) -> str:
     if not rows:
         return "(no trials yet)\n"
     keys = [k for k in rows[0] if k != "best"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" if k == "state" else "---:" for k in keys) + "|"]
+    lines = ["| " + " | ".join(map(md_cell, keys)) + " |", "|" + "|".join("---" if k == "state" else "---:" for k in keys) + "|"]
     for r in rows:
         cells = [f"{r[k]:.1f}" if k == "seconds" and r[k] is not None else _cell(r[k]) for k in keys]
         if r["best"]:
@@ -236,7 +237,7 @@ def _cell(v) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e-3 else f"{v:.4f}"
-    return str(v)
+    return md_cell(v)
 
 
 def write_outputs(sweep: Sweep, study) -> Path | None:

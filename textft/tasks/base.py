@@ -4,6 +4,7 @@ picks one are in the ``textft.tasks`` package."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -294,6 +295,28 @@ class Task:
         """``eval_report.md`` (and what train and evaluate print): the headline table of every split,
         then the task's own tables."""
         raise NotImplementedError
+
+
+MARKDOWN_MARKUP = re.compile(r"([\\`*<&|]|\[(?=[^\]]*\][(\[]))")
+"""What Markdown (or the HTML inside it) reads as markup: escapes, code, emphasis, tags, entities, table
+cells, and a bracket that opens a link (``[text](url)``; an interval's ``[0.71, 0.90]`` stays as it is)."""
+
+
+def md_cell(value) -> str:
+    """A value (a label, an evaluated text, a name) as Markdown shows it as written, in a table cell or in
+    a line: a backslash before each character Markdown or HTML would read, so ``<script>`` or ``R&amp;D``
+    stays text on the Hub and on GitHub. Underscores stay: inside a word they never emphasise."""
+    return MARKDOWN_MARKUP.sub(r"\\\1", str(value))
+
+
+def md_code(value) -> str:
+    """A value as inline code (shown as written: Markdown reads nothing inside), fenced by more backticks
+    than it holds in a row."""
+    text = str(value)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
 
 def class_index(label_names: list[str] | None, seen: set[str]) -> dict[str, int]:
     """Class ids of ``label_names`` in their order, then the other names ``seen``, sorted."""

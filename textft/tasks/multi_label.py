@@ -12,7 +12,7 @@ from textft.errors import UserError, closest, row_list
 from textft.intervals import multi_label_values
 from textft.metric_modules import load_metric
 from textft.tasks.base import (METRIC_NAMES, Task, check_top_k, class_cells, class_index, coverage_note, example_text,
-                               is_list, is_sequence_feature, shown, weights_by_name)
+                               is_list, is_sequence_feature, md_cell, shown, weights_by_name)
 
 THRESHOLDS_KEY = "textft_thresholds"
 """config.json entry holding the decision thresholds of a multi-label model."""
@@ -361,20 +361,21 @@ class MultiLabel(Task):
     def markdown_report(cls, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
         """Headline scores per split at the model's thresholds and at 0.5, then per-label tables."""
         names = [METRIC_NAMES[k] for k in SCORE_KEYS]
-        lines = [f"# {title}", "", "| split | examples | thresholds | " + " | ".join(names) + " | loss |",
+        lines = [f"# {md_cell(title)}", "", "| split | examples | thresholds | " + " | ".join(names) + " | loss |",
                  "|---|---:|---|" + "---:|" * (len(SCORE_KEYS) + 1)]
         for split, m in reports.items():
-            lines.append(f"| {split} | {m['num_examples']} | {m['threshold_tuning']['tuning']} | "
+            lines.append(f"| {md_cell(split)} | {m['num_examples']} | {m['threshold_tuning']['tuning']} | "
                          + " | ".join(shown(m, k) for k in SCORE_KEYS) + f" | {number(m.get('loss'))} |")
-            lines.append(f"| {split} | {m['num_examples']} | 0.5 | "
+            lines.append(f"| {md_cell(split)} | {m['num_examples']} | 0.5 | "
                          + " | ".join(number(m["at_0.5"].get(k)) for k in SCORE_KEYS) + " | |")
         if any(m.get("intervals") for m in reports.values()):
             lines += ["", "[low, high]: 95% bootstrap interval over the split's examples, at the model's thresholds."]
         for split, m in reports.items():
-            lines += ["", f"## {split}: per label", "", "| label | threshold | precision | recall | F1 | F1 at 0.5 |"
-                      " support |", "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += ["", f"## {md_cell(split)}: per label", "",
+                      "| label | threshold | precision | recall | F1 | F1 at 0.5 | support |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
             half = m["at_0.5"]["per_class"]
-            lines += [f"| {name} | {m['thresholds'][name]:.2f} | {' | '.join(class_cells(c))} |"
+            lines += [f"| {md_cell(name)} | {m['thresholds'][name]:.2f} | {' | '.join(class_cells(c))} |"
                       f" {half[name]['f1']:.4f} | {c['support']} |" for name, c in m["per_class"].items()]
             if note := coverage_note(m):
                 lines += ["", note]

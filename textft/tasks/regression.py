@@ -12,7 +12,7 @@ import numpy as np
 from textft.errors import UserError, row_list
 from textft.intervals import regression_values
 from textft.metric_modules import load_metric
-from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number, shown
+from textft.tasks.base import METRIC_NAMES, Task, check_top_k, example_text, is_list, is_number, md_cell, shown
 
 SETTINGS_KEY = "textft_regression"
 """config.json entry describing the target (its name and the scale it was trained on)."""
@@ -232,10 +232,10 @@ class Regression(Task):
     @classmethod
     def markdown_report(cls, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
         """Headline metrics per split (in the target's units; the loss on the training scale)."""
-        lines = [f"# {title}", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in cls.headline)
+        lines = [f"# {md_cell(title)}", "", "| split | examples | " + " | ".join(METRIC_NAMES[k] for k in cls.headline)
                  + " | mean true | mean predicted |", "|---|---:|" + "---:|" * (len(cls.headline) + 2)]
         for split, m in reports.items():
-            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(shown(m, k) for k in cls.headline)
+            lines.append(f"| {md_cell(split)} | {m['num_examples']} | " + " | ".join(shown(m, k) for k in cls.headline)
                          + f" | {number(m.get('mean_reference'))} | {number(m.get('mean_prediction'))} |")
         if any(m.get("intervals") for m in reports.values()):
             lines += ["", "[low, high]: 95% bootstrap interval over the split's examples."]

@@ -13,7 +13,7 @@ from textft.intervals import single_label_values
 from textft.metric_modules import compute_metrics
 from textft.out_of_scope import OOS_KEY, rejected, softmax
 from textft.tasks.base import (Task, check_top_k, class_cells, class_index, coverage_note, example_text, is_list,
-                               is_missing, shown, weights_by_name)
+                               is_missing, md_cell, shown, weights_by_name)
 
 
 OE_WEIGHT = 1.0
@@ -268,23 +268,23 @@ class SingleLabel(Task):
     @classmethod
     def markdown_report(cls, reports: dict[str, dict[str, Any]], title: str = "Evaluation") -> str:
         """Readable tables: headline metrics per split, then per-class scores and confusion matrix."""
-        lines = [f"# {title}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
+        lines = [f"# {md_cell(title)}", "", "| split | examples | accuracy | macro-F1 | weighted-F1 | loss |",
                  "|---|---:|---:|---:|---:|---:|"]
         for split, m in reports.items():
-            lines.append(f"| {split} | {m['num_examples']} | " + " | ".join(
+            lines.append(f"| {md_cell(split)} | {m['num_examples']} | " + " | ".join(
                 shown(m, k) for k in ("accuracy", "macro_f1", "weighted_f1", "loss")) + " |")
         if any(m.get("intervals") for m in reports.values()):
             lines += ["", "[low, high]: 95% bootstrap interval over the split's examples."]
         for split, m in reports.items():
-            lines += ["", f"## {split}: per class", "", "| label | precision | recall | F1 | support |",
+            lines += ["", f"## {md_cell(split)}: per class", "", "| label | precision | recall | F1 | support |",
                       "|---|---:|---:|---:|---:|"]
-            lines += [f"| {name} | {' | '.join(class_cells(c))} | {c['support']} |"
+            lines += [f"| {md_cell(name)} | {' | '.join(class_cells(c))} | {c['support']} |"
                       for name, c in m["per_class"].items()]
             if note := coverage_note(m):
                 lines += ["", note]
             if len(m["labels"]) <= 20:
-                names = m["labels"]
-                lines += ["", f"## {split}: confusion matrix (rows: true, columns: predicted)", "",
+                names = [md_cell(name) for name in m["labels"]]
+                lines += ["", f"## {md_cell(split)}: confusion matrix (rows: true, columns: predicted)", "",
                           "| true \\ pred | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
                 for name, row in zip(names, m["confusion_matrix"]):
                     lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
