@@ -136,7 +136,7 @@ def scenario(data: Path, key: str, models: list[str], requests: int, clients: in
     def client(c: int) -> None:
         rng = random.Random(seed * 1000 + c)
         with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
-            while (i := next(counter, None)) is not None:
+            while next(counter, None) is not None:
                 model = models[rng.randrange(len(models))]
                 started = time.perf_counter()
                 resp = http.post(f"/v1/models/{model}/predict", json={"inputs": rng.choice(texts)})

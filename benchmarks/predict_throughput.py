@@ -233,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import textft
     import textft.precision
-    from textft.precision import cpu_supports_bf16
     from textft.onnx_backend import quality_note, unavailable_reason
 
     if args.force_fp32:

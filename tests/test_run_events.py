@@ -10,7 +10,7 @@ from textft.config import load_config
 from textft.errors import Problem, UserError
 from textft.interrupts import Interrupted
 from textft.recipe import Plan
-from textft.run_events import (BestRecord, EndRecord, ErrorRecord, EvalRecord, NewerSchema, PlanRecord, TrainRecord,
+from textft.run_events import (BestRecord, EndRecord, ErrorRecord, EvalRecord, NewerSchema, TrainRecord,
                                error_records, parse, read, summarize, to_dict, to_line)
 
 

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from conftest import pair_rows, write_jsonl
+from conftest import pair_rows
 from service_support import ServiceProcess, create_key, upload, wait_state
 from test_service import tiny_job
 

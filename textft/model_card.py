@@ -120,8 +120,8 @@ def without_local_paths(text: str, paths: list[str]) -> str:
     write it (escaped for HTML in report.html, for Markdown in report.md and the card)."""
     for p in paths:
         name = Path(p).name
-        for shown, short in dict.fromkeys(((p, name), (md_cell(p), md_cell(name)), (str(escape(p)), str(escape(name))))):
-            text = re.sub(rf"(?<![\w./:~-]){re.escape(shown)}(?![\w-]|\.\w)", lambda _, short=short: short, text)
+        for written, short in dict.fromkeys(((p, name), (md_cell(p), md_cell(name)), (str(escape(p)), str(escape(name))))):
+            text = re.sub(rf"(?<![\w./:~-]){re.escape(written)}(?![\w-]|\.\w)", lambda _, short=short: short, text)
     return text
 
 

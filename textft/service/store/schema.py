@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from textft.service.layout import dumps
+from textft.service.layout import dumps  # noqa: F401 (how the store writes a JSON column)
 
 DELIVERIES_TABLE = """CREATE TABLE deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
