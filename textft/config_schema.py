@@ -257,6 +257,10 @@ class TrainConfig:
     report_to: Tracker = "none"
     """Experiment tracker fed through Accelerate: none, tensorboard, wandb or mlflow."""
 
+    def eval_batch(self) -> int:
+        """Examples per evaluation batch: ``eval_batch_size``, or twice ``batch_size`` when unset."""
+        return self.eval_batch_size or 2 * self.batch_size
+
 
 @dataclass
 class OutputConfig:

@@ -164,7 +164,7 @@ def start(model: nn.Module, cfg, num_labels: int, train_set, tokenizer, train_lo
     if weight:  # the contrastive loss needs partners of each example's class in its batch
         train_loader.sampler.group_classes(train_set["labels"], PER_CLASS)
     model.to(accelerator.device)
-    features = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch_size or 2 * cfg.train.batch_size,
+    features = eval_loader(sort_by_length(train_set), tokenizer, cfg.train.eval_batch(),
                            accelerator.mixed_precision != "no")
     init_head_from_logistic_regression(model, features, num_labels, HEAD_C, accelerator)
     log.info("few-shot method: %s; head fitted as a logistic regression (C=%g) on the frozen features%s", reading,

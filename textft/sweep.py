@@ -223,7 +223,8 @@ def markdown_summary(rows: list[dict], spec: SweepSpec) -> str:
     if not rows:
         return "(no trials yet)\n"
     keys = [k for k in rows[0] if k != "best"]
-    lines = ["| " + " | ".join(map(md_cell, keys)) + " |", "|" + "|".join("---" if k == "state" else "---:" for k in keys) + "|"]
+    lines = ["| " + " | ".join(map(md_cell, keys)) + " |",
+             "|" + "|".join("---" if k == "state" else "---:" for k in keys) + "|"]
     for r in rows:
         cells = [f"{r[k]:.1f}" if k == "seconds" and r[k] is not None else _cell(r[k]) for k in keys]
         if r["best"]:

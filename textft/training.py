@@ -197,7 +197,7 @@ def load_inputs(cfg: Config, accelerator, precision: str, pending: list = ()):
     train_dl = train_loader(tokenized["train"], tokenizer, t.batch_size, t.seed, d.group_by_length, amp, t.num_workers,
                             padding_free=t.padding_free)
     eval_sets = {split: sort_by_length(tokenized[split]) for split in ("validation", "test") if split in tokenized}
-    eval_dls = {split: eval_loader(ds, tokenizer, t.eval_batch_size or 2 * t.batch_size, amp, t.num_workers)
+    eval_dls = {split: eval_loader(ds, tokenizer, t.eval_batch(), amp, t.num_workers)
                 for split, ds in eval_sets.items()}
     # Counted as Accelerate will shard the loader (even batches on every process), so the schedule
     # is the same on 1 or N processes.
@@ -444,7 +444,7 @@ def calibrate_out_of_scope(run: Run, model_dir: Path, predictions: dict) -> None
     train = run.data.splits["train"]
     clf = Classifier.from_pretrained(model_dir, device=str(run.accelerator.device), out_of_scope=False,
                                      backend="torch")
-    batch = run.cfg.train.eval_batch_size or 2 * run.cfg.train.batch_size
+    batch = run.cfg.train.eval_batch()
 
     def labelled(split: str) -> tuple[list[str], list[str]]:
         return run.eval_texts[split], [r["label"] for r in predictions[split]]
