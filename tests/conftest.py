@@ -184,3 +184,68 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name not in FAST_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+SAME_WORKER = {"test_web_tasks.py": "test_service_tasks.py"}
+"""Modules that share session fixtures with another (the first's tests use the second's trained jobs):
+pytest-xdist runs them in one work unit, so the fixtures are built once."""
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: no error when the suite runs without xdist
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope (the default here), with the modules of SAME_WORKER in one unit. xdist's own
+    --dist loadgroup cannot do it on this pytest: it renames items through an attribute pytest 9 no
+    longer reads."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            folder, _, name = module.rpartition("/")
+            return f"{folder}/{SAME_WORKER[name]}" if name in SAME_WORKER else super()._split_scope(nodeid)
+
+    return ModulesTogether(config, log)
+
+
+# --- one service with a multi-label and a regression model, shared by test_service_tasks and test_web_tasks
+# (SAME_WORKER: one worker trains the two jobs once for both).
+
+
+@pytest.fixture(scope="session")
+def task_service(tmp_path_factory, tiny_model_dir):
+    from service_support import ServiceProcess
+
+    root = tmp_path_factory.mktemp("service-tasks")
+    svc = ServiceProcess(root / "data", ["--local-models", str(tiny_model_dir), "--save-every-steps", "0",
+                                         "--grace", "10"]).start()
+    yield svc
+    assert svc.stop() in (0, -15), svc.tail()
+
+
+@pytest.fixture(scope="session")
+def task_http(task_service):
+    from service_support import create_key
+
+    return task_service.client(create_key(task_service.data_dir, "carol"))
+
+
+@pytest.fixture(scope="session")
+def task_jobs(task_http, task_files, tiny_model_dir):
+    """A multi-label and a regression job of ``task_service`` trained to the end: {task: finished job}."""
+    from service_support import tiny_overrides, upload, wait_state
+
+    http, columns, ids = task_http, {"multi_label": "labels", "regression": "score"}, {}
+    for task, column in columns.items():
+        sets = {split: upload(http, path, label_column=column).json()["id"] for split, path in task_files[task].items()}
+        resp = http.post("/v1/jobs", json={"dataset": sets["train"], "validation_dataset": sets["validation"],
+                                           "test_dataset": sets["test"], "config": "tiny",
+                                           "overrides": tiny_overrides(tiny_model_dir, **{"train.epochs": 6})})
+        assert resp.status_code == 201, resp.text
+        ids[task] = resp.json()["id"]
+    jobs = {task: wait_state(http, job_id, ("succeeded", "failed"), timeout=400) for task, job_id in ids.items()}
+    for job in jobs.values():
+        assert job["state"] == "succeeded", http.get(f"/v1/jobs/{job['id']}/log").text
+    return jobs
+

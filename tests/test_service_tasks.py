@@ -9,22 +9,21 @@ import sqlite3
 import pytest
 
 from conftest import pair_rows
-from service_support import ServiceProcess, create_key, upload, wait_state
+from service_support import upload, wait_state
 from test_service import tiny_job
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("service-tasks")
-    svc = ServiceProcess(root / "data", ["--local-models", str(tiny_model_dir), "--save-every-steps", "0",
-                                         "--grace", "10"]).start()
-    yield svc
-    assert svc.stop() in (0, -15), svc.tail()
+# The service and its two trained task jobs (conftest.py) are shared with test_web_tasks: one worker runs both.
 
 
 @pytest.fixture(scope="module")
-def http(service):
-    return service.client(create_key(service.data_dir, "carol"))
+def service(task_service):
+    return task_service
+
+
+@pytest.fixture(scope="module")
+def http(task_http):
+    return task_http
 
 
 @pytest.fixture(scope="module")
@@ -210,24 +209,6 @@ HEADLINES = {"single_label": ["accuracy", "macro_f1", "weighted_f1", "loss"],
              "multi_label": ["macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "loss"],
              "regression": ["mae", "rmse", "r2", "pearson", "spearman", "loss"]}
 LOWER = {"single_label": ["loss"], "multi_label": ["hamming_loss", "loss"], "regression": ["mae", "rmse", "loss"]}
-
-
-@pytest.fixture(scope="module")
-def task_jobs(http, task_files, tiny_model_dir):
-    """A multi-label and a regression job trained to the end: {task: finished job}."""
-    columns = {"multi_label": "labels", "regression": "score"}
-    ids = {}
-    for task, column in columns.items():
-        sets = {split: upload(http, path, label_column=column).json()["id"] for split, path in task_files[task].items()}
-        resp = http.post("/v1/jobs", json={"dataset": sets["train"], "validation_dataset": sets["validation"],
-                                           "test_dataset": sets["test"], "config": "tiny",
-                                           "overrides": tiny_job(tiny_model_dir)})
-        assert resp.status_code == 201, resp.text
-        ids[task] = resp.json()["id"]
-    jobs = {task: wait_state(http, job_id, ("succeeded", "failed"), timeout=400) for task, job_id in ids.items()}
-    for job in jobs.values():
-        assert job["state"] == "succeeded", http.get(f"/v1/jobs/{job['id']}/log").text
-    return jobs
 
 
 def assert_task_metrics(metrics: dict, task: str) -> None:

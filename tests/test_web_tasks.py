@@ -1,7 +1,8 @@
 """The web page with a multi-label and a regression model in real headless Chromium: the jobs list,
 job page and models list show each task's own metrics with their direction, and the try page shows
 the labels above their thresholds (or none of them) and the predicted value, for one text and for a
-file, and in the downloaded CSV. The models come from ``test_service_tasks``'s trained jobs."""
+file, and in the downloaded CSV. The models are ``task_jobs`` (conftest.py), trained once for this module
+and test_service_tasks (conftest.SAME_WORKER runs both in one worker)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,21 @@ import re
 
 import pytest
 
-from test_service_tasks import http, service, task_jobs  # noqa: F401  (fixtures: one service, two trained jobs)
 from test_web import DESKTOP, Shots, browser, needs_chromium, wait_for_points  # noqa: F401
 
 
+@pytest.fixture(scope="module")
+def service(task_service):
+    return task_service
+
+
+@pytest.fixture(scope="module")
+def http(task_http):
+    return task_http
+
+
 @pytest.fixture
-def page(service, http, browser, tmp_path):  # noqa: F811
+def page(service, http, browser, tmp_path):  # noqa: F811  (browser: the fixture imported from test_web)
     from playwright.sync_api import expect
 
     expect.set_options(timeout=60_000)
@@ -66,7 +76,7 @@ def predict_file(page, path) -> tuple:
 
 
 @needs_chromium
-def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):  # noqa: F811
+def test_jobs_and_models_show_each_tasks_own_metrics(page, http, task_jobs, tmp_path):
     from playwright.sync_api import expect
 
     shots = Shots(page, tmp_path / "screenshots")
@@ -105,7 +115,7 @@ def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):
 
     nav(page, "Models").click()
     cards = page.locator("#model-list article")
-    expect(cards).to_have_count(2)
+    expect(cards).to_have_count(len(http.get("/v1/models").json()))  # the shared service has more models
     regression_card = cards.filter(has_text=value)
     expect(regression_card).to_contain_text("predicts score (a number)")
     assert "RMSE ↓" in metric_headers(regression_card.locator("table"))
@@ -115,7 +125,7 @@ def test_jobs_and_models_show_each_tasks_own_metrics(page, task_jobs, tmp_path):
 
 
 @needs_chromium
-def test_the_try_page_shows_the_labels_above_threshold_and_none(page, task_jobs, task_files, tmp_path):  # noqa: F811
+def test_the_try_page_shows_the_labels_above_threshold_and_none(page, task_jobs, task_files, tmp_path):
     from playwright.sync_api import expect
 
     shots = try_page(page, task_jobs["multi_label"]["id"], tmp_path)
@@ -154,7 +164,7 @@ def test_the_try_page_shows_the_labels_above_threshold_and_none(page, task_jobs,
 
 
 @needs_chromium
-def test_the_try_page_shows_the_predicted_value(page, task_jobs, task_files, tmp_path):  # noqa: F811
+def test_the_try_page_shows_the_predicted_value(page, task_jobs, task_files, tmp_path):
     from playwright.sync_api import expect
 
     shots = try_page(page, task_jobs["regression"]["id"], tmp_path)
