@@ -194,8 +194,8 @@ pytest-xdist runs them in one work unit, so the fixtures are built once."""
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: no error when the suite runs without xdist
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadscope (the default here), with the modules of SAME_WORKER in one unit. xdist's own
-    --dist loadgroup cannot do it on this pytest: it renames items through an attribute pytest 9 no
-    longer reads."""
+    --dist loadgroup cannot group modules on this pytest: it renames items through an attribute pytest 9
+    no longer reads."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling

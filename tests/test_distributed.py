@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,21 +19,39 @@ SAME = ["model.dropout=0", "data.group_by_length=false", "train.epochs=1", "trai
         "train.warmup_ratio=0.1"]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_args, tmp_path):
-    # 75 validation examples: not a multiple of 2 ranks x 16, so padding must be dropped by gather_for_metrics.
-    val = write_jsonl(tmp_path / "val.jsonl", toy_rows(75, 5))
-    args = [a for a in tiny_args[:-1] if not a.startswith(("data.validation_file", "train.batch_size"))]
-    args += [f"data.validation_file={val}", *SAME]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main([*args, "train.batch_size=16", f"output.dir={one}"]) == 0
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch_two(args: list[str], port: int) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of textft/train.py on 2 CPU processes (gloo); it must exit 0."""
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-         str(ROOT / "textft" / "train.py"), *args, "train.batch_size=8", f"output.dir={two}"],
-        capture_output=True, text=True, env=env, timeout=600)
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         str(ROOT / "textft" / "train.py"), *args], capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("model saved to") == 1  # only the main process reports and writes
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, toy_files, tmp_path_factory):
+    """One run on 1 process (batch 16) and the same on 2 (batch 8 each), both checkpointing every 20
+    of their 25 steps: the first test compares them, the second resumes the 2-process one."""
+    root = tmp_path_factory.mktemp("distributed")
+    # 75 validation examples: not a multiple of 2 ranks x 16, so padding must be dropped by gather_for_metrics.
+    val = write_jsonl(root / "val.jsonl", toy_rows(75, 5))
+    args = [f"model.name_or_path={tiny_model_dir}", f"data.train_file={toy_files['train']}",
+            f"data.validation_file={val}", f"data.test_file={toy_files['test']}", "data.max_length=32",
+            "train.lr=2e-3", "train.mixed_precision=fp32", *SAME, "train.save_every_steps=20",
+            "train.keep_checkpoints=5"]
+    one, two = root / "one", root / "two"
+    assert main([*args, "train.batch_size=16", f"output.dir={one}"]) == 0
+    proc = launch_two([*args, "train.batch_size=8", f"output.dir={two}"], 29533)
+    return SimpleNamespace(args=args, one=one, two=two, stdout=proc.stdout)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(runs):
+    one, two = runs.one, runs.two
+    assert runs.stdout.count("model saved to") == 1  # only the main process reports and writes
 
     r1 = json.loads((one / "eval_report.json").read_text())
     r2 = json.loads((two / "eval_report.json").read_text())
@@ -54,22 +73,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_args, tmp_path)
         torch.testing.assert_close(w1[k], w2[k], atol=1e-3, rtol=1e-3, msg=k)
 
 
-def test_two_processes_resume_exactly_from_their_own_checkpoint(tiny_args, tmp_path, capsys):
+def test_two_processes_resume_exactly_from_their_own_checkpoint(runs, tmp_path, capsys):
     """Both ranks write their RNG state; resuming a 2-process run from its step-20 checkpoint on 2
     processes gives the very weights of the uninterrupted run, and on 1 process is a clear error."""
-    args = [*tiny_args[:-1], *SAME, "train.batch_size=8", "train.save_every_steps=20", "train.keep_checkpoints=5"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-    def launch(out, *extra):
-        proc = subprocess.run(
-            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-             "29534", str(ROOT / "textft" / "train.py"), *args, f"output.dir={out}", *extra],
-            capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    full = tmp_path / "full"
-    launch(full)
+    full = runs.two
     step = full / "checkpoints" / "step-20"
     assert sorted(p.name for p in step.glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
 
@@ -77,13 +84,13 @@ def test_two_processes_resume_exactly_from_their_own_checkpoint(tiny_args, tmp_p
     resumed.mkdir()
     for name in ("textft_config.yaml", "train_log.jsonl", ".textft-run"):
         (resumed / name).write_bytes((full / name).read_bytes())
-    launch(resumed, f"train.resume_from={step}")
+    launch_two([*runs.args, "train.batch_size=8", f"output.dir={resumed}", f"train.resume_from={step}"], 29534)
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "a 2-process resume differs from the uninterrupted run"
     assert json.loads((resumed / "eval_report.json").read_text())["splits"] == \
         json.loads((full / "eval_report.json").read_text())["splits"]
 
-    assert main([*args, f"output.dir={resumed}", f"train.resume_from={step}"]) == 2
+    assert main([*runs.args, "train.batch_size=8", f"output.dir={resumed}", f"train.resume_from={step}"]) == 2
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
 
 
@@ -95,13 +102,7 @@ def test_two_processes_train_the_same_lora_adapter_as_one(tiny_args, tmp_path):
             "model.lora_dropout=0", "train.max_steps=12", "train.lr=1e-2"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*args, "train.batch_size=16", f"output.dir={one}"]) == 0
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29535",
-         str(ROOT / "textft" / "train.py"), *args, "train.batch_size=8", f"output.dir={two}"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch_two([*args, "train.batch_size=8", f"output.dir={two}"], 29535)
     assert proc.stdout.count("adapter saved to") == 1
     for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
         w1, w2 = load_file(one / name), load_file(two / name)

@@ -170,22 +170,24 @@ def test_workers_on_a_shared_redis_queue_run_jobs_and_take_over_from_a_stopped_w
         http = svc.client(create_key(data, "alice"))
         ds = upload(http, toy_files["train"]).json()["id"]
         body = {"dataset": ds, "config": "tiny", "overrides": tiny_job(tiny_model_dir, **{"train.epochs": 2})}
-        jobs = [http.post("/v1/jobs", json=body).json()["id"] for _ in range(2)]
-        done = [wait_state(http, j, ("succeeded", "failed")) for j in jobs]
-        assert [d["state"] for d in done] == ["succeeded", "succeeded"], [d["error"] for d in done]
-        pids = {int(d["worker"].rsplit(":", 1)[1]) for d in done}
-        assert pids == {w.pid for w in workers}  # each worker ran one of them
-
-        # A worker stopped (SIGTERM) in the middle of a job hands it back; the other finishes it.
+        short = http.post("/v1/jobs", json=body).json()["id"]
         job = http.post("/v1/jobs", json={**body, "overrides": long_job(tiny_model_dir)}).json()["id"]
+        worker_of = lambda record: int(record["worker"].rsplit(":", 1)[1])  # noqa: E731
+
+        # Both jobs start at once, one on each worker.
         running = wait_state(http, job, ("running",))
-        owner = next(w for w in workers if w.pid == int(running["worker"].rsplit(":", 1)[1]))
+        owner = next(w for w in workers if w.pid == worker_of(running))
+        other = wait_state(http, short, ("running", "succeeded", "failed"))
+        assert {worker_of(other), owner.pid} == {w.pid for w in workers}  # each worker runs one of them
+
+        # A worker stopped (SIGTERM) in the middle of a job hands it back; the other finishes it after its own.
         wait_for(lambda: checkpoint_steps(data / "jobs" / job), 120, "a first checkpoint")
         owner.send_signal(signal.SIGTERM)
         assert owner.wait(60) == 0
+        assert wait_state(http, short, ("succeeded", "failed"))["state"] == "succeeded"
         done = wait_state(http, job, ("succeeded", "failed"))
-        assert done["state"] == "succeeded" and done["attempt"] == 2
-        assert int(done["worker"].rsplit(":", 1)[1]) != owner.pid
+        assert done["state"] == "succeeded" and done["attempt"] == 2, done["error"]
+        assert worker_of(done) == worker_of(other) != owner.pid
     finally:
         for w in workers:
             if w.poll() is None:
