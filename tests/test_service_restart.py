@@ -172,7 +172,9 @@ def test_workers_on_a_shared_redis_queue_run_jobs_and_take_over_from_a_stopped_w
         body = {"dataset": ds, "config": "tiny", "overrides": tiny_job(tiny_model_dir, **{"train.epochs": 2})}
         short = http.post("/v1/jobs", json=body).json()["id"]
         job = http.post("/v1/jobs", json={**body, "overrides": long_job(tiny_model_dir)}).json()["id"]
-        worker_of = lambda record: int(record["worker"].rsplit(":", 1)[1])  # noqa: E731
+
+        def worker_of(record: dict) -> int:  # "host:pid" of the worker that ran (or runs) it
+            return int(record["worker"].rsplit(":", 1)[1])
 
         # Both jobs start at once, one on each worker.
         running = wait_state(http, job, ("running",))
