@@ -48,6 +48,14 @@ def test_column_mapping(tmp_path):
     assert data.splits["train"].column_names == ["text", "labels"]
 
 
+def test_the_data_is_named_by_its_file_unless_a_source_name_is_given(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", toy_rows(20, 0))
+    assert load_splits(cfg(train_file=str(path))).source == str(path)
+    # a service stores uploads under its own layout: reports and model cards name the upload instead
+    named = load_splits(cfg(train_file=str(path), source_name="reviews.jsonl (ds_0123456789)"))
+    assert named.source == "reviews.jsonl (ds_0123456789)"
+
+
 def test_integer_labels_keep_their_values_and_can_be_named(tmp_path):
     rows = [{"text": r["text"], "label": int(r["label"] == "pos")} for r in toy_rows(20, 0)]
     path = write_jsonl(tmp_path / "t.jsonl", rows)

@@ -73,17 +73,19 @@ def test_settings_are_never_interpolated_and_never_echo_the_environment(front, m
 
 
 def test_a_literal_column_named_like_an_interpolation_stays_literal_in_the_job(front, mallory, tiny_model_dir, tmp_path):
-    """Column names are the user's data: they are kept as written, never resolved, through the job's
-    config and the ``textft train`` that reads it."""
+    """Column and dataset names are the user's data: they are kept as written, never resolved, through
+    the job's config and the ``textft train`` that reads it."""
     column = "${oc.env:TEXTFT_PROBE_SECRET}"
     rows = [{column: r["text"], "label": r["label"]} for r in toy_rows(60, 5)]
-    resp = upload(mallory, write_jsonl(tmp_path / "odd.jsonl", rows), text_column=column)
+    resp = upload(mallory, write_jsonl(tmp_path / "odd.jsonl", rows), text_column=column, name=column)
     assert resp.status_code == 201, resp.text
     ds = resp.json()
-    assert ds["text_column"] == column
+    assert ds["text_column"] == column and ds["name"] == column
     recipe = mallory.post("/v1/recipe", json={"dataset": ds["id"], "config": "tiny", "overrides": tiny(tiny_model_dir)})
     assert recipe.status_code == 200, recipe.text
-    assert recipe.json()["settings"]["data.text_column"] == column and SECRET not in recipe.text
+    settings = recipe.json()["settings"]
+    assert settings["data.text_column"] == column and settings["data.source_name"] == f"{column} ({ds['id']})"
+    assert SECRET not in recipe.text
     job = mallory.post("/v1/jobs", json={"dataset": ds["id"], "config": "tiny", "overrides": tiny(tiny_model_dir)})
     assert job.status_code == 201, job.text
     job_dir = front.data_dir / "jobs" / job.json()["id"]

@@ -332,7 +332,7 @@ def test_queued_job_limit_is_429(service, toy_sets):
 
 
 def test_a_job_trains_reports_events_and_its_model_downloads_and_predicts(service, alice, finished_job, tmp_path,
-                                                                         toy_files):
+                                                                         toy_files, toy_sets):
     job, events = finished_job["job"], finished_job["events"]
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))  # the reconnect missed nothing
     assert events == read_events(alice, job["id"])  # and saw what a client reading all at once sees
@@ -366,6 +366,15 @@ def test_a_job_trains_reports_events_and_its_model_downloads_and_predicts(servic
         names = tar.getnames()
         tar.extractall(tmp_path, filter="data")
     assert all(n.startswith(job["id"] + "/") for n in names) and not any("checkpoints" in n for n in names)
+    # the reports' titles and data lines name the upload, not where the service keeps it (their
+    # configuration section still quotes the job's settings as they were)
+    upload_name = f"{toy_sets['train']['name']} ({toy_sets['train']['id']})"
+    summary = json.loads((tmp_path / job["id"] / "report.json").read_text())
+    assert summary["data_source"] == upload_name and summary["title"].endswith(f" on {upload_name}")
+    assert f" on {upload_name}</title>" in report.text
+    for name in ("report.md", "eval_report.md"):
+        title = (tmp_path / job["id"] / name).read_text().splitlines()[0]
+        assert title.startswith("# ") and title.endswith(f" on {upload_name}") and "datasets/" not in title, title
     from transformers import pipeline
 
     texts = [r["text"] for r in toy_rows(16, 11)]

@@ -60,6 +60,9 @@ class DataConfig:
     """Local validation file; when absent, ``validation_split`` of train is held out."""
     test_file: str | None = None
     """Local test file, evaluated once with the final model."""
+    source_name: str | None = None
+    """How the reports and the model card name the training data; empty: ``dataset``, else ``train_file``.
+    The service names an upload by its file name and id, not by where it keeps the file."""
     text_column: str = "text"
     """Column holding the input text."""
     label_column: str = "label"

@@ -144,12 +144,12 @@ def load_raw(cfg: DataConfig) -> tuple[DatasetDict, str]:
                 out["test"] = raw["test"]
         for split, path in files.items():  # local files override hub splits
             out[split] = _load_file(split, path)
-        return out, f"hub:{cfg.dataset}" + (f"/{cfg.dataset_config}" if cfg.dataset_config else "")
+        return out, cfg.source_name or f"hub:{cfg.dataset}" + (f"/{cfg.dataset_config}" if cfg.dataset_config else "")
     problems = check_files(files)
     if problems:
         raise UserError(problems)
     out = DatasetDict({split: _load_file(split, path) for split, path in files.items()})
-    return out, cfg.dataset or str(files["train"])
+    return out, cfg.source_name or cfg.dataset or str(files["train"])
 
 
 def _check_columns(raw: DatasetDict, cfg: DataConfig) -> list[Problem]:

@@ -31,6 +31,7 @@ SERVICE_KEYS = {
     "data.dataset": "a job trains on the uploaded 'dataset'",
     "data.dataset_config": "a job trains on the uploaded 'dataset'",
     "data.train_file": "set by 'dataset'",
+    "data.source_name": "the name and id of the uploaded 'dataset'",
     "data.validation_file": "set by 'validation_dataset'",
     "data.test_file": "set by 'test_dataset'",
     "data.text_column": "chosen when the dataset was uploaded",
@@ -280,7 +281,8 @@ def _service_values(req: JobRequest, datasets: dict, train: dict | None, setting
     service: dict[str, Any] = {"data.dataset": None, "data.dataset_config": None, "output.dir": RUN_DIR,
                                "output.overwrite": True, "output.push_to_hub": False, "output.log_errors": True}
     if train is not None:
-        service.update({"data.train_file": rel_dataset(train), "data.text_column": train["text_column"],
+        service.update({"data.train_file": rel_dataset(train), "data.source_name": f"{train['name']} ({train['id']})",
+                        "data.text_column": train["text_column"],
                         "data.text_pair_column": train.get("text_pair_column"),
                         "data.label_column": train["label_column"]})
         if train["drop_empty"] and "data.drop_empty" not in req.overrides:
