@@ -277,12 +277,13 @@ def test_job_requests_are_checked_by_the_config_loader(service, alice, toy_sets)
     ds = toy_sets["train"]["id"]
     resp = alice.post("/v1/jobs", json={"dataset": ds, "config": "tiny", "overrides": {
         "train.lr": -1, "model.transfer": "topk", "trian.epochs": 2, "output.dir": "/etc",
-        "model.trust_remote_code": True, "model.name_or_path": "/etc"}})
+        "data.source_name": "someone else's data", "model.trust_remote_code": True, "model.name_or_path": "/etc"}})
     assert resp.status_code == 422
     problems = {p["field"]: p["message"] for p in resp.json()["problems"]}
     assert "did you mean 'top_k'" in problems["overrides.model.transfer"]
     assert "'train.lr' must be > 0" in problems["overrides.train.lr"]
     assert "cannot be set on a job" in problems["overrides.output.dir"]
+    assert "the name and id of the uploaded 'dataset'" in problems["overrides.data.source_name"]
     assert "never runs on the service" in problems["overrides.model.trust_remote_code"]
     assert "not under a directory the service allows" in problems["overrides.model.name_or_path"]
     assert any("unknown section 'trian' (did you mean 'train'?)" in m for m in problems.values())
