@@ -13,21 +13,12 @@ import re
 
 import pytest
 
+from test_service_tasks import http, service  # noqa: F401  (fixtures: the shared service and its key)
 from test_web import DESKTOP, Shots, browser, needs_chromium, wait_for_points  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def service(task_service):
-    return task_service
-
-
-@pytest.fixture(scope="module")
-def http(task_http):
-    return task_http
-
-
 @pytest.fixture
-def page(service, http, browser, tmp_path):  # noqa: F811  (browser: the fixture imported from test_web)
+def page(service, http, browser, tmp_path):  # noqa: F811  (the fixtures imported above)
     from playwright.sync_api import expect
 
     expect.set_options(timeout=60_000)
@@ -76,7 +67,7 @@ def predict_file(page, path) -> tuple:
 
 
 @needs_chromium
-def test_jobs_and_models_show_each_tasks_own_metrics(page, http, task_jobs, tmp_path):
+def test_jobs_and_models_show_each_tasks_own_metrics(page, http, task_jobs, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
     shots = Shots(page, tmp_path / "screenshots")
