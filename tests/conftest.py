@@ -203,8 +203,8 @@ def pytest_xdist_make_scheduler(config, log):
     class ModulesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            folder, _, name = module.rpartition("/")
-            return f"{folder}/{SAME_WORKER[name]}" if name in SAME_WORKER else super()._split_scope(nodeid)
+            name = module.rpartition("/")[2]
+            return module.removesuffix(name) + SAME_WORKER[name] if name in SAME_WORKER else super()._split_scope(nodeid)
 
     return ModulesTogether(config, log)
 

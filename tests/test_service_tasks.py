@@ -14,8 +14,6 @@ from test_service import tiny_job
 
 
 # The service and its two trained task jobs (conftest.py) are shared with test_web_tasks: one worker runs both.
-
-
 @pytest.fixture(scope="module")
 def service(task_service):
     return task_service
