@@ -231,13 +231,22 @@ def test_the_recipe_estimates_the_time_from_earlier_jobs(alice, ran):
     actual = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
     # the same job again: the estimate is its measured time (to the second the timestamps keep)
     assert abs(estimate["seconds"] - actual) <= 2.5, (estimate, actual)
-    # training_s is answered to 0.1 s: on a job of about a second, its rounding alone is 5%, and k times
-    # a rounded value is off by up to k times that, so the tolerance is the rounding, not a share.
+    # Each answer is rounded (training_s to 0.1 s, samples_per_s to 0.01), so a multiple of one rounded answer
+    # can miss another by more than the rounding: check each answer against its own plan and rate instead.
+    plan = resp.json()["plan"]
+
+    def trains(answer: dict) -> float:
+        return answer["plan"]["total_steps"] * answer["plan"]["global_batch"] / answer["estimate"]["samples_per_s"]
+
     longer = alice.post("/v1/recipe", json={**body, "overrides": {**body["overrides"], "train.epochs": 9}}).json()
-    assert longer["estimate"]["training_s"] == pytest.approx(3 * estimate["training_s"], rel=0.02, abs=0.2)
+    assert longer["plan"]["total_steps"] == 3 * plan["total_steps"]
+    assert longer["estimate"]["samples_per_s"] == estimate["samples_per_s"]
+    assert longer["estimate"]["training_s"] == pytest.approx(trains(longer), abs=0.06)
     scaled = alice.post("/v1/recipe", json={**body, "overrides": {**body["overrides"], "data.max_length": 64}}).json()
     assert scaled["estimate"]["method"] == "scaled" and "scaled to 64" in scaled["estimate"]["how"]
-    assert scaled["estimate"]["training_s"] == pytest.approx(2 * estimate["training_s"], rel=0.02, abs=0.15)
+    assert scaled["plan"]["total_steps"] == plan["total_steps"]
+    assert scaled["estimate"]["samples_per_s"] == pytest.approx(estimate["samples_per_s"] / 2, abs=0.011)
+    assert scaled["estimate"]["training_s"] == pytest.approx(trains(scaled), abs=0.06)
 
 
 # --- backup and restore -----------------------------------------------------------------------
