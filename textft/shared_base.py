@@ -21,6 +21,7 @@ import functools
 import logging
 import re
 import threading
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,9 @@ class SharedBase:
             self.padding.pop(name, None)
             self.mixing = None
             if self.names:
-                self.model.delete_adapter(name)
+                with warnings.catch_warnings():  # peft's active adapter is unused here: its successor is noise
+                    warnings.filterwarnings("ignore", "Adapter .* was active which is now deleted")
+                    self.model.delete_adapter(name)
             else:
                 self.model = None
             self.active = None
@@ -157,26 +160,29 @@ class SharedBase:
             return self._forward_mixed(calls)
 
     def _run_calls(self, calls: list["_Call"]) -> None:
-        """Answer every call: those that pad alike in one mixed pass, one adapter at a time otherwise or
-        when that pass fails. Every call ends answered or failed, never left waiting."""
+        """Answer every call: those that pad alike in one mixed pass, the others each in a pass of its
+        own the same way (which never switches peft's active adapter: a walk of every module); one
+        adapter at a time, peft's own way, for the batches of a mixed pass that fails. Every call ends
+        answered or failed, never left waiting."""
         groups: dict[tuple, list[_Call]] = defaultdict(list)
         for call in calls:
             groups[(self.padding.get(call.name), call.autocast)].append(call)
         try:
             for (padding, _), group in groups.items():
-                if len(group) > 1 and padding is not None and padding[2] == "right":
+                joins = padding is not None and padding[2] == "right"
+                for part in [group] if joins else [[call] for call in group]:
                     try:
-                        for call, logits in zip(group, self._forward_mixed(group)):
+                        for call, logits in zip(part, self._forward_mixed(part)):
                             call.result = logits
                         continue
                     except Exception:
-                        log.warning("a mixed forward pass of %d batches failed; running them one by one",
-                                    len(group), exc_info=True)
-                for call in group:
-                    try:
-                        call.result = self._forward_one(call)
-                    except Exception as e:
-                        call.error = e
+                        log.warning("a forward pass of %d batches through their adapters failed; running them"
+                                    " one adapter at a time", len(part), exc_info=True)
+                    for call in part:
+                        try:
+                            call.result = self._forward_one(call)
+                        except Exception as e:
+                            call.error = e
         finally:
             for call in calls:
                 if call.result is None and call.error is None:
@@ -201,13 +207,14 @@ class SharedBase:
         keys = set(calls[0].batch)
         if any(set(c.batch) != keys or any(v.dim() != 2 for v in c.batch.values()) for c in calls):
             raise ValueError("the batches do not have the same inputs")
-        pad_id = self.padding[calls[0].name][1] or 0
+        pad_id = (self.padding.get(calls[0].name) or (None, 0))[1] or 0
         length = max(c.batch["input_ids"].shape[1] for c in calls)
         joined = {key: torch.cat([functional.pad(c.batch[key], (0, length - c.batch[key].shape[1]),
                                                  value=pad_id if key == "input_ids" else 0) for c in calls])
                   .to(self.device) for key in keys}
         rows = [len(c.batch["input_ids"]) for c in calls]
-        names = [c.name for c, n in zip(calls, rows) for _ in range(n)]
+        names = RowAdapters(c.name for c, n in zip(calls, rows) for _ in range(n))
+        names.index_on(self.device)
         if self.mixing is None:
             self.mixing = mixing_modules(self.model)
         hooks = [m.register_forward_pre_hook(functools.partial(_rows_hook, names), with_kwargs=True)
@@ -296,18 +303,35 @@ def _mix_full_modules(model) -> None:
             module._mixed_batch_forward = functools.partial(_rows_by_adapter, module)
 
 
+class RowAdapters(list):
+    """Each row's adapter name, as peft's mixed batches take them (a list), with what every LoRA layer of
+    a pass would otherwise work out again: the distinct adapters in order, and each row's place among
+    them (``slots``, a tensor on the model's device)."""
+
+    order: list[str]
+    slots: object = None
+
+    def index_on(self, device) -> None:
+        import torch
+
+        self.order = list(dict.fromkeys(self))
+        slot = {n: i for i, n in enumerate(self.order)}
+        self.slots = torch.tensor([slot[n] for n in self], device=device)
+
+
 def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str], **kwargs):
     """A LoRA linear layer in a mixed batch: every row's update through its own adapter in two batched
     matmuls over the matrices of the adapters in the batch, stacked (a lower rank padded with zeros,
-    which add nothing), however many adapters the batch mixes. peft's own runs each adapter's rows apart:
-    a gather, two small matmuls and a scatter per adapter and layer, which on a CPU cost more than the
-    layer. An adapter this layer lacks or cannot stack (a bias, a variant such as DoRA), or a layer in
-    training, takes peft's own way."""
+    which add nothing), however many adapters the batch mixes; with one adapter, its two matmuls.
+    peft's own runs each adapter's rows apart: a gather, two small matmuls and a scatter per adapter and
+    layer, which on a CPU cost more than the layer. An adapter this layer lacks or cannot stack (a bias,
+    a variant such as DoRA), or a layer in training, takes peft's own way."""
     import torch
     from torch.nn import functional
 
     variant = {k: kwargs.pop(k) for k in variant_keys if k in kwargs}  # peft's, never the base layer's
-    order = list(dict.fromkeys(adapter_names))
+    planned = isinstance(adapter_names, RowAdapters) and adapter_names.slots is not None
+    order = adapter_names.order if planned else list(dict.fromkeys(adapter_names))
     if (layer.training or len(adapter_names) != len(x) or x.dim() < 2 or any(v is not None for v in variant.values())
             or any(n not in layer.lora_A or n in getattr(layer, "lora_variant", {})
                    or layer.lora_B[n].bias is not None for n in order)):
@@ -315,15 +339,26 @@ def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str]
     result = layer.base_layer(x, *args, **kwargs)
     a = [layer.lora_A[n].weight for n in order]  # rank x inputs
     b = [layer.lora_B[n].weight for n in order]  # outputs x rank
-    rank = max(w.shape[0] for w in a)
-    a = torch.stack([functional.pad(w, (0, 0, 0, rank - w.shape[0])) if w.shape[0] < rank else w for w in a])
-    b = torch.stack([functional.pad(w, (0, rank - w.shape[1])) if w.shape[1] < rank else w for w in b])
-    slot = {n: i for i, n in enumerate(order)}
-    index = torch.tensor([slot[n] for n in adapter_names], device=x.device)
-    scale = torch.tensor([float(layer.scaling[n]) for n in adapter_names], dtype=a.dtype, device=x.device)
-    rows = x.reshape(len(x), -1, x.shape[-1]).to(a.dtype)
-    low = torch.bmm(rows, a[index].transpose(1, 2)) * scale.view(-1, 1, 1)
-    result += torch.bmm(low, b[index].transpose(1, 2)).reshape(result.shape).to(result.dtype)
+    scales = [float(layer.scaling[n]) for n in order]
+    x = x.to(a[0].dtype)
+    if len(order) == 1:
+        update = functional.linear(functional.linear(x, a[0]), b[0]) * scales[0]
+    else:
+        rank = max(w.shape[0] for w in a)
+        a = torch.stack([functional.pad(w, (0, 0, 0, rank - w.shape[0])) if w.shape[0] < rank else w for w in a])
+        b = torch.stack([functional.pad(w, (0, rank - w.shape[1])) if w.shape[1] < rank else w for w in b])
+        if planned:
+            index = adapter_names.slots
+        else:
+            slot = {n: i for i, n in enumerate(order)}
+            index = torch.tensor([slot[n] for n in adapter_names], device=x.device)
+        low = torch.bmm(x.reshape(len(x), -1, x.shape[-1]), a[index].transpose(1, 2))
+        if len(set(scales)) == 1:
+            low = low * scales[0]
+        else:
+            low = low * torch.tensor(scales, dtype=low.dtype, device=x.device)[index].view(-1, 1, 1)
+        update = torch.bmm(low, b[index].transpose(1, 2))
+    result += update.reshape(result.shape).to(result.dtype)
     return result
 
 
