@@ -340,7 +340,8 @@ def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str]
     a = [layer.lora_A[n].weight for n in order]  # rank x inputs
     b = [layer.lora_B[n].weight for n in order]  # outputs x rank
     scales = [float(layer.scaling[n]) for n in order]
-    x = x.to(a[0].dtype)
+    if not torch.is_autocast_enabled(x.device.type):  # else autocast casts both, once: no copy of x first
+        x = x.to(a[0].dtype)
     if len(order) == 1:
         update = functional.linear(functional.linear(x, a[0]), b[0]) * scales[0]
     else:
