@@ -267,6 +267,35 @@ def test_batches_of_one_adapter_after_another_run_without_walking_the_model(on_o
     assert not [m for m in walks if m in whole_models(base)], len(walks)
 
 
+def test_adapters_on_different_layers_share_a_pass(adapters, tiny_model_dir, tmp_path):
+    """An adapter on some layers only (``model.lora_target_modules``) mixes with one on every layer: the
+    layers it lacks leave its rows as the base computes them."""
+    import textft
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from textft import lora
+    from textft.config_schema import ModelConfig
+    from textft.shared_base import SharedBase, base_key
+
+    torch.manual_seed(7)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2,
+                                                               ignore_mismatched_sizes=True)
+    config = ModelConfig(name_or_path=str(tiny_model_dir), transfer="lora", lora_target_modules="query,value")
+    wrapped = lora.wrap(model, config, str(tiny_model_dir))
+    for name, p in wrapped.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    lora.write_adapter(wrapped, tmp_path / "qv", AutoTokenizer.from_pretrained(tiny_model_dir),
+                       {"name_or_path": str(tiny_model_dir)})
+    base = SharedBase(*base_key(adapters[0]), torch.device("cpu"))
+    some = textft.load(tmp_path / "qv", precision="fp32", shared=(base, "qv"))
+    every = textft.load(adapters[0], precision="fp32", shared=(base, "m0"))
+    batches = [(name, c._collate(c.features(TEXTS)[0])) for name, c in (("qv", some), ("m0", every))]
+    answers = base.run_mixed(batches)
+    np.testing.assert_allclose(answers[0].numpy(), merged_logits(tmp_path / "qv"), atol=1e-5)
+    np.testing.assert_allclose(answers[1].numpy(), merged_logits(adapters[0]), atol=1e-5)
+
+
 def test_adapters_detached_and_attached_after_a_mixed_pass_keep_every_answer(adapters):
     """Mixed passes hand each row's adapter to the modules found at the first pass after a change of
     adapters: after a detach and an attach, every adapter, alone or mixed, still answers as its own."""
