@@ -296,6 +296,39 @@ def test_adapters_on_different_layers_share_a_pass(adapters, tiny_model_dir, tmp
     np.testing.assert_allclose(answers[1].numpy(), merged_logits(adapters[0]), atol=1e-5)
 
 
+def test_the_base_model_is_answered_while_an_adapter_leaves(adapters, monkeypatch):
+    """Loading an adapter asks for the base model while another may be leaving: peft deletes the adapter
+    before it picks another active one, and asking in between failed (KeyError: the deleted adapter)."""
+    import threading
+
+    import textft
+    from textft.shared_base import SharedBase, base_key
+
+    base = SharedBase(*base_key(adapters[0]), torch.device("cpu"))
+    for i in range(2):
+        textft.load(adapters[i], precision="fp32", shared=(base, f"m{i}"))
+    tuner, deleted, go_on = base.model.base_model, threading.Event(), threading.Event()
+    delete = tuner.delete_adapter
+
+    def slow_delete(*args, **kwargs):
+        delete(*args, **kwargs)
+        deleted.set()
+        go_on.wait(10)
+
+    monkeypatch.setattr(tuner, "delete_adapter", slow_delete)
+    leaving = threading.Thread(target=base.remove, args=("m0",))  # the first attached: peft's active one
+    leaving.start()
+    assert deleted.wait(10)
+    answers = []
+    asking = threading.Thread(target=lambda: answers.append(base.base_model()))
+    asking.start()
+    asking.join(0.2)
+    go_on.set()
+    leaving.join(10)
+    asking.join(10)
+    assert answers == [tuner.model]
+
+
 def test_adapters_detached_and_attached_after_a_mixed_pass_keep_every_answer(adapters):
     """Mixed passes hand each row's adapter to the modules found at the first pass after a change of
     adapters: after a detach and an attach, every adapter, alone or mixed, still answers as its own."""

@@ -10,9 +10,10 @@ base's lock, and the batches of callers that arrive while a pass runs (each adap
 calls from its own thread) wait and then run together in ONE pass, each row through its own adapter:
 peft's mixed batches (each row's adapter name handed to every LoRA layer and module trained in full),
 every LoRA layer updating all rows in two batched matmuls over the batch's adapters' matrices,
-stacked (``_lora_rows``), and each adapter's own head and pooler on its own rows (the heads' outputs padded to the widest; each caller gets its own
-columns). Only batches padded alike share a pass (same tokenizer, right padding, same autocast); if
-a mixed pass fails, its batches run one adapter at a time, so that only a failing batch fails.
+stacked (``_lora_rows``), and each adapter's own head and pooler on its own rows (the heads' outputs
+padded to the widest; each caller gets its own columns). Only batches padded alike share a pass (same
+tokenizer, right padding, same autocast), and a batch that runs alone takes the same way; if a pass
+fails, its batches run one adapter at a time, peft's own way, so that only a failing batch fails.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class SharedBase:
         self.passes = self.mixed_passes = 0
         """Forward passes run, and those of them that mixed several callers' batches."""
         self.mixing: list | None = None
-        """The modules a mixed pass names each row's adapter to (``mixing_modules``; None: to find again)."""
+        """The modules a mixed pass names each row's adapter to (``_mixing_modules``; None: to find again)."""
 
     def _load_base(self, classifier: dict):
         from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -213,10 +214,10 @@ class SharedBase:
                                                  value=pad_id if key == "input_ids" else 0) for c in calls])
                   .to(self.device) for key in keys}
         rows = [len(c.batch["input_ids"]) for c in calls]
-        names = RowAdapters(c.name for c, n in zip(calls, rows) for _ in range(n))
+        names = _RowAdapters(c.name for c, n in zip(calls, rows) for _ in range(n))
         names.index_on(self.device)
         if self.mixing is None:
-            self.mixing = mixing_modules(self.model)
+            self.mixing = _mixing_modules(self.model)
         hooks = [m.register_forward_pre_hook(functools.partial(_rows_hook, names), with_kwargs=True)
                  for m in self.mixing]
         try:
@@ -247,8 +248,11 @@ class SharedBase:
         return self.tokenizers[key]
 
     def base_model(self):
-        """The underlying transformers model (its config and embeddings; not its head)."""
-        return self.model.get_base_model()
+        """The underlying transformers model (its config and embeddings; not its head). Under the lock, and
+        not through peft's active adapter: an adapter leaving in another thread is deleted before peft
+        picks another active one."""
+        with self.lock:
+            return self.model.base_model.model
 
 
 @dataclass
@@ -303,7 +307,7 @@ def _mix_full_modules(model) -> None:
             module._mixed_batch_forward = functools.partial(_rows_by_adapter, module)
 
 
-class RowAdapters(list):
+class _RowAdapters(list):
     """Each row's adapter name, as peft's mixed batches take them (a list), with what every LoRA layer of
     a pass would otherwise work out again: the distinct adapters in order, and each row's place among
     them (``slots``, a tensor on the model's device)."""
@@ -330,7 +334,7 @@ def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str]
     from torch.nn import functional
 
     variant = {k: kwargs.pop(k) for k in variant_keys if k in kwargs}  # peft's, never the base layer's
-    planned = isinstance(adapter_names, RowAdapters) and adapter_names.slots is not None
+    planned = isinstance(adapter_names, _RowAdapters) and adapter_names.slots is not None
     order = adapter_names.order if planned else list(dict.fromkeys(adapter_names))
     if (layer.training or len(adapter_names) != len(x) or x.dim() < 2 or any(v is not None for v in variant.values())
             or any(n not in layer.lora_A or n in getattr(layer, "lora_variant", {})
@@ -363,7 +367,7 @@ def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str]
     return result
 
 
-def mixing_modules(model) -> list:
+def _mixing_modules(model) -> list:
     """The modules a mixed pass tells each row's adapter: every LoRA layer, each given the batched mixed
     forward (``_lora_rows``), and every module trained in full. Walked once per change of adapters:
     peft's ``adapter_names`` walks every module of the model on every pass, which with 50 adapters
