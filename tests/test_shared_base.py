@@ -316,11 +316,11 @@ def test_the_base_model_is_answered_while_an_adapter_leaves(adapters, monkeypatc
         go_on.wait(10)
 
     monkeypatch.setattr(tuner, "delete_adapter", slow_delete)
-    leaving = threading.Thread(target=base.remove, args=("m0",))  # the first attached: peft's active one
+    leaving = threading.Thread(target=base.remove, args=("m0",), daemon=True)  # peft's active one: the first
     leaving.start()
     assert deleted.wait(10)
     answers = []
-    asking = threading.Thread(target=lambda: answers.append(base.base_model()))
+    asking = threading.Thread(target=lambda: answers.append(base.base_model()), daemon=True)
     asking.start()
     asking.join(0.2)
     go_on.set()
