@@ -334,8 +334,10 @@ def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str]
     from torch.nn import functional
 
     variant = {k: kwargs.pop(k) for k in variant_keys if k in kwargs}  # peft's, never the base layer's
-    planned = isinstance(adapter_names, _RowAdapters) and adapter_names.slots is not None
-    order = adapter_names.order if planned else list(dict.fromkeys(adapter_names))
+    if not isinstance(adapter_names, _RowAdapters) or adapter_names.slots is None:  # peft's own entry: a list
+        adapter_names = _RowAdapters(adapter_names)
+        adapter_names.index_on(x.device)
+    order = adapter_names.order
     if (layer.training or len(adapter_names) != len(x) or x.dim() < 2 or any(v is not None for v in variant.values())
             or any(n not in layer.lora_A or n in getattr(layer, "lora_variant", {})
                    or layer.lora_B[n].bias is not None for n in order)):
@@ -352,11 +354,7 @@ def _lora_rows(layer, original, variant_keys, x, *args, adapter_names: list[str]
         rank = max(w.shape[0] for w in a)
         a = torch.stack([functional.pad(w, (0, 0, 0, rank - w.shape[0])) if w.shape[0] < rank else w for w in a])
         b = torch.stack([functional.pad(w, (0, rank - w.shape[1])) if w.shape[1] < rank else w for w in b])
-        if planned:
-            index = adapter_names.slots
-        else:
-            slot = {n: i for i, n in enumerate(order)}
-            index = torch.tensor([slot[n] for n in adapter_names], device=x.device)
+        index = adapter_names.slots
         low = torch.bmm(x.reshape(len(x), -1, x.shape[-1]), a[index].transpose(1, 2))
         if len(set(scales)) == 1:
             low = low * scales[0]
